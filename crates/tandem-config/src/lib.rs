@@ -1,0 +1,357 @@
+//! tandem's configuration: the TOML schema of DESIGN.md, its defaults and its validation.
+//!
+//! Text enters through [`Config::load`] or [`Config::parse`]; what leaves is either a
+//! fully validated [`Config`] of plain Rust types (durations, socket addresses, paths
+//! resolved against the file's folder) or a [`ConfigErrors`] that lists *every*
+//! semantic error found, each with `file:line:col`, the key, what is wrong and a hint.
+//! This crate does no networking and acts on nothing: it only reads files that the
+//! configuration names (TLS material, keys) to prove they are readable.
+
+mod error;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use error::{ConfigErrors, Diagnostic};
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Node-wide settings.
+    pub global: Global,
+    /// Backend pools, in file order.
+    pub pools: Vec<Pool>,
+    /// Front-end services, in file order.
+    pub services: Vec<Service>,
+    /// VRRPv3 high availability, when configured.
+    pub ha: Option<Ha>,
+    /// State synchronisation between nodes, when configured.
+    pub sync: Option<Sync>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::single(
+                path.display().to_string(),
+                Diagnostic::new("", format!("cannot read the file: {e}"))
+                    .hint("check the path given with --config"),
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Validates `text`; `origin` names it in errors, relative paths resolve against `base_dir`.
+    pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        validate::parse(text, origin, base_dir)
+    }
+
+    /// The pool called `name`.
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// Configured features that this build validates but does not act on yet.
+    pub fn inactive_features(&self) -> Vec<&'static str> {
+        let mut notes = Vec::new();
+        if self.ha.is_some() {
+            notes.push("[ha] is validated, but VRRP is not active in this version");
+        }
+        if self.sync.is_some() {
+            notes.push("[sync] is validated, but state sync is not active in this version");
+        }
+        if self.pools.iter().any(|p| p.check.is_some()) {
+            notes.push("[pool.check] is validated, but health checks are not active in this version: backends count as up");
+        }
+        if self.services.iter().any(|s| s.mode != Mode::Tcp) {
+            notes.push("services with mode http/redirect are validated, but relayed as plain tcp in this version");
+        }
+        if self.services.iter().any(|s| s.tls.is_some()) {
+            notes.push("service tls is validated, but not terminated in this version");
+        }
+        if self.global.admin_listen.is_some() {
+            notes.push("global.admin_listen is validated, but the admin HTTP port is not served in this version");
+        }
+        notes
+    }
+}
+
+/// Node-wide settings (`[global]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Global {
+    /// Node name, default: the host name.
+    pub name: String,
+    /// Unix socket of `tandem ctl`.
+    pub control_socket: PathBuf,
+    /// Optional admin HTTP address (metrics, status page).
+    pub admin_listen: Option<SocketAddr>,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// How long established connections may run on after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A pool of backend servers (`[[pool]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    /// Unique name.
+    pub name: String,
+    /// Selection algorithm.
+    pub balance: Balance,
+    /// Servers, at least one.
+    pub backends: Vec<BackendConfig>,
+    /// Sticky connections, when configured.
+    pub sticky: Option<Sticky>,
+    /// Pool used when this one has no usable backend.
+    pub fallback: Option<String>,
+    /// Health check, when configured (no check: always up).
+    pub check: Option<Check>,
+}
+
+/// Backend selection algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Smooth weighted round-robin.
+    #[default]
+    RoundRobin,
+    /// Fewest active connections relative to weight.
+    LeastConn,
+    /// Power of two random choices.
+    Random,
+    /// Hash of the client address.
+    SourceHash,
+    /// Maglev consistent hashing of the client address.
+    Maglev,
+}
+
+/// One backend server of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Relative share of new connections, 1..=256.
+    pub weight: u32,
+    /// Connection limit, 0 = unlimited.
+    pub max_conns: u32,
+    /// Used only when no primary backend is usable.
+    pub backup: bool,
+}
+
+/// Sticky-connection settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sticky {
+    /// What identifies a client.
+    pub key: StickyKey,
+    /// Idle lifetime of an entry.
+    pub ttl: Duration,
+    /// Cookie name (key = "cookie").
+    pub cookie: String,
+    /// Upper bound of the table's size.
+    pub max_entries: usize,
+}
+
+/// What identifies a sticky client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StickyKey {
+    /// The client's source address.
+    SourceIp,
+    /// A cookie inserted by tandem (http mode).
+    Cookie,
+}
+
+/// A health check (`[pool.check]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    /// Check type.
+    pub kind: CheckKind,
+    /// Time between two checks of one backend.
+    pub interval: Duration,
+    /// Time a check may take.
+    pub timeout: Duration,
+    /// Consecutive successes to go up.
+    pub rise: u32,
+    /// Consecutive failures to go down.
+    pub fall: u32,
+    /// State of a backend before its first checks.
+    pub initial: InitialHealth,
+    /// HTTP path.
+    pub path: String,
+    /// HTTP Host header, default: the backend's address.
+    pub host: Option<String>,
+    /// Accepted statuses, empty = any 2xx or 3xx.
+    pub expect_status: Vec<u16>,
+    /// Substring the body must contain.
+    pub expect_body: Option<String>,
+    /// Bytes sent first (send-expect).
+    pub send: Option<String>,
+    /// Regex the first response line must match (send-expect).
+    pub expect: Option<String>,
+    /// Bytes sent after a successful match (send-expect).
+    pub quit: Option<String>,
+    /// Program run by a script check.
+    pub command: Option<PathBuf>,
+    /// Verify the backend's certificate (tls/https).
+    pub verify: bool,
+    /// CA bundle used when verify is on.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Health check type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// TCP connect.
+    Tcp,
+    /// TCP connect and TLS handshake.
+    Tls,
+    /// HTTP GET.
+    Http,
+    /// HTTP GET over TLS.
+    Https,
+    /// Banner protocols: optional send, then a regex on the first line.
+    SendExpect,
+    /// An external program.
+    Script,
+}
+
+/// Health state of a backend before its first checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitialHealth {
+    /// Down until `rise` checks pass.
+    #[default]
+    Down,
+    /// Up until `fall` checks fail.
+    Up,
+}
+
+/// A front-end service (`[[service]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// Unique name.
+    pub name: String,
+    /// Addresses to accept on.
+    pub listen: Vec<SocketAddr>,
+    /// How connections are handled.
+    pub mode: Mode,
+    /// Pool that serves it.
+    pub pool: String,
+    /// Time allowed to connect to a backend.
+    pub connect_timeout: Duration,
+    /// A connection with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Other backends tried when a connect fails.
+    pub retries: u32,
+    /// Concurrent connection limit, 0 = unlimited.
+    pub max_conns: u32,
+    /// PROXY protocol header sent to backends.
+    pub proxy_protocol: ProxyProtocol,
+    /// TLS termination (http mode).
+    pub tls: Option<Tls>,
+}
+
+/// How a service handles connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Byte relay.
+    #[default]
+    Tcp,
+    /// HTTP reverse proxy.
+    Http,
+    /// Kernel DNAT.
+    Redirect,
+}
+
+/// PROXY protocol header version sent to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyProtocol {
+    /// No header.
+    #[default]
+    None,
+    /// Text header.
+    V1,
+    /// Binary header.
+    V2,
+}
+
+/// TLS termination settings: one or more certificate/key pairs, chosen by SNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// Certificate chain and key files; the first is the default.
+    pub certs: Vec<CertPair>,
+}
+
+/// A certificate chain file and its private key file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// VRRPv3 settings (`[ha]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ha {
+    /// Interface VRRP runs on.
+    pub interface: String,
+    /// Virtual router id, 1..=255.
+    pub vrid: u8,
+    /// Priority, 1..=255 (255 = address owner).
+    pub priority: u8,
+    /// Advertisement interval, 10 ms .. 40.95 s in centiseconds.
+    pub advert_interval: Duration,
+    /// Take master back from a lower-priority node.
+    pub preempt: bool,
+    /// Wait this long before preempting.
+    pub preempt_delay: Duration,
+    /// Addresses held by the master, with prefix length.
+    pub virtual_ips: Vec<(IpAddr, u8)>,
+    /// Peers to advertise to by unicast instead of multicast.
+    pub unicast_peers: Vec<IpAddr>,
+    /// Priority demotion while a pool has no healthy backend.
+    pub track_pools: BTreeMap<String, u8>,
+    /// Program run with the new state as argument.
+    pub notify: Option<PathBuf>,
+    /// Whether the IPv4 VRRP checksum covers the pseudo-header (keepalived: yes).
+    pub checksum_pseudo_header: bool,
+}
+
+/// State sync settings (`[sync]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sync {
+    /// Address of the sync listener.
+    pub listen: SocketAddr,
+    /// Peers' sync addresses.
+    pub peers: Vec<SocketAddr>,
+    /// Shared secret file.
+    pub key_file: PathBuf,
+}
+
+/// Parses a duration written as "150ms", "2s", "5m" or "1h 30m".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| e.to_string())
+}

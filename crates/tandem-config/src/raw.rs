@@ -1,0 +1,139 @@
+//! The file as written: serde structs that keep the source span of every value that
+//! semantic validation may need to point at. Nothing here is checked beyond types.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub(crate) type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub global: RawGlobal,
+    #[serde(default)]
+    pub pool: Vec<S<RawPool>>,
+    #[serde(default)]
+    pub service: Vec<S<RawService>>,
+    pub ha: Option<S<RawHa>>,
+    pub sync: Option<S<RawSync>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGlobal {
+    pub name: Option<S<String>>,
+    pub control_socket: Option<S<String>>,
+    pub admin_listen: Option<S<String>>,
+    pub log_format: Option<S<crate::LogFormat>>,
+    pub drain_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub name: S<String>,
+    pub balance: Option<S<crate::Balance>>,
+    pub backends: S<Vec<S<RawBackend>>>,
+    pub sticky: Option<S<RawSticky>>,
+    pub fallback: Option<S<String>>,
+    pub check: Option<S<RawCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackend {
+    pub address: S<String>,
+    pub weight: Option<S<i64>>,
+    pub max_conns: Option<S<i64>>,
+    #[serde(default)]
+    pub backup: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSticky {
+    pub key: S<crate::StickyKey>,
+    pub ttl: Option<S<String>>,
+    pub cookie: Option<S<String>>,
+    pub max_entries: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCheck {
+    #[serde(rename = "type")]
+    pub kind: S<crate::CheckKind>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub rise: Option<S<i64>>,
+    pub fall: Option<S<i64>>,
+    pub initial: Option<S<crate::InitialHealth>>,
+    pub path: Option<S<String>>,
+    pub host: Option<S<String>>,
+    pub expect_status: Option<S<Vec<S<i64>>>>,
+    pub expect_body: Option<S<String>>,
+    pub send: Option<S<String>>,
+    pub expect: Option<S<String>>,
+    pub quit: Option<S<String>>,
+    pub command: Option<S<String>>,
+    pub verify: Option<S<bool>>,
+    pub ca_file: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    pub name: S<String>,
+    pub listen: S<Vec<S<String>>>,
+    pub mode: Option<S<crate::Mode>>,
+    pub pool: S<String>,
+    pub connect_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub retries: Option<S<i64>>,
+    pub max_conns: Option<S<i64>>,
+    pub proxy_protocol: Option<S<crate::ProxyProtocol>>,
+    pub tls: Option<S<RawTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub certs: Option<Vec<S<RawCertPair>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertPair {
+    pub cert: S<String>,
+    pub key: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHa {
+    pub interface: S<String>,
+    pub vrid: S<i64>,
+    pub priority: Option<S<i64>>,
+    pub advert_interval: Option<S<String>>,
+    pub preempt: Option<bool>,
+    pub preempt_delay: Option<S<String>>,
+    pub virtual_ips: S<Vec<S<String>>>,
+    #[serde(default)]
+    pub unicast_peers: Vec<S<String>>,
+    #[serde(default)]
+    pub track_pools: std::collections::BTreeMap<S<String>, S<i64>>,
+    pub notify: Option<S<String>>,
+    pub checksum_pseudo_header: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSync {
+    pub listen: S<String>,
+    #[serde(default)]
+    pub peers: Vec<S<String>>,
+    pub key_file: S<String>,
+}

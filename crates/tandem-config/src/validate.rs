@@ -1,0 +1,1060 @@
+//! From raw TOML to a validated [`Config`], collecting every error on the way.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{ConfigErrors, Diagnostic};
+use crate::raw::{self, S};
+use crate::*;
+
+/// Largest accepted backend weight (as HAProxy).
+pub const MAX_WEIGHT: i64 = 256;
+const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem.sock";
+
+pub(crate) fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    let raw: raw::RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let d = syntax_diagnostic(text, &e);
+            return Err(ConfigErrors::locate(origin, text, vec![d]));
+        }
+    };
+    let mut v = Validator {
+        diags: Vec::new(),
+        base_dir,
+    };
+    let config = v.config(raw);
+    if v.diags.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors::locate(origin, text, v.diags))
+    }
+}
+
+/// Turns a serde/TOML error into a diagnostic, guessing the key from the source line.
+fn syntax_diagnostic(text: &str, e: &toml::de::Error) -> Diagnostic {
+    let message = e.message().trim().to_string();
+    let span = e.span();
+    let key = span
+        .as_ref()
+        .map(|s| {
+            key_at(
+                text,
+                s.start,
+                s.end,
+                message.starts_with("unknown field") || message.contains("duplicate key"),
+            )
+        })
+        .unwrap_or_default();
+    let hint = if message.starts_with("unknown field") {
+        "check the spelling; docs/configuration.md lists every key"
+    } else if message.starts_with("unknown variant") {
+        "use one of the values listed"
+    } else if message.starts_with("missing field") {
+        "this key is required here"
+    } else if message.starts_with("invalid type") {
+        "strings go in quotes, numbers and booleans without"
+    } else if message.contains("duplicate key") {
+        "each key may appear once per table"
+    } else {
+        "check the TOML syntax here"
+    };
+    let mut d = Diagnostic::new(key, message).hint(hint);
+    if let Some(span) = span {
+        d = d.at(span);
+    }
+    d
+}
+
+/// The dotted key for the value or key at `start..end`: the nearest `[section]` header
+/// above it, the key of an enclosing inline table or array (`backends = [{ ... }]`),
+/// then the `name =` that precedes it on its line, or the spanned word itself when
+/// `names_key` says the span is a key (unknown or duplicate keys).
+fn key_at(text: &str, start: usize, end: usize, names_key: bool) -> String {
+    let start = start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..start];
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
+    let word = |s: &str| s.trim().trim_matches(|c: char| !is_ident(c)).to_string();
+    // The identifier that ends right before byte `eq` (an '=') of `s`.
+    let ident_before = |s: &str, eq: usize| {
+        let lhs = s[..eq].trim_end();
+        let from = lhs
+            .rfind(|c: char| !(is_ident(c) || c == '.'))
+            .map_or(0, |i| i + 1);
+        word(&lhs[from..])
+    };
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let own = word(text.get(start..end.min(text.len())).unwrap_or(""));
+    let key = if names_key && !own.is_empty() {
+        own.clone()
+    } else {
+        match before.rfind('=') {
+            Some(eq) => ident_before(before, eq),
+            None if !own.is_empty() && own.len() < 40 => own.clone(),
+            None => String::new(),
+        }
+    };
+    // Parent: `name = [` or `name = {` opened earlier on this line, or on a line above
+    // when this line continues a multi-line array.
+    let opener = |s: &str| {
+        let open = s.find(['[', '{'])?;
+        let eq = s[..open].rfind('=')?;
+        Some(ident_before(s, eq))
+    };
+    let parent = match opener(before) {
+        Some(p) if p != key => Some(p),
+        _ if before.trim_start().starts_with('{') => text[..line_start]
+            .lines()
+            .rev()
+            .take_while(|l| !l.trim_start().starts_with('['))
+            .find_map(|l| l.contains('=').then(|| opener(l)).flatten()),
+        _ => None,
+    };
+    let mut parts: Vec<String> = Vec::new();
+    let header_line = before.trim_start().starts_with('[');
+    if let Some(s) = section {
+        parts.push(s);
+    }
+    if !header_line {
+        parts.extend(parent);
+        if !key.is_empty() {
+            parts.push(key);
+        }
+    }
+    parts.join(".")
+}
+
+struct Validator<'a> {
+    diags: Vec<Diagnostic>,
+    base_dir: &'a Path,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: std::ops::Range<usize>, key: &str, message: String, hint: &str) {
+        self.diags
+            .push(Diagnostic::new(key, message).hint(hint).at(span));
+    }
+
+    fn config(&mut self, raw: raw::RawConfig) -> Config {
+        let global = self.global(raw.global);
+        let pools: Vec<Pool> = raw.pool.iter().map(|p| self.pool(p)).collect();
+        self.pool_names(&raw.pool);
+        let services: Vec<Service> = raw.service.iter().map(|s| self.service(s)).collect();
+        self.service_cross_checks(&raw.service, &raw.pool, &pools);
+        self.fallbacks(&raw.pool);
+        let ha = raw.ha.as_ref().map(|h| self.ha(h, &pools));
+        let sync = raw.sync.as_ref().map(|s| self.sync(s));
+        if raw.service.is_empty() {
+            self.diags.push(
+                Diagnostic::new(
+                    "service",
+                    "no [[service]] is defined: tandem would accept nothing",
+                )
+                .hint("add a [[service]] with name, listen and pool")
+                .at(0..0),
+            );
+        }
+        Config {
+            global,
+            pools,
+            services,
+            ha,
+            sync,
+        }
+    }
+
+    fn global(&mut self, g: raw::RawGlobal) -> Global {
+        let name = match &g.name {
+            Some(n) if n.get_ref().trim().is_empty() => {
+                self.error(
+                    n.span(),
+                    "global.name",
+                    "is empty".into(),
+                    "give the node a name, or remove the key to use the host name",
+                );
+                String::new()
+            }
+            Some(n) => n.get_ref().clone(),
+            None => hostname(),
+        };
+        let admin_listen = g
+            .admin_listen
+            .as_ref()
+            .and_then(|a| self.socket_addr(a, "global.admin_listen"));
+        Global {
+            name,
+            control_socket: g
+                .control_socket
+                .as_ref()
+                .map(|p| PathBuf::from(p.get_ref()))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            admin_listen,
+            log_format: g.log_format.map(|l| l.into_inner()).unwrap_or_default(),
+            drain_timeout: self.duration(
+                &g.drain_timeout,
+                "global.drain_timeout",
+                Duration::from_secs(30),
+                false,
+            ),
+        }
+    }
+
+    fn pool(&mut self, p: &S<raw::RawPool>) -> Pool {
+        let p = p.get_ref();
+        if p.name.get_ref().trim().is_empty() {
+            self.error(
+                p.name.span(),
+                "pool.name",
+                "is empty".into(),
+                "name the pool, e.g. name = \"web\"",
+            );
+        }
+        if p.backends.get_ref().is_empty() {
+            self.error(
+                p.backends.span(),
+                "pool.backends",
+                "is empty".into(),
+                "list at least one backend: backends = [{ address = \"10.0.0.1:80\" }]",
+            );
+        }
+        let mut seen = HashSet::new();
+        let mut backends = Vec::new();
+        for b in p.backends.get_ref() {
+            let b = b.get_ref();
+            let address = self.socket_addr(&b.address, "pool.backends.address");
+            if let Some(a) = address
+                && !seen.insert(a)
+            {
+                self.error(
+                    b.address.span(),
+                    "pool.backends.address",
+                    format!("{a} is listed twice in pool {}", p.name.get_ref()),
+                    "list each backend once; use weight to give it more traffic",
+                );
+            }
+            let weight = match &b.weight {
+                Some(w) if !(1..=MAX_WEIGHT).contains(w.get_ref()) => {
+                    self.error(w.span(), "pool.backends.weight", format!("{} is out of range", w.get_ref()), "weight is 1 to 256; use backup = true or disable a backend instead of weight 0");
+                    1
+                }
+                Some(w) => *w.get_ref() as u32,
+                None => 1,
+            };
+            let max_conns = self.count(&b.max_conns, "pool.backends.max_conns", 0, u32::MAX as i64);
+            if let Some(address) = address {
+                backends.push(BackendConfig {
+                    address,
+                    weight,
+                    max_conns,
+                    backup: b.backup,
+                });
+            }
+        }
+        let sticky = p.sticky.as_ref().map(|s| {
+            let s = s.get_ref();
+            let ttl = self.duration(
+                &s.ttl,
+                "pool.sticky.ttl",
+                Duration::from_secs(30 * 60),
+                true,
+            );
+            let cookie = s
+                .cookie
+                .as_ref()
+                .map_or("TANDEMID".to_string(), |c| c.get_ref().clone());
+            if let Some(c) = &s.cookie
+                && (c.get_ref().is_empty()
+                    || !c
+                        .get_ref()
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)))
+            {
+                self.error(
+                    c.span(),
+                    "pool.sticky.cookie",
+                    format!("{:?} is not a valid cookie name", c.get_ref()),
+                    "use letters, digits, '-', '_' or '.'",
+                );
+            }
+            let max_entries = self.count(
+                &s.max_entries,
+                "pool.sticky.max_entries",
+                1_000_000,
+                100_000_000,
+            ) as usize;
+            if max_entries == 0
+                && let Some(m) = &s.max_entries
+            {
+                self.error(
+                    m.span(),
+                    "pool.sticky.max_entries",
+                    "is 0".into(),
+                    "a sticky table needs room for at least one entry",
+                );
+            }
+            Sticky {
+                key: *s.key.get_ref(),
+                ttl,
+                cookie,
+                max_entries,
+            }
+        });
+        let check = p.check.as_ref().map(|c| self.check(c));
+        Pool {
+            name: p.name.get_ref().clone(),
+            balance: p.balance.as_ref().map(|b| *b.get_ref()).unwrap_or_default(),
+            backends,
+            sticky,
+            fallback: p.fallback.as_ref().map(|f| f.get_ref().clone()),
+            check,
+        }
+    }
+
+    fn check(&mut self, c: &S<raw::RawCheck>) -> Check {
+        let whole = c.span();
+        let c = c.get_ref();
+        let kind = *c.kind.get_ref();
+        let interval = self.duration(
+            &c.interval,
+            "pool.check.interval",
+            Duration::from_secs(2),
+            true,
+        );
+        let timeout = self.duration(
+            &c.timeout,
+            "pool.check.timeout",
+            Duration::from_secs(1),
+            true,
+        );
+        if timeout >= interval {
+            let span = c.timeout.as_ref().map_or(whole.clone(), |t| t.span());
+            self.error(
+                span,
+                "pool.check.timeout",
+                format!(
+                    "{} is not shorter than the interval {}",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+                "a check must end before the next one starts: make timeout < interval",
+            );
+        }
+        let rise = self.at_least_one(&c.rise, "pool.check.rise", 2);
+        let fall = self.at_least_one(&c.fall, "pool.check.fall", 3);
+        let mut expect_status = Vec::new();
+        if let Some(list) = &c.expect_status {
+            for s in list.get_ref() {
+                if (100..=599).contains(s.get_ref()) {
+                    expect_status.push(*s.get_ref() as u16);
+                } else {
+                    self.error(
+                        s.span(),
+                        "pool.check.expect_status",
+                        format!("{} is not an HTTP status", s.get_ref()),
+                        "use codes from 100 to 599, e.g. [200, 204]",
+                    );
+                }
+            }
+        }
+        let http_only = [
+            ("path", c.path.is_some()),
+            ("host", c.host.is_some()),
+            ("expect_status", c.expect_status.is_some()),
+            ("expect_body", c.expect_body.is_some()),
+        ];
+        let banner_only = [
+            ("send", c.send.is_some()),
+            ("expect", c.expect.is_some()),
+            ("quit", c.quit.is_some()),
+        ];
+        let is_http = matches!(kind, CheckKind::Http | CheckKind::Https);
+        let is_banner = kind == CheckKind::SendExpect;
+        for (name, present) in http_only {
+            if present && !is_http {
+                self.error(
+                    whole.clone(),
+                    &format!("pool.check.{name}"),
+                    format!("applies to http and https checks, not {}", kind_name(kind)),
+                    "remove it or change the check type",
+                );
+            }
+        }
+        for (name, present) in banner_only {
+            if present && !is_banner {
+                self.error(
+                    whole.clone(),
+                    &format!("pool.check.{name}"),
+                    format!("applies to send-expect checks, not {}", kind_name(kind)),
+                    "remove it or change the check type",
+                );
+            }
+        }
+        if let Some(p) = &c.path
+            && !p.get_ref().starts_with('/')
+        {
+            self.error(
+                p.span(),
+                "pool.check.path",
+                format!("{:?} does not start with '/'", p.get_ref()),
+                "write an absolute path such as \"/health\"",
+            );
+        }
+        match (&c.expect, is_banner) {
+            (Some(e), _) => {
+                if let Err(err) = regex::Regex::new(e.get_ref()) {
+                    let first = err
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    self.error(
+                        e.span(),
+                        "pool.check.expect",
+                        format!("is not a valid regex: {first}"),
+                        "e.g. \"^220 \" for SMTP, \"^\\\\+OK\" for POP3",
+                    );
+                }
+            }
+            (None, true) => self.error(
+                whole.clone(),
+                "pool.check.expect",
+                "is required by send-expect checks".into(),
+                "add expect = \"^220 \" (a regex for the first response line)",
+            ),
+            _ => {}
+        }
+        let command = match (&c.command, kind == CheckKind::Script) {
+            (Some(cmd), true) => {
+                let path = self.resolve(cmd.get_ref());
+                if !is_executable(&path) {
+                    self.error(
+                        cmd.span(),
+                        "pool.check.command",
+                        format!("{} is not an executable file", path.display()),
+                        "give the full path of a program that exits 0 when the backend is up",
+                    );
+                }
+                Some(path)
+            }
+            (None, true) => {
+                self.error(
+                    whole.clone(),
+                    "pool.check.command",
+                    "is required by script checks".into(),
+                    "add command = \"/usr/local/bin/check-backend\"",
+                );
+                None
+            }
+            (Some(cmd), false) => {
+                self.error(
+                    cmd.span(),
+                    "pool.check.command",
+                    format!("applies to script checks, not {}", kind_name(kind)),
+                    "remove it or set type = \"script\"",
+                );
+                None
+            }
+            (None, false) => None,
+        };
+        let verify = c.verify.as_ref().is_some_and(|v| *v.get_ref());
+        let ca_file = c
+            .ca_file
+            .as_ref()
+            .map(|f| self.readable_file(f, "pool.check.ca_file"));
+        if (c.verify.is_some() || c.ca_file.is_some())
+            && !matches!(kind, CheckKind::Tls | CheckKind::Https)
+        {
+            self.error(
+                whole.clone(),
+                "pool.check.verify",
+                format!("applies to tls and https checks, not {}", kind_name(kind)),
+                "remove verify/ca_file or change the check type",
+            );
+        }
+        Check {
+            kind,
+            interval,
+            timeout,
+            rise,
+            fall,
+            initial: c.initial.as_ref().map(|i| *i.get_ref()).unwrap_or_default(),
+            path: c
+                .path
+                .as_ref()
+                .map_or("/".to_string(), |p| p.get_ref().clone()),
+            host: c.host.as_ref().map(|h| h.get_ref().clone()),
+            expect_status,
+            expect_body: c.expect_body.as_ref().map(|b| b.get_ref().clone()),
+            send: c.send.as_ref().map(|b| b.get_ref().clone()),
+            expect: c.expect.as_ref().map(|b| b.get_ref().clone()),
+            quit: c.quit.as_ref().map(|b| b.get_ref().clone()),
+            command,
+            verify,
+            ca_file,
+        }
+    }
+
+    fn pool_names(&mut self, pools: &[S<raw::RawPool>]) {
+        let mut seen: HashMap<&str, ()> = HashMap::new();
+        for p in pools {
+            let name = &p.get_ref().name;
+            if seen.insert(name.get_ref().as_str(), ()).is_some() {
+                self.error(
+                    name.span(),
+                    "pool.name",
+                    format!("{:?} is already the name of another pool", name.get_ref()),
+                    "pool names must be unique",
+                );
+            }
+        }
+    }
+
+    fn fallbacks(&mut self, pools: &[S<raw::RawPool>]) {
+        let names: HashSet<&str> = pools
+            .iter()
+            .map(|p| p.get_ref().name.get_ref().as_str())
+            .collect();
+        let next: HashMap<&str, &str> = pools
+            .iter()
+            .filter_map(|p| {
+                let p = p.get_ref();
+                p.fallback
+                    .as_ref()
+                    .map(|f| (p.name.get_ref().as_str(), f.get_ref().as_str()))
+            })
+            .collect();
+        for p in pools {
+            let p = p.get_ref();
+            let Some(f) = &p.fallback else { continue };
+            if !names.contains(f.get_ref().as_str()) {
+                self.error(
+                    f.span(),
+                    "pool.fallback",
+                    format!("no pool is named {:?}", f.get_ref()),
+                    &known_names_hint(&names),
+                );
+                continue;
+            }
+            // Follow the chain; a cycle shows up as a return to this pool.
+            let start = p.name.get_ref().as_str();
+            let mut at = f.get_ref().as_str();
+            let mut chain = vec![start, at];
+            let mut steps = 0;
+            while let Some(n) = next.get(at) {
+                if *n == start {
+                    chain.push(n);
+                    self.error(
+                        f.span(),
+                        "pool.fallback",
+                        format!("makes a cycle: {}", chain.join(" -> ")),
+                        "a fallback chain must end in a pool without fallback",
+                    );
+                    break;
+                }
+                at = n;
+                chain.push(n);
+                steps += 1;
+                if steps > pools.len() {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn service(&mut self, s: &S<raw::RawService>) -> Service {
+        let s = s.get_ref();
+        if s.name.get_ref().trim().is_empty() {
+            self.error(
+                s.name.span(),
+                "service.name",
+                "is empty".into(),
+                "name the service, e.g. name = \"www\"",
+            );
+        }
+        if s.listen.get_ref().is_empty() {
+            self.error(
+                s.listen.span(),
+                "service.listen",
+                "is empty".into(),
+                "give at least one address, e.g. listen = [\"0.0.0.0:80\"]",
+            );
+        }
+        let listen: Vec<SocketAddr> = s
+            .listen
+            .get_ref()
+            .iter()
+            .filter_map(|l| self.socket_addr(l, "service.listen"))
+            .collect();
+        let mode = s.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
+        let tls = s.tls.as_ref().map(|t| self.tls(t));
+        if let Some(t) = s.tls.as_ref().filter(|_| mode != Mode::Http) {
+            self.error(
+                t.span(),
+                "service.tls",
+                "TLS termination needs mode = \"http\"".into(),
+                "set mode = \"http\", or relay TLS untouched in tcp mode without tls",
+            );
+        }
+        Service {
+            name: s.name.get_ref().clone(),
+            listen,
+            mode,
+            pool: s.pool.get_ref().clone(),
+            connect_timeout: self.duration(
+                &s.connect_timeout,
+                "service.connect_timeout",
+                Duration::from_secs(3),
+                true,
+            ),
+            idle_timeout: self.duration(
+                &s.idle_timeout,
+                "service.idle_timeout",
+                Duration::from_secs(600),
+                true,
+            ),
+            retries: self.count(&s.retries, "service.retries", 2, 100),
+            max_conns: self.count(&s.max_conns, "service.max_conns", 0, u32::MAX as i64),
+            proxy_protocol: s
+                .proxy_protocol
+                .as_ref()
+                .map(|p| *p.get_ref())
+                .unwrap_or_default(),
+            tls,
+        }
+    }
+
+    fn tls(&mut self, t: &S<raw::RawTls>) -> Tls {
+        let whole = t.span();
+        let t = t.get_ref();
+        let mut certs = Vec::new();
+        match (&t.cert, &t.key) {
+            (Some(c), Some(k)) => certs.push(CertPair {
+                cert: self.readable_file(c, "service.tls.cert"),
+                key: self.readable_file(k, "service.tls.key"),
+            }),
+            (None, None) => {}
+            _ => self.error(
+                whole.clone(),
+                "service.tls",
+                "cert and key go together".into(),
+                "give both cert and key files",
+            ),
+        }
+        for pair in t.certs.iter().flatten() {
+            let pair = pair.get_ref();
+            certs.push(CertPair {
+                cert: self.readable_file(&pair.cert, "service.tls.certs.cert"),
+                key: self.readable_file(&pair.key, "service.tls.certs.key"),
+            });
+        }
+        if certs.is_empty() {
+            self.error(whole, "service.tls", "names no certificate".into(), "tls = { cert = \"cert.pem\", key = \"key.pem\" }, or certs = [{ cert, key }, ...] for several names");
+        }
+        Tls { certs }
+    }
+
+    fn service_cross_checks(
+        &mut self,
+        services: &[S<raw::RawService>],
+        raw_pools: &[S<raw::RawPool>],
+        pools: &[Pool],
+    ) {
+        let names: HashSet<&str> = raw_pools
+            .iter()
+            .map(|p| p.get_ref().name.get_ref().as_str())
+            .collect();
+        let mut service_names = HashSet::new();
+        let mut listens: HashMap<SocketAddr, String> = HashMap::new();
+        for s in services {
+            let s = s.get_ref();
+            if !service_names.insert(s.name.get_ref().as_str()) {
+                self.error(
+                    s.name.span(),
+                    "service.name",
+                    format!(
+                        "{:?} is already the name of another service",
+                        s.name.get_ref()
+                    ),
+                    "service names must be unique",
+                );
+            }
+            if !names.contains(s.pool.get_ref().as_str()) {
+                self.error(
+                    s.pool.span(),
+                    "service.pool",
+                    format!("no pool is named {:?}", s.pool.get_ref()),
+                    &known_names_hint(&names),
+                );
+            }
+            for l in s.listen.get_ref() {
+                if let Ok(addr) = l.get_ref().parse::<SocketAddr>() {
+                    if let Some(other) = listens.insert(addr, s.name.get_ref().clone()) {
+                        self.error(
+                            l.span(),
+                            "service.listen",
+                            format!("{addr} is already the address of service {other:?}"),
+                            "each address:port can serve one service",
+                        );
+                    }
+                }
+            }
+            let mode = s.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
+            if let Some(pool) = pools.iter().find(|p| &p.name == s.pool.get_ref())
+                && pool
+                    .sticky
+                    .as_ref()
+                    .is_some_and(|st| st.key == StickyKey::Cookie)
+                && mode != Mode::Http
+            {
+                self.error(
+                    s.pool.span(),
+                    "service.pool",
+                    format!(
+                        "pool {:?} is sticky by cookie, which needs mode = \"http\"",
+                        pool.name
+                    ),
+                    "use sticky key = \"source-ip\" for tcp services",
+                );
+            }
+        }
+    }
+
+    fn ha(&mut self, h: &S<raw::RawHa>, pools: &[Pool]) -> Ha {
+        let h = h.get_ref();
+        if h.interface.get_ref().trim().is_empty() {
+            self.error(
+                h.interface.span(),
+                "ha.interface",
+                "is empty".into(),
+                "name the interface VRRP runs on, e.g. \"eth0\"",
+            );
+        }
+        let vrid = match h.vrid.get_ref() {
+            v @ 1..=255 => *v as u8,
+            v => {
+                self.error(
+                    h.vrid.span(),
+                    "ha.vrid",
+                    format!("{v} is out of range"),
+                    "a virtual router id is 1 to 255, the same on every node of the pair",
+                );
+                1
+            }
+        };
+        let priority = match h.priority.as_ref() {
+            None => 100,
+            Some(p) => match p.get_ref() {
+                v @ 1..=255 => *v as u8,
+                v => {
+                    self.error(
+                        p.span(),
+                        "ha.priority",
+                        format!("{v} is out of range"),
+                        "priority is 1 to 254, or 255 for the address owner",
+                    );
+                    100
+                }
+            },
+        };
+        let advert_interval = self.duration(
+            &h.advert_interval,
+            "ha.advert_interval",
+            Duration::from_secs(1),
+            true,
+        );
+        if let Some(a) = &h.advert_interval {
+            let ms = advert_interval.as_millis();
+            if ms % 10 != 0 || !(10..=40_950).contains(&ms) {
+                self.error(
+                    a.span(),
+                    "ha.advert_interval",
+                    format!(
+                        "{} is not a VRRPv3 interval",
+                        humantime::format_duration(advert_interval)
+                    ),
+                    "VRRPv3 counts in centiseconds: 10ms to 40950ms, in steps of 10ms",
+                );
+            }
+        }
+        let mut virtual_ips = Vec::new();
+        if h.virtual_ips.get_ref().is_empty() {
+            self.error(
+                h.virtual_ips.span(),
+                "ha.virtual_ips",
+                "is empty".into(),
+                "list the shared addresses, e.g. [\"192.0.2.10/24\"]",
+            );
+        }
+        for ip in h.virtual_ips.get_ref() {
+            match parse_cidr(ip.get_ref()) {
+                Ok(v) => virtual_ips.push(v),
+                Err(e) => self.error(
+                    ip.span(),
+                    "ha.virtual_ips",
+                    e,
+                    "write address/prefix, e.g. \"192.0.2.10/24\"",
+                ),
+            }
+        }
+        let mut unicast_peers = Vec::new();
+        for p in &h.unicast_peers {
+            match p.get_ref().parse::<IpAddr>() {
+                Ok(a) => unicast_peers.push(a),
+                Err(_) => self.error(
+                    p.span(),
+                    "ha.unicast_peers",
+                    format!("{:?} is not an IP address", p.get_ref()),
+                    "write the peer's address without port, e.g. \"10.0.0.2\"",
+                ),
+            }
+        }
+        let mut track_pools = BTreeMap::new();
+        for (name, weight) in &h.track_pools {
+            if !pools.iter().any(|p| &p.name == name.get_ref()) {
+                self.error(
+                    name.span(),
+                    "ha.track_pools",
+                    format!("no pool is named {:?}", name.get_ref()),
+                    "track a pool defined by a [[pool]]",
+                );
+            }
+            match weight.get_ref() {
+                w @ 1..=254 => {
+                    track_pools.insert(name.get_ref().clone(), *w as u8);
+                }
+                w => self.error(
+                    weight.span(),
+                    "ha.track_pools",
+                    format!("weight {w} is out of range"),
+                    "the priority drop is 1 to 254",
+                ),
+            }
+        }
+        Ha {
+            interface: h.interface.get_ref().clone(),
+            vrid,
+            priority,
+            advert_interval,
+            preempt: h.preempt.unwrap_or(true),
+            preempt_delay: self.duration(
+                &h.preempt_delay,
+                "ha.preempt_delay",
+                Duration::ZERO,
+                false,
+            ),
+            virtual_ips,
+            unicast_peers,
+            track_pools,
+            notify: h.notify.as_ref().map(|n| {
+                let path = self.resolve(n.get_ref());
+                if !is_executable(&path) {
+                    self.error(
+                        n.span(),
+                        "ha.notify",
+                        format!("{} is not an executable file", path.display()),
+                        "give the full path of a program to run on state changes",
+                    );
+                }
+                path
+            }),
+            checksum_pseudo_header: h.checksum_pseudo_header.unwrap_or(true),
+        }
+    }
+
+    fn sync(&mut self, s: &S<raw::RawSync>) -> Sync {
+        let s = s.get_ref();
+        let listen = self.socket_addr(&s.listen, "sync.listen");
+        let peers = s
+            .peers
+            .iter()
+            .filter_map(|p| self.socket_addr(p, "sync.peers"))
+            .collect();
+        let key_file = self.readable_file(&s.key_file, "sync.key_file");
+        if let Ok(meta) = std::fs::metadata(&key_file)
+            && meta.len() < 16
+        {
+            self.error(
+                s.key_file.span(),
+                "sync.key_file",
+                format!("{} holds fewer than 16 bytes", key_file.display()),
+                "make a key with: head -c 32 /dev/urandom | base64 > sync.key",
+            );
+        }
+        Sync {
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            peers,
+            key_file,
+        }
+    }
+
+    // ---- value helpers ----
+
+    fn duration(
+        &mut self,
+        value: &Option<S<String>>,
+        key: &str,
+        default: Duration,
+        nonzero: bool,
+    ) -> Duration {
+        let Some(v) = value else { return default };
+        match parse_duration(v.get_ref()) {
+            Ok(d) if nonzero && d.is_zero() => {
+                self.error(
+                    v.span(),
+                    key,
+                    "is zero".into(),
+                    "give a positive duration such as \"2s\"",
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(_) => {
+                self.error(
+                    v.span(),
+                    key,
+                    format!("{:?} is not a duration", v.get_ref()),
+                    "write a number and a unit: \"150ms\", \"2s\", \"5m\", \"1h\"",
+                );
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, value: &S<String>, key: &str) -> Option<SocketAddr> {
+        match value.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let hint = if value.get_ref().parse::<IpAddr>().is_ok() {
+                    "add the port: \"10.0.0.1:80\", or \"[2001:db8::1]:80\" for IPv6"
+                } else {
+                    "write IP:PORT, e.g. \"10.0.0.1:80\" or \"[2001:db8::1]:80\""
+                };
+                self.error(
+                    value.span(),
+                    key,
+                    format!("{:?} is not an IP:port address", value.get_ref()),
+                    hint,
+                );
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, value: &Option<S<i64>>, key: &str, default: u32, max: i64) -> u32 {
+        match value {
+            None => default,
+            Some(v) if (0..=max).contains(v.get_ref()) => *v.get_ref() as u32,
+            Some(v) => {
+                self.error(
+                    v.span(),
+                    key,
+                    format!("{} is out of range", v.get_ref()),
+                    &format!("use 0 to {max}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn at_least_one(&mut self, value: &Option<S<i64>>, key: &str, default: u32) -> u32 {
+        match value {
+            None => default,
+            Some(v) if (1..=1000).contains(v.get_ref()) => *v.get_ref() as u32,
+            Some(v) => {
+                self.error(
+                    v.span(),
+                    key,
+                    format!("{} is out of range", v.get_ref()),
+                    "use 1 to 1000 consecutive results",
+                );
+                default
+            }
+        }
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn readable_file(&mut self, value: &S<String>, key: &str) -> PathBuf {
+        let path = self.resolve(value.get_ref());
+        if let Err(e) = std::fs::File::open(&path) {
+            self.error(
+                value.span(),
+                key,
+                format!("cannot read {}: {e}", path.display()),
+                "relative paths are taken from the config file's folder",
+            );
+        }
+        path
+    }
+}
+
+fn kind_name(kind: CheckKind) -> &'static str {
+    match kind {
+        CheckKind::Tcp => "tcp",
+        CheckKind::Tls => "tls",
+        CheckKind::Http => "http",
+        CheckKind::Https => "https",
+        CheckKind::SendExpect => "send-expect",
+        CheckKind::Script => "script",
+    }
+}
+
+fn known_names_hint(names: &HashSet<&str>) -> String {
+    let mut names: Vec<&str> = names.iter().copied().collect();
+    names.sort_unstable();
+    if names.is_empty() {
+        "define it with a [[pool]] section".to_string()
+    } else {
+        format!("defined pools: {}", names.join(", "))
+    }
+}
+
+fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IP address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("{text:?} has an invalid prefix length"))?,
+    };
+    Ok((ip, prefix))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tandem".to_string())
+}
