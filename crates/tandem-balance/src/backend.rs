@@ -1,0 +1,149 @@
+//! A backend server and the runtime state it keeps across configuration generations.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// Runtime state of one backend: health, operator flag and counters. Shared by every
+/// generation of the pool in which the backend stays, so a reload keeps it.
+#[derive(Debug)]
+pub struct BackendState {
+    healthy: AtomicBool,
+    enabled: AtomicBool,
+    active: AtomicU32,
+    total: AtomicU64,
+    connect_errors: AtomicU64,
+    bytes_to_backend: AtomicU64,
+    bytes_to_client: AtomicU64,
+}
+
+impl BackendState {
+    /// A new state; `healthy` is the health before any check result.
+    pub fn new(healthy: bool) -> BackendState {
+        BackendState {
+            healthy: AtomicBool::new(healthy),
+            enabled: AtomicBool::new(true),
+            active: AtomicU32::new(0),
+            total: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            bytes_to_backend: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether health checks say the backend is up.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
+    /// Sets the health checks' verdict.
+    pub fn set_healthy(&self, up: bool) {
+        self.healthy.store(up, Relaxed);
+    }
+
+    /// Whether the operator lets it take new connections (false = draining).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
+    /// Enables or disables (drains) the backend.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn active(&self) -> u32 {
+        self.active.load(Relaxed)
+    }
+
+    /// Connections handed to this backend since it was configured.
+    pub fn total(&self) -> u64 {
+        self.total.load(Relaxed)
+    }
+
+    /// Failed connection attempts.
+    pub fn connect_errors(&self) -> u64 {
+        self.connect_errors.load(Relaxed)
+    }
+
+    /// Counts a failed connection attempt.
+    pub fn record_connect_error(&self) {
+        self.connect_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Bytes relayed (client to backend, backend to client).
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes_to_backend.load(Relaxed),
+            self.bytes_to_client.load(Relaxed),
+        )
+    }
+
+    /// Adds relayed bytes.
+    pub fn record_bytes(&self, to_backend: u64, to_client: u64) {
+        self.bytes_to_backend.fetch_add(to_backend, Relaxed);
+        self.bytes_to_client.fetch_add(to_client, Relaxed);
+    }
+
+    /// Takes a connection slot unless `max_conns` (0 = no limit) are taken already.
+    fn try_acquire(&self, max_conns: u32) -> bool {
+        if max_conns == 0 {
+            self.active.fetch_add(1, Relaxed);
+        } else if self
+            .active
+            .fetch_update(Relaxed, Relaxed, |n| (n < max_conns).then_some(n + 1))
+            .is_err()
+        {
+            return false;
+        }
+        self.total.fetch_add(1, Relaxed);
+        true
+    }
+}
+
+/// One backend of one pool generation: its configuration and its shared state.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Relative share of new connections.
+    pub weight: u32,
+    /// Connection limit, 0 = none.
+    pub max_conns: u32,
+    /// Serves only when no primary is usable.
+    pub backup: bool,
+    /// Runtime state, shared across generations.
+    pub state: Arc<BackendState>,
+}
+
+impl Backend {
+    /// Whether it may take a new connection now: healthy, enabled and under its limit.
+    pub fn is_usable(&self) -> bool {
+        self.state.is_healthy()
+            && self.state.is_enabled()
+            && (self.max_conns == 0 || self.state.active() < self.max_conns)
+    }
+
+    /// Takes a connection slot; the slot is freed when the lease drops.
+    pub fn lease(&self) -> Option<Lease> {
+        self.state.try_acquire(self.max_conns).then(|| Lease {
+            address: self.address,
+            state: self.state.clone(),
+        })
+    }
+}
+
+/// A connection slot on a backend, held for the life of one relayed connection.
+#[derive(Debug)]
+pub struct Lease {
+    /// The backend's address.
+    pub address: SocketAddr,
+    /// The backend's state, for counters.
+    pub state: Arc<BackendState>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.state.active.fetch_sub(1, Relaxed);
+    }
+}
