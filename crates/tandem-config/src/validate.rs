@@ -697,15 +697,15 @@ impl Validator<'_> {
                 );
             }
             for l in s.listen.get_ref() {
-                if let Ok(addr) = l.get_ref().parse::<SocketAddr>() {
-                    if let Some(other) = listens.insert(addr, s.name.get_ref().clone()) {
-                        self.error(
-                            l.span(),
-                            "service.listen",
-                            format!("{addr} is already the address of service {other:?}"),
-                            "each address:port can serve one service",
-                        );
-                    }
+                if let Ok(addr) = l.get_ref().parse::<SocketAddr>()
+                    && let Some(other) = listens.insert(addr, s.name.get_ref().clone())
+                {
+                    self.error(
+                        l.span(),
+                        "service.listen",
+                        format!("{addr} is already the address of service {other:?}"),
+                        "each address:port can serve one service",
+                    );
                 }
             }
             let mode = s.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
@@ -774,7 +774,7 @@ impl Validator<'_> {
         );
         if let Some(a) = &h.advert_interval {
             let ms = advert_interval.as_millis();
-            if ms % 10 != 0 || !(10..=40_950).contains(&ms) {
+            if !ms.is_multiple_of(10) || !(10..=40_950).contains(&ms) {
                 self.error(
                     a.span(),
                     "ha.advert_interval",
