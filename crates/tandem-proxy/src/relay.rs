@@ -1,0 +1,313 @@
+//! Moving bytes both ways between a client and a backend until both sides are done.
+//!
+//! Two half-duplex pumps run side by side. A pump that reads end-of-file shuts down the
+//! write side of the other socket (half-close), and the other pump goes on: a client
+//! that has sent its whole request still receives the whole response. An error on
+//! either side ends both. A connection with no bytes either way for `idle` ends too.
+//!
+//! On Linux the bytes go socket -> pipe -> socket with splice(2) and never enter user
+//! space. Pipes come from a small per-thread pool and are held only while bytes are in
+//! flight, so an idle connection holds no pipe (two sockets, no extra descriptors).
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// How a relayed connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Both sides closed their write side.
+    Closed,
+    /// The client side failed (reset, broken pipe...).
+    ClientError(String),
+    /// The backend side failed.
+    BackendError(String),
+    /// No bytes moved either way for the idle timeout.
+    IdleTimeout,
+    /// tandem closed it (drain deadline passed).
+    Shutdown,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Closed => f.write_str("closed"),
+            End::ClientError(e) => write!(f, "client error: {e}"),
+            End::BackendError(e) => write!(f, "backend error: {e}"),
+            End::IdleTimeout => f.write_str("idle timeout"),
+            End::Shutdown => f.write_str("shutdown"),
+        }
+    }
+}
+
+/// Bytes moved and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Bytes from client to backend.
+    pub to_backend: u64,
+    /// Bytes from backend to client.
+    pub to_client: u64,
+    /// How the relay ended.
+    pub end: End,
+}
+
+/// The last time bytes moved, as milliseconds since the relay started.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Relaxed)))
+    }
+}
+
+enum PumpError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Relays between `client` and `backend` until both directions end, one fails, the
+/// connection is idle for `idle`, or `cancel` fires.
+pub async fn relay(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let both = async {
+        let up_pump = async {
+            pump(client, backend, &up, &activity)
+                .await
+                .map_err(|e| match e {
+                    PumpError::Read(e) => End::ClientError(e.to_string()),
+                    PumpError::Write(e) => End::BackendError(e.to_string()),
+                })
+        };
+        let down_pump = async {
+            pump(backend, client, &down, &activity)
+                .await
+                .map_err(|e| match e {
+                    PumpError::Read(e) => End::BackendError(e.to_string()),
+                    PumpError::Write(e) => End::ClientError(e.to_string()),
+                })
+        };
+        match tokio::try_join!(up_pump, down_pump) {
+            Ok(_) => End::Closed,
+            Err(end) => end,
+        }
+    };
+    let idle_watch = async {
+        loop {
+            let quiet = activity.idle_for();
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    };
+    let end = tokio::select! {
+        end = both => end,
+        () = idle_watch => End::IdleTimeout,
+        () = cancel.cancelled() => End::Shutdown,
+    };
+    Outcome {
+        to_backend: up.load(Relaxed),
+        to_client: down.load(Relaxed),
+        end,
+    }
+}
+
+/// Shuts down the write side of `socket` after its peer's input ended.
+fn half_close(socket: &TcpStream) {
+    // The peer may have gone already (ENOTCONN): then there is nothing to tell it.
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+}
+
+/// Moves bytes from `src` to `dst` until `src` ends, counting them in `moved`.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    moved: &AtomicU64,
+    activity: &Activity,
+) -> Result<(), PumpError> {
+    loop {
+        src.readable().await.map_err(PumpError::Read)?;
+        #[cfg(target_os = "linux")]
+        let chunk = match splice::Pipe::take() {
+            Ok(pipe) => splice::chunk(src, dst, pipe, moved).await?,
+            // Out of descriptors for a pipe: this chunk goes through user space.
+            Err(_) => copy_chunk(src, dst, moved).await?,
+        };
+        #[cfg(not(target_os = "linux"))]
+        let chunk = copy_chunk(src, dst, moved).await?;
+        match chunk {
+            Chunk::Moved => activity.touch(),
+            Chunk::NotReady => {}
+            Chunk::Eof => {
+                half_close(dst);
+                return Ok(());
+            }
+        }
+    }
+}
+
+enum Chunk {
+    Moved,
+    NotReady,
+    Eof,
+}
+
+/// One read from `src` written wholly to `dst`, through a user-space buffer.
+async fn copy_chunk(
+    src: &TcpStream,
+    dst: &TcpStream,
+    moved: &AtomicU64,
+) -> Result<Chunk, PumpError> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = match src.try_read(&mut buf) {
+        Ok(0) => return Ok(Chunk::Eof),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Chunk::NotReady),
+        Err(e) => return Err(PumpError::Read(e)),
+    };
+    let mut sent = 0;
+    while sent < n {
+        dst.writable().await.map_err(PumpError::Write)?;
+        match dst.try_write(&buf[sent..n]) {
+            Ok(m) => {
+                sent += m;
+                moved.fetch_add(m as u64, Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(PumpError::Write(e)),
+        }
+    }
+    Ok(Chunk::Moved)
+}
+
+#[cfg(target_os = "linux")]
+mod splice {
+    //! splice(2) through pooled pipes.
+
+    use std::cell::RefCell;
+    use std::io;
+    use std::os::fd::OwnedFd;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    use rustix::pipe::{PipeFlags, SpliceFlags};
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    use super::{Chunk, PumpError};
+
+    /// Pipes kept per worker thread for reuse.
+    const POOL_SIZE: usize = 64;
+    /// Bytes asked of one splice; the pipe's capacity bounds what moves.
+    const SPLICE_LEN: usize = 1 << 20;
+    /// Capacity asked for each pipe (the kernel may grant less).
+    const PIPE_SIZE: usize = 256 * 1024;
+
+    /// An empty pipe; dropped (closed) rather than pooled if it may hold bytes.
+    pub(super) struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+    }
+
+    thread_local! {
+        static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    }
+
+    impl Pipe {
+        /// An empty pipe from this thread's pool, or a new one.
+        pub(super) fn take() -> io::Result<Pipe> {
+            if let Some(pipe) = POOL.with(|p| p.borrow_mut().pop()) {
+                return Ok(pipe);
+            }
+            let (read, write) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+            // A larger pipe moves more per system call; keep the default if refused.
+            let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
+            Ok(Pipe { read, write })
+        }
+
+        /// Returns an empty pipe to this thread's pool.
+        fn give(self) {
+            POOL.with(|p| {
+                let mut pool = p.borrow_mut();
+                if pool.len() < POOL_SIZE {
+                    pool.push(self);
+                }
+            });
+        }
+    }
+
+    fn splice(
+        from: impl std::os::fd::AsFd,
+        to: impl std::os::fd::AsFd,
+        len: usize,
+    ) -> io::Result<usize> {
+        Ok(rustix::pipe::splice(
+            from,
+            None,
+            to,
+            None,
+            len,
+            SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+        )?)
+    }
+
+    /// Splices what `src` has into `pipe`, then all of it out to `dst`.
+    pub(super) async fn chunk(
+        src: &TcpStream,
+        dst: &TcpStream,
+        pipe: Pipe,
+        moved: &AtomicU64,
+    ) -> Result<Chunk, PumpError> {
+        let mut left = match src.try_io(Interest::READABLE, || splice(src, &pipe.write, SPLICE_LEN))
+        {
+            Ok(0) => {
+                pipe.give();
+                return Ok(Chunk::Eof);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                pipe.give();
+                return Ok(Chunk::NotReady);
+            }
+            Err(e) => {
+                pipe.give();
+                return Err(PumpError::Read(e));
+            }
+        };
+        // From here the pipe holds bytes: on error or cancellation it is dropped, never
+        // pooled, so no stray byte can reach another connection.
+        while left > 0 {
+            dst.writable().await.map_err(PumpError::Write)?;
+            match dst.try_io(Interest::WRITABLE, || splice(&pipe.read, dst, left)) {
+                Ok(n) => {
+                    left -= n;
+                    moved.fetch_add(n as u64, Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(PumpError::Write(e)),
+            }
+        }
+        pipe.give();
+        Ok(Chunk::Moved)
+    }
+}

@@ -1,0 +1,226 @@
+//! A TCP service: the accept loop and the life of each relayed connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tandem_balance::{Pick, PoolSet, now_ms};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::ratelog::RateLimited;
+use crate::relay::{self, End};
+
+/// Counters of one service.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    /// Connections open now.
+    pub active: AtomicU64,
+    /// Connections accepted and handled (not rejected).
+    pub total: AtomicU64,
+    /// Connections closed at once because the service was at its limit.
+    pub rejected: AtomicU64,
+    /// Connections closed because no backend could be reached.
+    pub no_backend: AtomicU64,
+    /// Accept errors (such as EMFILE) that paused the listener.
+    pub accept_errors: AtomicU64,
+}
+
+/// A running service: its current configuration (swapped on reload) and counters.
+#[derive(Debug)]
+pub struct Service {
+    /// The service's configuration; a reload stores a new one.
+    pub config: ArcSwap<tandem_config::Service>,
+    /// Counters.
+    pub stats: ServiceStats,
+    pools: Arc<ArcSwap<PoolSet>>,
+    warn_limit: RateLimited,
+    warn_accept: RateLimited,
+    warn_backend: RateLimited,
+}
+
+/// What the accept loop and connections need to stop.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    /// Stops accepting; established connections go on.
+    pub stop_accepting: CancellationToken,
+    /// Closes established connections (the drain deadline passed).
+    pub close_all: CancellationToken,
+    /// Tracks connection tasks, so the daemon can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl Service {
+    /// A service relaying to pools from `pools`.
+    pub fn new(config: tandem_config::Service, pools: Arc<ArcSwap<PoolSet>>) -> Arc<Service> {
+        Arc::new(Service {
+            config: ArcSwap::from_pointee(config),
+            stats: ServiceStats::default(),
+            pools,
+            warn_limit: RateLimited::new(Duration::from_secs(5)),
+            warn_accept: RateLimited::new(Duration::from_secs(5)),
+            warn_backend: RateLimited::new(Duration::from_secs(5)),
+        })
+    }
+
+    /// Accepts on `listener` until `life.stop_accepting` fires, handling each connection
+    /// in its own task. Accept errors never end the loop: resource exhaustion (EMFILE,
+    /// ENFILE, ENOBUFS, ENOMEM) pauses it with a growing backoff.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, life: Lifecycle) {
+        let local = listener.local_addr().ok();
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let accepted = tokio::select! {
+                () = life.stop_accepting.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((client, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    let Some(slot) = self.enter() else {
+                        self.stats.rejected.fetch_add(1, Relaxed);
+                        if let Some(left_out) = self.warn_limit.allow() {
+                            let c = self.config.load();
+                            warn!(service = %c.name, limit = c.max_conns, left_out, "service at its connection limit: connection from {peer} closed");
+                        }
+                        drop(client);
+                        continue;
+                    };
+                    let service = self.clone();
+                    let close_all = life.close_all.clone();
+                    let local = client.local_addr().ok().or(local).unwrap_or(peer);
+                    life.tracker.spawn(async move {
+                        service.handle(client, peer, local, &close_all).await;
+                        drop(slot);
+                    });
+                }
+                Err(e) => {
+                    self.stats.accept_errors.fetch_add(1, Relaxed);
+                    if is_resource_exhaustion(&e) {
+                        if let Some(left_out) = self.warn_accept.allow() {
+                            warn!(service = %self.config.load().name, error = %e, left_out, pause_ms = backoff.as_millis() as u64, "accept failed: pausing the listener");
+                        }
+                        tokio::select! {
+                            () = life.stop_accepting.cancelled() => break,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    } else {
+                        debug!(error = %e, "accept error");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a slot under the service's max_conns, or `None` at the limit.
+    fn enter(self: &Arc<Self>) -> Option<Slot> {
+        let max = self.config.load().max_conns as u64;
+        let ok = self
+            .stats
+            .active
+            .fetch_update(Relaxed, Relaxed, |n| (max == 0 || n < max).then_some(n + 1))
+            .is_ok();
+        ok.then(|| Slot(self.clone()))
+    }
+
+    async fn handle(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        close_all: &CancellationToken,
+    ) {
+        self.stats.total.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        let config = self.config.load_full();
+        let _ = client.set_nodelay(true);
+        let Some((mut backend, pick)) = self.connect(&config, peer).await else {
+            self.stats.no_backend.fetch_add(1, Relaxed);
+            info!(target: "tandem::conn", service = %config.name, client = %peer, backend = "-", to_backend = 0u64, to_client = 0u64, duration_ms = started.elapsed().as_millis() as u64, end = "no backend", "connection");
+            return;
+        };
+        let header = crate::proxy_header::header(config.proxy_protocol, peer, local);
+        let outcome = match header {
+            Some(h) => match backend.write_all(&h).await {
+                Ok(()) => relay::relay(&client, &backend, config.idle_timeout, close_all).await,
+                Err(e) => relay::Outcome {
+                    to_backend: 0,
+                    to_client: 0,
+                    end: End::BackendError(format!("sending PROXY header: {e}")),
+                },
+            },
+            None => relay::relay(&client, &backend, config.idle_timeout, close_all).await,
+        };
+        pick.lease
+            .state
+            .record_bytes(outcome.to_backend, outcome.to_client);
+        info!(
+            target: "tandem::conn",
+            service = %config.name,
+            client = %peer,
+            backend = %pick.lease.address,
+            pool = %pick.pool.name,
+            sticky = pick.sticky,
+            to_backend = outcome.to_backend,
+            to_client = outcome.to_client,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = %outcome.end,
+            "connection"
+        );
+    }
+
+    /// Picks and connects, trying up to `retries` other backends when a connect fails.
+    async fn connect(
+        &self,
+        config: &tandem_config::Service,
+        peer: SocketAddr,
+    ) -> Option<(TcpStream, Pick)> {
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let pools = self.pools.load();
+        for _ in 0..=config.retries {
+            let pick = pools.pick(&config.pool, peer.ip(), &tried, now_ms())?;
+            let address = pick.lease.address;
+            let error =
+                match tokio::time::timeout(config.connect_timeout, TcpStream::connect(address))
+                    .await
+                {
+                    Ok(Ok(stream)) => {
+                        let _ = stream.set_nodelay(true);
+                        return Some((stream, pick));
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {:?}", config.connect_timeout),
+                };
+            pick.lease.state.record_connect_error();
+            if let Some(left_out) = self.warn_backend.allow() {
+                warn!(service = %config.name, pool = %pick.pool.name, backend = %address, error, left_out, "connect to backend failed");
+            }
+            tried.push(address);
+        }
+        None
+    }
+}
+
+/// A connection slot under the service's limit, freed on drop.
+struct Slot(Arc<Service>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.stats.active.fetch_sub(1, Relaxed);
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
+    )
+}

@@ -1,0 +1,10 @@
+//! The tandem daemon: wires configuration, pools and services together.
+//!
+//! [`daemon::Daemon`] binds every listener of a validated configuration, builds the
+//! pool generation, runs the accept loops and the sticky-table sweeper, and drains on
+//! shutdown. The command line (`main.rs`) and the integration tests both drive it; the
+//! crates below it never depend on it.
+
+pub mod daemon;
+pub mod demo;
+pub mod logging;
