@@ -1,0 +1,533 @@
+//! The TCP relay end to end on loopback: real clients, real backends, tandem between.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn service(listen_pool: &str, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"svc\"\nlisten = [\"127.0.0.1:0\"]\npool = \"{listen_pool}\"\nconnect_timeout = \"1s\"\n{extra}\n"
+    )
+}
+
+fn pool(name: &str, balance: &str, backends: &str, extra: &str) -> String {
+    format!(
+        "[[pool]]\nname = \"{name}\"\nbalance = \"{balance}\"\nbackends = {backends}\n{extra}\n"
+    )
+}
+
+async fn three_named(hold: bool) -> Vec<std::net::SocketAddr> {
+    vec![
+        name_server("a", hold).await,
+        name_server("b", hold).await,
+        name_server("c", hold).await,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_follows_weights_exactly() {
+    let backends = three_named(false).await;
+    let text = pool(
+        "p",
+        "round-robin",
+        &backends_toml(&backends, &[1, 2, 3]),
+        "",
+    ) + &service("p", "");
+    let d = start(&text).await;
+    let counts = tally(addr_of(&d, "svc"), 600).await;
+    assert_eq!(
+        (counts["a"], counts["b"], counts["c"]),
+        (100, 200, 300),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_follows_weights() {
+    let backends = three_named(false).await;
+    let text = pool("p", "random", &backends_toml(&backends, &[1, 2, 3]), "") + &service("p", "");
+    let d = start(&text).await;
+    let n = 3000;
+    let counts = tally(addr_of(&d, "svc"), n).await;
+    for (name, weight) in [("a", 1.0), ("b", 2.0), ("c", 3.0)] {
+        let share = counts[name] as f64 / n as f64;
+        assert!(
+            (share - weight / 6.0).abs() < 0.05,
+            "{name}: {share:.3} ({counts:?})"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_conn_fills_by_weight_while_connections_stay_open() {
+    let backends = three_named(true).await;
+    let text =
+        pool("p", "least-conn", &backends_toml(&backends, &[1, 2, 3]), "") + &service("p", "");
+    let d = start(&text).await;
+    let to = addr_of(&d, "svc");
+    let mut held = Vec::new();
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..60 {
+        let mut s = TcpStream::connect(to).await.unwrap();
+        *counts.entry(read_name(&mut s).await).or_default() += 1;
+        held.push(s);
+    }
+    assert_eq!(
+        (counts["a"], counts["b"], counts["c"]),
+        (10, 20, 30),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashed_algorithms_spread_clients_by_weight_and_keep_each_on_one_backend() {
+    for balance in ["source-hash", "maglev"] {
+        let backends = three_named(false).await;
+        let text =
+            pool("p", balance, &backends_toml(&backends, &[1, 1, 2]), "") + &service("p", "");
+        let d = start(&text).await;
+        let to = addr_of(&d, "svc");
+        let mut counts = std::collections::HashMap::<String, usize>::new();
+        let clients = 800u32;
+        for n in 0..clients {
+            let ip = IpAddr::V4(Ipv4Addr::from(0x7f01_0000 + n * 7 + 1));
+            let first = name_via(to, Some(ip)).await;
+            // The same client lands on the same backend again.
+            assert_eq!(
+                name_via(to, Some(ip)).await,
+                first,
+                "{balance}: client {ip} moved"
+            );
+            *counts.entry(first).or_default() += 1;
+        }
+        for (name, share) in [("a", 0.25), ("b", 0.25), ("c", 0.5)] {
+            let got = counts[name] as f64 / clients as f64;
+            assert!(
+                (got - share).abs() < 0.07,
+                "{balance} {name}: {got:.3} ({counts:?})"
+            );
+        }
+        d.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_clients_stay_for_the_ttl_and_are_rebalanced_after_it() {
+    let backends = three_named(false).await;
+    let sticky = "sticky = { key = \"source-ip\", ttl = \"1s\" }";
+    let text = pool(
+        "p",
+        "round-robin",
+        &backends_toml(&backends, &[1, 1, 1]),
+        sticky,
+    ) + &service("p", "");
+    let d = start(&text).await;
+    let to = addr_of(&d, "svc");
+    let alice = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10));
+    let bob = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11));
+    // Round-robin order is a, b, c: alice takes a, bob takes b, the next new pick is c.
+    assert_eq!(name_via(to, Some(alice)).await, "a");
+    assert_eq!(name_via(to, Some(bob)).await, "b");
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            name_via(to, Some(alice)).await,
+            "a",
+            "alice left her backend within the TTL"
+        );
+    }
+    let table = d.pools().get("p").unwrap().sticky.clone().unwrap();
+    assert_eq!(table.len(), 2);
+    // Idle for longer than the TTL: the sweeper removes both entries.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(table.len(), 0, "expired entries were not swept");
+    assert_eq!(
+        name_via(to, Some(alice)).await,
+        "c",
+        "after the TTL the algorithm chooses again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_backend_is_skipped_and_no_client_sees_an_error() {
+    let dead = dead_address().await;
+    let a = name_server("a", false).await;
+    let b = name_server("b", false).await;
+    let text = pool(
+        "p",
+        "round-robin",
+        &backends_toml(&[a, dead, b], &[1, 1, 1]),
+        "",
+    ) + &service("p", "retries = 2");
+    let d = start(&text).await;
+    let counts = tally(addr_of(&d, "svc"), 300).await;
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        300,
+        "every client got an answer: {counts:?}"
+    );
+    assert!(counts["a"] >= 100 && counts["b"] >= 100, "{counts:?}");
+    let pools = d.pools();
+    let dead_state = &pools.get("p").unwrap().backend(&dead).unwrap().state;
+    assert!(
+        dead_state.connect_errors() >= 100,
+        "errors counted: {}",
+        dead_state.connect_errors()
+    );
+    assert_eq!(
+        d.service("svc")
+            .unwrap()
+            .service
+            .stats
+            .no_backend
+            .load(Relaxed),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reachable_backend_closes_the_client_and_counts_it() {
+    let (x, y) = (dead_address().await, dead_address().await);
+    let text = pool("p", "round-robin", &backends_toml(&[x, y], &[1, 1]), "")
+        + &service("p", "retries = 5");
+    let d = start(&text).await;
+    let mut s = TcpStream::connect(addr_of(&d, "svc")).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed promptly");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    let stats = &d.service("svc").unwrap().service.stats;
+    assert_eq!(stats.no_backend.load(Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_transfers_of_one_mib_each_way_arrive_intact() {
+    const SIZE: usize = 1 << 20;
+    let (b1, h1) = hashing_server(SIZE).await;
+    let (b2, h2) = hashing_server(SIZE).await;
+    let text = pool("p", "least-conn", &backends_toml(&[b1, b2], &[1, 1]), "") + &service("p", "");
+    let d = start(&text).await;
+    let to = addr_of(&d, "svc");
+    let started = Instant::now();
+    let clients: Vec<_> = (0..200u64)
+        .map(|id| {
+            tokio::spawn(async move {
+                let s = TcpStream::connect(to).await.unwrap();
+                let (mut r, mut w) = s.into_split();
+                let data = random_bytes(id, SIZE);
+                let sent = sha256(&data);
+                let send = async move {
+                    w.write_u64(id).await.unwrap();
+                    w.write_all(&data).await.unwrap();
+                    w.shutdown().await.unwrap();
+                };
+                let receive = async move {
+                    let mut got = Vec::with_capacity(SIZE);
+                    r.read_to_end(&mut got).await.unwrap();
+                    got
+                };
+                let ((), got) = tokio::join!(send, receive);
+                assert_eq!(got.len(), SIZE, "client {id} received {} bytes", got.len());
+                (id, sent, sha256(&got))
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for c in clients {
+        results.push(
+            tokio::time::timeout(Duration::from_secs(60), c)
+                .await
+                .expect("transfer done")
+                .unwrap(),
+        );
+    }
+    let elapsed = started.elapsed();
+    // The backend records after the client has read everything: wait for the last ones.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (h1, h2) = (h1.lock().unwrap(), h2.lock().unwrap());
+    assert_eq!(h1.len() + h2.len(), 200);
+    assert!(
+        h1.len() >= 50 && h2.len() >= 50,
+        "least-conn spread: {} / {}",
+        h1.len(),
+        h2.len()
+    );
+    for (id, sent, received) in results {
+        let (backend_rx, backend_tx) = h1
+            .get(&id)
+            .or_else(|| h2.get(&id))
+            .copied()
+            .expect("backend saw the client");
+        assert_eq!(backend_rx, sent, "client {id}: bytes to backend corrupted");
+        assert_eq!(
+            backend_tx, received,
+            "client {id}: bytes to client corrupted"
+        );
+    }
+    println!("200 x 1 MiB each way in {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_lets_the_client_receive_the_whole_response() {
+    // The backend answers only after the request ended, as many request/response
+    // protocols do: the client's shutdown must reach it while its answer still flows back.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                s.read_to_end(&mut request).await.unwrap();
+                let response = random_bytes(request.len() as u64, 3 << 20);
+                s.write_all(&sha256(&request)).await.unwrap();
+                s.write_all(&response).await.unwrap();
+            });
+        }
+    });
+    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "") + &service("p", "");
+    let d = start(&text).await;
+    let mut s = TcpStream::connect(addr_of(&d, "svc")).await.unwrap();
+    let request = random_bytes(7, 300_000);
+    s.write_all(&request).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.len(), 32 + (3 << 20));
+    assert_eq!(
+        answer[..32],
+        sha256(&request),
+        "backend got the whole request"
+    );
+    assert_eq!(
+        answer[32..],
+        random_bytes(request.len() as u64, 3 << 20)[..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_half_close_keeps_the_client_direction_open() {
+    // A backend that sends its banner and shuts down its write side still gets the
+    // client's data and can answer with a count after the client ends.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let std = s.into_std().unwrap();
+        std.shutdown(std::net::Shutdown::Write).unwrap();
+        let s = TcpStream::from_std(std).unwrap();
+        let mut s = s;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 500_000);
+    });
+    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "") + &service("p", "");
+    let d = start(&text).await;
+    let mut s = TcpStream::connect(addr_of(&d, "svc")).await.unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        s.read(&mut buf).await.unwrap(),
+        0,
+        "backend's EOF reaches the client"
+    );
+    s.write_all(&vec![7u8; 500_000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    // The relay ends once both directions are done.
+    let svc = d.service("svc").unwrap().service.clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while svc.stats.active.load(Relaxed) > 0 {
+        assert!(Instant::now() < deadline, "relay did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pools = d.pools();
+    assert_eq!(
+        pools
+            .get("p")
+            .unwrap()
+            .backend(&backend)
+            .unwrap()
+            .state
+            .bytes()
+            .0,
+        500_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_limit_closes_excess_connections_at_once() {
+    let a = name_server("a", true).await;
+    let text =
+        pool("p", "round-robin", &backends_toml(&[a], &[1]), "") + &service("p", "max_conns = 5");
+    let d = start(&text).await;
+    let to = addr_of(&d, "svc");
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(to).await.unwrap();
+        assert_eq!(read_name(&mut s).await, "a");
+        held.push(s);
+    }
+    let started = Instant::now();
+    let mut sixth = TcpStream::connect(to).await.unwrap();
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(2), sixth.read(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "6th connection got data: {r:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let stats = &d.service("svc").unwrap().service.stats;
+    assert_eq!(stats.rejected.load(Relaxed), 1);
+    // A slot frees when a held connection closes.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats.active.load(Relaxed) >= 5 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut again = TcpStream::connect(to).await.unwrap();
+    assert_eq!(read_name(&mut again).await, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_limit_sends_excess_to_other_backends_then_closes() {
+    let a = name_server("a", true).await;
+    let b = name_server("b", true).await;
+    let backends =
+        format!("[{{ address = \"{a}\", max_conns = 2 }}, {{ address = \"{b}\", max_conns = 1 }}]");
+    let text = pool("p", "round-robin", &backends, "") + &service("p", "");
+    let d = start(&text).await;
+    let to = addr_of(&d, "svc");
+    let mut held = Vec::new();
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(to).await.unwrap();
+        names.push(read_name(&mut s).await);
+        held.push(s);
+    }
+    names.sort();
+    assert_eq!(names, ["a", "a", "b"]);
+    let mut fourth = TcpStream::connect(to).await.unwrap();
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(2), fourth.read(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(matches!(r, Ok(0) | Err(_)));
+    assert_eq!(
+        d.service("svc")
+            .unwrap()
+            .service
+            .stats
+            .no_backend
+            .load(Relaxed),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_headers_reach_the_backend() {
+    for version in ["v1", "v2"] {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = l.local_addr().unwrap();
+        let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
+            + &service("p", &format!("proxy_protocol = \"{version}\""));
+        let d = start(&text).await;
+        let listen = addr_of(&d, "svc");
+        let mut client = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 42)), listen).await;
+        let client_port = client.local_addr().unwrap().port();
+        client.write_all(b"hello").await.unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = vec![0u8; 256];
+        let mut len = 0;
+        while !got[..len].ends_with(b"hello") {
+            len += s.read(&mut got[len..]).await.unwrap();
+        }
+        let header = &got[..len - 5];
+        if version == "v1" {
+            let expect = format!(
+                "PROXY TCP4 127.0.0.42 127.0.0.1 {client_port} {}\r\n",
+                listen.port()
+            );
+            assert_eq!(String::from_utf8_lossy(header), expect);
+        } else {
+            let h = ppp_v2(header);
+            assert_eq!(h, (format!("127.0.0.42:{client_port}"), listen.to_string()));
+        }
+    }
+}
+
+fn ppp_v2(bytes: &[u8]) -> (String, String) {
+    // Signature, version/command, family, length, then the IPv4 addresses and ports.
+    assert_eq!(&bytes[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    assert_eq!(bytes[12], 0x21, "v2 PROXY");
+    assert_eq!(bytes[13], 0x11, "TCP over IPv4");
+    let a = &bytes[16..];
+    let src = format!(
+        "{}.{}.{}.{}:{}",
+        a[0],
+        a[1],
+        a[2],
+        a[3],
+        u16::from_be_bytes([a[8], a[9]])
+    );
+    let dst = format!(
+        "{}.{}.{}.{}:{}",
+        a[4],
+        a[5],
+        a[6],
+        a[7],
+        u16::from_be_bytes([a[10], a[11]])
+    );
+    (src, dst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
+        + &service("p", "idle_timeout = \"400ms\"");
+    let d = start(&text).await;
+    let to = addr_of(&d, "svc");
+    let mut busy = TcpStream::connect(to).await.unwrap();
+    let mut quiet = TcpStream::connect(to).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        busy.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        busy.read_exact(&mut buf)
+            .await
+            .expect("busy connection stays open");
+    }
+    let mut buf = [0u8; 4];
+    let r = tokio::time::timeout(Duration::from_secs(2), quiet.read(&mut buf))
+        .await
+        .expect("quiet one closed");
+    assert!(matches!(r, Ok(0) | Err(_)));
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
