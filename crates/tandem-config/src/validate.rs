@@ -697,7 +697,9 @@ impl Validator<'_> {
                 );
             }
             for l in s.listen.get_ref() {
+                // Port 0 asks the kernel for a free port: never a conflict.
                 if let Ok(addr) = l.get_ref().parse::<SocketAddr>()
+                    && addr.port() != 0
                     && let Some(other) = listens.insert(addr, s.name.get_ref().clone())
                 {
                     self.error(

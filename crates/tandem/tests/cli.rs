@@ -1,0 +1,386 @@
+//! The `tandem` command as an operator runs it: check, run with SIGTERM drain, demo,
+//! and a listener that survives running out of file descriptors.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+
+fn examples_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn tandem(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(TANDEM).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A child process that is killed if the test fails before it ends.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    /// Starts tandem with `args`; stderr (logs) and stdout lines both arrive on `lines`.
+    fn spawn(args: &[&str]) -> Running {
+        let mut child = Command::new(TANDEM)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle` and returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every line read so far plus what is pending.
+    fn drain_lines(&mut self) -> String {
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(l);
+        }
+        self.seen.join("\n")
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> i32 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tandem did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, text: &str) -> String {
+    let path = dir.join("tandem.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// The address in a log line's `listen=ADDR` (text) or `"listen":"ADDR"` (json).
+fn listen_addr(line: &str) -> SocketAddr {
+    let at = line.find("listen").expect("listen field") + "listen".len();
+    let rest: String = line[at..]
+        .trim_start_matches(['=', '"', ':'])
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    rest.parse()
+        .unwrap_or_else(|_| panic!("no address in {line}"))
+}
+
+#[test]
+fn check_accepts_the_shipped_examples() {
+    for name in ["quickstart.toml", "mail.toml"] {
+        let path = examples_dir().join(name);
+        let (code, out, err) = tandem(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!((code, out.trim()), (0, "ok"), "{name}: {err}");
+    }
+    // Sections not active yet are named, so nobody believes they run.
+    let (_, _, err) = tandem(&[
+        "check",
+        "--config",
+        examples_dir().join("mail.toml").to_str().unwrap(),
+    ]);
+    assert!(err.contains("health checks are not active"), "{err}");
+}
+
+#[test]
+fn check_prints_every_error_with_its_position_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "[[pool]]\nname = \"web\"\nbackends = [{ address = \"10.0.0.1\" }]\n\n[[service]]\nname = \"www\"\nlisten = [\"0.0.0.0:80\"]\npool = \"wbe\"\nconnect_timeout = \"soon\"\n",
+    );
+    let (code, out, err) = tandem(&["check", "--config", &path]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty(), "nothing on stdout: {out}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!(
+            "{path}:3:25: pool.backends.address: \"10.0.0.1\" is not an IP:port address (add the port: \"10.0.0.1:80\", or \"[2001:db8::1]:80\" for IPv6)"
+        )
+    );
+    assert_eq!(
+        lines[1],
+        format!("{path}:8:8: service.pool: no pool is named \"wbe\" (defined pools: web)")
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "{path}:9:19: service.connect_timeout: \"soon\" is not a duration"
+        )),
+        "{err}"
+    );
+    assert!(lines[3].contains("3 error(s)"), "{err}");
+}
+
+#[test]
+fn check_of_a_missing_file_says_so() {
+    let (code, _, err) = tandem(&["check", "--config", "/nonexistent/tandem.toml"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("/nonexistent/tandem.toml: cannot read the file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_teaches() {
+    let (code, _, err) = tandem(&["frobnicate"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, _) = tandem(&["--help"]);
+    assert_eq!(code, 0);
+    for word in ["run", "check", "demo", "Exit codes"] {
+        assert!(out.contains(word), "--help lacks {word}: {out}");
+    }
+}
+
+#[test]
+fn run_drains_on_sigterm_letting_a_running_transfer_finish() {
+    support::raise_fd_limit();
+    // A backend that sends 2 MiB slowly (about 1.2 s).
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let payload = support::random_bytes(99, 2 << 20);
+    let expected = support::sha256(&payload);
+    std::thread::spawn(move || {
+        for s in backend.incoming() {
+            let Ok(mut s) = s else { continue };
+            let payload = payload.clone();
+            std::thread::spawn(move || {
+                for chunk in payload.chunks(64 * 1024) {
+                    if s.write_all(chunk).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[global]\nlog_format = \"json\"\ndrain_timeout = \"10s\"\n\n[[pool]]\nname = \"slow\"\nbackends = [{{ address = \"{backend_addr}\" }}]\n\n[[service]]\nname = \"dl\"\nlisten = [\"127.0.0.1:0\"]\npool = \"slow\"\n"
+        ),
+    );
+    let mut tandem = Running::spawn(&["run", "--config", &path]);
+    let listen = listen_addr(&tandem.wait_for("service ready"));
+    let mut client = TcpStream::connect(listen).unwrap();
+    let mut first = [0u8; 1024];
+    client.read_exact(&mut first).unwrap();
+    tandem.signal(rustix::process::Signal::TERM);
+    tandem.wait_for("stopping");
+    // New connections are refused once accepting stopped.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while TcpStream::connect(listen).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The running transfer completes in full.
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    let mut got = first.to_vec();
+    got.extend(rest);
+    assert_eq!(got.len(), 2 << 20);
+    assert_eq!(support::sha256(&got), expected);
+    // The client closes after its download, as real clients do: the relay is done.
+    drop(client);
+    assert_eq!(tandem.wait_exit(Duration::from_secs(10)), 0);
+    // One JSON log line for the connection, with its figures.
+    let logs = tandem.drain_lines();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("\"message\":\"connection\"") && l.contains("\"end\":\"closed\""))
+        .unwrap_or_else(|| panic!("no connection line:\n{logs}"));
+    assert!(
+        line.contains(&format!("\"to_client\":{}", 2 << 20)),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("\"backend\":\"{backend_addr}\"")),
+        "{line}"
+    );
+    assert!(logs.contains("\"closed_at_deadline\":0"), "{logs}");
+}
+
+#[test]
+fn demo_answers_curl_with_changing_names_and_a_sticky_port() {
+    let mut demo = Running::spawn(&["demo", "--listen", "127.0.0.1:0"]);
+    let line = demo.wait_for("balancer  http://");
+    let web: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let line = demo.wait_for("sticky    http://");
+    let sticky: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let curl = |addr: SocketAddr| {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", &format!("http://{addr}/")])
+            .output()
+            .expect("curl is installed (scripts/test installs it)");
+        assert!(out.status.success(), "curl failed: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let names: Vec<String> = (0..4).map(|_| curl(web)).collect();
+    for n in &names {
+        assert!(n.starts_with("Hello from demo-"), "{n}");
+    }
+    let distinct: std::collections::HashSet<_> = names.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "round-robin over three backends: {names:?}"
+    );
+    let sticky_names: std::collections::HashSet<String> = (0..3).map(|_| curl(sticky)).collect();
+    assert_eq!(
+        sticky_names.len(),
+        1,
+        "sticky service moved the client: {sticky_names:?}"
+    );
+    demo.signal(rustix::process::Signal::INT);
+    demo.wait_for("stopping the demo");
+    assert_eq!(demo.wait_exit(Duration::from_secs(5)), 0);
+}
+
+#[test]
+fn listener_survives_running_out_of_file_descriptors() {
+    support::raise_fd_limit();
+    // A backend that holds every connection open and greets it.
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in backend.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.write_all(b"hi\n");
+                let mut buf = [0u8; 16];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[[pool]]\nname = \"p\"\nbackends = [{{ address = \"{backend_addr}\" }}]\n\n[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:0\"]\npool = \"p\"\nretries = 0\n"
+        ),
+    );
+    let mut tandem = Running::spawn(&["run", "--config", &path]);
+    let listen = listen_addr(&tandem.wait_for("service ready"));
+    // Leave tandem 64 descriptors: a few dozen relayed connections exhaust them.
+    let pid = rustix::process::Pid::from_raw(tandem.child.id() as i32).unwrap();
+    let limit = rustix::process::Rlimit {
+        current: Some(64),
+        maximum: Some(64),
+    };
+    rustix::process::prlimit(Some(pid), rustix::process::Resource::Nofile, limit).unwrap();
+    let greeted = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 3];
+        s.read_exact(&mut buf).is_ok()
+    };
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        let mut s = TcpStream::connect(listen).unwrap();
+        if greeted(&mut s) {
+            held.push(s);
+        }
+    }
+    assert!(
+        held.len() < 60,
+        "the fd limit never bit ({} relayed)",
+        held.len()
+    );
+    tandem.wait_for("accept failed: pausing the listener");
+    // Free the descriptors: the same listener serves again.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(1500));
+    for n in 0..20 {
+        let mut s = TcpStream::connect(listen).unwrap();
+        assert!(greeted(&mut s), "connection {n} after recovery not served");
+    }
+}
