@@ -68,9 +68,6 @@ impl Config {
         if self.sync.is_some() {
             notes.push("[sync] is validated, but state sync is not active in this version");
         }
-        if self.pools.iter().any(|p| p.check.is_some()) {
-            notes.push("[pool.check] is validated, but health checks are not active in this version: backends count as up");
-        }
         if self.services.iter().any(|s| s.mode != Mode::Tcp) {
             notes.push("services with mode http/redirect are validated, but relayed as plain tcp in this version");
         }

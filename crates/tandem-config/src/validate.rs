@@ -467,6 +467,9 @@ impl Validator<'_> {
             (None, false) => None,
         };
         let verify = c.verify.as_ref().is_some_and(|v| *v.get_ref());
+        if verify && c.ca_file.is_none() {
+            self.error(c.verify.as_ref().map_or(whole.clone(), |v| v.span()), "pool.check.verify", "needs ca_file".into(), "name the CA that signed the backends' certificates: ca_file = \"/etc/tandem/backend-ca.pem\"");
+        }
         let ca_file = c
             .ca_file
             .as_ref()

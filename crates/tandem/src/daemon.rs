@@ -8,6 +8,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use tandem_balance::{PoolSet, now_ms};
 use tandem_config::Config;
+use tandem_health::{HealthBoard, Monitor};
 use tandem_proxy::{Lifecycle, Service, listener};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,7 @@ pub struct Daemon {
     life: Lifecycle,
     background: CancellationToken,
     accept_loops: Vec<JoinHandle<()>>,
+    monitor: Monitor,
 }
 
 /// What a drain did.
@@ -51,6 +53,10 @@ impl Daemon {
     /// accepting.
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
         let pools = Arc::new(ArcSwap::from_pointee(PoolSet::build(&config.pools, None)));
+        let mut monitor = Monitor::new();
+        monitor
+            .apply(&pools.load(), &config.pools)
+            .map_err(|e| anyhow::anyhow!("health checks: {e}"))?;
         let life = Lifecycle {
             stop_accepting: CancellationToken::new(),
             close_all: CancellationToken::new(),
@@ -87,6 +93,7 @@ impl Daemon {
             life,
             background,
             accept_loops,
+            monitor,
         })
     }
 
@@ -98,6 +105,11 @@ impl Daemon {
     /// The current pool generation.
     pub fn pools(&self) -> Arc<PoolSet> {
         self.pools.load_full()
+    }
+
+    /// Health of every checked backend, and the stream of transitions.
+    pub fn health(&self) -> Arc<HealthBoard> {
+        self.monitor.board()
     }
 
     /// The service called `name`.
@@ -152,6 +164,7 @@ impl Daemon {
                 }
             };
         self.background.cancel();
+        self.monitor.stop();
         DrainReport {
             open_at_start,
             closed_at_deadline,

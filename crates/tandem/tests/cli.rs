@@ -144,13 +144,6 @@ fn check_accepts_the_shipped_examples() {
         let (code, out, err) = tandem(&["check", "--config", path.to_str().unwrap()]);
         assert_eq!((code, out.trim()), (0, "ok"), "{name}: {err}");
     }
-    // Sections not active yet are named, so nobody believes they run.
-    let (_, _, err) = tandem(&[
-        "check",
-        "--config",
-        examples_dir().join("mail.toml").to_str().unwrap(),
-    ]);
-    assert!(err.contains("health checks are not active"), "{err}");
 }
 
 #[test]

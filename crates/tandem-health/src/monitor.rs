@@ -1,0 +1,298 @@
+//! Scheduling checks and publishing their effect.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tandem_balance::{BackendState, PoolSet};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::machine::{Probe, RiseFall};
+use crate::probe::{Prober, fmt_duration};
+
+/// Anything that can check a backend: the real [`Prober`], or a script in tests.
+pub trait Checker: Send + Sync + 'static {
+    /// Checks `target` once; must end within the check's timeout.
+    fn probe(&self, target: SocketAddr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>>;
+}
+
+impl Checker for Prober {
+    fn probe(&self, target: SocketAddr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
+        Box::pin(Prober::probe(self, target))
+    }
+}
+
+/// The last check of a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastCheck {
+    /// Whether it passed.
+    pub ok: bool,
+    /// How long it took.
+    pub latency: Duration,
+    /// Why it failed.
+    pub error: String,
+    /// When it ended.
+    pub at: SystemTime,
+}
+
+/// What is known of one checked backend.
+#[derive(Debug, Clone)]
+pub struct BackendHealth {
+    /// Whether it counts as up.
+    pub up: bool,
+    /// The last result.
+    pub last: Option<LastCheck>,
+    /// When the state last changed (or checking began).
+    pub since: SystemTime,
+    /// Checks run so far.
+    pub checks: u64,
+    machine: RiseFall,
+}
+
+/// A change of state, as published to watchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// Pool of the backend.
+    pub pool: String,
+    /// The backend.
+    pub backend: SocketAddr,
+    /// New state.
+    pub up: bool,
+    /// Consecutive results that caused it.
+    pub after: u32,
+    /// Why (the last failure, going down).
+    pub reason: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// The health of every checked backend, readable by other parts of tandem (control
+/// socket, metrics, VRRP tracking), and the stream of transitions.
+#[derive(Debug)]
+pub struct HealthBoard {
+    backends: RwLock<HashMap<(String, SocketAddr), BackendHealth>>,
+    changes: broadcast::Sender<Transition>,
+}
+
+impl Default for HealthBoard {
+    fn default() -> Self {
+        HealthBoard {
+            backends: RwLock::default(),
+            changes: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl HealthBoard {
+    /// The health of `backend` in `pool`, when it is checked.
+    pub fn get(&self, pool: &str, backend: SocketAddr) -> Option<BackendHealth> {
+        self.read().get(&(pool.to_string(), backend)).cloned()
+    }
+
+    /// Every checked backend.
+    pub fn all(&self) -> Vec<((String, SocketAddr), BackendHealth)> {
+        self.read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// A receiver of every transition from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        self.changes.subscribe()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, SocketAddr), BackendHealth>> {
+        self.backends.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, SocketAddr), BackendHealth>> {
+        self.backends.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Feeds a result; on a change, flips the backend's state, logs once and publishes.
+    fn record(&self, pool: &str, backend: SocketAddr, state: &BackendState, probe: Probe) {
+        let now = SystemTime::now();
+        let change = {
+            let mut map = self.write();
+            let Some(entry) = map.get_mut(&(pool.to_string(), backend)) else {
+                return;
+            };
+            entry.checks += 1;
+            let change = entry.machine.observe(&probe);
+            entry.last = Some(LastCheck {
+                ok: probe.ok,
+                latency: probe.latency,
+                error: probe.error.clone(),
+                at: now,
+            });
+            if let Some(c) = &change {
+                entry.up = c.up;
+                entry.since = now;
+            }
+            change
+        };
+        let Some(change) = change else { return };
+        state.set_healthy(change.up);
+        if change.up {
+            info!(target: "tandem::health", pool, backend = %backend, latency_ms = probe.latency.as_millis() as u64,
+                "{pool} {backend} up: after {} passed checks", change.after);
+        } else {
+            warn!(target: "tandem::health", pool, backend = %backend,
+                "{pool} {backend} down: {} after {} checks", change.reason, change.after);
+        }
+        let _ = self.changes.send(Transition {
+            pool: pool.to_string(),
+            backend,
+            up: change.up,
+            after: change.after,
+            reason: change.reason,
+            at: now,
+        });
+    }
+}
+
+/// Runs one task per checked backend and keeps the board.
+#[derive(Debug, Default)]
+pub struct Monitor {
+    board: Arc<HealthBoard>,
+    tasks: HashMap<(String, SocketAddr), Watch>,
+}
+
+#[derive(Debug)]
+struct Watch {
+    check: tandem_config::Check,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Monitor {
+    /// A monitor with no checks yet.
+    pub fn new() -> Monitor {
+        Monitor::default()
+    }
+
+    /// The board other parts read.
+    pub fn board(&self) -> Arc<HealthBoard> {
+        self.board.clone()
+    }
+
+    /// Makes the running checks match `pools` (a new generation): starts checks of new
+    /// backends, stops those of removed ones, restarts those whose check changed.
+    /// Backends that stay keep their state and counts. Unchecked backends count as up.
+    pub fn apply(
+        &mut self,
+        pools: &PoolSet,
+        configs: &[tandem_config::Pool],
+    ) -> Result<(), String> {
+        self.apply_with(pools, configs, |check| {
+            Prober::new(check).map(|p| Arc::new(p) as Arc<dyn Checker>)
+        })
+    }
+
+    /// [`Monitor::apply`] with the checker made by `make` (tests use a scripted one).
+    pub fn apply_with(
+        &mut self,
+        pools: &PoolSet,
+        configs: &[tandem_config::Pool],
+        make: impl Fn(&tandem_config::Check) -> Result<Arc<dyn Checker>, String>,
+    ) -> Result<(), String> {
+        let mut wanted: HashMap<(String, SocketAddr), ()> = HashMap::new();
+        for config in configs {
+            let Some(pool) = pools.get(&config.name) else {
+                continue;
+            };
+            let Some(check) = &config.check else {
+                for b in &pool.backends {
+                    b.state.set_healthy(true);
+                }
+                continue;
+            };
+            let checker = make(check).map_err(|e| format!("pool {}: {e}", config.name))?;
+            let n = pool.backends.len().max(1) as u32;
+            for (i, b) in pool.backends.iter().enumerate() {
+                let key = (config.name.clone(), b.address);
+                wanted.insert(key.clone(), ());
+                if self.tasks.get(&key).is_some_and(|w| &w.check == check) {
+                    continue;
+                }
+                {
+                    let mut map = self.board.write();
+                    let entry = map.entry(key.clone()).or_insert_with(|| BackendHealth {
+                        up: b.state.is_healthy(),
+                        last: None,
+                        since: SystemTime::now(),
+                        checks: 0,
+                        machine: RiseFall::new(check.rise, check.fall, b.state.is_healthy()),
+                    });
+                    entry.machine.reconfigure(check.rise, check.fall);
+                }
+                // Spread the pool's checks over the interval, plus a little jitter.
+                let phase = check.interval * i as u32 / n;
+                let jitter = Duration::from_millis(fastrand::u64(
+                    ..=(check.interval.as_millis() as u64 / 20).max(1),
+                ));
+                let task = tokio::spawn(watch(
+                    self.board.clone(),
+                    config.name.clone(),
+                    b.address,
+                    b.state.clone(),
+                    checker.clone(),
+                    check.interval,
+                    phase + jitter,
+                ));
+                self.tasks.insert(
+                    key,
+                    Watch {
+                        check: check.clone(),
+                        task,
+                    },
+                );
+            }
+        }
+        self.tasks.retain(|k, _| wanted.contains_key(k));
+        self.board.write().retain(|k, _| wanted.contains_key(k));
+        Ok(())
+    }
+
+    /// Stops every check.
+    pub fn stop(&mut self) {
+        self.tasks.clear();
+    }
+}
+
+async fn watch(
+    board: Arc<HealthBoard>,
+    pool: String,
+    backend: SocketAddr,
+    state: Arc<BackendState>,
+    checker: Arc<dyn Checker>,
+    interval: Duration,
+    first: Duration,
+) {
+    let mut next = Instant::now() + first;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let probe = checker.probe(backend).await;
+        board.record(&pool, backend, &state, probe);
+        next += interval;
+        let now = Instant::now();
+        if next < now {
+            // A check overran its slot: keep the phase, skip what was missed.
+            tracing::debug!(pool, backend = %backend, "check late by {}", fmt_duration(now - next));
+            next = now + interval;
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The monitor under simulated time: when checks run, when states flip, what is
+//! published. A scripted checker answers instead of real servers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tandem_balance::PoolSet;
+use tandem_config::{BackendConfig, Balance, Check, CheckKind, InitialHealth, Pool};
+use tandem_health::{Checker, Monitor, Probe};
+use tokio::time::Instant;
+
+#[derive(Default)]
+struct Script {
+    up: Mutex<HashMap<SocketAddr, bool>>,
+    calls: Mutex<Vec<(Duration, SocketAddr)>>,
+    start: Mutex<Option<Instant>>,
+}
+
+impl Script {
+    fn set(&self, backend: SocketAddr, up: bool) {
+        self.up.lock().unwrap().insert(backend, up);
+    }
+    fn calls_of(&self, backend: SocketAddr) -> Vec<Duration> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, b)| *b == backend)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+}
+
+struct ScriptChecker(Arc<Script>);
+
+impl Checker for ScriptChecker {
+    fn probe(&self, target: SocketAddr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
+        Box::pin(async move {
+            let start = self.0.start.lock().unwrap().expect("start set");
+            self.0.calls.lock().unwrap().push((start.elapsed(), target));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if self
+                .0
+                .up
+                .lock()
+                .unwrap()
+                .get(&target)
+                .copied()
+                .unwrap_or(true)
+            {
+                Probe::pass(Duration::from_millis(5))
+            } else {
+                Probe::fail(Duration::from_millis(5), "http status 503")
+            }
+        })
+    }
+}
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, n], 80))
+}
+
+fn pool(backends: &[u8], initial: InitialHealth) -> Pool {
+    Pool {
+        name: "web".into(),
+        balance: Balance::RoundRobin,
+        backends: backends
+            .iter()
+            .map(|&n| BackendConfig {
+                address: addr(n),
+                weight: 1,
+                max_conns: 0,
+                backup: false,
+            })
+            .collect(),
+        sticky: None,
+        fallback: None,
+        check: Some(Check {
+            kind: CheckKind::Http,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
+            initial,
+            path: "/".into(),
+            host: None,
+            expect_status: vec![],
+            expect_body: None,
+            send: None,
+            expect: None,
+            quit: None,
+            command: None,
+            verify: false,
+            ca_file: None,
+        }),
+    }
+}
+
+fn start(script: &Arc<Script>, configs: &[Pool]) -> (Monitor, PoolSet) {
+    *script.start.lock().unwrap() = Some(Instant::now());
+    let pools = PoolSet::build(configs, None);
+    let mut monitor = Monitor::new();
+    let s = script.clone();
+    monitor
+        .apply_with(&pools, configs, |_| {
+            Ok(Arc::new(ScriptChecker(s.clone())) as Arc<dyn Checker>)
+        })
+        .unwrap();
+    (monitor, pools)
+}
+
+#[tokio::test(start_paused = true)]
+async fn checks_of_a_pool_are_spread_over_the_interval() {
+    let script = Arc::new(Script::default());
+    let configs = [pool(&[1, 2, 3, 4], InitialHealth::Down)];
+    let (_monitor, _pools) = start(&script, &configs);
+    tokio::time::sleep(Duration::from_millis(3_990)).await;
+    for (i, n) in [1, 2, 3, 4].into_iter().enumerate() {
+        let calls = script.calls_of(addr(n));
+        assert_eq!(calls.len(), 4, "backend {n}: {calls:?}");
+        // Phase i/4 of the interval plus at most 50 ms of jitter, then every second.
+        let phase = Duration::from_millis(250 * i as u64);
+        assert!(
+            calls[0] >= phase && calls[0] <= phase + Duration::from_millis(50),
+            "backend {n} first at {:?}",
+            calls[0]
+        );
+        for pair in calls.windows(2) {
+            assert_eq!(
+                pair[1] - pair[0],
+                Duration::from_secs(1),
+                "backend {n}: {calls:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_down_backend_carries_traffic_only_after_rise_checks() {
+    let script = Arc::new(Script::default());
+    let configs = [pool(&[1], InitialHealth::Down)];
+    let (monitor, pools) = start(&script, &configs);
+    let state = pools.get("web").unwrap().backends[0].state.clone();
+    let mut changes = monitor.board().subscribe();
+    assert!(!state.is_healthy(), "initial = down");
+    assert!(pools.pick("web", addr(9).ip(), &[], 0).is_none());
+    // First check at ~0 ms passes (1 of 2); second at ~1 s makes it up.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(!state.is_healthy());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(state.is_healthy());
+    let t = changes.try_recv().expect("one transition published");
+    assert!(t.up && t.after == 2 && t.pool == "web" && t.backend == addr(1));
+    assert!(changes.try_recv().is_err(), "published once");
+    assert!(pools.pick("web", addr(9).ip(), &[], 0).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_up_backend_goes_down_after_fall_failures_and_back_after_rise_passes() {
+    let script = Arc::new(Script::default());
+    let configs = [pool(&[1, 2], InitialHealth::Up)];
+    let (monitor, pools) = start(&script, &configs);
+    let board = monitor.board();
+    let mut changes = board.subscribe();
+    let web = pools.get("web").unwrap().clone();
+    let state = web.backends[0].state.clone();
+    // An established connection (a lease) to the backend that will go down.
+    let lease = web.backends[0].lease().unwrap();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    script.set(addr(1), false);
+    let failing_since = script.calls_of(addr(1)).len();
+    // fall = 3: down at the third failing check, not before.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert!(state.is_healthy(), "two failures do not make it down");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(!state.is_healthy(), "three failures do");
+    assert_eq!(script.calls_of(addr(1)).len() - failing_since, 3);
+    let t = changes.recv().await.unwrap();
+    assert_eq!(
+        (t.up, t.after, t.reason.as_str()),
+        (false, 3, "http status 503")
+    );
+    let h = board.get("web", addr(1)).unwrap();
+    assert!(!h.up);
+    assert_eq!(h.last.as_ref().unwrap().error, "http status 503");
+    // New connections avoid it; the established one is untouched.
+    for n in 0..10 {
+        assert_eq!(
+            pools
+                .pick("web", SocketAddr::from(([192, 0, 2, n], 1)).ip(), &[], 0)
+                .unwrap()
+                .lease
+                .address,
+            addr(2)
+        );
+    }
+    assert_eq!(state.active(), 1);
+    drop(lease);
+    // Recovery: rise = 2 passing checks.
+    script.set(addr(1), true);
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert!(state.is_healthy());
+    let t = changes.recv().await.unwrap();
+    assert_eq!((t.up, t.after), (true, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_generation_keeps_state_of_backends_that_stay() {
+    let script = Arc::new(Script::default());
+    let configs = [pool(&[1, 2], InitialHealth::Down)];
+    let (mut monitor, pools) = start(&script, &configs);
+    script.set(addr(2), false);
+    tokio::time::sleep(Duration::from_millis(2_600)).await;
+    assert!(monitor.board().get("web", addr(1)).unwrap().up);
+    // Reload: backend 2 leaves, backend 3 joins.
+    let next = [pool(&[1, 3], InitialHealth::Down)];
+    let pools2 = PoolSet::build(&next, Some(&pools));
+    let s = script.clone();
+    monitor
+        .apply_with(&pools2, &next, |_| {
+            Ok(Arc::new(ScriptChecker(s.clone())) as Arc<dyn Checker>)
+        })
+        .unwrap();
+    let board = monitor.board();
+    assert!(
+        board.get("web", addr(1)).unwrap().up,
+        "state kept across the reload"
+    );
+    assert!(
+        pools2
+            .get("web")
+            .unwrap()
+            .backend(&addr(1))
+            .unwrap()
+            .state
+            .is_healthy()
+    );
+    assert!(
+        board.get("web", addr(2)).is_none(),
+        "removed backend left the board"
+    );
+    assert!(
+        !board.get("web", addr(3)).unwrap().up,
+        "new backend starts down"
+    );
+    let checks_of_2 = script.calls_of(addr(2)).len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        script.calls_of(addr(2)).len(),
+        checks_of_2,
+        "removed backend is no longer checked"
+    );
+    assert!(board.get("web", addr(3)).unwrap().up);
+}
