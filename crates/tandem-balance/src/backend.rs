@@ -4,6 +4,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
+/// Bumped whenever any backend's health or operator flag changes, so selectors know
+/// to rebuild the sequence they walk (rare events; the hot path only reads it).
+static STATE_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The current state epoch.
+pub(crate) fn state_epoch() -> u64 {
+    STATE_EPOCH.load(Relaxed)
+}
+
 /// Runtime state of one backend: health, operator flag and counters. Shared by every
 /// generation of the pool in which the backend stays, so a reload keeps it.
 #[derive(Debug)]
@@ -38,7 +47,9 @@ impl BackendState {
 
     /// Sets the health checks' verdict.
     pub fn set_healthy(&self, up: bool) {
-        self.healthy.store(up, Relaxed);
+        if self.healthy.swap(up, Relaxed) != up {
+            STATE_EPOCH.fetch_add(1, Relaxed);
+        }
     }
 
     /// Whether the operator lets it take new connections (false = draining).
@@ -48,7 +59,9 @@ impl BackendState {
 
     /// Enables or disables (drains) the backend.
     pub fn set_enabled(&self, enabled: bool) {
-        self.enabled.store(enabled, Relaxed);
+        if self.enabled.swap(enabled, Relaxed) != enabled {
+            STATE_EPOCH.fetch_add(1, Relaxed);
+        }
     }
 
     /// Connections open now.

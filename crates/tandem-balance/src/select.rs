@@ -2,7 +2,10 @@
 //! that says which indexes are usable now; none of them takes a lock.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use arc_swap::ArcSwap;
 
 use tandem_config::Balance;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -23,6 +26,11 @@ pub struct Selector {
     /// Smooth weighted sequence of backend indexes: each index appears `weight` times,
     /// spread as evenly as the weights allow.
     sequence: Box<[u32]>,
+    /// The same over the backends that are healthy and enabled, as of a state epoch:
+    /// round-robin walks it, so a down backend's share spreads over the others by
+    /// weight instead of falling to its successor. Rebuilt on the first pick after a
+    /// health or operator change.
+    effective: ArcSwap<Effective>,
     cursor: AtomicUsize,
     maglev: Option<Box<[u32]>>,
     /// Indexes (into the pool's backends) this selector chooses among.
@@ -35,9 +43,14 @@ impl Selector {
         let sequence = smooth_sequence(backends, &members);
         let maglev = (algorithm == Balance::Maglev && !members.is_empty())
             .then(|| maglev_table(backends, &members));
+        let effective = ArcSwap::from_pointee(Effective {
+            epoch: u64::MAX,
+            sequence: sequence.clone().into(),
+        });
         Selector {
             algorithm,
             sequence,
+            effective,
             cursor: AtomicUsize::new(0),
             maglev,
             members: members.into_boxed_slice(),
@@ -60,7 +73,7 @@ impl Selector {
             return None;
         }
         match self.algorithm {
-            Balance::RoundRobin => self.walk(self.next_cursor(), &usable),
+            Balance::RoundRobin => walk(&self.live_sequence(backends), self.next_cursor(), &usable),
             Balance::LeastConn => self.least_conn(backends, &usable),
             Balance::Random => self.power_of_two(backends, &usable),
             Balance::SourceHash => self.hashed(&self.sequence, client, &usable),
@@ -76,12 +89,37 @@ impl Selector {
         self.cursor.fetch_add(1, Relaxed)
     }
 
-    /// First usable entry of the sequence from `start` on, wrapping once.
+    /// The sequence over healthy, enabled members (all members when none is).
+    fn live_sequence(&self, backends: &[Backend]) -> Arc<[u32]> {
+        let epoch = crate::backend::state_epoch();
+        let cached = self.effective.load();
+        if cached.epoch == epoch {
+            return cached.sequence.clone();
+        }
+        let live: Vec<u32> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let s = &backends[i as usize].state;
+                s.is_healthy() && s.is_enabled()
+            })
+            .collect();
+        let sequence: Arc<[u32]> = if live.is_empty() {
+            self.sequence.clone().into()
+        } else {
+            smooth_sequence(backends, &live).into()
+        };
+        self.effective.store(Arc::new(Effective {
+            epoch,
+            sequence: sequence.clone(),
+        }));
+        sequence
+    }
+
+    /// First usable entry of the full sequence from `start` on, wrapping once.
     fn walk(&self, start: usize, usable: &impl Fn(usize) -> bool) -> Option<usize> {
-        let len = self.sequence.len();
-        (0..len)
-            .map(|k| self.sequence[(start + k) % len] as usize)
-            .find(|&i| usable(i))
+        walk(&self.sequence, start, usable)
     }
 
     /// Fewest active connections per weight; ties go round-robin in weighted order.
@@ -96,7 +134,8 @@ impl Selector {
             .map(load)
             .min_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)))?;
         let start = self.next_cursor();
-        self.walk(start, &|i| {
+        let live = self.live_sequence(backends);
+        walk(&live, start, &|i| {
             let l = load(i);
             l.0 * best.1 == best.0 * l.1 && usable(i)
         })
@@ -152,6 +191,20 @@ impl Selector {
     pub fn maglev_table(&self) -> Option<&[u32]> {
         self.maglev.as_deref()
     }
+}
+
+#[derive(Debug)]
+struct Effective {
+    epoch: u64,
+    sequence: Arc<[u32]>,
+}
+
+/// First usable entry of `sequence` from `start` on, wrapping once.
+fn walk(sequence: &[u32], start: usize, usable: &impl Fn(usize) -> bool) -> Option<usize> {
+    let len = sequence.len();
+    (0..len)
+        .map(|k| sequence[(start + k) % len] as usize)
+        .find(|&i| usable(i))
 }
 
 /// The bytes hashed for a client address (IPv4-mapped IPv6 counts as IPv4).

@@ -300,3 +300,22 @@ fn reload_keeps_state_of_backends_that_stay() {
     drop(lease);
     assert_eq!(web2.backend(&addr(1)).unwrap().state.active(), 0);
 }
+
+#[test]
+fn a_down_backends_share_spreads_over_the_others_by_weight() {
+    for balance in [Balance::RoundRobin, Balance::LeastConn] {
+        let pool = Pool::build(&pool_config("p", balance, &[1, 2, 1, 2]), None);
+        pool.backends[1].state.set_healthy(false);
+        let s = shares(&pool, 400, false);
+        assert_eq!(s, vec![0.25, 0.0, 0.25, 0.5], "{balance:?}");
+        pool.backends[1].state.set_healthy(true);
+        let s = shares(&pool, 600, false);
+        assert_eq!(
+            s.iter()
+                .map(|x| (x * 600.0).round() as u32)
+                .collect::<Vec<_>>(),
+            vec![100, 200, 100, 200],
+            "{balance:?}"
+        );
+    }
+}

@@ -34,7 +34,11 @@ fn check(kind: CheckKind) -> Check {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn find(program: &str) -> Option<PathBuf> {
@@ -79,7 +83,10 @@ impl Drop for Server {
 fn wait_listening(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server on port {port} did not start");
+        assert!(
+            Instant::now() < deadline,
+            "server on port {port} did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -98,7 +105,14 @@ http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path
     )
     .unwrap();
     let child = Command::new(find("nginx").unwrap())
-        .args(["-e", &format!("{d}/error.log"), "-p", &d.to_string(), "-c", &conf.display().to_string()])
+        .args([
+            "-e",
+            &format!("{d}/error.log"),
+            "-p",
+            &d.to_string(),
+            "-c",
+            &conf.display().to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -130,7 +144,11 @@ async fn http_checks_against_nginx_follow_its_status_and_its_life() {
     // nginx stopped: connection refused.
     nginx.stop();
     let p = Prober::new(&healthy).unwrap().probe(target).await;
-    assert!(p.error.starts_with("connect: ") && p.error.contains("refused"), "{}", p.error);
+    assert!(
+        p.error.starts_with("connect: ") && p.error.contains("refused"),
+        "{}",
+        p.error
+    );
     // Started again: passes again.
     let _nginx = start_nginx(dir.path(), port);
     let p = Prober::new(&healthy).unwrap().probe(target).await;
@@ -167,7 +185,9 @@ passdb {{\n  driver = static\n  args = password=unused\n}}\nuserdb {{\n  driver 
 #[tokio::test]
 async fn send_expect_checks_read_dovecot_imap_and_pop3_banners() {
     if find("dovecot").is_none() || !is_root() {
-        eprintln!("SKIPPED: dovecot needs the dovecot-imapd/dovecot-pop3d packages and root (scripts/test as root)");
+        eprintln!(
+            "SKIPPED: dovecot needs the dovecot-imapd/dovecot-pop3d packages and root (scripts/test as root)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -191,7 +211,11 @@ async fn send_expect_checks_read_dovecot_imap_and_pop3_banners() {
     // The IMAP check against the POP3 port sees the wrong banner.
     let p = Prober::new(&imap_check).unwrap().probe(pop3).await;
     assert!(p.error.starts_with("answer \"+OK"), "{}", p.error);
-    assert!(p.error.ends_with("does not match \"^\\\\* OK\""), "{}", p.error);
+    assert!(
+        p.error.ends_with("does not match \"^\\\\* OK\""),
+        "{}",
+        p.error
+    );
     dovecot.stop();
     let p = Prober::new(&imap_check).unwrap().probe(imap).await;
     assert!(!p.ok, "dovecot stopped but the check passed");

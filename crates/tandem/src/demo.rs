@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -28,17 +29,48 @@ pub struct Demo {
     /// Names and addresses of the built-in backends.
     pub backends: Vec<(String, SocketAddr)>,
     stop_backends: CancellationToken,
+    flap: Flap,
+}
+
+/// When demo-2 plays failing its health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flap {
+    /// From this long after start...
+    pub after: Duration,
+    /// ...for this long...
+    pub lasting: Duration,
+    /// ...and again every this long.
+    pub every: Duration,
+}
+
+impl Default for Flap {
+    fn default() -> Flap {
+        Flap {
+            after: Duration::from_secs(20),
+            lasting: Duration::from_secs(15),
+            every: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Flap {
+    fn failing(&self, since_start: Duration) -> bool {
+        since_start >= self.after
+            && (since_start - self.after).as_millis() % self.every.as_millis().max(1)
+                < self.lasting.as_millis()
+    }
 }
 
 impl Demo {
     /// Starts three backends on 127.0.0.1 and a balancer on `listen` (round-robin) and on
-    /// the next port (sticky).
-    pub async fn start(listen: SocketAddr) -> anyhow::Result<Demo> {
+    /// the next port (sticky). demo-2 fails its health check as `flap` says.
+    pub async fn start(listen: SocketAddr, flap: Flap) -> anyhow::Result<Demo> {
         let stop_backends = CancellationToken::new();
         let mut backends = Vec::new();
         for n in 1..=3 {
             let name = format!("demo-{n}");
-            let address = start_backend(name.clone(), stop_backends.clone()).await?;
+            let flaps = (n == 2).then_some(flap);
+            let address = start_backend(name.clone(), stop_backends.clone(), flaps).await?;
             backends.push((name, address));
         }
         let sticky = SocketAddr::new(
@@ -66,6 +98,7 @@ impl Demo {
             daemon,
             backends,
             stop_backends,
+            flap,
         })
     }
 
@@ -90,6 +123,14 @@ impl Demo {
         text += "\nTry it from another terminal:\n\n";
         text += &format!("  for i in 1 2 3 4; do curl -s http://{web}/; done     # names change\n");
         text += &format!("  for i in 1 2 3; do curl -s http://{sticky}/; done     # one name\n");
+        text += &format!(
+            "\nHealth checks: every backend answers GET /health. demo-2 fails it {}s after start, \
+for {}s, then every {}s: the log says when it goes down and comes back, and curl \
+never meets it meanwhile.\n",
+            self.flap.after.as_secs(),
+            self.flap.lasting.as_secs(),
+            self.flap.every.as_secs()
+        );
         text += "\nEach connection is logged when it ends. Press Ctrl-C to stop.\n";
         text
     }
@@ -103,13 +144,20 @@ impl Demo {
     }
 }
 
-/// A tiny HTTP/1.1 server on 127.0.0.1 that answers every request with its name.
-async fn start_backend(name: String, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
+/// A tiny HTTP/1.1 server on 127.0.0.1 that answers every request with its name, and
+/// GET /health with "ok" (or 503 while it plays failing, from `flap` on).
+async fn start_backend(
+    name: String,
+    stop: CancellationToken,
+    flap: Option<Flap>,
+) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding a demo backend")?;
     let address = listener.local_addr()?;
     let body = Bytes::from(format!("Hello from {name} at {address}\n"));
+    let started = Instant::now();
+    let failing = move || flap.is_some_and(|f| f.failing(started.elapsed()));
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -122,11 +170,17 @@ async fn start_backend(name: String, stop: CancellationToken) -> anyhow::Result<
             let body = body.clone();
             let name = name.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    let body = body.clone();
+                let failing = failing;
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (status, body) = match req.uri().path() {
+                        "/health" if failing() => (503, Bytes::from_static(b"failing (demo)\n")),
+                        "/health" => (200, Bytes::from_static(b"ok\n")),
+                        _ => (200, body.clone()),
+                    };
                     let name = name.clone();
                     async move {
                         let response = Response::builder()
+                            .status(status)
                             .header("content-type", "text/plain")
                             .header("x-backend", name)
                             .body(Full::new(body))

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::time::Duration;
 use tandem::daemon::Daemon;
-use tandem::demo::Demo;
+
+use tandem::demo::{Demo, Flap};
 use tandem_config::{Config, LogFormat};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -66,6 +68,12 @@ enum Command {
         /// Address of the round-robin service; the sticky one takes the next port.
         #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
         listen: SocketAddr,
+        /// Seconds after start when demo-2 begins failing its health check.
+        #[arg(long, default_value_t = 20, value_name = "SECS", hide = true)]
+        flap_after: u64,
+        /// Seconds demo-2 keeps failing each time.
+        #[arg(long, default_value_t = 15, value_name = "SECS", hide = true)]
+        flap_for: u64,
     },
 }
 
@@ -81,9 +89,18 @@ fn main() -> ExitCode {
             tandem::logging::init(config.global.log_format);
             runtime().block_on(run(config))
         }
-        Command::Demo { listen } => {
+        Command::Demo {
+            listen,
+            flap_after,
+            flap_for,
+        } => {
             tandem::logging::init(LogFormat::Text);
-            runtime().block_on(demo(listen))
+            let flap = Flap {
+                after: Duration::from_secs(flap_after),
+                lasting: Duration::from_secs(flap_for),
+                ..Flap::default()
+            };
+            runtime().block_on(demo(listen, flap))
         }
     }
 }
@@ -165,8 +182,8 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn demo(listen: SocketAddr) -> ExitCode {
-    let demo = match Demo::start(listen).await {
+async fn demo(listen: SocketAddr, flap: Flap) -> ExitCode {
+    let demo = match Demo::start(listen, flap).await {
         Ok(d) => d,
         Err(e) => {
             eprintln!("tandem demo: {e:#}");

@@ -267,28 +267,30 @@ fn run_drains_on_sigterm_letting_a_running_transfer_finish() {
 }
 
 #[test]
-fn demo_answers_curl_with_changing_names_and_a_sticky_port() {
-    let mut demo = Running::spawn(&["demo", "--listen", "127.0.0.1:0"]);
-    let line = demo.wait_for("balancer  http://");
-    let web: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let line = demo.wait_for("sticky    http://");
-    let sticky: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+fn demo_answers_curl_with_changing_names_a_sticky_port_and_a_flapping_backend() {
+    let mut demo = Running::spawn(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--flap-after",
+        "2",
+        "--flap-for",
+        "3",
+    ]);
+    let address_after = |line: &str, marker: &str| -> SocketAddr {
+        line.split(marker)
+            .nth(1)
+            .unwrap()
+            .split(['/', ' '])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let web = address_after(&demo.wait_for("balancer  http://"), "http://");
+    let sticky = address_after(&demo.wait_for("sticky    http://"), "http://");
+    let demo2 = address_after(&demo.wait_for("demo-2 on "), "demo-2 on ");
+    demo.wait_for("demo-2 fails it 2s after start, for 3s");
     let curl = |addr: SocketAddr| {
         let out = Command::new("curl")
             .args(["-s", "--max-time", "5", &format!("http://{addr}/")])
@@ -312,6 +314,18 @@ fn demo_answers_curl_with_changing_names_and_a_sticky_port() {
         sticky_names.len(),
         1,
         "sticky service moved the client: {sticky_names:?}"
+    );
+    // demo-2 fails its check: the log says so once per pool, and curl never meets it.
+    let down = demo.wait_for(&format!("web {demo2} down: http status 503 after 2 checks"));
+    assert!(down.contains("WARN"), "{down}");
+    for _ in 0..8 {
+        assert!(!curl(web).contains("demo-2"), "demo-2 served while down");
+    }
+    demo.wait_for(&format!("web {demo2} up: after 2 passed checks"));
+    let back: std::collections::HashSet<String> = (0..4).map(|_| curl(web)).collect();
+    assert!(
+        back.iter().any(|n| n.contains("demo-2")),
+        "demo-2 back in rotation: {back:?}"
     );
     demo.signal(rustix::process::Signal::INT);
     demo.wait_for("stopping the demo");
