@@ -256,3 +256,33 @@ async fn a_new_generation_keeps_state_of_backends_that_stay() {
     );
     assert!(board.get("web", addr(3)).unwrap().up);
 }
+
+#[tokio::test(start_paused = true)]
+async fn hundreds_of_backends_each_keep_their_own_timer() {
+    let script = Arc::new(Script::default());
+    let mut config = pool(&[], InitialHealth::Down);
+    config.backends = (0..300u16)
+        .map(|n| BackendConfig {
+            address: SocketAddr::from(([10, 1, (n / 200) as u8, (n % 200) as u8 + 1], 80)),
+            weight: 1,
+            max_conns: 0,
+            backup: false,
+        })
+        .collect();
+    let (monitor, pools) = start(&script, std::slice::from_ref(&config));
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let calls = script.calls.lock().unwrap().len();
+    assert!(
+        (900..=1200).contains(&calls),
+        "{calls} checks of 300 backends in 3.1 s"
+    );
+    let web = pools.get("web").unwrap();
+    assert!(web.backends.iter().all(|b| b.state.is_healthy()));
+    assert_eq!(monitor.board().all().len(), 300);
+    // Spread: no 100 ms window holds more than a sixth of a round's checks.
+    let mut per_window = HashMap::<u128, usize>::new();
+    for (t, _) in script.calls.lock().unwrap().iter() {
+        *per_window.entry(t.as_millis() / 100).or_default() += 1;
+    }
+    assert!(per_window.values().all(|&n| n <= 50), "{per_window:?}");
+}
