@@ -74,9 +74,6 @@ impl Config {
         if self.services.iter().any(|s| s.tls.is_some()) {
             notes.push("service tls is validated, but not terminated in this version");
         }
-        if self.global.admin_listen.is_some() {
-            notes.push("global.admin_listen is validated, but the admin HTTP port is not served in this version");
-        }
         notes
     }
 }

@@ -78,12 +78,14 @@ enum PumpError {
 }
 
 /// Relays between `client` and `backend` until both directions end, one fails, the
-/// connection is idle for `idle`, or `cancel` fires.
+/// connection is idle for `idle`, or `cancel` fires. `meter(to_backend, bytes)` is told
+/// of every chunk as it moves, so counters stay live on long connections.
 pub async fn relay(
     client: &TcpStream,
     backend: &TcpStream,
     idle: Duration,
     cancel: &CancellationToken,
+    meter: &(dyn Fn(bool, u64) + Sync),
 ) -> Outcome {
     let activity = Activity {
         start: Instant::now(),
@@ -92,7 +94,7 @@ pub async fn relay(
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let both = async {
         let up_pump = async {
-            pump(client, backend, &up, &activity)
+            pump(client, backend, &up, &activity, &|n| meter(true, n))
                 .await
                 .map_err(|e| match e {
                     PumpError::Read(e) => End::ClientError(e.to_string()),
@@ -100,7 +102,7 @@ pub async fn relay(
                 })
         };
         let down_pump = async {
-            pump(backend, client, &down, &activity)
+            pump(backend, client, &down, &activity, &|n| meter(false, n))
                 .await
                 .map_err(|e| match e {
                     PumpError::Read(e) => End::BackendError(e.to_string()),
@@ -145,6 +147,7 @@ async fn pump(
     dst: &TcpStream,
     moved: &AtomicU64,
     activity: &Activity,
+    meter: &(dyn Fn(u64) + Sync),
 ) -> Result<(), PumpError> {
     loop {
         src.readable().await.map_err(PumpError::Read)?;
@@ -157,7 +160,10 @@ async fn pump(
         #[cfg(not(target_os = "linux"))]
         let chunk = copy_chunk(src, dst, moved).await?;
         match chunk {
-            Chunk::Moved => activity.touch(),
+            Chunk::Moved(n) => {
+                activity.touch();
+                meter(n);
+            }
             Chunk::NotReady => {}
             Chunk::Eof => {
                 half_close(dst);
@@ -168,7 +174,7 @@ async fn pump(
 }
 
 enum Chunk {
-    Moved,
+    Moved(u64),
     NotReady,
     Eof,
 }
@@ -198,7 +204,7 @@ async fn copy_chunk(
             Err(e) => return Err(PumpError::Write(e)),
         }
     }
-    Ok(Chunk::Moved)
+    Ok(Chunk::Moved(n as u64))
 }
 
 #[cfg(target_os = "linux")]
@@ -296,6 +302,7 @@ mod splice {
         };
         // From here the pipe holds bytes: on error or cancellation it is dropped, never
         // pooled, so no stray byte can reach another connection.
+        let total = left;
         while left > 0 {
             dst.writable().await.map_err(PumpError::Write)?;
             match dst.try_io(Interest::WRITABLE, || splice(&pipe.read, dst, left)) {
@@ -308,6 +315,6 @@ mod splice {
             }
         }
         pipe.give();
-        Ok(Chunk::Moved)
+        Ok(Chunk::Moved(total as u64))
     }
 }

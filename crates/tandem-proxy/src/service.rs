@@ -70,9 +70,10 @@ impl Service {
     }
 
     /// Accepts on `listener` until `life.stop_accepting` fires, handling each connection
-    /// in its own task. Accept errors never end the loop: resource exhaustion (EMFILE,
+    /// in its own task, then hands the listener back (a reload may keep it open for
+    /// another service). Accept errors never end the loop: resource exhaustion (EMFILE,
     /// ENFILE, ENOBUFS, ENOMEM) pauses it with a growing backoff.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, life: Lifecycle) {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, life: Lifecycle) -> TcpListener {
         let local = listener.local_addr().ok();
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -117,6 +118,7 @@ impl Service {
                 }
             }
         }
+        listener
     }
 
     /// Takes a slot under the service's max_conns, or `None` at the limit.
@@ -147,20 +149,27 @@ impl Service {
             return;
         };
         let header = crate::proxy_header::header(config.proxy_protocol, peer, local);
+        let state = pick.lease.state.clone();
+        let meter = move |to_backend: bool, n: u64| {
+            if to_backend {
+                state.record_bytes(n, 0);
+            } else {
+                state.record_bytes(0, n);
+            }
+        };
         let outcome = match header {
             Some(h) => match backend.write_all(&h).await {
-                Ok(()) => relay::relay(&client, &backend, config.idle_timeout, close_all).await,
+                Ok(()) => {
+                    relay::relay(&client, &backend, config.idle_timeout, close_all, &meter).await
+                }
                 Err(e) => relay::Outcome {
                     to_backend: 0,
                     to_client: 0,
                     end: End::BackendError(format!("sending PROXY header: {e}")),
                 },
             },
-            None => relay::relay(&client, &backend, config.idle_timeout, close_all).await,
+            None => relay::relay(&client, &backend, config.idle_timeout, close_all, &meter).await,
         };
-        pick.lease
-            .state
-            .record_bytes(outcome.to_backend, outcome.to_client);
         info!(
             target: "tandem::conn",
             service = %config.name,

@@ -1,25 +1,36 @@
-//! A running tandem: listeners, pools, services, and their orderly end.
+//! A running tandem: listeners, pools, services, health checks, the control socket and
+//! the admin port, their reload and their orderly end.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use tandem_balance::{PoolSet, now_ms};
-use tandem_config::Config;
-use tandem_health::{HealthBoard, Monitor};
+use tandem_config::{Config, Mode};
+use tandem_control::admin::StateSource;
+use tandem_control::{
+    BackendAction, BackendSnapshot, CheckSnapshot, PoolSnapshot, Request, Response,
+    ServiceSnapshot, Snapshot,
+};
+use tandem_health::{HealthBoard, Monitor, Prober};
 use tandem_proxy::{Lifecycle, Service, listener};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 /// How often expired sticky entries are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A service and the addresses its listeners are bound to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RunningService {
     /// The service.
     pub service: Arc<Service>,
@@ -27,16 +38,59 @@ pub struct RunningService {
     pub bound: Vec<SocketAddr>,
 }
 
-/// A running balancer.
-#[derive(Debug)]
+/// A running balancer. Cheap to clone: clones share one daemon.
+#[derive(Debug, Clone)]
 pub struct Daemon {
-    config: Arc<Config>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    started: Instant,
+    config_path: Option<PathBuf>,
+    config: ArcSwap<Config>,
     pools: Arc<ArcSwap<PoolSet>>,
-    services: Vec<RunningService>,
+    services: ArcSwap<Vec<RunningService>>,
+    health: Arc<HealthBoard>,
+    inner: Mutex<Inner>,
     life: Lifecycle,
     background: CancellationToken,
-    accept_loops: Vec<JoinHandle<()>>,
+    reloads: AtomicU64,
+    admin: std::sync::Mutex<Option<SocketAddr>>,
+    control_socket: std::sync::Mutex<Option<PathBuf>>,
+}
+
+/// Identifies a listener across reloads: its configured address, and for port 0 (any
+/// free port, which several services may ask for) also its service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ListenKey {
+    address: SocketAddr,
+    ephemeral_for: Option<String>,
+}
+
+impl ListenKey {
+    fn new(service: &str, address: SocketAddr) -> ListenKey {
+        ListenKey {
+            address,
+            ephemeral_for: (address.port() == 0).then(|| service.to_string()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Listeners by configured address.
+    listeners: HashMap<ListenKey, RunningListener>,
+    services: HashMap<String, Arc<Service>>,
     monitor: Monitor,
+}
+
+#[derive(Debug)]
+struct RunningListener {
+    service: String,
+    bound: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<TcpListener>,
 }
 
 /// What a drain did.
@@ -48,10 +102,33 @@ pub struct DrainReport {
     pub closed_at_deadline: u64,
 }
 
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Services added.
+    pub services_added: Vec<String>,
+    /// Services removed (their connections run on).
+    pub services_removed: Vec<String>,
+    /// Listening addresses opened.
+    pub listeners_opened: Vec<String>,
+    /// Listening addresses closed.
+    pub listeners_closed: Vec<String>,
+    /// Settings that only a restart applies.
+    pub needs_restart: Vec<String>,
+}
+
 impl Daemon {
-    /// Binds every listener (failing as a whole if one cannot be bound), then starts
-    /// accepting.
+    /// Starts from `config`, with no file to reload from.
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
+        Daemon::start_with(config, None).await
+    }
+
+    /// Binds every listener (failing as a whole if one cannot be bound), starts health
+    /// checks and accepting. `config_path` is what `reload` reads again.
+    pub async fn start_with(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> anyhow::Result<Daemon> {
         let pools = Arc::new(ArcSwap::from_pointee(PoolSet::build(&config.pools, None)));
         let mut monitor = Monitor::new();
         monitor
@@ -62,95 +139,441 @@ impl Daemon {
             close_all: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
-        let mut services = Vec::new();
-        let mut listeners = Vec::new();
-        for s in &config.services {
-            let service = Service::new(s.clone(), pools.clone());
-            let mut bound = Vec::new();
-            for &address in &s.listen {
-                let l = listener::bind(address)
-                    .with_context(|| format!("service {}: cannot listen on {address}", s.name))?;
-                bound.push(l.local_addr()?);
-                listeners.push((service.clone(), l));
+        let shared = Arc::new(Shared {
+            started: Instant::now(),
+            config_path,
+            config: ArcSwap::from_pointee(config.clone()),
+            pools: pools.clone(),
+            services: ArcSwap::from_pointee(Vec::new()),
+            health: monitor.board(),
+            inner: Mutex::new(Inner {
+                listeners: HashMap::new(),
+                services: HashMap::new(),
+                monitor,
+            }),
+            life,
+            background: CancellationToken::new(),
+            reloads: AtomicU64::new(0),
+            admin: std::sync::Mutex::new(None),
+            control_socket: std::sync::Mutex::new(None),
+        });
+        let daemon = Daemon { shared };
+        {
+            let mut inner = daemon.shared.inner.lock().await;
+            let bound = bind_new(&config, &inner.listeners)?;
+            for s in &config.services {
+                inner
+                    .services
+                    .insert(s.name.clone(), Service::new(s.clone(), pools.clone()));
             }
-            services.push(RunningService { service, bound });
+            for (key, (service, l)) in bound {
+                daemon.spawn_listener(&mut inner, key, &service, l);
+            }
+            daemon.publish_services(&inner, &config);
         }
-        let accept_loops = listeners
-            .into_iter()
-            .map(|(service, l)| tokio::spawn(service.serve(l, life.clone())))
-            .collect();
-        let background = CancellationToken::new();
-        tokio::spawn(sweep_sticky_tables(pools.clone(), background.clone()));
-        for s in &services {
+        tokio::spawn(sweep_sticky_tables(pools, daemon.shared.background.clone()));
+        for s in daemon.services().iter() {
             let c = s.service.config.load();
             let addrs: Vec<String> = s.bound.iter().map(ToString::to_string).collect();
             info!(service = %c.name, pool = %c.pool, listen = %addrs.join(","), "service ready");
         }
-        Ok(Daemon {
-            config: Arc::new(config),
-            pools,
-            services,
-            life,
-            background,
-            accept_loops,
-            monitor,
-        })
+        Ok(daemon)
+    }
+
+    fn spawn_listener(&self, inner: &mut Inner, key: ListenKey, service: &str, l: TcpListener) {
+        let svc = inner.services[service].clone();
+        let stop = self.shared.life.stop_accepting.child_token();
+        let bound = l.local_addr().unwrap_or(key.address);
+        let life = Lifecycle {
+            stop_accepting: stop.clone(),
+            ..self.shared.life.clone()
+        };
+        let task = tokio::spawn(svc.serve(l, life));
+        inner.listeners.insert(
+            key,
+            RunningListener {
+                service: service.to_string(),
+                bound,
+                stop,
+                task,
+            },
+        );
+    }
+
+    /// Refreshes the lock-free view of services (in configuration order).
+    fn publish_services(&self, inner: &Inner, config: &Config) {
+        let view = config
+            .services
+            .iter()
+            .filter_map(|s| {
+                let service = inner.services.get(&s.name)?.clone();
+                let bound = s
+                    .listen
+                    .iter()
+                    .filter_map(|a| {
+                        inner
+                            .listeners
+                            .get(&ListenKey::new(&s.name, *a))
+                            .map(|l| l.bound)
+                    })
+                    .collect();
+                Some(RunningService { service, bound })
+            })
+            .collect();
+        self.shared.services.store(Arc::new(view));
     }
 
     /// The configuration running now.
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.load_full()
     }
 
     /// The current pool generation.
     pub fn pools(&self) -> Arc<PoolSet> {
-        self.pools.load_full()
+        self.shared.pools.load_full()
     }
 
     /// Health of every checked backend, and the stream of transitions.
     pub fn health(&self) -> Arc<HealthBoard> {
-        self.monitor.board()
+        self.shared.health.clone()
     }
 
     /// The service called `name`.
-    pub fn service(&self, name: &str) -> Option<&RunningService> {
-        self.services
+    pub fn service(&self, name: &str) -> Option<RunningService> {
+        self.services()
             .iter()
             .find(|s| s.service.config.load().name == name)
+            .cloned()
     }
 
-    /// Every service.
-    pub fn services(&self) -> &[RunningService] {
-        &self.services
+    /// Every service, in configuration order.
+    pub fn services(&self) -> Arc<Vec<RunningService>> {
+        self.shared.services.load_full()
     }
 
-    /// Connections open now, over all services.
+    /// Connections open now, over all services (removed ones included).
     pub fn open_connections(&self) -> u64 {
-        self.services
+        // Tasks of removed services are still tracked; count by task, not by service.
+        self.shared.life.tracker.len() as u64
+    }
+
+    /// The admin port's bound address, once serving.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        *self.shared.admin.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the configuration file again and applies it (see [`Daemon::apply`]).
+    pub async fn reload(&self) -> Result<ReloadReport, String> {
+        let path = self
+            .shared
+            .config_path
+            .as_ref()
+            .ok_or("this tandem was not started from a configuration file")?;
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        self.apply(config).await
+    }
+
+    /// Applies a new, validated configuration without dropping connections: listeners
+    /// of unchanged addresses stay open (moved to another service if need be), new
+    /// ones are bound first (a failure leaves everything as it was), pools are rebuilt
+    /// keeping backend state and sticky tables, health checks keep their state.
+    /// Established connections run on with their backend.
+    pub async fn apply(&self, config: Config) -> Result<ReloadReport, String> {
+        let mut inner = self.shared.inner.lock().await;
+        let old = self.shared.config.load_full();
+        // Everything that can fail comes before any change.
+        for p in &config.pools {
+            if let Some(check) = &p.check {
+                Prober::new(check).map_err(|e| format!("pool {}: {e}", p.name))?;
+            }
+        }
+        let bound = bind_new(&config, &inner.listeners).map_err(|e| format!("{e:#}"))?;
+        let mut report = ReloadReport::default();
+        if old.global.control_socket != config.global.control_socket {
+            report.needs_restart.push("global.control_socket".into());
+        }
+        if old.global.admin_listen != config.global.admin_listen {
+            report.needs_restart.push("global.admin_listen".into());
+        }
+        if old.global.log_format != config.global.log_format {
+            report.needs_restart.push("global.log_format".into());
+        }
+        let pools = PoolSet::build(&config.pools, Some(&self.shared.pools.load()));
+        inner.monitor.apply(&pools, &config.pools)?;
+        self.shared.pools.store(Arc::new(pools));
+        // Services: update in place, add, remove.
+        let mut services = HashMap::new();
+        for s in &config.services {
+            let service = match inner.services.remove(&s.name) {
+                Some(existing) => {
+                    existing.config.store(Arc::new(s.clone()));
+                    existing
+                }
+                None => {
+                    report.services_added.push(s.name.clone());
+                    Service::new(s.clone(), self.shared.pools.clone())
+                }
+            };
+            services.insert(s.name.clone(), service);
+        }
+        report.services_removed = inner.services.keys().cloned().collect();
+        inner.services = services;
+        // Listeners: keep, move to another service, or close.
+        let wanted: HashMap<ListenKey, &str> = config
+            .services
             .iter()
-            .map(|s| {
-                s.service
-                    .stats
-                    .active
-                    .load(std::sync::atomic::Ordering::Relaxed)
+            .flat_map(|s| {
+                s.listen
+                    .iter()
+                    .map(move |a| (ListenKey::new(&s.name, *a), s.name.as_str()))
             })
-            .sum()
+            .collect();
+        let current: Vec<ListenKey> = inner.listeners.keys().cloned().collect();
+        for key in current {
+            let keep_for = wanted.get(&key).copied();
+            if keep_for == Some(inner.listeners[&key].service.as_str()) {
+                continue;
+            }
+            let l = inner.listeners.remove(&key).expect("listed");
+            l.stop.cancel();
+            let listener = l.task.await.map_err(|e| format!("listener task: {e}"))?;
+            match keep_for {
+                Some(service) => self.spawn_listener(&mut inner, key, service, listener),
+                None => report.listeners_closed.push(l.bound.to_string()),
+            }
+        }
+        for (key, (service, l)) in bound {
+            report
+                .listeners_opened
+                .push(l.local_addr().map_or(key.address, |a| a).to_string());
+            self.spawn_listener(&mut inner, key, &service, l);
+        }
+        self.publish_services(&inner, &config);
+        self.shared.config.store(Arc::new(config));
+        self.shared.reloads.fetch_add(1, Relaxed);
+        info!(
+            added = ?report.services_added,
+            removed = ?report.services_removed,
+            opened = ?report.listeners_opened,
+            closed = ?report.listeners_closed,
+            "configuration reloaded"
+        );
+        if !report.needs_restart.is_empty() {
+            warn!(settings = ?report.needs_restart, "changed settings that apply only after a restart");
+        }
+        Ok(report)
+    }
+
+    /// Enables or disables (drains) a backend of a pool.
+    pub fn set_backend_enabled(
+        &self,
+        pool: &str,
+        address: &str,
+        enabled: bool,
+    ) -> Result<BackendSnapshot, String> {
+        let pools = self.pools();
+        let p = pools
+            .get(pool)
+            .ok_or_else(|| format!("no pool is named {pool:?}"))?;
+        let addr: SocketAddr = address
+            .parse()
+            .map_err(|_| format!("{address:?} is not an IP:port address"))?;
+        let b = p
+            .backend(&addr)
+            .ok_or_else(|| format!("pool {pool} has no backend {addr}"))?;
+        b.state.set_enabled(enabled);
+        info!(pool, backend = %addr, "backend {} by the operator", if enabled { "enabled" } else { "disabled (draining)" });
+        Ok(self.backend_snapshot(pool, b))
+    }
+
+    /// Answers one control request.
+    pub async fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Status => Response::ok(self.snapshot()),
+            Request::Pools => Response::ok(self.snapshot()),
+            Request::Ha => Response::ok(self.snapshot().ha),
+            Request::Backend {
+                action,
+                pool,
+                address,
+            } => match self.set_backend_enabled(&pool, &address, action == BackendAction::Enable) {
+                Ok(b) => Response::ok(b),
+                Err(e) => Response::error(e),
+            },
+            Request::Reload => match self.reload().await {
+                Ok(report) => Response::ok(report),
+                Err(e) => {
+                    warn!("reload refused, the running configuration stays:\n{e}");
+                    Response::error(format!(
+                        "reload refused, the running configuration stays:\n{e}"
+                    ))
+                }
+            },
+        }
+    }
+
+    /// Serves the control socket of `global.control_socket` until shutdown.
+    pub fn serve_control(&self) -> anyhow::Result<()> {
+        let path = self.config().global.control_socket.clone();
+        let listener = tandem_control::socket::bind(&path)?;
+        let (tx, mut rx) = mpsc::channel::<tandem_control::socket::Command>(64);
+        let stop = self.shared.background.clone();
+        tokio::spawn(tandem_control::socket::serve(listener, tx, stop.clone()));
+        let daemon = self.clone();
+        tokio::spawn(async move {
+            while let Some((request, reply)) = tokio::select! {
+                () = stop.cancelled() => None,
+                r = rx.recv() => r,
+            } {
+                let _ = reply.send(daemon.handle(request).await);
+            }
+        });
+        *self
+            .shared
+            .control_socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(path);
+        info!(socket = %self.config().global.control_socket.display(), "control socket ready");
+        Ok(())
+    }
+
+    /// Serves `global.admin_listen` (metrics, status page), when configured.
+    pub fn serve_admin(&self) -> anyhow::Result<()> {
+        let Some(address) = self.config().global.admin_listen else {
+            return Ok(());
+        };
+        let l = listener::bind(address).with_context(|| format!("admin port {address}"))?;
+        let bound = l.local_addr()?;
+        *self.shared.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
+        let source: Arc<dyn StateSource> = Arc::new(self.clone());
+        tokio::spawn(tandem_control::admin::serve(
+            l,
+            source,
+            self.shared.background.clone(),
+        ));
+        if !bound.ip().is_loopback() {
+            warn!(admin = %bound, "the admin port is not on loopback: metrics and status are readable from the network");
+        }
+        info!(admin = %bound, "admin port ready: /metrics, /, /status.json");
+        Ok(())
+    }
+
+    /// Everything an operator sees, now.
+    pub fn snapshot(&self) -> Snapshot {
+        let config = self.config();
+        let pools = self.pools();
+        let services = self
+            .services()
+            .iter()
+            .map(|rs| {
+                let c = rs.service.config.load();
+                let st = &rs.service.stats;
+                ServiceSnapshot {
+                    name: c.name.clone(),
+                    mode: match c.mode {
+                        Mode::Tcp => "tcp",
+                        Mode::Http => "http",
+                        Mode::Redirect => "redirect",
+                    }
+                    .into(),
+                    pool: c.pool.clone(),
+                    listen: rs.bound.iter().map(ToString::to_string).collect(),
+                    active: st.active.load(Relaxed),
+                    total: st.total.load(Relaxed),
+                    rejected: st.rejected.load(Relaxed),
+                    no_backend: st.no_backend.load(Relaxed),
+                    accept_errors: st.accept_errors.load(Relaxed),
+                }
+            })
+            .collect();
+        let pools = config
+            .pools
+            .iter()
+            .filter_map(|pc| {
+                let p = pools.get(&pc.name)?;
+                Some(PoolSnapshot {
+                    name: p.name.clone(),
+                    balance: format!("{:?}", pc.balance).to_lowercase(),
+                    sticky_entries: p.sticky.as_ref().map(|t| t.len() as u64),
+                    fallback: p.fallback.clone(),
+                    backends: p
+                        .backends
+                        .iter()
+                        .map(|b| self.backend_snapshot(&p.name, b))
+                        .collect(),
+                })
+            })
+            .collect();
+        Snapshot {
+            node: config.global.name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            uptime_secs: self.shared.started.elapsed().as_secs(),
+            config_path: self
+                .shared
+                .config_path
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            reloads: self.shared.reloads.load(Relaxed),
+            services,
+            pools,
+            ha: None,
+            sync: Vec::new(),
+        }
+    }
+
+    fn backend_snapshot(&self, pool: &str, b: &tandem_balance::Backend) -> BackendSnapshot {
+        let health = self.shared.health.get(pool, b.address);
+        let now = SystemTime::now();
+        let age = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs();
+        let (to_backend, to_client) = b.state.bytes();
+        BackendSnapshot {
+            address: b.address.to_string(),
+            weight: b.weight,
+            backup: b.backup,
+            max_conns: b.max_conns,
+            health: match &health {
+                None => "unchecked",
+                Some(h) if h.up => "up",
+                Some(_) => "down",
+            }
+            .into(),
+            enabled: b.state.is_enabled(),
+            active: u64::from(b.state.active()),
+            total: b.state.total(),
+            bytes_to_backend: to_backend,
+            bytes_to_client: to_client,
+            connect_errors: b.state.connect_errors(),
+            last_check: health
+                .as_ref()
+                .and_then(|h| h.last.as_ref())
+                .map(|c| CheckSnapshot {
+                    ok: c.ok,
+                    latency_ms: c.latency.as_secs_f64() * 1000.0,
+                    error: c.error.clone(),
+                    age_secs: age(c.at),
+                }),
+            health_since_secs: health.map(|h| age(h.since)),
+        }
     }
 
     /// Stops accepting (listeners close, new connections are refused), lets open
     /// connections finish until `deadline`, then closes what is left.
-    pub async fn shutdown(mut self, deadline: Duration) -> DrainReport {
-        self.life.stop_accepting.cancel();
-        for l in std::mem::take(&mut self.accept_loops) {
-            let _ = l.await;
+    pub async fn shutdown(self, deadline: Duration) -> DrainReport {
+        self.shared.life.stop_accepting.cancel();
+        {
+            let mut inner = self.shared.inner.lock().await;
+            for (_, l) in inner.listeners.drain() {
+                drop(l.task.await);
+            }
         }
         let open_at_start = self.open_connections();
         if open_at_start > 0 {
             info!(open = open_at_start, deadline = ?deadline, "draining: accepting stopped, waiting for open connections");
         }
-        self.life.tracker.close();
+        self.shared.life.tracker.close();
         let closed_at_deadline =
-            match tokio::time::timeout(deadline, self.life.tracker.wait()).await {
+            match tokio::time::timeout(deadline, self.shared.life.tracker.wait()).await {
                 Ok(()) => 0,
                 Err(_) => {
                     let left = self.open_connections();
@@ -158,18 +581,53 @@ impl Daemon {
                         left,
                         "drain deadline passed: closing the remaining connections"
                     );
-                    self.life.close_all.cancel();
-                    self.life.tracker.wait().await;
+                    self.shared.life.close_all.cancel();
+                    self.shared.life.tracker.wait().await;
                     left
                 }
             };
-        self.background.cancel();
-        self.monitor.stop();
+        self.shared.background.cancel();
+        self.shared.inner.lock().await.monitor.stop();
+        if let Some(path) = self
+            .shared
+            .control_socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = std::fs::remove_file(path);
+        }
         DrainReport {
             open_at_start,
             closed_at_deadline,
         }
     }
+}
+
+impl StateSource for Daemon {
+    fn snapshot(&self) -> Snapshot {
+        Daemon::snapshot(self)
+    }
+}
+
+/// Binds every listening address of `config` that is not open yet. All or nothing.
+fn bind_new(
+    config: &Config,
+    open: &HashMap<ListenKey, RunningListener>,
+) -> anyhow::Result<Vec<(ListenKey, (String, TcpListener))>> {
+    let mut bound = Vec::new();
+    for s in &config.services {
+        for &address in &s.listen {
+            let key = ListenKey::new(&s.name, address);
+            if open.contains_key(&key) {
+                continue;
+            }
+            let l = listener::bind(address)
+                .with_context(|| format!("service {}: cannot listen on {address}", s.name))?;
+            bound.push((key, (s.name.clone(), l)));
+        }
+    }
+    Ok(bound)
 }
 
 async fn sweep_sticky_tables(pools: Arc<ArcSwap<PoolSet>>, stop: CancellationToken) {

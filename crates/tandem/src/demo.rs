@@ -73,19 +73,24 @@ impl Demo {
             let address = start_backend(name.clone(), stop_backends.clone(), flaps).await?;
             backends.push((name, address));
         }
-        let sticky = SocketAddr::new(
-            listen.ip(),
-            if listen.port() == 0 {
-                0
-            } else {
-                listen.port() + 1
-            },
-        );
+        let next_port = |n: u16| {
+            SocketAddr::new(
+                listen.ip(),
+                if listen.port() == 0 {
+                    0
+                } else {
+                    listen.port() + n
+                },
+            )
+        };
+        let sticky = next_port(1);
+        let admin = next_port(2);
         let socket = std::env::temp_dir().join(format!("tandem-demo-{}.sock", std::process::id()));
         let text = TEMPLATE
             .replace("{listen}", &listen.to_string())
             .replace("{listen_sticky}", &sticky.to_string())
             .replace("{control_socket}", &socket.display().to_string())
+            .replace("{admin}", &admin.to_string())
             .replace("{backend1}", &backends[0].1.to_string())
             .replace("{backend2}", &backends[1].1.to_string())
             .replace("{backend3}", &backends[2].1.to_string());
@@ -117,12 +122,27 @@ impl Demo {
         text += &format!(
             "  sticky    http://{sticky}/  each client address stays on one backend for 1m\n"
         );
+        if let Some(admin) = self.daemon.admin_addr() {
+            text += &format!("  status    http://{admin}/  (metrics: http://{admin}/metrics)\n");
+        }
         for (name, address) in &self.backends {
             text += &format!("  backend   {name} on {address}\n");
         }
         text += "\nTry it from another terminal:\n\n";
         text += &format!("  for i in 1 2 3 4; do curl -s http://{web}/; done     # names change\n");
         text += &format!("  for i in 1 2 3; do curl -s http://{sticky}/; done     # one name\n");
+        let socket = self
+            .daemon
+            .config()
+            .global
+            .control_socket
+            .display()
+            .to_string();
+        text += &format!("  tandem ctl --socket {socket} pools\n");
+        text += &format!(
+            "  tandem ctl --socket {socket} backend disable web {}\n",
+            self.backends[0].1
+        );
         text += &format!(
             "\nHealth checks: every backend answers GET /health. demo-2 fails it {}s after start, \
 for {}s, then every {}s: the log says when it goes down and comes back, and curl \

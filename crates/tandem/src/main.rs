@@ -60,6 +60,25 @@ enum Command {
         #[arg(short, long, env = "TANDEM_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
+    /// Ask a running tandem: status, pools, backend enable/disable, reload, ha.
+    ///
+    /// Talks to the control socket (global.control_socket). Prints tables, or JSON with
+    /// --json. Exit code 1 when tandem cannot be reached or refuses the command.
+    Ctl {
+        /// The control socket of the running tandem.
+        #[arg(
+            long,
+            env = "TANDEM_SOCKET",
+            default_value = "/run/tandem.sock",
+            value_name = "PATH"
+        )]
+        socket: PathBuf,
+        /// Print the JSON answer instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
     /// Try tandem on loopback: three built-in web servers behind a balancer.
     ///
     /// Starts backends demo-1..3 on 127.0.0.1, a round-robin service on --listen and a
@@ -77,18 +96,45 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Node, uptime, version, HA state, sync peers, services.
+    Status,
+    /// Every pool and backend: health, last check, enabled, connections, bytes.
+    Pools,
+    /// Enable a backend, or disable it (drain: no new connections, established ones finish).
+    Backend {
+        /// enable or disable.
+        #[arg(value_parser = ["enable", "disable"])]
+        action: String,
+        /// The pool's name.
+        pool: String,
+        /// The backend's address as in the configuration, e.g. 10.1.0.12:80.
+        address: String,
+    },
+    /// Reload the configuration file; an invalid one is refused and the old one stays.
+    Reload,
+    /// VRRP state, priority with its demotions, and why.
+    Ha,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => {
-            let config = match load(&config) {
+        Command::Run { config: path } => {
+            let config = match load(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             tandem::logging::init(config.global.log_format);
-            runtime().block_on(run(config))
+            runtime().block_on(run(config, path))
         }
+        Command::Ctl {
+            socket,
+            json,
+            command,
+        } => runtime().block_on(ctl(&socket, json, command)),
         Command::Demo {
             listen,
             flap_after,
@@ -138,29 +184,43 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, path: PathBuf) -> ExitCode {
     let drain = config.global.drain_timeout;
     for note in config.inactive_features() {
         warn!("{note}");
     }
-    let daemon = match Daemon::start(config).await {
+    let daemon = match Daemon::start_with(config, Some(path)).await {
         Ok(d) => d,
         Err(e) => {
             error!("{e:#}");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    if let Err(e) = daemon.serve_control().and_then(|()| daemon.serve_admin()) {
+        error!("{e:#}");
+        daemon.shutdown(Duration::ZERO).await;
+        return ExitCode::from(EXIT_RUNTIME);
+    }
     info!(node = %daemon.config().global.name, version = env!("CARGO_PKG_VERSION"), "tandem running");
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         error!("cannot install signal handlers");
         return ExitCode::from(EXIT_RUNTIME);
     };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let name = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                if let Err(e) = daemon.reload().await {
+                    error!("reload refused, the running configuration stays:\n{e}");
+                }
+            }
+        }
     };
     info!(
         signal = name,
@@ -195,6 +255,14 @@ async fn demo(listen: SocketAddr, flap: Flap) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    if let Err(e) = demo
+        .daemon
+        .serve_control()
+        .and_then(|()| demo.daemon.serve_admin())
+    {
+        eprintln!("tandem demo: {e:#}");
+        return ExitCode::from(EXIT_RUNTIME);
+    }
     println!("{}", demo.instructions());
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -208,5 +276,91 @@ async fn demo(listen: SocketAddr, flap: Flap) -> ExitCode {
     }
     println!("stopping the demo");
     demo.stop().await;
+    ExitCode::SUCCESS
+}
+
+async fn ctl(socket: &Path, json: bool, command: CtlCommand) -> ExitCode {
+    use tandem_control::{BackendAction, Request, Snapshot, table};
+    let request = match &command {
+        CtlCommand::Status => Request::Status,
+        CtlCommand::Pools => Request::Pools,
+        CtlCommand::Reload => Request::Reload,
+        CtlCommand::Ha => Request::Ha,
+        CtlCommand::Backend {
+            action,
+            pool,
+            address,
+        } => Request::Backend {
+            action: if action == "enable" {
+                BackendAction::Enable
+            } else {
+                BackendAction::Disable
+            },
+            pool: pool.clone(),
+            address: address.clone(),
+        },
+    };
+    let response = match tandem_control::socket::request(socket, &request).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tandem ctl: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    if !response.ok {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&response).unwrap_or_default()
+            );
+        }
+        eprintln!("tandem ctl: {}", response.error.unwrap_or_default());
+        return ExitCode::from(EXIT_RUNTIME);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&response.data).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let snapshot = || serde_json::from_value::<Snapshot>(response.data.clone()).unwrap_or_default();
+    let text = match command {
+        CtlCommand::Status => table::status(&snapshot()),
+        CtlCommand::Pools => table::pools(&snapshot()),
+        CtlCommand::Ha => table::ha(
+            serde_json::from_value(response.data.clone())
+                .ok()
+                .flatten()
+                .as_ref(),
+        ),
+        CtlCommand::Backend {
+            action,
+            pool,
+            address,
+        } => format!("{pool} {address}: {action}d\n"),
+        CtlCommand::Reload => {
+            let mut out = String::from("reloaded\n");
+            for (what, key) in [
+                ("services added", "services_added"),
+                ("services removed", "services_removed"),
+                ("listeners opened", "listeners_opened"),
+                ("listeners closed", "listeners_closed"),
+                ("needs a restart", "needs_restart"),
+            ] {
+                if let Some(list) = response
+                    .data
+                    .get(key)
+                    .and_then(|v| v.as_array())
+                    .filter(|l| !l.is_empty())
+                {
+                    let items: Vec<&str> = list.iter().filter_map(|v| v.as_str()).collect();
+                    out += &format!("  {what}: {}\n", items.join(", "));
+                }
+            }
+            out
+        }
+    };
+    print!("{text}");
     ExitCode::SUCCESS
 }

@@ -3,14 +3,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+use support::{Running, TANDEM, listen_addr, write_config};
 
 fn examples_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -23,118 +22,6 @@ fn tandem(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// A child process that is killed if the test fails before it ends.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    /// Starts tandem with `args`; stderr (logs) and stdout lines both arrive on `lines`.
-    fn spawn(args: &[&str]) -> Running {
-        let mut child = Command::new(TANDEM)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `needle` and returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-            return l.clone();
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line with {needle:?}; output so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Every line read so far plus what is pending.
-    fn drain_lines(&mut self) -> String {
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
-            self.seen.push(l);
-        }
-        self.seen.join("\n")
-    }
-
-    fn signal(&self, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, signal).unwrap();
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> i32 {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tandem did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_config(dir: &Path, text: &str) -> String {
-    let path = dir.join("tandem.toml");
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
-
-/// The address in a log line's `listen=ADDR` (text) or `"listen":"ADDR"` (json).
-fn listen_addr(line: &str) -> SocketAddr {
-    let at = line.find("listen").expect("listen field") + "listen".len();
-    let rest: String = line[at..]
-        .trim_start_matches(['=', '"', ':'])
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-        .collect();
-    rest.parse()
-        .unwrap_or_else(|_| panic!("no address in {line}"))
 }
 
 #[test]
@@ -223,7 +110,8 @@ fn run_drains_on_sigterm_letting_a_running_transfer_finish() {
     let path = write_config(
         dir.path(),
         &format!(
-            "[global]\nlog_format = \"json\"\ndrain_timeout = \"10s\"\n\n[[pool]]\nname = \"slow\"\nbackends = [{{ address = \"{backend_addr}\" }}]\n\n[[service]]\nname = \"dl\"\nlisten = [\"127.0.0.1:0\"]\npool = \"slow\"\n"
+            "[global]\nlog_format = \"json\"\ndrain_timeout = \"10s\"\ncontrol_socket = \"{}/tandem.sock\"\n\n[[pool]]\nname = \"slow\"\nbackends = [{{ address = \"{backend_addr}\" }}]\n\n[[service]]\nname = \"dl\"\nlisten = [\"127.0.0.1:0\"]\npool = \"slow\"\n",
+            dir.path().display()
         ),
     );
     let mut tandem = Running::spawn(&["run", "--config", &path]);
@@ -352,7 +240,8 @@ fn listener_survives_running_out_of_file_descriptors() {
     let path = write_config(
         dir.path(),
         &format!(
-            "[[pool]]\nname = \"p\"\nbackends = [{{ address = \"{backend_addr}\" }}]\n\n[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:0\"]\npool = \"p\"\nretries = 0\n"
+            "[global]\ncontrol_socket = \"{}/tandem.sock\"\n\n[[pool]]\nname = \"p\"\nbackends = [{{ address = \"{backend_addr}\" }}]\n\n[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:0\"]\npool = \"p\"\nretries = 0\n",
+            dir.path().display()
         ),
     );
     let mut tandem = Running::spawn(&["run", "--config", &path]);

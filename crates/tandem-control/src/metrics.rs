@@ -1,0 +1,299 @@
+//! Prometheus metrics, built from a [`Snapshot`] at each scrape.
+//!
+//! Counters come from tandem's own atomics, so each scrape registers fresh metric
+//! families and fills them: nothing is kept here, and a reload that removes a backend
+//! removes its series.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
+
+use crate::protocol::Snapshot;
+
+/// Content type of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    pool: String,
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    pool: String,
+    backend: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    version: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HaLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+type Counters<L> = Family<L, Counter>;
+type Gauges<L> = Family<L, Gauge>;
+type FloatGauges<L> = Family<L, Gauge<f64, AtomicU64>>;
+
+fn counter<L>(registry: &mut Registry, name: &str, help: &str) -> Counters<L>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Counters::<L>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge<L>(registry: &mut Registry, name: &str, help: &str) -> Gauges<L>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Gauges::<L>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// The OpenMetrics text exposition of `snapshot`.
+pub fn encode(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("tandem");
+    let info = gauge::<InfoLabels>(
+        &mut registry,
+        "build_info",
+        "tandem version and node name (always 1)",
+    );
+    info.get_or_create(&InfoLabels {
+        version: snapshot.version.clone(),
+        node: snapshot.node.clone(),
+    })
+    .set(1);
+    let uptime = Gauge::<i64>::default();
+    registry.register_with_unit(
+        "uptime",
+        "Time since tandem started",
+        Unit::Seconds,
+        uptime.clone(),
+    );
+    uptime.set(snapshot.uptime_secs as i64);
+    let reloads = Counter::<u64>::default();
+    registry.register(
+        "config_reloads",
+        "Successful configuration reloads",
+        reloads.clone(),
+    );
+    reloads.inc_by(snapshot.reloads);
+
+    let active = gauge::<ServiceLabels>(
+        &mut registry,
+        "service_connections_active",
+        "Connections open now",
+    );
+    let total = counter::<ServiceLabels>(
+        &mut registry,
+        "service_connections",
+        "Connections accepted and handled",
+    );
+    let rejected = counter::<ServiceLabels>(
+        &mut registry,
+        "service_connections_rejected",
+        "Connections closed at once: the service was at max_conns",
+    );
+    let no_backend = counter::<ServiceLabels>(
+        &mut registry,
+        "service_no_backend",
+        "Connections closed: no backend could be reached",
+    );
+    let accept_errors = counter::<ServiceLabels>(
+        &mut registry,
+        "service_accept_errors",
+        "Accept errors (EMFILE and the like)",
+    );
+    for s in &snapshot.services {
+        let l = ServiceLabels {
+            service: s.name.clone(),
+        };
+        active.get_or_create(&l).set(s.active as i64);
+        total.get_or_create(&l).inc_by(s.total);
+        rejected.get_or_create(&l).inc_by(s.rejected);
+        no_backend.get_or_create(&l).inc_by(s.no_backend);
+        accept_errors.get_or_create(&l).inc_by(s.accept_errors);
+    }
+
+    let b_active = gauge::<BackendLabels>(
+        &mut registry,
+        "backend_connections_active",
+        "Connections open to the backend now",
+    );
+    let b_total = counter::<BackendLabels>(
+        &mut registry,
+        "backend_connections",
+        "Connections handed to the backend",
+    );
+    let b_errors = counter::<BackendLabels>(
+        &mut registry,
+        "backend_connect_errors",
+        "Failed connection attempts to the backend",
+    );
+    let b_bytes = Counters::<BytesLabels>::default();
+    registry.register_with_unit(
+        "backend",
+        "Bytes relayed, by direction",
+        Unit::Bytes,
+        b_bytes.clone(),
+    );
+    let b_up = gauge::<BackendLabels>(
+        &mut registry,
+        "backend_up",
+        "1 when health checks say up (or unchecked), 0 when down",
+    );
+    let b_enabled = gauge::<BackendLabels>(
+        &mut registry,
+        "backend_enabled",
+        "0 while an operator has disabled (drained) the backend",
+    );
+    let b_latency = FloatGauges::<BackendLabels>::default();
+    registry.register_with_unit(
+        "backend_check_latency",
+        "Duration of the last health check",
+        Unit::Seconds,
+        b_latency.clone(),
+    );
+    let sticky = gauge::<PoolLabels>(
+        &mut registry,
+        "pool_sticky_entries",
+        "Entries in the pool's sticky table",
+    );
+    for p in &snapshot.pools {
+        if let Some(n) = p.sticky_entries {
+            sticky
+                .get_or_create(&PoolLabels {
+                    pool: p.name.clone(),
+                })
+                .set(n as i64);
+        }
+        for b in &p.backends {
+            let l = BackendLabels {
+                pool: p.name.clone(),
+                backend: b.address.clone(),
+            };
+            b_active.get_or_create(&l).set(b.active as i64);
+            b_total.get_or_create(&l).inc_by(b.total);
+            b_errors.get_or_create(&l).inc_by(b.connect_errors);
+            for (direction, bytes) in [
+                ("to_backend", b.bytes_to_backend),
+                ("to_client", b.bytes_to_client),
+            ] {
+                b_bytes
+                    .get_or_create(&BytesLabels {
+                        pool: p.name.clone(),
+                        backend: b.address.clone(),
+                        direction: direction.into(),
+                    })
+                    .inc_by(bytes);
+            }
+            b_up.get_or_create(&l).set(i64::from(b.health != "down"));
+            b_enabled.get_or_create(&l).set(i64::from(b.enabled));
+            if let Some(c) = &b.last_check {
+                b_latency.get_or_create(&l).set(c.latency_ms / 1000.0);
+            }
+        }
+    }
+
+    if let Some(ha) = &snapshot.ha {
+        let state = gauge::<HaLabels>(&mut registry, "vrrp_state", "1 for the current VRRP state");
+        for s in ["initialize", "backup", "master"] {
+            state
+                .get_or_create(&HaLabels { state: s.into() })
+                .set(i64::from(ha.state.eq_ignore_ascii_case(s)));
+        }
+        let prio = Gauge::<i64>::default();
+        registry.register(
+            "vrrp_priority",
+            "VRRP priority after demotions",
+            prio.clone(),
+        );
+        prio.set(i64::from(ha.effective_priority));
+        let transitions = Counter::<u64>::default();
+        registry.register(
+            "vrrp_transitions",
+            "VRRP state changes",
+            transitions.clone(),
+        );
+        transitions.inc_by(ha.transitions);
+        let dropped = counter::<ReasonLabels>(
+            &mut registry,
+            "vrrp_dropped_packets",
+            "VRRP packets dropped, by reason",
+        );
+        for (reason, n) in &ha.dropped {
+            dropped
+                .get_or_create(&ReasonLabels {
+                    reason: reason.clone(),
+                })
+                .inc_by(*n);
+        }
+    }
+    if !snapshot.sync.is_empty() {
+        let connected = gauge::<PeerLabels>(
+            &mut registry,
+            "sync_peer_connected",
+            "1 while the sync link to the peer is up",
+        );
+        let synced = gauge::<PeerLabels>(
+            &mut registry,
+            "sync_peer_synced",
+            "1 once the bulk transfer with the peer is done",
+        );
+        let sent = counter::<PeerLabels>(
+            &mut registry,
+            "sync_entries_sent",
+            "Sticky entries sent to the peer",
+        );
+        let received = counter::<PeerLabels>(
+            &mut registry,
+            "sync_entries_received",
+            "Sticky entries received from the peer",
+        );
+        for p in &snapshot.sync {
+            let l = PeerLabels {
+                peer: p.address.clone(),
+            };
+            connected.get_or_create(&l).set(i64::from(p.connected));
+            synced.get_or_create(&l).set(i64::from(p.synced));
+            sent.get_or_create(&l).inc_by(p.sent);
+            received.get_or_create(&l).inc_by(p.received);
+        }
+    }
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}

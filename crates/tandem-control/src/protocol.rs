@@ -1,0 +1,221 @@
+//! The control protocol: one JSON object per line each way, and the snapshot types
+//! that both the control socket and the admin HTTP port show.
+
+use serde::{Deserialize, Serialize};
+
+/// A command sent to a running tandem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Node, uptime, version, services, HA and sync in brief.
+    Status,
+    /// Every pool and backend with health and counters.
+    Pools,
+    /// Enable or disable (drain) a backend.
+    Backend {
+        /// What to do.
+        action: BackendAction,
+        /// The pool.
+        pool: String,
+        /// The backend's address, as in the configuration.
+        address: String,
+    },
+    /// Reload the configuration file.
+    Reload,
+    /// VRRP state and priority.
+    Ha,
+}
+
+/// What to do with a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendAction {
+    /// Take new connections again.
+    Enable,
+    /// No new connections; established ones finish (drain).
+    Disable,
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the command succeeded.
+    pub ok: bool,
+    /// Why not, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the command returns.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+}
+
+impl Response {
+    /// A success carrying `data`.
+    pub fn ok(data: impl Serialize) -> Response {
+        Response {
+            ok: true,
+            error: None,
+            data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// A failure with its reason.
+    pub fn error(message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(message.into()),
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Everything an operator sees of a running tandem.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Node name.
+    pub node: String,
+    /// tandem version.
+    pub version: String,
+    /// Process id.
+    pub pid: u32,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Configuration file, when started from one.
+    pub config_path: Option<String>,
+    /// Successful reloads since start.
+    pub reloads: u64,
+    /// Services.
+    pub services: Vec<ServiceSnapshot>,
+    /// Pools.
+    pub pools: Vec<PoolSnapshot>,
+    /// VRRP state, when configured.
+    pub ha: Option<HaSnapshot>,
+    /// Sync peers, when configured.
+    pub sync: Vec<PeerSnapshot>,
+}
+
+/// One service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSnapshot {
+    /// Name.
+    pub name: String,
+    /// tcp, http or redirect.
+    pub mode: String,
+    /// Its pool.
+    pub pool: String,
+    /// Bound addresses.
+    pub listen: Vec<String>,
+    /// Connections open now.
+    pub active: u64,
+    /// Connections handled.
+    pub total: u64,
+    /// Connections closed at the service limit.
+    pub rejected: u64,
+    /// Connections closed for want of a backend.
+    pub no_backend: u64,
+    /// Accept errors.
+    pub accept_errors: u64,
+}
+
+/// One pool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolSnapshot {
+    /// Name.
+    pub name: String,
+    /// Algorithm.
+    pub balance: String,
+    /// Sticky entries, when sticky.
+    pub sticky_entries: Option<u64>,
+    /// Fallback pool.
+    pub fallback: Option<String>,
+    /// Backends.
+    pub backends: Vec<BackendSnapshot>,
+}
+
+/// One backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackendSnapshot {
+    /// Address.
+    pub address: String,
+    /// Weight.
+    pub weight: u32,
+    /// Backup flag.
+    pub backup: bool,
+    /// Connection limit (0 = none).
+    pub max_conns: u32,
+    /// "up", "down" or "unchecked".
+    pub health: String,
+    /// Operator flag: false = disabled (draining).
+    pub enabled: bool,
+    /// Connections open now.
+    pub active: u64,
+    /// Connections handed to it.
+    pub total: u64,
+    /// Bytes client to backend.
+    pub bytes_to_backend: u64,
+    /// Bytes backend to client.
+    pub bytes_to_client: u64,
+    /// Failed connects.
+    pub connect_errors: u64,
+    /// The last health check.
+    pub last_check: Option<CheckSnapshot>,
+    /// Seconds since the health state last changed.
+    pub health_since_secs: Option<u64>,
+}
+
+/// The last health check of a backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckSnapshot {
+    /// Passed or not.
+    pub ok: bool,
+    /// Duration in milliseconds.
+    pub latency_ms: f64,
+    /// Failure reason.
+    pub error: String,
+    /// Seconds since it ended.
+    pub age_secs: u64,
+}
+
+/// VRRP state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HaSnapshot {
+    /// Initialize, Backup or Master.
+    pub state: String,
+    /// Interface.
+    pub interface: String,
+    /// Virtual router id.
+    pub vrid: u8,
+    /// Configured priority.
+    pub priority: u8,
+    /// Priority after demotions.
+    pub effective_priority: u8,
+    /// Why the priority is lower: (reason, amount).
+    pub demotions: Vec<(String, u8)>,
+    /// Virtual addresses.
+    pub virtual_ips: Vec<String>,
+    /// The current master's address, when known.
+    pub master: Option<String>,
+    /// State changes since start.
+    pub transitions: u64,
+    /// Received packets dropped, by reason.
+    pub dropped: Vec<(String, u64)>,
+}
+
+/// One sync peer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerSnapshot {
+    /// Peer address.
+    pub address: String,
+    /// Peer node name, once known.
+    pub name: Option<String>,
+    /// Link up.
+    pub connected: bool,
+    /// Bulk transfer done.
+    pub synced: bool,
+    /// Entries sent.
+    pub sent: u64,
+    /// Entries received.
+    pub received: u64,
+    /// Last error.
+    pub last_error: Option<String>,
+}

@@ -1,0 +1,181 @@
+//! The control socket: a unix stream socket, mode 0600, speaking one JSON line per
+//! request and per response. Only the user tandem runs as (and root) may use it.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::protocol::{Request, Response};
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 64 * 1024;
+
+/// A request with the channel to answer it on.
+pub type Command = (Request, oneshot::Sender<Response>);
+
+/// Errors of the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Another process answers on the socket.
+    #[error("{0} is in use by another running tandem (stop it, or set global.control_socket)")]
+    InUse(PathBuf),
+    /// The socket cannot be created.
+    #[error("cannot create the control socket {path}: {source}")]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The client cannot reach tandem.
+    #[error("cannot reach tandem at {path}: {reason}")]
+    Connect {
+        /// The path.
+        path: PathBuf,
+        /// Why, with a hint.
+        reason: String,
+    },
+    /// The exchange failed.
+    #[error("control socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Binds the control socket at `path` with mode 0600. A stale socket file (nobody
+/// answering) is replaced; a live one is an error.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse(path.to_path_buf()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let bind_error = |source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Created with no access for group and others from the start.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let listener = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = listener.map_err(bind_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_error)?;
+    Ok(listener)
+}
+
+/// Serves connections on `listener` until `stop`, sending each request to `commands`.
+pub async fn serve(
+    listener: UnixListener,
+    commands: mpsc::Sender<Command>,
+    stop: CancellationToken,
+) {
+    let own_uid = rustix::process::geteuid().as_raw();
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    debug!(error = %e, "control socket accept");
+                    continue;
+                }
+            },
+        };
+        // File mode keeps others out; the peer's credentials are checked too, in case
+        // the mode was loosened by hand.
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == own_uid || cred.uid() == 0 => {}
+            Ok(cred) => {
+                warn!(
+                    uid = cred.uid(),
+                    "control socket: refused a client of another user"
+                );
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket: cannot read the client's credentials");
+                continue;
+            }
+        }
+        let commands = commands.clone();
+        tokio::spawn(async move {
+            if let Err(e) = session(stream, commands).await {
+                debug!(error = %e, "control session ended");
+            }
+        });
+    }
+}
+
+async fn session(stream: UnixStream, commands: mpsc::Sender<Command>) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = (&mut lines)
+            .take(MAX_LINE as u64)
+            .read_line(&mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let response = match serde_json::from_str::<Request>(line.trim()) {
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if commands.send((request, tx)).await.is_err() {
+                    Response::error("tandem is shutting down")
+                } else {
+                    rx.await
+                        .unwrap_or_else(|_| Response::error("tandem is shutting down"))
+                }
+            }
+            Err(e) if n as u64 >= MAX_LINE as u64 => {
+                Response::error(format!("request longer than {MAX_LINE} bytes: {e}"))
+            }
+            Err(e) => Response::error(format!("bad request: {e}")),
+        };
+        let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+}
+
+/// Sends one request to the tandem listening at `path` and returns its response.
+pub async fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
+    let stream = UnixStream::connect(path).await.map_err(|e| {
+        let reason = match e.kind() {
+            io::ErrorKind::NotFound => {
+                format!("{e} (is tandem running? is this its global.control_socket?)")
+            }
+            io::ErrorKind::ConnectionRefused => {
+                format!("{e} (tandem is not running; the socket file is stale)")
+            }
+            io::ErrorKind::PermissionDenied => {
+                format!("{e} (run as the user tandem runs as, or as root)")
+            }
+            _ => e.to_string(),
+        };
+        ControlError::Connect {
+            path: path.to_path_buf(),
+            reason,
+        }
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut out = serde_json::to_vec(request).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    if line.is_empty() {
+        return Err(ControlError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "tandem closed the connection without answering",
+        )));
+    }
+    serde_json::from_str(&line).map_err(|e| ControlError::Io(io::Error::other(e)))
+}
