@@ -138,6 +138,19 @@ pub enum Balance {
     Maglev,
 }
 
+impl Balance {
+    /// The name used in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConn => "least-conn",
+            Balance::Random => "random",
+            Balance::SourceHash => "source-hash",
+            Balance::Maglev => "maglev",
+        }
+    }
+}
+
 /// One backend server of a pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
@@ -276,6 +289,17 @@ pub enum Mode {
     Http,
     /// Kernel DNAT.
     Redirect,
+}
+
+impl Mode {
+    /// The name used in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Tcp => "tcp",
+            Mode::Http => "http",
+            Mode::Redirect => "redirect",
+        }
+    }
 }
 
 /// PROXY protocol header version sent to backends.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use tandem_balance::{PoolSet, now_ms};
-use tandem_config::{Config, Mode};
+use tandem_config::Config;
 use tandem_control::admin::StateSource;
 use tandem_control::{
     BackendAction, BackendSnapshot, CheckSnapshot, PoolSnapshot, Request, Response,
@@ -470,12 +470,7 @@ impl Daemon {
                 let st = &rs.service.stats;
                 ServiceSnapshot {
                     name: c.name.clone(),
-                    mode: match c.mode {
-                        Mode::Tcp => "tcp",
-                        Mode::Http => "http",
-                        Mode::Redirect => "redirect",
-                    }
-                    .into(),
+                    mode: c.mode.name().into(),
                     pool: c.pool.clone(),
                     listen: rs.bound.iter().map(ToString::to_string).collect(),
                     active: st.active.load(Relaxed),
@@ -493,7 +488,7 @@ impl Daemon {
                 let p = pools.get(&pc.name)?;
                 Some(PoolSnapshot {
                     name: p.name.clone(),
-                    balance: format!("{:?}", pc.balance).to_lowercase(),
+                    balance: pc.balance.name().into(),
                     sticky_entries: p.sticky.as_ref().map(|t| t.len() as u64),
                     fallback: p.fallback.clone(),
                     backends: p

@@ -417,3 +417,85 @@ check = {{ type = \"tcp\", interval = \"100ms\", timeout = \"50ms\", rise = 1, f
     assert_eq!(node.tandem.wait_exit(Duration::from_secs(5)), 0);
     assert!(!node.socket.exists(), "control socket removed at exit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_fails_no_connection() {
+    raise_fd_limit();
+    let a = name_server("a", false).await;
+    let b = name_server("b", false).await;
+    let c = name_server("c", false).await;
+    let config = |backends: &str, weight: u32| {
+        format!(
+            "[[pool]]\nname = \"p\"\nbackends = {backends}\n\n[[pool]]\nname = \"q\"\nbackends = [{{ address = \"{c}\", weight = {weight} }}]\n\n\
+[[service]]\nname = \"svc\"\nlisten = [\"127.0.0.1:0\"]\npool = \"p\"\n"
+        )
+    };
+    let d = start(&config(&backends_toml(&[a, b], &[1, 1]), 1)).await;
+    let to = addr_of(&d, "svc");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four clients, each at most 2000 connections or until told to stop.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                for _ in 0..2000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    match TcpStream::connect(to).await {
+                        Ok(mut s) => {
+                            let mut buf = Vec::new();
+                            match tokio::time::timeout(
+                                Duration::from_secs(2),
+                                s.read_to_end(&mut buf),
+                            )
+                            .await
+                            {
+                                Ok(Ok(_)) if buf.len() == 2 => ok += 1,
+                                other => failed.push(format!("{other:?} {buf:?}")),
+                            }
+                        }
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    // Ten reloads while they run: backends come and go, the other pool changes.
+    let sets = [vec![a, b], vec![a, b, c], vec![b, c], vec![a]];
+    for n in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let set = &sets[n % sets.len()];
+        let report = d
+            .apply(support::config(&config(
+                &backends_toml(set, &vec![1; set.len()]),
+                n as u32 + 1,
+            )))
+            .await
+            .unwrap();
+        assert!(
+            report.listeners_opened.is_empty() && report.listeners_closed.is_empty(),
+            "{report:?}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    println!(
+        "reload under load: {ok} connections served, {} failed, 10 reloads",
+        failed.len()
+    );
+    assert!(ok > 500, "too little load to prove anything: {ok}");
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
