@@ -1,0 +1,550 @@
+//! The VRRPv3 state machine of RFC 5798 section 6.4, without IO.
+//!
+//! [`Instance::handle`] takes the time (`now`, a monotonic [`Duration`] from any
+//! origin) and one [`Input`], and returns the [`Action`]s to carry out. Timers are
+//! deadlines; [`Instance::next_deadline`] says when to feed [`Input::Tick`] next.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::packet::{Advertisement, Centis};
+
+/// Settings of one virtual router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Virtual router id.
+    pub vrid: u8,
+    /// Configured priority (255 = address owner).
+    pub priority: u8,
+    /// Our advertisement interval.
+    pub interval: Centis,
+    /// Take over from a lower-priority master.
+    pub preempt: bool,
+    /// After start, wait this long before preempting.
+    pub preempt_delay: Duration,
+    /// Our primary address on the interface (breaks priority ties).
+    pub primary: Ipv4Addr,
+    /// The virtual addresses.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// The three states of RFC 5798.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Waiting for startup (or the interface).
+    Initialize,
+    /// Listening to a master.
+    Backup,
+    /// Holding the addresses and advertising.
+    Master,
+}
+
+impl State {
+    /// The name used in logs, notify arguments and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Initialize => "INIT",
+            State::Backup => "BACKUP",
+            State::Master => "MASTER",
+        }
+    }
+}
+
+/// What happens to the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// The router starts (or its interface came up).
+    Startup,
+    /// The router stops gracefully.
+    Shutdown,
+    /// A timer may have fired: checks every deadline against `now`.
+    Tick,
+    /// An advertisement for our VRID arrived from `from`.
+    Advert {
+        /// Sender's IP address.
+        from: Ipv4Addr,
+        /// The advertisement.
+        advert: &'a Advertisement,
+    },
+    /// The effective priority changed (tracking demotions).
+    Priority(u8),
+    /// Preemption is held back (e.g. while the sticky table syncs) or allowed again.
+    HoldPreempt(bool),
+    /// The interface went down: nothing can be sent or held.
+    InterfaceDown,
+}
+
+/// What the IO layer must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send an advertisement with this priority (our interval and addresses).
+    Send {
+        /// Priority to advertise (0 when leaving).
+        priority: u8,
+    },
+    /// Add the virtual addresses and announce them (gratuitous ARP).
+    TakeAddresses,
+    /// Remove the virtual addresses.
+    ReleaseAddresses,
+    /// The state changed.
+    Transition {
+        /// Old state.
+        from: State,
+        /// New state.
+        to: State,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// One virtual router.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    settings: Settings,
+    state: State,
+    priority: u8,
+    master_interval: Centis,
+    master_down_at: Option<Duration>,
+    advert_at: Option<Duration>,
+    started_at: Duration,
+    hold_preempt: bool,
+    master: Option<Ipv4Addr>,
+    transitions: u64,
+}
+
+impl Instance {
+    /// A router in Initialize.
+    pub fn new(settings: Settings) -> Instance {
+        Instance {
+            priority: settings.priority,
+            master_interval: settings.interval,
+            state: State::Initialize,
+            master_down_at: None,
+            advert_at: None,
+            started_at: Duration::ZERO,
+            hold_preempt: false,
+            master: None,
+            transitions: 0,
+            settings,
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Effective priority.
+    pub fn priority(&self) -> u8 {
+        self.priority
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The master as last heard (ourselves when master).
+    pub fn master(&self) -> Option<Ipv4Addr> {
+        self.master
+    }
+
+    /// State changes so far.
+    pub fn transitions(&self) -> u64 {
+        self.transitions
+    }
+
+    /// The interval the master advertises (ours when master).
+    pub fn master_interval(&self) -> Centis {
+        self.master_interval
+    }
+
+    /// Skew_Time = ((256 - Priority) * Master_Adver_Interval) / 256.
+    pub fn skew_time(&self) -> Duration {
+        let cs = (256 - u32::from(self.priority)) * u32::from(self.master_interval.get()) / 256;
+        Duration::from_millis(u64::from(cs) * 10)
+    }
+
+    /// Master_Down_Interval = 3 * Master_Adver_Interval + Skew_Time.
+    pub fn master_down_interval(&self) -> Duration {
+        self.master_interval.to_duration() * 3 + self.skew_time()
+    }
+
+    /// The earliest pending deadline.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        match (self.master_down_at, self.advert_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The advertisement this router sends with `priority`.
+    pub fn advertisement(&self, priority: u8) -> Advertisement {
+        Advertisement {
+            vrid: self.settings.vrid,
+            priority,
+            interval: self.settings.interval,
+            addresses: self.settings.addresses.clone(),
+        }
+    }
+
+    fn go(&mut self, to: State, reason: String, actions: &mut Vec<Action>) {
+        if self.state == to {
+            return;
+        }
+        actions.push(Action::Transition {
+            from: self.state,
+            to,
+            reason,
+        });
+        self.state = to;
+        self.transitions += 1;
+    }
+
+    fn become_master(&mut self, now: Duration, reason: String, actions: &mut Vec<Action>) {
+        actions.push(Action::Send { priority: self.priority });
+        actions.push(Action::TakeAddresses);
+        self.master_down_at = None;
+        self.advert_at = Some(now + self.settings.interval.to_duration());
+        self.master_interval = self.settings.interval;
+        self.master = Some(self.settings.primary);
+        self.go(State::Master, reason, actions);
+    }
+
+    fn become_backup(&mut self, now: Duration, master_interval: Centis, reason: String, actions: &mut Vec<Action>) {
+        let was_master = self.state == State::Master;
+        self.advert_at = None;
+        self.master_interval = master_interval;
+        self.master_down_at = Some(now + self.master_down_interval());
+        if was_master {
+            actions.push(Action::ReleaseAddresses);
+        }
+        self.go(State::Backup, reason, actions);
+    }
+
+    /// Whether a lower-priority master may be preempted now.
+    fn may_preempt(&self, now: Duration) -> bool {
+        self.settings.preempt && !self.hold_preempt && now >= self.started_at + self.settings.preempt_delay
+    }
+
+    /// Feeds one input at time `now`; returns what to do, in order.
+    pub fn handle(&mut self, now: Duration, input: Input<'_>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match (self.state, input) {
+            (State::Initialize, Input::Startup) => {
+                self.started_at = now;
+                if self.priority == 255 {
+                    self.become_master(now, "address owner (priority 255) starting".into(), &mut actions);
+                } else {
+                    self.master_interval = self.settings.interval;
+                    self.master_down_at = Some(now + self.master_down_interval());
+                    self.master = None;
+                    self.go(State::Backup, "starting".into(), &mut actions);
+                }
+            }
+            (_, Input::Startup) => {}
+            (State::Master, Input::Shutdown) => {
+                self.advert_at = None;
+                actions.push(Action::Send { priority: 0 });
+                actions.push(Action::ReleaseAddresses);
+                self.master = None;
+                self.go(State::Initialize, "shutting down: priority 0 sent".into(), &mut actions);
+            }
+            (_, Input::Shutdown) => {
+                self.master_down_at = None;
+                self.go(State::Initialize, "shutting down".into(), &mut actions);
+            }
+            (State::Master, Input::InterfaceDown) => {
+                self.advert_at = None;
+                actions.push(Action::ReleaseAddresses);
+                self.master = None;
+                self.go(State::Initialize, "interface down".into(), &mut actions);
+            }
+            (_, Input::InterfaceDown) => {
+                self.master_down_at = None;
+                self.go(State::Initialize, "interface down".into(), &mut actions);
+            }
+            (state, Input::Tick) => {
+                if state == State::Backup && self.master_down_at.is_some_and(|t| now >= t) {
+                    let waited = self.master_down_interval();
+                    let reason = match self.master {
+                        Some(m) => format!("no advertisement from master {m} for {}ms", waited.as_millis()),
+                        None => format!("no master heard for {}ms", waited.as_millis()),
+                    };
+                    self.become_master(now, reason, &mut actions);
+                } else if state == State::Master && self.advert_at.is_some_and(|t| now >= t) {
+                    actions.push(Action::Send { priority: self.priority });
+                    self.advert_at = Some(now + self.settings.interval.to_duration());
+                }
+            }
+            (State::Backup, Input::Advert { from, advert }) => {
+                if advert.priority == 0 {
+                    self.master_down_at = Some(now + self.skew_time());
+                } else if advert.priority >= self.priority || !self.may_preempt(now) {
+                    self.master = Some(from);
+                    self.master_interval = advert.interval;
+                    self.master_down_at = Some(now + self.master_down_interval());
+                }
+                // Otherwise: a lower-priority master; ignoring it lets the master-down
+                // timer run out, and this router preempts.
+            }
+            (State::Master, Input::Advert { from, advert }) => {
+                if advert.priority == 0 {
+                    actions.push(Action::Send { priority: self.priority });
+                    self.advert_at = Some(now + self.settings.interval.to_duration());
+                } else if advert.priority > self.priority
+                    || (advert.priority == self.priority && u32::from(from) > u32::from(self.settings.primary))
+                {
+                    let reason = format!("advertisement from {from} with priority {} (ours {})", advert.priority, self.priority);
+                    self.master = Some(from);
+                    self.become_backup(now, advert.interval, reason, &mut actions);
+                }
+            }
+            (State::Initialize, Input::Advert { .. }) => {}
+            (state, Input::Priority(p)) => {
+                self.priority = p;
+                if state == State::Master {
+                    // Tell the backups at once, so a higher one can take over.
+                    actions.push(Action::Send { priority: p });
+                    self.advert_at = Some(now + self.settings.interval.to_duration());
+                }
+            }
+            (_, Input::HoldPreempt(hold)) => self.hold_preempt = hold,
+        }
+        actions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn settings(priority: u8, primary: [u8; 4]) -> Settings {
+        Settings {
+            vrid: 51,
+            priority,
+            interval: Centis::new(100).unwrap(), // 1 s
+            preempt: true,
+            preempt_delay: Duration::ZERO,
+            primary: Ipv4Addr::from(primary),
+            addresses: vec![Ipv4Addr::new(192, 0, 2, 10)],
+        }
+    }
+
+    fn advert(priority: u8) -> Advertisement {
+        Advertisement {
+            vrid: 51,
+            priority,
+            interval: Centis::new(100).unwrap(),
+            addresses: vec![Ipv4Addr::new(192, 0, 2, 10)],
+        }
+    }
+
+    const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+    fn transitions(actions: &[Action]) -> Vec<(State, State)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Transition { from, to, .. } => Some((*from, *to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn skew_time_and_master_down_interval_follow_the_rfc() {
+        // Priority 100, interval 100 cs: skew = (156 * 100) / 256 = 60 cs (integer).
+        let i = Instance::new(settings(100, [192, 0, 2, 1]));
+        assert_eq!(i.skew_time(), ms(600));
+        assert_eq!(i.master_down_interval(), ms(3600));
+        let owner = Instance::new(settings(254, [192, 0, 2, 1]));
+        assert_eq!(owner.skew_time(), ms(0), "(2 * 100) / 256 = 0 cs");
+    }
+
+    #[test]
+    fn startup_goes_to_backup_and_masters_after_master_down_interval() {
+        let mut i = Instance::new(settings(100, [192, 0, 2, 1]));
+        let a = i.handle(ms(0), Input::Startup);
+        assert_eq!(transitions(&a), vec![(State::Initialize, State::Backup)]);
+        assert_eq!(i.next_deadline(), Some(ms(3600)));
+        assert!(i.handle(ms(3599), Input::Tick).is_empty());
+        let a = i.handle(ms(3600), Input::Tick);
+        assert_eq!(a[0], Action::Send { priority: 100 });
+        assert_eq!(a[1], Action::TakeAddresses);
+        assert_eq!(transitions(&a), vec![(State::Backup, State::Master)]);
+        // Then an advertisement every interval.
+        assert_eq!(i.next_deadline(), Some(ms(4600)));
+        assert_eq!(i.handle(ms(4600), Input::Tick), vec![Action::Send { priority: 100 }]);
+    }
+
+    #[test]
+    fn the_address_owner_masters_at_once() {
+        let mut i = Instance::new(settings(255, [192, 0, 2, 1]));
+        let a = i.handle(ms(0), Input::Startup);
+        assert_eq!(a[0], Action::Send { priority: 255 });
+        assert_eq!(i.state(), State::Master);
+    }
+
+    #[test]
+    fn a_backup_hearing_its_master_stays_backup() {
+        let mut i = Instance::new(settings(100, [192, 0, 2, 1]));
+        i.handle(ms(0), Input::Startup);
+        for t in (500..20_000).step_by(1000) {
+            let adv = advert(150);
+            assert!(i.handle(ms(t), Input::Advert { from: PEER, advert: &adv }).is_empty());
+            assert!(i.handle(ms(t + 999), Input::Tick).is_empty());
+        }
+        assert_eq!(i.state(), State::Backup);
+        assert_eq!(i.master(), Some(PEER));
+    }
+
+    #[test]
+    fn a_backup_adopts_the_masters_interval() {
+        let mut i = Instance::new(settings(100, [192, 0, 2, 1]));
+        i.handle(ms(0), Input::Startup);
+        let fast = Advertisement {
+            interval: Centis::new(10).unwrap(),
+            ..advert(150)
+        };
+        i.handle(ms(100), Input::Advert { from: PEER, advert: &fast });
+        // 3 * 100 ms + (156 * 10 / 256 = 6 cs) = 360 ms.
+        assert_eq!(i.master_interval().get(), 10);
+        assert_eq!(i.next_deadline(), Some(ms(100 + 360)));
+    }
+
+    #[test]
+    fn priority_zero_makes_the_backup_take_over_after_skew_time() {
+        let mut i = Instance::new(settings(100, [192, 0, 2, 1]));
+        i.handle(ms(0), Input::Startup);
+        let adv = advert(150);
+        i.handle(ms(500), Input::Advert { from: PEER, advert: &adv });
+        let leaving = advert(0);
+        i.handle(ms(1000), Input::Advert { from: PEER, advert: &leaving });
+        assert_eq!(i.next_deadline(), Some(ms(1600)), "skew time, not master down interval");
+        let a = i.handle(ms(1600), Input::Tick);
+        assert_eq!(transitions(&a), vec![(State::Backup, State::Master)]);
+    }
+
+    #[test]
+    fn a_master_yields_to_a_higher_priority_and_ignores_a_lower_one() {
+        let mut i = Instance::new(settings(200, [192, 0, 2, 1]));
+        i.handle(ms(0), Input::Startup);
+        i.handle(ms(3600), Input::Tick);
+        assert_eq!(i.state(), State::Master);
+        let lower = advert(100);
+        assert!(i.handle(ms(4000), Input::Advert { from: PEER, advert: &lower }).is_empty());
+        let higher = advert(250);
+        let a = i.handle(ms(4100), Input::Advert { from: PEER, advert: &higher });
+        assert_eq!(a[0], Action::ReleaseAddresses);
+        assert_eq!(transitions(&a), vec![(State::Master, State::Backup)]);
+        assert_eq!(i.master(), Some(PEER));
+    }
+
+    #[test]
+    fn equal_priorities_are_broken_by_the_higher_primary_address() {
+        // Two masters that hear each other (split brain healing): the lower address yields.
+        let mut low = Instance::new(settings(100, [192, 0, 2, 1]));
+        let mut high = Instance::new(settings(100, [192, 0, 2, 2]));
+        for r in [&mut low, &mut high] {
+            r.handle(ms(0), Input::Startup);
+            r.handle(ms(3600), Input::Tick);
+            assert_eq!(r.state(), State::Master);
+        }
+        let adv = advert(100);
+        let a = low.handle(ms(3700), Input::Advert { from: Ipv4Addr::new(192, 0, 2, 2), advert: &adv });
+        assert_eq!(transitions(&a), vec![(State::Master, State::Backup)]);
+        let a = high.handle(ms(3700), Input::Advert { from: Ipv4Addr::new(192, 0, 2, 1), advert: &adv });
+        assert!(a.is_empty(), "the higher address stays master");
+    }
+
+    #[test]
+    fn preemption_waits_for_preempt_delay_and_honours_preempt_false() {
+        let mut s = settings(200, [192, 0, 2, 1]);
+        s.preempt_delay = ms(5000);
+        let mut i = Instance::new(s);
+        i.handle(ms(0), Input::Startup);
+        let lower = advert(100);
+        // Within the delay the lower master is accepted, so no takeover.
+        for t in (0..5000).step_by(1000) {
+            i.handle(ms(t), Input::Advert { from: PEER, advert: &lower });
+            i.handle(ms(t + 999), Input::Tick);
+            assert_eq!(i.state(), State::Backup, "preempted at {t} ms, before preempt_delay");
+        }
+        // From then on lower adverts are ignored: the timer set by the one at 4 s runs out.
+        i.handle(ms(5000), Input::Advert { from: PEER, advert: &lower });
+        i.handle(ms(6000), Input::Advert { from: PEER, advert: &lower });
+        let deadline = i.next_deadline().unwrap();
+        assert_eq!(deadline, ms(4000) + i.master_down_interval());
+        i.handle(deadline, Input::Tick);
+        assert_eq!(i.state(), State::Master);
+
+        let mut s = settings(200, [192, 0, 2, 1]);
+        s.preempt = false;
+        let mut i = Instance::new(s);
+        i.handle(ms(0), Input::Startup);
+        for t in (0..20_000).step_by(1000) {
+            i.handle(ms(t), Input::Advert { from: PEER, advert: &lower });
+            i.handle(ms(t + 999), Input::Tick);
+        }
+        assert_eq!(i.state(), State::Backup, "preempt = false never takes over a live master");
+    }
+
+    #[test]
+    fn held_preemption_waits_until_released() {
+        let mut i = Instance::new(settings(200, [192, 0, 2, 1]));
+        i.handle(ms(0), Input::Startup);
+        i.handle(ms(0), Input::HoldPreempt(true));
+        let lower = advert(100);
+        for t in (0..10_000).step_by(1000) {
+            i.handle(ms(t), Input::Advert { from: PEER, advert: &lower });
+            i.handle(ms(t + 999), Input::Tick);
+        }
+        assert_eq!(i.state(), State::Backup);
+        i.handle(ms(10_000), Input::HoldPreempt(false));
+        i.handle(ms(10_000), Input::Advert { from: PEER, advert: &lower });
+        i.handle(ms(10_000) + i.master_down_interval(), Input::Tick);
+        assert_eq!(i.state(), State::Master);
+    }
+
+    #[test]
+    fn graceful_shutdown_of_a_master_sends_priority_zero() {
+        let mut i = Instance::new(settings(100, [192, 0, 2, 1]));
+        i.handle(ms(0), Input::Startup);
+        i.handle(ms(3600), Input::Tick);
+        let a = i.handle(ms(4000), Input::Shutdown);
+        assert_eq!(a[0], Action::Send { priority: 0 });
+        assert_eq!(a[1], Action::ReleaseAddresses);
+        assert_eq!(i.state(), State::Initialize);
+        assert_eq!(i.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_demoted_master_tells_the_backups_at_once() {
+        let mut i = Instance::new(settings(150, [192, 0, 2, 1]));
+        i.handle(ms(0), Input::Startup);
+        i.handle(ms(3600), Input::Tick);
+        let a = i.handle(ms(3700), Input::Priority(100));
+        assert_eq!(a, vec![Action::Send { priority: 100 }]);
+        // A backup of 120 with preempt now ignores this master and takes over.
+        let higher = advert(120);
+        let a = i.handle(ms(3800), Input::Advert { from: PEER, advert: &higher });
+        assert_eq!(transitions(&a), vec![(State::Master, State::Backup)]);
+    }
+
+    #[test]
+    fn interface_down_gives_up_master() {
+        let mut i = Instance::new(settings(100, [192, 0, 2, 1]));
+        i.handle(ms(0), Input::Startup);
+        i.handle(ms(3600), Input::Tick);
+        let a = i.handle(ms(4000), Input::InterfaceDown);
+        assert_eq!(a[0], Action::ReleaseAddresses);
+        assert_eq!(i.state(), State::Initialize);
+        let a = i.handle(ms(5000), Input::Startup);
+        assert_eq!(transitions(&a), vec![(State::Initialize, State::Backup)]);
+    }
+}
