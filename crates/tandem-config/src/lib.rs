@@ -62,9 +62,6 @@ impl Config {
     /// Configured features that this build validates but does not act on yet.
     pub fn inactive_features(&self) -> Vec<&'static str> {
         let mut notes = Vec::new();
-        if self.ha.is_some() {
-            notes.push("[ha] is validated, but VRRP is not active in this version");
-        }
         if self.sync.is_some() {
             notes.push("[sync] is validated, but state sync is not active in this version");
         }

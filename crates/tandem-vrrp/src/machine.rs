@@ -109,6 +109,7 @@ pub struct Instance {
     started_at: Duration,
     hold_preempt: bool,
     master: Option<Ipv4Addr>,
+    master_left: bool,
     transitions: u64,
 }
 
@@ -124,6 +125,7 @@ impl Instance {
             started_at: Duration::ZERO,
             hold_preempt: false,
             master: None,
+            master_left: false,
             transitions: 0,
             settings,
         }
@@ -202,7 +204,9 @@ impl Instance {
     }
 
     fn become_master(&mut self, now: Duration, reason: String, actions: &mut Vec<Action>) {
-        actions.push(Action::Send { priority: self.priority });
+        actions.push(Action::Send {
+            priority: self.priority,
+        });
         actions.push(Action::TakeAddresses);
         self.master_down_at = None;
         self.advert_at = Some(now + self.settings.interval.to_duration());
@@ -211,7 +215,13 @@ impl Instance {
         self.go(State::Master, reason, actions);
     }
 
-    fn become_backup(&mut self, now: Duration, master_interval: Centis, reason: String, actions: &mut Vec<Action>) {
+    fn become_backup(
+        &mut self,
+        now: Duration,
+        master_interval: Centis,
+        reason: String,
+        actions: &mut Vec<Action>,
+    ) {
         let was_master = self.state == State::Master;
         self.advert_at = None;
         self.master_interval = master_interval;
@@ -224,7 +234,9 @@ impl Instance {
 
     /// Whether a lower-priority master may be preempted now.
     fn may_preempt(&self, now: Duration) -> bool {
-        self.settings.preempt && !self.hold_preempt && now >= self.started_at + self.settings.preempt_delay
+        self.settings.preempt
+            && !self.hold_preempt
+            && now >= self.started_at + self.settings.preempt_delay
     }
 
     /// Feeds one input at time `now`; returns what to do, in order.
@@ -234,7 +246,11 @@ impl Instance {
             (State::Initialize, Input::Startup) => {
                 self.started_at = now;
                 if self.priority == 255 {
-                    self.become_master(now, "address owner (priority 255) starting".into(), &mut actions);
+                    self.become_master(
+                        now,
+                        "address owner (priority 255) starting".into(),
+                        &mut actions,
+                    );
                 } else {
                     self.master_interval = self.settings.interval;
                     self.master_down_at = Some(now + self.master_down_interval());
@@ -248,7 +264,11 @@ impl Instance {
                 actions.push(Action::Send { priority: 0 });
                 actions.push(Action::ReleaseAddresses);
                 self.master = None;
-                self.go(State::Initialize, "shutting down: priority 0 sent".into(), &mut actions);
+                self.go(
+                    State::Initialize,
+                    "shutting down: priority 0 sent".into(),
+                    &mut actions,
+                );
             }
             (_, Input::Shutdown) => {
                 self.master_down_at = None;
@@ -268,19 +288,28 @@ impl Instance {
                 if state == State::Backup && self.master_down_at.is_some_and(|t| now >= t) {
                     let waited = self.master_down_interval();
                     let reason = match self.master {
-                        Some(m) => format!("no advertisement from master {m} for {}ms", waited.as_millis()),
+                        Some(m) if self.master_left => format!("master {m} left (priority 0)"),
+                        Some(m) => format!(
+                            "no advertisement from master {m} for {}ms",
+                            waited.as_millis()
+                        ),
                         None => format!("no master heard for {}ms", waited.as_millis()),
                     };
+                    self.master_left = false;
                     self.become_master(now, reason, &mut actions);
                 } else if state == State::Master && self.advert_at.is_some_and(|t| now >= t) {
-                    actions.push(Action::Send { priority: self.priority });
+                    actions.push(Action::Send {
+                        priority: self.priority,
+                    });
                     self.advert_at = Some(now + self.settings.interval.to_duration());
                 }
             }
             (State::Backup, Input::Advert { from, advert }) => {
                 if advert.priority == 0 {
                     self.master_down_at = Some(now + self.skew_time());
+                    self.master_left = true;
                 } else if advert.priority >= self.priority || !self.may_preempt(now) {
+                    self.master_left = false;
                     self.master = Some(from);
                     self.master_interval = advert.interval;
                     self.master_down_at = Some(now + self.master_down_interval());
@@ -290,12 +319,18 @@ impl Instance {
             }
             (State::Master, Input::Advert { from, advert }) => {
                 if advert.priority == 0 {
-                    actions.push(Action::Send { priority: self.priority });
+                    actions.push(Action::Send {
+                        priority: self.priority,
+                    });
                     self.advert_at = Some(now + self.settings.interval.to_duration());
                 } else if advert.priority > self.priority
-                    || (advert.priority == self.priority && u32::from(from) > u32::from(self.settings.primary))
+                    || (advert.priority == self.priority
+                        && u32::from(from) > u32::from(self.settings.primary))
                 {
-                    let reason = format!("advertisement from {from} with priority {} (ours {})", advert.priority, self.priority);
+                    let reason = format!(
+                        "advertisement from {from} with priority {} (ours {})",
+                        advert.priority, self.priority
+                    );
                     self.master = Some(from);
                     self.become_backup(now, advert.interval, reason, &mut actions);
                 }
@@ -379,7 +414,10 @@ mod tests {
         assert_eq!(transitions(&a), vec![(State::Backup, State::Master)]);
         // Then an advertisement every interval.
         assert_eq!(i.next_deadline(), Some(ms(4600)));
-        assert_eq!(i.handle(ms(4600), Input::Tick), vec![Action::Send { priority: 100 }]);
+        assert_eq!(
+            i.handle(ms(4600), Input::Tick),
+            vec![Action::Send { priority: 100 }]
+        );
     }
 
     #[test]
@@ -396,7 +434,16 @@ mod tests {
         i.handle(ms(0), Input::Startup);
         for t in (500..20_000).step_by(1000) {
             let adv = advert(150);
-            assert!(i.handle(ms(t), Input::Advert { from: PEER, advert: &adv }).is_empty());
+            assert!(
+                i.handle(
+                    ms(t),
+                    Input::Advert {
+                        from: PEER,
+                        advert: &adv
+                    }
+                )
+                .is_empty()
+            );
             assert!(i.handle(ms(t + 999), Input::Tick).is_empty());
         }
         assert_eq!(i.state(), State::Backup);
@@ -411,7 +458,13 @@ mod tests {
             interval: Centis::new(10).unwrap(),
             ..advert(150)
         };
-        i.handle(ms(100), Input::Advert { from: PEER, advert: &fast });
+        i.handle(
+            ms(100),
+            Input::Advert {
+                from: PEER,
+                advert: &fast,
+            },
+        );
         // 3 * 100 ms + (156 * 10 / 256 = 6 cs) = 360 ms.
         assert_eq!(i.master_interval().get(), 10);
         assert_eq!(i.next_deadline(), Some(ms(100 + 360)));
@@ -422,10 +475,26 @@ mod tests {
         let mut i = Instance::new(settings(100, [192, 0, 2, 1]));
         i.handle(ms(0), Input::Startup);
         let adv = advert(150);
-        i.handle(ms(500), Input::Advert { from: PEER, advert: &adv });
+        i.handle(
+            ms(500),
+            Input::Advert {
+                from: PEER,
+                advert: &adv,
+            },
+        );
         let leaving = advert(0);
-        i.handle(ms(1000), Input::Advert { from: PEER, advert: &leaving });
-        assert_eq!(i.next_deadline(), Some(ms(1600)), "skew time, not master down interval");
+        i.handle(
+            ms(1000),
+            Input::Advert {
+                from: PEER,
+                advert: &leaving,
+            },
+        );
+        assert_eq!(
+            i.next_deadline(),
+            Some(ms(1600)),
+            "skew time, not master down interval"
+        );
         let a = i.handle(ms(1600), Input::Tick);
         assert_eq!(transitions(&a), vec![(State::Backup, State::Master)]);
     }
@@ -437,9 +506,24 @@ mod tests {
         i.handle(ms(3600), Input::Tick);
         assert_eq!(i.state(), State::Master);
         let lower = advert(100);
-        assert!(i.handle(ms(4000), Input::Advert { from: PEER, advert: &lower }).is_empty());
+        assert!(
+            i.handle(
+                ms(4000),
+                Input::Advert {
+                    from: PEER,
+                    advert: &lower
+                }
+            )
+            .is_empty()
+        );
         let higher = advert(250);
-        let a = i.handle(ms(4100), Input::Advert { from: PEER, advert: &higher });
+        let a = i.handle(
+            ms(4100),
+            Input::Advert {
+                from: PEER,
+                advert: &higher,
+            },
+        );
         assert_eq!(a[0], Action::ReleaseAddresses);
         assert_eq!(transitions(&a), vec![(State::Master, State::Backup)]);
         assert_eq!(i.master(), Some(PEER));
@@ -456,9 +540,21 @@ mod tests {
             assert_eq!(r.state(), State::Master);
         }
         let adv = advert(100);
-        let a = low.handle(ms(3700), Input::Advert { from: Ipv4Addr::new(192, 0, 2, 2), advert: &adv });
+        let a = low.handle(
+            ms(3700),
+            Input::Advert {
+                from: Ipv4Addr::new(192, 0, 2, 2),
+                advert: &adv,
+            },
+        );
         assert_eq!(transitions(&a), vec![(State::Master, State::Backup)]);
-        let a = high.handle(ms(3700), Input::Advert { from: Ipv4Addr::new(192, 0, 2, 1), advert: &adv });
+        let a = high.handle(
+            ms(3700),
+            Input::Advert {
+                from: Ipv4Addr::new(192, 0, 2, 1),
+                advert: &adv,
+            },
+        );
         assert!(a.is_empty(), "the higher address stays master");
     }
 
@@ -471,13 +567,35 @@ mod tests {
         let lower = advert(100);
         // Within the delay the lower master is accepted, so no takeover.
         for t in (0..5000).step_by(1000) {
-            i.handle(ms(t), Input::Advert { from: PEER, advert: &lower });
+            i.handle(
+                ms(t),
+                Input::Advert {
+                    from: PEER,
+                    advert: &lower,
+                },
+            );
             i.handle(ms(t + 999), Input::Tick);
-            assert_eq!(i.state(), State::Backup, "preempted at {t} ms, before preempt_delay");
+            assert_eq!(
+                i.state(),
+                State::Backup,
+                "preempted at {t} ms, before preempt_delay"
+            );
         }
         // From then on lower adverts are ignored: the timer set by the one at 4 s runs out.
-        i.handle(ms(5000), Input::Advert { from: PEER, advert: &lower });
-        i.handle(ms(6000), Input::Advert { from: PEER, advert: &lower });
+        i.handle(
+            ms(5000),
+            Input::Advert {
+                from: PEER,
+                advert: &lower,
+            },
+        );
+        i.handle(
+            ms(6000),
+            Input::Advert {
+                from: PEER,
+                advert: &lower,
+            },
+        );
         let deadline = i.next_deadline().unwrap();
         assert_eq!(deadline, ms(4000) + i.master_down_interval());
         i.handle(deadline, Input::Tick);
@@ -488,10 +606,20 @@ mod tests {
         let mut i = Instance::new(s);
         i.handle(ms(0), Input::Startup);
         for t in (0..20_000).step_by(1000) {
-            i.handle(ms(t), Input::Advert { from: PEER, advert: &lower });
+            i.handle(
+                ms(t),
+                Input::Advert {
+                    from: PEER,
+                    advert: &lower,
+                },
+            );
             i.handle(ms(t + 999), Input::Tick);
         }
-        assert_eq!(i.state(), State::Backup, "preempt = false never takes over a live master");
+        assert_eq!(
+            i.state(),
+            State::Backup,
+            "preempt = false never takes over a live master"
+        );
     }
 
     #[test]
@@ -501,12 +629,24 @@ mod tests {
         i.handle(ms(0), Input::HoldPreempt(true));
         let lower = advert(100);
         for t in (0..10_000).step_by(1000) {
-            i.handle(ms(t), Input::Advert { from: PEER, advert: &lower });
+            i.handle(
+                ms(t),
+                Input::Advert {
+                    from: PEER,
+                    advert: &lower,
+                },
+            );
             i.handle(ms(t + 999), Input::Tick);
         }
         assert_eq!(i.state(), State::Backup);
         i.handle(ms(10_000), Input::HoldPreempt(false));
-        i.handle(ms(10_000), Input::Advert { from: PEER, advert: &lower });
+        i.handle(
+            ms(10_000),
+            Input::Advert {
+                from: PEER,
+                advert: &lower,
+            },
+        );
         i.handle(ms(10_000) + i.master_down_interval(), Input::Tick);
         assert_eq!(i.state(), State::Master);
     }
@@ -532,7 +672,13 @@ mod tests {
         assert_eq!(a, vec![Action::Send { priority: 100 }]);
         // A backup of 120 with preempt now ignores this master and takes over.
         let higher = advert(120);
-        let a = i.handle(ms(3800), Input::Advert { from: PEER, advert: &higher });
+        let a = i.handle(
+            ms(3800),
+            Input::Advert {
+                from: PEER,
+                advert: &higher,
+            },
+        );
         assert_eq!(transitions(&a), vec![(State::Master, State::Backup)]);
     }
 

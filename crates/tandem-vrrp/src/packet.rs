@@ -231,7 +231,12 @@ pub fn decode_ipv4(packet: &[u8], pseudo_header: bool) -> Result<Received, DropR
     }
     let source = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
     let destination = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-    let advertisement = Advertisement::decode(&packet[header_len..total], source, destination, pseudo_header)?;
+    let advertisement = Advertisement::decode(
+        &packet[header_len..total],
+        source,
+        destination,
+        pseudo_header,
+    )?;
     Ok(Received {
         source,
         destination,
@@ -296,13 +301,19 @@ mod tests {
         // 3133 + 6401 + 0064 + c0a8 + 010a = 0x1_574a folds to 0x574b, !0x574b = 0xa8b4.
         assert_eq!(u16::from_be_bytes([b[6], b[7]]), 0xa8b4);
         assert!(Advertisement::decode(&b, SRC, MULTICAST_V4, false).is_ok());
-        assert_eq!(Advertisement::decode(&b, SRC, MULTICAST_V4, true), Err(DropReason::Checksum));
+        assert_eq!(
+            Advertisement::decode(&b, SRC, MULTICAST_V4, true),
+            Err(DropReason::Checksum)
+        );
     }
 
     #[test]
     fn round_trips() {
         let b = advert().encode(SRC, MULTICAST_V4, true);
-        assert_eq!(Advertisement::decode(&b, SRC, MULTICAST_V4, true), Ok(advert()));
+        assert_eq!(
+            Advertisement::decode(&b, SRC, MULTICAST_V4, true),
+            Ok(advert())
+        );
     }
 
     fn ip_packet(ttl: u8, message: &[u8]) -> Vec<u8> {
@@ -319,20 +330,38 @@ mod tests {
     fn each_receive_check_has_its_reason() {
         let good = advert().encode(SRC, MULTICAST_V4, true);
         assert!(decode_ipv4(&ip_packet(255, &good), true).is_ok());
-        assert_eq!(decode_ipv4(&ip_packet(64, &good), true), Err(DropReason::Ttl));
-        assert_eq!(decode_ipv4(&ip_packet(255, &good)[..10], true), Err(DropReason::TooShort));
+        assert_eq!(
+            decode_ipv4(&ip_packet(64, &good), true),
+            Err(DropReason::Ttl)
+        );
+        assert_eq!(
+            decode_ipv4(&ip_packet(255, &good)[..10], true),
+            Err(DropReason::TooShort)
+        );
         let mut v2 = good.clone();
         v2[0] = 0x21;
-        assert_eq!(decode_ipv4(&ip_packet(255, &v2), true), Err(DropReason::Version));
+        assert_eq!(
+            decode_ipv4(&ip_packet(255, &v2), true),
+            Err(DropReason::Version)
+        );
         let mut t = good.clone();
         t[0] = 0x32;
-        assert_eq!(decode_ipv4(&ip_packet(255, &t), true), Err(DropReason::Type));
+        assert_eq!(
+            decode_ipv4(&ip_packet(255, &t), true),
+            Err(DropReason::Type)
+        );
         let mut count = good.clone();
         count[3] = 2;
-        assert_eq!(decode_ipv4(&ip_packet(255, &count), true), Err(DropReason::Length));
+        assert_eq!(
+            decode_ipv4(&ip_packet(255, &count), true),
+            Err(DropReason::Length)
+        );
         let mut sum = good.clone();
         sum[7] ^= 1;
-        assert_eq!(decode_ipv4(&ip_packet(255, &sum), true), Err(DropReason::Checksum));
+        assert_eq!(
+            decode_ipv4(&ip_packet(255, &sum), true),
+            Err(DropReason::Checksum)
+        );
         let mut proto = ip_packet(255, &good);
         proto[9] = 6;
         assert_eq!(decode_ipv4(&proto, true), Err(DropReason::NotVrrp));
@@ -341,7 +370,10 @@ mod tests {
             ..advert()
         };
         let z = zero.encode(SRC, MULTICAST_V4, true);
-        assert_eq!(decode_ipv4(&ip_packet(255, &z), true), Err(DropReason::Interval));
+        assert_eq!(
+            decode_ipv4(&ip_packet(255, &z), true),
+            Err(DropReason::Interval)
+        );
     }
 
     #[test]
@@ -350,6 +382,57 @@ mod tests {
         assert_eq!(Centis::from_duration(Duration::from_secs(100)), Centis::MAX);
         assert_eq!(Centis::new(0), None);
         assert_eq!(Centis::new(4096), None);
-        assert_eq!(Centis::new(250).unwrap().to_duration(), Duration::from_millis(2500));
+        assert_eq!(
+            Centis::new(250).unwrap().to_duration(),
+            Duration::from_millis(2500)
+        );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_is_identity(
+            vrid in 1u8..=255,
+            priority in any::<u8>(),
+            interval in 1u16..=4095,
+            addresses in prop::collection::vec(any::<u32>(), 0..20),
+            src in any::<u32>(),
+            dst in any::<u32>(),
+            pseudo in any::<bool>(),
+        ) {
+            let a = Advertisement {
+                vrid,
+                priority,
+                interval: Centis::new(interval).unwrap(),
+                addresses: addresses.into_iter().map(Ipv4Addr::from).collect(),
+            };
+            let (src, dst) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
+            let bytes = a.encode(src, dst, pseudo);
+            prop_assert_eq!(Advertisement::decode(&bytes, src, dst, pseudo), Ok(a));
+        }
+
+        #[test]
+        fn any_single_bit_flip_is_caught(bit in 0usize..96, pseudo in any::<bool>()) {
+            let a = Advertisement {
+                vrid: 7,
+                priority: 100,
+                interval: Centis::new(100).unwrap(),
+                addresses: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            };
+            let src = Ipv4Addr::new(10, 0, 0, 2);
+            let mut bytes = a.encode(src, MULTICAST_V4, pseudo);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(Advertisement::decode(&bytes, src, MULTICAST_V4, pseudo).is_err());
+        }
+
+        #[test]
+        fn arbitrary_packets_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200), pseudo in any::<bool>()) {
+            let _ = decode_ipv4(&bytes, pseudo);
+        }
     }
 }

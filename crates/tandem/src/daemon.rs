@@ -14,11 +14,12 @@ use tandem_balance::{PoolSet, now_ms};
 use tandem_config::Config;
 use tandem_control::admin::StateSource;
 use tandem_control::{
-    BackendAction, BackendSnapshot, CheckSnapshot, PoolSnapshot, Request, Response,
+    BackendAction, BackendSnapshot, CheckSnapshot, HaSnapshot, PoolSnapshot, Request, Response,
     ServiceSnapshot, Snapshot,
 };
 use tandem_health::{HealthBoard, Monitor, Prober};
 use tandem_proxy::{Lifecycle, Service, listener};
+use tandem_vrrp::linux::{HaSettings, Vrrp};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
@@ -58,6 +59,7 @@ struct Shared {
     reloads: AtomicU64,
     admin: std::sync::Mutex<Option<SocketAddr>>,
     control_socket: std::sync::Mutex<Option<PathBuf>>,
+    vrrp: std::sync::Mutex<Option<Arc<Vrrp>>>,
 }
 
 /// Identifies a listener across reloads: its configured address, and for port 0 (any
@@ -156,6 +158,7 @@ impl Daemon {
             reloads: AtomicU64::new(0),
             admin: std::sync::Mutex::new(None),
             control_socket: std::sync::Mutex::new(None),
+            vrrp: std::sync::Mutex::new(None),
         });
         let daemon = Daemon { shared };
         {
@@ -172,6 +175,16 @@ impl Daemon {
             daemon.publish_services(&inner, &config);
         }
         tokio::spawn(sweep_sticky_tables(pools, daemon.shared.background.clone()));
+        if let Some(ha) = &config.ha {
+            let settings = HaSettings::from_config(ha)?;
+            let vrrp = Arc::new(Vrrp::start(settings).await.context("starting VRRP")?);
+            *daemon.shared.vrrp.lock().unwrap_or_else(|e| e.into_inner()) = Some(vrrp.clone());
+            tokio::spawn(track_pools(
+                daemon.clone(),
+                vrrp,
+                daemon.shared.background.clone(),
+            ));
+        }
         for s in daemon.services().iter() {
             let c = s.service.config.load();
             let addrs: Vec<String> = s.bound.iter().map(ToString::to_string).collect();
@@ -297,6 +310,9 @@ impl Daemon {
         }
         if old.global.log_format != config.global.log_format {
             report.needs_restart.push("global.log_format".into());
+        }
+        if old.ha != config.ha {
+            report.needs_restart.push("ha".into());
         }
         let pools = PoolSet::build(&config.pools, Some(&self.shared.pools.load()));
         inner.monitor.apply(&pools, &config.pools)?;
@@ -512,7 +528,7 @@ impl Daemon {
             reloads: self.shared.reloads.load(Relaxed),
             services,
             pools,
-            ha: None,
+            ha: self.vrrp().map(|v| ha_snapshot(&v.status())),
             sync: Vec::new(),
         }
     }
@@ -552,9 +568,28 @@ impl Daemon {
         }
     }
 
+    /// The VRRP router, when `[ha]` is configured.
+    pub fn vrrp(&self) -> Option<Arc<Vrrp>> {
+        self.shared
+            .vrrp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Stops accepting (listeners close, new connections are refused), lets open
-    /// connections finish until `deadline`, then closes what is left.
+    /// connections finish until `deadline`, then closes what is left. With VRRP, the
+    /// node first leaves (priority 0), so the backup takes over at once.
     pub async fn shutdown(self, deadline: Duration) -> DrainReport {
+        let vrrp = self
+            .shared
+            .vrrp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(vrrp) = vrrp {
+            vrrp.shutdown().await;
+        }
         self.shared.life.stop_accepting.cancel();
         {
             let mut inner = self.shared.inner.lock().await;
@@ -602,6 +637,56 @@ impl Daemon {
 impl StateSource for Daemon {
     fn snapshot(&self) -> Snapshot {
         Daemon::snapshot(self)
+    }
+}
+
+fn ha_snapshot(s: &tandem_vrrp::linux::Status) -> HaSnapshot {
+    HaSnapshot {
+        state: s.state.name().into(),
+        interface: s.interface.clone(),
+        vrid: s.vrid,
+        priority: s.priority,
+        effective_priority: s.effective_priority,
+        demotions: s.demotions.clone(),
+        virtual_ips: s
+            .virtual_ips
+            .iter()
+            .map(|(ip, p)| format!("{ip}/{p}"))
+            .collect(),
+        master: s.master.map(|m| m.to_string()),
+        transitions: s.transitions,
+        dropped: s
+            .dropped
+            .iter()
+            .map(|(r, n)| (r.label().to_string(), *n))
+            .collect(),
+    }
+}
+
+/// Demotes the VRRP priority while a tracked pool has no healthy backend.
+async fn track_pools(daemon: Daemon, vrrp: Arc<Vrrp>, stop: CancellationToken) {
+    let mut changes = daemon.health().subscribe();
+    loop {
+        let config = daemon.config();
+        let pools = daemon.pools();
+        let demotions: Vec<(String, u8)> = config
+            .ha
+            .iter()
+            .flat_map(|ha| ha.track_pools.iter())
+            .filter(|(name, _)| {
+                pools
+                    .get(name)
+                    .is_some_and(|p| !p.backends.iter().any(|b| b.state.is_healthy()))
+            })
+            .map(|(name, weight)| (format!("pool {name} has no healthy backend"), *weight))
+            .collect();
+        vrrp.set_demotions(demotions).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = changes.recv() => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return },
+            // Reloads can change pools without a health transition.
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

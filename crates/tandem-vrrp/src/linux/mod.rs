@@ -1,1 +1,547 @@
-//! Linux IO.
+//! The IO around the state machine on Linux: one task per virtual router that reads
+//! packets, fires timers, follows the interface, and carries out the machine's actions.
+
+pub mod arp;
+pub mod netlink;
+pub mod socket;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::machine::{Action, Input, Instance, Settings, State};
+use crate::packet::{Centis, DropReason, MULTICAST_V4, Received, decode_ipv4};
+use arp::ArpSender;
+use netlink::Netlink;
+use socket::VrrpSocket;
+
+/// How often the interface's state is read.
+const LINK_POLL: Duration = Duration::from_millis(200);
+/// When gratuitous ARPs go out after taking the addresses.
+const GARP_SCHEDULE_MS: [u64; 5] = [0, 100, 300, 1000, 2000];
+
+/// What a virtual router needs from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaSettings {
+    /// Interface.
+    pub interface: String,
+    /// Virtual router id.
+    pub vrid: u8,
+    /// Configured priority.
+    pub priority: u8,
+    /// Advertisement interval.
+    pub interval: Duration,
+    /// Preempt a lower master.
+    pub preempt: bool,
+    /// Wait after start before preempting.
+    pub preempt_delay: Duration,
+    /// Virtual IPv4 addresses with prefix length.
+    pub virtual_ips: Vec<(Ipv4Addr, u8)>,
+    /// Unicast peers; empty = multicast.
+    pub unicast_peers: Vec<Ipv4Addr>,
+    /// Program run with the new state.
+    pub notify: Option<PathBuf>,
+    /// Checksum over the IPv4 pseudo-header.
+    pub pseudo_header: bool,
+}
+
+impl HaSettings {
+    /// From the `[ha]` section; IPv6 addresses are refused (VRRPv3 for IPv6 is not built).
+    pub fn from_config(ha: &tandem_config::Ha) -> Result<HaSettings, VrrpError> {
+        let v4 = |ip: &IpAddr| match ip {
+            IpAddr::V4(v4) => Ok(*v4),
+            IpAddr::V6(v6) => Err(VrrpError::Unsupported(format!(
+                "{v6}: VRRP for IPv6 is not supported yet"
+            ))),
+        };
+        Ok(HaSettings {
+            interface: ha.interface.clone(),
+            vrid: ha.vrid,
+            priority: ha.priority,
+            interval: ha.advert_interval,
+            preempt: ha.preempt,
+            preempt_delay: ha.preempt_delay,
+            virtual_ips: ha
+                .virtual_ips
+                .iter()
+                .map(|(ip, p)| v4(ip).map(|a| (a, *p)))
+                .collect::<Result<_, _>>()?,
+            unicast_peers: ha.unicast_peers.iter().map(v4).collect::<Result<_, _>>()?,
+            notify: ha.notify.clone(),
+            pseudo_header: ha.checksum_pseudo_header,
+        })
+    }
+}
+
+/// Why VRRP could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum VrrpError {
+    /// The interface does not exist.
+    #[error("interface {0} not found")]
+    NoInterface(String),
+    /// The interface has no IPv4 address to send from.
+    #[error(
+        "interface {0} has no IPv4 address of its own to send VRRP from (the virtual addresses do not count)"
+    )]
+    NoAddress(String),
+    /// A setting this build cannot serve.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Netlink failed.
+    #[error(transparent)]
+    Netlink(#[from] netlink::NetlinkError),
+    /// A socket could not be opened.
+    #[error("{0} (VRRP needs CAP_NET_RAW and CAP_NET_ADMIN)")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the router looks like now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// State.
+    pub state: State,
+    /// Interface.
+    pub interface: String,
+    /// Virtual router id.
+    pub vrid: u8,
+    /// Configured priority.
+    pub priority: u8,
+    /// Priority after demotions.
+    pub effective_priority: u8,
+    /// Active demotions: (reason, amount).
+    pub demotions: Vec<(String, u8)>,
+    /// The master as last heard.
+    pub master: Option<Ipv4Addr>,
+    /// State changes.
+    pub transitions: u64,
+    /// Dropped packets by reason.
+    pub dropped: BTreeMap<DropReason, u64>,
+    /// Virtual addresses.
+    pub virtual_ips: Vec<(Ipv4Addr, u8)>,
+}
+
+enum Command {
+    Demote(Vec<(String, u8)>),
+    HoldPreempt(bool),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A running virtual router.
+#[derive(Debug)]
+pub struct Vrrp {
+    commands: mpsc::Sender<Command>,
+    status: Arc<Mutex<Status>>,
+    states: watch::Receiver<State>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Vrrp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Vrrp {
+    /// Opens sockets on the interface, removes virtual addresses left by a crashed run,
+    /// and starts as Backup (or Master for priority 255).
+    pub async fn start(settings: HaSettings) -> Result<Vrrp, VrrpError> {
+        let netlink = Netlink::open()?;
+        let link = netlink
+            .link(&settings.interface)
+            .await?
+            .ok_or_else(|| VrrpError::NoInterface(settings.interface.clone()))?;
+        let vips: Vec<Ipv4Addr> = settings.virtual_ips.iter().map(|(ip, _)| *ip).collect();
+        let addresses = netlink.addresses(link.index).await?;
+        let primary = addresses
+            .iter()
+            .find(|(ip, _, secondary)| !secondary && !vips.contains(ip))
+            .or_else(|| addresses.iter().find(|(ip, _, _)| !vips.contains(ip)))
+            .map(|(ip, _, _)| *ip)
+            .ok_or_else(|| VrrpError::NoAddress(settings.interface.clone()))?;
+        for (ip, _, _) in addresses.iter().filter(|(ip, _, _)| vips.contains(ip)) {
+            warn!(target: "tandem::vrrp", interface = %settings.interface, address = %ip, "removing a virtual address left from an earlier run");
+            netlink.remove_address(link.index, *ip).await?;
+        }
+        let socket = VrrpSocket::open(&settings.interface, link.index, primary)?;
+        let arp = ArpSender::open(link.index)?;
+        let machine = Instance::new(Settings {
+            vrid: settings.vrid,
+            priority: settings.priority,
+            interval: Centis::from_duration(settings.interval),
+            preempt: settings.preempt,
+            preempt_delay: settings.preempt_delay,
+            primary,
+            addresses: vips,
+        });
+        let status = Arc::new(Mutex::new(Status {
+            state: State::Initialize,
+            interface: settings.interface.clone(),
+            vrid: settings.vrid,
+            priority: settings.priority,
+            effective_priority: settings.priority,
+            demotions: Vec::new(),
+            master: None,
+            transitions: 0,
+            dropped: BTreeMap::new(),
+            virtual_ips: settings.virtual_ips.clone(),
+        }));
+        let (commands, rx) = mpsc::channel(16);
+        let (state_tx, states) = watch::channel(State::Initialize);
+        info!(target: "tandem::vrrp", interface = %settings.interface, vrid = settings.vrid, priority = settings.priority,
+            primary = %primary, interval_ms = settings.interval.as_millis() as u64,
+            mode = if settings.unicast_peers.is_empty() { "multicast" } else { "unicast" }, "VRRP starting");
+        let runner = Runner {
+            settings,
+            netlink,
+            link,
+            primary,
+            socket,
+            arp: Arc::new(arp),
+            machine,
+            status: status.clone(),
+            states: state_tx,
+            origin: Instant::now(),
+            interface_down: false,
+        };
+        let task = tokio::spawn(runner.run(rx));
+        Ok(Vrrp {
+            commands,
+            status,
+            states,
+            task,
+        })
+    }
+
+    /// The router now.
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A receiver of state changes.
+    pub fn states(&self) -> watch::Receiver<State> {
+        self.states.clone()
+    }
+
+    /// Replaces the set of priority demotions (tracked pools that are down).
+    pub async fn set_demotions(&self, demotions: Vec<(String, u8)>) {
+        let _ = self.commands.send(Command::Demote(demotions)).await;
+    }
+
+    /// Holds preemption back (while the sticky table is not synced) or lets it go.
+    pub async fn hold_preempt(&self, hold: bool) {
+        let _ = self.commands.send(Command::HoldPreempt(hold)).await;
+    }
+
+    /// Leaves gracefully: a master advertises priority 0 (the backup takes over after
+    /// its skew time) and removes the virtual addresses. Returns once done.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// The effective priority: the configured one less the demotions, at least 1.
+pub fn effective_priority(priority: u8, demotions: &[(String, u8)]) -> u8 {
+    let total: u32 = demotions.iter().map(|(_, d)| u32::from(*d)).sum();
+    if total == 0 {
+        return priority;
+    }
+    (i64::from(priority.min(254)) - i64::from(total)).clamp(1, 254) as u8
+}
+
+struct Runner {
+    settings: HaSettings,
+    netlink: Netlink,
+    link: netlink::LinkInfo,
+    primary: Ipv4Addr,
+    socket: VrrpSocket,
+    arp: Arc<ArpSender>,
+    machine: Instance,
+    status: Arc<Mutex<Status>>,
+    states: watch::Sender<State>,
+    origin: Instant,
+    interface_down: bool,
+}
+
+impl Runner {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let actions = self.machine.handle(self.now(), Input::Startup);
+        self.carry_out(actions).await;
+        let mut buf = vec![0u8; 2048];
+        let mut link_poll = tokio::time::interval(LINK_POLL);
+        link_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.machine.next_deadline().map(|d| self.origin + d);
+            let mut packet = None;
+            let input = tokio::select! {
+                received = self.socket.recv(&mut buf) => match received {
+                    Ok(n) => {
+                        packet = self.receive(&buf[..n]);
+                        None
+                    }
+                    Err(e) => {
+                        warn!(target: "tandem::vrrp", error = %e, "receiving VRRP packets");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        None
+                    }
+                },
+                () = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => Some(Input::Tick),
+                command = commands.recv() => match command {
+                    Some(Command::Demote(demotions)) => {
+                        let p = effective_priority(self.settings.priority, &demotions);
+                        let changed = p != self.machine.priority();
+                        {
+                            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                            s.demotions = demotions.clone();
+                            s.effective_priority = p;
+                        }
+                        if changed {
+                            info!(target: "tandem::vrrp", priority = p, demotions = ?demotions, "VRRP priority changed");
+                        }
+                        changed.then_some(Input::Priority(p))
+                    }
+                    Some(Command::HoldPreempt(hold)) => Some(Input::HoldPreempt(hold)),
+                    Some(Command::Shutdown(done)) => {
+                        let actions = self.machine.handle(self.now(), Input::Shutdown);
+                        self.carry_out(actions).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        let actions = self.machine.handle(self.now(), Input::Shutdown);
+                        self.carry_out(actions).await;
+                        return;
+                    }
+                },
+                _ = link_poll.tick() => self.poll_link().await,
+            };
+            if let Some(rx) = packet {
+                let input = Input::Advert {
+                    from: rx.source,
+                    advert: &rx.advertisement,
+                };
+                let actions = self.machine.handle(self.now(), input);
+                self.carry_out(actions).await;
+            }
+            if let Some(input) = input {
+                let actions = self.machine.handle(self.now(), input);
+                self.carry_out(actions).await;
+            }
+        }
+    }
+
+    /// Checks a packet as RFC 5798 section 7.1 asks; returns it when kept.
+    fn receive(&mut self, packet: &[u8]) -> Option<Received> {
+        let result = decode_ipv4(packet, self.settings.pseudo_header).and_then(|rx| {
+            if rx.source == self.primary {
+                Err(DropReason::Own)
+            } else if rx.advertisement.vrid != self.settings.vrid {
+                Err(DropReason::Vrid)
+            } else if !self.settings.unicast_peers.is_empty()
+                && !self.settings.unicast_peers.contains(&rx.source)
+            {
+                Err(DropReason::UnknownPeer)
+            } else {
+                Ok(rx)
+            }
+        });
+        match result {
+            Ok(rx) => {
+                let ours = &self.machine.settings().addresses;
+                if rx.advertisement.priority != 0 && &rx.advertisement.addresses != ours {
+                    debug!(target: "tandem::vrrp", from = %rx.source, theirs = ?rx.advertisement.addresses, ours = ?ours,
+                        "advertisement lists other virtual addresses (misconfiguration?)");
+                }
+                Some(rx)
+            }
+            Err(reason) => {
+                let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                *s.dropped.entry(reason).or_default() += 1;
+                if matches!(
+                    reason,
+                    DropReason::Checksum | DropReason::Ttl | DropReason::Version
+                ) {
+                    debug!(target: "tandem::vrrp", %reason, "VRRP packet dropped");
+                }
+                None
+            }
+        }
+    }
+
+    async fn poll_link(&mut self) -> Option<Input<'static>> {
+        let running = match self.netlink.link(&self.settings.interface).await {
+            Ok(Some(l)) => l.running,
+            Ok(None) => false,
+            Err(e) => {
+                debug!(target: "tandem::vrrp", error = %e, "reading the interface state");
+                return None;
+            }
+        };
+        if !running && !self.interface_down {
+            self.interface_down = true;
+            warn!(target: "tandem::vrrp", interface = %self.settings.interface, "interface down: giving up VRRP");
+            return Some(Input::InterfaceDown);
+        }
+        if running && self.interface_down {
+            self.interface_down = false;
+            info!(target: "tandem::vrrp", interface = %self.settings.interface, "interface up again: VRRP restarting");
+            return Some(Input::Startup);
+        }
+        None
+    }
+
+    async fn carry_out(&mut self, actions: Vec<Action>) {
+        {
+            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            s.master = self.machine.master();
+            s.effective_priority = self.machine.priority();
+        }
+        for action in actions {
+            match action {
+                Action::Send { priority } => self.send(priority),
+                Action::TakeAddresses => self.take_addresses().await,
+                Action::ReleaseAddresses => {
+                    for (ip, _) in &self.settings.virtual_ips {
+                        if let Err(e) = self.netlink.remove_address(self.link.index, *ip).await {
+                            warn!(target: "tandem::vrrp", error = %e, "removing a virtual address");
+                        }
+                    }
+                }
+                Action::Transition { from, to, reason } => self.transition(from, to, reason),
+            }
+        }
+    }
+
+    fn send(&self, priority: u8) {
+        let advert = self.machine.advertisement(priority);
+        let destinations: Vec<Ipv4Addr> = if self.settings.unicast_peers.is_empty() {
+            vec![MULTICAST_V4]
+        } else {
+            self.settings.unicast_peers.clone()
+        };
+        for to in destinations {
+            let bytes = advert.encode(self.primary, to, self.settings.pseudo_header);
+            if let Err(e) = self.socket.send(&bytes, to) {
+                debug!(target: "tandem::vrrp", error = %e, to = %to, "sending an advertisement");
+            }
+        }
+    }
+
+    async fn take_addresses(&self) {
+        for (ip, prefix) in &self.settings.virtual_ips {
+            if let Err(e) = self
+                .netlink
+                .add_address(self.link.index, *ip, *prefix)
+                .await
+            {
+                warn!(target: "tandem::vrrp", error = %e, "adding a virtual address");
+            }
+        }
+        // Announce the addresses now and a few more times, in case a frame is lost,
+        // for as long as this node stays master.
+        let arp = self.arp.clone();
+        let mac = self.link.mac;
+        let ips: Vec<Ipv4Addr> = self
+            .settings
+            .virtual_ips
+            .iter()
+            .map(|(ip, _)| *ip)
+            .collect();
+        let mut states = self.states.subscribe();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            for at in GARP_SCHEDULE_MS {
+                tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                if at > 0 && *states.borrow_and_update() != State::Master {
+                    return;
+                }
+                for ip in &ips {
+                    if let Err(e) = arp.announce(mac, *ip) {
+                        debug!(target: "tandem::vrrp", error = %e, "gratuitous ARP");
+                    }
+                }
+            }
+        });
+    }
+
+    fn transition(&self, from: State, to: State, reason: String) {
+        info!(target: "tandem::vrrp", from = from.name(), to = to.name(), "VRRP {} -> {}: {reason}", from.name(), to.name());
+        {
+            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            s.state = to;
+            s.master = self.machine.master();
+            s.transitions = self.machine.transitions();
+        }
+        let _ = self.states.send(to);
+        if let Some(program) = &self.settings.notify {
+            let mut command = tokio::process::Command::new(program);
+            command
+                .arg(to.name())
+                .env("TANDEM_VRRP_STATE", to.name())
+                .env("TANDEM_VRRP_PREVIOUS", from.name())
+                .env("TANDEM_VRRP_REASON", &reason)
+                .env("TANDEM_VRRP_VRID", self.settings.vrid.to_string())
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true);
+            let program = program.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(30), command.status()).await {
+                    Ok(Ok(status)) if status.success() => {}
+                    Ok(Ok(status)) => {
+                        warn!(target: "tandem::vrrp", program = %program.display(), %status, "notify program failed")
+                    }
+                    Ok(Err(e)) => {
+                        warn!(target: "tandem::vrrp", program = %program.display(), error = %e, "cannot run the notify program")
+                    }
+                    Err(_) => {
+                        warn!(target: "tandem::vrrp", program = %program.display(), "notify program still running after 30s: killed")
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demotions_lower_the_priority_but_never_below_one() {
+        assert_eq!(effective_priority(150, &[]), 150);
+        assert_eq!(
+            effective_priority(150, &[("pool web down".into(), 50)]),
+            100
+        );
+        assert_eq!(
+            effective_priority(100, &[("a".into(), 60), ("b".into(), 60)]),
+            1
+        );
+        assert_eq!(
+            effective_priority(255, &[("a".into(), 10)]),
+            244,
+            "a demoted owner is no owner"
+        );
+    }
+}

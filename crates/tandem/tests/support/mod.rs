@@ -32,7 +32,12 @@ pub struct Running {
 impl Running {
     /// Starts tandem with `args`; stderr (logs) and stdout lines both arrive on `lines`.
     pub fn spawn(args: &[&str]) -> Running {
-        let mut child = Command::new(TANDEM)
+        Running::spawn_program(TANDEM, args)
+    }
+
+    /// Starts `program` with `args`, as [`Running::spawn`] does tandem.
+    pub fn spawn_program(program: &str, args: &[&str]) -> Running {
+        let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

@@ -1,0 +1,368 @@
+//! High availability in a network-namespace lab: two tandem nodes share a virtual
+//! address with VRRPv3; a client requests every 20 ms through it while masters are
+//! killed, restarted and stopped; keepalived is the other router in the interop tests.
+
+mod lab;
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use lab::Lab;
+use support::{Running, TANDEM};
+
+const VIP: &str = "10.99.0.100";
+
+fn vip() -> SocketAddr {
+    format!("{VIP}:80").parse().unwrap()
+}
+
+/// A lab with two balancer hosts, two web backends and a client.
+fn lab(tag: &str) -> Option<Lab> {
+    let mut lab = Lab::new(tag)?;
+    lab.host("lb1", "10.99.0.1/24");
+    lab.host("lb2", "10.99.0.2/24");
+    lab.host("be1", "10.99.0.11/24");
+    lab.host("be2", "10.99.0.12/24");
+    lab.host("client", "10.99.0.50/24");
+    lab.http_backend("be1", "10.99.0.11:80".parse().unwrap(), "be1\n");
+    lab.http_backend("be2", "10.99.0.12:80".parse().unwrap(), "be2\n");
+    Some(lab)
+}
+
+fn node_config(lab: &Lab, name: &str, priority: u8, extra_ha: &str) -> String {
+    let dir = lab.dir.path().display();
+    let text = format!(
+        "[global]\nname = \"{name}\"\ncontrol_socket = \"{dir}/{name}.sock\"\ndrain_timeout = \"1s\"\n\n\
+[[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.99.0.11:80\" }}, {{ address = \"10.99.0.12:80\" }}]\n\
+check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"100ms\", rise = 1, fall = 2, initial = \"up\" }}\n\n\
+[[service]]\nname = \"www\"\nlisten = [\"{VIP}:80\"]\npool = \"web\"\nconnect_timeout = \"200ms\"\n\n\
+[ha]\ninterface = \"eth0\"\nvrid = 51\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n{extra_ha}\n"
+    );
+    let path = lab.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn start_node(lab: &Lab, name: &str, priority: u8, extra_ha: &str) -> Running {
+    let config = node_config(lab, name, priority, extra_ha);
+    let mut node = lab.spawn(name, TANDEM, &["run", "--config", &config]);
+    node.wait_for("tandem running");
+    node
+}
+
+fn kill(node: &Running, signal: rustix::process::Signal) {
+    // `ip netns exec` execs tandem: the child's pid is tandem's.
+    node.signal(signal);
+}
+
+#[test]
+fn master_killed_the_backup_serves_within_a_second_and_the_old_master_takes_back() {
+    let Some(lab) = lab("ha") else { return };
+    let mut lb1 = start_node(&lab, "lb1", 150, "");
+    let mut lb2 = start_node(&lab, "lb2", 100, "");
+    lab.wait(
+        "lb1 master with the address",
+        Duration::from_secs(5),
+        || lab.has_address("lb1", VIP),
+    );
+    lb1.wait_for("VRRP BACKUP -> MASTER");
+    lb2.wait_for("VRRP INIT -> BACKUP");
+    assert!(!lab.has_address("lb2", VIP));
+    let client = lab.client(
+        "client",
+        vip(),
+        Duration::from_millis(20),
+        Duration::from_secs(60),
+    );
+    let started = Instant::now();
+    client.wait_answer_after(started, Duration::from_secs(5));
+
+    // SIGKILL: no goodbye, the backup must notice the silence.
+    let killed = Instant::now();
+    kill(&lb1, rustix::process::Signal::KILL);
+    let (served_at, body) = client.wait_answer_after(killed, Duration::from_secs(5));
+    let failover = served_at.duration_since(killed);
+    assert!(body == "be1\n" || body == "be2\n", "{body:?}");
+    assert!(lab.has_address("lb2", VIP), "the backup holds the address");
+    lb2.wait_for("VRRP BACKUP -> MASTER");
+    println!(
+        "failover after SIGKILL: first request served {} ms after the kill",
+        failover.as_millis()
+    );
+    assert!(
+        failover < Duration::from_secs(1),
+        "failover took {failover:?}"
+    );
+
+    // The old master comes back with its higher priority and preempts.
+    drop(lb1);
+    let restarted = Instant::now();
+    let mut lb1 = start_node(&lab, "lb1", 150, "");
+    lb1.wait_for("removing a virtual address left from an earlier run");
+    lab.wait("lb1 master again", Duration::from_secs(3), || {
+        lab.has_address("lb1", VIP)
+    });
+    lab.wait("lb2 released the address", Duration::from_secs(3), || {
+        !lab.has_address("lb2", VIP)
+    });
+    lb2.wait_for("VRRP MASTER -> BACKUP");
+    let took_back = restarted.elapsed();
+    println!(
+        "restarted master took the address back after {} ms",
+        took_back.as_millis()
+    );
+    let (_, _) = client.wait_answer_after(Instant::now(), Duration::from_secs(2));
+    let (ok, failed) = client.counts_after(started);
+    println!("client: {ok} answered, {failed} failed over the whole test");
+}
+
+#[test]
+fn graceful_stop_hands_over_within_100_ms_and_preempt_delay_is_honoured() {
+    let Some(lab) = lab("gs") else { return };
+    let mut lb1 = start_node(&lab, "lb1", 150, "");
+    let mut lb2 = start_node(&lab, "lb2", 100, "");
+    lab.wait("lb1 master", Duration::from_secs(5), || {
+        lab.has_address("lb1", VIP)
+    });
+    lb2.wait_for("VRRP INIT -> BACKUP");
+    let client = lab.client(
+        "client",
+        vip(),
+        Duration::from_millis(5),
+        Duration::from_secs(60),
+    );
+    client.wait_answer_after(Instant::now(), Duration::from_secs(5));
+
+    let stopped = Instant::now();
+    kill(&lb1, rustix::process::Signal::TERM);
+    let (served_at, _) = client.wait_answer_after(stopped, Duration::from_secs(3));
+    let handover = served_at.duration_since(stopped);
+    lb1.wait_for("shutting down: priority 0 sent");
+    assert_eq!(lb1.wait_exit(Duration::from_secs(5)), 0);
+    assert!(lab.has_address("lb2", VIP) && !lab.has_address("lb1", VIP));
+    println!(
+        "graceful stop: first request served by the backup {} ms after SIGTERM",
+        handover.as_millis()
+    );
+    assert!(
+        handover < Duration::from_millis(100),
+        "handover took {handover:?}"
+    );
+
+    // Restarted with preempt_delay 1.5 s: it waits that long before taking over.
+    let restarted = Instant::now();
+    let _lb1 = start_node(&lab, "lb1", 150, "preempt_delay = \"1500ms\"\n");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        lab.has_address("lb2", VIP),
+        "lb1 preempted before its preempt_delay"
+    );
+    lab.wait("lb1 master after the delay", Duration::from_secs(3), || {
+        lab.has_address("lb1", VIP)
+    });
+    let after = restarted.elapsed();
+    println!(
+        "preempt_delay 1500 ms: took over {} ms after restart",
+        after.as_millis()
+    );
+    assert!(after >= Duration::from_millis(1500), "{after:?}");
+    lb2.wait_for("VRRP MASTER -> BACKUP");
+}
+
+#[test]
+fn a_tracked_pool_without_healthy_backends_demotes_the_master() {
+    let Some(mut lab) = lab("tr") else { return };
+    let _ = &mut lab;
+    // lb1 tracks pool web: with both backends down, 150 - 100 = 50 < lb2's 100.
+    let track = "track_pools = { web = 100 }\n";
+    let lb1 = start_node(&lab, "lb1", 150, track);
+    let mut lb2 = start_node(&lab, "lb2", 100, "");
+    lab.wait("lb1 master", Duration::from_secs(5), || {
+        lab.has_address("lb1", VIP)
+    });
+    lb2.wait_for("VRRP INIT -> BACKUP");
+    // Cut both backends: lb1's checks fail, it demotes itself and lb2 preempts.
+    lab.cut("be1");
+    lab.cut("be2");
+    lab.wait(
+        "lb2 took over from the demoted lb1",
+        Duration::from_secs(5),
+        || lab.has_address("lb2", VIP),
+    );
+    let out = std::process::Command::new(TANDEM)
+        .args(["ctl", "--socket"])
+        .arg(lab.dir.path().join("lb1.sock"))
+        .arg("ha")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("state BACKUP"), "{text}");
+    assert!(text.contains("priority 50 (configured 150)"), "{text}");
+    assert!(
+        text.contains("-100: pool web has no healthy backend"),
+        "{text}"
+    );
+    drop(lb1);
+}
+
+fn keepalived() -> Option<&'static str> {
+    ["/usr/sbin/keepalived", "/sbin/keepalived"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+fn start_keepalived(lab: &Lab, name: &str, priority: u8) -> Running {
+    let dir = lab.dir.path().display();
+    let conf = lab.dir.path().join(format!("{name}-keepalived.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n\
+vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 0.1\n  \
+virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let conf = conf.display().to_string();
+    let args = [
+        "--dont-fork",
+        "--log-console",
+        "--log-detail",
+        "--vrrp",
+        "-f",
+        conf.as_str(),
+        "-p",
+        &format!("{dir}/{name}-keepalived.pid"),
+        "-r",
+        &format!("{dir}/{name}-vrrp.pid"),
+    ]
+    .map(|s| s.to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.spawn(name, keepalived().unwrap(), &args)
+}
+
+#[test]
+fn interoperates_with_keepalived_in_both_directions() {
+    if keepalived().is_none() {
+        eprintln!("SKIPPED: keepalived is not installed (scripts/test installs it as root)");
+        return;
+    }
+    let Some(mut lab) = lab("kp") else { return };
+    lab.host("kp", "10.99.0.3/24");
+
+    // tandem master (150), keepalived backup (100): tandem stops, keepalived takes over.
+    let mut tandem = start_node(&lab, "lb1", 150, "");
+    lab.wait("tandem master", Duration::from_secs(5), || {
+        lab.has_address("lb1", VIP)
+    });
+    let mut kp = start_keepalived(&lab, "kp", 100);
+    kp.wait_for("Entering BACKUP STATE");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        lab.has_address("lb1", VIP) && !lab.has_address("kp", VIP),
+        "keepalived accepted tandem as master"
+    );
+    kill(&tandem, rustix::process::Signal::TERM);
+    assert_eq!(tandem.wait_exit(Duration::from_secs(5)), 0);
+    let took = lab.wait(
+        "keepalived took over from tandem",
+        Duration::from_secs(2),
+        || lab.has_address("kp", VIP),
+    );
+    kp.wait_for("Entering MASTER STATE");
+    println!(
+        "keepalived took over {} ms after tandem left",
+        took.as_millis()
+    );
+
+    // tandem comes back with the higher priority and preempts keepalived.
+    let _tandem = start_node(&lab, "lb1", 150, "");
+    lab.wait(
+        "tandem preempted keepalived",
+        Duration::from_secs(3),
+        || lab.has_address("lb1", VIP),
+    );
+    lab.wait("keepalived released", Duration::from_secs(3), || {
+        !lab.has_address("kp", VIP)
+    });
+    drop(_tandem);
+    drop(kp);
+
+    // keepalived master (200), tandem backup (100): keepalived stops, tandem takes over
+    // and serves the clients.
+    let Some(lab) = self::lab("k2") else { return };
+    let mut lab = lab;
+    lab.host("kp", "10.99.0.3/24");
+    let kp = start_keepalived(&lab, "kp", 200);
+    lab.wait("keepalived master", Duration::from_secs(5), || {
+        lab.has_address("kp", VIP)
+    });
+    let mut tandem = start_node(&lab, "lb1", 100, "");
+    tandem.wait_for("VRRP INIT -> BACKUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !lab.has_address("lb1", VIP),
+        "tandem accepted keepalived as master"
+    );
+    let status = std::process::Command::new(TANDEM)
+        .args(["ctl", "--json", "--socket"])
+        .arg(lab.dir.path().join("lb1.sock"))
+        .arg("ha")
+        .output()
+        .unwrap();
+    let ha: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(ha["master"], "10.99.0.3", "tandem hears keepalived: {ha}");
+    assert!(
+        ha["dropped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d[0] != "checksum"),
+        "checksums agree: {ha}"
+    );
+    let client = lab.client(
+        "client",
+        vip(),
+        Duration::from_millis(20),
+        Duration::from_secs(30),
+    );
+    let stopped = Instant::now();
+    kp.signal(rustix::process::Signal::TERM);
+    let (served, _) = client.wait_answer_after(stopped, Duration::from_secs(3));
+    tandem.wait_for("VRRP BACKUP -> MASTER");
+    assert!(lab.has_address("lb1", VIP));
+    println!(
+        "tandem took over from keepalived; first request served {} ms after keepalived's SIGTERM",
+        served.duration_since(stopped).as_millis()
+    );
+}
+
+#[test]
+fn split_brain_heals_within_one_advertisement_interval() {
+    let Some(lab) = lab("sb") else { return };
+    // lb2 starts cut off: it hears no master and takes the address too.
+    lab.isolate("lb2", true);
+    let _lb1 = start_node(&lab, "lb1", 150, "");
+    let mut lb2 = start_node(&lab, "lb2", 100, "");
+    lab.wait("both masters", Duration::from_secs(5), || {
+        lab.has_address("lb1", VIP) && lab.has_address("lb2", VIP)
+    });
+    lb2.wait_for("VRRP BACKUP -> MASTER");
+    // The segment heals: the lower priority hears the higher and yields.
+    let healed = Instant::now();
+    lab.isolate("lb2", false);
+    let resolved = lab.wait("one master again", Duration::from_secs(2), || {
+        !lab.has_address("lb2", VIP)
+    });
+    lb2.wait_for("VRRP MASTER -> BACKUP");
+    assert!(lab.has_address("lb1", VIP));
+    println!(
+        "split brain healed {} ms after the segment joined (advert interval 100 ms)",
+        resolved.as_millis()
+    );
+    assert!(
+        resolved <= Duration::from_millis(200),
+        "took {resolved:?} (healed at {healed:?})"
+    );
+}

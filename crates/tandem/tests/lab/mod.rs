@@ -1,0 +1,302 @@
+//! A network lab of namespaces on one bridge, made by the test and always removed
+//! (Drop runs on failure too). Needs root and iproute2; `Lab::new` returns `None`
+//! otherwise and the test says SKIPPED.
+//!
+//! Hosts are network namespaces with one interface `eth0` on a bridge that lives in a
+//! namespace of its own. Traffic stays inside these namespaces.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::Running;
+
+/// When each request was sent and what answered it.
+type ProbeLog = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
+
+/// The lab: its namespaces and a folder for configurations.
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    /// Switch-side interface of each host.
+    ports: std::collections::HashMap<String, String>,
+    switch: String,
+    /// Files of this lab.
+    pub dir: tempfile::TempDir,
+    stop: Arc<AtomicBool>,
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Lab {
+    /// A new lab, or `None` (with a loud SKIPPED line) without root or `ip`.
+    pub fn new(tag: &str) -> Option<Lab> {
+        if !rustix::process::geteuid().is_root() || ip(&["-V"]).is_err() {
+            eprintln!(
+                "SKIPPED: the {tag} lab needs root and iproute2 (scripts/test runs as root in CI)"
+            );
+            return None;
+        }
+        let prefix = format!("td{}{}", std::process::id() % 100_000, tag);
+        let switch = format!("{prefix}-sw");
+        ip(&["netns", "add", &switch]).unwrap();
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]).unwrap();
+        ip(&["-n", &switch, "link", "set", "br0", "up"]).unwrap();
+        Some(Lab {
+            ports: std::collections::HashMap::new(),
+            namespaces: vec![switch.clone()],
+            prefix,
+            switch,
+            dir: tempfile::tempdir().unwrap(),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The namespace of host `name`.
+    pub fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// Adds host `name` with `eth0` on the bridge, holding `address` (e.g. "10.99.0.1/24").
+    pub fn host(&mut self, name: &str, address: &str) -> String {
+        let ns = self.ns(name);
+        ip(&["netns", "add", &ns]).unwrap();
+        self.namespaces.push(ns.clone());
+        let n = self.namespaces.len();
+        let (host_end, switch_end) = (
+            format!("tdh{}x{n}", std::process::id() % 10_000),
+            format!("tds{}x{n}", std::process::id() % 10_000),
+        );
+        ip(&[
+            "link",
+            "add",
+            &host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &switch_end,
+        ])
+        .unwrap();
+        ip(&["link", "set", &host_end, "netns", &ns, "name", "eth0"]).unwrap();
+        ip(&["link", "set", &switch_end, "netns", &self.switch]).unwrap();
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &switch_end,
+            "master",
+            "br0",
+            "up",
+        ])
+        .unwrap();
+        self.ports.insert(name.to_string(), switch_end.clone());
+        ip(&["-n", &ns, "addr", "add", address, "dev", "eth0"]).unwrap();
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]).unwrap();
+        ip(&["-n", &ns, "link", "set", "lo", "up"]).unwrap();
+        ns
+    }
+
+    /// Whether host `name` holds `address` on eth0.
+    pub fn has_address(&self, name: &str, address: &str) -> bool {
+        ip(&["-n", &self.ns(name), "-4", "addr", "show", "dev", "eth0"])
+            .map(|out| out.contains(&format!("inet {address}/")))
+            .unwrap_or(false)
+    }
+
+    /// Waits until `done` holds, or panics after `within`; returns the time it took.
+    pub fn wait(&self, what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < within, "{what}: not within {within:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        started.elapsed()
+    }
+
+    /// Takes host `name` off the bridge (or puts it back): its link stays up, but it
+    /// hears nobody, as behind a failed switch port.
+    pub fn isolate(&self, name: &str, isolated: bool) {
+        let port = &self.ports[name];
+        if isolated {
+            ip(&["-n", &self.switch, "link", "set", port, "nomaster"]).unwrap();
+        } else {
+            ip(&["-n", &self.switch, "link", "set", port, "master", "br0"]).unwrap();
+        }
+    }
+
+    /// Sets host `name`'s eth0 down (its cable cut).
+    pub fn cut(&self, name: &str) {
+        ip(&["-n", &self.ns(name), "link", "set", "eth0", "down"]).unwrap();
+    }
+
+    /// Runs `f` on a thread that has entered host `name`'s namespace: sockets made there
+    /// belong to that namespace, whatever thread uses them later.
+    pub fn in_ns<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let path = format!("/var/run/netns/{}", self.ns(name));
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&file),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Starts `program args` inside host `name` (`ip netns exec`).
+    pub fn spawn(&self, name: &str, program: &str, args: &[&str]) -> Running {
+        let ns = self.ns(name);
+        let mut all = vec!["netns", "exec", ns.as_str(), program];
+        all.extend_from_slice(args);
+        Running::spawn_program("ip", &all)
+    }
+
+    /// An HTTP/1.0 server in host `name` on `address` that answers with `body`.
+    pub fn http_backend(&self, name: &str, address: SocketAddr, body: &'static str) {
+        let listener = self.in_ns(name, move || TcpListener::bind(address).unwrap());
+        let stop = self.stop.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut s) = stream else { continue };
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(
+                        format!(
+                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                });
+            }
+        });
+    }
+
+    /// A client in host `name` that starts a `GET /` to `target` every `period` (each on
+    /// its own thread, so a request stuck on a dead path does not delay the next) until
+    /// the lab ends or `limit` passes, recording when each was sent and who answered.
+    pub fn client(
+        &self,
+        name: &str,
+        target: SocketAddr,
+        period: Duration,
+        limit: Duration,
+    ) -> Probe {
+        let log: ProbeLog = Arc::default();
+        let record = log.clone();
+        let stop = self.stop.clone();
+        let path = format!("/var/run/netns/{}", self.ns(name));
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&file),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap();
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+                let at = Instant::now();
+                let record = record.clone();
+                // Threads started here inherit this thread's namespace.
+                std::thread::spawn(move || {
+                    let answer = request(target);
+                    record.lock().unwrap().push((at, answer));
+                });
+                std::thread::sleep(period.saturating_sub(at.elapsed()));
+            }
+        });
+        Probe { log }
+    }
+}
+
+/// One HTTP request with short timeouts: the body, or `None`.
+pub fn request(target: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_millis(150)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split("\r\n\r\n")
+        .nth(1)
+        .map(str::to_string)
+        .filter(|b| !b.is_empty())
+}
+
+/// What a lab client saw.
+pub struct Probe {
+    log: ProbeLog,
+}
+
+impl Probe {
+    /// The first answered request sent at or after `t`, and when it was sent.
+    pub fn first_answer_after(&self, t: Instant) -> Option<(Instant, String)> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, answer)| *at >= t && answer.is_some())
+            .min_by_key(|(at, _)| *at)
+            .map(|(at, a)| (*at, a.clone().unwrap()))
+    }
+
+    /// Requests sent at or after `t`: (answered, failed).
+    pub fn counts_after(&self, t: Instant) -> (usize, usize) {
+        let log = self.log.lock().unwrap();
+        let after = log.iter().filter(|(at, _)| *at >= t);
+        let ok = after.clone().filter(|(_, a)| a.is_some()).count();
+        (ok, after.count() - ok)
+    }
+
+    /// Waits for an answer to a request sent at or after `t`.
+    pub fn wait_answer_after(&self, t: Instant, within: Duration) -> (Instant, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(a) = self.first_answer_after(t) {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "no answer within {within:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for ns in self.namespaces.iter().rev() {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
