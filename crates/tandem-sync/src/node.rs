@@ -1,0 +1,495 @@
+//! The IO of sync: a listener, a dialer per peer (with backoff), a batcher that turns a
+//! burst of changes into a few frames, and one task per connection.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::codec::{FrameKey, MAX_FRAME, Message, WireEntry};
+use crate::session::{Role, Session, SessionError};
+
+/// Most entries in one frame.
+pub const BATCH_ENTRIES: usize = 2048;
+/// How long a change may wait to be batched with others.
+pub const BATCH_DELAY: Duration = Duration::from_millis(20);
+/// Reconnection backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Without any peer answering for this long after start, the node counts as synced.
+pub const LONE_NODE_GRACE: Duration = Duration::from_secs(10);
+
+/// Settings of a sync node.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// This node's name.
+    pub node: String,
+    /// Address to listen on (this node's address on the sync network).
+    pub listen: SocketAddr,
+    /// Peers' sync addresses.
+    pub peers: Vec<SocketAddr>,
+    /// The shared secret.
+    pub secret: Vec<u8>,
+    /// Digest of the pool configuration.
+    pub pools_digest: u64,
+}
+
+/// Where entries come from and go to: the daemon's sticky tables and pools.
+pub trait Store: Send + Sync + 'static {
+    /// Every live entry, for a bulk transfer.
+    fn entries(&self) -> Vec<WireEntry>;
+    /// Merges entries from a peer (newest pin wins).
+    fn apply(&self, entries: &[WireEntry]);
+    /// Removes entries.
+    fn delete(&self, keys: &[(String, IpAddr)]);
+    /// An operator's enable/disable from a peer.
+    fn set_backend(&self, pool: &str, address: SocketAddr, enabled: bool);
+}
+
+/// A local change to send to the peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new, re-pinned or refreshed entry.
+    Entry(WireEntry),
+    /// An entry removed.
+    Delete(String, IpAddr),
+    /// An operator enabled or disabled a backend.
+    Backend {
+        /// Pool.
+        pool: String,
+        /// Backend.
+        address: SocketAddr,
+        /// New flag.
+        enabled: bool,
+    },
+}
+
+/// What is known of one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Configured address (or the address it came from).
+    pub address: String,
+    /// Its node name, once it said hello.
+    pub name: Option<String>,
+    /// Session up.
+    pub connected: bool,
+    /// Its bulk transfer reached us.
+    pub synced: bool,
+    /// Entries sent to it.
+    pub sent: u64,
+    /// Entries received from it.
+    pub received: u64,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// Its pool configuration differs from ours.
+    pub config_mismatch: bool,
+}
+
+type Peers = Arc<Mutex<Vec<PeerStatus>>>;
+
+/// A running sync node.
+#[derive(Debug)]
+pub struct SyncNode {
+    changes: mpsc::Sender<Change>,
+    peers: Peers,
+    synced: watch::Receiver<bool>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    stop: CancellationToken,
+    local: SocketAddr,
+}
+
+impl SyncNode {
+    /// Binds the listener and starts dialing peers.
+    pub async fn start(settings: SyncSettings, store: Arc<dyn Store>) -> std::io::Result<SyncNode> {
+        let listener = TcpListener::bind(settings.listen).await?;
+        let local = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let (changes, rx) = mpsc::channel(65_536);
+        let (batches, _) = broadcast::channel::<Arc<Vec<Message>>>(1024);
+        let (synced_tx, synced) = watch::channel(false);
+        let peers: Peers = Arc::new(Mutex::new(
+            settings
+                .peers
+                .iter()
+                .map(|p| PeerStatus {
+                    address: p.to_string(),
+                    ..PeerStatus::default()
+                })
+                .collect(),
+        ));
+        let shared = Arc::new(Shared {
+            settings: settings.clone(),
+            secret: FrameKey::from_secret(&settings.secret),
+            store,
+            batches: batches.clone(),
+            peers: peers.clone(),
+            synced: synced_tx,
+            started: Instant::now(),
+        });
+        tokio::spawn(batcher(rx, batches, stop.clone()));
+        tokio::spawn(accept(listener, shared.clone(), stop.clone()));
+        for peer in &settings.peers {
+            // One connection per pair: the node with the lower address dials.
+            if settings.listen < *peer {
+                tokio::spawn(dial(*peer, shared.clone(), stop.clone()));
+            }
+        }
+        let grace = shared.clone();
+        let grace_stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = grace_stop.cancelled() => {}
+                () = tokio::time::sleep(LONE_NODE_GRACE) => {
+                    if !*grace.synced.borrow() && !grace.peers.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|p| p.connected) {
+                        warn!(target: "tandem::sync", "no sync peer answered within {LONE_NODE_GRACE:?}: going on with the local table");
+                        let _ = grace.synced.send(true);
+                    }
+                }
+            }
+        });
+        info!(target: "tandem::sync", listen = %local, peers = ?settings.peers, "sync ready");
+        Ok(SyncNode {
+            changes,
+            peers,
+            synced,
+            dropped: Arc::default(),
+            stop,
+            local,
+        })
+    }
+
+    /// The listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Queues a local change for every peer. Never blocks: when the queue is full the
+    /// change is counted as dropped (the peers' next bulk transfer carries it).
+    pub fn publish(&self, change: Change) {
+        if self.changes.try_send(change).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Every peer's state.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Becomes true once a peer's bulk transfer has arrived (or no peer answered at all
+    /// within [`LONE_NODE_GRACE`]).
+    pub fn synced(&self) -> watch::Receiver<bool> {
+        self.synced.clone()
+    }
+
+    /// Stops every task and connection.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for SyncNode {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Shared {
+    settings: SyncSettings,
+    secret: FrameKey,
+    store: Arc<dyn Store>,
+    batches: broadcast::Sender<Arc<Vec<Message>>>,
+    peers: Peers,
+    synced: watch::Sender<bool>,
+    started: Instant,
+}
+
+impl Shared {
+    fn peer<R>(&self, address: &str, f: impl FnOnce(&mut PeerStatus) -> R) -> R {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match peers.iter().position(|p| p.address == address) {
+            Some(i) => i,
+            None => {
+                peers.push(PeerStatus {
+                    address: address.to_string(),
+                    ..PeerStatus::default()
+                });
+                peers.len() - 1
+            }
+        };
+        f(&mut peers[i])
+    }
+}
+
+/// Collects changes for up to [`BATCH_DELAY`] (or [`BATCH_ENTRIES`]), keeps the last
+/// change of each entry, and broadcasts them as a few messages.
+async fn batcher(
+    mut rx: mpsc::Receiver<Change>,
+    out: broadcast::Sender<Arc<Vec<Message>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => return,
+            c = rx.recv() => match c { Some(c) => c, None => return },
+        };
+        let mut entries: HashMap<(String, IpAddr), WireEntry> = HashMap::new();
+        let mut deletes = Vec::new();
+        let mut messages = Vec::new();
+        let mut take = |c: Change, entries: &mut HashMap<(String, IpAddr), WireEntry>| match c {
+            Change::Entry(e) => {
+                entries.insert((e.pool.clone(), e.client), e);
+            }
+            Change::Delete(pool, client) => {
+                entries.remove(&(pool.clone(), client));
+                deletes.push((pool, client));
+            }
+            Change::Backend {
+                pool,
+                address,
+                enabled,
+            } => messages.push(Message::Backend {
+                pool,
+                address,
+                enabled,
+            }),
+        };
+        take(first, &mut entries);
+        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
+        while entries.len() < BATCH_ENTRIES * 4 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(c)) => take(c, &mut entries),
+                _ => break,
+            }
+        }
+        let entries: Vec<WireEntry> = entries.into_values().collect();
+        for chunk in entries.chunks(BATCH_ENTRIES) {
+            messages.push(Message::Entries {
+                bulk: false,
+                entries: chunk.to_vec(),
+            });
+        }
+        if !deletes.is_empty() {
+            messages.push(Message::Deletes(deletes));
+        }
+        let _ = out.send(Arc::new(messages));
+    }
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let (stream, from) = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(target: "tandem::sync", error = %e, "sync accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Name the peer by its configured address when its IP matches one.
+        let address = shared
+            .settings
+            .peers
+            .iter()
+            .find(|p| p.ip() == from.ip())
+            .map_or(from.to_string(), ToString::to_string);
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let result = connection(stream, Role::Responder, &address, &shared, &stop).await;
+            finish(&shared, &address, result);
+        });
+    }
+}
+
+async fn dial(peer: SocketAddr, shared: Arc<Shared>, stop: CancellationToken) {
+    let address = peer.to_string();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let attempt = tokio::select! {
+            () = stop.cancelled() => return,
+            r = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(peer)) => r,
+        };
+        match attempt {
+            Ok(Ok(stream)) => {
+                let started = Instant::now();
+                let result = connection(stream, Role::Initiator, &address, &shared, &stop).await;
+                finish(&shared, &address, result);
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = BACKOFF_MIN;
+                }
+            }
+            Ok(Err(e)) => shared.peer(&address, |p| p.last_error = Some(format!("connect: {e}"))),
+            Err(_) => shared.peer(&address, |p| {
+                p.last_error = Some("connect: timed out".into())
+            }),
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn finish(shared: &Shared, address: &str, result: Result<(), String>) {
+    shared.peer(address, |p| {
+        p.connected = false;
+        if let Err(e) = &result {
+            p.last_error = Some(e.clone());
+        }
+    });
+    match result {
+        Ok(()) => debug!(target: "tandem::sync", peer = address, "sync session closed"),
+        Err(e) => warn!(target: "tandem::sync", peer = address, "sync session ended: {e}"),
+    }
+}
+
+/// Sends a sealed frame; the codec writes the length itself.
+async fn send_frame(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    frame: Vec<u8>,
+) -> std::io::Result<()> {
+    framed.send(bytes::Bytes::from(frame).slice(4..)).await
+}
+
+/// Runs one session until it ends.
+async fn connection(
+    stream: TcpStream,
+    role: Role,
+    address: &str,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let codec = LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(MAX_FRAME)
+        .new_codec();
+    let mut framed = Framed::new(stream, codec);
+    let mut nonce = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| "no random bytes".to_string())?;
+    let now = || shared.started.elapsed();
+    let mut session = Session::new(
+        role,
+        shared.secret.clone(),
+        &shared.settings.node,
+        nonce,
+        shared.settings.pools_digest,
+        now(),
+    );
+    let hello = session.hello(now());
+    send_frame(&mut framed, hello)
+        .await
+        .map_err(|e| format!("sending hello: {e}"))?;
+    let first = tokio::time::timeout(Duration::from_secs(5), framed.next())
+        .await
+        .map_err(|_| "no hello within 5s".to_string())?
+        .ok_or("closed before its hello")?
+        .map_err(|e| format!("reading hello: {e}"))?;
+    if let Err(e) = session.receive(&first, now()) {
+        warn!(target: "tandem::sync", peer = address, "refused a sync peer: {e}");
+        return Err(format!("refused: {e}"));
+    }
+    let peer = session.peer().cloned().expect("established");
+    let mismatch = peer.pools_digest != shared.settings.pools_digest;
+    if mismatch {
+        warn!(target: "tandem::sync", peer = address, node = %peer.node, "peer's pools differ from ours: entries of pools it lacks are ignored there");
+    }
+    shared.peer(address, |p| {
+        p.connected = true;
+        p.synced = false;
+        p.name = Some(peer.node.clone());
+        p.last_error = None;
+        p.config_mismatch = mismatch;
+    });
+    info!(target: "tandem::sync", peer = address, node = %peer.node, "sync session up");
+    let mut batches = shared.batches.subscribe();
+    send_frame(&mut framed, session.seal(&Message::BulkRequest, now()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            frame = framed.next() => {
+                let body = match frame {
+                    None => return Err("peer closed the connection".into()),
+                    Some(Err(e)) => return Err(format!("reading: {e}")),
+                    Some(Ok(body)) => body,
+                };
+                let message = session.receive(&body, now()).map_err(|e: SessionError| e.to_string())?;
+                match message {
+                    Message::Entries { entries, .. } => {
+                        shared.store.apply(&entries);
+                        shared.peer(address, |p| p.received += entries.len() as u64);
+                    }
+                    Message::BulkRequest => {
+                        let entries = shared.store.entries();
+                        let count = entries.len();
+                        for chunk in entries.chunks(BATCH_ENTRIES) {
+                            let m = Message::Entries { bulk: true, entries: chunk.to_vec() };
+                            send_frame(&mut framed, session.seal(&m, now())).await.map_err(|e| e.to_string())?;
+                        }
+                        send_frame(&mut framed, session.seal(&Message::BulkEnd, now())).await.map_err(|e| e.to_string())?;
+                        shared.peer(address, |p| p.sent += count as u64);
+                        info!(target: "tandem::sync", peer = address, entries = count, "bulk transfer sent");
+                    }
+                    Message::BulkEnd => {
+                        shared.peer(address, |p| p.synced = true);
+                        let _ = shared.synced.send(true);
+                        info!(target: "tandem::sync", peer = address, "bulk transfer received: synced");
+                    }
+                    Message::Deletes(keys) => shared.store.delete(&keys),
+                    Message::Backend { pool, address: backend, enabled } => shared.store.set_backend(&pool, backend, enabled),
+                    Message::Heartbeat => {}
+                    Message::Hello { .. } => return Err("a second hello".into()),
+                }
+            }
+            batch = batches.recv() => match batch {
+                Ok(messages) => {
+                    let mut count = 0;
+                    for m in messages.iter() {
+                        if let Message::Entries { entries, .. } = m {
+                            count += entries.len() as u64;
+                        }
+                        send_frame(&mut framed, session.seal(m, now())).await.map_err(|e| e.to_string())?;
+                    }
+                    shared.peer(address, |p| p.sent += count);
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    // Too far behind to catch up change by change: send everything.
+                    warn!(target: "tandem::sync", peer = address, missed = n, "sync link lagging: sending the whole table");
+                    let entries = shared.store.entries();
+                    for chunk in entries.chunks(BATCH_ENTRIES) {
+                        let m = Message::Entries { bulk: true, entries: chunk.to_vec() };
+                        send_frame(&mut framed, session.seal(&m, now())).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            _ = tick.tick() => {
+                if let Some(heartbeat) = session.poll(now()).map_err(|e| e.to_string())? {
+                    send_frame(&mut framed, heartbeat).await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+}
