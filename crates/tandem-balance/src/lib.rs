@@ -21,7 +21,7 @@ use std::time::Instant;
 
 pub use backend::{Backend, BackendState, Lease};
 pub use select::{HASH_SEED, Selector, ip_bytes};
-pub use sticky::{StickyEntry, StickyTable};
+pub use sticky::{StickyChange, StickyEntry, StickyObserver, StickyTable, unix_ms};
 pub use tandem_config::Balance;
 
 /// Milliseconds since the first call in this process: the clock of sticky tables.

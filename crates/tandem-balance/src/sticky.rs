@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -19,18 +19,61 @@ const SHARDS: usize = 64;
 pub struct StickyEntry {
     /// The backend the client is pinned to.
     pub backend: SocketAddr,
-    /// When the entry expires unless used again (ms).
+    /// When the entry expires unless used again (ms, table clock).
     pub expires: u64,
+    /// When the pin was decided (Unix ms): the newer pin wins when nodes disagree.
+    pub pinned_at: u64,
+    /// Which node decided it (a stable hash of its name): breaks `pinned_at` ties.
+    pub origin: u64,
+    /// The expiry last announced to observers (so refreshes are announced sparingly).
+    announced: u64,
+}
+
+/// A change an observer (state sync) hears about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StickyChange {
+    /// A client was pinned, re-pinned, or its entry's life was extended.
+    Pinned {
+        /// The client.
+        client: IpAddr,
+        /// The entry now.
+        entry: StickyEntry,
+    },
+    /// An entry was evicted because the table was full.
+    Evicted {
+        /// The client.
+        client: IpAddr,
+    },
+}
+
+/// Called on every change made by this node (not on merges from peers).
+pub type StickyObserver = Arc<dyn Fn(StickyChange) + Send + Sync>;
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A bounded, expiring map from client address to backend.
-#[derive(Debug)]
 pub struct StickyTable {
     shards: Box<[Mutex<HashMap<IpAddr, StickyEntry>>]>,
     ttl_ms: AtomicU64,
     capacity: AtomicUsize,
     len: AtomicUsize,
     evicted: AtomicU64,
+    origin: AtomicU64,
+    observer: OnceLock<StickyObserver>,
+}
+
+impl std::fmt::Debug for StickyTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StickyTable")
+            .field("len", &self.len())
+            .field("ttl_ms", &self.ttl_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StickyTable {
@@ -42,7 +85,27 @@ impl StickyTable {
             capacity: AtomicUsize::new(capacity.max(1)),
             len: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
+            origin: AtomicU64::new(0),
+            observer: OnceLock::new(),
         }
+    }
+
+    /// Sets the observer of this node's changes (once; later calls do nothing) and the
+    /// origin stamped on this node's pins.
+    pub fn observe(&self, origin: u64, observer: StickyObserver) {
+        self.origin.store(origin, Relaxed);
+        let _ = self.observer.set(observer);
+    }
+
+    fn tell(&self, change: StickyChange) {
+        if let Some(observer) = self.observer.get() {
+            observer(change);
+        }
+    }
+
+    /// The TTL in milliseconds.
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl_ms.load(Relaxed)
     }
 
     /// Applies new settings from a reload; existing entries stay.
@@ -61,7 +124,9 @@ impl StickyTable {
         self.shard(key).lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The backend of `client` if its entry is live; using it extends its life.
+    /// The backend of `client` if its entry is live; using it extends its life. An
+    /// extension is announced to the observer once it moved the expiry by a second or
+    /// more (or a tenth of a short TTL), so peers expire the entry at the same time.
     pub fn get(&self, client: &IpAddr, now: u64) -> Option<SocketAddr> {
         let mut shard = self.lock(client);
         let entry = shard.get_mut(client)?;
@@ -70,14 +135,87 @@ impl StickyTable {
             self.len.fetch_sub(1, Relaxed);
             return None;
         }
-        entry.expires = now + self.ttl_ms.load(Relaxed);
-        Some(entry.backend)
+        let ttl = self.ttl_ms.load(Relaxed);
+        entry.expires = now + ttl;
+        let step = (ttl / 10).clamp(1, 1000);
+        let announce = entry.expires >= entry.announced + step;
+        if announce {
+            entry.announced = entry.expires;
+        }
+        let (backend, copy) = (entry.backend, *entry);
+        drop(shard);
+        if announce {
+            self.tell(StickyChange::Pinned {
+                client: *client,
+                entry: copy,
+            });
+        }
+        Some(backend)
     }
 
     /// Pins `client` to `backend`, evicting the entry nearest to expiry when full.
     pub fn set(&self, client: IpAddr, backend: SocketAddr, now: u64) {
         let expires = now + self.ttl_ms.load(Relaxed);
+        let entry = StickyEntry {
+            backend,
+            expires,
+            pinned_at: unix_ms(),
+            origin: self.origin.load(Relaxed),
+            announced: expires,
+        };
+        let evicted = self.insert(client, entry, now);
+        if let Some(gone) = evicted {
+            self.tell(StickyChange::Evicted { client: gone });
+        }
+        self.tell(StickyChange::Pinned { client, entry });
+    }
+
+    /// Merges an entry decided by another node: a different backend replaces ours only
+    /// if its pin is newer (ties: the larger origin); the same backend keeps the later
+    /// expiry. Observers are not told (the change came from a peer).
+    pub fn merge(
+        &self,
+        client: IpAddr,
+        backend: SocketAddr,
+        expires: u64,
+        pinned_at: u64,
+        origin: u64,
+        now: u64,
+    ) {
+        if expires <= now {
+            return;
+        }
+        {
+            let mut shard = self.lock(&client);
+            if let Some(ours) = shard.get_mut(&client)
+                && ours.expires > now
+            {
+                if ours.backend == backend {
+                    ours.expires = ours.expires.max(expires);
+                    ours.announced = ours.announced.max(expires);
+                    return;
+                }
+                if (pinned_at, origin) <= (ours.pinned_at, ours.origin) {
+                    return;
+                }
+            }
+        }
+        let entry = StickyEntry {
+            backend,
+            expires,
+            pinned_at,
+            origin,
+            announced: expires,
+        };
+        if let Some(gone) = self.insert(client, entry, now) {
+            self.tell(StickyChange::Evicted { client: gone });
+        }
+    }
+
+    /// Inserts or replaces; returns the client evicted to make room, if any.
+    fn insert(&self, client: IpAddr, entry: StickyEntry, now: u64) -> Option<IpAddr> {
         let per_shard = self.capacity.load(Relaxed).div_ceil(SHARDS);
+        let mut evicted = None;
         let mut shard = self.lock(&client);
         if !shard.contains_key(&client) {
             if shard.len() >= per_shard {
@@ -92,11 +230,13 @@ impl StickyTable {
                     shard.remove(&oldest);
                     self.len.fetch_sub(1, Relaxed);
                     self.evicted.fetch_add(1, Relaxed);
+                    evicted = Some(oldest);
                 }
             }
             self.len.fetch_add(1, Relaxed);
         }
-        shard.insert(client, StickyEntry { backend, expires });
+        shard.insert(client, entry);
+        evicted
     }
 
     /// Removes `client`'s entry.
@@ -202,6 +342,61 @@ mod tests {
         assert!(t.evicted() >= 10_000 - cap as u64);
         // The newest entry is always kept.
         assert_eq!(t.get(&ip(9_999), 10_000), Some(be(1)));
+    }
+
+    #[test]
+    fn merge_keeps_the_newest_pin_and_breaks_ties_by_origin() {
+        let t = StickyTable::new(Duration::from_secs(60), 100);
+        t.merge(ip(1), be(1), 50_000, 1_000, 7, 0);
+        assert_eq!(t.get(&ip(1), 1), Some(be(1)));
+        // An older pin elsewhere loses; a newer one wins.
+        t.merge(ip(1), be(2), 50_000, 999, 9, 2);
+        assert_eq!(t.get(&ip(1), 3), Some(be(1)));
+        t.merge(ip(1), be(2), 50_000, 1_001, 1, 4);
+        assert_eq!(t.get(&ip(1), 5), Some(be(2)));
+        // Same time: the larger origin wins, whichever arrives first.
+        t.merge(ip(2), be(1), 50_000, 5_000, 3, 0);
+        t.merge(ip(2), be(2), 50_000, 5_000, 4, 0);
+        assert_eq!(t.get(&ip(2), 1), Some(be(2)));
+        t.merge(ip(2), be(3), 50_000, 5_000, 2, 0);
+        assert_eq!(t.get(&ip(2), 1), Some(be(2)));
+        // The same backend keeps the later expiry; expired entries are not merged.
+        t.merge(ip(3), be(1), 10_000, 1, 1, 0);
+        t.merge(ip(3), be(1), 20_000, 1, 1, 0);
+        t.merge(ip(3), be(1), 15_000, 1, 1, 0);
+        assert_eq!(t.get(&ip(3), 19_999), Some(be(1)));
+        t.merge(ip(4), be(1), 100, 1, 1, 100);
+        assert_eq!(t.get(&ip(4), 100), None);
+    }
+
+    #[test]
+    fn the_observer_hears_pins_and_sparing_refreshes_but_not_merges() {
+        let heard: Arc<Mutex<Vec<StickyChange>>> = Arc::default();
+        let t = StickyTable::new(Duration::from_secs(30), 100);
+        let h = heard.clone();
+        t.observe(42, Arc::new(move |c| h.lock().unwrap().push(c)));
+        t.set(ip(1), be(1), 0);
+        t.merge(ip(2), be(2), 10_000, 1, 1, 0);
+        // Uses within a second of the last announcement stay quiet.
+        for now in [100, 500, 900] {
+            t.get(&ip(1), now);
+        }
+        t.get(&ip(1), 1_000);
+        let heard = heard.lock().unwrap();
+        assert_eq!(heard.len(), 2, "{heard:?}");
+        match heard[0] {
+            StickyChange::Pinned { client, entry } => {
+                assert_eq!(
+                    (client, entry.backend, entry.origin, entry.expires),
+                    (ip(1), be(1), 42, 30_000)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match heard[1] {
+            StickyChange::Pinned { entry, .. } => assert_eq!(entry.expires, 31_000),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -62,9 +62,6 @@ impl Config {
     /// Configured features that this build validates but does not act on yet.
     pub fn inactive_features(&self) -> Vec<&'static str> {
         let mut notes = Vec::new();
-        if self.sync.is_some() {
-            notes.push("[sync] is validated, but state sync is not active in this version");
-        }
         if self.services.iter().any(|s| s.mode != Mode::Tcp) {
             notes.push("services with mode http/redirect are validated, but relayed as plain tcp in this version");
         }

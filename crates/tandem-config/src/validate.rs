@@ -879,6 +879,9 @@ impl Validator<'_> {
     fn sync(&mut self, s: &S<raw::RawSync>) -> Sync {
         let s = s.get_ref();
         let listen = self.socket_addr(&s.listen, "sync.listen");
+        if listen.is_some_and(|a| a.ip().is_unspecified()) {
+            self.error(s.listen.span(), "sync.listen", "is not this node's own address".into(), "listen on the node's address on the sync network, the one its peers list (e.g. \"10.0.1.1:7946\")");
+        }
         let peers = s
             .peers
             .iter()

@@ -179,7 +179,10 @@ key_file = "sync.key"
     assert_eq!(sync.peers, vec!["10.0.1.2:7946".parse().unwrap()]);
     // Later issues' sections are validated now and reported as not yet active.
     let notes = c.inactive_features().join("\n");
-    assert!(notes.contains("[sync]"), "{notes}");
+    assert!(
+        !notes.contains("[sync]") && !notes.contains("[ha]"),
+        "{notes}"
+    );
 }
 
 #[test]

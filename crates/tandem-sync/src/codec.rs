@@ -33,8 +33,8 @@ pub struct WireEntry {
     pub remaining_ms: u64,
     /// When the pin was decided (Unix ms): the newer pin wins a conflict.
     pub pinned_at_ms: u64,
-    /// The node that decided it: breaks ties of `pinned_at_ms`.
-    pub origin: String,
+    /// The node that decided it (a stable hash of its name): breaks ties of `pinned_at_ms`.
+    pub origin: u64,
 }
 
 /// A message between two nodes.
@@ -200,7 +200,7 @@ mod tests {
             backend: "10.0.0.1:80".parse().unwrap(),
             remaining_ms: 60_000,
             pinned_at_ms: 1_700_000_000_000,
-            origin: "lb1".into(),
+            origin: 0x6c62_31,
         }
     }
 

@@ -87,6 +87,8 @@ pub struct PeerStatus {
     pub sent: u64,
     /// Entries received from it.
     pub received: u64,
+    /// Frames sent to it.
+    pub frames_sent: u64,
     /// Last error.
     pub last_error: Option<String>,
     /// Its pool configuration differs from ours.
@@ -368,6 +370,11 @@ async fn send_frame(
     framed.send(bytes::Bytes::from(frame).slice(4..)).await
 }
 
+/// Counts the frames of a batch message sent.
+fn count_frame(shared: &Shared, address: &str) {
+    shared.peer(address, |p| p.frames_sent += 1);
+}
+
 /// Runs one session until it ends.
 async fn connection(
     stream: TcpStream,
@@ -471,6 +478,7 @@ async fn connection(
                             count += entries.len() as u64;
                         }
                         send_frame(&mut framed, session.seal(m, now())).await.map_err(|e| e.to_string())?;
+                        count_frame(shared, address);
                     }
                     shared.peer(address, |p| p.sent += count);
                 }

@@ -10,15 +10,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use tandem_balance::StickyChange;
 use tandem_balance::{PoolSet, now_ms};
 use tandem_config::Config;
 use tandem_control::admin::StateSource;
 use tandem_control::{
-    BackendAction, BackendSnapshot, CheckSnapshot, HaSnapshot, PoolSnapshot, Request, Response,
-    ServiceSnapshot, Snapshot,
+    BackendAction, BackendSnapshot, CheckSnapshot, HaSnapshot, PeerSnapshot, PoolSnapshot, Request,
+    Response, ServiceSnapshot, Snapshot,
 };
 use tandem_health::{HealthBoard, Monitor, Prober};
 use tandem_proxy::{Lifecycle, Service, listener};
+use tandem_sync::{Change, Store, SyncNode, SyncSettings, WireEntry};
 use tandem_vrrp::linux::{HaSettings, Vrrp};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc};
@@ -60,6 +62,7 @@ struct Shared {
     admin: std::sync::Mutex<Option<SocketAddr>>,
     control_socket: std::sync::Mutex<Option<PathBuf>>,
     vrrp: std::sync::Mutex<Option<Arc<Vrrp>>>,
+    sync: std::sync::Mutex<Option<Arc<SyncNode>>>,
 }
 
 /// Identifies a listener across reloads: its configured address, and for port 0 (any
@@ -159,6 +162,7 @@ impl Daemon {
             admin: std::sync::Mutex::new(None),
             control_socket: std::sync::Mutex::new(None),
             vrrp: std::sync::Mutex::new(None),
+            sync: std::sync::Mutex::new(None),
         });
         let daemon = Daemon { shared };
         {
@@ -175,10 +179,41 @@ impl Daemon {
             daemon.publish_services(&inner, &config);
         }
         tokio::spawn(sweep_sticky_tables(pools, daemon.shared.background.clone()));
+        if let Some(sync) = &config.sync {
+            let secret = std::fs::read(&sync.key_file)
+                .with_context(|| format!("reading sync.key_file {}", sync.key_file.display()))?;
+            let settings = SyncSettings {
+                node: config.global.name.clone(),
+                listen: sync.listen,
+                peers: sync.peers.clone(),
+                secret: trim_ascii(&secret).to_vec(),
+                pools_digest: pools_digest(&config),
+            };
+            let store = Arc::new(PoolStore(daemon.shared.pools.clone()));
+            let node = Arc::new(
+                SyncNode::start(settings, store)
+                    .await
+                    .context("starting sync")?,
+            );
+            *daemon.shared.sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(node);
+            daemon.observe_sticky_tables();
+        }
         if let Some(ha) = &config.ha {
             let settings = HaSettings::from_config(ha)?;
             let vrrp = Arc::new(Vrrp::start(settings).await.context("starting VRRP")?);
             *daemon.shared.vrrp.lock().unwrap_or_else(|e| e.into_inner()) = Some(vrrp.clone());
+            if let Some(sync) = daemon.sync() {
+                // Like pfsync's demotion during bulk update: never take over with an
+                // empty table.
+                vrrp.hold_preempt(true).await;
+                let mut synced = sync.synced();
+                let vrrp = vrrp.clone();
+                tokio::spawn(async move {
+                    let _ = synced.wait_for(|s| *s).await;
+                    info!("sticky tables synced: VRRP may preempt");
+                    vrrp.hold_preempt(false).await;
+                });
+            }
             tokio::spawn(track_pools(
                 daemon.clone(),
                 vrrp,
@@ -314,9 +349,13 @@ impl Daemon {
         if old.ha != config.ha {
             report.needs_restart.push("ha".into());
         }
+        if old.sync != config.sync {
+            report.needs_restart.push("sync".into());
+        }
         let pools = PoolSet::build(&config.pools, Some(&self.shared.pools.load()));
         inner.monitor.apply(&pools, &config.pools)?;
         self.shared.pools.store(Arc::new(pools));
+        self.observe_sticky_tables();
         // Services: update in place, add, remove.
         let mut services = HashMap::new();
         for s in &config.services {
@@ -399,6 +438,13 @@ impl Daemon {
             .ok_or_else(|| format!("pool {pool} has no backend {addr}"))?;
         b.state.set_enabled(enabled);
         info!(pool, backend = %addr, "backend {} by the operator", if enabled { "enabled" } else { "disabled (draining)" });
+        if let Some(sync) = self.sync() {
+            sync.publish(Change::Backend {
+                pool: pool.to_string(),
+                address: addr,
+                enabled,
+            });
+        }
         Ok(self.backend_snapshot(pool, b))
     }
 
@@ -529,7 +575,23 @@ impl Daemon {
             services,
             pools,
             ha: self.vrrp().map(|v| ha_snapshot(&v.status())),
-            sync: Vec::new(),
+            sync: self
+                .sync()
+                .map(|s| {
+                    s.peers()
+                        .into_iter()
+                        .map(|p| PeerSnapshot {
+                            address: p.address,
+                            name: p.name,
+                            connected: p.connected,
+                            synced: p.synced,
+                            sent: p.sent,
+                            received: p.received,
+                            last_error: p.last_error,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -565,6 +627,44 @@ impl Daemon {
                     age_secs: age(c.at),
                 }),
             health_since_secs: health.map(|h| age(h.since)),
+        }
+    }
+
+    /// The sync node, when `[sync]` is configured.
+    pub fn sync(&self) -> Option<Arc<SyncNode>> {
+        self.shared
+            .sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Tells the sync node of every change of every sticky table (tables that already
+    /// have their observer keep it).
+    fn observe_sticky_tables(&self) {
+        let Some(sync) = self.sync() else { return };
+        let origin = node_hash(&self.config().global.name);
+        for pool in self.pools().iter() {
+            let Some(table) = &pool.sticky else { continue };
+            let sync = Arc::downgrade(&sync);
+            let name = pool.name.clone();
+            table.observe(
+                origin,
+                Arc::new(move |change| {
+                    let Some(sync) = sync.upgrade() else { return };
+                    sync.publish(match change {
+                        StickyChange::Pinned { client, entry } => Change::Entry(WireEntry {
+                            pool: name.clone(),
+                            client,
+                            backend: entry.backend,
+                            remaining_ms: entry.expires.saturating_sub(now_ms()),
+                            pinned_at_ms: entry.pinned_at,
+                            origin: entry.origin,
+                        }),
+                        StickyChange::Evicted { client } => Change::Delete(name.clone(), client),
+                    });
+                }),
+            );
         }
     }
 
@@ -618,6 +718,15 @@ impl Daemon {
             };
         self.shared.background.cancel();
         self.shared.inner.lock().await.monitor.stop();
+        if let Some(sync) = self
+            .shared
+            .sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            sync.stop();
+        }
         if let Some(path) = self
             .shared
             .control_socket
@@ -638,6 +747,105 @@ impl StateSource for Daemon {
     fn snapshot(&self) -> Snapshot {
         Daemon::snapshot(self)
     }
+}
+
+/// The sticky tables of the current pools, as sync sees them.
+struct PoolStore(Arc<ArcSwap<PoolSet>>);
+
+impl Store for PoolStore {
+    fn entries(&self) -> Vec<WireEntry> {
+        let now = now_ms();
+        let pools = self.0.load();
+        let mut out = Vec::new();
+        for pool in pools.iter() {
+            let Some(table) = &pool.sticky else { continue };
+            out.extend(
+                table
+                    .entries()
+                    .into_iter()
+                    .filter(|(_, e)| e.expires > now)
+                    .map(|(client, e)| WireEntry {
+                        pool: pool.name.clone(),
+                        client,
+                        backend: e.backend,
+                        remaining_ms: e.expires - now,
+                        pinned_at_ms: e.pinned_at,
+                        origin: e.origin,
+                    }),
+            );
+        }
+        out
+    }
+
+    fn apply(&self, entries: &[WireEntry]) {
+        let now = now_ms();
+        let pools = self.0.load();
+        for e in entries {
+            if let Some(table) = pools.get(&e.pool).and_then(|p| p.sticky.as_ref()) {
+                table.merge(
+                    e.client,
+                    e.backend,
+                    now + e.remaining_ms,
+                    e.pinned_at_ms,
+                    e.origin,
+                    now,
+                );
+            }
+        }
+    }
+
+    fn delete(&self, keys: &[(String, std::net::IpAddr)]) {
+        let pools = self.0.load();
+        for (pool, client) in keys {
+            if let Some(table) = pools.get(pool).and_then(|p| p.sticky.as_ref()) {
+                table.remove(client);
+            }
+        }
+    }
+
+    fn set_backend(&self, pool: &str, address: SocketAddr, enabled: bool) {
+        if let Some(b) = self
+            .0
+            .load()
+            .get(pool)
+            .and_then(|p| p.backend(&address).cloned())
+        {
+            b.state.set_enabled(enabled);
+            info!(pool, backend = %address, "backend {} by a peer's operator", if enabled { "enabled" } else { "disabled" });
+        }
+    }
+}
+
+/// A stable hash of a node name: the origin stamped on its sticky pins.
+fn node_hash(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+}
+
+/// A digest of the pools and their backends, equal on nodes configured alike.
+fn pools_digest(config: &Config) -> u64 {
+    let mut lines: Vec<String> = config
+        .pools
+        .iter()
+        .flat_map(|p| {
+            p.backends
+                .iter()
+                .map(move |b| format!("{}\t{}", p.name, b.address))
+        })
+        .collect();
+    lines.sort();
+    xxhash_rust::xxh3::xxh3_64(lines.join("\n").as_bytes())
+}
+
+fn trim_ascii(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &bytes[start..end]
 }
 
 fn ha_snapshot(s: &tandem_vrrp::linux::Status) -> HaSnapshot {

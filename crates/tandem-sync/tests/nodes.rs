@@ -1,0 +1,201 @@
+//! Sync nodes over loopback TCP with in-memory stores: bursts, bulk transfers after a
+//! restart, operator changes, and a peer without the key.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tandem_sync::{Change, Store, SyncNode, SyncSettings, WireEntry};
+
+#[derive(Default)]
+struct Memory {
+    entries: Mutex<HashMap<(String, IpAddr), WireEntry>>,
+    backends: Mutex<Vec<(String, SocketAddr, bool)>>,
+}
+
+impl Store for Memory {
+    fn entries(&self) -> Vec<WireEntry> {
+        self.entries.lock().unwrap().values().cloned().collect()
+    }
+    fn apply(&self, entries: &[WireEntry]) {
+        let mut m = self.entries.lock().unwrap();
+        for e in entries {
+            m.insert((e.pool.clone(), e.client), e.clone());
+        }
+    }
+    fn delete(&self, keys: &[(String, IpAddr)]) {
+        let mut m = self.entries.lock().unwrap();
+        for k in keys {
+            m.remove(k);
+        }
+    }
+    fn set_backend(&self, pool: &str, address: SocketAddr, enabled: bool) {
+        self.backends
+            .lock()
+            .unwrap()
+            .push((pool.to_string(), address, enabled));
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn settings(node: &str, listen: SocketAddr, peer: SocketAddr, secret: &[u8]) -> SyncSettings {
+    SyncSettings {
+        node: node.into(),
+        listen,
+        peers: vec![peer],
+        secret: secret.to_vec(),
+        pools_digest: 1,
+    }
+}
+
+fn entry(n: u32) -> WireEntry {
+    WireEntry {
+        pool: "web".into(),
+        client: IpAddr::from(n.to_be_bytes()),
+        backend: SocketAddr::from(([10, 0, 0, (n % 3) as u8 + 1], 80)),
+        remaining_ms: 600_000,
+        pinned_at_ms: 1,
+        origin: 1,
+    }
+}
+
+async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "{what} not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_ten_thousand_leaves_in_a_few_frames_and_a_restart_gets_the_bulk() {
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a_store = Arc::new(Memory::default());
+    let b_store = Arc::new(Memory::default());
+    let a = SyncNode::start(settings("a", a_addr, b_addr, KEY), a_store.clone())
+        .await
+        .unwrap();
+    let b = SyncNode::start(settings("b", b_addr, a_addr, KEY), b_store.clone())
+        .await
+        .unwrap();
+    until("connected", Duration::from_secs(5), || {
+        a.peers()[0].connected && b.peers()[0].connected
+    })
+    .await;
+    until("b synced", Duration::from_secs(5), || *b.synced().borrow()).await;
+    let frames_before = a.peers()[0].frames_sent;
+    for n in 0..10_000 {
+        let e = entry(n);
+        a_store.apply(std::slice::from_ref(&e));
+        a.publish(Change::Entry(e));
+    }
+    until("10k entries on b", Duration::from_secs(5), || {
+        b_store.entries.lock().unwrap().len() == 10_000
+    })
+    .await;
+    let frames = a.peers()[0].frames_sent - frames_before;
+    println!("10,000 entries in {frames} frames");
+    assert!(frames <= 10, "{frames} frames for a burst of 10k");
+    assert_eq!(a.peers()[0].sent, 10_000);
+    assert_eq!(b.peers()[0].received, 10_000);
+    assert_eq!(b.peers()[0].name.as_deref(), Some("a"));
+
+    // b restarts empty: its bulk request brings the whole table back.
+    drop(b);
+    // Its listener closes once its task sees the stop.
+    until("old listener closed", Duration::from_secs(2), || {
+        std::net::TcpListener::bind(b_addr).is_ok()
+    })
+    .await;
+    let b_store = Arc::new(Memory::default());
+    let b = SyncNode::start(settings("b", b_addr, a_addr, KEY), b_store.clone())
+        .await
+        .unwrap();
+    until("bulk after restart", Duration::from_secs(10), || {
+        b_store.entries.lock().unwrap().len() == 10_000
+    })
+    .await;
+    until("b synced again", Duration::from_secs(5), || {
+        *b.synced().borrow()
+    })
+    .await;
+    let want = a_store.entries.lock().unwrap().clone();
+    assert_eq!(*b_store.entries.lock().unwrap(), want);
+
+    // Operator changes travel too.
+    a.publish(Change::Backend {
+        pool: "web".into(),
+        address: "10.0.0.2:80".parse().unwrap(),
+        enabled: false,
+    });
+    until("backend change", Duration::from_secs(5), || {
+        !b_store.backends.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        b_store.backends.lock().unwrap()[0],
+        ("web".into(), "10.0.0.2:80".parse().unwrap(), false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_key_gets_and_gives_nothing() {
+    let (a_addr, c_addr) = (free_addr(), free_addr());
+    let a_store = Arc::new(Memory::default());
+    a_store.apply(&[entry(1), entry(2)]);
+    let c_store = Arc::new(Memory::default());
+    let a = SyncNode::start(settings("a", a_addr, c_addr, KEY), a_store.clone())
+        .await
+        .unwrap();
+    let c = SyncNode::start(
+        settings("c", c_addr, a_addr, b"not the right key at all!!!!!!!"),
+        c_store.clone(),
+    )
+    .await
+    .unwrap();
+    c.publish(Change::Entry(entry(99)));
+    until("refusal seen", Duration::from_secs(5), || {
+        a.peers()[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("authentication failed"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(c_store.entries.lock().unwrap().is_empty(), "c got entries");
+    assert_eq!(a_store.entries.lock().unwrap().len(), 2, "a took c's entry");
+    assert!(!a.peers()[0].connected && !*a.synced().borrow());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_recovers_by_itself_after_the_peer_returns() {
+    // The lower address dials: give it to a, which starts alone and must keep trying.
+    let (x, y) = (free_addr(), free_addr());
+    let (a_addr, b_addr) = (x.min(y), x.max(y));
+    let a_store = Arc::new(Memory::default());
+    let a = SyncNode::start(settings("a", a_addr, b_addr, KEY), a_store.clone())
+        .await
+        .unwrap();
+    // b is away at first: a keeps trying with backoff.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(a.peers()[0].last_error.is_some());
+    let b_store = Arc::new(Memory::default());
+    let _b = SyncNode::start(settings("b", b_addr, a_addr, KEY), b_store.clone())
+        .await
+        .unwrap();
+    until("link up", Duration::from_secs(6), || a.peers()[0].connected).await;
+    a.publish(Change::Entry(entry(5)));
+    until("entry through", Duration::from_secs(5), || {
+        b_store.entries.lock().unwrap().len() == 1
+    })
+    .await;
+}
