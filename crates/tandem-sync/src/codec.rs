@@ -200,7 +200,7 @@ mod tests {
             backend: "10.0.0.1:80".parse().unwrap(),
             remaining_ms: 60_000,
             pinned_at_ms: 1_700_000_000_000,
-            origin: 0x6c62_31,
+            origin: 0x006c_6231,
         }
     }
 

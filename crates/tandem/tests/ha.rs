@@ -366,3 +366,116 @@ fn split_brain_heals_within_one_advertisement_interval() {
         "took {resolved:?} (healed at {healed:?})"
     );
 }
+
+#[test]
+fn sticky_clients_keep_their_backend_through_a_failover() {
+    // A /16 so the client's extra source addresses are on-link for the balancers.
+    let Some(mut lab) = Lab::new("sy") else {
+        return;
+    };
+    lab.host("lb1", "10.99.0.1/16");
+    lab.host("lb2", "10.99.0.2/16");
+    lab.host("be1", "10.99.0.11/16");
+    lab.host("be2", "10.99.0.12/16");
+    lab.host("client", "10.99.0.50/16");
+    lab.http_backend("be1", "10.99.0.11:80".parse().unwrap(), "be1\n");
+    lab.http_backend("be2", "10.99.0.12:80".parse().unwrap(), "be2\n");
+    let clients: Vec<std::net::IpAddr> = (0..1000u32)
+        .map(|n| std::net::IpAddr::from([10, 99, 10 + (n / 250) as u8, (n % 250) as u8 + 1]))
+        .collect();
+    lab::add_addresses(
+        &lab,
+        "client",
+        &clients
+            .iter()
+            .map(|c| format!("{c}/16"))
+            .collect::<Vec<_>>(),
+    );
+    let key = lab.dir.path().join("sync.key");
+    std::fs::write(&key, "a shared key for the lab, 32 b!!").unwrap();
+    let node = |name: &str, me: &str, peer: &str, priority: u8| {
+        let dir = lab.dir.path().display();
+        let text = format!(
+            "[global]\nname = \"{name}\"\ncontrol_socket = \"{dir}/{name}.sock\"\n\n\
+[[pool]]\nname = \"web\"\nbalance = \"round-robin\"\nbackends = [{{ address = \"10.99.0.11:80\" }}, {{ address = \"10.99.0.12:80\" }}]\n\
+sticky = {{ key = \"source-ip\", ttl = \"30m\" }}\n\n\
+[[service]]\nname = \"www\"\nlisten = [\"{VIP}:80\"]\npool = \"web\"\n\n\
+[ha]\ninterface = \"eth0\"\nvrid = 52\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/16\"]\n\n\
+[sync]\nlisten = \"{me}:7946\"\npeers = [\"{peer}:7946\"]\nkey_file = \"{}\"\n",
+            key.display()
+        );
+        let path = lab.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let mut r = lab.spawn(name, TANDEM, &["run", "--config", path.to_str().unwrap()]);
+        r.wait_for("tandem running");
+        r
+    };
+    let mut lb1 = node("lb1", "10.99.0.1", "10.99.0.2", 150);
+    let mut lb2 = node("lb2", "10.99.0.2", "10.99.0.1", 100);
+    lab.wait("lb1 master", Duration::from_secs(5), || {
+        lab.has_address("lb1", VIP)
+    });
+    lb2.wait_for("bulk transfer received: synced");
+    lb1.wait_for("bulk transfer received: synced");
+
+    // Each client's first visit pins it (round-robin: about half on each backend).
+    let first: Vec<String> = {
+        let clients = clients.clone();
+        lab.in_ns("client", move || {
+            clients
+                .iter()
+                .map(|c| lab::request_from(*c, vip()).expect("served before failover"))
+                .collect()
+        })
+    };
+    let on_be1 = first.iter().filter(|b| b.as_str() == "be1\n").count();
+    assert!(
+        (400..=600).contains(&on_be1),
+        "round-robin spread: {on_be1} of 1000 on be1"
+    );
+    let pinned_on_lb2 = || {
+        let out = std::process::Command::new(TANDEM)
+            .args(["ctl", "--json", "--socket"])
+            .arg(lab.dir.path().join("lb2.sock"))
+            .arg("pools")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["pools"][0]["sticky_entries"].as_u64().unwrap_or(0)
+    };
+    lab.wait("lb2 holds all 1000 entries", Duration::from_secs(5), || {
+        pinned_on_lb2() == 1000
+    });
+
+    // The master dies: process killed and its host off the network (a killed process
+    // alone leaves its address on a live host, which keeps answering ARP for it).
+    lb1.signal(rustix::process::Signal::KILL);
+    lab.cut("lb1");
+    lab.wait("lb2 took over", Duration::from_secs(3), || {
+        lab.has_address("lb2", VIP)
+    });
+    lb2.wait_for("VRRP BACKUP -> MASTER");
+    let again: Vec<Option<String>> = {
+        let clients = clients.clone();
+        lab.in_ns("client", move || {
+            // Let the address move settle (gratuitous ARP), then revisit every client.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while lab::request_from(clients[0], vip()).is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            clients
+                .iter()
+                .map(|c| lab::request_from(*c, vip()))
+                .collect()
+        })
+    };
+    let served = again.iter().filter(|a| a.is_some()).count();
+    let same = first
+        .iter()
+        .zip(&again)
+        .filter(|(f, a)| a.as_deref() == Some(f.as_str()))
+        .count();
+    println!("after the failover: {served}/1000 served, {same}/1000 on the same backend as before");
+    assert_eq!(served, 1000);
+    assert_eq!(same, 1000, "clients moved to another backend");
+}

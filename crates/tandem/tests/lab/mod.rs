@@ -241,6 +241,44 @@ impl Lab {
     }
 }
 
+/// Adds `addresses` (each "a.b.c.d/len") to host `name`'s eth0 in one batch.
+pub fn add_addresses(lab: &Lab, name: &str, addresses: &[String]) {
+    let script: String = addresses
+        .iter()
+        .map(|a| format!("addr add {a} dev eth0\n"))
+        .collect();
+    let mut child = Command::new("ip")
+        .args(["-n", &lab.ns(name), "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// One HTTP request from source address `from` (call it inside the namespace).
+pub fn request_from(from: std::net::IpAddr, target: SocketAddr) -> Option<String> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    socket.bind(&SocketAddr::new(from, 0).into()).ok()?;
+    socket
+        .connect_timeout(&target.into(), Duration::from_millis(300))
+        .ok()?;
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split("\r\n\r\n")
+        .nth(1)
+        .map(str::to_string)
+        .filter(|b| !b.is_empty())
+}
+
 /// One HTTP request with short timeouts: the body, or `None`.
 pub fn request(target: SocketAddr) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&target, Duration::from_millis(150)).ok()?;
