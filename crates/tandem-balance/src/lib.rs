@@ -39,8 +39,10 @@ pub struct Pool {
     pub backends: Vec<Backend>,
     primary: Selector,
     backup: Selector,
-    /// Sticky table, when the pool is sticky.
+    /// Sticky table, when the pool is sticky by client address.
     pub sticky: Option<Arc<StickyTable>>,
+    /// Cookie name, when the pool is sticky by cookie (http mode).
+    pub cookie: Option<String>,
     /// Pool used when this one has no usable backend.
     pub fallback: Option<String>,
     index: HashMap<SocketAddr, usize>,
@@ -88,17 +90,22 @@ impl Pool {
         };
         let primary = Selector::new(config.balance, &backends, members(false));
         let backup = Selector::new(config.balance, &backends, members(true));
-        let sticky =
-            config
-                .sticky
-                .as_ref()
-                .map(|s| match previous.and_then(|p| p.sticky.clone()) {
-                    Some(table) => {
-                        table.reconfigure(s.ttl, s.max_entries);
-                        table
-                    }
-                    None => Arc::new(StickyTable::new(s.ttl, s.max_entries)),
-                });
+        let cookie = config
+            .sticky
+            .as_ref()
+            .filter(|s| s.key == tandem_config::StickyKey::Cookie)
+            .map(|s| s.cookie.clone());
+        let sticky = config
+            .sticky
+            .as_ref()
+            .filter(|s| s.key == tandem_config::StickyKey::SourceIp)
+            .map(|s| match previous.and_then(|p| p.sticky.clone()) {
+                Some(table) => {
+                    table.reconfigure(s.ttl, s.max_entries);
+                    table
+                }
+                None => Arc::new(StickyTable::new(s.ttl, s.max_entries)),
+            });
         let index = backends
             .iter()
             .enumerate()
@@ -110,6 +117,7 @@ impl Pool {
             primary,
             backup,
             sticky,
+            cookie,
             fallback: config.fallback.clone(),
             index,
         }

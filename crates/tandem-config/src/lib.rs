@@ -62,11 +62,8 @@ impl Config {
     /// Configured features that this build validates but does not act on yet.
     pub fn inactive_features(&self) -> Vec<&'static str> {
         let mut notes = Vec::new();
-        if self.services.iter().any(|s| s.mode != Mode::Tcp) {
-            notes.push("services with mode http/redirect are validated, but relayed as plain tcp in this version");
-        }
-        if self.services.iter().any(|s| s.tls.is_some()) {
-            notes.push("service tls is validated, but not terminated in this version");
+        if self.services.iter().any(|s| s.mode == Mode::Redirect) {
+            notes.push("services with mode redirect are validated, but relayed as plain tcp in this version");
         }
         notes
     }
@@ -270,6 +267,58 @@ pub struct Service {
     pub proxy_protocol: ProxyProtocol,
     /// TLS termination (http mode).
     pub tls: Option<Tls>,
+    /// HTTP settings (http mode).
+    pub http: Http,
+}
+
+/// HTTP mode settings (`[service.http]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http {
+    /// Time a client has to send a request's headers (slowloris defence).
+    pub header_timeout: Duration,
+    /// Largest request head accepted, in bytes.
+    pub max_header_size: usize,
+    /// Time a backend has to start its response.
+    pub response_timeout: Duration,
+    /// Requests served on one client connection before it is closed (0 = no limit).
+    pub max_requests_per_connection: u32,
+    /// Idle connections to a backend are closed after this long.
+    pub backend_idle_timeout: Duration,
+    /// Idle connections kept per backend.
+    pub backend_max_idle: usize,
+    /// Add a `Via` header.
+    pub via: bool,
+    /// Rules applied to requests before they go to the backend.
+    pub request_headers: HeaderRules,
+    /// Rules applied to responses before they go to the client.
+    pub response_headers: HeaderRules,
+}
+
+impl Default for Http {
+    fn default() -> Http {
+        Http {
+            header_timeout: Duration::from_secs(10),
+            max_header_size: 64 * 1024,
+            response_timeout: Duration::from_secs(60),
+            max_requests_per_connection: 1000,
+            backend_idle_timeout: Duration::from_secs(90),
+            backend_max_idle: 32,
+            via: false,
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
+        }
+    }
+}
+
+/// Header changes: `remove` first, then `set` (replace), then `add` (append).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderRules {
+    /// Headers set to a value, replacing any.
+    pub set: Vec<(String, String)>,
+    /// Headers appended.
+    pub add: Vec<(String, String)>,
+    /// Headers removed.
+    pub remove: Vec<String>,
 }
 
 /// How a service handles connections.

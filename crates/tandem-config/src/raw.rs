@@ -94,6 +94,32 @@ pub(crate) struct RawService {
     pub max_conns: Option<S<i64>>,
     pub proxy_protocol: Option<S<crate::ProxyProtocol>>,
     pub tls: Option<S<RawTls>>,
+    pub http: Option<S<RawHttp>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp {
+    pub header_timeout: Option<S<String>>,
+    pub max_header_size: Option<S<i64>>,
+    pub response_timeout: Option<S<String>>,
+    pub max_requests_per_connection: Option<S<i64>>,
+    pub backend_idle_timeout: Option<S<String>>,
+    pub backend_max_idle: Option<S<i64>>,
+    pub via: Option<bool>,
+    pub request_headers: Option<S<RawHeaderRules>>,
+    pub response_headers: Option<S<RawHeaderRules>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderRules {
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<S<String>, S<String>>,
+    #[serde(default)]
+    pub add: std::collections::BTreeMap<S<String>, S<String>>,
+    #[serde(default)]
+    pub remove: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -633,7 +633,128 @@ impl Validator<'_> {
                 .map(|p| *p.get_ref())
                 .unwrap_or_default(),
             tls,
+            http: self.http(s.http.as_ref(), mode),
         }
+    }
+
+    fn http(&mut self, h: Option<&S<raw::RawHttp>>, mode: Mode) -> Http {
+        let Some(h) = h else { return Http::default() };
+        if mode != Mode::Http {
+            self.error(
+                h.span(),
+                "service.http",
+                "applies to mode = \"http\" services".into(),
+                "set mode = \"http\" or remove [service.http]",
+            );
+        }
+        let h = h.get_ref();
+        let d = Http::default();
+        let max_header_size = match &h.max_header_size {
+            Some(v) if (8192..=1 << 20).contains(v.get_ref()) => *v.get_ref() as usize,
+            Some(v) => {
+                self.error(
+                    v.span(),
+                    "service.http.max_header_size",
+                    format!("{} is out of range", v.get_ref()),
+                    "use 8192 to 1048576 bytes",
+                );
+                d.max_header_size
+            }
+            None => d.max_header_size,
+        };
+        Http {
+            header_timeout: self.duration(
+                &h.header_timeout,
+                "service.http.header_timeout",
+                d.header_timeout,
+                true,
+            ),
+            max_header_size,
+            response_timeout: self.duration(
+                &h.response_timeout,
+                "service.http.response_timeout",
+                d.response_timeout,
+                true,
+            ),
+            max_requests_per_connection: self.count(
+                &h.max_requests_per_connection,
+                "service.http.max_requests_per_connection",
+                d.max_requests_per_connection,
+                u32::MAX as i64,
+            ),
+            backend_idle_timeout: self.duration(
+                &h.backend_idle_timeout,
+                "service.http.backend_idle_timeout",
+                d.backend_idle_timeout,
+                true,
+            ),
+            backend_max_idle: self.count(
+                &h.backend_max_idle,
+                "service.http.backend_max_idle",
+                d.backend_max_idle as u32,
+                10_000,
+            ) as usize,
+            via: h.via.unwrap_or(false),
+            request_headers: h
+                .request_headers
+                .as_ref()
+                .map(|r| self.header_rules(r, "service.http.request_headers"))
+                .unwrap_or_default(),
+            response_headers: h
+                .response_headers
+                .as_ref()
+                .map(|r| self.header_rules(r, "service.http.response_headers"))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn header_rules(&mut self, r: &S<raw::RawHeaderRules>, key: &str) -> HeaderRules {
+        let r = r.get_ref();
+        let name_ok = |n: &S<String>, this: &mut Self| {
+            let ok = !n.get_ref().is_empty()
+                && n.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !ok {
+                this.error(
+                    n.span(),
+                    key,
+                    format!("{:?} is not a header name", n.get_ref()),
+                    "use letters, digits and - (e.g. X-Request-Id)",
+                );
+            }
+            ok
+        };
+        let pairs = |map: &std::collections::BTreeMap<S<String>, S<String>>, this: &mut Self| {
+            let mut out = Vec::new();
+            for (n, v) in map {
+                if name_ok(n, this) {
+                    if v.get_ref()
+                        .bytes()
+                        .any(|b| b == b'\r' || b == b'\n' || b == 0)
+                    {
+                        this.error(
+                            v.span(),
+                            key,
+                            "header value holds a line break or NUL".into(),
+                            "write the value on one line",
+                        );
+                    } else {
+                        out.push((n.get_ref().clone(), v.get_ref().clone()));
+                    }
+                }
+            }
+            out
+        };
+        let set = pairs(&r.set, self);
+        let add = pairs(&r.add, self);
+        let remove = r
+            .remove
+            .iter()
+            .filter(|n| name_ok(n, self))
+            .map(|n| n.get_ref().clone())
+            .collect();
+        HeaderRules { set, add, remove }
     }
 
     fn tls(&mut self, t: &S<raw::RawTls>) -> Tls {

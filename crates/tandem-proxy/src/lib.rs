@@ -9,11 +9,14 @@
 //! ([`ServiceStats`], backend state) and one log line per connection (target
 //! `tandem::conn`).
 
+pub mod framing;
+pub mod http;
 pub mod listener;
 pub mod proxy_header;
 mod ratelog;
 pub mod relay;
 mod service;
+mod tls;
 
 pub use ratelog::RateLimited;
-pub use service::{Lifecycle, Service, ServiceStats};
+pub use service::{Lifecycle, Prepared, Service, ServiceStats};

@@ -39,7 +39,8 @@ pub struct Service {
     pub config: ArcSwap<tandem_config::Service>,
     /// Counters.
     pub stats: ServiceStats,
-    pools: Arc<ArcSwap<PoolSet>>,
+    pub(crate) pools: Arc<ArcSwap<PoolSet>>,
+    http: ArcSwap<Option<Arc<crate::http::HttpState>>>,
     warn_limit: RateLimited,
     warn_accept: RateLimited,
     warn_backend: RateLimited,
@@ -56,11 +57,35 @@ pub struct Lifecycle {
     pub tracker: TaskTracker,
 }
 
+/// A configuration checked and made ready to install (TLS files read, HTTP client
+/// built), so that a reload can fail before it changes anything.
+#[derive(Debug)]
+pub struct Prepared {
+    config: tandem_config::Service,
+    http: Option<Arc<crate::http::HttpState>>,
+}
+
 impl Service {
+    /// Makes `config` ready; fails on unusable TLS material.
+    pub fn prepare(config: tandem_config::Service) -> Result<Prepared, String> {
+        let http = match config.mode {
+            tandem_config::Mode::Http => Some(Arc::new(crate::http::HttpState::build(&config)?)),
+            _ => None,
+        };
+        Ok(Prepared { config, http })
+    }
+
+    /// Takes a prepared configuration for new connections.
+    pub fn install(&self, prepared: Prepared) {
+        self.http.store(Arc::new(prepared.http));
+        self.config.store(Arc::new(prepared.config));
+    }
+
     /// A service relaying to pools from `pools`.
-    pub fn new(config: tandem_config::Service, pools: Arc<ArcSwap<PoolSet>>) -> Arc<Service> {
+    pub fn new(prepared: Prepared, pools: Arc<ArcSwap<PoolSet>>) -> Arc<Service> {
         Arc::new(Service {
-            config: ArcSwap::from_pointee(config),
+            config: ArcSwap::from_pointee(prepared.config),
+            http: ArcSwap::from_pointee(prepared.http),
             stats: ServiceStats::default(),
             pools,
             warn_limit: RateLimited::new(Duration::from_secs(5)),
@@ -97,7 +122,15 @@ impl Service {
                     let close_all = life.close_all.clone();
                     let local = client.local_addr().ok().or(local).unwrap_or(peer);
                     life.tracker.spawn(async move {
-                        service.handle(client, peer, local, &close_all).await;
+                        match service.http.load_full().as_ref().clone() {
+                            Some(state) => {
+                                service.stats.total.fetch_add(1, Relaxed);
+                                let _ = client.set_nodelay(true);
+                                crate::http::serve(service.clone(), state, client, peer, close_all)
+                                    .await;
+                            }
+                            None => service.handle(client, peer, local, &close_all).await,
+                        }
                         drop(slot);
                     });
                 }

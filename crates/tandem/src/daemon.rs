@@ -169,9 +169,13 @@ impl Daemon {
             let mut inner = daemon.shared.inner.lock().await;
             let bound = bind_new(&config, &inner.listeners)?;
             for s in &config.services {
-                inner
-                    .services
-                    .insert(s.name.clone(), Service::new(s.clone(), pools.clone()));
+                inner.services.insert(
+                    s.name.clone(),
+                    Service::new(
+                        Service::prepare(s.clone()).map_err(|e| anyhow::anyhow!(e))?,
+                        pools.clone(),
+                    ),
+                );
             }
             for (key, (service, l)) in bound {
                 daemon.spawn_listener(&mut inner, key, &service, l);
@@ -335,6 +339,10 @@ impl Daemon {
                 Prober::new(check).map_err(|e| format!("pool {}: {e}", p.name))?;
             }
         }
+        let mut prepared = HashMap::new();
+        for s in &config.services {
+            prepared.insert(s.name.clone(), Service::prepare(s.clone())?);
+        }
         let bound = bind_new(&config, &inner.listeners).map_err(|e| format!("{e:#}"))?;
         let mut report = ReloadReport::default();
         if old.global.control_socket != config.global.control_socket {
@@ -359,14 +367,15 @@ impl Daemon {
         // Services: update in place, add, remove.
         let mut services = HashMap::new();
         for s in &config.services {
+            let ready = prepared.remove(&s.name).expect("prepared above");
             let service = match inner.services.remove(&s.name) {
                 Some(existing) => {
-                    existing.config.store(Arc::new(s.clone()));
+                    existing.install(ready);
                     existing
                 }
                 None => {
                     report.services_added.push(s.name.clone());
-                    Service::new(s.clone(), self.shared.pools.clone())
+                    Service::new(ready, self.shared.pools.clone())
                 }
             };
             services.insert(s.name.clone(), service);

@@ -1,0 +1,603 @@
+//! HTTP mode: a reverse proxy on hyper. Clients speak HTTP/1.1 (keep-alive), HTTP/2
+//! over TLS (ALPN) or h2c; each request picks its own backend and goes out as HTTP/1.1
+//! on a pool of kept-alive connections. Bodies stream both ways, never buffered whole.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tandem_balance::{Lease, PoolSet, now_ms};
+use tandem_config::HeaderRules;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::framing::{Sniffer, Verdicts};
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// What an HTTP service needs besides its configuration: the pooled client to the
+/// backends and the TLS acceptor. Built anew on reload (TLS files are read again).
+pub struct HttpState {
+    client: Client<HttpConnector, ProxyBody>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for HttpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpState")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpState {
+    /// Prepares `config` (an http service): fails when its TLS material is unusable.
+    pub fn build(config: &tandem_config::Service) -> Result<HttpState, String> {
+        let tls = match &config.tls {
+            Some(t) => Some(
+                crate::tls::acceptor(t)
+                    .map_err(|e| format!("service {}: tls: {e}", config.name))?,
+            ),
+            None => None,
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.http.backend_idle_timeout)
+            .pool_max_idle_per_host(config.http.backend_max_idle)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(HttpState { client, tls })
+    }
+}
+
+/// The cookie value that names `backend` of `pool`: opaque, stable across nodes.
+pub fn cookie_id(pool: &str, backend: SocketAddr) -> String {
+    format!(
+        "{:016x}",
+        xxhash_rust::xxh3::xxh3_64(format!("{pool}|{backend}").as_bytes())
+    )
+}
+
+/// Serves one client connection in HTTP mode until it ends.
+pub(crate) async fn serve(
+    service: Arc<crate::Service>,
+    state: Arc<HttpState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    close_all: CancellationToken,
+) {
+    let config = service.config.load_full();
+    let h = &config.http;
+    let verdicts = Arc::new(Verdicts::default());
+    let conn = Arc::new(Connection {
+        service: service.clone(),
+        state: state.clone(),
+        peer,
+        tls: state.tls.is_some(),
+        requests: AtomicU32::new(0),
+        verdicts: verdicts.clone(),
+    });
+    let handler = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(h.header_timeout)
+        .max_buf_size(h.max_header_size)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(h.max_header_size as u32);
+    match &state.tls {
+        Some(acceptor) => {
+            let tls = match tokio::time::timeout(h.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    info!(target: "tandem::http", service = %config.name, client = %peer, "tls handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let conn = builder.serve_connection(TokioIo::new(Sniffer::new(tls, verdicts)), handler);
+            drive(conn, &close_all).await;
+        }
+        None => {
+            let conn =
+                builder.serve_connection(TokioIo::new(Sniffer::new(stream, verdicts)), handler);
+            drive(conn, &close_all).await;
+        }
+    }
+}
+
+/// Runs a connection; at the drain deadline, asks it to finish gracefully.
+async fn drive<C>(conn: C, close_all: &CancellationToken)
+where
+    C: std::future::Future + GracefulConnection,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = close_all.cancelled() => {
+            conn.as_mut().graceful();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn).await;
+        }
+    }
+}
+
+/// A hyper connection that can be told to finish.
+trait GracefulConnection {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulConnection for hyper_util::server::conn::auto::Connection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: Body + Send + 'static,
+    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+struct Connection {
+    service: Arc<crate::Service>,
+    state: Arc<HttpState>,
+    peer: SocketAddr,
+    tls: bool,
+    requests: AtomicU32,
+    verdicts: Arc<Verdicts>,
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove("proxy-authenticate");
+}
+
+fn apply_rules(headers: &mut HeaderMap, rules: &HeaderRules) {
+    for name in &rules.remove {
+        headers.remove(name.as_str());
+    }
+    for (name, value) in &rules.set {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    for (name, value) in &rules.add {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// A short response of tandem's own.
+fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let body = format!(
+        "{} {}\n{text}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .expect("static response")
+}
+
+/// The backend chosen for a request.
+struct Chosen {
+    lease: Lease,
+    pool: String,
+    set_cookie: Option<(String, String)>,
+}
+
+impl Connection {
+    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let config = self.service.config.load_full();
+        let n = self.requests.fetch_add(1, Relaxed) + 1;
+        let last = config.http.max_requests_per_connection != 0
+            && n >= config.http.max_requests_per_connection;
+        let method = req.method().clone();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/".to_string(), ToString::to_string);
+        let version = req.version();
+        let ambiguous = if version == Version::HTTP_2 {
+            None
+        } else {
+            self.verdicts.next()
+        };
+        if let Some(why) = ambiguous {
+            // A request two parsers could frame differently is how requests are smuggled
+            // past a proxy: refuse it, never forward it, and close the connection.
+            info!(target: "tandem::http", service = %config.name, client = %self.peer, method = %method, path = %path,
+                status = 400, "refused: {why}");
+            let mut response = error_response(StatusCode::BAD_REQUEST, why);
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        let (status, backend, mut response) = self.forward(req, &config).await;
+        if last && version == Version::HTTP_11 {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if status.is_server_error() && backend.is_none() {
+            info!(target: "tandem::http", service = %config.name, client = %self.peer, method = %method, path = %path,
+                status = status.as_u16(), backend = "-", bytes = 0u64, duration_ms = started.elapsed().as_millis() as u64, "request");
+            return response;
+        }
+        // Log when the body is done, with its size.
+        let (parts, body) = response.into_parts();
+        let logged = Logged {
+            inner: body,
+            bytes: 0,
+            line: Some(LogLine {
+                service: config.name.clone(),
+                client: self.peer,
+                method,
+                path,
+                status: parts.status.as_u16(),
+                backend,
+                started,
+            }),
+            _lease: None,
+        };
+        Response::from_parts(parts, logged.boxed())
+    }
+
+    /// Picks, forwards, retries; returns the status, the backend, and the response.
+    async fn forward(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        config: &tandem_config::Service,
+    ) -> (StatusCode, Option<SocketAddr>, Response<ProxyBody>) {
+        let (mut parts, body) = req.into_parts();
+        let pools = self.service.pools.load_full();
+        let empty_body = body.is_end_stream() || body.size_hint().exact() == Some(0);
+        let retryable = is_idempotent(&parts.method) && empty_body;
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        self.prepare_request_headers(&mut parts.headers, original_host.as_ref(), config);
+        let mut body = Some(body.boxed());
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        for _ in 0..=config.retries {
+            let Some(chosen) = self.choose(&pools, &config.pool, &parts.headers, &tried) else {
+                let status = if tried.is_empty() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                let text = if tried.is_empty() {
+                    "no backend is available"
+                } else {
+                    "no backend could be reached"
+                };
+                self.service.stats.no_backend.fetch_add(1, Relaxed);
+                return (status, None, error_response(status, text));
+            };
+            let address = chosen.lease.address;
+            let mut upstream = Request::builder()
+                .method(parts.method.clone())
+                .uri(
+                    Uri::builder()
+                        .scheme("http")
+                        .authority(address.to_string())
+                        .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+                        .build()
+                        .expect("valid uri"),
+                )
+                .version(Version::HTTP_11)
+                .body(match body.take() {
+                    Some(b) => b,
+                    None => Empty::new().map_err(|never| match never {}).boxed(),
+                })
+                .expect("valid request");
+            *upstream.headers_mut() = parts.headers.clone();
+            let sent = tokio::time::timeout(
+                config.http.response_timeout,
+                self.state.client.request(upstream),
+            )
+            .await;
+            match sent {
+                Ok(Ok(resp)) => {
+                    let (mut rparts, rbody) = resp.into_parts();
+                    strip_hop_by_hop(&mut rparts.headers);
+                    apply_rules(&mut rparts.headers, &config.http.response_headers);
+                    if config.http.via {
+                        rparts
+                            .headers
+                            .append(header::VIA, HeaderValue::from_static("1.1 tandem"));
+                    }
+                    if let Some((name, value)) = &chosen.set_cookie
+                        && let Ok(v) = HeaderValue::from_str(&format!(
+                            "{name}={value}; Path=/; HttpOnly; SameSite=Lax"
+                        ))
+                    {
+                        rparts.headers.append(header::SET_COOKIE, v);
+                    }
+                    let status = rparts.status;
+                    let body = Logged {
+                        inner: rbody.boxed(),
+                        bytes: 0,
+                        line: None,
+                        _lease: Some(chosen.lease),
+                    };
+                    return (
+                        status,
+                        Some(address),
+                        Response::from_parts(rparts, body.boxed()),
+                    );
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    chosen.lease.state.record_connect_error();
+                    tried.push(address);
+                    info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool, "connect to backend failed: {e}");
+                    if !retryable {
+                        return (
+                            StatusCode::BAD_GATEWAY,
+                            None,
+                            error_response(
+                                StatusCode::BAD_GATEWAY,
+                                "the backend could not be reached",
+                            ),
+                        );
+                    }
+                }
+                Ok(Err(e)) => {
+                    info!(target: "tandem::http", service = %config.name, backend = %address, "backend error: {e}");
+                    return (
+                        StatusCode::BAD_GATEWAY,
+                        None,
+                        error_response(StatusCode::BAD_GATEWAY, "the backend failed to answer"),
+                    );
+                }
+                Err(_) => {
+                    info!(target: "tandem::http", service = %config.name, backend = %address, "backend gave no response within {:?}", config.http.response_timeout);
+                    return (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        None,
+                        error_response(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "the backend did not answer in time",
+                        ),
+                    );
+                }
+            }
+        }
+        self.service.stats.no_backend.fetch_add(1, Relaxed);
+        (
+            StatusCode::BAD_GATEWAY,
+            None,
+            error_response(StatusCode::BAD_GATEWAY, "no backend could be reached"),
+        )
+    }
+
+    fn prepare_request_headers(
+        &self,
+        headers: &mut HeaderMap,
+        host: Option<&HeaderValue>,
+        config: &tandem_config::Service,
+    ) {
+        strip_hop_by_hop(headers);
+        let ip = self.peer.ip();
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        let proto = if self.tls { "https" } else { "http" };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        let for_ = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let mut forwarded = format!("for={for_};proto={proto}");
+        if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+            headers.insert(
+                "x-forwarded-host",
+                HeaderValue::from_str(h).unwrap_or(HeaderValue::from_static("")),
+            );
+            if h.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+                forwarded.push_str(&format!(";host=\"{h}\""));
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&forwarded) {
+            headers.append(header::FORWARDED, v);
+        }
+        if let Some(h) = host {
+            headers.insert(header::HOST, h.clone());
+        }
+        if config.http.via {
+            headers.append(header::VIA, HeaderValue::from_static("1.1 tandem"));
+        }
+        apply_rules(headers, &config.http.request_headers);
+    }
+
+    /// The sticky cookie's backend when usable, else the pool's choice (source-IP
+    /// stickiness included); a new cookie is set whenever the choice is new.
+    fn choose(
+        &self,
+        pools: &PoolSet,
+        pool: &str,
+        headers: &HeaderMap,
+        tried: &[SocketAddr],
+    ) -> Option<Chosen> {
+        let p = pools.get(pool)?;
+        let sticky_cookie = p.cookie.clone();
+        if let Some(name) = &sticky_cookie {
+            let wanted = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_string());
+            if let Some(id) = wanted
+                && let Some(b) = p.backends.iter().find(|b| cookie_id(pool, b.address) == id)
+                && b.is_usable()
+                && !tried.contains(&b.address)
+                && let Some(lease) = b.lease()
+            {
+                return Some(Chosen {
+                    lease,
+                    pool: pool.to_string(),
+                    set_cookie: None,
+                });
+            }
+        }
+        let pick = pools.pick(pool, self.peer.ip(), tried, now_ms())?;
+        let set_cookie =
+            sticky_cookie.map(|name| (name, cookie_id(&pick.pool.name, pick.lease.address)));
+        Some(Chosen {
+            pool: pick.pool.name.clone(),
+            lease: pick.lease,
+            set_cookie,
+        })
+    }
+}
+
+struct LogLine {
+    service: String,
+    client: SocketAddr,
+    method: Method,
+    path: String,
+    status: u16,
+    backend: Option<SocketAddr>,
+    started: Instant,
+}
+
+/// A response body that counts its bytes, holds the backend's slot until it is done,
+/// and writes the access log line when it ends.
+struct Logged {
+    inner: ProxyBody,
+    bytes: u64,
+    line: Option<LogLine>,
+    _lease: Option<Lease>,
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes += data.len() as u64;
+            if let Some(lease) = &self._lease {
+                lease.state.record_bytes(0, data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(l) = self.line.take() {
+            info!(
+                target: "tandem::http",
+                service = %l.service,
+                client = %l.client,
+                method = %l.method,
+                path = %l.path,
+                status = l.status,
+                backend = %l.backend.map_or("-".to_string(), |b| b.to_string()),
+                bytes = self.bytes,
+                duration_ms = l.started.elapsed().as_millis() as u64,
+                "request"
+            );
+        }
+    }
+}

@@ -1,0 +1,591 @@
+//! HTTP mode end to end: real nginx backends started by the tests, a small hyper server
+//! for faults and large bodies, curl and raw sockets as clients.
+
+mod support;
+
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use support::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two nginx server blocks that answer with their name and the headers they got.
+struct Nginx {
+    child: Child,
+    ports: [u16; 2],
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx() -> Option<Nginx> {
+    let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(binary) = binary else {
+        eprintln!("SKIPPED: nginx is not installed (scripts/test installs it as root)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let ports = [free_port(), free_port()];
+    let server = |name: &str, port: u16| {
+        format!(
+            "  server {{\n    listen 127.0.0.1:{port};\n    keepalive_requests 10000;\n    location / {{\n      add_header X-Secret-Backend-Header hidden;\n      add_header X-Backend {name};\n      \
+return 200 \"{name} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto xhost=$http_x_forwarded_host fwd=$http_forwarded via=$http_via added=$http_x_added gone=$http_x_gone secret=$http_x_secret host=$host\\n\";\n    }}\n  }}\n"
+        )
+    };
+    let conf = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
+http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{}{}}}\n",
+        server("nginx-a", ports[0]),
+        server("nginx-b", ports[1])
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let child = Command::new(binary)
+        .args([
+            "-e",
+            &format!("{d}/error.log"),
+            "-p",
+            &d.to_string(),
+            "-c",
+            &format!("{d}/nginx.conf"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for port in ports {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Some(Nginx {
+        child,
+        ports,
+        _dir: dir,
+    })
+}
+
+fn http_service(backends: &str, extra_pool: &str, extra_service: &str) -> String {
+    format!(
+        "[[pool]]\nname = \"web\"\nbackends = {backends}\n{extra_pool}\n\n\
+[[service]]\nname = \"www\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"web\"\nconnect_timeout = \"500ms\"\n{extra_service}\n"
+    )
+}
+
+fn nginx_backends(n: &Nginx) -> String {
+    format!(
+        "[{{ address = \"127.0.0.1:{}\" }}, {{ address = \"127.0.0.1:{}\" }}]",
+        n.ports[0], n.ports[1]
+    )
+}
+
+/// One HTTP/1.1 exchange on an open connection: (status, headers text, body).
+fn exchange(s: &mut TcpStream, request: &str) -> (u16, String, String) {
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "connection closed mid-headers: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).unwrap();
+    (status, head, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn get(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: www.example.test\r\n{extra}\r\n")
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_requests_spread_and_headers_are_forwarded_and_rewritten() {
+    let Some(n) = nginx() else { return };
+    let rules = "[service.http]\nvia = true\nrequest_headers = { set = { \"X-Added\" = \"yes\" }, remove = [\"X-Gone\"] }\n\
+response_headers = { remove = [\"X-Secret-Backend-Header\"], add = { \"X-Frame-Options\" = \"DENY\" } }\n";
+    let d = start(&http_service(&nginx_backends(&n), "", rules)).await;
+    let to = addr_of(&d, "www");
+    let mut s = TcpStream::connect(to).unwrap();
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        let (status, head, body) = exchange(
+            &mut s,
+            &get(
+                "/",
+                "X-Forwarded-For: 192.0.2.1\r\nX-Gone: bye\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s3cr3t\r\n",
+            ),
+        );
+        assert_eq!(status, 200, "{head}");
+        names.push(body.split(' ').next().unwrap().to_string());
+        // Headers as the backend saw them.
+        assert!(body.contains("xff=192.0.2.1, 127.0.0.1 "), "{body}");
+        assert!(body.contains("proto=http "), "{body}");
+        assert!(body.contains("xhost=www.example.test "), "{body}");
+        assert!(
+            body.contains("fwd=for=127.0.0.1;proto=http;host=\"www.example.test\" "),
+            "{body}"
+        );
+        assert!(body.contains("via=1.1 tandem "), "{body}");
+        assert!(body.contains("added=yes gone= "), "{body}");
+        assert!(
+            body.contains("secret= "),
+            "a header named in Connection was forwarded: {body}"
+        );
+        assert!(body.contains("host=www.example.test"), "{body}");
+        // Headers as the client sees them.
+        let lower = head.to_ascii_lowercase();
+        assert!(!lower.contains("x-secret-backend-header"), "{head}");
+        assert!(lower.contains("x-frame-options: deny"), "{head}");
+        assert!(lower.contains("via: 1.1 tandem"), "{head}");
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "nginx-a", "nginx-a", "nginx-a", "nginx-b", "nginx-b", "nginx-b"
+        ],
+        "one connection, requests spread"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_keeps_a_client_on_its_backend_across_connections() {
+    let Some(n) = nginx() else { return };
+    let d = start(&http_service(
+        &nginx_backends(&n),
+        "sticky = { key = \"cookie\", cookie = \"TANDEMID\" }",
+        "",
+    ))
+    .await;
+    let to = addr_of(&d, "www");
+    let (_, head, body) = exchange(&mut TcpStream::connect(to).unwrap(), &get("/", ""));
+    let first = body.split(' ').next().unwrap().to_string();
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    let value = cookie.split(';').next().unwrap().to_string();
+    assert!(
+        value.starts_with("TANDEMID=") && !value.contains("127.0.0.1"),
+        "opaque: {value}"
+    );
+    for _ in 0..10 {
+        let (_, head, body) = exchange(
+            &mut TcpStream::connect(to).unwrap(),
+            &get("/", &format!("Cookie: theme=dark; {value}\r\n")),
+        );
+        assert_eq!(body.split(' ').next().unwrap(), first);
+        assert!(
+            !head.contains("set-cookie"),
+            "no new cookie while it holds: {head}"
+        );
+    }
+    // A stale value falls back to the algorithm and gets a new cookie.
+    let (_, head, _) = exchange(
+        &mut TcpStream::connect(to).unwrap(),
+        &get("/", "Cookie: TANDEMID=0000000000000000\r\n"),
+    );
+    assert!(head.contains("set-cookie: TANDEMID="), "{head}");
+}
+
+fn self_signed(dir: &Path, name: &str) -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_picks_the_certificate_by_sni_and_speaks_h2_and_h1() {
+    let Some(n) = nginx() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (a_cert, a_key) = self_signed(dir.path(), "a.test");
+    let (b_cert, b_key) = self_signed(dir.path(), "b.test");
+    let tls = format!(
+        "tls = {{ certs = [{{ cert = \"{a_cert}\", key = \"{a_key}\" }}, {{ cert = \"{b_cert}\", key = \"{b_key}\" }}] }}"
+    );
+    let d = start(&http_service(&nginx_backends(&n), "", &tls)).await;
+    let port = addr_of(&d, "www").port();
+    for (name, ca) in [("a.test", &a_cert), ("b.test", &b_cert)] {
+        let resolve = format!("{name}:{port}:127.0.0.1");
+        let url = format!("https://{name}:{port}/");
+        // Verifying against that name's own certificate proves which one was served.
+        let out = curl(&[
+            "--resolve",
+            &resolve,
+            "--cacert",
+            ca,
+            "-w",
+            "|%{http_version}|%{ssl_verify_result}",
+            &url,
+        ]);
+        assert!(
+            out.starts_with("nginx-") && out.ends_with("|2|0"),
+            "{name}: {out}"
+        );
+        let out = curl(&[
+            "--resolve",
+            &resolve,
+            "--cacert",
+            ca,
+            "--http1.1",
+            "--tlsv1.2",
+            "--tls-max",
+            "1.2",
+            "-w",
+            "|%{http_version}",
+            &url,
+        ]);
+        assert!(
+            out.contains("proto=https") && out.ends_with("|1.1"),
+            "{name} over TLS 1.2: {out}"
+        );
+    }
+    // The other name's certificate does not verify: SNI chose.
+    let out = curl(&[
+        "--resolve",
+        &format!("b.test:{port}:127.0.0.1"),
+        "--cacert",
+        &a_cert,
+        &format!("https://b.test:{port}/"),
+    ]);
+    assert!(
+        out.is_empty(),
+        "b.test verified with a.test's certificate: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_is_served() {
+    let Some(n) = nginx() else { return };
+    let d = start(&http_service(&nginx_backends(&n), "", "")).await;
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "-w",
+        "|%{http_version}",
+        &format!("http://{}/", addr_of(&d, "www")),
+    ]);
+    assert!(out.starts_with("nginx-") && out.ends_with("|2"), "{out}");
+}
+
+/// A hyper backend for faults and large bodies: /slow?ms=N, /upload (answers the byte
+/// count), /download?mib=N (streams N MiB).
+async fn rust_backend() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let q = req.uri().query().unwrap_or("").to_string();
+                        let num = |k: &str| {
+                            q.split('&')
+                                .find_map(|kv| kv.strip_prefix(k))
+                                .and_then(|v| v.parse::<u64>().ok())
+                                .unwrap_or(0)
+                        };
+                        let resp: hyper::Response<
+                            http_body_util::combinators::BoxBody<Bytes, Infallible>,
+                        > = match req.uri().path() {
+                            "/slow" => {
+                                tokio::time::sleep(Duration::from_millis(num("ms="))).await;
+                                hyper::Response::new(Full::new(Bytes::from("slow\n")).boxed())
+                            }
+                            "/upload" => {
+                                let mut body = req.into_body();
+                                let mut total = 0u64;
+                                while let Some(Ok(f)) = body.frame().await {
+                                    if let Some(d) = f.data_ref() {
+                                        total += d.len() as u64;
+                                    }
+                                }
+                                hyper::Response::new(
+                                    Full::new(Bytes::from(format!("{total}\n"))).boxed(),
+                                )
+                            }
+                            "/download" => {
+                                let chunks = num("mib=") * 16;
+                                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                                let stream =
+                                    futures_util::stream::iter((0..chunks).map(move |_| {
+                                        Ok::<_, Infallible>(hyper::body::Frame::data(chunk.clone()))
+                                    }));
+                                hyper::Response::builder()
+                                    .header("content-length", (chunks * 64 * 1024).to_string())
+                                    .body(StreamBody::new(stream).boxed())
+                                    .unwrap()
+                            }
+                            _ => hyper::Response::new(Full::new(Bytes::from("rust\n")).boxed()),
+                        };
+                        Ok::<_, Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_a_client_understands_502_503_504_and_retry_on_connect_failure() {
+    let alive = rust_backend().await;
+    let dead = dead_address().await;
+    // 502: the only backend refuses connections (no health check to know better).
+    let d = start(&http_service(
+        &format!("[{{ address = \"{dead}\" }}]"),
+        "",
+        "retries = 1",
+    ))
+    .await;
+    let (status, _, body) = exchange(
+        &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
+        &get("/", ""),
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("no backend could be reached"), "{body}");
+    // 503: no backend is healthy.
+    let d = start(&http_service(
+        &format!("[{{ address = \"{dead}\" }}]"),
+        "check = { type = \"tcp\", interval = \"100ms\", timeout = \"50ms\", rise = 1, fall = 1, initial = \"down\" }",
+        "",
+    ))
+    .await;
+    let (status, _, body) = exchange(
+        &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
+        &get("/", ""),
+    );
+    assert_eq!(status, 503, "{body}");
+    // 504: the backend is slower than response_timeout.
+    let d = start(&http_service(
+        &format!("[{{ address = \"{alive}\" }}]"),
+        "",
+        "[service.http]\nresponse_timeout = \"300ms\"\n",
+    ))
+    .await;
+    let started = Instant::now();
+    let (status, _, _) = exchange(
+        &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
+        &get("/slow?ms=2000", ""),
+    );
+    assert_eq!(status, 504);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let (status, _, body) = exchange(
+        &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
+        &get("/slow?ms=100", ""),
+    );
+    assert_eq!((status, body.as_str()), (200, "slow\n"));
+    // Retry: half the picks land on the dead backend; idempotent requests never see it.
+    let d = start(&http_service(
+        &format!("[{{ address = \"{dead}\" }}, {{ address = \"{alive}\" }}]"),
+        "",
+        "retries = 2",
+    ))
+    .await;
+    for _ in 0..10 {
+        let (status, _, body) = exchange(
+            &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
+            &get("/", ""),
+        );
+        assert_eq!((status, body.as_str()), (200, "rust\n"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_at_the_header_timeout_and_smuggling_is_refused() {
+    let backend = rust_backend().await;
+    let d = start(&http_service(
+        &format!("[{{ address = \"{backend}\" }}]"),
+        "",
+        "[service.http]\nheader_timeout = \"1s\"\n",
+    ))
+    .await;
+    let to = addr_of(&d, "www");
+    // A client that trickles its headers is closed after the header timeout.
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(400));
+        if s.write_all(b"X-Slow: 1\r\n").is_err() {
+            break;
+        }
+    }
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(3),
+        "closed after {closed_after:?}"
+    );
+    // Content-Length with Transfer-Encoding: 400, and the backend never sees it.
+    let total_before = d.pools().get("web").unwrap().backends[0].state.total();
+    let mut s = TcpStream::connect(to).unwrap();
+    let (status, head, _) = exchange(
+        &mut s,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+    );
+    assert_eq!(status, 400, "{head}");
+    assert_eq!(
+        d.pools().get("web").unwrap().backends[0].state.total(),
+        total_before,
+        "forwarded to the backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_ends_after_max_requests() {
+    let backend = rust_backend().await;
+    let d = start(&http_service(
+        &format!("[{{ address = \"{backend}\" }}]"),
+        "",
+        "[service.http]\nmax_requests_per_connection = 3\n",
+    ))
+    .await;
+    let mut s = TcpStream::connect(addr_of(&d, "www")).unwrap();
+    for n in 1..=3 {
+        let (status, head, _) = exchange(&mut s, &get("/", ""));
+        assert_eq!(status, 200);
+        assert_eq!(
+            head.contains("connection: close"),
+            n == 3,
+            "request {n}: {head}"
+        );
+    }
+    let mut buf = [0u8; 1];
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "closed after the third");
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_streams_up_and_down_in_bounded_memory() {
+    let backend = rust_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[global]\ncontrol_socket = \"{}/t.sock\"\n\n{}",
+            dir.path().display(),
+            http_service(
+                &format!("[{{ address = \"{backend}\" }}]"),
+                "",
+                "[service.http]\nresponse_timeout = \"120s\"\n"
+            )
+        ),
+    );
+    let mut tandem = Running::spawn(&["run", "--config", &path]);
+    let to = listen_addr(&tandem.wait_for("service ready"));
+    let pid = tandem.child.id();
+    let baseline = peak_rss_kib(pid);
+    // Upload 1 GiB (chunked, from a pipe), then download 1 GiB.
+    let upload = tokio::task::spawn_blocking(move || {
+        let mut head = Command::new("head")
+            .args(["-c", "1073741824", "/dev/zero"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "120",
+                "-T",
+                "-",
+                &format!("http://{to}/upload"),
+            ])
+            .stdin(head.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        let _ = head.wait();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    assert_eq!(upload.await.unwrap().trim(), "1073741824");
+    let download = tokio::task::spawn_blocking(move || {
+        curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            "--max-time",
+            "120",
+            &format!("http://{to}/download?mib=1024"),
+        ])
+    });
+    assert_eq!(download.await.unwrap(), "1073741824");
+    let peak = peak_rss_kib(pid);
+    println!("tandem peak RSS: {baseline} KiB at start, {peak} KiB after 1 GiB up and 1 GiB down");
+    assert!(
+        peak < baseline + 64 * 1024,
+        "memory grew by {} KiB",
+        peak - baseline
+    );
+    // One access log line per request.
+    tandem.wait_for("method=PUT path=/upload status=200");
+    tandem.wait_for("method=GET path=/download?mib=1024 status=200");
+}
