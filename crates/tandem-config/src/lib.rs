@@ -288,6 +288,12 @@ pub struct Http {
     pub backend_max_idle: usize,
     /// Add a `Via` header.
     pub via: bool,
+    /// Speak TLS to the backends.
+    pub backend_tls: bool,
+    /// Verify the backends' certificates against `backend_ca_file`.
+    pub backend_verify: bool,
+    /// CA bundle for `backend_verify`.
+    pub backend_ca_file: Option<PathBuf>,
     /// Rules applied to requests before they go to the backend.
     pub request_headers: HeaderRules,
     /// Rules applied to responses before they go to the client.
@@ -304,6 +310,9 @@ impl Default for Http {
             backend_idle_timeout: Duration::from_secs(90),
             backend_max_idle: 32,
             via: false,
+            backend_tls: false,
+            backend_verify: false,
+            backend_ca_file: None,
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
         }

@@ -107,6 +107,9 @@ pub(crate) struct RawHttp {
     pub backend_idle_timeout: Option<S<String>>,
     pub backend_max_idle: Option<S<i64>>,
     pub via: Option<bool>,
+    pub backend_tls: Option<bool>,
+    pub backend_verify: Option<S<bool>>,
+    pub backend_ca_file: Option<S<String>>,
     pub request_headers: Option<S<RawHeaderRules>>,
     pub response_headers: Option<S<RawHeaderRules>>,
 }

@@ -695,6 +695,27 @@ impl Validator<'_> {
                 10_000,
             ) as usize,
             via: h.via.unwrap_or(false),
+            backend_tls: h.backend_tls.unwrap_or(false),
+            backend_verify: {
+                let verify = h.backend_verify.as_ref().is_some_and(|v| *v.get_ref());
+                if let Some(v) = h
+                    .backend_verify
+                    .as_ref()
+                    .filter(|_| verify && h.backend_ca_file.is_none())
+                {
+                    self.error(
+                        v.span(),
+                        "service.http.backend_verify",
+                        "needs backend_ca_file".into(),
+                        "name the CA of the backends' certificates",
+                    );
+                }
+                verify
+            },
+            backend_ca_file: h
+                .backend_ca_file
+                .as_ref()
+                .map(|f| self.readable_file(f, "service.http.backend_ca_file")),
             request_headers: h
                 .request_headers
                 .as_ref()

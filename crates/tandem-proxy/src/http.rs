@@ -16,6 +16,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -33,8 +34,9 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// What an HTTP service needs besides its configuration: the pooled client to the
 /// backends and the TLS acceptor. Built anew on reload (TLS files are read again).
 pub struct HttpState {
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     tls: Option<TlsAcceptor>,
+    scheme: &'static str,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -58,13 +60,32 @@ impl HttpState {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        connector.enforce_http(false);
+        let backend_tls = crate::tls::client_config(
+            config.http.backend_verify,
+            config.http.backend_ca_file.as_deref(),
+        )
+        .map_err(|e| format!("service {}: backend tls: {e}", config.name))?;
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(backend_tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.http.backend_idle_timeout)
             .pool_max_idle_per_host(config.http.backend_max_idle)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Ok(HttpState { client, tls })
+        let scheme = if config.http.backend_tls {
+            "https"
+        } else {
+            "http"
+        };
+        Ok(HttpState {
+            client,
+            tls,
+            scheme,
+        })
     }
 }
 
@@ -356,7 +377,7 @@ impl Connection {
                 .method(parts.method.clone())
                 .uri(
                     Uri::builder()
-                        .scheme("http")
+                        .scheme(self.state.scheme)
                         .authority(address.to_string())
                         .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
                         .build()

@@ -16,7 +16,7 @@ pub mod proxy_header;
 mod ratelog;
 pub mod relay;
 mod service;
-mod tls;
+pub mod tls;
 
 pub use ratelog::RateLimited;
 pub use service::{Lifecycle, Prepared, Service, ServiceStats};

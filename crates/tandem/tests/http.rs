@@ -589,3 +589,124 @@ async fn one_gib_streams_up_and_down_in_bounded_memory() {
     tandem.wait_for("method=PUT path=/upload status=200");
     tandem.wait_for("method=GET path=/download?mib=1024 status=200");
 }
+
+/// An HTTPS backend (rustls, self-signed) answering "tls-backend".
+async fn tls_backend() -> SocketAddr {
+    let cert = rcgen::generate_simple_self_signed(vec!["backend.test".into()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        "tls-backend\n",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_can_be_spoken_to_over_tls() {
+    let backend = tls_backend().await;
+    let d = start(&http_service(
+        &format!("[{{ address = \"{backend}\" }}]"),
+        "",
+        "[service.http]\nbackend_tls = true\n",
+    ))
+    .await;
+    let (status, _, body) = exchange(
+        &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
+        &get("/", ""),
+    );
+    assert_eq!((status, body.as_str()), (200, "tls-backend\n"));
+    // Without backend_tls the same backend cannot answer plain HTTP.
+    let d = start(&http_service(
+        &format!("[{{ address = \"{backend}\" }}]"),
+        "",
+        "[service.http]\nresponse_timeout = \"1s\"\n",
+    ))
+    .await;
+    let (status, _, _) = exchange(
+        &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
+        &get("/", ""),
+    );
+    assert!(status == 502 || status == 504, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_picks_up_renewed_certificates() {
+    let backend = rust_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "a.test");
+    let old = std::fs::read_to_string(&cert).unwrap();
+    let text = http_service(
+        &format!("[{{ address = \"{backend}\" }}]"),
+        "",
+        &format!("tls = {{ cert = \"{cert}\", key = \"{key}\" }}"),
+    );
+    let d = start(&text).await;
+    let port = addr_of(&d, "www").port();
+    let fetch = |ca: &str| {
+        curl(&[
+            "--resolve",
+            &format!("a.test:{port}:127.0.0.1"),
+            "--cacert",
+            ca,
+            &format!("https://a.test:{port}/"),
+        ])
+    };
+    let old_ca = dir.path().join("old.pem");
+    std::fs::write(&old_ca, &old).unwrap();
+    assert_eq!(fetch(old_ca.to_str().unwrap()), "rust\n");
+    // The certificate is renewed in place, then tandem reloads.
+    self_signed(dir.path(), "a.test");
+    d.apply(support::config(&text)).await.unwrap();
+    assert_eq!(fetch(&cert), "rust\n", "the renewed certificate is served");
+    assert_eq!(fetch(old_ca.to_str().unwrap()), "", "the old one is not");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ip_stickiness_holds_in_http_mode() {
+    let Some(n) = nginx() else { return };
+    let d = start(&http_service(
+        &nginx_backends(&n),
+        "sticky = { key = \"source-ip\", ttl = \"5m\" }",
+        "",
+    ))
+    .await;
+    let to = addr_of(&d, "www");
+    let mut names = std::collections::HashSet::new();
+    for _ in 0..8 {
+        let (_, _, body) = exchange(&mut TcpStream::connect(to).unwrap(), &get("/", ""));
+        names.insert(body.split(' ').next().unwrap().to_string());
+    }
+    assert_eq!(names.len(), 1, "one client, one backend: {names:?}");
+    assert_eq!(
+        d.pools().get("web").unwrap().sticky.as_ref().unwrap().len(),
+        1
+    );
+}
