@@ -82,6 +82,8 @@ pub struct Global {
     pub log_format: LogFormat,
     /// How long established connections may run on after SIGTERM.
     pub drain_timeout: Duration,
+    /// Worker threads of the data plane (0 = one per CPU).
+    pub threads: usize,
 }
 
 /// Log line format.

@@ -27,6 +27,7 @@ pub(crate) struct RawGlobal {
     pub admin_listen: Option<S<String>>,
     pub log_format: Option<S<crate::LogFormat>>,
     pub drain_timeout: Option<S<String>>,
+    pub threads: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -198,6 +198,7 @@ impl Validator<'_> {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             admin_listen,
             log_format: g.log_format.map(|l| l.into_inner()).unwrap_or_default(),
+            threads: self.count(&g.threads, "global.threads", 0, 1024) as usize,
             drain_timeout: self.duration(
                 &g.drain_timeout,
                 "global.drain_timeout",

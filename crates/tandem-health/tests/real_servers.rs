@@ -75,8 +75,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM first: a master killed outright would leave its workers behind.
+        self.stop();
     }
 }
 

@@ -128,7 +128,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             tandem::logging::init(config.global.log_format);
-            runtime().block_on(run(config, path))
+            runtime_with(config.global.threads).block_on(run(config, path))
         }
         Command::Ctl {
             socket,
@@ -152,7 +152,16 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(0)
+}
+
+/// A runtime with `threads` workers (0: one per CPU).
+fn runtime_with(threads: usize) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    builder
         .enable_all()
         .thread_name("tandem-worker")
         .build()

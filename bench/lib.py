@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Parsing and reporting for bench/run.
+
+  lib.py iperf FILE            -> Gbit/s received, from iperf3 -J output
+  lib.py wrk FILE              -> "req_per_s p50_ms p99_ms" from wrk --latency output
+  lib.py rss PID...            -> summed VmRSS in KiB of the processes
+  lib.py report RESULTS OUT MACHINE -> markdown table of medians, with ratios
+"""
+import json
+import re
+import statistics
+import sys
+
+
+def ms(value):
+    m = re.match(r"([\d.]+)(us|ms|s)", value)
+    n, unit = float(m.group(1)), m.group(2)
+    return {"us": n / 1000, "ms": n, "s": n * 1000}[unit]
+
+
+def wrk(path):
+    text = open(path).read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    p50 = ms(re.search(r"\s50%\s+(\S+)", text).group(1))
+    p99 = ms(re.search(r"\s99%\s+(\S+)", text).group(1))
+    errors = re.search(r"Socket errors: (.*)", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    print(f"{rps:.0f} {p50:.3f} {p99:.3f} {1 if (errors or non2xx) else 0}")
+
+
+def iperf(path):
+    data = json.load(open(path))
+    print(f"{data['end']['sum_received']['bits_per_second'] / 1e9:.2f}")
+
+
+def rss(pids):
+    total = 0
+    for pid in pids:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    print(total)
+
+
+ROWS = [
+    ("bulk1", "L4 bulk throughput, 1 stream (Gbit/s)", True),
+    ("bulk8", "L4 bulk throughput, 8 streams (Gbit/s)", True),
+    ("conn_rps", "L4 connection rate (connections/s)", True),
+    ("conn_p99", "L4 connection p99 latency (ms)", False),
+    ("l7_rps", "L7 keep-alive (requests/s)", True),
+    ("l7_p50", "L7 keep-alive p50 latency (ms)", False),
+    ("l7_p99", "L7 keep-alive p99 latency (ms)", False),
+    ("mem_kib", "Memory per idle relayed connection (KiB)", False),
+]
+CONTENDERS = ["direct", "tandem", "haproxy", "nginx"]
+
+
+def report(results, out, machine):
+    values = {}
+    for line in open(results):
+        contender, row, value = line.split()
+        values.setdefault((contender, row), []).append(float(value))
+    med = {k: statistics.median(v) for k, v in values.items()}
+    lines = [
+        f"Machine: {machine}",
+        "",
+        "| scenario | better | " + " | ".join(CONTENDERS) + " | tandem/HAProxy | tandem/nginx | tandem/direct |",
+        "|---|---|" + "---|" * len(CONTENDERS) + "---|---|---|",
+    ]
+    for key, label, higher in ROWS:
+        cells = [f"{med[(c, key)]:.2f}" if (c, key) in med else "-" for c in CONTENDERS]
+        t = med.get(("tandem", key))
+
+        def ratio(other):
+            o = med.get((other, key))
+            if t is None or o is None or o == 0:
+                return "-"
+            return f"{t / o:.2f}"
+
+        lines.append(
+            f"| {label} | {'higher' if higher else 'lower'} | " + " | ".join(cells)
+            + f" | {ratio('haproxy')} | {ratio('nginx')} | {ratio('direct')} |"
+        )
+    lines.append("")
+    lines.append("Ratios divide tandem's figure by the other's: above 1 is better for a")
+    lines.append("'higher' row, below 1 is better for a 'lower' row. Each cell is the median of the runs.")
+    text = "\n".join(lines) + "\n"
+    open(out, "w").write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "wrk":
+        wrk(sys.argv[2])
+    elif cmd == "iperf":
+        iperf(sys.argv[2])
+    elif cmd == "rss":
+        rss(sys.argv[2:])
+    elif cmd == "report":
+        report(sys.argv[2], sys.argv[3], sys.argv[4])
