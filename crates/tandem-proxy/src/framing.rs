@@ -208,10 +208,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniffer<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &polled {
-            let new = buf.filled()[before..].to_vec();
-            self.feed(&new);
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &polled
+            && !matches!(this.state, State::Off)
+        {
+            this.feed(&buf.filled()[before..]);
         }
         polled
     }

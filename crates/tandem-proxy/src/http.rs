@@ -389,7 +389,12 @@ impl Connection {
                     None => Empty::new().map_err(|never| match never {}).boxed(),
                 })
                 .expect("valid request");
-            *upstream.headers_mut() = parts.headers.clone();
+            // Only a retryable request can need its headers again.
+            *upstream.headers_mut() = if retryable {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             let sent = tokio::time::timeout(
                 config.http.response_timeout,
                 self.state.client.request(upstream),

@@ -155,10 +155,15 @@ fn runtime() -> tokio::runtime::Runtime {
     runtime_with(0)
 }
 
-/// A runtime with `threads` workers (0: one per CPU).
+/// A runtime with `threads` workers (0: one per CPU). One thread runs everything on
+/// the main thread, with no cross-thread wake-ups.
 fn runtime_with(threads: usize) -> tokio::runtime::Runtime {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if threads > 0 {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if threads > 1 {
         builder.worker_threads(threads);
     }
     builder
