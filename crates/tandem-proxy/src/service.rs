@@ -121,18 +121,28 @@ impl Service {
                     let service = self.clone();
                     let close_all = life.close_all.clone();
                     let local = client.local_addr().ok().or(local).unwrap_or(peer);
-                    life.tracker.spawn(async move {
+                    let fut = async move {
                         match service.http.load_full().as_ref().clone() {
                             Some(state) => {
                                 service.stats.total.fetch_add(1, Relaxed);
                                 let _ = client.set_nodelay(true);
-                                crate::http::serve(service.clone(), state, client, peer, close_all)
-                                    .await;
+                                // Boxed: a TCP connection's task then carries only its own
+                                // state, which is what each idle relayed connection costs.
+                                Box::pin(crate::http::serve(
+                                    service.clone(),
+                                    state,
+                                    client,
+                                    peer,
+                                    close_all,
+                                ))
+                                .await;
                             }
                             None => service.handle(client, peer, local, &close_all).await,
                         }
                         drop(slot);
-                    });
+                    };
+
+                    life.tracker.spawn(fut);
                 }
                 Err(e) => {
                     self.stats.accept_errors.fetch_add(1, Relaxed);
@@ -176,7 +186,9 @@ impl Service {
         let started = Instant::now();
         let config = self.config.load_full();
         let _ = client.set_nodelay(true);
-        let Some((mut backend, pick)) = self.connect(&config, peer).await else {
+        // Boxed: the connect phase's state is freed once connected, instead of sizing
+        // the task of every (mostly idle) relayed connection.
+        let Some((mut backend, pick)) = Box::pin(self.connect(&config, peer)).await else {
             self.stats.no_backend.fetch_add(1, Relaxed);
             info!(target: "tandem::conn", service = %config.name, client = %peer, backend = "-", to_backend = 0u64, to_client = 0u64, duration_ms = started.elapsed().as_millis() as u64, end = "no backend", "connection");
             return;
@@ -190,18 +202,18 @@ impl Service {
                 state.record_bytes(0, n);
             }
         };
-        let outcome = match header {
-            Some(h) => match backend.write_all(&h).await {
-                Ok(()) => {
-                    relay::relay(&client, &backend, config.idle_timeout, close_all, &meter).await
-                }
-                Err(e) => relay::Outcome {
-                    to_backend: 0,
-                    to_client: 0,
-                    end: End::BackendError(format!("sending PROXY header: {e}")),
-                },
-            },
+        let header_error = match &header {
+            Some(h) => Box::pin(backend.write_all(h)).await.err(),
+            None => None,
+        };
+        // One relay call site, so the task holds one relay's state.
+        let outcome = match header_error {
             None => relay::relay(&client, &backend, config.idle_timeout, close_all, &meter).await,
+            Some(e) => relay::Outcome {
+                to_backend: 0,
+                to_client: 0,
+                end: End::BackendError(format!("sending PROXY header: {e}")),
+            },
         };
         info!(
             target: "tandem::conn",
