@@ -156,14 +156,9 @@ impl Lab {
         name: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> T {
-        let path = format!("/var/run/netns/{}", self.ns(name));
+        let ns = self.ns(name);
         std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&file),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .unwrap();
+            enter_ns(&ns);
             f()
         })
         .join()
@@ -217,14 +212,9 @@ impl Lab {
         let log: ProbeLog = Arc::default();
         let record = log.clone();
         let stop = self.stop.clone();
-        let path = format!("/var/run/netns/{}", self.ns(name));
+        let ns = self.ns(name);
         std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&file),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .unwrap();
+            enter_ns(&ns);
             let started = Instant::now();
             while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
                 let at = Instant::now();
@@ -239,6 +229,16 @@ impl Lab {
         });
         Probe { log }
     }
+}
+
+/// Moves the calling thread into network namespace `ns`; threads it starts inherit it.
+fn enter_ns(ns: &str) {
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&file),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .unwrap();
 }
 
 /// Adds `addresses` (each "a.b.c.d/len") to host `name`'s eth0 in one batch.
