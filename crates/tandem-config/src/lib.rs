@@ -217,6 +217,30 @@ pub struct Check {
     pub ca_file: Option<PathBuf>,
 }
 
+impl Check {
+    /// A check of `kind` with every default of the configuration reference.
+    pub fn new(kind: CheckKind) -> Check {
+        Check {
+            kind,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            initial: InitialHealth::Down,
+            path: "/".to_string(),
+            host: None,
+            expect_status: Vec::new(),
+            expect_body: None,
+            send: None,
+            expect: None,
+            quit: None,
+            command: None,
+            verify: false,
+            ca_file: None,
+        }
+    }
+}
+
 /// Health check type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]

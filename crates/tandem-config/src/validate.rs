@@ -323,18 +323,9 @@ impl Validator<'_> {
         let whole = c.span();
         let c = c.get_ref();
         let kind = *c.kind.get_ref();
-        let interval = self.duration(
-            &c.interval,
-            "pool.check.interval",
-            Duration::from_secs(2),
-            true,
-        );
-        let timeout = self.duration(
-            &c.timeout,
-            "pool.check.timeout",
-            Duration::from_secs(1),
-            true,
-        );
+        let d = Check::new(kind);
+        let interval = self.duration(&c.interval, "pool.check.interval", d.interval, true);
+        let timeout = self.duration(&c.timeout, "pool.check.timeout", d.timeout, true);
         if timeout >= interval {
             let span = c.timeout.as_ref().map_or(whole.clone(), |t| t.span());
             self.error(
@@ -348,8 +339,8 @@ impl Validator<'_> {
                 "a check must end before the next one starts: make timeout < interval",
             );
         }
-        let rise = self.at_least_one(&c.rise, "pool.check.rise", 2);
-        let fall = self.at_least_one(&c.fall, "pool.check.fall", 3);
+        let rise = self.at_least_one(&c.rise, "pool.check.rise", d.rise);
+        let fall = self.at_least_one(&c.fall, "pool.check.fall", d.fall);
         let mut expect_status = Vec::new();
         if let Some(list) = &c.expect_status {
             for s in list.get_ref() {
@@ -492,10 +483,7 @@ impl Validator<'_> {
             rise,
             fall,
             initial: c.initial.as_ref().map(|i| *i.get_ref()).unwrap_or_default(),
-            path: c
-                .path
-                .as_ref()
-                .map_or("/".to_string(), |p| p.get_ref().clone()),
+            path: c.path.as_ref().map_or(d.path, |p| p.get_ref().clone()),
             host: c.host.as_ref().map(|h| h.get_ref().clone()),
             expect_status,
             expect_body: c.expect_body.as_ref().map(|b| b.get_ref().clone()),

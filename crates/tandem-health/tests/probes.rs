@@ -5,29 +5,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_config::{Check, CheckKind, InitialHealth};
+use tandem_config::{Check, CheckKind};
 use tandem_health::Prober;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 fn check(kind: CheckKind) -> Check {
     Check {
-        kind,
-        interval: Duration::from_secs(2),
         timeout: Duration::from_millis(300),
         rise: 1,
         fall: 1,
-        initial: InitialHealth::Down,
         path: "/health".into(),
-        host: None,
-        expect_status: vec![],
-        expect_body: None,
-        send: None,
-        expect: None,
-        quit: None,
-        command: None,
-        verify: false,
-        ca_file: None,
+        ..Check::new(kind)
     }
 }
 

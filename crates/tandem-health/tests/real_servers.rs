@@ -9,27 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tandem_config::{Check, CheckKind, InitialHealth};
+use tandem_config::{Check, CheckKind};
 use tandem_health::Prober;
 
 fn check(kind: CheckKind) -> Check {
     Check {
-        kind,
-        interval: Duration::from_secs(2),
-        timeout: Duration::from_secs(1),
         rise: 1,
         fall: 1,
-        initial: InitialHealth::Down,
-        path: "/".into(),
-        host: None,
-        expect_status: vec![],
-        expect_body: None,
-        send: None,
-        expect: None,
-        quit: None,
-        command: None,
-        verify: false,
-        ca_file: None,
+        ..Check::new(kind)
     }
 }
 

@@ -80,22 +80,10 @@ fn pool(backends: &[u8], initial: InitialHealth) -> Pool {
         sticky: None,
         fallback: None,
         check: Some(Check {
-            kind: CheckKind::Http,
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(500),
-            rise: 2,
-            fall: 3,
             initial,
-            path: "/".into(),
-            host: None,
-            expect_status: vec![],
-            expect_body: None,
-            send: None,
-            expect: None,
-            quit: None,
-            command: None,
-            verify: false,
-            ca_file: None,
+            ..Check::new(CheckKind::Http)
         }),
     }
 }

@@ -268,21 +268,18 @@ pub fn request_from(from: std::net::IpAddr, target: SocketAddr) -> Option<String
     socket
         .connect_timeout(&target.into(), Duration::from_millis(300))
         .ok()?;
-    let mut s: TcpStream = socket.into();
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split("\r\n\r\n")
-        .nth(1)
-        .map(str::to_string)
-        .filter(|b| !b.is_empty())
+    get_body(socket.into(), Duration::from_millis(500))
 }
 
 /// One HTTP request with short timeouts: the body, or `None`.
 pub fn request(target: SocketAddr) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&target, Duration::from_millis(150)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    let s = TcpStream::connect_timeout(&target, Duration::from_millis(150)).ok()?;
+    get_body(s, Duration::from_millis(300))
+}
+
+/// `GET /` on a connected stream: the response body, or `None`.
+fn get_body(mut s: TcpStream, read_timeout: Duration) -> Option<String> {
+    s.set_read_timeout(Some(read_timeout)).ok()?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
