@@ -61,11 +61,12 @@ impl Config {
 
     /// Configured features that this build validates but does not act on yet.
     pub fn inactive_features(&self) -> Vec<&'static str> {
-        let mut notes = Vec::new();
-        if self.services.iter().any(|s| s.mode == Mode::Redirect) {
-            notes.push("services with mode redirect are validated, but relayed as plain tcp in this version");
-        }
-        notes
+        Vec::new()
+    }
+
+    /// Whether any service forwards in the kernel (`mode = "redirect"`).
+    pub fn has_redirect(&self) -> bool {
+        self.services.iter().any(|s| s.mode == Mode::Redirect)
     }
 }
 
@@ -295,6 +296,8 @@ pub struct Service {
     pub tls: Option<Tls>,
     /// HTTP settings (http mode).
     pub http: Http,
+    /// Return path of the backends' replies (redirect mode).
+    pub return_path: ReturnPath,
 }
 
 /// HTTP mode settings (`[service.http]`).
@@ -354,6 +357,19 @@ pub struct HeaderRules {
     pub add: Vec<(String, String)>,
     /// Headers removed.
     pub remove: Vec<String>,
+}
+
+/// How the backends' replies of a redirect service find their way back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReturnPath {
+    /// The backends route through a virtual address of `[[ha.group]]`.
+    #[default]
+    Vip,
+    /// The balancer rewrites the source (masquerade): backends see its address.
+    Snat,
+    /// The balancer is the backends' gateway by its own network configuration.
+    Static,
 }
 
 /// How a service handles connections.
@@ -434,6 +450,18 @@ pub struct Ha {
     pub notify: Option<PathBuf>,
     /// Whether the IPv4 VRRP checksum covers the pseudo-header (keepalived: yes).
     pub checksum_pseudo_header: bool,
+    /// Addresses on other interfaces that move with `virtual_ips` (one election): the
+    /// backends' gateway on the private network for redirect services.
+    pub group: Vec<HaGroup>,
+}
+
+/// Virtual addresses on another interface that follow the master (`[[ha.group]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaGroup {
+    /// Interface that holds them.
+    pub interface: String,
+    /// Addresses with prefix length.
+    pub virtual_ips: Vec<(IpAddr, u8)>,
 }
 
 /// State sync settings (`[sync]`).
@@ -445,6 +473,10 @@ pub struct Sync {
     pub peers: Vec<SocketAddr>,
     /// Shared secret file.
     pub key_file: PathBuf,
+    /// UDP port of conntrackd's state sync (redirect services), on the `listen` address.
+    pub conntrack_port: u16,
+    /// The conntrackd program (a path, or a name looked up in PATH).
+    pub conntrackd: PathBuf,
 }
 
 /// Parses a duration written as "150ms", "2s", "5m" or "1h 30m".

@@ -96,6 +96,7 @@ pub(crate) struct RawService {
     pub proxy_protocol: Option<S<crate::ProxyProtocol>>,
     pub tls: Option<S<RawTls>>,
     pub http: Option<S<RawHttp>>,
+    pub return_path: Option<S<crate::ReturnPath>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +158,15 @@ pub(crate) struct RawHa {
     pub track_pools: std::collections::BTreeMap<S<String>, S<i64>>,
     pub notify: Option<S<String>>,
     pub checksum_pseudo_header: Option<bool>,
+    #[serde(default)]
+    pub group: Vec<S<RawHaGroup>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHaGroup {
+    pub interface: S<String>,
+    pub virtual_ips: S<Vec<S<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,4 +176,6 @@ pub(crate) struct RawSync {
     #[serde(default)]
     pub peers: Vec<S<String>>,
     pub key_file: S<String>,
+    pub conntrack_port: Option<S<i64>>,
+    pub conntrackd: Option<S<String>>,
 }

@@ -152,6 +152,7 @@ impl Validator<'_> {
         self.fallbacks(&raw.pool);
         let ha = raw.ha.as_ref().map(|h| self.ha(h, &pools));
         let sync = raw.sync.as_ref().map(|s| self.sync(s));
+        self.redirect_checks(&raw.service, &pools, ha.as_ref());
         if raw.service.is_empty() {
             self.diags.push(
                 Diagnostic::new(
@@ -623,6 +624,11 @@ impl Validator<'_> {
                 .unwrap_or_default(),
             tls,
             http: self.http(s.http.as_ref(), mode),
+            return_path: s
+                .return_path
+                .as_ref()
+                .map(|r| *r.get_ref())
+                .unwrap_or_default(),
         }
     }
 
@@ -1004,6 +1010,147 @@ impl Validator<'_> {
                 path
             }),
             checksum_pseudo_header: h.checksum_pseudo_header.unwrap_or(true),
+            group: h.group.iter().map(|g| self.ha_group(g)).collect(),
+        }
+    }
+
+    fn ha_group(&mut self, g: &S<raw::RawHaGroup>) -> HaGroup {
+        let g = g.get_ref();
+        if g.interface.get_ref().trim().is_empty() {
+            self.error(
+                g.interface.span(),
+                "ha.group.interface",
+                "is empty".into(),
+                "name the interface that holds these addresses, e.g. \"eth1\"",
+            );
+        }
+        if g.virtual_ips.get_ref().is_empty() {
+            self.error(
+                g.virtual_ips.span(),
+                "ha.group.virtual_ips",
+                "is empty".into(),
+                "list the addresses that move with the master, e.g. [\"10.1.0.1/24\"]",
+            );
+        }
+        let mut virtual_ips = Vec::new();
+        for ip in g.virtual_ips.get_ref() {
+            match parse_cidr(ip.get_ref()) {
+                Ok(v) => virtual_ips.push(v),
+                Err(e) => self.error(
+                    ip.span(),
+                    "ha.group.virtual_ips",
+                    e,
+                    "write address/prefix, e.g. \"10.1.0.1/24\"",
+                ),
+            }
+        }
+        HaGroup {
+            interface: g.interface.get_ref().clone(),
+            virtual_ips,
+        }
+    }
+
+    /// What a redirect (kernel DNAT) service needs: an address to match, a spread the
+    /// kernel can do, backends of the same family, and a way back for the replies.
+    fn redirect_checks(
+        &mut self,
+        services: &[S<raw::RawService>],
+        pools: &[Pool],
+        ha: Option<&Ha>,
+    ) {
+        for s in services {
+            let s = s.get_ref();
+            let mode = s.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
+            if mode != Mode::Redirect {
+                if let Some(r) = &s.return_path {
+                    self.error(
+                        r.span(),
+                        "service.return_path",
+                        "applies to mode = \"redirect\" only".into(),
+                        "remove it: relayed connections come back to tandem's own socket",
+                    );
+                }
+                continue;
+            }
+            for l in s.listen.get_ref() {
+                if let Ok(addr) = l.get_ref().parse::<SocketAddr>() {
+                    if addr.ip().is_unspecified() || addr.port() == 0 {
+                        self.error(
+                            l.span(),
+                            "service.listen",
+                            format!("{addr} names no single address and port to redirect"),
+                            "give the virtual address and port, e.g. \"192.0.2.10:143\"",
+                        );
+                    }
+                }
+            }
+            if let Some(p) = s
+                .proxy_protocol
+                .as_ref()
+                .filter(|p| *p.get_ref() != ProxyProtocol::None)
+            {
+                self.error(
+                    p.span(),
+                    "service.proxy_protocol",
+                    "cannot be sent by kernel forwarding".into(),
+                    "backends of a redirect service see the client's own address already; remove proxy_protocol, or use mode = \"tcp\"",
+                );
+            }
+            if let Some(pool) = pools.iter().find(|p| &p.name == s.pool.get_ref()) {
+                if !matches!(
+                    pool.balance,
+                    Balance::RoundRobin | Balance::Random | Balance::SourceHash
+                ) {
+                    self.error(
+                        s.pool.span(),
+                        "service.pool",
+                        format!("pool {:?} balances by {}, which the kernel cannot do", pool.name, pool.balance.name()),
+                        "redirect pools use balance = \"round-robin\", \"random\" or \"source-hash\"",
+                    );
+                }
+                if pool.sticky.is_some() {
+                    self.error(
+                        s.pool.span(),
+                        "service.pool",
+                        format!("pool {:?} has a sticky table, which lives in tandem's relay, not in the kernel", pool.name),
+                        "for redirect use balance = \"source-hash\": the kernel hashes the client address, the same way on both nodes",
+                    );
+                }
+                for l in s.listen.get_ref() {
+                    if let Ok(addr) = l.get_ref().parse::<SocketAddr>()
+                        && let Some(b) = pool
+                            .backends
+                            .iter()
+                            .find(|b| b.address.is_ipv4() != addr.is_ipv4())
+                    {
+                        self.error(
+                            l.span(),
+                            "service.listen",
+                            format!("{addr} and backend {} of pool {:?} are of different IP families", b.address, pool.name),
+                            "kernel forwarding translates addresses within one family: use an IPv4 or IPv6 pool to match",
+                        );
+                    }
+                }
+            }
+            let return_path = s
+                .return_path
+                .as_ref()
+                .map(|r| *r.get_ref())
+                .unwrap_or_default();
+            if return_path == ReturnPath::Vip && ha.is_none_or(|h| h.group.is_empty()) {
+                let span = s
+                    .return_path
+                    .as_ref()
+                    .map(|r| r.span())
+                    .or(s.mode.as_ref().map(|m| m.span()))
+                    .unwrap_or(s.name.span());
+                self.error(
+                    span,
+                    "service.return_path",
+                    format!("service {:?}: the backends' replies must come back through the balancer, and no [[ha.group]] gives them a gateway address that moves with the master", s.name.get_ref()),
+                    "add [[ha.group]] with the backends' gateway on the private interface (interface = \"eth1\", virtual_ips = [\"10.1.0.1/24\"]); or set return_path = \"snat\" (backends then see the balancer's address) or \"static\" (this host routes for them already)",
+                );
+            }
         }
     }
 
@@ -1029,10 +1176,37 @@ impl Validator<'_> {
                 "make a key with: head -c 32 /dev/urandom | base64 > sync.key",
             );
         }
+        let conntrack_port = match s.conntrack_port.as_ref() {
+            None => 3780,
+            Some(p) => match p.get_ref() {
+                v @ 1..=65535 => *v as u16,
+                v => {
+                    self.error(
+                        p.span(),
+                        "sync.conntrack_port",
+                        format!("{v} is not a port"),
+                        "a UDP port, 1 to 65535, the same on both nodes",
+                    );
+                    3780
+                }
+            },
+        };
         Sync {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             peers,
             key_file,
+            conntrack_port,
+            conntrackd: s
+                .conntrackd
+                .as_ref()
+                .map(|c| {
+                    if c.get_ref().contains('/') {
+                        self.resolve(c.get_ref())
+                    } else {
+                        PathBuf::from(c.get_ref())
+                    }
+                })
+                .unwrap_or_else(|| PathBuf::from("conntrackd")),
         }
     }
 

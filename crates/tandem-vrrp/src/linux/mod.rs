@@ -50,7 +50,26 @@ pub struct HaSettings {
     pub notify: Option<PathBuf>,
     /// Checksum over the IPv4 pseudo-header.
     pub pseudo_header: bool,
+    /// Addresses on other interfaces that follow this router's state.
+    pub group: Vec<GroupSettings>,
 }
+
+/// Virtual addresses on another interface, taken and released with the main ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSettings {
+    /// Interface.
+    pub interface: String,
+    /// Virtual IPv4 addresses with prefix length.
+    pub virtual_ips: Vec<(Ipv4Addr, u8)>,
+}
+
+/// Sent just before this node takes the virtual addresses; the router waits for the
+/// reply (at most [`TAKEOVER_WAIT`]), so that state the new master needs (the kernel's
+/// connection states) is in place before the first packet arrives.
+pub type Takeover = oneshot::Sender<()>;
+
+/// The longest a takeover waits for its hook.
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
 impl HaSettings {
     /// From the `[ha]` section; IPv6 addresses are refused (VRRPv3 for IPv6 is not built).
@@ -76,6 +95,20 @@ impl HaSettings {
             unicast_peers: ha.unicast_peers.iter().map(v4).collect::<Result<_, _>>()?,
             notify: ha.notify.clone(),
             pseudo_header: ha.checksum_pseudo_header,
+            group: ha
+                .group
+                .iter()
+                .map(|g| {
+                    Ok(GroupSettings {
+                        interface: g.interface.clone(),
+                        virtual_ips: g
+                            .virtual_ips
+                            .iter()
+                            .map(|(ip, p)| v4(ip).map(|a| (a, *p)))
+                            .collect::<Result<_, _>>()?,
+                    })
+                })
+                .collect::<Result<_, VrrpError>>()?,
         })
     }
 }
@@ -152,6 +185,14 @@ impl Vrrp {
     /// Opens sockets on the interface, removes virtual addresses left by a crashed run,
     /// and starts as Backup (or Master for priority 255).
     pub async fn start(settings: HaSettings) -> Result<Vrrp, VrrpError> {
+        Vrrp::start_with_takeover(settings, None).await
+    }
+
+    /// As [`Vrrp::start`], and asks `takeover` before every takeover (see [`Takeover`]).
+    pub async fn start_with_takeover(
+        settings: HaSettings,
+        takeover: Option<mpsc::Sender<Takeover>>,
+    ) -> Result<Vrrp, VrrpError> {
         let netlink = Netlink::open()?;
         let link = netlink
             .link(&settings.interface)
@@ -168,6 +209,30 @@ impl Vrrp {
         for (ip, _, _) in addresses.iter().filter(|(ip, _, _)| vips.contains(ip)) {
             warn!(target: "tandem::vrrp", interface = %settings.interface, address = %ip, "removing a virtual address left from an earlier run");
             netlink.remove_address(link.index, *ip).await?;
+        }
+        let mut group = Vec::new();
+        for g in &settings.group {
+            let glink = netlink
+                .link(&g.interface)
+                .await?
+                .ok_or_else(|| VrrpError::NoInterface(g.interface.clone()))?;
+            let ips: Vec<Ipv4Addr> = g.virtual_ips.iter().map(|(ip, _)| *ip).collect();
+            for (ip, _, _) in netlink
+                .addresses(glink.index)
+                .await?
+                .iter()
+                .filter(|(ip, _, _)| ips.contains(ip))
+            {
+                warn!(target: "tandem::vrrp", interface = %g.interface, address = %ip, "removing a virtual address left from an earlier run");
+                netlink.remove_address(glink.index, *ip).await?;
+            }
+            group.push(GroupLink {
+                interface: g.interface.clone(),
+                index: glink.index,
+                mac: glink.mac,
+                arp: Arc::new(ArpSender::open(glink.index)?),
+                virtual_ips: g.virtual_ips.clone(),
+            });
         }
         let socket = VrrpSocket::open(&settings.interface, link.index, primary)?;
         let arp = ArpSender::open(link.index)?;
@@ -209,6 +274,8 @@ impl Vrrp {
             states: state_tx,
             origin: Instant::now(),
             interface_down: false,
+            group,
+            takeover,
         };
         let task = tokio::spawn(runner.run(rx));
         Ok(Vrrp {
@@ -273,6 +340,17 @@ struct Runner {
     states: watch::Sender<State>,
     origin: Instant,
     interface_down: bool,
+    group: Vec<GroupLink>,
+    takeover: Option<mpsc::Sender<Takeover>>,
+}
+
+/// An interface of the group, opened.
+struct GroupLink {
+    interface: String,
+    index: u32,
+    mac: [u8; 6],
+    arp: Arc<ArpSender>,
+    virtual_ips: Vec<(Ipv4Addr, u8)>,
 }
 
 impl Runner {
@@ -390,22 +468,32 @@ impl Runner {
     }
 
     async fn poll_link(&mut self) -> Option<Input<'static>> {
-        let running = match self.netlink.link(&self.settings.interface).await {
-            Ok(Some(l)) => l.running,
-            Ok(None) => false,
-            Err(e) => {
-                debug!(target: "tandem::vrrp", error = %e, "reading the interface state");
-                return None;
+        // The router is only as good as its worst interface: a master that lost the
+        // backends' network must hand over too.
+        let names = std::iter::once(self.settings.interface.clone())
+            .chain(self.group.iter().map(|g| g.interface.clone()));
+        let mut down = None;
+        for name in names {
+            match self.netlink.link(&name).await {
+                Ok(Some(l)) if l.running => {}
+                Ok(_) => {
+                    down = Some(name);
+                    break;
+                }
+                Err(e) => {
+                    debug!(target: "tandem::vrrp", error = %e, "reading the interface state");
+                    return None;
+                }
             }
-        };
-        if !running && !self.interface_down {
+        }
+        if let Some(name) = down.as_ref().filter(|_| !self.interface_down) {
             self.interface_down = true;
-            warn!(target: "tandem::vrrp", interface = %self.settings.interface, "interface down: giving up VRRP");
+            warn!(target: "tandem::vrrp", interface = %name, "interface down: giving up VRRP");
             return Some(Input::InterfaceDown);
         }
-        if running && self.interface_down {
+        if down.is_none() && self.interface_down {
             self.interface_down = false;
-            info!(target: "tandem::vrrp", interface = %self.settings.interface, "interface up again: VRRP restarting");
+            info!(target: "tandem::vrrp", interface = %self.settings.interface, "interfaces up again: VRRP restarting");
             return Some(Input::Startup);
         }
         None
@@ -422,8 +510,18 @@ impl Runner {
                 Action::Send { priority } => self.send(priority),
                 Action::TakeAddresses => self.take_addresses().await,
                 Action::ReleaseAddresses => {
-                    for (ip, _) in &self.settings.virtual_ips {
-                        if let Err(e) = self.netlink.remove_address(self.link.index, *ip).await {
+                    let main = self
+                        .settings
+                        .virtual_ips
+                        .iter()
+                        .map(|(ip, _)| (self.link.index, *ip));
+                    let grouped = self
+                        .group
+                        .iter()
+                        .flat_map(|g| g.virtual_ips.iter().map(|(ip, _)| (g.index, *ip)));
+                    let all: Vec<(u32, Ipv4Addr)> = main.chain(grouped).collect();
+                    for (index, ip) in all {
+                        if let Err(e) = self.netlink.remove_address(index, ip).await {
                             warn!(target: "tandem::vrrp", error = %e, "removing a virtual address");
                         }
                     }
@@ -449,25 +547,34 @@ impl Runner {
     }
 
     async fn take_addresses(&self) {
-        for (ip, prefix) in &self.settings.virtual_ips {
-            if let Err(e) = self
-                .netlink
-                .add_address(self.link.index, *ip, *prefix)
-                .await
+        if let Some(takeover) = &self.takeover {
+            let started = Instant::now();
+            let (done, wait) = oneshot::channel();
+            if takeover.send(done).await.is_ok()
+                && tokio::time::timeout(TAKEOVER_WAIT, wait).await.is_err()
             {
-                warn!(target: "tandem::vrrp", error = %e, "adding a virtual address");
+                warn!(target: "tandem::vrrp", "the takeover hook took longer than {TAKEOVER_WAIT:?}: taking the addresses anyway");
+            }
+            debug!(target: "tandem::vrrp", elapsed_ms = started.elapsed().as_millis() as u64, "takeover hook done");
+        }
+        let mut announce = vec![(
+            self.link.index,
+            self.link.mac,
+            self.arp.clone(),
+            self.settings.virtual_ips.clone(),
+        )];
+        for g in &self.group {
+            announce.push((g.index, g.mac, g.arp.clone(), g.virtual_ips.clone()));
+        }
+        for (index, _, _, ips) in &announce {
+            for (ip, prefix) in ips {
+                if let Err(e) = self.netlink.add_address(*index, *ip, *prefix).await {
+                    warn!(target: "tandem::vrrp", error = %e, "adding a virtual address");
+                }
             }
         }
         // Announce the addresses now and a few more times, in case a frame is lost,
         // for as long as this node stays master.
-        let arp = self.arp.clone();
-        let mac = self.link.mac;
-        let ips: Vec<Ipv4Addr> = self
-            .settings
-            .virtual_ips
-            .iter()
-            .map(|(ip, _)| *ip)
-            .collect();
         let mut states = self.states.subscribe();
         tokio::spawn(async move {
             let start = Instant::now();
@@ -476,9 +583,11 @@ impl Runner {
                 if at > 0 && *states.borrow_and_update() != State::Master {
                     return;
                 }
-                for ip in &ips {
-                    if let Err(e) = arp.announce(mac, *ip) {
-                        debug!(target: "tandem::vrrp", error = %e, "gratuitous ARP");
+                for (_, mac, arp, ips) in &announce {
+                    for (ip, _) in ips {
+                        if let Err(e) = arp.announce(*mac, *ip) {
+                            debug!(target: "tandem::vrrp", error = %e, "gratuitous ARP");
+                        }
                     }
                 }
             }
