@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 static STATE_EPOCH: AtomicU64 = AtomicU64::new(0);
 
 /// The current state epoch.
-pub(crate) fn state_epoch() -> u64 {
+pub fn state_epoch() -> u64 {
     STATE_EPOCH.load(Relaxed)
 }
 

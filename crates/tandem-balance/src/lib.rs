@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-pub use backend::{Backend, BackendState, Lease};
+pub use backend::{Backend, BackendState, Lease, state_epoch};
 pub use select::{HASH_SEED, Selector, ip_bytes};
 pub use sticky::{StickyChange, StickyEntry, StickyObserver, StickyTable, unix_ms};
 pub use tandem_config::Balance;

@@ -59,11 +59,6 @@ impl Config {
         self.pools.iter().find(|p| p.name == name)
     }
 
-    /// Configured features that this build validates but does not act on yet.
-    pub fn inactive_features(&self) -> Vec<&'static str> {
-        Vec::new()
-    }
-
     /// Whether any service forwards in the kernel (`mode = "redirect"`).
     pub fn has_redirect(&self) -> bool {
         self.services.iter().any(|s| s.mode == Mode::Redirect)

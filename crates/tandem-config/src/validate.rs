@@ -1073,15 +1073,15 @@ impl Validator<'_> {
                 continue;
             }
             for l in s.listen.get_ref() {
-                if let Ok(addr) = l.get_ref().parse::<SocketAddr>() {
-                    if addr.ip().is_unspecified() || addr.port() == 0 {
-                        self.error(
-                            l.span(),
-                            "service.listen",
-                            format!("{addr} names no single address and port to redirect"),
-                            "give the virtual address and port, e.g. \"192.0.2.10:143\"",
-                        );
-                    }
+                if let Ok(addr) = l.get_ref().parse::<SocketAddr>()
+                    && (addr.ip().is_unspecified() || addr.port() == 0)
+                {
+                    self.error(
+                        l.span(),
+                        "service.listen",
+                        format!("{addr} names no single address and port to redirect"),
+                        "give the virtual address and port, e.g. \"192.0.2.10:143\"",
+                    );
                 }
             }
             if let Some(p) = s

@@ -60,7 +60,6 @@ fn minimal_config_gets_defaults() {
     assert!(!p.backends[0].backup);
     assert_eq!(c.global.log_format, LogFormat::Text);
     assert_eq!(c.global.drain_timeout, Duration::from_secs(30));
-    assert!(c.inactive_features().is_empty());
 }
 
 #[test]
@@ -177,12 +176,8 @@ key_file = "sync.key"
     assert!(ha.checksum_pseudo_header);
     let sync = c.sync.as_ref().unwrap();
     assert_eq!(sync.peers, vec!["10.0.1.2:7946".parse().unwrap()]);
-    // Later issues' sections are validated now and reported as not yet active.
-    let notes = c.inactive_features().join("\n");
-    assert!(
-        !notes.contains("[sync]") && !notes.contains("[ha]"),
-        "{notes}"
-    );
+    assert_eq!(sync.conntrack_port, 3780);
+    assert_eq!(sync.conntrackd, std::path::PathBuf::from("conntrackd"));
 }
 
 #[test]
@@ -434,4 +429,102 @@ fn every_error_is_reported_at_once() {
 fn no_service_is_an_error() {
     let e = errors("[[pool]]\nname = \"web\"\nbackends = [{ address = \"127.0.0.1:8001\" }]\n");
     assert_error(&e, 1, 1, "service", "no [[service]] is defined");
+}
+
+const REDIRECT: &str = r#"
+[[pool]]
+name = "mail"
+balance = "source-hash"
+backends = [{ address = "10.1.0.11:143" }, { address = "10.1.0.12:143", weight = 2 }]
+
+[[service]]
+name = "imap"
+listen = ["192.0.2.10:143"]
+mode = "redirect"
+pool = "mail"
+
+[ha]
+interface = "eth0"
+vrid = 51
+virtual_ips = ["192.0.2.10/24"]
+
+[[ha.group]]
+interface = "eth1"
+virtual_ips = ["10.1.0.1/24"]
+"#;
+
+#[test]
+fn redirect_service_with_its_gateway_address_is_accepted() {
+    let c = Config::parse(REDIRECT, "t.toml", Path::new(".")).unwrap();
+    assert!(c.has_redirect());
+    assert_eq!(c.services[0].return_path, ReturnPath::Vip);
+    let group = &c.ha.as_ref().unwrap().group;
+    assert_eq!(group[0].interface, "eth1");
+    assert_eq!(
+        group[0].virtual_ips,
+        vec![("10.1.0.1".parse().unwrap(), 24)]
+    );
+}
+
+#[test]
+fn redirect_service_without_a_return_path_is_refused() {
+    let without_group = REDIRECT.split("[[ha.group]]").next().unwrap();
+    let e = errors(without_group);
+    assert_error(&e, 10, 8, "service.return_path", "no [[ha.group]]");
+    assert!(e[0].contains("return_path = \"snat\""), "{e:?}");
+    let snat = without_group.replace(
+        "mode = \"redirect\"",
+        "mode = \"redirect\"\nreturn_path = \"snat\"",
+    );
+    let c = Config::parse(&snat, "t.toml", Path::new(".")).unwrap();
+    assert_eq!(c.services[0].return_path, ReturnPath::Snat);
+}
+
+#[test]
+fn redirect_refuses_what_the_kernel_cannot_do() {
+    let text = REDIRECT
+        .replace("balance = \"source-hash\"", "balance = \"least-conn\"")
+        .replace(
+            "listen = [\"192.0.2.10:143\"]",
+            "listen = [\"0.0.0.0:143\", \"[2001:db8::10]:143\"]",
+        )
+        .replace(
+            "pool = \"mail\"\n\n[ha]",
+            "pool = \"mail\"\nproxy_protocol = \"v2\"\n\n[ha]",
+        );
+    let e = errors(&text);
+    assert_error(&e, 9, 11, "service.listen", "names no single address");
+    assert_error(&e, 9, 26, "service.listen", "different IP families");
+    assert_error(
+        &e,
+        11,
+        8,
+        "service.pool",
+        "least-conn, which the kernel cannot do",
+    );
+    assert_error(
+        &e,
+        12,
+        18,
+        "service.proxy_protocol",
+        "cannot be sent by kernel forwarding",
+    );
+    let sticky = REDIRECT.replace(
+        "balance = \"source-hash\"",
+        "balance = \"round-robin\"\nsticky = { key = \"source-ip\", ttl = \"30m\" }",
+    );
+    let e = errors(&sticky);
+    assert_error(&e, 12, 8, "service.pool", "sticky table");
+    let tcp_with_return_path = BASE.replace(
+        "pool = \"web\"\n",
+        "pool = \"web\"\nreturn_path = \"snat\"\n",
+    );
+    let e = errors(&tcp_with_return_path);
+    assert_error(
+        &e,
+        10,
+        15,
+        "service.return_path",
+        "applies to mode = \"redirect\" only",
+    );
 }

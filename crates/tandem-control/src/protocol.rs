@@ -24,6 +24,8 @@ pub enum Request {
     Reload,
     /// VRRP state and priority.
     Ha,
+    /// The kernel rules of redirect services and the sync of connection states.
+    Redirect,
 }
 
 /// What to do with a backend.
@@ -174,6 +176,32 @@ pub struct CheckSnapshot {
     pub error: String,
     /// Seconds since it ended.
     pub age_secs: u64,
+}
+
+/// Redirect services: the rules in the kernel and conntrackd's state sync.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RedirectSnapshot {
+    /// One line per service address: where new connections go.
+    pub rules: Vec<String>,
+    /// tandem's nftables table as the kernel lists it (with counters).
+    pub table: String,
+    /// Connection-state sync, when it runs.
+    pub conntrack: Option<ConntrackSnapshot>,
+}
+
+/// conntrackd as tandem sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackSnapshot {
+    /// Answers on its control socket.
+    pub running: bool,
+    /// Restarts by tandem.
+    pub restarts: u64,
+    /// Connection states of this node known to it.
+    pub internal: u64,
+    /// Connection states received from the peer.
+    pub external: u64,
+    /// Last role tandem switched it to (master or backup).
+    pub role: String,
 }
 
 /// VRRP state.

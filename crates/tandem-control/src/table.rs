@@ -165,3 +165,30 @@ pub fn ha(ha: Option<&HaSnapshot>) -> String {
     }
     out
 }
+
+/// `tandem ctl redirect`: the rules and the state sync.
+pub fn redirect(r: Option<&crate::protocol::RedirectSnapshot>) -> String {
+    let Some(r) = r else {
+        return "no redirect service configured\n".into();
+    };
+    let mut out = String::from("rules (new connections):\n");
+    for line in &r.rules {
+        out += &format!("  {line}\n");
+    }
+    match &r.conntrack {
+        Some(c) => {
+            out += &format!(
+                "connection states: conntrackd {} as {}, {} local, {} from the peer, {} restart(s)\n",
+                if c.running { "running" } else { "NOT RUNNING" },
+                if c.role.is_empty() { "-" } else { &c.role },
+                c.internal,
+                c.external,
+                c.restarts
+            );
+        }
+        None => out += "connection states: not synced (needs [ha] and [sync])\n",
+    }
+    out += "\nkernel table:\n";
+    out += &r.table;
+    out
+}

@@ -12,6 +12,9 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use tandem_balance::StickyChange;
 use tandem_balance::{PoolSet, now_ms};
+use tandem_config::Mode;
+
+use crate::redirect::RedirectPlane;
 use tandem_config::Config;
 use tandem_control::admin::StateSource;
 use tandem_control::{
@@ -63,6 +66,7 @@ struct Shared {
     control_socket: std::sync::Mutex<Option<PathBuf>>,
     vrrp: std::sync::Mutex<Option<Arc<Vrrp>>>,
     sync: std::sync::Mutex<Option<Arc<SyncNode>>>,
+    redirect: std::sync::Mutex<Option<Arc<RedirectPlane>>>,
 }
 
 /// Identifies a listener across reloads: its configured address, and for port 0 (any
@@ -163,12 +167,13 @@ impl Daemon {
             control_socket: std::sync::Mutex::new(None),
             vrrp: std::sync::Mutex::new(None),
             sync: std::sync::Mutex::new(None),
+            redirect: std::sync::Mutex::new(None),
         });
         let daemon = Daemon { shared };
         {
             let mut inner = daemon.shared.inner.lock().await;
             let bound = bind_new(&config, &inner.listeners)?;
-            for s in &config.services {
+            for s in relayed(&config) {
                 inner.services.insert(
                     s.name.clone(),
                     Service::new(
@@ -202,9 +207,40 @@ impl Daemon {
             *daemon.shared.sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(node);
             daemon.observe_sticky_tables();
         }
+        let redirect = if config.has_redirect() {
+            let plane = RedirectPlane::start(
+                &config,
+                daemon.shared.pools.clone(),
+                daemon.shared.background.clone(),
+            )
+            .await?;
+            *daemon
+                .shared
+                .redirect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(plane.clone());
+            Some(plane)
+        } else {
+            None
+        };
         if let Some(ha) = &config.ha {
             let settings = HaSettings::from_config(ha)?;
-            let vrrp = Arc::new(Vrrp::start(settings).await.context("starting VRRP")?);
+            let takeover = match &redirect {
+                Some(plane) => {
+                    plane
+                        .start_state_sync(&config, daemon.shared.background.clone())
+                        .await?
+                }
+                None => None,
+            };
+            let vrrp = Arc::new(
+                Vrrp::start_with_takeover(settings, takeover)
+                    .await
+                    .context("starting VRRP")?,
+            );
+            if let Some(plane) = &redirect {
+                plane.follow_vrrp(&vrrp, daemon.shared.background.clone());
+            }
             *daemon.shared.vrrp.lock().unwrap_or_else(|e| e.into_inner()) = Some(vrrp.clone());
             if let Some(sync) = daemon.sync() {
                 // Like pfsync's demotion during bulk update: never take over with an
@@ -340,8 +376,12 @@ impl Daemon {
             }
         }
         let mut prepared = HashMap::new();
-        for s in &config.services {
+        for s in relayed(&config) {
             prepared.insert(s.name.clone(), Service::prepare(s.clone())?);
+        }
+        let redirect = self.redirect();
+        if redirect.is_none() && config.has_redirect() {
+            return Err("redirect services were added: the kernel data plane starts with tandem, restart it".into());
         }
         let bound = bind_new(&config, &inner.listeners).map_err(|e| format!("{e:#}"))?;
         let mut report = ReloadReport::default();
@@ -366,7 +406,7 @@ impl Daemon {
         self.observe_sticky_tables();
         // Services: update in place, add, remove.
         let mut services = HashMap::new();
-        for s in &config.services {
+        for s in relayed(&config) {
             let ready = prepared.remove(&s.name).expect("prepared above");
             let service = match inner.services.remove(&s.name) {
                 Some(existing) => {
@@ -383,9 +423,7 @@ impl Daemon {
         report.services_removed = inner.services.keys().cloned().collect();
         inner.services = services;
         // Listeners: keep, move to another service, or close.
-        let wanted: HashMap<ListenKey, &str> = config
-            .services
-            .iter()
+        let wanted: HashMap<ListenKey, &str> = relayed(&config)
             .flat_map(|s| {
                 s.listen
                     .iter()
@@ -413,6 +451,11 @@ impl Daemon {
             self.spawn_listener(&mut inner, key, &service, l);
         }
         self.publish_services(&inner, &config);
+        if let Some(plane) = redirect
+            && let Err(e) = plane.reload(&config, &self.shared.pools.load()).await
+        {
+            warn!(error = %e, "the previous redirect rules stay until the kernel takes the new ones");
+        }
         self.shared.config.store(Arc::new(config));
         self.shared.reloads.fetch_add(1, Relaxed);
         info!(
@@ -463,6 +506,7 @@ impl Daemon {
             Request::Status => Response::ok(self.snapshot()),
             Request::Pools => Response::ok(self.snapshot()),
             Request::Ha => Response::ok(self.snapshot().ha),
+            Request::Redirect => Response::ok(self.redirect_snapshot().await),
             Request::Backend {
                 action,
                 pool,
@@ -551,6 +595,19 @@ impl Daemon {
                     accept_errors: st.accept_errors.load(Relaxed),
                 }
             })
+            .chain(
+                config
+                    .services
+                    .iter()
+                    .filter(|s| s.mode == Mode::Redirect)
+                    .map(|s| ServiceSnapshot {
+                        name: s.name.clone(),
+                        mode: s.mode.name().into(),
+                        pool: s.pool.clone(),
+                        listen: s.listen.iter().map(ToString::to_string).collect(),
+                        ..ServiceSnapshot::default()
+                    }),
+            )
             .collect();
         let pools = config
             .pools
@@ -602,6 +659,25 @@ impl Daemon {
                 })
                 .unwrap_or_default(),
         }
+    }
+
+    /// The redirect services' rules and state sync, when any is configured.
+    pub async fn redirect_snapshot(&self) -> Option<tandem_control::RedirectSnapshot> {
+        let plane = self.redirect()?;
+        Some(tandem_control::RedirectSnapshot {
+            rules: plane.describe(),
+            table: plane.table().await,
+            conntrack: plane
+                .conntrack_status()
+                .await
+                .map(|c| tandem_control::ConntrackSnapshot {
+                    running: c.running,
+                    restarts: c.restarts,
+                    internal: c.internal,
+                    external: c.external,
+                    role: c.role,
+                }),
+        })
     }
 
     fn backend_snapshot(&self, pool: &str, b: &tandem_balance::Backend) -> BackendSnapshot {
@@ -677,6 +753,15 @@ impl Daemon {
         }
     }
 
+    /// The kernel data plane, when redirect services are configured.
+    pub fn redirect(&self) -> Option<Arc<RedirectPlane>> {
+        self.shared
+            .redirect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The VRRP router, when `[ha]` is configured.
     pub fn vrrp(&self) -> Option<Arc<Vrrp>> {
         self.shared
@@ -735,6 +820,15 @@ impl Daemon {
             .take()
         {
             sync.stop();
+        }
+        let redirect = self
+            .shared
+            .redirect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(plane) = redirect {
+            plane.stop().await;
         }
         if let Some(path) = self
             .shared
@@ -913,7 +1007,7 @@ fn bind_new(
     open: &HashMap<ListenKey, RunningListener>,
 ) -> anyhow::Result<Vec<(ListenKey, (String, TcpListener))>> {
     let mut bound = Vec::new();
-    for s in &config.services {
+    for s in relayed(config) {
         for &address in &s.listen {
             let key = ListenKey::new(&s.name, address);
             if open.contains_key(&key) {
@@ -925,6 +1019,11 @@ fn bind_new(
         }
     }
     Ok(bound)
+}
+
+/// The services tandem relays itself (redirect services are the kernel's).
+fn relayed(config: &Config) -> impl Iterator<Item = &tandem_config::Service> {
+    config.services.iter().filter(|s| s.mode != Mode::Redirect)
 }
 
 async fn sweep_sticky_tables(pools: Arc<ArcSwap<PoolSet>>, stop: CancellationToken) {

@@ -8,3 +8,4 @@
 pub mod daemon;
 pub mod demo;
 pub mod logging;
+pub mod redirect;

@@ -11,7 +11,7 @@ use tandem::daemon::Daemon;
 use tandem::demo::{Demo, Flap};
 use tandem_config::{Config, LogFormat};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 /// Exit code of a usage or configuration error.
 const EXIT_CONFIG: u8 = 2;
@@ -116,6 +116,8 @@ enum CtlCommand {
     Reload,
     /// VRRP state, priority with its demotions, and why.
     Ha,
+    /// Redirect services: the live kernel rules and the sync of connection states.
+    Redirect,
 }
 
 fn main() -> ExitCode {
@@ -188,8 +190,20 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(config) => {
-            for note in config.inactive_features() {
-                eprintln!("note: {note}");
+            // Redirect services need this host's kernel to forward: check it here too.
+            let conntrackd = (config.has_redirect() && config.ha.is_some())
+                .then(|| config.sync.as_ref().map(|s| s.conntrackd.clone()))
+                .flatten();
+            let problems = tandem_redirect::preflight(
+                &tandem::redirect::configured_forwards(&config),
+                &tandem_redirect::Nft::default(),
+                conntrackd.as_deref(),
+            );
+            if !problems.is_empty() {
+                for p in problems {
+                    eprintln!("{}: redirect: {p}", path.display());
+                }
+                return ExitCode::from(EXIT_CONFIG);
             }
             println!("ok");
             ExitCode::SUCCESS
@@ -200,9 +214,6 @@ fn check(path: &Path) -> ExitCode {
 
 async fn run(config: Config, path: PathBuf) -> ExitCode {
     let drain = config.global.drain_timeout;
-    for note in config.inactive_features() {
-        warn!("{note}");
-    }
     let daemon = match Daemon::start_with(config, Some(path)).await {
         Ok(d) => d,
         Err(e) => {
@@ -300,6 +311,7 @@ async fn ctl(socket: &Path, json: bool, command: CtlCommand) -> ExitCode {
         CtlCommand::Pools => Request::Pools,
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Ha => Request::Ha,
+        CtlCommand::Redirect => Request::Redirect,
         CtlCommand::Backend {
             action,
             pool,
@@ -343,6 +355,12 @@ async fn ctl(socket: &Path, json: bool, command: CtlCommand) -> ExitCode {
         CtlCommand::Status => table::status(&snapshot()),
         CtlCommand::Pools => table::pools(&snapshot()),
         CtlCommand::Ha => table::ha(
+            serde_json::from_value(response.data.clone())
+                .ok()
+                .flatten()
+                .as_ref(),
+        ),
+        CtlCommand::Redirect => table::redirect(
             serde_json::from_value(response.data.clone())
                 .ok()
                 .flatten()

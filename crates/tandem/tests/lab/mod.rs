@@ -25,6 +25,8 @@ pub struct Lab {
     /// Switch-side interface of each host.
     ports: std::collections::HashMap<String, String>,
     switch: String,
+    /// Links made so far (names the veth pairs).
+    links: usize,
     /// Files of this lab.
     pub dir: tempfile::TempDir,
     stop: Arc<AtomicBool>,
@@ -65,6 +67,7 @@ impl Lab {
             namespaces: vec![switch.clone()],
             prefix,
             switch,
+            links: 0,
             dir: tempfile::tempdir().unwrap(),
             stop: Arc::new(AtomicBool::new(false)),
         })
@@ -77,10 +80,29 @@ impl Lab {
 
     /// Adds host `name` with `eth0` on the bridge, holding `address` (e.g. "10.99.0.1/24").
     pub fn host(&mut self, name: &str, address: &str) -> String {
+        self.host_on(name, "br0", address)
+    }
+
+    /// Adds host `name` with `eth0` on bridge `bridge` (made on first use), holding `address`.
+    pub fn host_on(&mut self, name: &str, bridge: &str, address: &str) -> String {
         let ns = self.ns(name);
         ip(&["netns", "add", &ns]).unwrap();
         self.namespaces.push(ns.clone());
-        let n = self.namespaces.len();
+        ip(&["-n", &ns, "link", "set", "lo", "up"]).unwrap();
+        self.attach(name, bridge, "eth0", address);
+        ns
+    }
+
+    /// Gives host `name` another interface `iface` on bridge `bridge` (made on first
+    /// use), holding `address`.
+    pub fn attach(&mut self, name: &str, bridge: &str, iface: &str, address: &str) {
+        let ns = self.ns(name);
+        if ip(&["-n", &self.switch, "link", "show", bridge]).is_err() {
+            ip(&["-n", &self.switch, "link", "add", bridge, "type", "bridge"]).unwrap();
+            ip(&["-n", &self.switch, "link", "set", bridge, "up"]).unwrap();
+        }
+        self.links += 1;
+        let n = self.links;
         let (host_end, switch_end) = (
             format!("tdh{}x{n}", std::process::id() % 10_000),
             format!("tds{}x{n}", std::process::id() % 10_000),
@@ -96,7 +118,7 @@ impl Lab {
             &switch_end,
         ])
         .unwrap();
-        ip(&["link", "set", &host_end, "netns", &ns, "name", "eth0"]).unwrap();
+        ip(&["link", "set", &host_end, "netns", &ns, "name", iface]).unwrap();
         ip(&["link", "set", &switch_end, "netns", &self.switch]).unwrap();
         ip(&[
             "-n",
@@ -105,20 +127,54 @@ impl Lab {
             "set",
             &switch_end,
             "master",
-            "br0",
+            bridge,
             "up",
         ])
         .unwrap();
-        self.ports.insert(name.to_string(), switch_end.clone());
-        ip(&["-n", &ns, "addr", "add", address, "dev", "eth0"]).unwrap();
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]).unwrap();
-        ip(&["-n", &ns, "link", "set", "lo", "up"]).unwrap();
-        ns
+        if iface == "eth0" {
+            self.ports.insert(name.to_string(), switch_end.clone());
+        }
+        ip(&["-n", &ns, "addr", "add", address, "dev", iface]).unwrap();
+        ip(&["-n", &ns, "link", "set", iface, "up"]).unwrap();
     }
 
-    /// Whether host `name` holds `address` on eth0.
+    /// Runs `ip ARGS` inside host `name` (routes, sysctl-free settings).
+    pub fn ip_in(&self, name: &str, args: &[&str]) -> String {
+        let ns = self.ns(name);
+        let mut all = vec!["-n", ns.as_str()];
+        all.extend_from_slice(args);
+        ip(&all).unwrap()
+    }
+
+    /// Sets sysctl `key` (e.g. "net.ipv4.ip_forward") to `value` inside host `name`.
+    pub fn sysctl(&self, name: &str, key: &str, value: &str) {
+        let ns = self.ns(name);
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                &format!("{key}={value}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sysctl {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sets interface `iface` of host `name` down (its cable cut).
+    pub fn cut_link(&self, name: &str, iface: &str) {
+        ip(&["-n", &self.ns(name), "link", "set", iface, "down"]).unwrap();
+    }
+
+    /// Whether host `name` holds `address` on any interface.
     pub fn has_address(&self, name: &str, address: &str) -> bool {
-        ip(&["-n", &self.ns(name), "-4", "addr", "show", "dev", "eth0"])
+        ip(&["-n", &self.ns(name), "-4", "addr", "show"])
             .map(|out| out.contains(&format!("inet {address}/")))
             .unwrap_or(false)
     }

@@ -1,0 +1,332 @@
+//! The daemon's side of redirect services: keeps tandem's nftables table equal to the
+//! live state of the pools (health, drain, reload), and runs conntrackd through the
+//! VRRP transitions.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tandem_balance::{Balance, PoolSet, state_epoch};
+use tandem_config::{Config, Mode, ReturnPath};
+use tandem_redirect::{ConntrackSettings, Conntrackd, Forward, Nft, Spread, Target};
+use tandem_vrrp::State;
+use tandem_vrrp::linux::{Takeover, Vrrp};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How often the pools' state epoch is compared with the applied rules.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Fallback pools followed at most this deep.
+const MAX_FALLBACK_DEPTH: usize = 8;
+
+/// The forwards of `config`'s redirect services over the live backends of `pools`:
+/// usable primaries, else usable backups, else the fallback pool's.
+pub fn forwards(config: &Config, pools: &PoolSet) -> Vec<Forward> {
+    let mut out = Vec::new();
+    for s in config.services.iter().filter(|s| s.mode == Mode::Redirect) {
+        let Some(pool_config) = config.pool(&s.pool) else {
+            continue;
+        };
+        let spread = match pool_config.balance {
+            Balance::SourceHash => Spread::SourceHash,
+            Balance::Random => Spread::Random,
+            _ => Spread::RoundRobin,
+        };
+        let targets = live_targets(pools, &s.pool);
+        for listen in &s.listen {
+            out.push(Forward {
+                service: s.name.clone(),
+                listen: *listen,
+                spread,
+                targets: targets.clone(),
+                snat: s.return_path == ReturnPath::Snat,
+            });
+        }
+    }
+    out
+}
+
+/// Every configured backend as a target: what `tandem check` checks the host for.
+pub fn configured_forwards(config: &Config) -> Vec<Forward> {
+    forwards(config, &PoolSet::build(&config.pools, None))
+}
+
+fn live_targets(pools: &PoolSet, name: &str) -> Vec<Target> {
+    let mut pool_name = name.to_string();
+    for _ in 0..MAX_FALLBACK_DEPTH {
+        let Some(pool) = pools.get(&pool_name) else {
+            return Vec::new();
+        };
+        let live = |backup: bool| -> Vec<Target> {
+            pool.backends
+                .iter()
+                .filter(|b| b.backup == backup && b.state.is_healthy() && b.state.is_enabled())
+                .map(|b| Target {
+                    address: b.address,
+                    weight: b.weight.max(1),
+                })
+                .collect()
+        };
+        let primaries = live(false);
+        if !primaries.is_empty() {
+            return primaries;
+        }
+        let backups = live(true);
+        if !backups.is_empty() {
+            return backups;
+        }
+        match &pool.fallback {
+            Some(next) => pool_name = next.clone(),
+            None => return Vec::new(),
+        }
+    }
+    Vec::new()
+}
+
+/// The kernel data plane of a running daemon.
+#[derive(Debug)]
+pub struct RedirectPlane {
+    nft: Nft,
+    applied: std::sync::Mutex<Option<Vec<Forward>>>,
+    wake: Notify,
+    conntrackd: tokio::sync::Mutex<Option<Conntrackd>>,
+    /// The configuration whose redirect services the rules follow.
+    config: std::sync::Mutex<Arc<Config>>,
+}
+
+impl RedirectPlane {
+    /// Checks the host, installs the table for `config` (replacing a stale one) and
+    /// keeps it in step with `pools` until `stop`.
+    pub async fn start(
+        config: &Config,
+        pools: Arc<ArcSwap<PoolSet>>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Arc<RedirectPlane>> {
+        let nft = Nft::default();
+        let wanted = forwards(config, &pools.load());
+        let conntrackd = conntrackd_program(config);
+        let problems = tandem_redirect::preflight(&wanted, &nft, conntrackd.as_deref());
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "redirect services cannot run here:\n  {}",
+                problems.join("\n  ")
+            );
+        }
+        let plane = Arc::new(RedirectPlane {
+            nft,
+            applied: std::sync::Mutex::new(None),
+            wake: Notify::new(),
+            conntrackd: tokio::sync::Mutex::new(None),
+            config: std::sync::Mutex::new(Arc::new(config.clone())),
+        });
+        plane
+            .sync_rules(config, &pools.load())
+            .await
+            .context("installing the nftables table")?;
+        let watcher = plane.clone();
+        tokio::spawn(async move { watcher.follow(pools, stop).await });
+        Ok(plane)
+    }
+
+    /// Applies the rules for the pools' state now when they differ from the applied ones.
+    async fn sync_rules(&self, config: &Config, pools: &PoolSet) -> anyhow::Result<()> {
+        let wanted = forwards(config, pools);
+        if self
+            .applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            == Some(&wanted)
+        {
+            return Ok(());
+        }
+        let nft = self.nft.clone();
+        let rules = wanted.clone();
+        tokio::task::spawn_blocking(move || nft.apply(&rules)).await??;
+        for f in &wanted {
+            info!(target: "tandem::redirect", "rules: {}", tandem_redirect::rules::describe(f));
+        }
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = Some(wanted);
+        Ok(())
+    }
+
+    async fn follow(&self, pools: Arc<ArcSwap<PoolSet>>, stop: CancellationToken) {
+        let mut seen = state_epoch();
+        let mut last_error = String::new();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {
+                    if state_epoch() == seen && last_error.is_empty() {
+                        continue;
+                    }
+                }
+            }
+            seen = state_epoch();
+            let config = self
+                .config
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            match self.sync_rules(&config, &pools.load()).await {
+                Ok(()) => last_error.clear(),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    if e != last_error {
+                        warn!(target: "tandem::redirect", error = %e, "cannot update the nftables table: the previous rules stay; retrying");
+                    }
+                    last_error = e;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Takes a reloaded configuration (its services and pools are live already).
+    pub async fn reload(&self, config: &Config, pools: &PoolSet) -> Result<(), String> {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.clone());
+        let result = self
+            .sync_rules(config, pools)
+            .await
+            .map_err(|e| format!("redirect rules: {e:#}"));
+        self.wake.notify_one();
+        result
+    }
+
+    /// The rules applied now, one line per service address.
+    pub fn describe(&self) -> Vec<String> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .map(tandem_redirect::rules::describe)
+            .collect()
+    }
+
+    /// The table as the kernel lists it.
+    pub async fn table(&self) -> String {
+        let nft = self.nft.clone();
+        match tokio::task::spawn_blocking(move || nft.list()).await {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => format!("({e})"),
+            Err(e) => format!("({e})"),
+        }
+    }
+
+    /// Starts conntrackd for `config` and drives it through `vrrp`'s transitions; the
+    /// returned sender is VRRP's takeover hook.
+    pub async fn start_state_sync(
+        self: &Arc<Self>,
+        config: &Config,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Option<mpsc::Sender<Takeover>>> {
+        let Some(settings) = conntrack_settings(config)? else {
+            return Ok(None);
+        };
+        let daemon = Conntrackd::start(settings)
+            .await
+            .context("starting conntrackd")?;
+        *self.conntrackd.lock().await = Some(daemon);
+        let (tx, mut rx) = mpsc::channel::<Takeover>(1);
+        let plane = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    takeover = rx.recv() => {
+                        let Some(done) = takeover else { return };
+                        let started = std::time::Instant::now();
+                        if let Some(c) = plane.conntrackd.lock().await.as_ref() {
+                            c.become_master().await;
+                        }
+                        info!(target: "tandem::redirect", elapsed_ms = started.elapsed().as_millis() as u64, "connection states committed before the takeover");
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Ok(Some(tx))
+    }
+
+    /// Follows `vrrp` into backup: the states move to the new master.
+    pub fn follow_vrrp(self: &Arc<Self>, vrrp: &Vrrp, stop: CancellationToken) {
+        let mut states = vrrp.states();
+        let plane = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = states.changed() => if changed.is_err() { return },
+                }
+                let state = *states.borrow_and_update();
+                if state == State::Backup
+                    && let Some(c) = plane.conntrackd.lock().await.as_ref()
+                {
+                    c.become_backup().await;
+                }
+            }
+        });
+    }
+
+    /// conntrackd's state, when it runs.
+    pub async fn conntrack_status(&self) -> Option<tandem_redirect::ConntrackStatus> {
+        match self.conntrackd.lock().await.as_ref() {
+            Some(c) => Some(c.status().await),
+            None => None,
+        }
+    }
+
+    /// Removes the table and stops conntrackd.
+    pub async fn stop(&self) {
+        if let Some(c) = self.conntrackd.lock().await.take() {
+            c.stop().await;
+        }
+        let nft = self.nft.clone();
+        match tokio::task::spawn_blocking(move || nft.remove()).await {
+            Ok(Ok(())) => info!(target: "tandem::redirect", "nftables table removed"),
+            Ok(Err(e)) => {
+                warn!(target: "tandem::redirect", error = %e, "removing the nftables table")
+            }
+            Err(e) => warn!(target: "tandem::redirect", error = %e, "removing the nftables table"),
+        }
+    }
+}
+
+/// conntrackd runs where redirect services, [ha] and [sync] meet.
+fn conntrackd_program(config: &Config) -> Option<PathBuf> {
+    (config.has_redirect() && config.ha.is_some())
+        .then(|| config.sync.as_ref().map(|s| s.conntrackd.clone()))
+        .flatten()
+}
+
+fn conntrack_settings(config: &Config) -> anyhow::Result<Option<ConntrackSettings>> {
+    let Some(program) = conntrackd_program(config) else {
+        if config.has_redirect() && config.ha.is_some() {
+            warn!(target: "tandem::redirect", "no [sync]: established redirect connections will not survive a failover");
+        }
+        return Ok(None);
+    };
+    let sync = config.sync.as_ref().expect("conntrackd_program checked it");
+    let peer: SocketAddr = *sync
+        .peers
+        .first()
+        .context("[sync] lists no peer to send connection states to")?;
+    let local = sync.listen.ip();
+    let interface = tandem_redirect::conntrackd::interface_of(local)
+        .with_context(|| format!("no interface holds sync.listen's address {local}"))?;
+    Ok(Some(ConntrackSettings {
+        program,
+        dir: config.global.control_socket.with_extension("conntrackd"),
+        local,
+        peer: peer.ip(),
+        interface,
+        port: sync.conntrack_port,
+    }))
+}

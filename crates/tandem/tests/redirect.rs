@@ -1,0 +1,378 @@
+//! Redirect mode in a network-namespace lab: the kernel forwards (nftables DNAT), the
+//! backends route their replies through a gateway address that moves with the master,
+//! and conntrackd carries the connection states to the backup. A client holds an
+//! IMAP-like session (a line every 50 ms) while the master is SIGKILLed and cut off;
+//! the session must go on through the backup with no reset and no lost byte.
+//!
+//! public br0: client 10.0.0.100, lbA 10.0.0.2, lbB 10.0.0.3, virtual 10.0.0.10
+//! private br1: lbA 10.1.0.2, lbB 10.1.0.3, backends .11 .12 (gateway 10.1.0.1, virtual)
+//! sync br2: lbA 10.2.0.2, lbB 10.2.0.3
+
+mod lab;
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lab::Lab;
+use support::{Running, TANDEM};
+
+const VIP: &str = "10.0.0.10";
+const GATEWAY: &str = "10.1.0.1";
+const BACKENDS: [(&str, &str); 2] = [("b1", "10.1.0.11"), ("b2", "10.1.0.12")];
+
+fn service() -> SocketAddr {
+    format!("{VIP}:143").parse().unwrap()
+}
+
+/// The lab: two balancers on three networks, two backends, a client.
+fn lab() -> Option<Lab> {
+    let mut lab = Lab::new("rd")?;
+    lab.host("client", "10.0.0.100/24");
+    for (name, n) in [("lbA", 2), ("lbB", 3)] {
+        lab.host(name, &format!("10.0.0.{n}/24"));
+        lab.attach(name, "br1", "eth1", &format!("10.1.0.{n}/24"));
+        lab.attach(name, "br2", "eth2", &format!("10.2.0.{n}/24"));
+        lab.sysctl(name, "net.ipv4.ip_forward", "1");
+    }
+    for (name, address) in BACKENDS {
+        lab.host_on(name, "br1", &format!("{address}/24"));
+        lab.ip_in(name, &["route", "add", "default", "via", GATEWAY]);
+    }
+    std::fs::write(
+        lab.dir.path().join("sync.key"),
+        "a shared secret of the lab pair\n",
+    )
+    .unwrap();
+    Some(lab)
+}
+
+/// A line server: answers each line with "NAME LINE". Stops listening when `stop` is
+/// set (its established connections go on).
+fn line_backend(lab: &Lab, name: &'static str, address: &str, stop: Arc<AtomicBool>) {
+    let at: SocketAddr = format!("{address}:143").parse().unwrap();
+    let listener = lab.in_ns(name, move || TcpListener::bind(at).unwrap());
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            std::thread::spawn(move || {
+                stream.set_nonblocking(false).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if writer
+                        .write_all(format!("{name} {line}").as_bytes())
+                        .is_err()
+                    {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+fn node_config(lab: &Lab, name: &str, n: u8, peer: u8, priority: u8) -> String {
+    let dir = lab.dir.path().display();
+    let backends: Vec<String> = BACKENDS
+        .iter()
+        .map(|(_, a)| format!("{{ address = \"{a}:143\" }}"))
+        .collect();
+    let text = format!(
+        "[global]\nname = \"{name}\"\ncontrol_socket = \"{dir}/{name}.sock\"\ndrain_timeout = \"1s\"\n\n\
+[[pool]]\nname = \"mail\"\nbackends = [{}]\n\
+check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"100ms\", rise = 1, fall = 2, initial = \"up\" }}\n\n\
+[[service]]\nname = \"imap\"\nlisten = [\"{VIP}:143\"]\nmode = \"redirect\"\npool = \"mail\"\n\n\
+[ha]\ninterface = \"eth0\"\nvrid = 52\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n\n\
+[[ha.group]]\ninterface = \"eth1\"\nvirtual_ips = [\"{GATEWAY}/24\"]\n\n\
+[sync]\nlisten = \"10.2.0.{n}:7946\"\npeers = [\"10.2.0.{peer}:7946\"]\nkey_file = \"{dir}/sync.key\"\n",
+        backends.join(", ")
+    );
+    let path = lab.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn start_node(lab: &Lab, name: &str, n: u8, peer: u8, priority: u8) -> Running {
+    let config = node_config(lab, name, n, peer, priority);
+    let mut node = lab.spawn(name, TANDEM, &["run", "--config", &config]);
+    node.wait_for("tandem running");
+    node
+}
+
+/// `tandem ctl redirect --json` of node `name`.
+fn redirect_status(lab: &Lab, name: &str) -> serde_json::Value {
+    let socket = lab.dir.path().join(format!("{name}.sock"));
+    let out = std::process::Command::new(TANDEM)
+        .args([
+            "ctl",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--json",
+            "redirect",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What a session saw.
+#[derive(Debug)]
+struct SessionReport {
+    backend: String,
+    exchanges: u64,
+    longest_stall: Duration,
+    error: Option<String>,
+}
+
+/// An open session from the client: a numbered line every 50 ms, each answer checked
+/// (right backend, right number, nothing lost or reordered), until `stop`.
+struct Session {
+    exchanges: Arc<AtomicU64>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<SessionReport>,
+}
+
+impl Session {
+    fn open(lab: &Lab) -> Session {
+        let stream = lab.in_ns("client", || {
+            TcpStream::connect_timeout(&service(), Duration::from_secs(2)).unwrap()
+        });
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let exchanges = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let (count, stopped, failed) = (exchanges.clone(), stop.clone(), failure.clone());
+        let thread = std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut writer = stream;
+            let mut report = SessionReport {
+                backend: String::new(),
+                exchanges: 0,
+                longest_stall: Duration::ZERO,
+                error: None,
+            };
+            let mut last_answer = Instant::now();
+            let mut n = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                n += 1;
+                let sent = Instant::now();
+                let line = format!("line {n} {}\n", "x".repeat(64));
+                let mut answer = String::new();
+                let result = writer
+                    .write_all(line.as_bytes())
+                    .and_then(|()| reader.read_line(&mut answer).map(drop));
+                if let Err(e) = result {
+                    report.error = Some(format!("exchange {n}: {e}"));
+                    break;
+                }
+                let Some((backend, echoed)) = answer.split_once(' ') else {
+                    report.error = Some(format!("exchange {n}: answer {answer:?}"));
+                    break;
+                };
+                if report.backend.is_empty() {
+                    report.backend = backend.to_string();
+                }
+                if backend != report.backend || echoed != line {
+                    report.error = Some(format!(
+                        "exchange {n}: {answer:?} from {backend}, expected {line:?} from {}",
+                        report.backend
+                    ));
+                    break;
+                }
+                report.longest_stall = report.longest_stall.max(last_answer.elapsed());
+                last_answer = Instant::now();
+                report.exchanges = n;
+                count.store(n, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50).saturating_sub(sent.elapsed()));
+            }
+            failed.lock().unwrap().clone_from(&report.error);
+            report
+        });
+        Session {
+            exchanges,
+            failure,
+            stop,
+            thread,
+        }
+    }
+
+    fn wait_exchanges(&self, more: u64, within: Duration) {
+        let target = self.exchanges.load(Ordering::Relaxed) + more;
+        let started = Instant::now();
+        while self.exchanges.load(Ordering::Relaxed) < target {
+            assert!(
+                !self.thread.is_finished(),
+                "the session ended early: {:?}",
+                self.failure.lock().unwrap()
+            );
+            assert!(
+                started.elapsed() < within,
+                "session stalled: {} exchanges",
+                self.exchanges.load(Ordering::Relaxed)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn end(self) -> SessionReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// One exchange on a new connection; returns the backend that answered.
+fn one_exchange(lab: &Lab) -> Result<String, String> {
+    lab.in_ns("client", || {
+        let mut s = TcpStream::connect_timeout(&service(), Duration::from_secs(2))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"hello\n").map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        BufReader::new(s)
+            .read_line(&mut answer)
+            .map_err(|e| e.to_string())?;
+        match answer.split_once(' ') {
+            Some((backend, "hello\n")) => Ok(backend.to_string()),
+            _ => Err(format!("answer {answer:?}")),
+        }
+    })
+}
+
+#[test]
+fn an_established_session_survives_the_masters_death_and_a_backend_leaves_the_rules() {
+    let Some(lab) = lab() else { return };
+    let stops: Vec<Arc<AtomicBool>> = BACKENDS
+        .iter()
+        .map(|(name, address)| {
+            let stop = Arc::new(AtomicBool::new(false));
+            line_backend(&lab, name, address, stop.clone());
+            stop
+        })
+        .collect();
+    let lb_a = start_node(&lab, "lbA", 2, 3, 150);
+    lab.wait(
+        "lbA master with both addresses",
+        Duration::from_secs(5),
+        || lab.has_address("lbA", VIP) && lab.has_address("lbA", GATEWAY),
+    );
+    let mut lb_b = start_node(&lab, "lbB", 3, 2, 100);
+    lb_b.wait_for("VRRP INIT -> BACKUP");
+
+    // The kernel's rules on both nodes; ctl shows them.
+    let status = redirect_status(&lab, "lbA");
+    let rules = status["rules"][0].as_str().unwrap();
+    assert_eq!(
+        rules,
+        "imap 10.0.0.10:143 -> 10.1.0.11:143 10.1.0.12:143 [round-robin]"
+    );
+    assert!(
+        status["table"]
+            .as_str()
+            .unwrap()
+            .contains("dnat ip to numgen inc mod 2")
+    );
+
+    // The first connection takes the master's first slot; the session the second. A
+    // backup without the session's state would send its packets to the first slot's
+    // backend, which would answer with a reset.
+    let first = one_exchange(&lab).unwrap();
+    let session = Session::open(&lab);
+    session.wait_exchanges(10, Duration::from_secs(5));
+
+    // The backup holds the session's state before the master dies.
+    let synced = lab.wait(
+        "lbB received the connection states",
+        Duration::from_secs(5),
+        || {
+            redirect_status(&lab, "lbB")["conntrack"]["external"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        },
+    );
+    println!(
+        "connection states on the backup {} ms after asking",
+        synced.as_millis()
+    );
+    let before = redirect_status(&lab, "lbB");
+    assert_eq!(before["conntrack"]["running"], true);
+    assert_eq!(before["conntrack"]["role"], "backup");
+
+    // SIGKILL, and the host's cables cut: no goodbye of any kind.
+    let killed = Instant::now();
+    lb_a.signal(rustix::process::Signal::KILL);
+    for iface in ["eth0", "eth1", "eth2"] {
+        lab.cut_link("lbA", iface);
+    }
+    lb_b.wait_for("VRRP BACKUP -> MASTER");
+    let took_over = killed.elapsed();
+    assert!(lab.has_address("lbB", VIP) && lab.has_address("lbB", GATEWAY));
+    session.wait_exchanges(40, Duration::from_secs(10));
+    let after_failover = killed.elapsed();
+
+    // New connections work through the new master.
+    for _ in 0..4 {
+        one_exchange(&lab).expect("a new connection through the new master");
+    }
+
+    // A backend fails its check: it leaves the rules; the session (on the other) goes on.
+    // The session took the slot after `first`'s: the other backend.
+    let session_backend = BACKENDS.iter().find(|(n, _)| *n != first).unwrap().0;
+    let leaving_index = BACKENDS.iter().position(|(n, _)| *n == first).unwrap();
+    stops[leaving_index].store(true, Ordering::Relaxed);
+    let left = lab.wait(
+        "the failed backend leaves lbB's rules",
+        Duration::from_secs(5),
+        || {
+            let s = redirect_status(&lab, "lbB");
+            !s["rules"][0]
+                .as_str()
+                .unwrap_or("")
+                .contains(BACKENDS[leaving_index].1)
+        },
+    );
+    for _ in 0..6 {
+        assert_eq!(
+            one_exchange(&lab).unwrap(),
+            session_backend,
+            "new connections go to the live backend"
+        );
+    }
+    session.wait_exchanges(10, Duration::from_secs(5));
+    let report = session.end();
+    println!(
+        "session on {}: {} exchanges, longest stall {} ms; takeover {} ms after SIGKILL; 40 more exchanges by {} ms; \
+         failed backend out of the rules {} ms after it stopped listening",
+        report.backend,
+        report.exchanges,
+        report.longest_stall.as_millis(),
+        took_over.as_millis(),
+        after_failover.as_millis(),
+        left.as_millis()
+    );
+    assert_eq!(report.error, None, "the session broke");
+    assert_eq!(report.backend, session_backend);
+    assert!(
+        report.longest_stall < Duration::from_secs(3),
+        "stall {:?}",
+        report.longest_stall
+    );
+}
