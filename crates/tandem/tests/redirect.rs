@@ -375,4 +375,85 @@ fn an_established_session_survives_the_masters_death_and_a_backend_leaves_the_ru
         "stall {:?}",
         report.longest_stall
     );
+
+    // A stopped tandem takes its table and its conntrackd with it.
+    let table = |name: &str| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns(name),
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "tandem",
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(table("lbB"));
+    lb_b.signal(rustix::process::Signal::TERM);
+    assert_eq!(lb_b.wait_exit(Duration::from_secs(10)), 0);
+    assert!(!table("lbB"), "the table is removed at exit");
+    let conntrackd_left = std::process::Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("{}/lbB.conntrackd", lab.dir.path().display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !conntrackd_left.status.success(),
+        "conntrackd stopped with tandem"
+    );
+}
+
+#[test]
+fn check_refuses_a_host_that_does_not_forward_and_accepts_it_once_it_does() {
+    let Some(mut lab) = Lab::new("rc") else {
+        return;
+    };
+    lab.host("lb", "10.0.0.2/24");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/ha-pair.toml");
+    let config = lab.dir.path().join("ha-pair.toml");
+    std::fs::copy(example, &config).unwrap();
+    std::fs::write(
+        lab.dir.path().join("sync.key"),
+        "a shared secret of the lab pair\n",
+    )
+    .unwrap();
+    let check = || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns("lb"),
+                TANDEM,
+                "check",
+                "--config",
+                config.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A new network namespace starts with forwarding off.
+    let (code, _, err) = check();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("ha-pair.toml: redirect: IPv4 forwarding is off")
+            && err.contains("sysctl -w net.ipv4.ip_forward=1"),
+        "{err}"
+    );
+    lab.sysctl("lb", "net.ipv4.ip_forward", "1");
+    let (code, out, err) = check();
+    assert_eq!((code, out.trim()), (Some(0), "ok"), "{err}");
 }
