@@ -376,6 +376,30 @@ fn an_established_session_survives_the_masters_death_and_a_backend_leaves_the_ru
         report.longest_stall
     );
 
+    // A reload changes the rules (here a weight) in place.
+    let path = lab.dir.path().join("lbB.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"10.1.0.12:143\" }", "\"10.1.0.12:143\", weight = 3 }"),
+    )
+    .unwrap();
+    let socket = lab.dir.path().join("lbB.sock");
+    let reload = std::process::Command::new(TANDEM)
+        .args(["ctl", "--socket", socket.to_str().unwrap(), "reload"])
+        .output()
+        .unwrap();
+    assert!(
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    let rules = redirect_status(&lab, "lbB")["rules"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(rules.contains("10.1.0.12:143*3"), "{rules}");
+
     // A stopped tandem takes its table and its conntrackd with it.
     let table = |name: &str| {
         std::process::Command::new("ip")
