@@ -80,6 +80,12 @@ pub struct Global {
     pub drain_timeout: Duration,
     /// Worker threads of the data plane (0 = one per CPU).
     pub threads: usize,
+    /// Connections open at once on the whole node (0 = half the open-files limit).
+    pub max_conns: u32,
+    /// User to run as once listeners and raw sockets are open.
+    pub user: Option<String>,
+    /// Group to run as (default: the user's own).
+    pub group: Option<String>,
 }
 
 /// Log line format.
@@ -293,6 +299,10 @@ pub struct Service {
     pub http: Http,
     /// Return path of the backends' replies (redirect mode).
     pub return_path: ReturnPath,
+    /// Connections open at once per client address (0 = no limit).
+    pub max_conns_per_client: u32,
+    /// New connections per second per client address (0 = no limit).
+    pub rate_per_client: u32,
 }
 
 /// HTTP mode settings (`[service.http]`).

@@ -28,6 +28,9 @@ pub(crate) struct RawGlobal {
     pub log_format: Option<S<crate::LogFormat>>,
     pub drain_timeout: Option<S<String>>,
     pub threads: Option<S<i64>>,
+    pub max_conns: Option<S<i64>>,
+    pub user: Option<S<String>>,
+    pub group: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +100,8 @@ pub(crate) struct RawService {
     pub tls: Option<S<RawTls>>,
     pub http: Option<S<RawHttp>>,
     pub return_path: Option<S<crate::ReturnPath>>,
+    pub max_conns_per_client: Option<S<i64>>,
+    pub rate_per_client: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -200,6 +200,9 @@ impl Validator<'_> {
             admin_listen,
             log_format: g.log_format.map(|l| l.into_inner()).unwrap_or_default(),
             threads: self.count(&g.threads, "global.threads", 0, 1024) as usize,
+            max_conns: self.count(&g.max_conns, "global.max_conns", 0, u32::MAX as i64),
+            user: g.user.as_ref().map(|u| u.get_ref().clone()),
+            group: g.group.as_ref().map(|u| u.get_ref().clone()),
             drain_timeout: self.duration(
                 &g.drain_timeout,
                 "global.drain_timeout",
@@ -629,6 +632,18 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|r| *r.get_ref())
                 .unwrap_or_default(),
+            max_conns_per_client: self.count(
+                &s.max_conns_per_client,
+                "service.max_conns_per_client",
+                0,
+                u32::MAX as i64,
+            ),
+            rate_per_client: self.count(
+                &s.rate_per_client,
+                "service.rate_per_client",
+                0,
+                1_000_000,
+            ),
         }
     }
 

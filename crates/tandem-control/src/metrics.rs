@@ -136,6 +136,16 @@ pub fn encode(snapshot: &Snapshot) -> String {
         "service_accept_errors",
         "Accept errors (EMFILE and the like)",
     );
+    let client_limited = counter::<ServiceLabels>(
+        &mut registry,
+        "service_client_limited",
+        "Connections closed at once by a per-client limit (max_conns_per_client, rate_per_client)",
+    );
+    let node_limited = counter::<ServiceLabels>(
+        &mut registry,
+        "service_node_limited",
+        "Connections closed at once: the node was at global.max_conns",
+    );
     for s in &snapshot.services {
         let l = ServiceLabels {
             service: s.name.clone(),
@@ -145,6 +155,8 @@ pub fn encode(snapshot: &Snapshot) -> String {
         rejected.get_or_create(&l).inc_by(s.rejected);
         no_backend.get_or_create(&l).inc_by(s.no_backend);
         accept_errors.get_or_create(&l).inc_by(s.accept_errors);
+        client_limited.get_or_create(&l).inc_by(s.client_limited);
+        node_limited.get_or_create(&l).inc_by(s.node_limited);
     }
 
     let b_active = gauge::<BackendLabels>(

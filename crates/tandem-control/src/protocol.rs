@@ -117,6 +117,12 @@ pub struct ServiceSnapshot {
     pub no_backend: u64,
     /// Accept errors.
     pub accept_errors: u64,
+    /// Connections closed by a per-client limit (count or rate).
+    #[serde(default)]
+    pub client_limited: u64,
+    /// Connections closed at the node's `global.max_conns`.
+    #[serde(default)]
+    pub node_limited: u64,
 }
 
 /// One pool.

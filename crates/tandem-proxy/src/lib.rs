@@ -11,6 +11,7 @@
 
 pub mod framing;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod proxy_header;
 mod ratelog;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::limits::{ClientLimits, ClientTable, GlobalLimit};
 use crate::ratelog::RateLimited;
 use crate::relay::{self, End};
 
@@ -30,7 +31,14 @@ pub struct ServiceStats {
     pub no_backend: AtomicU64,
     /// Accept errors (such as EMFILE) that paused the listener.
     pub accept_errors: AtomicU64,
+    /// Connections closed at once by a per-client limit (count or rate).
+    pub client_limited: AtomicU64,
+    /// Connections closed at once because the node was at `global.max_conns`.
+    pub node_limited: AtomicU64,
 }
+
+/// Most client addresses a service tracks for its per-client limits.
+const CLIENT_TABLE_CAPACITY: usize = 100_000;
 
 /// A running service: its current configuration (swapped on reload) and counters.
 #[derive(Debug)]
@@ -44,6 +52,8 @@ pub struct Service {
     warn_limit: RateLimited,
     warn_accept: RateLimited,
     warn_backend: RateLimited,
+    warn_client: RateLimited,
+    clients: Arc<ClientTable>,
 }
 
 /// What the accept loop and connections need to stop.
@@ -55,6 +65,8 @@ pub struct Lifecycle {
     pub close_all: CancellationToken,
     /// Tracks connection tasks, so the daemon can wait for them.
     pub tracker: TaskTracker,
+    /// The node-wide connection limit.
+    pub limit: Arc<GlobalLimit>,
 }
 
 /// A configuration checked and made ready to install (TLS files read, HTTP client
@@ -91,6 +103,8 @@ impl Service {
             warn_limit: RateLimited::new(Duration::from_secs(5)),
             warn_accept: RateLimited::new(Duration::from_secs(5)),
             warn_backend: RateLimited::new(Duration::from_secs(5)),
+            warn_client: RateLimited::new(Duration::from_secs(5)),
+            clients: ClientTable::new(CLIENT_TABLE_CAPACITY),
         })
     }
 
@@ -109,6 +123,36 @@ impl Service {
             match accepted {
                 Ok((client, peer)) => {
                     backoff = Duration::from_millis(5);
+                    let Some(node_slot) = life.limit.enter() else {
+                        self.stats.node_limited.fetch_add(1, Relaxed);
+                        if let Some(left_out) = self.warn_limit.allow() {
+                            warn!(service = %self.config.load().name, limit = life.limit.max(), left_out, "node at global.max_conns: connection from {peer} closed");
+                        }
+                        drop(client);
+                        continue;
+                    };
+                    let client_slot = {
+                        let c = self.config.load();
+                        let limits = ClientLimits {
+                            max_conns: c.max_conns_per_client,
+                            rate: c.rate_per_client,
+                        };
+                        if limits.active() {
+                            match self.clients.admit(peer.ip(), limits, Instant::now()) {
+                                Ok(slot) => Some(slot),
+                                Err(refusal) => {
+                                    self.stats.client_limited.fetch_add(1, Relaxed);
+                                    if let Some(left_out) = self.warn_client.allow() {
+                                        warn!(service = %c.name, client = %peer.ip(), left_out, "{}: connection closed", refusal.reason());
+                                    }
+                                    drop(client);
+                                    continue;
+                                }
+                            }
+                        } else {
+                            None
+                        }
+                    };
                     let Some(slot) = self.enter() else {
                         self.stats.rejected.fetch_add(1, Relaxed);
                         if let Some(left_out) = self.warn_limit.allow() {
@@ -140,6 +184,8 @@ impl Service {
                             None => service.handle(client, peer, local, &close_all).await,
                         }
                         drop(slot);
+                        drop(client_slot);
+                        drop(node_slot);
                     };
 
                     life.tracker.spawn(fut);

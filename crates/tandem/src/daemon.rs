@@ -144,6 +144,7 @@ impl Daemon {
             .apply(&pools.load(), &config.pools)
             .map_err(|e| anyhow::anyhow!("health checks: {e}"))?;
         let life = Lifecycle {
+            limit: tandem_proxy::limits::GlobalLimit::new(node_max_conns(&config)),
             stop_accepting: CancellationToken::new(),
             close_all: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -400,6 +401,10 @@ impl Daemon {
         if old.sync != config.sync {
             report.needs_restart.push("sync".into());
         }
+        if old.global.user != config.global.user || old.global.group != config.global.group {
+            report.needs_restart.push("global.user".into());
+        }
+        self.shared.life.limit.set_max(node_max_conns(&config));
         let pools = PoolSet::build(&config.pools, Some(&self.shared.pools.load()));
         inner.monitor.apply(&pools, &config.pools)?;
         self.shared.pools.store(Arc::new(pools));
@@ -593,6 +598,8 @@ impl Daemon {
                     rejected: st.rejected.load(Relaxed),
                     no_backend: st.no_backend.load(Relaxed),
                     accept_errors: st.accept_errors.load(Relaxed),
+                    client_limited: st.client_limited.load(Relaxed),
+                    node_limited: st.node_limited.load(Relaxed),
                 }
             })
             .chain(
@@ -1019,6 +1026,18 @@ fn bind_new(
         }
     }
     Ok(bound)
+}
+
+/// `global.max_conns`, or when 0, as many relayed connections as half the open-files
+/// limit allows (each takes two), less a reserve for listeners, checks and control.
+fn node_max_conns(config: &Config) -> u64 {
+    if config.global.max_conns > 0 {
+        return u64::from(config.global.max_conns);
+    }
+    let files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    (files.saturating_sub(128) / 2).max(64)
 }
 
 /// The services tandem relays itself (redirect services are the kernel's).

@@ -531,3 +531,98 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
     assert!(matches!(r, Ok(0) | Err(_)));
     assert!(started.elapsed() >= Duration::from_millis(400));
 }
+
+/// Whether tandem closed `s` at once without relaying anything.
+async fn closed_at_once(mut s: TcpStream) -> bool {
+    let mut buf = [0u8; 8];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_limits_close_only_the_excess_of_that_client() {
+    let a = name_server("a", true).await;
+    let text = pool("p", "round-robin", &backends_toml(&[a], &[1]), "")
+        + &service("p", "max_conns_per_client = 2\nrate_per_client = 4");
+    let d = start(&text).await;
+    let to = addr_of(&d, "svc");
+    let one: IpAddr = Ipv4Addr::new(127, 0, 0, 1).into();
+    let two: IpAddr = Ipv4Addr::new(127, 0, 0, 2).into();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect_from(one, to).await;
+        assert_eq!(read_name(&mut s).await, "a");
+        held.push(s);
+    }
+    // A third at once from the same address is over its count...
+    assert!(closed_at_once(connect_from(one, to).await).await);
+    // ...another address is not limited by it.
+    assert_eq!(name_via(to, Some(two)).await, "a");
+    let stats = &d.service("svc").unwrap().service.stats;
+    assert_eq!(stats.client_limited.load(Relaxed), 1);
+
+    // Rate: 4 per second with a burst of 4; address two used one already.
+    let mut served = 1;
+    let mut refused = 0;
+    for _ in 0..6 {
+        let mut s = connect_from(two, to).await;
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut byte)).await {
+            Ok(Ok(1)) => served += 1,
+            _ => refused += 1,
+        }
+    }
+    assert_eq!(
+        (served, refused),
+        (4, 3),
+        "the burst is 4, the 5th to 7th are refused"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        name_via(to, Some(two)).await,
+        "a",
+        "tokens come back with time"
+    );
+    assert_eq!(stats.client_limited.load(Relaxed), 4);
+    let snapshot = d.snapshot();
+    assert_eq!(snapshot.services[0].client_limited, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_limit_closes_connections_past_global_max_conns_on_every_service() {
+    let a = name_server("a", true).await;
+    let text = format!(
+        "[global]\nmax_conns = 3\n{}{}[[service]]\nname = \"other\"\nlisten = [\"127.0.0.1:0\"]\npool = \"p\"\n",
+        pool("p", "round-robin", &backends_toml(&[a], &[1]), ""),
+        service("p", "")
+    );
+    let d = start(&text).await;
+    let (svc, other) = (addr_of(&d, "svc"), addr_of(&d, "other"));
+    let mut held = Vec::new();
+    for to in [svc, svc, other] {
+        let mut s = TcpStream::connect(to).await.unwrap();
+        assert_eq!(read_name(&mut s).await, "a");
+        held.push(s);
+    }
+    assert!(closed_at_once(TcpStream::connect(other).await.unwrap()).await);
+    assert!(closed_at_once(TcpStream::connect(svc).await.unwrap()).await);
+    let snapshot = d.snapshot();
+    let limited: u64 = snapshot.services.iter().map(|s| s.node_limited).sum();
+    assert_eq!(limited, 2);
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = TcpStream::connect(svc).await.unwrap();
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(1)) = tokio::time::timeout(Duration::from_secs(1), s.read(&mut byte)).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a slot frees when a connection ends"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
