@@ -11,7 +11,7 @@ use crate::*;
 
 /// Largest accepted backend weight (as HAProxy).
 pub const MAX_WEIGHT: i64 = 256;
-const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem.sock";
+const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem/tandem.sock";
 
 pub(crate) fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let raw: raw::RawConfig = match toml::from_str(text) {

@@ -59,6 +59,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         path: path.to_path_buf(),
         source,
     };
+    // /run/tandem is made at boot by systemd (RuntimeDirectory); elsewhere, here.
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::create_dir_all(dir).map_err(bind_error)?;
+    }
     // Created with no access for group and others from the start.
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
     let listener = UnixListener::bind(path);

@@ -8,4 +8,5 @@
 pub mod daemon;
 pub mod demo;
 pub mod logging;
+pub mod privileges;
 pub mod redirect;

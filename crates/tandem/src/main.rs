@@ -50,6 +50,9 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(short, long, env = "TANDEM_CONFIG", value_name = "FILE")]
         config: PathBuf,
+        /// Run as root although global.user is not set.
+        #[arg(long, env = "TANDEM_ALLOW_ROOT", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+        allow_root: bool,
     },
     /// Validate a configuration file and exit.
     ///
@@ -69,7 +72,7 @@ enum Command {
         #[arg(
             long,
             env = "TANDEM_SOCKET",
-            default_value = "/run/tandem.sock",
+            default_value = "/run/tandem/tandem.sock",
             value_name = "PATH"
         )]
         socket: PathBuf,
@@ -124,12 +127,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            allow_root,
+        } => {
             let config = match load(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             tandem::logging::init(config.global.log_format);
+            // Before any thread exists: credentials are per thread.
+            if let Err(e) = tandem::privileges::drop_root(&config, allow_root) {
+                error!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             runtime_with(config.global.threads).block_on(run(config, path))
         }
         Command::Ctl {
@@ -227,6 +238,7 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         return ExitCode::from(EXIT_RUNTIME);
     }
     info!(node = %daemon.config().global.name, version = env!("CARGO_PKG_VERSION"), "tandem running");
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -241,9 +253,11 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
             _ = int.recv() => break "SIGINT",
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the configuration");
+                notify_systemd(&[sd_notify::NotifyState::Reloading]);
                 if let Err(e) = daemon.reload().await {
                     error!("reload refused, the running configuration stays:\n{e}");
                 }
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
             }
         }
     };
@@ -251,6 +265,7 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         signal = name,
         "stopping: no new connections; established ones may finish within {drain:?}"
     );
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let report = tokio::select! {
         r = daemon.shutdown(drain) => Some(r),
         _ = term.recv() => None,
@@ -265,6 +280,13 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         None => info!("second signal: stopped without waiting for connections"),
     }
     ExitCode::SUCCESS
+}
+
+/// Tells systemd (Type=notify) where tandem is; nothing without NOTIFY_SOCKET.
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 async fn demo(listen: SocketAddr, flap: Flap) -> ExitCode {

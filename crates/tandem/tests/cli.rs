@@ -282,3 +282,110 @@ fn listener_survives_running_out_of_file_descriptors() {
         assert!(greeted(&mut s), "connection {n} after recovery not served");
     }
 }
+
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn root_without_a_user_is_refused_and_with_one_runs_as_that_user_with_only_what_it_needs() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: dropping root needs root (scripts/test runs as root in CI)");
+        return;
+    }
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The control socket is created after the switch: nobody must be able to write here.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let text = |user: &str| {
+        format!(
+            "[global]\ncontrol_socket = \"{}/t.sock\"\n{user}\n[[pool]]\nname = \"p\"\nbackends = [{{ address = \"{}\" }}]\n\n\
+[[service]]\nname = \"low\"\nlisten = [\"127.0.0.1:81\"]\npool = \"p\"\n",
+            dir.path().display(),
+            backend.local_addr().unwrap()
+        )
+    };
+    let path = write_config(dir.path(), &text(""));
+    let out = Command::new(TANDEM)
+        .args(["run", "--config", &path])
+        .env_remove("TANDEM_ALLOW_ROOT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refuses to run as root") && err.contains("user = \"tandem\""),
+        "{err}"
+    );
+
+    let path = write_config(dir.path(), &text("user = \"nobody\""));
+    let mut tandem = Running::spawn(&["run", "--config", &path]);
+    let line = tandem.wait_for("running as an ordinary user");
+    assert!(line.contains("capabilities=CAP_NET_BIND_SERVICE"), "{line}");
+    tandem.wait_for("tandem running");
+    let pid = tandem.child.id();
+    let nobody = "65534\t65534\t65534\t65534";
+    assert_eq!(status_field(pid, "Uid"), nobody);
+    assert_eq!(status_field(pid, "Gid"), nobody);
+    // Only CAP_NET_BIND_SERVICE (bit 10), also as the bound of what it could regain.
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000400");
+    assert_eq!(status_field(pid, "CapBnd"), "0000000000000400");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    // It still serves, on the port below 1024 it bound after the switch.
+    let mut client = TcpStream::connect("127.0.0.1:81").unwrap();
+    let (mut server, _) = backend.accept().unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    let meta = std::fs::metadata(dir.path().join("t.sock")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        65534,
+        "the control socket is nobody's"
+    );
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    };
+    assert!(version.status.success());
+    let unit = std::fs::read_to_string(examples_dir().join("../dist/tandem.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    for key in [
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "RestrictAddressFamilies=",
+    ] {
+        assert!(unit.contains(key), "{key}");
+    }
+    // Verify it against the binary built here (the unit names /usr/bin/tandem).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tandem.service");
+    std::fs::write(&path, unit.replace("/usr/bin/tandem", TANDEM)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let about_unit: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("tandem.service"))
+        .collect();
+    assert!(out.status.success() && about_unit.is_empty(), "{err}");
+}

@@ -81,14 +81,14 @@ fn line_backend(lab: &Lab, name: &'static str, address: &str, stop: Arc<AtomicBo
     });
 }
 
-fn node_config(lab: &Lab, name: &str, n: u8, peer: u8, priority: u8) -> String {
+fn node_config(lab: &Lab, name: &str, n: u8, peer: u8, priority: u8, global: &str) -> String {
     let dir = lab.dir.path().display();
     let backends: Vec<String> = BACKENDS
         .iter()
         .map(|(_, a)| format!("{{ address = \"{a}:143\" }}"))
         .collect();
     let text = format!(
-        "[global]\nname = \"{name}\"\ncontrol_socket = \"{dir}/{name}.sock\"\ndrain_timeout = \"1s\"\n\n\
+        "[global]\nname = \"{name}\"\ncontrol_socket = \"{dir}/{name}.sock\"\ndrain_timeout = \"1s\"\n{global}\n\
 [[pool]]\nname = \"mail\"\nbackends = [{}]\n\
 check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"100ms\", rise = 1, fall = 2, initial = \"up\" }}\n\n\
 [[service]]\nname = \"imap\"\nlisten = [\"{VIP}:143\"]\nmode = \"redirect\"\npool = \"mail\"\n\n\
@@ -102,8 +102,8 @@ check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"100ms\", rise = 1, 
     path.display().to_string()
 }
 
-fn start_node(lab: &Lab, name: &str, n: u8, peer: u8, priority: u8) -> Running {
-    let config = node_config(lab, name, n, peer, priority);
+fn start_node(lab: &Lab, name: &str, n: u8, peer: u8, priority: u8, global: &str) -> Running {
+    let config = node_config(lab, name, n, peer, priority, global);
     let mut node = lab.spawn(name, TANDEM, &["run", "--config", &config]);
     node.wait_for("tandem running");
     node
@@ -267,13 +267,25 @@ fn an_established_session_survives_the_masters_death_and_a_backend_leaves_the_ru
             stop
         })
         .collect();
-    let lb_a = start_node(&lab, "lbA", 2, 3, 150);
+    let lb_a = start_node(&lab, "lbA", 2, 3, 150, "");
     lab.wait(
         "lbA master with both addresses",
         Duration::from_secs(5),
         || lab.has_address("lbA", VIP) && lab.has_address("lbA", GATEWAY),
     );
-    let mut lb_b = start_node(&lab, "lbB", 3, 2, 100);
+    // The backup runs as an ordinary user, with only CAP_NET_ADMIN and CAP_NET_RAW
+    // (and CAP_NET_ADMIN passed on to nft and conntrackd).
+    std::fs::set_permissions(
+        lab.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let mut lb_b = start_node(&lab, "lbB", 3, 2, 100, "user = \"nobody\"");
+    let dropped = lb_b.wait_for("running as an ordinary user");
+    assert!(
+        dropped.contains("capabilities=CAP_NET_ADMIN,CAP_NET_RAW"),
+        "{dropped}"
+    );
     lb_b.wait_for("VRRP INIT -> BACKUP");
 
     // The kernel's rules on both nodes; ctl shows them.

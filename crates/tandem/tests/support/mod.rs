@@ -40,6 +40,8 @@ impl Running {
         let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
+            // CI runs the tests as root; the refusal itself is tested in tests/cli.rs.
+            .env("TANDEM_ALLOW_ROOT", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
