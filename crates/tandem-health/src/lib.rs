@@ -14,4 +14,4 @@ mod probe;
 
 pub use machine::{Change, Probe, RiseFall};
 pub use monitor::{BackendHealth, Checker, HealthBoard, LastCheck, Monitor, Transition};
-pub use probe::{Prober, fmt_duration};
+pub use probe::{MAX_LINE, Prober, fmt_duration, judge_answer};

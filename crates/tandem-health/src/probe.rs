@@ -20,7 +20,7 @@ use crate::machine::Probe;
 /// Most body bytes an http check reads.
 const MAX_BODY: usize = 64 * 1024;
 /// Most bytes a send-expect check reads looking for the first line.
-const MAX_LINE: usize = 4096;
+pub const MAX_LINE: usize = 4096;
 
 /// A ready-to-run check for one pool: parsed regex, TLS client configuration.
 pub struct Prober {
@@ -198,19 +198,11 @@ impl Prober {
                 break;
             }
         }
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches('\r');
         let regex = self
             .expect
             .as_ref()
             .expect("send-expect checks have a regex");
-        if !regex.is_match(text) {
-            let shown: String = text.chars().take(80).collect();
-            return Err(format!(
-                "answer {shown:?} does not match {:?}",
-                regex.as_str()
-            ));
-        }
+        judge_answer(&line, regex)?;
         if let Some(quit) = &self.check.quit {
             // Politeness only: the verdict is already in.
             let _ = tcp.write_all(quit.as_bytes()).await;
@@ -279,4 +271,24 @@ pub fn fmt_duration(d: Duration) -> String {
     } else {
         format!("{}ms", d.as_millis())
     }
+}
+
+/// The verdict on a send-expect answer: its first line (up to [`MAX_LINE`] bytes, a
+/// trailing CR removed, invalid UTF-8 replaced) must match `regex`.
+pub fn judge_answer(received: &[u8], regex: &Regex) -> Result<(), String> {
+    let line = &received[..received.len().min(MAX_LINE)];
+    let line = match line.iter().position(|&b| b == b'\n') {
+        Some(end) => &line[..end],
+        None => line,
+    };
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\r');
+    if regex.is_match(text) {
+        return Ok(());
+    }
+    let shown: String = text.chars().take(80).collect();
+    Err(format!(
+        "answer {shown:?} does not match {:?}",
+        regex.as_str()
+    ))
 }

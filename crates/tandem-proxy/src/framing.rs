@@ -76,6 +76,22 @@ impl<S> Sniffer<S> {
         }
     }
 
+    /// Watches `bytes` as if read from the client (what the stream does on each read;
+    /// public for the fuzzer).
+    pub fn observe(&mut self, bytes: &[u8]) {
+        self.feed(bytes);
+    }
+
+    /// Every verdict so far, oldest first (`None` = clean), taking them.
+    pub fn take_verdicts(&self) -> Vec<Option<&'static str>> {
+        self.verdicts
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect()
+    }
+
     fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             match &mut self.state {

@@ -24,16 +24,22 @@ pub fn header(version: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> 
     }
 }
 
-/// Unmaps IPv4-mapped IPv6 addresses so both ends of the header share one family.
+/// Unmaps IPv4-mapped IPv6 addresses so that a dual-stack listener announces IPv4
+/// clients as TCP4, and makes sure both ends share one family: when only one end is
+/// IPv4 (mapped or not), both are written as IPv6 (a header with mixed families would
+/// be an UNKNOWN one, found by the fuzzer).
 fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
-    let unmap = |s: SocketAddr| match s.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), s.port()),
-            None => s,
-        },
-        IpAddr::V4(_) => s,
+    let unmap = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
+    let map = |s: SocketAddr| match s.ip() {
+        IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), s.port()),
+        IpAddr::V6(_) => s,
     };
-    (unmap(a), unmap(b))
+    let (ua, ub) = (unmap(a), unmap(b));
+    if ua.is_ipv4() == ub.is_ipv4() {
+        (ua, ub)
+    } else {
+        (map(a), map(b))
+    }
 }
 
 #[cfg(test)]
@@ -42,6 +48,30 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn mixed_families_are_written_as_ipv6_never_as_unknown() {
+        let h = header(
+            ProxyProtocol::V1,
+            addr("[::ffff:192.0.2.7]:40000"),
+            addr("[2001:db8::1]:25"),
+        )
+        .unwrap();
+        assert_eq!(
+            h,
+            b"PROXY TCP6 ::ffff:192.0.2.7 2001:db8::1 40000 25\r\n".as_slice()
+        );
+        let h = header(
+            ProxyProtocol::V1,
+            addr("[::ffff:192.0.2.7]:40000"),
+            addr("[::ffff:198.51.100.1]:25"),
+        )
+        .unwrap();
+        assert_eq!(
+            h,
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\n".as_slice()
+        );
     }
 
     #[test]

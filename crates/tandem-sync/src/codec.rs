@@ -154,13 +154,19 @@ impl FrameKey {
 /// A whole frame (length included) carrying `message` as number `seq` of `direction`.
 pub fn seal(key: &FrameKey, direction: Direction, seq: u64, message: &Message) -> Vec<u8> {
     let payload = postcard::to_stdvec(message).expect("messages always encode");
-    let tag = key.tag(direction, seq, &payload);
+    seal_payload(key, direction, seq, &payload)
+}
+
+/// A whole frame around an already encoded `payload` (the fuzzer signs arbitrary bytes
+/// with it, to reach the decoder behind the MAC).
+pub fn seal_payload(key: &FrameKey, direction: Direction, seq: u64, payload: &[u8]) -> Vec<u8> {
+    let tag = key.tag(direction, seq, payload);
     let len = MAC_LEN + SEQ_LEN + payload.len();
     let mut frame = Vec::with_capacity(4 + len);
     frame.extend_from_slice(&(len as u32).to_be_bytes());
     frame.extend_from_slice(tag.as_ref());
     frame.extend_from_slice(&seq.to_be_bytes());
-    frame.extend_from_slice(&payload);
+    frame.extend_from_slice(payload);
     frame
 }
 
