@@ -98,7 +98,8 @@ impl FaultBackend {
         let was = self.mode.swap(mode as u8, Relaxed);
         if mode == Mode::Dead && was != Mode::Dead as u8 {
             // Killed: the listener and every connection go (the JoinSet drops them).
-            if let Some(task) = self.server.lock().unwrap().take() {
+            let task = self.server.lock().unwrap().take();
+            if let Some(task) = task {
                 task.abort();
                 let _ = task.await;
             }
@@ -461,7 +462,7 @@ async fn under_faults_every_request_ends_cleanly_and_nothing_leaks() {
         let mode = MODES[fastrand::usize(..MODES.len())];
         victim.set(mode).await;
         faults += 1;
-        if step % 6 == 0 {
+        if step.is_multiple_of(6) {
             // A reload (a weight changes) every 3 s.
             std::fs::write(
                 &path,
