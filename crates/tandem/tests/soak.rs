@@ -514,11 +514,11 @@ async fn under_faults_every_request_ends_cleanly_and_nothing_leaks() {
     // And it still serves.
     let mut last = None;
     for n in 0..50 {
-        if let Outcome::Ok(_) = tcp_request(tcp, 99 + n, 10_000).await {
-            if let Outcome::Ok(_) = http_request(web, 99 + n, 10_000).await {
-                last = Some(n);
-                break;
-            }
+        if let Outcome::Ok(_) = tcp_request(tcp, 99 + n, 10_000).await
+            && let Outcome::Ok(_) = http_request(web, 99 + n, 10_000).await
+        {
+            last = Some(n);
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
