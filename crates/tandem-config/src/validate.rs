@@ -73,7 +73,15 @@ fn syntax_diagnostic(text: &str, e: &toml::de::Error) -> Diagnostic {
 /// then the `name =` that precedes it on its line, or the spanned word itself when
 /// `names_key` says the span is a key (unknown or duplicate keys).
 fn key_at(text: &str, start: usize, end: usize, names_key: bool) -> String {
-    let start = start.min(text.len());
+    // Spans may point inside a multi-byte character (found by the fuzzer): round down.
+    let floor = |mut i: usize| {
+        i = i.min(text.len());
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let (start, end) = (floor(start), floor(end.max(start)));
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let before = &text[line_start..start];
     let is_ident = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
@@ -82,8 +90,10 @@ fn key_at(text: &str, start: usize, end: usize, names_key: bool) -> String {
     let ident_before = |s: &str, eq: usize| {
         let lhs = s[..eq].trim_end();
         let from = lhs
-            .rfind(|c: char| !(is_ident(c) || c == '.'))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(is_ident(*c) || *c == '.'))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         word(&lhs[from..])
     };
     let section = text[..line_start]

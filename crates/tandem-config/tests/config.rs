@@ -528,3 +528,14 @@ fn redirect_refuses_what_the_kernel_cannot_do() {
         "applies to mode = \"redirect\" only",
     );
 }
+
+#[test]
+fn inputs_the_fuzzer_found_give_errors_not_panics() {
+    // A byte-order mark and a span inside a multi-byte character once panicked.
+    let text =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-config-crash-1.toml"))
+            .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let e = errors(&text);
+    assert!(e.iter().all(|l| l.starts_with("t.toml:")), "{e:?}");
+}
