@@ -51,6 +51,7 @@ ROWS = [
     ("l7_p50", "L7 keep-alive p50 latency (ms)", False),
     ("l7_p99", "L7 keep-alive p99 latency (ms)", False),
     ("mem_kib", "Memory per idle relayed connection (KiB)", False),
+    ("failover_ms", "Failover: master SIGKILLed to first served request (ms); HAProxy column = keepalived + HAProxy, advert 100 ms", False),
 ]
 CONTENDERS = ["direct", "tandem", "haproxy", "nginx"]
 
