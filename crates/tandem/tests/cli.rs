@@ -389,3 +389,39 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         .collect();
     assert!(out.status.success() && about_unit.is_empty(), "{err}");
 }
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[global]\ncontrol_socket = \"{}/t.sock\"\ndrain_timeout = \"1s\"\n[[pool]]\nname = \"p\"\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:0\"]\npool = \"p\"\n",
+            dir.path().display()
+        ),
+    );
+    let mut child = Command::new(TANDEM)
+        .args(["run", "--config", &path])
+        .env("NOTIFY_SOCKET", &notify)
+        .env("TANDEM_ALLOW_ROOT", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut next = || {
+        let mut buf = [0u8; 256];
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).trim().to_string()
+    };
+    assert_eq!(next(), "READY=1");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    assert_eq!(next(), "RELOADING=1");
+    assert_eq!(next(), "READY=1");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert_eq!(next(), "STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
