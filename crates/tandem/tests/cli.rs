@@ -395,7 +395,9 @@ fn systemd_hears_ready_reloading_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify");
     let systemd = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
-    systemd.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let path = write_config(
         dir.path(),
         &format!(
@@ -411,7 +413,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 256];
         let n = systemd.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).trim().to_string()

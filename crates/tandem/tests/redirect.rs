@@ -416,24 +416,47 @@ fn an_established_session_survives_the_masters_death_and_a_backend_leaves_the_ru
     // refused by the host) and comes back when enabled.
     let backend = |action: &str| {
         let out = std::process::Command::new(TANDEM)
-            .args(["ctl", "--socket", socket.to_str().unwrap(), "backend", action, "mail", "10.1.0.12:143"])
+            .args([
+                "ctl",
+                "--socket",
+                socket.to_str().unwrap(),
+                "backend",
+                action,
+                "mail",
+                "10.1.0.12:143",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     backend("disable");
-    lab.wait("the drained backend leaves the rules", Duration::from_secs(2), || {
-        redirect_status(&lab, "lbB")["rules"][0]
-            .as_str()
-            .is_some_and(|r| r.contains("no live backend"))
-    });
-    assert!(one_exchange(&lab).is_err(), "no backend left: new connections are refused");
+    lab.wait(
+        "the drained backend leaves the rules",
+        Duration::from_secs(2),
+        || {
+            redirect_status(&lab, "lbB")["rules"][0]
+                .as_str()
+                .is_some_and(|r| r.contains("no live backend"))
+        },
+    );
+    assert!(
+        one_exchange(&lab).is_err(),
+        "no backend left: new connections are refused"
+    );
     backend("enable");
-    lab.wait("the enabled backend is back", Duration::from_secs(2), || {
-        redirect_status(&lab, "lbB")["rules"][0]
-            .as_str()
-            .is_some_and(|r| r.contains("10.1.0.12:143*3"))
-    });
+    lab.wait(
+        "the enabled backend is back",
+        Duration::from_secs(2),
+        || {
+            redirect_status(&lab, "lbB")["rules"][0]
+                .as_str()
+                .is_some_and(|r| r.contains("10.1.0.12:143*3"))
+        },
+    );
     assert_eq!(one_exchange(&lab).unwrap(), "b2");
 
     // A stopped tandem takes its table and its conntrackd with it.
