@@ -127,25 +127,23 @@ stop_all() {
     in_ns client ip neigh flush dev eth0
 }
 
-for _ in $(seq "$repeats"); do
-    tandem_node lb1 150 >/dev/null
-    tandem_node lb2 100 >/dev/null
+# One failover of the pair started by `$1_node`: every process of the master host is
+# killed at once (a dead machine says no goodbye; keepalived's VRRP child would send a
+# priority-0 advert if only its parent died). Records the time under column $2.
+failover() {
+    local start=$1 column=$2 label=$3 ms
+    "${start}_node" lb1 150 >/dev/null
+    "${start}_node" lb2 100 >/dev/null
     wait_vip lb1 && sleep 0.5
-    # Every process of the master host at once: a dead machine says no goodbye.
     ms=$(in_ns client python3 bench/failover_probe.py "$vip" 80 $(ip netns pids "$tag-lb1"))
-    echo "  tandem: first request served ${ms} ms after SIGKILL of the master"
-    [[ $ms =~ ^[0-9]+$ ]] && echo "tandem failover_ms $ms" >> "$results"
+    echo "  $label: first request served ${ms} ms after SIGKILL of the master"
+    [[ $ms =~ ^[0-9]+$ ]] && echo "$column failover_ms $ms" >> "$results"
     stop_all
+}
 
+for _ in $(seq "$repeats"); do
+    failover tandem tandem tandem
     if command -v keepalived >/dev/null; then
-        keepalived_node lb1 150 >/dev/null
-        keepalived_node lb2 100 >/dev/null
-        wait_vip lb1 && sleep 0.5
-        # keepalived's VRRP child would say goodbye (priority 0) if only its parent
-        # died: all of them go at once, as with a dead machine.
-        ms=$(in_ns client python3 bench/failover_probe.py "$vip" 80 $(ip netns pids "$tag-lb1"))
-        echo "  keepalived + HAProxy: first request served ${ms} ms after SIGKILL of the master"
-        [[ $ms =~ ^[0-9]+$ ]] && echo "haproxy failover_ms $ms" >> "$results"
-        stop_all
+        failover keepalived haproxy "keepalived + HAProxy"
     fi
 done

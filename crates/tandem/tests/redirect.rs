@@ -109,25 +109,25 @@ fn start_node(lab: &Lab, name: &str, n: u8, peer: u8, priority: u8, global: &str
     node
 }
 
-/// `tandem ctl redirect --json` of node `name`.
-fn redirect_status(lab: &Lab, name: &str) -> serde_json::Value {
+/// `tandem ctl ARGS` on node `name`; its output, once it succeeded.
+fn ctl(lab: &Lab, name: &str, args: &[&str]) -> Vec<u8> {
     let socket = lab.dir.path().join(format!("{name}.sock"));
     let out = std::process::Command::new(TANDEM)
-        .args([
-            "ctl",
-            "--socket",
-            socket.to_str().unwrap(),
-            "--json",
-            "redirect",
-        ])
+        .args(["ctl", "--socket", socket.to_str().unwrap()])
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "ctl: {}",
+        "ctl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out.stdout
+}
+
+/// `tandem ctl redirect --json` of node `name`.
+fn redirect_status(lab: &Lab, name: &str) -> serde_json::Value {
+    serde_json::from_slice(&ctl(lab, name, &["--json", "redirect"])).unwrap()
 }
 
 /// What a session saw.
@@ -396,16 +396,7 @@ fn an_established_session_survives_the_masters_death_and_a_backend_leaves_the_ru
         text.replace("\"10.1.0.12:143\" }", "\"10.1.0.12:143\", weight = 3 }"),
     )
     .unwrap();
-    let socket = lab.dir.path().join("lbB.sock");
-    let reload = std::process::Command::new(TANDEM)
-        .args(["ctl", "--socket", socket.to_str().unwrap(), "reload"])
-        .output()
-        .unwrap();
-    assert!(
-        reload.status.success(),
-        "{}",
-        String::from_utf8_lossy(&reload.stderr)
-    );
+    ctl(&lab, "lbB", &["reload"]);
     let rules = redirect_status(&lab, "lbB")["rules"][0]
         .as_str()
         .unwrap()
@@ -415,23 +406,7 @@ fn an_established_session_survives_the_masters_death_and_a_backend_leaves_the_ru
     // An operator drains the last backend: it leaves the rules (new connections are
     // refused by the host) and comes back when enabled.
     let backend = |action: &str| {
-        let out = std::process::Command::new(TANDEM)
-            .args([
-                "ctl",
-                "--socket",
-                socket.to_str().unwrap(),
-                "backend",
-                action,
-                "mail",
-                "10.1.0.12:143",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ctl(&lab, "lbB", &["backend", action, "mail", "10.1.0.12:143"]);
     };
     backend("disable");
     lab.wait(
