@@ -56,6 +56,17 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForwardLabels {
+    service: String,
+    listen: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabels {
+    origin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
     peer: String,
 }
@@ -302,6 +313,48 @@ pub fn encode(snapshot: &Snapshot) -> String {
             synced.get_or_create(&l).set(i64::from(p.synced));
             sent.get_or_create(&l).inc_by(p.sent);
             received.get_or_create(&l).inc_by(p.received);
+        }
+    }
+    if let Some(r) = &snapshot.redirect {
+        let live = gauge::<ForwardLabels>(
+            &mut registry,
+            "redirect_live_backends",
+            "Backends the kernel sends new connections of this service address to",
+        );
+        for f in &r.forwards {
+            live.get_or_create(&ForwardLabels {
+                service: f.service.clone(),
+                listen: f.listen.clone(),
+            })
+            .set(f.backends.len() as i64);
+        }
+        if let Some(c) = &r.conntrack {
+            let running = Gauge::<i64>::default();
+            registry.register(
+                "conntrackd_running",
+                "1 while conntrackd answers on its control socket",
+                running.clone(),
+            );
+            running.set(i64::from(c.running));
+            let restarts = Counter::<u64>::default();
+            registry.register(
+                "conntrackd_restarts",
+                "conntrackd restarts by tandem",
+                restarts.clone(),
+            );
+            restarts.inc_by(c.restarts);
+            let states = gauge::<OriginLabels>(
+                &mut registry,
+                "conntrack_states",
+                "Connection states held by conntrackd: local (this kernel's) and peer (ready to commit)",
+            );
+            for (origin, n) in [("local", c.internal), ("peer", c.external)] {
+                states
+                    .get_or_create(&OriginLabels {
+                        origin: origin.into(),
+                    })
+                    .set(n as i64);
+            }
         }
     }
     let mut out = String::new();

@@ -94,6 +94,9 @@ pub struct Snapshot {
     pub ha: Option<HaSnapshot>,
     /// Sync peers, when configured.
     pub sync: Vec<PeerSnapshot>,
+    /// Redirect services, when configured (without the kernel's table).
+    #[serde(default)]
+    pub redirect: Option<RedirectSnapshot>,
 }
 
 /// One service.
@@ -189,10 +192,24 @@ pub struct CheckSnapshot {
 pub struct RedirectSnapshot {
     /// One line per service address: where new connections go.
     pub rules: Vec<String>,
+    /// The same, as data.
+    #[serde(default)]
+    pub forwards: Vec<ForwardSnapshot>,
     /// tandem's nftables table as the kernel lists it (with counters).
     pub table: String,
     /// Connection-state sync, when it runs.
     pub conntrack: Option<ConntrackSnapshot>,
+}
+
+/// One service address forwarded by the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ForwardSnapshot {
+    /// Service.
+    pub service: String,
+    /// Its address.
+    pub listen: String,
+    /// Backends that receive new connections now.
+    pub backends: Vec<String>,
 }
 
 /// conntrackd as tandem sees it.

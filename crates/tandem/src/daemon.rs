@@ -648,6 +648,7 @@ impl Daemon {
             services,
             pools,
             ha: self.vrrp().map(|v| ha_snapshot(&v.status())),
+            redirect: self.redirect().map(|p| redirect_summary(&p)),
             sync: self
                 .sync()
                 .map(|s| {
@@ -668,23 +669,13 @@ impl Daemon {
         }
     }
 
-    /// The redirect services' rules and state sync, when any is configured.
+    /// The redirect services' rules, the kernel's table and conntrackd asked now.
     pub async fn redirect_snapshot(&self) -> Option<tandem_control::RedirectSnapshot> {
         let plane = self.redirect()?;
-        Some(tandem_control::RedirectSnapshot {
-            rules: plane.describe(),
-            table: plane.table().await,
-            conntrack: plane
-                .conntrack_status()
-                .await
-                .map(|c| tandem_control::ConntrackSnapshot {
-                    running: c.running,
-                    restarts: c.restarts,
-                    internal: c.internal,
-                    external: c.external,
-                    role: c.role,
-                }),
-        })
+        plane.conntrack_status().await;
+        let mut snapshot = redirect_summary(&plane);
+        snapshot.table = plane.table().await;
+        Some(snapshot)
     }
 
     fn backend_snapshot(&self, pool: &str, b: &tandem_balance::Backend) -> BackendSnapshot {
@@ -978,6 +969,32 @@ fn ha_snapshot(s: &tandem_vrrp::linux::Status) -> HaSnapshot {
             .iter()
             .map(|(r, n)| (r.label().to_string(), *n))
             .collect(),
+    }
+}
+
+/// Rules and the last-known conntrackd state of redirect services (no kernel table).
+fn redirect_summary(plane: &RedirectPlane) -> tandem_control::RedirectSnapshot {
+    tandem_control::RedirectSnapshot {
+        rules: plane.describe(),
+        forwards: plane
+            .forwards()
+            .iter()
+            .map(|f| tandem_control::ForwardSnapshot {
+                service: f.service.clone(),
+                listen: f.listen.to_string(),
+                backends: f.targets.iter().map(|t| t.address.to_string()).collect(),
+            })
+            .collect(),
+        table: String::new(),
+        conntrack: plane
+            .last_conntrack_status()
+            .map(|c| tandem_control::ConntrackSnapshot {
+                running: c.running,
+                restarts: c.restarts,
+                internal: c.internal,
+                external: c.external,
+                role: c.role,
+            }),
     }
 }
 

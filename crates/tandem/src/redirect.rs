@@ -97,6 +97,8 @@ pub struct RedirectPlane {
     conntrackd: tokio::sync::Mutex<Option<Conntrackd>>,
     /// The configuration whose redirect services the rules follow.
     config: std::sync::Mutex<Arc<Config>>,
+    /// conntrackd's state as last asked (every 5 s), for status and metrics.
+    last_conntrack: std::sync::Mutex<Option<tandem_redirect::ConntrackStatus>>,
 }
 
 impl RedirectPlane {
@@ -123,6 +125,7 @@ impl RedirectPlane {
             wake: Notify::new(),
             conntrackd: tokio::sync::Mutex::new(None),
             config: std::sync::Mutex::new(Arc::new(config.clone())),
+            last_conntrack: std::sync::Mutex::new(None),
         });
         plane
             .sync_rules(config, &pools.load())
@@ -236,6 +239,18 @@ impl RedirectPlane {
         *self.conntrackd.lock().await = Some(daemon);
         let (tx, mut rx) = mpsc::channel::<Takeover>(1);
         let plane = self.clone();
+        let watch_stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = watch_stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                plane.conntrack_status().await;
+            }
+        });
+        let plane = self.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -275,12 +290,36 @@ impl RedirectPlane {
         });
     }
 
-    /// conntrackd's state, when it runs.
+    /// conntrackd's state, when it runs (asked now).
     pub async fn conntrack_status(&self) -> Option<tandem_redirect::ConntrackStatus> {
-        match self.conntrackd.lock().await.as_ref() {
+        let status = match self.conntrackd.lock().await.as_ref() {
             Some(c) => Some(c.status().await),
             None => None,
-        }
+        };
+        status.clone_into(
+            &mut self
+                .last_conntrack
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        status
+    }
+
+    /// conntrackd's state as last asked (at most 5 s old).
+    pub fn last_conntrack_status(&self) -> Option<tandem_redirect::ConntrackStatus> {
+        self.last_conntrack
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The forwards applied now.
+    pub fn forwards(&self) -> Vec<Forward> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
     }
 
     /// Removes the table and stops conntrackd.

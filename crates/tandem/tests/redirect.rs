@@ -280,7 +280,14 @@ fn an_established_session_survives_the_masters_death_and_a_backend_leaves_the_ru
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .unwrap();
-    let mut lb_b = start_node(&lab, "lbB", 3, 2, 100, "user = \"nobody\"");
+    let mut lb_b = start_node(
+        &lab,
+        "lbB",
+        3,
+        2,
+        100,
+        "user = \"nobody\"\nadmin_listen = \"127.0.0.1:9901\"",
+    );
     let dropped = lb_b.wait_for("running as an ordinary user");
     assert!(
         dropped.contains("capabilities=CAP_NET_ADMIN,CAP_NET_RAW"),
@@ -327,6 +334,26 @@ fn an_established_session_survives_the_masters_death_and_a_backend_leaves_the_ru
     let before = redirect_status(&lab, "lbB");
     assert_eq!(before["conntrack"]["running"], true);
     assert_eq!(before["conntrack"]["role"], "backup");
+    // The same on the admin port, for Prometheus.
+    let metrics = lab.in_ns("lbB", || {
+        let mut s = TcpStream::connect("127.0.0.1:9901").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        text
+    });
+    assert!(
+        metrics
+            .contains("tandem_redirect_live_backends{service=\"imap\",listen=\"10.0.0.10:143\"} 2"),
+        "{metrics}"
+    );
+    let peer_states: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tandem_conntrack_states{origin=\"peer\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(peer_states >= 1, "{metrics}");
+    assert!(metrics.contains("tandem_conntrackd_running 1"), "{metrics}");
 
     // SIGKILL, and the host's cables cut: no goodbye of any kind.
     let killed = Instant::now();
