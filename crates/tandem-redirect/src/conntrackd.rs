@@ -371,6 +371,19 @@ pub fn program_exists(path: &Path) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(path).is_file()))
 }
 
+/// `name` when PATH finds it, else the system folder that holds it (services often
+/// start with a PATH without /usr/sbin, where nft and conntrackd live).
+pub fn locate(name: &Path) -> PathBuf {
+    if program_exists(name) || name.components().count() > 1 {
+        return name.to_path_buf();
+    }
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| name.to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,7 +38,7 @@ pub struct Nft {
 impl Default for Nft {
     fn default() -> Self {
         Nft {
-            program: PathBuf::from("nft"),
+            program: crate::conntrackd::locate(std::path::Path::new("nft")),
         }
     }
 }

@@ -202,9 +202,7 @@ fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(config) => {
             // Redirect services need this host's kernel to forward: check it here too.
-            let conntrackd = (config.has_redirect() && config.ha.is_some())
-                .then(|| config.sync.as_ref().map(|s| s.conntrackd.clone()))
-                .flatten();
+            let conntrackd = tandem::redirect::conntrackd_program(&config);
             let problems = tandem_redirect::preflight(
                 &tandem::redirect::configured_forwards(&config),
                 &tandem_redirect::Nft::default(),

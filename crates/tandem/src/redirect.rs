@@ -339,9 +339,14 @@ impl RedirectPlane {
 }
 
 /// conntrackd runs where redirect services, [ha] and [sync] meet.
-fn conntrackd_program(config: &Config) -> Option<PathBuf> {
+pub fn conntrackd_program(config: &Config) -> Option<PathBuf> {
     (config.has_redirect() && config.ha.is_some())
-        .then(|| config.sync.as_ref().map(|s| s.conntrackd.clone()))
+        .then(|| {
+            config
+                .sync
+                .as_ref()
+                .map(|s| tandem_redirect::conntrackd::locate(&s.conntrackd))
+        })
         .flatten()
 }
 

@@ -462,13 +462,14 @@ fn an_established_session_survives_the_masters_death_and_a_backend_leaves_the_ru
     assert_eq!(one_exchange(&lab).unwrap(), "b2");
 
     // A stopped tandem takes its table and its conntrackd with it.
+    let nft = tandem_redirect::conntrackd::locate(std::path::Path::new("nft"));
     let table = |name: &str| {
         std::process::Command::new("ip")
             .args([
                 "netns",
                 "exec",
                 &lab.ns(name),
-                "nft",
+                nft.to_str().unwrap(),
                 "list",
                 "table",
                 "inet",

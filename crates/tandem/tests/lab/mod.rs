@@ -146,17 +146,19 @@ impl Lab {
         ip(&all).unwrap()
     }
 
-    /// Sets sysctl `key` (e.g. "net.ipv4.ip_forward") to `value` inside host `name`.
+    /// Sets sysctl `key` (e.g. "net.ipv4.ip_forward") to `value` inside host `name`
+    /// (through /proc: no sysctl program needed on PATH).
     pub fn sysctl(&self, name: &str, key: &str, value: &str) {
         let ns = self.ns(name);
+        let file = format!("/proc/sys/{}", key.replace('.', "/"));
         let out = Command::new("ip")
             .args([
                 "netns",
                 "exec",
                 &ns,
-                "sysctl",
-                "-qw",
-                &format!("{key}={value}"),
+                "sh",
+                "-c",
+                &format!("echo {value} > {file}"),
             ])
             .output()
             .unwrap();
