@@ -92,9 +92,10 @@ pub async fn relay(
         last_ms: AtomicU64::new(0),
     };
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let ended = AtomicU64::new(0);
     let both = async {
         let up_pump = async {
-            pump(client, backend, &up, &activity, &|n| meter(true, n))
+            pump(client, backend, &up, &activity, &ended, &|n| meter(true, n))
                 .await
                 .map_err(|e| match e {
                     PumpError::Read(e) => End::ClientError(e.to_string()),
@@ -102,12 +103,14 @@ pub async fn relay(
                 })
         };
         let down_pump = async {
-            pump(backend, client, &down, &activity, &|n| meter(false, n))
-                .await
-                .map_err(|e| match e {
-                    PumpError::Read(e) => End::BackendError(e.to_string()),
-                    PumpError::Write(e) => End::ClientError(e.to_string()),
-                })
+            pump(backend, client, &down, &activity, &ended, &|n| {
+                meter(false, n)
+            })
+            .await
+            .map_err(|e| match e {
+                PumpError::Read(e) => End::BackendError(e.to_string()),
+                PumpError::Write(e) => End::ClientError(e.to_string()),
+            })
         };
         match tokio::try_join!(up_pump, down_pump) {
             Ok(_) => End::Closed,
@@ -141,12 +144,15 @@ fn half_close(socket: &TcpStream) {
     let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
 }
 
-/// Moves bytes from `src` to `dst` until `src` ends, counting them in `moved`.
+/// Moves bytes from `src` to `dst` until `src` ends, counting them in `moved`. The
+/// first direction to end passes the half-close on; the second needs no shutdown(2)
+/// since both sockets close right after (`ended` counts the directions done).
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     moved: &AtomicU64,
     activity: &Activity,
+    ended: &AtomicU64,
     meter: &(dyn Fn(u64) + Sync),
 ) -> Result<(), PumpError> {
     loop {
@@ -166,7 +172,9 @@ async fn pump(
             }
             Chunk::NotReady => {}
             Chunk::Eof => {
-                half_close(dst);
+                if ended.fetch_add(1, Relaxed) == 0 {
+                    half_close(dst);
+                }
                 return Ok(());
             }
         }

@@ -164,7 +164,6 @@ impl Service {
                     };
                     let service = self.clone();
                     let close_all = life.close_all.clone();
-                    let local = client.local_addr().ok().or(local).unwrap_or(peer);
                     let fut = async move {
                         match service.http.load_full().as_ref().clone() {
                             Some(state) => {
@@ -181,7 +180,11 @@ impl Service {
                                 ))
                                 .await;
                             }
-                            None => service.handle(client, peer, local, &close_all).await,
+                            None => {
+                                service
+                                    .handle(client, peer, local.unwrap_or(peer), &close_all)
+                                    .await
+                            }
                         }
                         drop(slot);
                         drop(client_slot);
@@ -225,7 +228,7 @@ impl Service {
         &self,
         client: TcpStream,
         peer: SocketAddr,
-        local: SocketAddr,
+        listener: SocketAddr,
         close_all: &CancellationToken,
     ) {
         self.stats.total.fetch_add(1, Relaxed);
@@ -239,7 +242,15 @@ impl Service {
             info!(target: "tandem::conn", service = %config.name, client = %peer, backend = "-", to_backend = 0u64, to_client = 0u64, duration_ms = started.elapsed().as_millis() as u64, end = "no backend", "connection");
             return;
         };
-        let header = crate::proxy_header::header(config.proxy_protocol, peer, local);
+        // The address the client reached (getsockname), asked only when a PROXY header
+        // needs it: the listener's may be 0.0.0.0.
+        let header = match config.proxy_protocol {
+            tandem_config::ProxyProtocol::None => None,
+            version => {
+                let local = client.local_addr().unwrap_or(listener);
+                crate::proxy_header::header(version, peer, local)
+            }
+        };
         let state = pick.lease.state.clone();
         let meter = move |to_backend: bool, n: u64| {
             if to_backend {
