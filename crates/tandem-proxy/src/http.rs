@@ -287,10 +287,15 @@ impl Connection {
         let last = config.http.max_requests_per_connection != 0
             && n >= config.http.max_requests_per_connection;
         let method = req.method().clone();
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/".to_string(), ToString::to_string);
+        // The request's path is copied only when there is an access log to write.
+        let logging = tracing::enabled!(target: "tandem::http", tracing::Level::INFO);
+        let path = if logging {
+            req.uri()
+                .path_and_query()
+                .map_or("/".to_string(), ToString::to_string)
+        } else {
+            String::new()
+        };
         let version = req.version();
         let ambiguous = if version == Version::HTTP_2 {
             None
@@ -317,14 +322,12 @@ impl Connection {
         if status.is_server_error() && backend.is_none() {
             info!(target: "tandem::http", service = %config.name, client = %self.peer, method = %method, path = %path,
                 status = status.as_u16(), backend = "-", bytes = 0u64, duration_ms = started.elapsed().as_millis() as u64, "request");
-            return response;
+            return response.map(BodyExt::boxed);
         }
         // Log when the body is done, with its size.
-        let (parts, body) = response.into_parts();
-        let logged = Logged {
-            inner: body,
-            bytes: 0,
-            line: Some(LogLine {
+        let (parts, mut body) = response.into_parts();
+        if logging {
+            body.line = Some(LogLine {
                 service: config.name.clone(),
                 client: self.peer,
                 method,
@@ -332,10 +335,9 @@ impl Connection {
                 status: parts.status.as_u16(),
                 backend,
                 started,
-            }),
-            _lease: None,
-        };
-        Response::from_parts(parts, logged.boxed())
+            });
+        }
+        Response::from_parts(parts, body.boxed())
     }
 
     /// Picks, forwards, retries; returns the status, the backend, and the response.
@@ -343,7 +345,7 @@ impl Connection {
         &self,
         req: Request<hyper::body::Incoming>,
         config: &tandem_config::Service,
-    ) -> (StatusCode, Option<SocketAddr>, Response<ProxyBody>) {
+    ) -> (StatusCode, Option<SocketAddr>, Response<Logged>) {
         let (mut parts, body) = req.into_parts();
         let pools = self.service.pools.load_full();
         let empty_body = body.is_end_stream() || body.size_hint().exact() == Some(0);
@@ -370,7 +372,7 @@ impl Connection {
                     "no backend could be reached"
                 };
                 self.service.stats.no_backend.fetch_add(1, Relaxed);
-                return (status, None, error_response(status, text));
+                return (status, None, unlogged(error_response(status, text)));
             };
             let address = chosen.lease.address;
             let mut upstream = Request::builder()
@@ -424,11 +426,7 @@ impl Connection {
                         line: None,
                         _lease: Some(chosen.lease),
                     };
-                    return (
-                        status,
-                        Some(address),
-                        Response::from_parts(rparts, body.boxed()),
-                    );
+                    return (status, Some(address), Response::from_parts(rparts, body));
                 }
                 Ok(Err(e)) if e.is_connect() => {
                     chosen.lease.state.record_connect_error();
@@ -438,10 +436,10 @@ impl Connection {
                         return (
                             StatusCode::BAD_GATEWAY,
                             None,
-                            error_response(
+                            unlogged(error_response(
                                 StatusCode::BAD_GATEWAY,
                                 "the backend could not be reached",
-                            ),
+                            )),
                         );
                     }
                 }
@@ -450,7 +448,10 @@ impl Connection {
                     return (
                         StatusCode::BAD_GATEWAY,
                         None,
-                        error_response(StatusCode::BAD_GATEWAY, "the backend failed to answer"),
+                        unlogged(error_response(
+                            StatusCode::BAD_GATEWAY,
+                            "the backend failed to answer",
+                        )),
                     );
                 }
                 Err(_) => {
@@ -458,10 +459,10 @@ impl Connection {
                     return (
                         StatusCode::GATEWAY_TIMEOUT,
                         None,
-                        error_response(
+                        unlogged(error_response(
                             StatusCode::GATEWAY_TIMEOUT,
                             "the backend did not answer in time",
-                        ),
+                        )),
                     );
                 }
             }
@@ -470,7 +471,10 @@ impl Connection {
         (
             StatusCode::BAD_GATEWAY,
             None,
-            error_response(StatusCode::BAD_GATEWAY, "no backend could be reached"),
+            unlogged(error_response(
+                StatusCode::BAD_GATEWAY,
+                "no backend could be reached",
+            )),
         )
     }
 
@@ -569,6 +573,16 @@ struct LogLine {
     status: u16,
     backend: Option<SocketAddr>,
     started: Instant,
+}
+
+/// One of tandem's own responses, as a body with nothing to count or log yet.
+fn unlogged(response: Response<ProxyBody>) -> Response<Logged> {
+    response.map(|inner| Logged {
+        inner,
+        bytes: 0,
+        line: None,
+        _lease: None,
+    })
 }
 
 /// A response body that counts its bytes, holds the backend's slot until it is done,
