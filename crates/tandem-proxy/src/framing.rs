@@ -101,6 +101,26 @@ impl<S> Sniffer<S> {
                         self.state = State::Off;
                         return;
                     }
+                    if buf.is_empty() {
+                        // The usual case: the whole head arrived in one read; parse it
+                        // where it lies, without a copy.
+                        let mut headers = [httparse::EMPTY_HEADER; 128];
+                        let mut req = httparse::Request::new(&mut headers);
+                        match req.parse(&bytes[..bytes.len().min(MAX_HEAD)]) {
+                            Ok(httparse::Status::Complete(len)) => {
+                                let (verdict, next) = judge(req.headers);
+                                self.verdicts.push(verdict);
+                                bytes = &bytes[len..];
+                                self.state = next;
+                                continue;
+                            }
+                            Ok(httparse::Status::Partial) => {}
+                            _ => {
+                                self.state = State::Off;
+                                return;
+                            }
+                        }
+                    }
                     let take = bytes.len().min(MAX_HEAD.saturating_sub(buf.len()).max(1));
                     let before = buf.len();
                     buf.extend_from_slice(&bytes[..take]);
