@@ -543,3 +543,55 @@ fn check_refuses_a_host_that_does_not_forward_and_accepts_it_once_it_does() {
     let (code, out, err) = check();
     assert_eq!((code, out.trim()), (Some(0), "ok"), "{err}");
 }
+
+#[test]
+fn snat_serves_backends_that_have_no_route_back_and_they_see_the_balancer() {
+    let Some(mut lab) = Lab::new("rs") else {
+        return;
+    };
+    lab.host("client", "10.0.0.100/24");
+    lab.host("lb", "10.0.0.2/24");
+    lab.attach("lb", "br1", "eth1", "10.1.0.2/24");
+    lab.sysctl("lb", "net.ipv4.ip_forward", "1");
+    // The backend has no route to the client's network at all.
+    lab.host_on("b1", "br1", "10.1.0.11/24");
+    let listener = lab.in_ns("b1", || TcpListener::bind("10.1.0.11:143").unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(3) {
+            let Ok(mut s) = stream else { continue };
+            let peer = s.peer_addr().unwrap().ip();
+            let _ = s.write_all(format!("b1 sees {peer}\n").as_bytes());
+        }
+    });
+    let dir = lab.dir.path().display().to_string();
+    let config = lab.dir.path().join("lb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\ncontrol_socket = \"{dir}/lb.sock\"\ndrain_timeout = \"1s\"\n\n\
+[[pool]]\nname = \"mail\"\nbackends = [{{ address = \"10.1.0.11:143\" }}]\n\n\
+[[service]]\nname = \"imap\"\nlisten = [\"10.0.0.2:143\"]\nmode = \"redirect\"\npool = \"mail\"\nreturn_path = \"snat\"\n"
+        ),
+    )
+    .unwrap();
+    let mut lb = lab.spawn("lb", TANDEM, &["run", "--config", config.to_str().unwrap()]);
+    lb.wait_for("tandem running");
+    assert!(
+        redirect_status(&lab, "lb")["rules"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("[round-robin, snat]")
+    );
+    let answer = lab.in_ns("client", || {
+        let s =
+            TcpStream::connect_timeout(&"10.0.0.2:143".parse().unwrap(), Duration::from_secs(2))
+                .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    });
+    // Masqueraded: the backend saw the balancer's private address, not the client's
+    // (the documented price of snat), and its answer came back.
+    assert_eq!(answer, "b1 sees 10.1.0.2\n");
+}
