@@ -171,6 +171,24 @@ impl Pool {
         None
     }
 
+    /// The backends a kernel forwarder may send new connections to now: the healthy,
+    /// enabled primaries, else the healthy, enabled backups. (Connection limits count
+    /// tandem's own connections, which forwarded ones are not.)
+    pub fn serving(&self) -> Vec<&Backend> {
+        let live = |backup: bool| -> Vec<&Backend> {
+            self.backends
+                .iter()
+                .filter(|b| b.backup == backup && b.state.is_healthy() && b.state.is_enabled())
+                .collect()
+        };
+        let primaries = live(false);
+        if primaries.is_empty() {
+            live(true)
+        } else {
+            primaries
+        }
+    }
+
     /// The primary selector (for tests and status).
     pub fn primary_selector(&self) -> &Selector {
         &self.primary
@@ -210,21 +228,34 @@ impl PoolSet {
         self.pools.values()
     }
 
+    /// `pool`, then the pools of its fallback chain, in order (bounded: a cycle ends).
+    fn chain<'a>(&'a self, pool: &'a str) -> impl Iterator<Item = &'a Arc<Pool>> + 'a {
+        let mut name = Some(pool);
+        (0..=self.pools.len()).map_while(move |_| {
+            let p = self.pools.get(name?)?;
+            name = p.fallback.as_deref();
+            Some(p)
+        })
+    }
+
     /// Picks a backend for `client` in `pool`, following the fallback chain when a pool
     /// has no usable backend. `tried` holds backends whose connect already failed.
     pub fn pick(&self, pool: &str, client: IpAddr, tried: &[SocketAddr], now: u64) -> Option<Pick> {
-        let mut name = pool;
-        for _ in 0..=self.pools.len() {
-            let p = self.pools.get(name)?;
-            if let Some((lease, sticky)) = p.pick_here(client, tried, now) {
-                return Some(Pick {
-                    lease,
-                    pool: p.clone(),
-                    sticky,
-                });
-            }
-            name = p.fallback.as_deref()?;
-        }
-        None
+        self.chain(pool).find_map(|p| {
+            p.pick_here(client, tried, now).map(|(lease, sticky)| Pick {
+                lease,
+                pool: p.clone(),
+                sticky,
+            })
+        })
+    }
+
+    /// The [`Pool::serving`] backends of `pool`, or of the first pool of its fallback
+    /// chain that has any.
+    pub fn serving<'a>(&'a self, pool: &'a str) -> Vec<&'a Backend> {
+        self.chain(pool)
+            .map(|p| p.serving())
+            .find(|b| !b.is_empty())
+            .unwrap_or_default()
     }
 }

@@ -12,10 +12,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use tandem_balance::StickyChange;
 use tandem_balance::{PoolSet, now_ms};
-use tandem_config::Mode;
-
-use crate::redirect::RedirectPlane;
-use tandem_config::Config;
+use tandem_config::{Config, Mode};
 use tandem_control::admin::StateSource;
 use tandem_control::{
     BackendAction, BackendSnapshot, CheckSnapshot, HaSnapshot, PeerSnapshot, PoolSnapshot, Request,
@@ -31,6 +28,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+
+use crate::redirect::RedirectPlane;
 
 /// How often expired sticky entries are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -974,10 +973,13 @@ fn ha_snapshot(s: &tandem_vrrp::linux::Status) -> HaSnapshot {
 
 /// Rules and the last-known conntrackd state of redirect services (no kernel table).
 fn redirect_summary(plane: &RedirectPlane) -> tandem_control::RedirectSnapshot {
+    let forwards = plane.forwards();
     tandem_control::RedirectSnapshot {
-        rules: plane.describe(),
-        forwards: plane
-            .forwards()
+        rules: forwards
+            .iter()
+            .map(tandem_redirect::rules::describe)
+            .collect(),
+        forwards: forwards
             .iter()
             .map(|f| tandem_control::ForwardSnapshot {
                 service: f.service.clone(),

@@ -21,9 +21,6 @@ use tracing::{info, warn};
 /// How often the pools' state epoch is compared with the applied rules.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Fallback pools followed at most this deep.
-const MAX_FALLBACK_DEPTH: usize = 8;
-
 /// The forwards of `config`'s redirect services over the live backends of `pools`:
 /// usable primaries, else usable backups, else the fallback pool's.
 pub fn forwards(config: &Config, pools: &PoolSet) -> Vec<Forward> {
@@ -37,7 +34,14 @@ pub fn forwards(config: &Config, pools: &PoolSet) -> Vec<Forward> {
             Balance::Random => Spread::Random,
             _ => Spread::RoundRobin,
         };
-        let targets = live_targets(pools, &s.pool);
+        let targets: Vec<Target> = pools
+            .serving(&s.pool)
+            .iter()
+            .map(|b| Target {
+                address: b.address,
+                weight: b.weight.max(1),
+            })
+            .collect();
         for listen in &s.listen {
             out.push(Forward {
                 service: s.name.clone(),
@@ -54,38 +58,6 @@ pub fn forwards(config: &Config, pools: &PoolSet) -> Vec<Forward> {
 /// Every configured backend as a target: what `tandem check` checks the host for.
 pub fn configured_forwards(config: &Config) -> Vec<Forward> {
     forwards(config, &PoolSet::build(&config.pools, None))
-}
-
-fn live_targets(pools: &PoolSet, name: &str) -> Vec<Target> {
-    let mut pool_name = name.to_string();
-    for _ in 0..MAX_FALLBACK_DEPTH {
-        let Some(pool) = pools.get(&pool_name) else {
-            return Vec::new();
-        };
-        let live = |backup: bool| -> Vec<Target> {
-            pool.backends
-                .iter()
-                .filter(|b| b.backup == backup && b.state.is_healthy() && b.state.is_enabled())
-                .map(|b| Target {
-                    address: b.address,
-                    weight: b.weight.max(1),
-                })
-                .collect()
-        };
-        let primaries = live(false);
-        if !primaries.is_empty() {
-            return primaries;
-        }
-        let backups = live(true);
-        if !backups.is_empty() {
-            return backups;
-        }
-        match &pool.fallback {
-            Some(next) => pool_name = next.clone(),
-            None => return Vec::new(),
-        }
-    }
-    Vec::new()
 }
 
 /// The kernel data plane of a running daemon.
@@ -198,19 +170,11 @@ impl RedirectPlane {
             .sync_rules(config, pools)
             .await
             .map_err(|e| format!("redirect rules: {e:#}"));
-        self.wake.notify_one();
+        if result.is_err() {
+            // The follower retries until the kernel takes them.
+            self.wake.notify_one();
+        }
         result
-    }
-
-    /// The rules applied now, one line per service address.
-    pub fn describe(&self) -> Vec<String> {
-        self.applied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .flatten()
-            .map(tandem_redirect::rules::describe)
-            .collect()
     }
 
     /// The table as the kernel lists it.
