@@ -206,36 +206,13 @@ impl Vrrp {
             .or_else(|| addresses.iter().find(|(ip, _, _)| !vips.contains(ip)))
             .map(|(ip, _, _)| *ip)
             .ok_or_else(|| VrrpError::NoAddress(settings.interface.clone()))?;
-        for (ip, _, _) in addresses.iter().filter(|(ip, _, _)| vips.contains(ip)) {
-            warn!(target: "tandem::vrrp", interface = %settings.interface, address = %ip, "removing a virtual address left from an earlier run");
-            netlink.remove_address(link.index, *ip).await?;
-        }
-        let mut group = Vec::new();
+        // The main interface first, then the group's.
+        let mut holders =
+            vec![AddressHolder::open(&netlink, &settings.interface, &settings.virtual_ips).await?];
         for g in &settings.group {
-            let glink = netlink
-                .link(&g.interface)
-                .await?
-                .ok_or_else(|| VrrpError::NoInterface(g.interface.clone()))?;
-            let ips: Vec<Ipv4Addr> = g.virtual_ips.iter().map(|(ip, _)| *ip).collect();
-            for (ip, _, _) in netlink
-                .addresses(glink.index)
-                .await?
-                .iter()
-                .filter(|(ip, _, _)| ips.contains(ip))
-            {
-                warn!(target: "tandem::vrrp", interface = %g.interface, address = %ip, "removing a virtual address left from an earlier run");
-                netlink.remove_address(glink.index, *ip).await?;
-            }
-            group.push(GroupLink {
-                interface: g.interface.clone(),
-                index: glink.index,
-                mac: glink.mac,
-                arp: Arc::new(ArpSender::open(glink.index)?),
-                virtual_ips: g.virtual_ips.clone(),
-            });
+            holders.push(AddressHolder::open(&netlink, &g.interface, &g.virtual_ips).await?);
         }
         let socket = VrrpSocket::open(&settings.interface, link.index, primary)?;
-        let arp = ArpSender::open(link.index)?;
         let machine = Instance::new(Settings {
             vrid: settings.vrid,
             priority: settings.priority,
@@ -265,16 +242,14 @@ impl Vrrp {
         let runner = Runner {
             settings,
             netlink,
-            link,
             primary,
             socket,
-            arp: Arc::new(arp),
+            holders: Arc::new(holders),
             machine,
             status: status.clone(),
             states: state_tx,
             origin: Instant::now(),
             interface_down: false,
-            group,
             takeover,
         };
         let task = tokio::spawn(runner.run(rx));
@@ -331,26 +306,57 @@ pub fn effective_priority(priority: u8, demotions: &[(String, u8)]) -> u8 {
 struct Runner {
     settings: HaSettings,
     netlink: Netlink,
-    link: netlink::LinkInfo,
     primary: Ipv4Addr,
     socket: VrrpSocket,
-    arp: Arc<ArpSender>,
+    /// Where the virtual addresses go: the main interface, then the group's.
+    holders: Arc<Vec<AddressHolder>>,
     machine: Instance,
     status: Arc<Mutex<Status>>,
     states: watch::Sender<State>,
     origin: Instant,
     interface_down: bool,
-    group: Vec<GroupLink>,
     takeover: Option<mpsc::Sender<Takeover>>,
 }
 
-/// An interface of the group, opened.
-struct GroupLink {
+/// An interface that holds virtual addresses while this router is master.
+struct AddressHolder {
     interface: String,
     index: u32,
     mac: [u8; 6],
-    arp: Arc<ArpSender>,
+    arp: ArpSender,
     virtual_ips: Vec<(Ipv4Addr, u8)>,
+}
+
+impl AddressHolder {
+    /// Opens `interface` to hold `virtual_ips`, first removing any of them left there by
+    /// an earlier run that died.
+    async fn open(
+        netlink: &Netlink,
+        interface: &str,
+        virtual_ips: &[(Ipv4Addr, u8)],
+    ) -> Result<AddressHolder, VrrpError> {
+        let link = netlink
+            .link(interface)
+            .await?
+            .ok_or_else(|| VrrpError::NoInterface(interface.to_string()))?;
+        let ips: Vec<Ipv4Addr> = virtual_ips.iter().map(|(ip, _)| *ip).collect();
+        for (ip, _, _) in netlink
+            .addresses(link.index)
+            .await?
+            .iter()
+            .filter(|(ip, _, _)| ips.contains(ip))
+        {
+            warn!(target: "tandem::vrrp", interface, address = %ip, "removing a virtual address left from an earlier run");
+            netlink.remove_address(link.index, *ip).await?;
+        }
+        Ok(AddressHolder {
+            interface: interface.to_string(),
+            index: link.index,
+            mac: link.mac,
+            arp: ArpSender::open(link.index)?,
+            virtual_ips: virtual_ips.to_vec(),
+        })
+    }
 }
 
 impl Runner {
@@ -470,14 +476,12 @@ impl Runner {
     async fn poll_link(&mut self) -> Option<Input<'static>> {
         // The router is only as good as its worst interface: a master that lost the
         // backends' network must hand over too.
-        let names = std::iter::once(self.settings.interface.clone())
-            .chain(self.group.iter().map(|g| g.interface.clone()));
         let mut down = None;
-        for name in names {
-            match self.netlink.link(&name).await {
+        for h in self.holders.iter() {
+            match self.netlink.link(&h.interface).await {
                 Ok(Some(l)) if l.running => {}
                 Ok(_) => {
-                    down = Some(name);
+                    down = Some(h.interface.clone());
                     break;
                 }
                 Err(e) => {
@@ -510,19 +514,11 @@ impl Runner {
                 Action::Send { priority } => self.send(priority),
                 Action::TakeAddresses => self.take_addresses().await,
                 Action::ReleaseAddresses => {
-                    let main = self
-                        .settings
-                        .virtual_ips
-                        .iter()
-                        .map(|(ip, _)| (self.link.index, *ip));
-                    let grouped = self
-                        .group
-                        .iter()
-                        .flat_map(|g| g.virtual_ips.iter().map(|(ip, _)| (g.index, *ip)));
-                    let all: Vec<(u32, Ipv4Addr)> = main.chain(grouped).collect();
-                    for (index, ip) in all {
-                        if let Err(e) = self.netlink.remove_address(index, ip).await {
-                            warn!(target: "tandem::vrrp", error = %e, "removing a virtual address");
+                    for h in self.holders.iter() {
+                        for (ip, _) in &h.virtual_ips {
+                            if let Err(e) = self.netlink.remove_address(h.index, *ip).await {
+                                warn!(target: "tandem::vrrp", error = %e, "removing a virtual address");
+                            }
                         }
                     }
                 }
@@ -557,22 +553,14 @@ impl Runner {
             }
             debug!(target: "tandem::vrrp", elapsed_ms = started.elapsed().as_millis() as u64, "takeover hook done");
         }
-        let mut announce = vec![(
-            self.link.index,
-            self.link.mac,
-            self.arp.clone(),
-            self.settings.virtual_ips.clone(),
-        )];
-        for g in &self.group {
-            announce.push((g.index, g.mac, g.arp.clone(), g.virtual_ips.clone()));
-        }
-        for (index, _, _, ips) in &announce {
-            for (ip, prefix) in ips {
-                if let Err(e) = self.netlink.add_address(*index, *ip, *prefix).await {
+        for h in self.holders.iter() {
+            for (ip, prefix) in &h.virtual_ips {
+                if let Err(e) = self.netlink.add_address(h.index, *ip, *prefix).await {
                     warn!(target: "tandem::vrrp", error = %e, "adding a virtual address");
                 }
             }
         }
+        let holders = self.holders.clone();
         // Announce the addresses now and a few more times, in case a frame is lost,
         // for as long as this node stays master.
         let mut states = self.states.subscribe();
@@ -583,9 +571,9 @@ impl Runner {
                 if at > 0 && *states.borrow_and_update() != State::Master {
                     return;
                 }
-                for (_, mac, arp, ips) in &announce {
-                    for (ip, _) in ips {
-                        if let Err(e) = arp.announce(*mac, *ip) {
+                for h in holders.iter() {
+                    for (ip, _) in &h.virtual_ips {
+                        if let Err(e) = h.arp.announce(h.mac, *ip) {
                             debug!(target: "tandem::vrrp", error = %e, "gratuitous ARP");
                         }
                     }
