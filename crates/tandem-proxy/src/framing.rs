@@ -104,18 +104,15 @@ impl<S> Sniffer<S> {
                     if buf.is_empty() {
                         // The usual case: the whole head arrived in one read; parse it
                         // where it lies, without a copy.
-                        let mut headers = [httparse::EMPTY_HEADER; 128];
-                        let mut req = httparse::Request::new(&mut headers);
-                        match req.parse(&bytes[..bytes.len().min(MAX_HEAD)]) {
-                            Ok(httparse::Status::Complete(len)) => {
-                                let (verdict, next) = judge(req.headers);
+                        match parse_head(&bytes[..bytes.len().min(MAX_HEAD)]) {
+                            Head::Complete(len, verdict, next) => {
                                 self.verdicts.push(verdict);
                                 bytes = &bytes[len..];
                                 self.state = next;
                                 continue;
                             }
-                            Ok(httparse::Status::Partial) => {}
-                            _ => {
+                            Head::Partial => {}
+                            Head::Invalid => {
                                 self.state = State::Off;
                                 return;
                             }
@@ -124,17 +121,13 @@ impl<S> Sniffer<S> {
                     let take = bytes.len().min(MAX_HEAD.saturating_sub(buf.len()).max(1));
                     let before = buf.len();
                     buf.extend_from_slice(&bytes[..take]);
-                    let mut headers = [httparse::EMPTY_HEADER; 128];
-                    let mut req = httparse::Request::new(&mut headers);
-                    match req.parse(buf) {
-                        Ok(httparse::Status::Complete(len)) => {
-                            let (verdict, next) = judge(req.headers);
+                    match parse_head(buf) {
+                        Head::Complete(len, verdict, next) => {
                             self.verdicts.push(verdict);
-                            let used = len - before;
-                            bytes = &bytes[used..];
+                            bytes = &bytes[len - before..];
                             self.state = next;
                         }
-                        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return,
+                        Head::Partial if buf.len() < MAX_HEAD => return,
                         // hyper refuses what httparse refuses: nothing to add.
                         _ => {
                             self.state = State::Off;
@@ -196,6 +189,29 @@ impl<S> Sniffer<S> {
                 },
             }
         }
+    }
+}
+
+/// A request head parsed from the start of some bytes.
+enum Head {
+    /// Its length, its verdict and what follows it.
+    Complete(usize, Option<&'static str>, State),
+    /// More bytes are needed.
+    Partial,
+    /// Not a request head httparse accepts.
+    Invalid,
+}
+
+fn parse_head(data: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(data) {
+        Ok(httparse::Status::Complete(len)) => {
+            let (verdict, next) = judge(req.headers);
+            Head::Complete(len, verdict, next)
+        }
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(_) => Head::Invalid,
     }
 }
 

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::limits::{ClientLimits, ClientTable, GlobalLimit};
+use crate::limits::{ClientLimits, ClientSlot, ClientTable, GlobalLimit};
 use crate::ratelog::RateLimited;
 use crate::relay::{self, End};
 
@@ -131,27 +131,9 @@ impl Service {
                         drop(client);
                         continue;
                     };
-                    let client_slot = {
-                        let c = self.config.load();
-                        let limits = ClientLimits {
-                            max_conns: c.max_conns_per_client,
-                            rate: c.rate_per_client,
-                        };
-                        if limits.active() {
-                            match self.clients.admit(peer.ip(), limits, Instant::now()) {
-                                Ok(slot) => Some(slot),
-                                Err(refusal) => {
-                                    self.stats.client_limited.fetch_add(1, Relaxed);
-                                    if let Some(left_out) = self.warn_client.allow() {
-                                        warn!(service = %c.name, client = %peer.ip(), left_out, "{}: connection closed", refusal.reason());
-                                    }
-                                    drop(client);
-                                    continue;
-                                }
-                            }
-                        } else {
-                            None
-                        }
+                    let Ok(client_slot) = self.admit_client(peer) else {
+                        drop(client);
+                        continue;
                     };
                     let Some(slot) = self.enter() else {
                         self.stats.rejected.fetch_add(1, Relaxed);
@@ -211,6 +193,29 @@ impl Service {
             }
         }
         listener
+    }
+
+    /// Takes a slot under the per-client limits (`Ok(None)` when none is set), or counts
+    /// and logs the refusal.
+    fn admit_client(&self, peer: SocketAddr) -> Result<Option<ClientSlot>, ()> {
+        let c = self.config.load();
+        let limits = ClientLimits {
+            max_conns: c.max_conns_per_client,
+            rate: c.rate_per_client,
+        };
+        if !limits.active() {
+            return Ok(None);
+        }
+        match self.clients.admit(peer.ip(), limits, Instant::now()) {
+            Ok(slot) => Ok(Some(slot)),
+            Err(refusal) => {
+                self.stats.client_limited.fetch_add(1, Relaxed);
+                if let Some(left_out) = self.warn_client.allow() {
+                    warn!(service = %c.name, client = %peer.ip(), left_out, "{}: connection closed", refusal.reason());
+                }
+                Err(())
+            }
+        }
     }
 
     /// Takes a slot under the service's max_conns, or `None` at the limit.

@@ -186,26 +186,29 @@ impl Conntrackd {
     /// start of both caches from the kernel, announced to the peer.
     pub async fn become_master(&self) {
         self.set_role("master");
-        for (flag, what) in [
+        self.steps(&[
             ("-c", "commit the peer's connection states"),
             ("-f", "flush the caches"),
             ("-R", "resync with the kernel"),
             ("-B", "send a bulk update"),
-        ] {
-            if let Err(e) = ctl(&self.settings, flag).await {
-                warn!(target: "tandem::redirect", error = %e, "conntrackd could not {what}");
-            }
-        }
+        ])
+        .await;
     }
 
     /// The new backup's steps: age out the states the new master now carries, and ask
     /// it for all of its states.
     pub async fn become_backup(&self) {
         self.set_role("backup");
-        for (flag, what) in [
+        self.steps(&[
             ("-t", "shorten the kernel's timers"),
             ("-n", "request a resync"),
-        ] {
+        ])
+        .await;
+    }
+
+    /// Runs each `(flag, what it does)` in turn; a failed step is logged, the next runs.
+    async fn steps(&self, steps: &[(&str, &str)]) {
+        for (flag, what) in steps {
             if let Err(e) = ctl(&self.settings, flag).await {
                 warn!(target: "tandem::redirect", error = %e, "conntrackd could not {what}");
             }
