@@ -12,29 +12,6 @@ use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-fn ctl(socket: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(TANDEM)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ctl_json(socket: &std::path::Path, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let (code, out, err) = ctl(socket, &all);
-    assert_eq!(code, 0, "ctl {args:?}: {err}");
-    serde_json::from_str(&out).unwrap()
-}
-
 fn backend<'a>(
     pools: &'a serde_json::Value,
     pool: &str,

@@ -109,25 +109,20 @@ fn start_node(lab: &Lab, name: &str, n: u8, peer: u8, priority: u8, global: &str
     node
 }
 
-/// `tandem ctl ARGS` on node `name`; its output, once it succeeded.
-fn ctl(lab: &Lab, name: &str, args: &[&str]) -> Vec<u8> {
-    let socket = lab.dir.path().join(format!("{name}.sock"));
-    let out = std::process::Command::new(TANDEM)
-        .args(["ctl", "--socket", socket.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+/// The control socket of node `name`.
+fn socket(lab: &Lab, name: &str) -> std::path::PathBuf {
+    lab.dir.path().join(format!("{name}.sock"))
+}
+
+/// `tandem ctl ARGS` on node `name`, which must succeed.
+fn ctl(lab: &Lab, name: &str, args: &[&str]) {
+    let (code, _, err) = support::ctl(&socket(lab, name), args);
+    assert_eq!(code, 0, "ctl {args:?}: {err}");
 }
 
 /// `tandem ctl redirect --json` of node `name`.
 fn redirect_status(lab: &Lab, name: &str) -> serde_json::Value {
-    serde_json::from_slice(&ctl(lab, name, &["--json", "redirect"])).unwrap()
+    support::ctl_json(&socket(lab, name), &["redirect"])
 }
 
 /// What a session saw.

@@ -42,19 +42,6 @@ const MODES: [Mode; 5] = [
     Mode::Dead,
 ];
 
-/// Deterministic bytes of a request: what the backend must send back.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A backend that echoes TCP bytes, or answers `GET /blob/SEED/LEN` with that pattern,
 /// in the mode set on it. `Dead` closes its listener (connections are refused) and
 /// drops every connection it holds, as a killed server does.
@@ -145,7 +132,7 @@ async fn handle(mut s: TcpStream, mode: u8) {
                 let mut parts = path.trim_start_matches("/blob/").split('/');
                 let seed: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(1);
                 let len: usize = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-                let body = pattern(seed, len);
+                let body = support::random_bytes(seed, len);
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
                 );
@@ -207,7 +194,7 @@ async fn tcp_request(to: SocketAddr, seed: u64, len: usize) -> Outcome {
     let Ok(mut s) = TcpStream::connect(to).await else {
         return Outcome::Clean;
     };
-    let data = pattern(seed, len);
+    let data = support::random_bytes(seed, len);
     let (mut r, mut w) = s.split();
     let send = async {
         let _ = w.write_all(&data).await;
@@ -249,7 +236,7 @@ async fn http_request(to: SocketAddr, seed: u64, len: usize) -> Outcome {
     let status = head.split_whitespace().nth(1).unwrap_or("");
     match status {
         "200" => {
-            let expected = pattern(seed, len);
+            let expected = support::random_bytes(seed, len);
             let declared = head.lines().find_map(|l| {
                 l.to_ascii_lowercase()
                     .strip_prefix("content-length:")
@@ -285,18 +272,6 @@ fn open_fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count() as u64
-}
-
-fn ctl(socket: &std::path::Path, args: &[&str]) -> Option<serde_json::Value> {
-    let out = std::process::Command::new(TANDEM)
-        .args(["ctl", "--socket", socket.to_str().unwrap(), "--json"])
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
 }
 
 /// Runs `clients` loops of `request` against `to` until `stop`.
@@ -469,9 +444,9 @@ async fn under_faults_every_request_ends_cleanly_and_nothing_leaks() {
                 config_text(dir.path(), &backends, 1 + (step % 3) as u32),
             )
             .unwrap();
-            match ctl(&socket, &["reload"]) {
-                Some(_) => reloads += 1,
-                None => reload_failures += 1,
+            match support::ctl(&socket, &["reload"]).0 {
+                0 => reloads += 1,
+                _ => reload_failures += 1,
             }
         }
         if step % 10 == 5 {
@@ -504,7 +479,8 @@ async fn under_faults_every_request_ends_cleanly_and_nothing_leaks() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         (rss_end, fds_end) = (proc_status(pid, "VmRSS"), open_fds(pid));
     }
-    let status = ctl(&socket, &["status"]).expect("tandem still answers its control socket");
+    // tandem still answers its control socket.
+    let status = support::ctl_json(&socket, &["status"]);
     let accept_errors: u64 = status["services"]
         .as_array()
         .unwrap()

@@ -204,7 +204,7 @@ impl Lab {
 
     /// Sets host `name`'s eth0 down (its cable cut).
     pub fn cut(&self, name: &str) {
-        ip(&["-n", &self.ns(name), "link", "set", "eth0", "down"]).unwrap();
+        self.cut_link(name, "eth0");
     }
 
     /// Runs `f` on a thread that has entered host `name`'s namespace: sockets made there

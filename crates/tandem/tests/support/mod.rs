@@ -309,3 +309,28 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
+
+/// `tandem ctl --socket SOCKET ARGS`: exit code, stdout, stderr.
+pub fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(TANDEM)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `tandem ctl --json ARGS`, which must succeed, as JSON.
+pub fn ctl_json(socket: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = ctl(socket, &all);
+    assert_eq!(code, 0, "ctl {args:?}: {err}");
+    serde_json::from_str(&out).unwrap()
+}
