@@ -197,13 +197,7 @@ fn a_tracked_pool_without_healthy_backends_demotes_the_master() {
         Duration::from_secs(5),
         || lab.has_address("lb2", VIP),
     );
-    let out = std::process::Command::new(TANDEM)
-        .args(["ctl", "--socket"])
-        .arg(lab.dir.path().join("lb1.sock"))
-        .arg("ha")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text, _) = support::ctl(&lab.dir.path().join("lb1.sock"), &["ha"]);
     assert!(text.contains("state BACKUP"), "{text}");
     assert!(text.contains("priority 50 (configured 150)"), "{text}");
     assert!(
@@ -312,13 +306,7 @@ fn interoperates_with_keepalived_in_both_directions() {
         !lab.has_address("lb1", VIP),
         "tandem accepted keepalived as master"
     );
-    let status = std::process::Command::new(TANDEM)
-        .args(["ctl", "--json", "--socket"])
-        .arg(lab.dir.path().join("lb1.sock"))
-        .arg("ha")
-        .output()
-        .unwrap();
-    let ha: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let ha = support::ctl_json(&lab.dir.path().join("lb1.sock"), &["ha"]);
     assert_eq!(ha["master"], "10.99.0.3", "tandem hears keepalived: {ha}");
     assert!(
         ha["dropped"]
@@ -441,13 +429,8 @@ sticky = {{ key = \"source-ip\", ttl = \"30m\" }}\n\n\
         "round-robin spread: {on_be1} of 1000 on be1"
     );
     let pinned_on_lb2 = || {
-        let out = std::process::Command::new(TANDEM)
-            .args(["ctl", "--json", "--socket"])
-            .arg(lab.dir.path().join("lb2.sock"))
-            .arg("pools")
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let (_, out, _) = support::ctl(&lab.dir.path().join("lb2.sock"), &["--json", "pools"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         v["pools"][0]["sticky_entries"].as_u64().unwrap_or(0)
     };
     lab.wait("lb2 holds all 1000 entries", Duration::from_secs(5), || {
