@@ -223,6 +223,16 @@ fn check(path: &Path) -> ExitCode {
 
 async fn run(config: Config, path: PathBuf) -> ExitCode {
     let drain = config.global.drain_timeout;
+    // Handlers first: a SIGHUP or SIGTERM that arrives as soon as systemd hears READY (or
+    // while starting) must reload or stop tandem, not kill it with the default action.
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        error!("cannot install signal handlers");
+        return ExitCode::from(EXIT_RUNTIME);
+    };
     let daemon = match Daemon::start_with(config, Some(path)).await {
         Ok(d) => d,
         Err(e) => {
@@ -237,14 +247,6 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
     }
     info!(node = %daemon.config().global.name, version = env!("CARGO_PKG_VERSION"), "tandem running");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        error!("cannot install signal handlers");
-        return ExitCode::from(EXIT_RUNTIME);
-    };
     let name = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
