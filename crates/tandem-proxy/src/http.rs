@@ -29,6 +29,9 @@ use tracing::info;
 
 use crate::framing::{Sniffer, Verdicts};
 
+mod chunked;
+mod h1;
+
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// What an HTTP service needs besides its configuration: the pooled client to the
@@ -37,6 +40,10 @@ pub struct HttpState {
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     tls: Option<TlsAcceptor>,
     scheme: &'static str,
+    /// HTTP/1.1 requests take the fast path (plain-text backends only).
+    fast: bool,
+    /// Idle backend connections of the fast path.
+    idle: h1::IdlePool,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -85,6 +92,8 @@ impl HttpState {
             client,
             tls,
             scheme,
+            fast: !config.http.backend_tls,
+            idle: h1::IdlePool::default(),
         })
     }
 }
@@ -97,7 +106,9 @@ pub fn cookie_id(pool: &str, backend: SocketAddr) -> String {
     )
 }
 
-/// Serves one client connection in HTTP mode until it ends.
+/// Serves one client connection in HTTP mode until it ends: HTTP/1.1 on the fast path
+/// while requests have its shape, the general (hyper) path for the rest of the
+/// connection from the first that has not, and for HTTP/2.
 pub(crate) async fn serve(
     service: Arc<crate::Service>,
     state: Arc<HttpState>,
@@ -106,16 +117,93 @@ pub(crate) async fn serve(
     close_all: CancellationToken,
 ) {
     let config = service.config.load_full();
-    let h = &config.http;
-    let verdicts = Arc::new(Verdicts::default());
     let conn = Arc::new(Connection {
         service: service.clone(),
         state: state.clone(),
         peer,
         tls: state.tls.is_some(),
         requests: AtomicU32::new(0),
-        verdicts: verdicts.clone(),
+        verdicts: Arc::new(Verdicts::default()),
+        close_all: close_all.clone(),
     });
+    match &state.tls {
+        Some(acceptor) => {
+            let header_timeout = config.http.header_timeout;
+            let mut tls = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    info!(target: "tandem::http", service = %config.name, client = %peer, "tls handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let rest = if state.fast && !h2 {
+                match fast_path(&conn, &mut tls).await {
+                    Some(rest) => rest,
+                    None => return,
+                }
+            } else {
+                Bytes::new()
+            };
+            general_path(conn, &config, Prefixed::new(rest, tls)).await;
+        }
+        None => {
+            let mut stream = stream;
+            let rest = if state.fast {
+                match fast_path(&conn, &mut stream).await {
+                    Some(rest) => rest,
+                    None => return,
+                }
+            } else {
+                Bytes::new()
+            };
+            general_path(conn, &config, Prefixed::new(rest, stream)).await;
+        }
+    }
+}
+
+/// Runs the fast path; the unread bytes when the general path must go on.
+async fn fast_path<S>(conn: &Connection, client: &mut S) -> Option<Bytes>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let idle = std::sync::atomic::AtomicBool::new(true);
+    let mut fast = h1::FastPath::new(conn, &conn.state, &idle);
+    let end = {
+        let serving = fast.serve(client);
+        let mut serving = std::pin::pin!(serving);
+        tokio::select! {
+            biased;
+            end = serving.as_mut() => end,
+            () = conn.close_all.cancelled() => {
+                // Draining: a connection between requests closes now; one in the middle
+                // of a request gets a second to finish it (its response says close).
+                let finished = if idle.load(Relaxed) {
+                    None
+                } else {
+                    tokio::time::timeout(std::time::Duration::from_secs(1), serving).await.ok()
+                };
+                drop(finished);
+                h1::End::Closed
+            }
+        }
+    };
+    fast.finish();
+    match end {
+        h1::End::Closed => None,
+        h1::End::Handoff(rest) => Some(rest.freeze()),
+    }
+}
+
+/// Serves the rest of a connection with hyper (HTTP/1.1 and HTTP/2).
+async fn general_path<S>(conn: Arc<Connection>, config: &tandem_config::Service, io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let h = &config.http;
+    let close_all = conn.close_all.clone();
+    let verdicts = conn.verdicts.clone();
     let handler = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(conn.handle(req).await) }
@@ -131,24 +219,64 @@ pub(crate) async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(h.max_header_size as u32);
-    match &state.tls {
-        Some(acceptor) => {
-            let tls = match tokio::time::timeout(h.header_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    info!(target: "tandem::http", service = %config.name, client = %peer, "tls handshake failed: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let conn = builder.serve_connection(TokioIo::new(Sniffer::new(tls, verdicts)), handler);
-            drive(conn, &close_all).await;
+    let conn = builder.serve_connection(TokioIo::new(Sniffer::new(io, verdicts)), handler);
+    drive(conn, &close_all).await;
+}
+
+/// A stream whose first bytes were read already: they are read again first.
+struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(prefix: Bytes, inner: S) -> Prefixed<S> {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
         }
-        None => {
-            let conn =
-                builder.serve_connection(TokioIo::new(Sniffer::new(stream, verdicts)), handler);
-            drive(conn, &close_all).await;
-        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -193,6 +321,7 @@ struct Connection {
     tls: bool,
     requests: AtomicU32,
     verdicts: Arc<Verdicts>,
+    close_all: CancellationToken,
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -280,6 +409,11 @@ struct Chosen {
 }
 
 impl Connection {
+    /// The drain deadline passed: responses say close.
+    fn close_all_requested(&self) -> bool {
+        self.close_all.is_cancelled()
+    }
+
     async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let config = self.service.config.load_full();
@@ -530,29 +664,38 @@ impl Connection {
         headers: &HeaderMap,
         tried: &[SocketAddr],
     ) -> Option<Chosen> {
-        let p = pools.get(pool)?;
-        let sticky_cookie = p.cookie.clone();
-        if let Some(name) = &sticky_cookie {
-            let wanted = headers
+        let wanted = pools.get(pool)?.cookie.as_deref().and_then(|name| {
+            headers
                 .get_all(header::COOKIE)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|kv| kv.trim().split_once('='))
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.to_string());
-            if let Some(id) = wanted
-                && let Some(b) = p.backends.iter().find(|b| cookie_id(pool, b.address) == id)
-                && b.is_usable()
-                && !tried.contains(&b.address)
-                && let Some(lease) = b.lease()
-            {
-                return Some(Chosen {
-                    lease,
-                    pool: pool.to_string(),
-                    set_cookie: None,
-                });
-            }
+                .find_map(|v| cookie_value(v, name))
+        });
+        self.choose_by_cookie(pools, pool, wanted, tried)
+    }
+
+    /// As `choose`, with the sticky cookie's value already read from the request.
+    fn choose_by_cookie(
+        &self,
+        pools: &PoolSet,
+        pool: &str,
+        wanted: Option<&str>,
+        tried: &[SocketAddr],
+    ) -> Option<Chosen> {
+        let p = pools.get(pool)?;
+        let sticky_cookie = p.cookie.clone();
+        if sticky_cookie.is_some()
+            && let Some(id) = wanted
+            && let Some(b) = p.backends.iter().find(|b| cookie_id(pool, b.address) == id)
+            && b.is_usable()
+            && !tried.contains(&b.address)
+            && let Some(lease) = b.lease()
+        {
+            return Some(Chosen {
+                lease,
+                pool: pool.to_string(),
+                set_cookie: None,
+            });
         }
         let pick = pools.pick(pool, self.peer.ip(), tried, now_ms())?;
         let set_cookie =
@@ -563,6 +706,15 @@ impl Connection {
             set_cookie,
         })
     }
+}
+
+/// The value of cookie `name` in a `Cookie` header's text.
+fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header
+        .split(';')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 struct LogLine {

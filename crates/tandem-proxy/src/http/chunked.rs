@@ -1,0 +1,208 @@
+//! Finds where a chunked message body ends, without decoding it: the fast path relays
+//! the backend's chunked bytes as they are and only needs to know when the response is
+//! over (so the backend connection can serve the next request).
+
+/// Where the scanner is in a chunked body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// In a chunk-size line: the size so far and its digit count.
+    Size { size: u64, digits: u8 },
+    /// After the size, in chunk extensions, until the line ends.
+    Extension { size: u64 },
+    /// The size line's CR was seen; its LF must follow.
+    SizeLf { size: u64 },
+    /// Inside chunk data: bytes left.
+    Data(u64),
+    /// After chunk data: its CR.
+    DataCr,
+    /// After chunk data: its LF.
+    DataLf,
+    /// At the start of a trailer line (or of the final empty line).
+    TrailerStart,
+    /// Inside a trailer field line.
+    Trailer,
+    /// The final empty line's CR was seen.
+    EndLf,
+    /// The body is over.
+    Done,
+}
+
+/// A chunked body the backend sent that does not follow RFC 9112.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// Follows a chunked body fed in pieces of any size.
+#[derive(Debug, Clone)]
+pub struct ChunkedEnd {
+    state: State,
+}
+
+impl Default for ChunkedEnd {
+    fn default() -> Self {
+        ChunkedEnd {
+            state: State::Size { size: 0, digits: 0 },
+        }
+    }
+}
+
+impl ChunkedEnd {
+    /// Reads the next bytes of the body; `Some(n)` when the body ends after the first
+    /// `n` of them (the rest is not part of it).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, Malformed> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if let State::Data(left) = self.state {
+                let take = left.min((bytes.len() - i) as u64);
+                i += take as usize;
+                self.state = if take == left {
+                    State::DataCr
+                } else {
+                    State::Data(left - take)
+                };
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            self.state = match self.state {
+                State::Size { size, digits } => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        if digits >= 15 {
+                            return Err(Malformed);
+                        }
+                        let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
+                        State::Size {
+                            size: size * 16 + digit,
+                            digits: digits + 1,
+                        }
+                    }
+                    b';' | b' ' | b'\t' if digits > 0 => State::Extension { size },
+                    b'\r' if digits > 0 => State::SizeLf { size },
+                    _ => return Err(Malformed),
+                },
+                State::Extension { size } => match b {
+                    b'\r' => State::SizeLf { size },
+                    b'\n' => return Err(Malformed),
+                    _ => State::Extension { size },
+                },
+                State::SizeLf { size } => match b {
+                    b'\n' if size == 0 => State::TrailerStart,
+                    b'\n' => State::Data(size),
+                    _ => return Err(Malformed),
+                },
+                State::DataCr => match b {
+                    b'\r' => State::DataLf,
+                    _ => return Err(Malformed),
+                },
+                State::DataLf => match b {
+                    b'\n' => State::Size { size: 0, digits: 0 },
+                    _ => return Err(Malformed),
+                },
+                State::TrailerStart => match b {
+                    b'\r' => State::EndLf,
+                    b'\n' => return Err(Malformed),
+                    _ => State::Trailer,
+                },
+                State::Trailer => match b {
+                    b'\n' => State::TrailerStart,
+                    _ => State::Trailer,
+                },
+                State::EndLf => match b {
+                    b'\n' => {
+                        self.state = State::Done;
+                        return Ok(Some(i));
+                    }
+                    _ => return Err(Malformed),
+                },
+                State::Data(_) => unreachable!("handled above"),
+                State::Done => return Ok(Some(i - 1)),
+            };
+        }
+        Ok(if self.state == State::Done {
+            Some(0)
+        } else {
+            None
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn end_of(pieces: &[&[u8]]) -> Result<Option<usize>, Malformed> {
+        let mut scanner = ChunkedEnd::default();
+        let mut offset = 0;
+        for piece in pieces {
+            if let Some(n) = scanner.feed(piece)? {
+                return Ok(Some(offset + n));
+            }
+            offset += piece.len();
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn finds_the_end_with_extensions_and_trailers() {
+        let body = b"5;name=value\r\nhello\r\n0\r\nExpires: never\r\n\r\nGET / HTTP/1.1";
+        assert_eq!(end_of(&[body]), Ok(Some(body.len() - 14)));
+        assert_eq!(end_of(&[b"0\r\n\r\n"]), Ok(Some(5)));
+        assert_eq!(end_of(&[b"A\r\n0123456789\r\n0\r\n"]), Ok(None));
+    }
+
+    #[test]
+    fn refuses_what_is_not_chunked() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"5\r\nhelloXY",
+            b"5\nhello\r\n",
+            b"1000000000000000\r\n",
+            b"0\r\n\n",
+        ] {
+            assert_eq!(end_of(&[bad]), Err(Malformed), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    fn encode(chunks: &[Vec<u8>], trailers: &[String]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, c) in chunks.iter().filter(|c| !c.is_empty()).enumerate() {
+            if i % 2 == 0 {
+                out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            } else {
+                out.extend_from_slice(format!("{:X};ext=\"a b\"\r\n", c.len()).as_bytes());
+            }
+            out.extend_from_slice(c);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n");
+        for t in trailers {
+            out.extend_from_slice(format!("X-{t}: {t}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    proptest! {
+        /// However the body is cut into reads, the end is found exactly where it is.
+        #[test]
+        fn the_end_is_found_across_any_split(
+            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..8),
+            trailers in prop::collection::vec("[a-z]{1,8}", 0..3),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+            after in prop::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let body = encode(&chunks, &trailers);
+            let mut wire = body.clone();
+            wire.extend_from_slice(&after);
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+            at.push(0);
+            at.push(wire.len());
+            at.sort_unstable();
+            let pieces: Vec<&[u8]> = at.windows(2).map(|w| &wire[w[0]..w[1]]).collect();
+            prop_assert_eq!(end_of(&pieces), Ok(Some(body.len())));
+            // Cut short, the body is not over.
+            prop_assert_eq!(end_of(&[&body[..body.len() - 1]]), Ok(None));
+        }
+    }
+}

@@ -1,0 +1,880 @@
+//! The HTTP/1.1 fast path. Requests of the common shape (HTTP/1.1, an origin-form
+//! target, no body or a Content-Length body, no Expect, Upgrade or Transfer-Encoding)
+//! are parsed where they lie with httparse, rewritten into one buffer and relayed over a
+//! backend connection that the client connection keeps while it goes to the same
+//! backend; the response head is rewritten the same way and its body relayed as it
+//! comes (chunked bodies untouched, their end found by [`ChunkedEnd`]). No task,
+//! channel or header map per request: that is what hyper's general path costs.
+//!
+//! Anything else (another shape, a head hyper would refuse with 400 or 431, the HTTP/2
+//! preface) hands the connection, with the bytes read so far, to the general path,
+//! which serves it from then on and gives the same answers as before.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::info;
+
+use super::chunked::ChunkedEnd;
+use super::{Chosen, Connection, HttpState};
+
+/// Most header fields in a head the fast path parses (more: the general path).
+const MAX_HEADERS: usize = 100;
+/// Bytes asked of the client per read.
+const CLIENT_READ: usize = 16 * 1024;
+/// Bytes asked of the backend per read.
+const BACKEND_READ: usize = 32 * 1024;
+
+/// How the fast path left a client connection.
+pub(super) enum End {
+    /// Closed (or to be closed): nothing more to serve.
+    Closed,
+    /// The general path serves the rest, starting with these unread bytes.
+    Handoff(BytesMut),
+}
+
+/// A connection to a backend, kept between requests.
+pub(super) struct BackendConn {
+    stream: TcpStream,
+    address: SocketAddr,
+    /// Served a request before: the backend may have closed it meanwhile.
+    reused: bool,
+}
+
+/// Idle backend connections of one service, shared by its client connections.
+#[derive(Default)]
+pub(super) struct IdlePool {
+    idle: std::sync::Mutex<Vec<(TcpStream, SocketAddr, std::time::Instant)>>,
+}
+
+impl IdlePool {
+    fn take(&self, address: SocketAddr, max_age: Duration) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        idle.retain(|(_, _, since)| now.duration_since(*since) < max_age);
+        while let Some(i) = idle.iter().rposition(|(_, a, _)| *a == address) {
+            let (stream, _, _) = idle.swap_remove(i);
+            // A backend that closed the idle connection made it readable (EOF).
+            let mut probe = [0u8; 1];
+            if matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn put(&self, conn: BackendConn, max_per_backend: usize) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let held = idle.iter().filter(|(_, a, _)| *a == conn.address).count();
+        if held < max_per_backend {
+            idle.push((conn.stream, conn.address, std::time::Instant::now()));
+        }
+    }
+}
+
+/// What the fast path keeps of a request head it will serve.
+struct Head {
+    /// Body bytes that follow the head.
+    body: u64,
+    /// A HEAD request: the response has no body whatever it says.
+    head_method: bool,
+    /// The client asked to close after this request.
+    close: bool,
+    /// The sticky cookie's value, when the pool has one.
+    cookie: Option<String>,
+    /// Method and target, for the access log.
+    log: Option<(String, String)>,
+}
+
+enum Parsed {
+    Fast(Head),
+    Partial,
+    /// For the general path.
+    Other,
+}
+
+/// How a response body ends.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked(ChunkedEnd),
+    UntilClose,
+}
+
+/// The state of one client connection on the fast path.
+pub(super) struct FastPath<'a> {
+    conn: &'a Connection,
+    state: &'a HttpState,
+    /// Bytes from the client not used yet.
+    buf: BytesMut,
+    /// The head (and small body) being written out.
+    out: Vec<u8>,
+    /// Bytes from the backend.
+    from_backend: BytesMut,
+    /// The backend connection this client connection used last.
+    held: Option<BackendConn>,
+    /// `for` of X-Forwarded-For and of Forwarded, written once.
+    client_ip: String,
+    forwarded_for: String,
+    /// Set while waiting for the next request head (nothing owed to the client).
+    idle: &'a std::sync::atomic::AtomicBool,
+}
+
+/// `a` equals `b` ignoring ASCII case (header names).
+fn is(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+fn trim(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// Hop-by-hop fields (RFC 9110 7.6.1 and the usual extras), never forwarded as such.
+fn hop_by_hop(name: &str) -> bool {
+    super::HOP_BY_HOP.iter().any(|h| is(name, h)) || is(name, "proxy-authenticate")
+}
+
+/// A field the configured rules remove or replace.
+fn ruled_out(name: &str, rules: &tandem_config::HeaderRules) -> bool {
+    rules.remove.iter().any(|r| is(name, r)) || rules.set.iter().any(|(r, _)| is(name, r))
+}
+
+fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_rules(out: &mut Vec<u8>, rules: &tandem_config::HeaderRules) {
+    for (name, value) in rules.set.iter().chain(&rules.add) {
+        push_field(out, name, value.as_bytes());
+    }
+}
+
+/// The tokens of Connection fields (the fields they name are hop-by-hop too).
+fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
+    headers
+        .iter()
+        .filter(|h| is(h.name, "connection"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(trim)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn named_by(tokens: &[&[u8]], name: &str) -> bool {
+    tokens.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// A Content-Length value: digits only (anything else is for the general path).
+fn content_length(value: &[u8]) -> Option<u64> {
+    let v = trim(value);
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+impl<'a> FastPath<'a> {
+    pub(super) fn new(
+        conn: &'a Connection,
+        state: &'a HttpState,
+        idle: &'a std::sync::atomic::AtomicBool,
+    ) -> FastPath<'a> {
+        let ip = conn.peer.ip();
+        let forwarded_for = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        FastPath {
+            conn,
+            state,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            from_backend: BytesMut::new(),
+            held: None,
+            client_ip: ip.to_string(),
+            forwarded_for,
+            idle,
+        }
+    }
+
+    /// Serves requests until the connection ends or needs the general path.
+    pub(super) async fn serve<S>(&mut self, client: &mut S) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            self.idle.store(self.buf.is_empty(), Relaxed);
+            let config = self.conn.service.config.load_full();
+            let head = match self.read_head(client, &config).await {
+                Ok(Some(head)) => head,
+                Ok(None) => return End::Closed,
+                Err(()) => return End::Handoff(std::mem::take(&mut self.buf)),
+            };
+            self.idle.store(false, Relaxed);
+            match self.exchange(client, &config, head).await {
+                Ok(true) => {}
+                Ok(false) | Err(()) => {
+                    let _ = client.shutdown().await;
+                    return End::Closed;
+                }
+            }
+        }
+    }
+
+    /// Gives the backend connection back to the service's pool.
+    pub(super) fn finish(&mut self) {
+        if let Some(conn) = self.held.take() {
+            let config = self.conn.service.config.load();
+            self.state
+                .idle
+                .put(conn, config.http.backend_max_idle);
+        }
+    }
+
+    /// Reads the next request head: `Ok(None)` when the client is gone or too slow,
+    /// `Err(())` when the general path must take it.
+    async fn read_head<S>(
+        &mut self,
+        client: &mut S,
+        config: &tandem_config::Service,
+    ) -> Result<Option<Head>, ()>
+    where
+        S: AsyncRead + Unpin,
+    {
+        let deadline = Instant::now() + config.http.header_timeout;
+        loop {
+            if !self.buf.is_empty() {
+                if self.buf[0] == b'P' {
+                    // The HTTP/2 preface (h2c with prior knowledge) is hyper's.
+                    return Err(());
+                }
+                match self.parse(config) {
+                    Parsed::Fast(head) => return Ok(Some(head)),
+                    Parsed::Other => return Err(()),
+                    Parsed::Partial if self.buf.len() >= config.http.max_header_size => {
+                        return Err(());
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            self.buf.reserve(CLIENT_READ);
+            match timeout_at(deadline, client.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                // Gone, failed, or slower than header_timeout (slowloris): closed.
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// Parses the head at the start of `buf` and writes its rewritten form to `out`.
+    fn parse(&mut self, config: &tandem_config::Service) -> Parsed {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut fields);
+        let head_len = match req.parse(&self.buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Other,
+        };
+        let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+            return Parsed::Other;
+        };
+        if method == "CONNECT" || !target.starts_with('/') {
+            return Parsed::Other;
+        }
+        let tokens = connection_tokens(req.headers);
+        if named_by(&tokens, "upgrade") {
+            return Parsed::Other;
+        }
+        let close = named_by(&tokens, "close");
+        let mut length = None;
+        let mut host = None;
+        let mut previous_xff = None;
+        for h in req.headers.iter() {
+            if is(h.name, "content-length") {
+                match (length, content_length(h.value)) {
+                    (None, Some(n)) => length = Some(n),
+                    _ => return Parsed::Other,
+                }
+            } else if is(h.name, "transfer-encoding")
+                || is(h.name, "expect")
+                || is(h.name, "upgrade")
+            {
+                return Parsed::Other;
+            } else if is(h.name, "host") {
+                if host.is_some() {
+                    return Parsed::Other;
+                }
+                host = Some(h.value);
+            } else if is(h.name, "x-forwarded-for") && previous_xff.is_none() {
+                previous_xff = Some(h.value);
+            }
+        }
+        let pools = self.conn.service.pools.load();
+        let cookie = pools
+            .get(&config.pool)
+            .and_then(|p| p.cookie.as_deref())
+            .and_then(|name| {
+                req.headers
+                    .iter()
+                    .filter(|h| is(h.name, "cookie"))
+                    .filter_map(|h| std::str::from_utf8(h.value).ok())
+                    .find_map(|v| super::cookie_value(v, name))
+                    .map(str::to_string)
+            });
+        let log = tracing::enabled!(target: "tandem::http", tracing::Level::INFO)
+            .then(|| (method.to_string(), target.to_string()));
+
+        let rules = &config.http.request_headers;
+        let proto = if self.conn.tls { "https" } else { "http" };
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for h in req.headers.iter() {
+            let ours = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+                .iter()
+                .any(|n| is(h.name, n));
+            if !ours
+                && !hop_by_hop(h.name)
+                && !named_by(&tokens, h.name)
+                && !ruled_out(h.name, rules)
+            {
+                push_field(out, h.name, h.value);
+            }
+        }
+        if !ruled_out("x-forwarded-for", rules) {
+            out.extend_from_slice(b"x-forwarded-for: ");
+            if let Some(prev) = previous_xff {
+                out.extend_from_slice(prev);
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(self.client_ip.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !ruled_out("x-forwarded-proto", rules) {
+            push_field(out, "x-forwarded-proto", proto.as_bytes());
+        }
+        if let Some(h) = host
+            && !ruled_out("x-forwarded-host", rules)
+        {
+            push_field(out, "x-forwarded-host", h);
+        }
+        if !ruled_out("forwarded", rules) {
+            out.extend_from_slice(b"forwarded: for=");
+            out.extend_from_slice(self.forwarded_for.as_bytes());
+            out.extend_from_slice(b";proto=");
+            out.extend_from_slice(proto.as_bytes());
+            if let Some(h) = host
+                && h.iter().all(|b| b.is_ascii_graphic() && *b != b'"')
+            {
+                out.extend_from_slice(b";host=\"");
+                out.extend_from_slice(h);
+                out.push(b'"');
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        if config.http.via && !ruled_out("via", rules) {
+            push_field(out, "via", b"1.1 tandem");
+        }
+        push_rules(out, rules);
+        out.extend_from_slice(b"\r\n");
+        let head = Head {
+            body: length.unwrap_or(0),
+            head_method: method == "HEAD",
+            close,
+            cookie,
+            log,
+        };
+        self.buf.advance(head_len);
+        Parsed::Fast(head)
+    }
+
+    /// Forwards one request and its response: `Ok(true)` to go on with the next,
+    /// `Ok(false)` to close the client connection.
+    async fn exchange<S>(
+        &mut self,
+        client: &mut S,
+        config: &tandem_config::Service,
+        head: Head,
+    ) -> Result<bool, ()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let started = std::time::Instant::now();
+        let n = self.conn.requests.fetch_add(1, Relaxed) + 1;
+        let max = config.http.max_requests_per_connection;
+        let mut closing = head.close || (max != 0 && n >= max);
+        // A body already read travels with the head, in one write.
+        let buffered = head.body.min(self.buf.len() as u64) as usize;
+        self.out.extend_from_slice(&self.buf[..buffered]);
+        self.buf.advance(buffered);
+        let mut body_left = head.body - buffered as u64;
+        let replayable = body_left == 0;
+
+        let pools = self.conn.service.pools.load_full();
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempts = 0;
+        let (chosen, mut backend) = loop {
+            let Some(chosen) =
+                self.conn
+                    .choose_by_cookie(&pools, &config.pool, head.cookie.as_deref(), &tried)
+            else {
+                self.conn
+                    .service
+                    .stats
+                    .no_backend
+                    .fetch_add(1, Relaxed);
+                let (status, text) = if tried.is_empty() {
+                    (503, "no backend is available")
+                } else {
+                    (502, "no backend could be reached")
+                };
+                return self
+                    .refuse(client, config, &head, started, status, text, body_left > 0)
+                    .await;
+            };
+            let address = chosen.lease.address;
+            match self.backend_for(address, config).await {
+                Ok(b) => break (chosen, b),
+                Err(e) => {
+                    chosen.lease.state.record_connect_error();
+                    info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool, "connect to backend failed: {e}");
+                    tried.push(address);
+                    attempts += 1;
+                    // Nothing was sent: any request may go to another backend.
+                    if attempts > config.retries {
+                        self.conn
+                            .service
+                            .stats
+                            .no_backend
+                            .fetch_add(1, Relaxed);
+                        return self
+                            .refuse(client, config, &head, started, 502, "no backend could be reached", body_left > 0)
+                            .await;
+                    }
+                }
+            }
+        };
+        let address = backend.address;
+        let deadline = Instant::now() + config.http.response_timeout;
+        let mut retried = false;
+        // Send the request and read the response head; a kept connection the backend
+        // closed meanwhile is replaced once, when the request can be sent again.
+        let response = loop {
+            let sent = async {
+                backend.stream.write_all(&self.out).await?;
+                while body_left > 0 {
+                    if self.buf.is_empty() {
+                        self.buf.reserve(CLIENT_READ);
+                        let n = timeout(config.idle_timeout, client.read_buf(&mut self.buf))
+                            .await
+                            .map_err(|_| std::io::ErrorKind::TimedOut)??;
+                        if n == 0 {
+                            return Err(std::io::ErrorKind::UnexpectedEof.into());
+                        }
+                    }
+                    let take = body_left.min(self.buf.len() as u64) as usize;
+                    backend.stream.write_all(&self.buf[..take]).await?;
+                    chosen.lease.state.record_bytes(take as u64, 0);
+                    self.buf.advance(take);
+                    body_left -= take as u64;
+                }
+                Ok::<(), std::io::Error>(())
+            };
+            let outcome = match sent.await {
+                Ok(()) => {
+                    self.read_response_head(&mut backend.stream, config, &head, &chosen, deadline)
+                        .await
+                }
+                Err(e) => Err(ResponseError::Io(e)),
+            };
+            match outcome {
+                Ok(response) => break response,
+                Err(ResponseError::Io(_) | ResponseError::Closed)
+                    if backend.reused && replayable && !retried =>
+                {
+                    retried = true;
+                    self.from_backend.clear();
+                    match self.connect(address, config).await {
+                        Ok(fresh) => backend = fresh,
+                        Err(e) => {
+                            chosen.lease.state.record_connect_error();
+                            info!(target: "tandem::http", service = %config.name, backend = %address, "connect to backend failed: {e}");
+                            return self
+                                .refuse(client, config, &head, started, 502, "the backend could not be reached", false)
+                                .await;
+                        }
+                    }
+                }
+                Err(ResponseError::TimedOut) => {
+                    info!(target: "tandem::http", service = %config.name, backend = %address, "backend gave no response within {:?}", config.http.response_timeout);
+                    return self
+                        .refuse(client, config, &head, started, 504, "the backend did not answer in time", body_left > 0)
+                        .await;
+                }
+                Err(e) => {
+                    info!(target: "tandem::http", service = %config.name, backend = %address, "backend error: {e}");
+                    return self
+                        .refuse(client, config, &head, started, 502, "the backend failed to answer", body_left > 0)
+                        .await;
+                }
+            }
+        };
+
+        let ResponseHead {
+            status,
+            mut framing,
+            mut backend_keeps,
+        } = response;
+        if matches!(framing, Framing::UntilClose) {
+            backend_keeps = false;
+            closing = true;
+        }
+        if self.conn.close_all_requested() {
+            closing = true;
+        }
+        if closing {
+            push_field(&mut self.out, "connection", b"close");
+        }
+        self.out.extend_from_slice(b"\r\n");
+
+        // The body: what came with the head goes in the same write.
+        let mut sent_body = 0u64;
+        let mut done = self.take_body(&mut framing, &mut backend_keeps);
+        let first = self.from_backend.split_to(done.0);
+        self.out.extend_from_slice(&first);
+        let mut written = client.write_all(&self.out).await.is_ok();
+        sent_body += first.len() as u64;
+        chosen.lease.state.record_bytes(0, first.len() as u64);
+        while written && !done.1 {
+            self.from_backend.clear();
+            self.from_backend.reserve(BACKEND_READ);
+            let n = match timeout(
+                config.idle_timeout,
+                backend.stream.read_buf(&mut self.from_backend),
+            )
+            .await
+            {
+                Ok(Ok(n)) => n,
+                _ => 0,
+            };
+            if n == 0 {
+                // The backend closed: the end of a close-delimited body, else a cut one.
+                backend_keeps = false;
+                if !matches!(framing, Framing::UntilClose) {
+                    closing = true;
+                    info!(target: "tandem::http", service = %config.name, backend = %address, "backend closed in the middle of a response");
+                }
+                break;
+            }
+            done = self.take_body(&mut framing, &mut backend_keeps);
+            let piece = &self.from_backend[..done.0];
+            written = client.write_all(piece).await.is_ok();
+            sent_body += piece.len() as u64;
+            chosen.lease.state.record_bytes(0, piece.len() as u64);
+        }
+        if !self.from_backend[done.0.min(self.from_backend.len())..].is_empty() && done.1 {
+            // Bytes after the response: the backend is out of step; not kept.
+            backend_keeps = false;
+        }
+        self.from_backend.clear();
+        if written && done.1 && backend_keeps {
+            backend.reused = true;
+            self.held = Some(backend);
+        }
+        if let Some((method, path)) = head.log {
+            info!(target: "tandem::http", service = %config.name, client = %self.conn.peer, method = %method, path = %path,
+                status = status, backend = %address, bytes = sent_body, duration_ms = started.elapsed().as_millis() as u64, "request");
+        }
+        drop(chosen);
+        Ok(written && done.1 && !closing)
+    }
+
+    /// How many of `from_backend`'s bytes belong to the body, and whether it ends there.
+    fn take_body(&mut self, framing: &mut Framing, backend_keeps: &mut bool) -> (usize, bool) {
+        let have = self.from_backend.len();
+        match framing {
+            Framing::None => (0, true),
+            Framing::Length(left) => {
+                let take = (*left).min(have as u64);
+                *left -= take;
+                (take as usize, *left == 0)
+            }
+            Framing::Chunked(scanner) => match scanner.feed(&self.from_backend) {
+                Ok(Some(end)) => (end, true),
+                Ok(None) => (have, false),
+                Err(_) => {
+                    // Relay what came; the connection cannot be trusted after it.
+                    *backend_keeps = false;
+                    *framing = Framing::UntilClose;
+                    (have, false)
+                }
+            },
+            Framing::UntilClose => (have, false),
+        }
+    }
+
+    /// Reads the backend's response head and writes its rewritten form (without the
+    /// final empty line) to `out`; interim (1xx) responses are skipped (none is asked
+    /// for: no Expect, no Upgrade).
+    async fn read_response_head(
+        &mut self,
+        backend: &mut TcpStream,
+        config: &tandem_config::Service,
+        head: &Head,
+        chosen: &Chosen,
+        deadline: Instant,
+    ) -> Result<ResponseHead, ResponseError> {
+        loop {
+            if !self.from_backend.is_empty() {
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut fields);
+                match resp.parse(&self.from_backend) {
+                    Ok(httparse::Status::Complete(n)) => match resp.code {
+                        Some(101) => {
+                            return Err(ResponseError::Invalid("an unasked protocol switch"));
+                        }
+                        Some(100..=199) => {
+                            self.from_backend.advance(n);
+                            continue;
+                        }
+                        _ => {
+                            let response = rewrite_response(&resp, &mut self.out, config, head, chosen)?;
+                            self.from_backend.advance(n);
+                            return Ok(response);
+                        }
+                    },
+                    Ok(httparse::Status::Partial)
+                        if self.from_backend.len() < config.http.max_header_size => {}
+                    Ok(httparse::Status::Partial) => {
+                        return Err(ResponseError::Invalid("response head too large"));
+                    }
+                    Err(_) => return Err(ResponseError::Invalid("malformed response head")),
+                }
+            }
+            self.from_backend.reserve(BACKEND_READ);
+            match timeout_at(deadline, backend.read_buf(&mut self.from_backend)).await {
+                Err(_) => return Err(ResponseError::TimedOut),
+                Ok(Err(e)) if self.from_backend.is_empty() => return Err(ResponseError::Io(e)),
+                Ok(Err(_)) => return Err(ResponseError::Invalid("connection lost mid-head")),
+                Ok(Ok(0)) if self.from_backend.is_empty() => return Err(ResponseError::Closed),
+                Ok(Ok(0)) => return Err(ResponseError::Invalid("connection closed mid-head")),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// The kept connection to `address`, an idle one of the service, or a new one.
+    async fn backend_for(
+        &mut self,
+        address: SocketAddr,
+        config: &tandem_config::Service,
+    ) -> std::io::Result<BackendConn> {
+        if let Some(held) = self.held.take() {
+            if held.address == address {
+                return Ok(held);
+            }
+            self.state.idle.put(held, config.http.backend_max_idle);
+        }
+        if let Some(stream) = self.state.idle.take(address, config.http.backend_idle_timeout) {
+            return Ok(BackendConn {
+                stream,
+                address,
+                reused: true,
+            });
+        }
+        self.connect(address, config).await
+    }
+
+    async fn connect(
+        &self,
+        address: SocketAddr,
+        config: &tandem_config::Service,
+    ) -> std::io::Result<BackendConn> {
+        let stream = timeout(config.connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        stream.set_nodelay(true)?;
+        Ok(BackendConn {
+            stream,
+            address,
+            reused: false,
+        })
+    }
+
+    /// Answers with one of tandem's own errors; `Ok(false)` (close) when the client's
+    /// request body was not all read.
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse<S>(
+        &mut self,
+        client: &mut S,
+        config: &tandem_config::Service,
+        head: &Head,
+        started: std::time::Instant,
+        status: u16,
+        text: &str,
+        unread_body: bool,
+    ) -> Result<bool, ()>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        if let Some((method, path)) = &head.log {
+            info!(target: "tandem::http", service = %config.name, client = %self.conn.peer, method = %method, path = %path,
+                status = status, backend = "-", bytes = 0u64, duration_ms = started.elapsed().as_millis() as u64, "request");
+        }
+        let close = unread_body || head.close || self.conn.close_all_requested();
+        let reason = hyper::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let body = format!("{status} {reason}\n{text}\n");
+        let response = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" }
+        );
+        if client.write_all(response.as_bytes()).await.is_err() {
+            return Ok(false);
+        }
+        Ok(!close)
+    }
+}
+
+/// Why no response head came from a backend.
+#[derive(Debug)]
+enum ResponseError {
+    /// Sending or reading failed before any response byte.
+    Io(std::io::Error),
+    /// The backend closed before any response byte.
+    Closed,
+    /// No head within response_timeout.
+    TimedOut,
+    /// Not a usable response head.
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseError::Io(e) => write!(f, "{e}"),
+            ResponseError::Closed => f.write_str("connection closed before a response"),
+            ResponseError::TimedOut => f.write_str("no response in time"),
+            ResponseError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+
+/// What the relay needs to know of a response head.
+struct ResponseHead {
+    status: u16,
+    framing: Framing,
+    /// The backend connection can serve another request after this response.
+    backend_keeps: bool,
+}
+
+/// Writes the rewritten response head to `out`, all but `connection` and the final
+/// empty line.
+fn rewrite_response(
+    resp: &httparse::Response<'_, '_>,
+    out: &mut Vec<u8>,
+    config: &tandem_config::Service,
+    head: &Head,
+    chosen: &Chosen,
+) -> Result<ResponseHead, ResponseError> {
+    let status = resp.code.unwrap_or(502);
+    let tokens = connection_tokens(resp.headers);
+    let backend_keeps = resp.version == Some(1) && !named_by(&tokens, "close");
+    let mut chunked = false;
+    let mut encoded = false;
+    let mut length = None;
+    for h in resp.headers.iter() {
+        if is(h.name, "transfer-encoding") {
+            encoded = true;
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
+        } else if is(h.name, "content-length") {
+            match (length, content_length(h.value)) {
+                (None, Some(n)) => length = Some(n),
+                (Some(a), Some(b)) if a == b => {}
+                _ => return Err(ResponseError::Invalid("invalid Content-Length")),
+            }
+        }
+    }
+    let framing = if head.head_method || status == 204 || status == 304 {
+        Framing::None
+    } else if encoded && chunked {
+        Framing::Chunked(ChunkedEnd::default())
+    } else if encoded {
+        Framing::UntilClose
+    } else {
+        match length {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    let rules = &config.http.response_headers;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        // The body is relayed as it came: its Transfer-Encoding stays; a Content-Length
+        // beside it would contradict it and goes.
+        let framing_field = is(h.name, "transfer-encoding");
+        let stale_length = encoded && is(h.name, "content-length");
+        if (framing_field || !hop_by_hop(h.name))
+            && !stale_length
+            && !named_by(&tokens, h.name)
+            && !ruled_out(h.name, rules)
+        {
+            push_field(out, h.name, h.value);
+        }
+    }
+    if config.http.via && !ruled_out("via", rules) {
+        push_field(out, "via", b"1.1 tandem");
+    }
+    if let Some((name, value)) = &chosen.set_cookie
+        && !ruled_out("set-cookie", rules)
+    {
+        push_field(
+            out,
+            "set-cookie",
+            format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax").as_bytes(),
+        );
+    }
+    push_rules(out, rules);
+    Ok(ResponseHead {
+        status,
+        framing,
+        backend_keeps,
+    })
+}
+
