@@ -129,7 +129,8 @@ pub(crate) async fn serve(
     match &state.tls {
         Some(acceptor) => {
             let header_timeout = config.http.header_timeout;
-            let mut tls = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+            let mut tls = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     info!(target: "tandem::http", service = %config.name, client = %peer, "tls handshake failed: {e}");

@@ -376,6 +376,17 @@ async fn rust_backend() -> SocketAddr {
                                     .body(StreamBody::new(stream).boxed())
                                     .unwrap()
                             }
+                            "/chunked" => {
+                                // No length: hyper sends it chunked, one chunk per piece.
+                                let pieces = (0..num("n=")).map(|i| {
+                                    Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(
+                                        format!("piece {i}\n"),
+                                    )))
+                                });
+                                hyper::Response::new(
+                                    StreamBody::new(futures_util::stream::iter(pieces)).boxed(),
+                                )
+                            }
                             _ => hyper::Response::new(Full::new(Bytes::from("rust\n")).boxed()),
                         };
                         Ok::<_, Infallible>(resp)
@@ -716,4 +727,153 @@ async fn source_ip_stickiness_holds_in_http_mode() {
         d.pools().get("web").unwrap().sticky.as_ref().unwrap().len(),
         1
     );
+}
+
+/// A backend written by hand, for what hyper would not send: a keep-alive response
+/// after which it closes anyway (`/once`), and a body that ends when it closes (`/eof`).
+async fn rude_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer: &[u8] = if head.starts_with(b"GET /eof ") {
+                    b"HTTP/1.1 200 OK\r\n\r\nuntil the end"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+                };
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    a
+}
+
+/// Reads a chunked body to its end: the pieces' text.
+fn read_chunked(s: &mut TcpStream) -> String {
+    let mut text = String::new();
+    loop {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            line.push(byte[0]);
+        }
+        let size = usize::from_str_radix(std::str::from_utf8(&line).unwrap().trim(), 16).unwrap();
+        let mut data = vec![0u8; size + 2];
+        s.read_exact(&mut data).unwrap();
+        if size == 0 {
+            return text;
+        }
+        text.push_str(std::str::from_utf8(&data[..size]).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_fast_path_relays_chunked_pipelined_and_hands_other_shapes_over() {
+    let backend = rust_backend().await;
+    let d = start(&http_service(
+        &format!("[{{ address = \"{backend}\" }}]"),
+        "",
+        "",
+    ))
+    .await;
+    let to = addr_of(&d, "www");
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // A chunked response is relayed as it came, and its end found: the connection
+    // serves the next request.
+    for _ in 0..2 {
+        let mut head = Vec::new();
+        s.write_all(get("/chunked?n=3", "").as_bytes()).unwrap();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert_eq!(read_chunked(&mut s), "piece 0\npiece 1\npiece 2\n");
+    }
+    // Three pipelined requests, one write: three answers in order.
+    s.write_all(
+        format!(
+            "{}{}{}",
+            get("/", ""),
+            get("/chunked?n=1", ""),
+            get("/", "")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (status, _, body) = exchange(&mut s, "");
+    assert_eq!((status, body.as_str()), (200, "rust\n"));
+    let (status, head, _) = exchange(&mut s, "");
+    assert!(status == 200 && head.contains("chunked"), "{head}");
+    assert_eq!(read_chunked(&mut s), "piece 0\n");
+    let (status, _, body) = exchange(&mut s, "");
+    assert_eq!((status, body.as_str()), (200, "rust\n"));
+    // A chunked upload is the general path's: it serves it and the rest of the
+    // connection.
+    let (status, _, body) = exchange(
+        &mut s,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert_eq!((status, body.as_str()), (200, "11\n"));
+    let (status, _, body) = exchange(&mut s, &get("/", ""));
+    assert_eq!((status, body.as_str()), (200, "rust\n"));
+    // A Content-Length upload stays on the fast path, its body with it.
+    let mut s = TcpStream::connect(to).unwrap();
+    let (status, _, body) = exchange(
+        &mut s,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd",
+    );
+    assert_eq!((status, body.as_str()), (200, "4\n"));
+    // HTTP/1.0 is the general path's too.
+    let mut s = TcpStream::connect(to).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.0 200") && answer.ends_with("rust\n"),
+        "{answer}"
+    );
+
+    // A backend that closes a kept connection after each answer: the next request is
+    // sent again on a new connection, unseen by the client; a body that ends with the
+    // backend's close reaches the client whole, and the client's connection closes.
+    let rude = rude_backend().await;
+    let d = start(&http_service(
+        &format!("[{{ address = \"{rude}\" }}]"),
+        "",
+        "",
+    ))
+    .await;
+    let mut s = TcpStream::connect(addr_of(&d, "www")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for request in [
+        get("/once", ""),
+        get("/once", ""),
+        "POST /once HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi".to_string(),
+    ] {
+        let (status, _, body) = exchange(&mut s, &request);
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+    }
+    s.write_all(get("/eof", "").as_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("\r\n\r\nuntil the end"), "{answer}");
 }

@@ -160,7 +160,12 @@ mod tests {
             b"1000000000000000\r\n",
             b"0\r\n\n",
         ] {
-            assert_eq!(end_of(&[bad]), Err(Malformed), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                end_of(&[bad]),
+                Err(Malformed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

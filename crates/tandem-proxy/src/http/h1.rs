@@ -176,7 +176,9 @@ fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
 }
 
 fn named_by(tokens: &[&[u8]], name: &str) -> bool {
-    tokens.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    tokens
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// A Content-Length value: digits only (anything else is for the general path).
@@ -240,9 +242,7 @@ impl<'a> FastPath<'a> {
     pub(super) fn finish(&mut self) {
         if let Some(conn) = self.held.take() {
             let config = self.conn.service.config.load();
-            self.state
-                .idle
-                .put(conn, config.http.backend_max_idle);
+            self.state.idle.put(conn, config.http.backend_max_idle);
         }
     }
 
@@ -259,10 +259,7 @@ impl<'a> FastPath<'a> {
         let deadline = Instant::now() + config.http.header_timeout;
         loop {
             if !self.buf.is_empty() {
-                if self.buf[0] == b'P' {
-                    // The HTTP/2 preface (h2c with prior knowledge) is hyper's.
-                    return Err(());
-                }
+                // (The HTTP/2 preface, "PRI * HTTP/2.0", is not HTTP/1: hyper's.)
                 match self.parse(config) {
                     Parsed::Fast(head) => return Ok(Some(head)),
                     Parsed::Other => return Err(()),
@@ -436,11 +433,7 @@ impl<'a> FastPath<'a> {
                 self.conn
                     .choose_by_cookie(&pools, &config.pool, head.cookie.as_deref(), &tried)
             else {
-                self.conn
-                    .service
-                    .stats
-                    .no_backend
-                    .fetch_add(1, Relaxed);
+                self.conn.service.stats.no_backend.fetch_add(1, Relaxed);
                 let (status, text) = if tried.is_empty() {
                     (503, "no backend is available")
                 } else {
@@ -460,13 +453,17 @@ impl<'a> FastPath<'a> {
                     attempts += 1;
                     // Nothing was sent: any request may go to another backend.
                     if attempts > config.retries {
-                        self.conn
-                            .service
-                            .stats
-                            .no_backend
-                            .fetch_add(1, Relaxed);
+                        self.conn.service.stats.no_backend.fetch_add(1, Relaxed);
                         return self
-                            .refuse(client, config, &head, started, 502, "no backend could be reached", body_left > 0)
+                            .refuse(
+                                client,
+                                config,
+                                &head,
+                                started,
+                                502,
+                                "no backend could be reached",
+                                body_left > 0,
+                            )
                             .await;
                     }
                 }
@@ -518,7 +515,15 @@ impl<'a> FastPath<'a> {
                             chosen.lease.state.record_connect_error();
                             info!(target: "tandem::http", service = %config.name, backend = %address, "connect to backend failed: {e}");
                             return self
-                                .refuse(client, config, &head, started, 502, "the backend could not be reached", false)
+                                .refuse(
+                                    client,
+                                    config,
+                                    &head,
+                                    started,
+                                    502,
+                                    "the backend could not be reached",
+                                    false,
+                                )
                                 .await;
                         }
                     }
@@ -526,13 +531,29 @@ impl<'a> FastPath<'a> {
                 Err(ResponseError::TimedOut) => {
                     info!(target: "tandem::http", service = %config.name, backend = %address, "backend gave no response within {:?}", config.http.response_timeout);
                     return self
-                        .refuse(client, config, &head, started, 504, "the backend did not answer in time", body_left > 0)
+                        .refuse(
+                            client,
+                            config,
+                            &head,
+                            started,
+                            504,
+                            "the backend did not answer in time",
+                            body_left > 0,
+                        )
                         .await;
                 }
                 Err(e) => {
                     info!(target: "tandem::http", service = %config.name, backend = %address, "backend error: {e}");
                     return self
-                        .refuse(client, config, &head, started, 502, "the backend failed to answer", body_left > 0)
+                        .refuse(
+                            client,
+                            config,
+                            &head,
+                            started,
+                            502,
+                            "the backend failed to answer",
+                            body_left > 0,
+                        )
                         .await;
                 }
             }
@@ -656,7 +677,8 @@ impl<'a> FastPath<'a> {
                             continue;
                         }
                         _ => {
-                            let response = rewrite_response(&resp, &mut self.out, config, head, chosen)?;
+                            let response =
+                                rewrite_response(&resp, &mut self.out, config, head, chosen)?;
                             self.from_backend.advance(n);
                             return Ok(response);
                         }
@@ -693,7 +715,11 @@ impl<'a> FastPath<'a> {
             }
             self.state.idle.put(held, config.http.backend_max_idle);
         }
-        if let Some(stream) = self.state.idle.take(address, config.http.backend_idle_timeout) {
+        if let Some(stream) = self
+            .state
+            .idle
+            .take(address, config.http.backend_idle_timeout)
+        {
             return Ok(BackendConn {
                 stream,
                 address,
@@ -780,7 +806,6 @@ impl std::fmt::Display for ResponseError {
         }
     }
 }
-
 
 /// What the relay needs to know of a response head.
 struct ResponseHead {
@@ -877,4 +902,3 @@ fn rewrite_response(
         backend_keeps,
     })
 }
-
