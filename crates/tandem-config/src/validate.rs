@@ -763,8 +763,35 @@ impl Validator<'_> {
                     format!("{:?} is not a header name", n.get_ref()),
                     "use letters, digits and - (e.g. X-Request-Id)",
                 );
+                return false;
             }
-            ok
+            // The fields that frame a message or manage its connection are tandem's:
+            // a rule changing them would make client and backend read different
+            // messages out of the same bytes.
+            const FRAMING: [&str; 9] = [
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "keep-alive",
+                "te",
+                "trailer",
+                "upgrade",
+                "proxy-connection",
+                "expect",
+            ];
+            if FRAMING.iter().any(|f| n.get_ref().eq_ignore_ascii_case(f)) {
+                this.error(
+                    n.span(),
+                    key,
+                    format!(
+                        "{} frames the message or its connection; tandem sets it itself",
+                        n.get_ref()
+                    ),
+                    "remove this rule",
+                );
+                return false;
+            }
+            true
         };
         let pairs = |map: &std::collections::BTreeMap<S<String>, S<String>>, this: &mut Self| {
             let mut out = Vec::new();

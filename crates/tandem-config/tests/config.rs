@@ -539,3 +539,27 @@ fn inputs_the_fuzzer_found_give_errors_not_panics() {
     let e = errors(&text);
     assert!(e.iter().all(|l| l.starts_with("t.toml:")), "{e:?}");
 }
+
+#[test]
+fn header_rules_cannot_touch_message_framing() {
+    let text = format!(
+        "{BASE}mode = \"http\"\n[service.http]\nresponse_headers = {{ remove = [\"Content-Length\"], set = {{ \"X-Ok\" = \"1\" }} }}\nrequest_headers = {{ add = {{ \"Transfer-Encoding\" = \"chunked\" }} }}\n"
+    );
+    let e = errors(&text);
+    let line = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_error(
+        &e,
+        line("response_headers"),
+        32,
+        "service.http.response_headers",
+        "Content-Length frames the message",
+    );
+    assert_error(
+        &e,
+        line("request_headers"),
+        29,
+        "service.http.request_headers",
+        "Transfer-Encoding frames the message",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+}

@@ -748,6 +748,8 @@ async fn rude_backend() -> SocketAddr {
                 }
                 let answer: &[u8] = if head.starts_with(b"GET /eof ") {
                     b"HTTP/1.1 200 OK\r\n\r\nuntil the end"
+                } else if head.starts_with(b"GET /sneaky ") {
+                    b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 3\r\n\r\nok\n"
                 } else {
                     b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
                 };
@@ -838,6 +840,14 @@ async fn http11_fast_path_relays_chunked_pipelined_and_hands_other_shapes_over()
         "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd",
     );
     assert_eq!((status, body.as_str()), (200, "4\n"));
+    // A Connection field naming Content-Length does not strip the body's framing.
+    let (status, _, body) = exchange(
+        &mut s,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: Content-Length\r\nContent-Length: 4\r\n\r\nabcd",
+    );
+    assert_eq!((status, body.as_str()), (200, "4\n"));
+    let (status, _, body) = exchange(&mut s, &get("/", ""));
+    assert_eq!((status, body.as_str()), (200, "rust\n"));
     // HTTP/1.0 is the general path's too.
     let mut s = TcpStream::connect(to).unwrap();
     s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
@@ -862,6 +872,7 @@ async fn http11_fast_path_relays_chunked_pipelined_and_hands_other_shapes_over()
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     for request in [
         get("/once", ""),
+        get("/sneaky", ""),
         get("/once", ""),
         "POST /once HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi".to_string(),
     ] {

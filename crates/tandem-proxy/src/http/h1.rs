@@ -294,7 +294,12 @@ impl<'a> FastPath<'a> {
             return Parsed::Other;
         }
         let tokens = connection_tokens(req.headers);
-        if named_by(&tokens, "upgrade") {
+        // An upgrade, or a Connection field that would strip the fields framing and
+        // routing the request (hyper rebuilds them; the fast path relays bytes).
+        if ["upgrade", "content-length", "transfer-encoding", "host"]
+            .iter()
+            .any(|n| named_by(&tokens, n))
+        {
             return Parsed::Other;
         }
         let close = named_by(&tokens, "close");
@@ -871,15 +876,16 @@ fn rewrite_response(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
-        // The body is relayed as it came: its Transfer-Encoding stays; a Content-Length
-        // beside it would contradict it and goes.
-        let framing_field = is(h.name, "transfer-encoding");
-        let stale_length = encoded && is(h.name, "content-length");
-        if (framing_field || !hop_by_hop(h.name))
-            && !stale_length
-            && !named_by(&tokens, h.name)
-            && !ruled_out(h.name, rules)
-        {
+        // The body is relayed as it came: its Transfer-Encoding stays (whatever
+        // Connection names), and a Content-Length beside it would contradict it and goes.
+        let keep = if is(h.name, "transfer-encoding") {
+            true
+        } else if is(h.name, "content-length") {
+            !encoded
+        } else {
+            !hop_by_hop(h.name) && !named_by(&tokens, h.name) && !ruled_out(h.name, rules)
+        };
+        if keep {
             push_field(out, h.name, h.value);
         }
     }
