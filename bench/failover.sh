@@ -49,8 +49,12 @@ in_ns() { local ns=$1; shift; ip netns exec "$tag-$ns" "$@"; }
 mkdir -p "$dir/www" && echo hello > "$dir/www/index.html"
 in_ns be python3 -m http.server 80 --bind 10.98.0.11 --directory "$dir/www" >/dev/null 2>&1 </dev/null &
 
+# The tandem pair runs as deployed: with [sync] between the nodes (sticky tables and
+# the sync session that tells a backup at once that its master's process is gone).
+echo "the failover bench key, 32 bytes" > "$dir/sync.key"
 tandem_node() {
-    local name=$1 prio=$2
+    local name=$1 prio=$2 me peer
+    if [ "$name" = lb1 ]; then me=10.98.0.1 peer=10.98.0.2; else me=10.98.0.2 peer=10.98.0.1; fi
     cat > "$dir/$name.toml" <<EOC
 [global]
 name = "$name"
@@ -69,6 +73,10 @@ vrid = 61
 priority = $prio
 advert_interval = "100ms"
 virtual_ips = ["$vip/24"]
+[sync]
+listen = "$me:7946"
+peers = ["$peer:7946"]
+key_file = "$dir/sync.key"
 EOC
     # Not through in_ns: $! must be tandem itself (ip netns exec execs it).
     RUST_LOG=warn TANDEM_ALLOW_ROOT=1 ip netns exec "$tag-$name" "$tandem" run --config "$dir/$name.toml" >"$dir/$name.log" 2>&1 &
@@ -134,7 +142,7 @@ failover() {
     local start=$1 column=$2 label=$3 ms
     "${start}_node" lb1 150 >/dev/null
     "${start}_node" lb2 100 >/dev/null
-    wait_vip lb1 && sleep 0.5
+    wait_vip lb1 && sleep 1
     ms=$(in_ns client python3 bench/failover_probe.py "$vip" 80 $(ip netns pids "$tag-lb1"))
     echo "  $label: first request served ${ms} ms after SIGKILL of the master"
     [[ $ms =~ ^[0-9]+$ ]] && echo "$column failover_ms $ms" >> "$results"

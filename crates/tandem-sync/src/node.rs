@@ -101,6 +101,7 @@ type Peers = Arc<Mutex<Vec<PeerStatus>>>;
 #[derive(Debug)]
 pub struct SyncNode {
     changes: mpsc::Sender<Change>,
+    sessions_ended: watch::Receiver<u64>,
     peers: Peers,
     synced: watch::Receiver<bool>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
@@ -117,6 +118,7 @@ impl SyncNode {
         let (changes, rx) = mpsc::channel(65_536);
         let (batches, _) = broadcast::channel::<Arc<Vec<Message>>>(1024);
         let (synced_tx, synced) = watch::channel(false);
+        let (ended_tx, sessions_ended) = watch::channel(0);
         let peers: Peers = Arc::new(Mutex::new(
             settings
                 .peers
@@ -134,6 +136,7 @@ impl SyncNode {
             batches: batches.clone(),
             peers: peers.clone(),
             synced: synced_tx,
+            sessions_ended: ended_tx,
             started: Instant::now(),
         });
         tokio::spawn(batcher(rx, batches, stop.clone()));
@@ -162,10 +165,17 @@ impl SyncNode {
             changes,
             peers,
             synced,
+            sessions_ended,
             dropped: Arc::default(),
             stop,
             local,
         })
+    }
+
+    /// Counts sessions that were up and ended: when the peer's process exits (or is
+    /// killed) its kernel closes the session at once, long before VRRP notices.
+    pub fn sessions_ended(&self) -> watch::Receiver<u64> {
+        self.sessions_ended.clone()
     }
 
     /// The listener's address.
@@ -212,6 +222,8 @@ struct Shared {
     batches: broadcast::Sender<Arc<Vec<Message>>>,
     peers: Peers,
     synced: watch::Sender<bool>,
+    /// Sessions that were up and ended (the peer exited, or the link broke).
+    sessions_ended: watch::Sender<u64>,
     started: Instant,
 }
 
@@ -350,12 +362,17 @@ async fn dial(peer: SocketAddr, shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 fn finish(shared: &Shared, address: &str, result: Result<(), String>) {
+    let mut was_up = false;
     shared.peer(address, |p| {
+        was_up = p.connected;
         p.connected = false;
         if let Err(e) = &result {
             p.last_error = Some(e.clone());
         }
     });
+    if was_up {
+        shared.sessions_ended.send_modify(|n| *n += 1);
+    }
     match result {
         Ok(()) => debug!(target: "tandem::sync", peer = address, "sync session closed"),
         Err(e) => warn!(target: "tandem::sync", peer = address, "sync session ended: {e}"),

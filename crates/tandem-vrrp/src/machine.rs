@@ -72,6 +72,11 @@ pub enum Input<'a> {
     HoldPreempt(bool),
     /// The interface went down: nothing can be sent or held.
     InterfaceDown,
+    /// The peer's process closed its connections (its sync session ended: it exited
+    /// or was killed). When that peer is the master, its next advertisement is due
+    /// within one interval: a backup waits for that one only (plus half an interval and
+    /// its skew time) instead of three.
+    PeerExited,
 }
 
 /// What the IO layer must do.
@@ -110,6 +115,7 @@ pub struct Instance {
     hold_preempt: bool,
     master: Option<Ipv4Addr>,
     master_left: bool,
+    peer_exited: bool,
     transitions: u64,
 }
 
@@ -126,6 +132,7 @@ impl Instance {
             hold_preempt: false,
             master: None,
             master_left: false,
+            peer_exited: false,
             transitions: 0,
             settings,
         }
@@ -289,6 +296,9 @@ impl Instance {
                     let waited = self.master_down_interval();
                     let reason = match self.master {
                         Some(m) if self.master_left => format!("master {m} left (priority 0)"),
+                        Some(m) if self.peer_exited => format!(
+                            "the peer's process exited and master {m} sent no advertisement after it"
+                        ),
                         Some(m) => format!(
                             "no advertisement from master {m} for {}ms",
                             waited.as_millis()
@@ -296,6 +306,7 @@ impl Instance {
                         None => format!("no master heard for {}ms", waited.as_millis()),
                     };
                     self.master_left = false;
+                    self.peer_exited = false;
                     self.become_master(now, reason, &mut actions);
                 } else if state == State::Master && self.advert_at.is_some_and(|t| now >= t) {
                     actions.push(Action::Send {
@@ -310,6 +321,7 @@ impl Instance {
                     self.master_left = true;
                 } else if advert.priority >= self.priority || !self.may_preempt(now) {
                     self.master_left = false;
+                    self.peer_exited = false;
                     self.master = Some(from);
                     self.master_interval = advert.interval;
                     self.master_down_at = Some(now + self.master_down_interval());
@@ -345,6 +357,21 @@ impl Instance {
                 }
             }
             (_, Input::HoldPreempt(hold)) => self.hold_preempt = hold,
+            (State::Backup, Input::PeerExited) => {
+                if let (Some(down_at), Some(_), false) =
+                    (self.master_down_at, self.master, self.master_left)
+                {
+                    let heard = down_at.saturating_sub(self.master_down_interval());
+                    let interval = self.master_interval.to_duration();
+                    let due = heard + interval + interval / 2 + self.skew_time();
+                    let at = due.max(now);
+                    if at < down_at {
+                        self.master_down_at = Some(at);
+                        self.peer_exited = true;
+                    }
+                }
+            }
+            (_, Input::PeerExited) => {}
         }
         actions
     }
@@ -389,6 +416,69 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_backup_whose_peer_exited_waits_for_one_advertisement_not_three() {
+        let mut i = Instance::new(settings(100, [192, 0, 2, 1]));
+        i.handle(ms(0), Input::Startup);
+        // No master heard yet: nothing to shorten.
+        i.handle(ms(100), Input::PeerExited);
+        assert_eq!(i.next_deadline(), Some(ms(3600)));
+        i.handle(
+            ms(1000),
+            Input::Advert {
+                from: PEER,
+                advert: &advert(200),
+            },
+        );
+        assert_eq!(i.next_deadline(), Some(ms(4600)));
+        // The peer's process is gone: its next advert was due at 2000; with half an
+        // interval and the skew (600 ms) the backup takes over at 3100, not 4600.
+        i.handle(ms(1200), Input::PeerExited);
+        assert_eq!(i.next_deadline(), Some(ms(3100)));
+        assert!(i.handle(ms(3099), Input::Tick).is_empty());
+        let a = i.handle(ms(3100), Input::Tick);
+        assert_eq!(transitions(&a), vec![(State::Backup, State::Master)]);
+        let reason = a.iter().find_map(|a| match a {
+            Action::Transition { reason, .. } => Some(reason.clone()),
+            _ => None,
+        });
+        assert!(reason.unwrap().contains("exited"));
+    }
+
+    #[test]
+    fn a_master_still_advertising_after_its_sync_session_closed_stays_master() {
+        let mut i = Instance::new(settings(100, [192, 0, 2, 1]));
+        i.handle(ms(0), Input::Startup);
+        i.handle(
+            ms(1000),
+            Input::Advert {
+                from: PEER,
+                advert: &advert(200),
+            },
+        );
+        i.handle(ms(1200), Input::PeerExited);
+        // Its next advertisement comes: the usual timer again.
+        i.handle(
+            ms(2000),
+            Input::Advert {
+                from: PEER,
+                advert: &advert(200),
+            },
+        );
+        assert_eq!(i.next_deadline(), Some(ms(5600)));
+        assert!(i.handle(ms(3100), Input::Tick).is_empty());
+        assert_eq!(i.state(), State::Backup);
+        // A late notice (the adverts stopped long ago) takes over at once; a master
+        // ignores the notice.
+        i.handle(ms(5000), Input::PeerExited);
+        assert_eq!(i.next_deadline(), Some(ms(5000)));
+        i.handle(ms(5000), Input::Tick);
+        assert_eq!(i.state(), State::Master);
+        i.handle(ms(5100), Input::PeerExited);
+        assert_eq!(i.state(), State::Master);
+        assert_eq!(i.next_deadline(), Some(ms(6000)));
     }
 
     #[test]

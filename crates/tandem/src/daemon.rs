@@ -253,6 +253,23 @@ impl Daemon {
                     info!("sticky tables synced: VRRP may preempt");
                     vrrp.hold_preempt(false).await;
                 });
+                // A peer whose sync session closes has most likely exited: as its
+                // backup, wait for one more advertisement, not three.
+                let mut ended = sync.sessions_ended();
+                ended.borrow_and_update();
+                let vrrp = daemon
+                    .shared
+                    .vrrp
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some(vrrp) = vrrp {
+                    tokio::spawn(async move {
+                        while ended.changed().await.is_ok() {
+                            vrrp.peer_exited().await;
+                        }
+                    });
+                }
             }
             tokio::spawn(track_pools(
                 daemon.clone(),

@@ -118,6 +118,53 @@ fn master_killed_the_backup_serves_within_a_second_and_the_old_master_takes_back
 }
 
 #[test]
+fn a_killed_master_is_replaced_after_one_missed_advert_when_its_sync_session_closes() {
+    let Some(lab) = lab("px") else { return };
+    let key = lab.dir.path().join("sync.key");
+    std::fs::write(&key, "a shared key for the lab, 32 b!!").unwrap();
+    let sync = |me: &str, peer: &str| {
+        format!(
+            "\n[sync]\nlisten = \"{me}:7946\"\npeers = [\"{peer}:7946\"]\nkey_file = \"{}\"\n",
+            key.display()
+        )
+    };
+    let mut lb1 = start_node(&lab, "lb1", 150, &sync("10.99.0.1", "10.99.0.2"));
+    let mut lb2 = start_node(&lab, "lb2", 100, &sync("10.99.0.2", "10.99.0.1"));
+    lab.wait("lb1 master", Duration::from_secs(5), || {
+        lab.has_address("lb1", VIP)
+    });
+    lb2.wait_for("bulk transfer received: synced");
+    lb1.wait_for("bulk transfer received: synced");
+    let client = lab.client(
+        "client",
+        vip(),
+        Duration::from_millis(5),
+        Duration::from_secs(60),
+    );
+    client.wait_answer_after(Instant::now(), Duration::from_secs(5));
+    // SIGKILL: no goodbye advert, but the dead process's kernel closes the sync
+    // session at once. RFC 5798 alone: 3 x 100 ms + 60 ms skew after the last advert.
+    let killed = Instant::now();
+    kill(&lb1, rustix::process::Signal::KILL);
+    let (served_at, _) = client.wait_answer_after(killed, Duration::from_secs(5));
+    let failover = served_at.duration_since(killed);
+    let ended = lb2.wait_for("sync session ended");
+    let took = lb2
+        .wait_for("the peer's process exited and master 10.99.0.1 sent no advertisement after it");
+    println!("{ended}\n{took}");
+    println!(
+        "failover after SIGKILL with a sync session: first request served {} ms after the kill",
+        failover.as_millis()
+    );
+    // Takeover at most 1.5 intervals + skew (210 ms) after the last advert, which came
+    // before the kill; plus the client's retry period and the gratuitous ARP.
+    assert!(
+        failover < Duration::from_millis(300),
+        "failover took {failover:?}"
+    );
+}
+
+#[test]
 fn graceful_stop_hands_over_within_100_ms_and_preempt_delay_is_honoured() {
     let Some(lab) = lab("gs") else { return };
     let mut lb1 = start_node(&lab, "lb1", 150, "");

@@ -163,6 +163,7 @@ pub struct Status {
 enum Command {
     Demote(Vec<(String, u8)>),
     HoldPreempt(bool),
+    PeerExited,
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -282,6 +283,12 @@ impl Vrrp {
     /// Holds preemption back (while the sticky table is not synced) or lets it go.
     pub async fn hold_preempt(&self, hold: bool) {
         let _ = self.commands.send(Command::HoldPreempt(hold)).await;
+    }
+
+    /// The peer's process closed its connections (its sync session ended): a backup
+    /// whose master it was takes over after one missed advertisement instead of three.
+    pub async fn peer_exited(&self) {
+        let _ = self.commands.send(Command::PeerExited).await;
     }
 
     /// Leaves gracefully: a master advertises priority 0 (the backup takes over after
@@ -406,6 +413,10 @@ impl Runner {
                         changed.then_some(Input::Priority(p))
                     }
                     Some(Command::HoldPreempt(hold)) => Some(Input::HoldPreempt(hold)),
+                    Some(Command::PeerExited) => {
+                        debug!(target: "tandem::vrrp", now_ms = self.now().as_millis() as u64, master_down_ms = ?self.machine.next_deadline().map(|d| d.as_millis()), "peer exited");
+                        Some(Input::PeerExited)
+                    }
                     Some(Command::Shutdown(done)) => {
                         let actions = self.machine.handle(self.now(), Input::Shutdown);
                         self.carry_out(actions).await;

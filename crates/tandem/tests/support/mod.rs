@@ -39,7 +39,10 @@ impl Running {
     pub fn spawn_program(program: &str, args: &[&str]) -> Running {
         let mut child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TANDEM_TEST_LOG").unwrap_or("info".into()),
+            )
             // CI runs the tests as root; the refusal itself is tested in tests/cli.rs.
             .env("TANDEM_ALLOW_ROOT", "1")
             .stdout(Stdio::piped())
