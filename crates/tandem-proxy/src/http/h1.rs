@@ -80,6 +80,8 @@ impl IdlePool {
 
 /// What the fast path keeps of a request head it will serve.
 struct Head {
+    /// Length of the head.
+    len: usize,
     /// Body bytes that follow the head.
     body: u64,
     /// A HEAD request: the response has no body whatever it says.
@@ -278,134 +280,23 @@ impl<'a> FastPath<'a> {
         }
     }
 
-    /// Parses the head at the start of `buf` and writes its rewritten form to `out`.
+    /// Parses the head at the start of `buf`, writes its rewritten form to `out` and
+    /// consumes it.
     fn parse(&mut self, config: &tandem_config::Service) -> Parsed {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut fields);
-        let head_len = match req.parse(&self.buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Parsed::Partial,
-            Err(_) => return Parsed::Other,
-        };
-        let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-            return Parsed::Other;
-        };
-        if method == "CONNECT" || !target.starts_with('/') {
-            return Parsed::Other;
-        }
-        let tokens = connection_tokens(req.headers);
-        // An upgrade, or a Connection field that would strip the fields framing and
-        // routing the request (hyper rebuilds them; the fast path relays bytes).
-        if ["upgrade", "content-length", "transfer-encoding", "host"]
-            .iter()
-            .any(|n| named_by(&tokens, n))
-        {
-            return Parsed::Other;
-        }
-        let close = named_by(&tokens, "close");
-        let mut length = None;
-        let mut host = None;
-        let mut previous_xff = None;
-        for h in req.headers.iter() {
-            if is(h.name, "content-length") {
-                match (length, content_length(h.value)) {
-                    (None, Some(n)) => length = Some(n),
-                    _ => return Parsed::Other,
-                }
-            } else if is(h.name, "transfer-encoding")
-                || is(h.name, "expect")
-                || is(h.name, "upgrade")
-            {
-                return Parsed::Other;
-            } else if is(h.name, "host") {
-                if host.is_some() {
-                    return Parsed::Other;
-                }
-                host = Some(h.value);
-            } else if is(h.name, "x-forwarded-for") && previous_xff.is_none() {
-                previous_xff = Some(h.value);
-            }
-        }
         let pools = self.conn.service.pools.load();
-        let cookie = pools
-            .get(&config.pool)
-            .and_then(|p| p.cookie.as_deref())
-            .and_then(|name| {
-                req.headers
-                    .iter()
-                    .filter(|h| is(h.name, "cookie"))
-                    .filter_map(|h| std::str::from_utf8(h.value).ok())
-                    .find_map(|v| super::cookie_value(v, name))
-                    .map(str::to_string)
-            });
-        let log = tracing::enabled!(target: "tandem::http", tracing::Level::INFO)
-            .then(|| (method.to_string(), target.to_string()));
-
-        let rules = &config.http.request_headers;
-        let proto = if self.conn.tls { "https" } else { "http" };
-        let out = &mut self.out;
-        out.clear();
-        out.extend_from_slice(method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for h in req.headers.iter() {
-            let ours = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
-                .iter()
-                .any(|n| is(h.name, n));
-            if !ours
-                && !hop_by_hop(h.name)
-                && !named_by(&tokens, h.name)
-                && !ruled_out(h.name, rules)
-            {
-                push_field(out, h.name, h.value);
-            }
-        }
-        if !ruled_out("x-forwarded-for", rules) {
-            out.extend_from_slice(b"x-forwarded-for: ");
-            if let Some(prev) = previous_xff {
-                out.extend_from_slice(prev);
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(self.client_ip.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if !ruled_out("x-forwarded-proto", rules) {
-            push_field(out, "x-forwarded-proto", proto.as_bytes());
-        }
-        if let Some(h) = host
-            && !ruled_out("x-forwarded-host", rules)
-        {
-            push_field(out, "x-forwarded-host", h);
-        }
-        if !ruled_out("forwarded", rules) {
-            out.extend_from_slice(b"forwarded: for=");
-            out.extend_from_slice(self.forwarded_for.as_bytes());
-            out.extend_from_slice(b";proto=");
-            out.extend_from_slice(proto.as_bytes());
-            if let Some(h) = host
-                && h.iter().all(|b| b.is_ascii_graphic() && *b != b'"')
-            {
-                out.extend_from_slice(b";host=\"");
-                out.extend_from_slice(h);
-                out.push(b'"');
-            }
-            out.extend_from_slice(b"\r\n");
-        }
-        if config.http.via && !ruled_out("via", rules) {
-            push_field(out, "via", b"1.1 tandem");
-        }
-        push_rules(out, rules);
-        out.extend_from_slice(b"\r\n");
-        let head = Head {
-            body: length.unwrap_or(0),
-            head_method: method == "HEAD",
-            close,
-            cookie,
-            log,
+        let side = RequestSide {
+            tls: self.conn.tls,
+            client_ip: &self.client_ip,
+            forwarded_for: &self.forwarded_for,
+            cookie_name: pools.get(&config.pool).and_then(|p| p.cookie.as_deref()),
+            log: tracing::enabled!(target: "tandem::http", tracing::Level::INFO),
+            http: &config.http,
         };
-        self.buf.advance(head_len);
-        Parsed::Fast(head)
+        let parsed = rewrite_request(&self.buf, &side, &mut self.out);
+        if let Parsed::Fast(head) = &parsed {
+            self.buf.advance(head.len);
+        }
+        parsed
     }
 
     /// Forwards one request and its response: `Ok(true)` to go on with the next,
@@ -812,6 +703,136 @@ impl std::fmt::Display for ResponseError {
     }
 }
 
+/// What rewriting a request head needs to know of its connection and service.
+struct RequestSide<'c> {
+    tls: bool,
+    client_ip: &'c str,
+    forwarded_for: &'c str,
+    /// The pool's sticky cookie, whose value the head may carry.
+    cookie_name: Option<&'c str>,
+    /// Keep method and target for the access log.
+    log: bool,
+    http: &'c tandem_config::Http,
+}
+
+/// Parses the request head at the start of `buf`; when the fast path can serve it,
+/// writes its rewritten form (what the backend gets) to `out`.
+fn rewrite_request(buf: &[u8], side: &RequestSide<'_>, out: &mut Vec<u8>) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Other;
+    };
+    if method == "CONNECT" || !target.starts_with('/') {
+        return Parsed::Other;
+    }
+    let tokens = connection_tokens(req.headers);
+    // An upgrade, or a Connection field that would strip the fields framing and
+    // routing the request (hyper rebuilds them; the fast path relays bytes).
+    if ["upgrade", "content-length", "transfer-encoding", "host"]
+        .iter()
+        .any(|n| named_by(&tokens, n))
+    {
+        return Parsed::Other;
+    }
+    let close = named_by(&tokens, "close");
+    let mut length = None;
+    let mut host = None;
+    let mut previous_xff = None;
+    for h in req.headers.iter() {
+        if is(h.name, "content-length") {
+            match (length, content_length(h.value)) {
+                (None, Some(n)) => length = Some(n),
+                _ => return Parsed::Other,
+            }
+        } else if is(h.name, "transfer-encoding") || is(h.name, "expect") || is(h.name, "upgrade") {
+            return Parsed::Other;
+        } else if is(h.name, "host") {
+            if host.is_some() {
+                return Parsed::Other;
+            }
+            host = Some(h.value);
+        } else if is(h.name, "x-forwarded-for") && previous_xff.is_none() {
+            previous_xff = Some(h.value);
+        }
+    }
+    let cookie = side.cookie_name.and_then(|name| {
+        req.headers
+            .iter()
+            .filter(|h| is(h.name, "cookie"))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+            .find_map(|v| super::cookie_value(v, name))
+            .map(str::to_string)
+    });
+    let log = side.log.then(|| (method.to_string(), target.to_string()));
+
+    let rules = &side.http.request_headers;
+    let proto = if side.tls { "https" } else { "http" };
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter() {
+        let ours = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+            .iter()
+            .any(|n| is(h.name, n));
+        if !ours && !hop_by_hop(h.name) && !named_by(&tokens, h.name) && !ruled_out(h.name, rules) {
+            push_field(out, h.name, h.value);
+        }
+    }
+    if !ruled_out("x-forwarded-for", rules) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prev) = previous_xff {
+            out.extend_from_slice(prev);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(side.client_ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !ruled_out("x-forwarded-proto", rules) {
+        push_field(out, "x-forwarded-proto", proto.as_bytes());
+    }
+    if let Some(h) = host
+        && !ruled_out("x-forwarded-host", rules)
+    {
+        push_field(out, "x-forwarded-host", h);
+    }
+    if !ruled_out("forwarded", rules) {
+        out.extend_from_slice(b"forwarded: for=");
+        out.extend_from_slice(side.forwarded_for.as_bytes());
+        out.extend_from_slice(b";proto=");
+        out.extend_from_slice(proto.as_bytes());
+        if let Some(h) = host
+            && h.iter().all(|b| b.is_ascii_graphic() && *b != b'"')
+        {
+            out.extend_from_slice(b";host=\"");
+            out.extend_from_slice(h);
+            out.push(b'"');
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    if side.http.via && !ruled_out("via", rules) {
+        push_field(out, "via", b"1.1 tandem");
+    }
+    push_rules(out, rules);
+    out.extend_from_slice(b"\r\n");
+    let head = Head {
+        len: head_len,
+        body: length.unwrap_or(0),
+        head_method: method == "HEAD",
+        close,
+        cookie,
+        log,
+    };
+    Parsed::Fast(head)
+}
+
 /// What the relay needs to know of a response head.
 struct ResponseHead {
     status: u16,
@@ -907,4 +928,151 @@ fn rewrite_response(
         framing,
         backend_keeps,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn side(http: &tandem_config::Http) -> RequestSide<'_> {
+        RequestSide {
+            tls: false,
+            client_ip: "192.0.2.7",
+            forwarded_for: "192.0.2.7",
+            cookie_name: Some("TANDEMID"),
+            log: false,
+            http,
+        }
+    }
+
+    /// The fields of a parsed head, names lowercased.
+    fn fields(head: &[u8]) -> (String, String, Vec<(String, String)>, usize) {
+        let mut f = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut f);
+        let Ok(httparse::Status::Complete(len)) = req.parse(head) else {
+            panic!("not a head: {:?}", String::from_utf8_lossy(head));
+        };
+        let fields = req
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        (
+            req.method.unwrap().to_string(),
+            req.path.unwrap().to_string(),
+            fields,
+            len,
+        )
+    }
+
+    #[test]
+    fn a_plain_request_is_rewritten_with_the_forwarding_fields() {
+        let http = tandem_config::Http {
+            via: true,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let request = b"POST /p?q=1 HTTP/1.1\r\nHost: www.example.test\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Forwarded-For: 198.51.100.1\r\nCookie: a=b; TANDEMID=abc\r\nContent-Length: 2\r\n\r\nhi";
+        let Parsed::Fast(head) = rewrite_request(request, &side(&http), &mut out) else {
+            panic!("not for the fast path");
+        };
+        assert_eq!((head.len, head.body), (request.len() - 2, 2));
+        assert_eq!(head.cookie.as_deref(), Some("abc"));
+        let (method, path, fields, len) = fields(&out);
+        assert_eq!(
+            (method.as_str(), path.as_str(), len),
+            ("POST", "/p?q=1", out.len())
+        );
+        let get = |n: &str| -> Vec<&str> {
+            fields
+                .iter()
+                .filter(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(get("host"), ["www.example.test"]);
+        assert_eq!(get("content-length"), ["2"]);
+        assert!(get("connection").is_empty() && get("x-hop").is_empty());
+        assert_eq!(get("x-forwarded-for"), ["198.51.100.1, 192.0.2.7"]);
+        assert_eq!(get("x-forwarded-proto"), ["http"]);
+        assert_eq!(get("x-forwarded-host"), ["www.example.test"]);
+        assert_eq!(
+            get("forwarded"),
+            ["for=192.0.2.7;proto=http;host=\"www.example.test\""]
+        );
+        assert_eq!(get("via"), ["1.1 tandem"]);
+    }
+
+    const NAMES: [&str; 12] = [
+        "Host",
+        "Content-Length",
+        "content-length",
+        "Transfer-Encoding",
+        "Connection",
+        "X-Forwarded-For",
+        "Expect",
+        "Upgrade",
+        "TE",
+        "Keep-Alive",
+        "X-Custom",
+        "Cookie",
+    ];
+
+    fn field() -> impl Strategy<Value = (String, String)> {
+        let value = prop_oneof![
+            3 => "[0-9]{1,4}",
+            3 => proptest::sample::subsequence(NAMES.to_vec(), 1..3).prop_map(|n| n.join(", ")),
+            1 => Just("chunked".to_string()),
+            1 => Just(" 5 ".to_string()),
+            1 => Just("5, 5".to_string()),
+            1 => Just("+5".to_string()),
+            1 => "[ -~]{0,12}",
+        ];
+        (proptest::sample::select(NAMES.to_vec()), value).prop_map(|(n, v)| (n.to_string(), v))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        /// Whatever fields a client sends, a head the fast path takes goes out as one
+        /// well-formed head that frames the same body: a single Content-Length equal to
+        /// the body it relays (or none for none), no Transfer-Encoding, Expect, Upgrade
+        /// or Connection, its Host kept. That is what keeps requests from being smuggled.
+        #[test]
+        fn what_goes_out_frames_what_came_in(
+            method in proptest::sample::select(vec!["GET", "POST", "PUT", "HEAD", "DELETE"]),
+            fields_in in prop::collection::vec(field(), 0..5),
+        ) {
+            let http = tandem_config::Http::default();
+            let mut request = format!("{method} /x HTTP/1.1\r\n");
+            for (n, v) in &fields_in {
+                request.push_str(&format!("{n}: {v}\r\n"));
+            }
+            request.push_str("\r\n");
+            let mut out = Vec::new();
+            if let Parsed::Fast(head) = rewrite_request(request.as_bytes(), &side(&http), &mut out) {
+                prop_assert_eq!(head.len, request.len());
+                let (m, path, sent, len) = fields(&out);
+                prop_assert_eq!(len, out.len());
+                prop_assert_eq!((m.as_str(), path.as_str()), (method, "/x"));
+                let lengths: Vec<&str> = sent.iter().filter(|(k, _)| k == "content-length").map(|(_, v)| v.as_str()).collect();
+                // One length at most, and it frames exactly the body relayed.
+                prop_assert!(lengths.len() <= 1, "{:?}", lengths);
+                let framed = lengths.first().map_or(Some(0), |v| v.trim().parse::<u64>().ok());
+                prop_assert_eq!(framed, Some(head.body));
+                for banned in ["transfer-encoding", "expect", "upgrade", "connection", "te", "keep-alive"] {
+                    prop_assert!(!sent.iter().any(|(k, _)| k == banned), "{} went out", banned);
+                }
+                let hosts_in = fields_in.iter().filter(|(n, _)| n.eq_ignore_ascii_case("host")).count();
+                let hosts_out = sent.iter().filter(|(k, _)| k == "host").count();
+                prop_assert_eq!(hosts_in, hosts_out);
+                prop_assert_eq!(sent.iter().filter(|(k, _)| k == "x-forwarded-for").count(), 1);
+            }
+        }
+    }
 }
