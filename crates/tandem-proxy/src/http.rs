@@ -147,7 +147,9 @@ pub(crate) async fn serve(
             } else {
                 Bytes::new()
             };
-            general_path(conn, &config, Prefixed::new(rest, tls)).await;
+            // Boxed (here and below): a connection the fast path serves to its end
+            // never carries the general path's state.
+            Box::pin(general_path(conn, &config, Prefixed::new(rest, tls))).await;
         }
         None => {
             let mut stream = stream;
@@ -159,7 +161,7 @@ pub(crate) async fn serve(
             } else {
                 Bytes::new()
             };
-            general_path(conn, &config, Prefixed::new(rest, stream)).await;
+            Box::pin(general_path(conn, &config, Prefixed::new(rest, stream))).await;
         }
     }
 }

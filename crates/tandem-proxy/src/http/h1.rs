@@ -10,6 +10,7 @@
 //! preface) hands the connection, with the bytes read so far, to the general path,
 //! which serves it from then on and gives the same answers as before.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -27,6 +28,8 @@ use super::{Chosen, Connection, HttpState};
 const MAX_HEADERS: usize = 100;
 /// Bytes asked of the client per read.
 const CLIENT_READ: usize = 16 * 1024;
+/// Bytes a connection waiting for its next request keeps for it.
+const IDLE_READ: usize = 1024;
 /// Bytes asked of the backend per read.
 const BACKEND_READ: usize = 32 * 1024;
 
@@ -230,7 +233,9 @@ impl<'a> FastPath<'a> {
                 Err(()) => return End::Handoff(std::mem::take(&mut self.buf)),
             };
             self.idle.store(false, Relaxed);
-            match self.exchange(client, &config, head).await {
+            // Boxed: a connection waiting for its next request does not carry the
+            // state of a request in flight.
+            match Box::pin(self.exchange(client, &config, head)).await {
                 Ok(true) => {}
                 Ok(false) | Err(()) => {
                     let _ = client.shutdown().await;
@@ -272,11 +277,52 @@ impl<'a> FastPath<'a> {
                 }
             }
             self.buf.reserve(CLIENT_READ);
-            match timeout_at(deadline, client.read_buf(&mut self.buf)).await {
+            let read = if self.buf.is_empty() {
+                // Between requests: one try with the buffers at hand (a busy client's
+                // next request is often there); if nothing came, an idle connection
+                // gives its buffers back to the thread's spares while it waits, and
+                // reads the next head into a small buffer of its own.
+                let tried = {
+                    let reading = client.read_buf(&mut self.buf);
+                    let mut reading = std::pin::pin!(reading);
+                    std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(match reading.as_mut().poll(cx) {
+                            std::task::Poll::Ready(r) => Some(r),
+                            std::task::Poll::Pending => None,
+                        })
+                    })
+                    .await
+                };
+                match tried {
+                    Some(r) => Ok(r),
+                    None => {
+                        self.release_buffers();
+                        let mut small = [0u8; IDLE_READ];
+                        let read = timeout_at(deadline, client.read(&mut small)).await;
+                        if let Ok(Ok(n)) = read {
+                            self.buf = spares::take();
+                            self.buf.extend_from_slice(&small[..n]);
+                        }
+                        read
+                    }
+                }
+            } else {
+                timeout_at(deadline, client.read_buf(&mut self.buf)).await
+            };
+            match read {
                 Ok(Ok(n)) if n > 0 => {}
                 // Gone, failed, or slower than header_timeout (slowloris): closed.
                 _ => return Ok(None),
             }
+        }
+    }
+
+    /// Gives the buffers an idle connection does not need to the thread's spares.
+    fn release_buffers(&mut self) {
+        spares::give(std::mem::take(&mut self.buf));
+        spares::give(std::mem::take(&mut self.from_backend));
+        if self.out.capacity() > IDLE_READ {
+            self.out = Vec::new();
         }
     }
 
@@ -587,6 +633,9 @@ impl<'a> FastPath<'a> {
                     Err(_) => return Err(ResponseError::Invalid("malformed response head")),
                 }
             }
+            if self.from_backend.capacity() == 0 {
+                self.from_backend = spares::take();
+            }
             self.from_backend.reserve(BACKEND_READ);
             match timeout_at(deadline, backend.read_buf(&mut self.from_backend)).await {
                 Err(_) => return Err(ResponseError::TimedOut),
@@ -831,6 +880,42 @@ fn rewrite_request(buf: &[u8], side: &RequestSide<'_>, out: &mut Vec<u8>) -> Par
         log,
     };
     Parsed::Fast(head)
+}
+
+/// Buffers of connections between requests, kept per thread for the next request, so
+/// that an idle connection holds none and a busy one does not go through malloc.
+mod spares {
+    use bytes::BytesMut;
+    use std::cell::RefCell;
+
+    /// Most spares a thread keeps.
+    const KEPT: usize = 256;
+    /// The capacity of a new buffer.
+    const SIZE: usize = 32 * 1024;
+
+    thread_local! {
+        static SPARES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer.
+    pub(super) fn take() -> BytesMut {
+        SPARES
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(SIZE))
+    }
+
+    /// Keeps `buffer` for another connection, when it is worth keeping.
+    pub(super) fn give(mut buffer: BytesMut) {
+        buffer.clear();
+        if buffer.capacity() >= SIZE / 2 && buffer.capacity() <= 4 * SIZE {
+            SPARES.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < KEPT {
+                    s.push(buffer);
+                }
+            });
+        }
+    }
 }
 
 /// What the relay needs to know of a response head.
