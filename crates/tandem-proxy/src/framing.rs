@@ -62,6 +62,8 @@ enum State {
 #[derive(Debug)]
 pub struct Sniffer<S> {
     inner: S,
+    /// Bytes read from the client before the sniffer took over, read again first.
+    replay: bytes::Bytes,
     state: State,
     verdicts: Arc<Verdicts>,
 }
@@ -71,9 +73,16 @@ impl<S> Sniffer<S> {
     pub fn new(inner: S, verdicts: Arc<Verdicts>) -> Sniffer<S> {
         Sniffer {
             inner,
+            replay: bytes::Bytes::new(),
             state: State::Head(Vec::new()),
             verdicts,
         }
+    }
+
+    /// Reads `bytes` (taken from the client earlier) before the stream's own.
+    pub fn replaying(mut self, bytes: bytes::Bytes) -> Sniffer<S> {
+        self.replay = bytes;
+        self
     }
 
     /// Watches `bytes` as if read from the client (what the stream does on each read;
@@ -261,7 +270,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniffer<S> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let polled = if this.replay.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         if let Poll::Ready(Ok(())) = &polled
             && !matches!(this.state, State::Off)
         {

@@ -129,8 +129,12 @@ pub(crate) async fn serve(
     match &state.tls {
         Some(acceptor) => {
             let header_timeout = config.http.header_timeout;
-            let mut tls = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
-            {
+            // Boxed: the handshake's state is freed once it is done.
+            let handshake = Box::pin(tokio::time::timeout(
+                header_timeout,
+                acceptor.accept(stream),
+            ));
+            let tls = match handshake.await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     info!(target: "tandem::http", service = %config.name, client = %peer, "tls handshake failed: {e}");
@@ -139,31 +143,33 @@ pub(crate) async fn serve(
                 Err(_) => return,
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let rest = if state.fast && !h2 {
-                match fast_path(&conn, &mut tls).await {
-                    Some(rest) => rest,
-                    None => return,
-                }
-            } else {
-                Bytes::new()
-            };
-            // Boxed (here and below): a connection the fast path serves to its end
-            // never carries the general path's state.
-            Box::pin(general_path(conn, &config, Prefixed::new(rest, tls))).await;
+            serve_stream(conn, &config, tls, state.fast && !h2).await;
         }
-        None => {
-            let mut stream = stream;
-            let rest = if state.fast {
-                match fast_path(&conn, &mut stream).await {
-                    Some(rest) => rest,
-                    None => return,
-                }
-            } else {
-                Bytes::new()
-            };
-            Box::pin(general_path(conn, &config, Prefixed::new(rest, stream))).await;
-        }
+        None => serve_stream(conn, &config, stream, state.fast).await,
     }
+}
+
+/// Serves a connection's requests on the fast path while `fast` and they have its
+/// shape, then on the general path.
+async fn serve_stream<S>(
+    conn: Arc<Connection>,
+    config: &tandem_config::Service,
+    mut io: S,
+    fast: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let rest = if fast {
+        match fast_path(&conn, &mut io).await {
+            Some(rest) => rest,
+            None => return,
+        }
+    } else {
+        Bytes::new()
+    };
+    // Boxed: a connection the fast path serves to its end never carries the general
+    // path's state.
+    Box::pin(general_path(conn, config, io, rest)).await;
 }
 
 /// Runs the fast path; the unread bytes when the general path must go on.
@@ -182,12 +188,9 @@ where
             () = conn.close_all.cancelled() => {
                 // Draining: a connection between requests closes now; one in the middle
                 // of a request gets a second to finish it (its response says close).
-                let finished = if idle.load(Relaxed) {
-                    None
-                } else {
-                    tokio::time::timeout(std::time::Duration::from_secs(1), serving).await.ok()
-                };
-                drop(finished);
+                if !idle.load(Relaxed) {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), serving).await;
+                }
                 h1::End::Closed
             }
         }
@@ -199,8 +202,9 @@ where
     }
 }
 
-/// Serves the rest of a connection with hyper (HTTP/1.1 and HTTP/2).
-async fn general_path<S>(conn: Arc<Connection>, config: &tandem_config::Service, io: S)
+/// Serves the rest of a connection with hyper (HTTP/1.1 and HTTP/2), starting with the
+/// bytes the fast path read and left.
+async fn general_path<S>(conn: Arc<Connection>, config: &tandem_config::Service, io: S, read: Bytes)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -222,65 +226,9 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(h.max_header_size as u32);
-    let conn = builder.serve_connection(TokioIo::new(Sniffer::new(io, verdicts)), handler);
+    let io = Sniffer::new(io, verdicts).replaying(read);
+    let conn = builder.serve_connection(TokioIo::new(io), handler);
     drive(conn, &close_all).await;
-}
-
-/// A stream whose first bytes were read already: they are read again first.
-struct Prefixed<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    fn new(prefix: Bytes, inner: S) -> Prefixed<S> {
-        Prefixed { prefix, inner }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
 }
 
 /// Runs a connection; at the drain deadline, asks it to finish gracefully.
