@@ -367,140 +367,108 @@ impl<'a> FastPath<'a> {
         let mut body_left = head.body - buffered as u64;
         let replayable = body_left == 0;
 
-        let pools = self.conn.service.pools.load_full();
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        let mut attempts = 0;
-        let (chosen, mut backend) = loop {
-            let Some(chosen) =
-                self.conn
-                    .choose_by_cookie(&pools, &config.pool, head.cookie.as_deref(), &tried)
-            else {
-                self.conn.service.stats.no_backend.fetch_add(1, Relaxed);
-                let (status, text) = if tried.is_empty() {
-                    (503, "no backend is available")
-                } else {
-                    (502, "no backend could be reached")
+        // Picking, connecting, sending and reading the head; any failure is one of
+        // tandem's own answers.
+        let forwarded = async {
+            let pools = self.conn.service.pools.load_full();
+            let mut tried: Vec<SocketAddr> = Vec::new();
+            let mut attempts = 0;
+            let (chosen, mut backend) = loop {
+                let Some(chosen) =
+                    self.conn
+                        .choose_by_cookie(&pools, &config.pool, head.cookie.as_deref(), &tried)
+                else {
+                    self.conn.service.stats.no_backend.fetch_add(1, Relaxed);
+                    let (status, text) = if tried.is_empty() {
+                        (503, "no backend is available")
+                    } else {
+                        (502, "no backend could be reached")
+                    };
+                    return Err(Refusal { status, text, unread_body: body_left > 0 });
                 };
-                return self
-                    .refuse(client, config, &head, started, status, text, body_left > 0)
-                    .await;
-            };
-            let address = chosen.lease.address;
-            match self.backend_for(address, config).await {
-                Ok(b) => break (chosen, b),
-                Err(e) => {
-                    chosen.lease.state.record_connect_error();
-                    info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool, "connect to backend failed: {e}");
-                    tried.push(address);
-                    attempts += 1;
-                    // Nothing was sent: any request may go to another backend.
-                    if attempts > config.retries {
-                        self.conn.service.stats.no_backend.fetch_add(1, Relaxed);
-                        return self
-                            .refuse(
-                                client,
-                                config,
-                                &head,
-                                started,
-                                502,
-                                "no backend could be reached",
-                                body_left > 0,
-                            )
-                            .await;
+                let address = chosen.lease.address;
+                match self.backend_for(address, config).await {
+                    Ok(b) => break (chosen, b),
+                    Err(e) => {
+                        chosen.lease.state.record_connect_error();
+                        info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool, "connect to backend failed: {e}");
+                        tried.push(address);
+                        attempts += 1;
+                        // Nothing was sent: any request may go to another backend.
+                        if attempts > config.retries {
+                            self.conn.service.stats.no_backend.fetch_add(1, Relaxed);
+                            return Err(Refusal { status: 502, text: "no backend could be reached", unread_body: body_left > 0 });
+                        }
                     }
                 }
-            }
+            };
+            let address = backend.address;
+            let deadline = Instant::now() + config.http.response_timeout;
+            let mut retried = false;
+            // Send the request and read the response head; a kept connection the backend
+            // closed meanwhile is replaced once, when the request can be sent again.
+            let response = loop {
+                let sent = async {
+                    backend.stream.write_all(&self.out).await?;
+                    while body_left > 0 {
+                        if self.buf.is_empty() {
+                            self.buf.reserve(CLIENT_READ);
+                            let n = timeout(config.idle_timeout, client.read_buf(&mut self.buf))
+                                .await
+                                .map_err(|_| std::io::ErrorKind::TimedOut)??;
+                            if n == 0 {
+                                return Err(std::io::ErrorKind::UnexpectedEof.into());
+                            }
+                        }
+                        let take = body_left.min(self.buf.len() as u64) as usize;
+                        backend.stream.write_all(&self.buf[..take]).await?;
+                        chosen.lease.state.record_bytes(take as u64, 0);
+                        self.buf.advance(take);
+                        body_left -= take as u64;
+                    }
+                    Ok::<(), std::io::Error>(())
+                };
+                let outcome = match sent.await {
+                    Ok(()) => {
+                        self.read_response_head(&mut backend.stream, config, &head, &chosen, deadline)
+                            .await
+                    }
+                    Err(e) => Err(ResponseError::Io(e)),
+                };
+                match outcome {
+                    Ok(response) => break response,
+                    Err(ResponseError::Io(_) | ResponseError::Closed)
+                        if backend.reused && replayable && !retried =>
+                    {
+                        retried = true;
+                        self.from_backend.clear();
+                        match self.connect(address, config).await {
+                            Ok(fresh) => backend = fresh,
+                            Err(e) => {
+                                chosen.lease.state.record_connect_error();
+                                info!(target: "tandem::http", service = %config.name, backend = %address, "connect to backend failed: {e}");
+                                return Err(Refusal { status: 502, text: "the backend could not be reached", unread_body: false });
+                            }
+                        }
+                    }
+                    Err(ResponseError::TimedOut) => {
+                        info!(target: "tandem::http", service = %config.name, backend = %address, "backend gave no response within {:?}", config.http.response_timeout);
+                        return Err(Refusal { status: 504, text: "the backend did not answer in time", unread_body: body_left > 0 });
+                    }
+                    Err(e) => {
+                        info!(target: "tandem::http", service = %config.name, backend = %address, "backend error: {e}");
+                        return Err(Refusal { status: 502, text: "the backend failed to answer", unread_body: body_left > 0 });
+                    }
+                }
+            };
+            Ok((chosen, backend, response))
+        }
+        .await;
+        let (chosen, mut backend, response) = match forwarded {
+            Ok(forwarded) => forwarded,
+            Err(refusal) => return self.refuse(client, config, &head, started, refusal).await,
         };
         let address = backend.address;
-        let deadline = Instant::now() + config.http.response_timeout;
-        let mut retried = false;
-        // Send the request and read the response head; a kept connection the backend
-        // closed meanwhile is replaced once, when the request can be sent again.
-        let response = loop {
-            let sent = async {
-                backend.stream.write_all(&self.out).await?;
-                while body_left > 0 {
-                    if self.buf.is_empty() {
-                        self.buf.reserve(CLIENT_READ);
-                        let n = timeout(config.idle_timeout, client.read_buf(&mut self.buf))
-                            .await
-                            .map_err(|_| std::io::ErrorKind::TimedOut)??;
-                        if n == 0 {
-                            return Err(std::io::ErrorKind::UnexpectedEof.into());
-                        }
-                    }
-                    let take = body_left.min(self.buf.len() as u64) as usize;
-                    backend.stream.write_all(&self.buf[..take]).await?;
-                    chosen.lease.state.record_bytes(take as u64, 0);
-                    self.buf.advance(take);
-                    body_left -= take as u64;
-                }
-                Ok::<(), std::io::Error>(())
-            };
-            let outcome = match sent.await {
-                Ok(()) => {
-                    self.read_response_head(&mut backend.stream, config, &head, &chosen, deadline)
-                        .await
-                }
-                Err(e) => Err(ResponseError::Io(e)),
-            };
-            match outcome {
-                Ok(response) => break response,
-                Err(ResponseError::Io(_) | ResponseError::Closed)
-                    if backend.reused && replayable && !retried =>
-                {
-                    retried = true;
-                    self.from_backend.clear();
-                    match self.connect(address, config).await {
-                        Ok(fresh) => backend = fresh,
-                        Err(e) => {
-                            chosen.lease.state.record_connect_error();
-                            info!(target: "tandem::http", service = %config.name, backend = %address, "connect to backend failed: {e}");
-                            return self
-                                .refuse(
-                                    client,
-                                    config,
-                                    &head,
-                                    started,
-                                    502,
-                                    "the backend could not be reached",
-                                    false,
-                                )
-                                .await;
-                        }
-                    }
-                }
-                Err(ResponseError::TimedOut) => {
-                    info!(target: "tandem::http", service = %config.name, backend = %address, "backend gave no response within {:?}", config.http.response_timeout);
-                    return self
-                        .refuse(
-                            client,
-                            config,
-                            &head,
-                            started,
-                            504,
-                            "the backend did not answer in time",
-                            body_left > 0,
-                        )
-                        .await;
-                }
-                Err(e) => {
-                    info!(target: "tandem::http", service = %config.name, backend = %address, "backend error: {e}");
-                    return self
-                        .refuse(
-                            client,
-                            config,
-                            &head,
-                            started,
-                            502,
-                            "the backend failed to answer",
-                            body_left > 0,
-                        )
-                        .await;
-                }
-            }
-        };
-
         let ResponseHead {
             status,
             mut framing,
@@ -692,20 +660,22 @@ impl<'a> FastPath<'a> {
 
     /// Answers with one of tandem's own errors; `Ok(false)` (close) when the client's
     /// request body was not all read.
-    #[allow(clippy::too_many_arguments)]
     async fn refuse<S>(
         &mut self,
         client: &mut S,
         config: &tandem_config::Service,
         head: &Head,
         started: std::time::Instant,
-        status: u16,
-        text: &str,
-        unread_body: bool,
+        refusal: Refusal,
     ) -> Result<bool, ()>
     where
         S: AsyncWrite + Unpin,
     {
+        let Refusal {
+            status,
+            text,
+            unread_body,
+        } = refusal;
         if let Some((method, path)) = &head.log {
             info!(target: "tandem::http", service = %config.name, client = %self.conn.peer, method = %method, path = %path,
                 status = status, backend = "-", bytes = 0u64, duration_ms = started.elapsed().as_millis() as u64, "request");
@@ -726,6 +696,14 @@ impl<'a> FastPath<'a> {
         }
         Ok(!close)
     }
+}
+
+/// One of tandem's own answers to a request.
+struct Refusal {
+    status: u16,
+    text: &'static str,
+    /// Part of the request body was not read: the connection must close.
+    unread_body: bool,
 }
 
 /// Why no response head came from a backend.
