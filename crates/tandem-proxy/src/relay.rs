@@ -5,14 +5,22 @@
 //! that has sent its whole request still receives the whole response. An error on
 //! either side ends both. A connection with no bytes either way for `idle` ends too.
 //!
-//! On Linux the bytes go socket -> pipe -> socket with splice(2) and never enter user
-//! space. Pipes come from a small per-thread pool and are held only while bytes are in
-//! flight, so an idle connection holds no pipe (two sockets, no extra descriptors).
+//! Each direction picks its own way to move bytes, chunk by chunk. Small chunks (a
+//! request line, an IMAP command, a short response) are read into the thread's scratch
+//! buffer and written straight out: two system calls, and a short read tells that the
+//! socket is drained, so no third call is spent to learn it. A chunk that fills the
+//! scratch buffer shows a bulk transfer: on Linux the next chunks go socket -> pipe ->
+//! socket with splice(2) and never enter user space, until a chunk is small again.
+//! Pipes come from a small per-thread pool and are held only while bytes are in flight,
+//! and the scratch buffer is shared by the thread's connections, so an idle connection
+//! holds neither (two sockets, no extra descriptors, no buffer).
 
+use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -155,18 +163,21 @@ async fn pump(
     ended: &AtomicU64,
     meter: &(dyn Fn(u64) + Sync),
 ) -> Result<(), PumpError> {
+    // Whether the last chunk was a bulk one: then the next goes through a pipe.
+    let mut bulk = false;
     loop {
         src.readable().await.map_err(PumpError::Read)?;
         #[cfg(target_os = "linux")]
-        let chunk = match splice::Pipe::take() {
-            Ok(pipe) => splice::chunk(src, dst, pipe, moved).await?,
-            // Out of descriptors for a pipe: this chunk goes through user space.
-            Err(_) => copy_chunk(src, dst, moved).await?,
+        let chunk = match bulk.then(splice::Pipe::take) {
+            Some(Ok(pipe)) => splice::chunk(src, dst, pipe, moved).await?,
+            // Small chunks, or out of descriptors for a pipe: through user space.
+            _ => copy_chunk(src, dst, moved).await?,
         };
         #[cfg(not(target_os = "linux"))]
         let chunk = copy_chunk(src, dst, moved).await?;
         match chunk {
             Chunk::Moved(n) => {
+                bulk = n >= SCRATCH_SIZE as u64;
                 activity.touch();
                 meter(n);
             }
@@ -187,23 +198,61 @@ enum Chunk {
     Eof,
 }
 
-/// One read from `src` written wholly to `dst`, through a user-space buffer.
+/// Size of the per-thread scratch buffer; a read that fills it marks a bulk transfer.
+const SCRATCH_SIZE: usize = 16 * 1024;
+
+thread_local! {
+    /// The buffer every copy on this thread reads into; borrowed only between a read
+    /// and the write that follows it, never across an await.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// One read from `src` written wholly to `dst`. The bytes are written from the scratch
+/// buffer at once; only what `dst` cannot take now is copied out to wait for it.
 async fn copy_chunk(
     src: &TcpStream,
     dst: &TcpStream,
     moved: &AtomicU64,
 ) -> Result<Chunk, PumpError> {
-    let mut buf = vec![0u8; 16 * 1024];
-    let n = match src.try_read(&mut buf) {
-        Ok(0) => return Ok(Chunk::Eof),
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Chunk::NotReady),
-        Err(e) => return Err(PumpError::Read(e)),
+    let first = SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        let mut got = 0;
+        // A short read means the socket is drained (edge-triggered readiness): the
+        // closure then reports WouldBlock so that tokio clears the readiness and the
+        // next loop waits instead of spending a read on learning it. End-of-file is
+        // kept apart by tokio and still wakes the next readable().
+        let read = src.try_io(Interest::READABLE, || {
+            got = rustix::io::read(src, &mut buf[..])?;
+            if 0 < got && got < buf.len() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(got)
+        });
+        match read {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some((0, Vec::new()))),
+            Err(e) => return Err(PumpError::Read(e)),
+        }
+        let sent = match dst.try_write(&buf[..got]) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(PumpError::Write(e)),
+        };
+        moved.fetch_add(sent as u64, Relaxed);
+        Ok(Some((got, buf[sent..got].to_vec())))
+    })?;
+    let Some((got, rest)) = first else {
+        return Ok(Chunk::Eof);
     };
+    if got == 0 {
+        return Ok(Chunk::NotReady);
+    }
     let mut sent = 0;
-    while sent < n {
+    while sent < rest.len() {
         dst.writable().await.map_err(PumpError::Write)?;
-        match dst.try_write(&buf[sent..n]) {
+        match dst.try_write(&rest[sent..]) {
             Ok(m) => {
                 sent += m;
                 moved.fetch_add(m as u64, Relaxed);
@@ -212,7 +261,7 @@ async fn copy_chunk(
             Err(e) => return Err(PumpError::Write(e)),
         }
     }
-    Ok(Chunk::Moved(n as u64))
+    Ok(Chunk::Moved(got as u64))
 }
 
 #[cfg(target_os = "linux")]
@@ -324,5 +373,71 @@ mod splice {
         }
         pipe.give();
         Ok(Chunk::Moved(total as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Two ends of one loopback TCP connection.
+    async fn connected() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dialed = TcpStream::connect(listener.local_addr().unwrap());
+        let (dialed, accepted) = tokio::join!(dialed, listener.accept());
+        (dialed.unwrap(), accepted.unwrap().0)
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn small_chunks_a_stalled_backend_cannot_take_at_once_arrive_whole_and_in_order() {
+        // The client sends small pieces, each read and copied on its own; the backend
+        // reads nothing for a while, so tandem's writes to it go short and the rest must
+        // wait for room, then go out before anything read later.
+        let (mut client, client_side) = connected().await;
+        let (backend_side, mut backend) = connected().await;
+        socket2::SockRef::from(&backend_side)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let relay = tokio::spawn(async move {
+            relay(
+                &client_side,
+                &backend_side,
+                Duration::from_secs(10),
+                &CancellationToken::new(),
+                &|_, _| {},
+            )
+            .await
+        });
+        const TOTAL: usize = 1 << 20;
+        let data = pattern(TOTAL);
+        let send = async {
+            for piece in data.chunks(5000) {
+                client.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            client.shutdown().await.unwrap();
+        };
+        let receive = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let mut got = Vec::with_capacity(TOTAL);
+            backend.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let ((), got) = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(send, receive)
+        })
+        .await
+        .expect("relayed within 20 s");
+        assert_eq!(got.len(), TOTAL);
+        assert!(got == data, "bytes changed or reordered on the way");
+        drop(backend);
+        let outcome = relay.await.unwrap();
+        assert_eq!(outcome.to_backend, TOTAL as u64);
     }
 }

@@ -275,6 +275,60 @@ async fn two_hundred_concurrent_transfers_of_one_mib_each_way_arrive_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_exchanges_and_bulk_transfers_alternate_on_one_connection_intact() {
+    // Each direction copies small chunks through user space and splices bulk ones,
+    // switching as the chunks change size: an echo session that alternates one-line
+    // commands with multi-MiB transfers must get every byte back, in order, each time.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+    });
+    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "") + &service("p", "");
+    let d = start(&text).await;
+    let s = TcpStream::connect(addr_of(&d, "svc")).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let sizes = [
+        12,
+        3 << 20,
+        40,
+        7,
+        16 * 1024,
+        16 * 1024 + 1,
+        5,
+        (1 << 20) + 3,
+        1,
+    ];
+    for (round, size) in sizes.into_iter().enumerate() {
+        let data = random_bytes(round as u64, size);
+        let send = async { w.write_all(&data).await.unwrap() };
+        let receive = async {
+            let mut got = vec![0; size];
+            tokio::time::timeout(Duration::from_secs(10), r.read_exact(&mut got))
+                .await
+                .expect("echo within 10 s")
+                .unwrap();
+            got
+        };
+        let ((), got) = tokio::join!(send, receive);
+        assert!(
+            got == data,
+            "round {round} ({size} bytes) came back changed"
+        );
+    }
+    w.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).await.unwrap();
+    assert!(
+        rest.is_empty(),
+        "{} stray bytes after the last echo",
+        rest.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_lets_the_client_receive_the_whole_response() {
     // The backend answers only after the request ended, as many request/response
     // protocols do: the client's shutdown must reach it while its answer still flows back.
