@@ -405,8 +405,17 @@ impl Connection {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if status.is_server_error() && backend.is_none() {
-            info!(target: "tandem::http", service = %config.name, client = %self.peer, method = %method, path = %path,
-                status = status.as_u16(), backend = "-", bytes = 0u64, duration_ms = started.elapsed().as_millis() as u64, "request");
+            AccessLog {
+                service: &config.name,
+                client: self.peer,
+                method: method.as_str(),
+                path: &path,
+                status: status.as_u16(),
+                backend: None,
+                bytes: 0,
+                started,
+            }
+            .write();
             return response.map(BodyExt::boxed);
         }
         // Log when the body is done, with its size.
@@ -668,6 +677,37 @@ fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// What one access log line says of a request (target `tandem::http`, message
+/// "request"): written once per request, by whichever path served it.
+pub(crate) struct AccessLog<'a> {
+    pub service: &'a str,
+    pub client: SocketAddr,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub backend: Option<SocketAddr>,
+    /// Response body bytes sent to the client.
+    pub bytes: u64,
+    pub started: Instant,
+}
+
+impl AccessLog<'_> {
+    pub(crate) fn write(&self) {
+        info!(
+            target: "tandem::http",
+            service = %self.service,
+            client = %self.client,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            backend = %self.backend.map_or("-".to_string(), |b| b.to_string()),
+            bytes = self.bytes,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "request"
+        );
+    }
+}
+
 struct LogLine {
     service: String,
     client: SocketAddr,
@@ -729,18 +769,17 @@ impl Body for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         if let Some(l) = self.line.take() {
-            info!(
-                target: "tandem::http",
-                service = %l.service,
-                client = %l.client,
-                method = %l.method,
-                path = %l.path,
-                status = l.status,
-                backend = %l.backend.map_or("-".to_string(), |b| b.to_string()),
-                bytes = self.bytes,
-                duration_ms = l.started.elapsed().as_millis() as u64,
-                "request"
-            );
+            AccessLog {
+                service: &l.service,
+                client: l.client,
+                method: l.method.as_str(),
+                path: &l.path,
+                status: l.status,
+                backend: l.backend,
+                bytes: self.bytes,
+                started: l.started,
+            }
+            .write();
         }
     }
 }

@@ -18,6 +18,17 @@ fn vip() -> SocketAddr {
 }
 
 /// A lab with two balancer hosts, two web backends and a client.
+/// The `[sync]` section of a lab node talking to `peer`, with the pair's shared key
+/// (written into the lab's directory).
+fn sync_section(lab: &Lab, me: &str, peer: &str) -> String {
+    let key = lab.dir.path().join("sync.key");
+    std::fs::write(&key, "a shared key for the lab, 32 b!!").unwrap();
+    format!(
+        "\n[sync]\nlisten = \"{me}:7946\"\npeers = [\"{peer}:7946\"]\nkey_file = \"{}\"\n",
+        key.display()
+    )
+}
+
 fn lab(tag: &str) -> Option<Lab> {
     let mut lab = Lab::new(tag)?;
     lab.host("lb1", "10.99.0.1/24");
@@ -120,16 +131,18 @@ fn master_killed_the_backup_serves_within_a_second_and_the_old_master_takes_back
 #[test]
 fn a_killed_master_is_replaced_after_one_missed_advert_when_its_sync_session_closes() {
     let Some(lab) = lab("px") else { return };
-    let key = lab.dir.path().join("sync.key");
-    std::fs::write(&key, "a shared key for the lab, 32 b!!").unwrap();
-    let sync = |me: &str, peer: &str| {
-        format!(
-            "\n[sync]\nlisten = \"{me}:7946\"\npeers = [\"{peer}:7946\"]\nkey_file = \"{}\"\n",
-            key.display()
-        )
-    };
-    let mut lb1 = start_node(&lab, "lb1", 150, &sync("10.99.0.1", "10.99.0.2"));
-    let mut lb2 = start_node(&lab, "lb2", 100, &sync("10.99.0.2", "10.99.0.1"));
+    let mut lb1 = start_node(
+        &lab,
+        "lb1",
+        150,
+        &sync_section(&lab, "10.99.0.1", "10.99.0.2"),
+    );
+    let mut lb2 = start_node(
+        &lab,
+        "lb2",
+        100,
+        &sync_section(&lab, "10.99.0.2", "10.99.0.1"),
+    );
     lab.wait("lb1 master", Duration::from_secs(5), || {
         lab.has_address("lb1", VIP)
     });
@@ -433,8 +446,6 @@ fn sticky_clients_keep_their_backend_through_a_failover() {
             .map(|c| format!("{c}/16"))
             .collect::<Vec<_>>(),
     );
-    let key = lab.dir.path().join("sync.key");
-    std::fs::write(&key, "a shared key for the lab, 32 b!!").unwrap();
     let node = |name: &str, me: &str, peer: &str, priority: u8| {
         let dir = lab.dir.path().display();
         let text = format!(
@@ -442,9 +453,8 @@ fn sticky_clients_keep_their_backend_through_a_failover() {
 [[pool]]\nname = \"web\"\nbalance = \"round-robin\"\nbackends = [{{ address = \"10.99.0.11:80\" }}, {{ address = \"10.99.0.12:80\" }}]\n\
 sticky = {{ key = \"source-ip\", ttl = \"30m\" }}\n\n\
 [[service]]\nname = \"www\"\nlisten = [\"{VIP}:80\"]\npool = \"web\"\n\n\
-[ha]\ninterface = \"eth0\"\nvrid = 52\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/16\"]\n\n\
-[sync]\nlisten = \"{me}:7946\"\npeers = [\"{peer}:7946\"]\nkey_file = \"{}\"\n",
-            key.display()
+[ha]\ninterface = \"eth0\"\nvrid = 52\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/16\"]\n{}",
+            sync_section(&lab, me, peer)
         );
         let path = lab.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();

@@ -22,7 +22,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tracing::info;
 
 use super::chunked::ChunkedEnd;
-use super::{Chosen, Connection, HttpState};
+use super::{AccessLog, Chosen, Connection, HttpState};
 
 /// Most header fields in a head the fast path parses (more: the general path).
 const MAX_HEADERS: usize = 100;
@@ -531,8 +531,17 @@ impl<'a> FastPath<'a> {
             self.held = Some(backend);
         }
         if let Some((method, path)) = head.log {
-            info!(target: "tandem::http", service = %config.name, client = %self.conn.peer, method = %method, path = %path,
-                status = status, backend = %address, bytes = sent_body, duration_ms = started.elapsed().as_millis() as u64, "request");
+            AccessLog {
+                service: &config.name,
+                client: self.conn.peer,
+                method: &method,
+                path: &path,
+                status,
+                backend: Some(address),
+                bytes: sent_body,
+                started,
+            }
+            .write();
         }
         drop(chosen);
         Ok(written && done.1 && !closing)
@@ -677,8 +686,17 @@ impl<'a> FastPath<'a> {
             unread_body,
         } = refusal;
         if let Some((method, path)) = &head.log {
-            info!(target: "tandem::http", service = %config.name, client = %self.conn.peer, method = %method, path = %path,
-                status = status, backend = "-", bytes = 0u64, duration_ms = started.elapsed().as_millis() as u64, "request");
+            AccessLog {
+                service: &config.name,
+                client: self.conn.peer,
+                method,
+                path,
+                status,
+                backend: None,
+                bytes: 0,
+                started,
+            }
+            .write();
         }
         let close = unread_body || head.close || self.conn.close_all_requested();
         let reason = hyper::StatusCode::from_u16(status)
