@@ -4,6 +4,9 @@
   lib.py iperf FILE            -> Gbit/s received, from iperf3 -J output
   lib.py wrk FILE              -> "req_per_s p50_ms p99_ms" from wrk --latency output
   lib.py rss PID...            -> summed VmRSS in KiB of the processes
+  lib.py busy CPU              -> busy clock ticks of that CPU so far (/proc/stat)
+  lib.py per_request B A FILE  -> microseconds of CPU busy time per request of a wrk
+                                  run (FILE), from busy ticks B before and A after
   lib.py report RESULTS OUT MACHINE -> markdown table of medians, with ratios
 """
 import json
@@ -33,6 +36,25 @@ def iperf(path):
     print(f"{data['end']['sum_received']['bits_per_second'] / 1e9:.2f}")
 
 
+def busy(cpu):
+    """Ticks the CPU spent on anything but idle, iowait and steal."""
+    for line in open("/proc/stat"):
+        fields = line.split()
+        if fields[0] == f"cpu{cpu}":
+            user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[1:8])
+            print(user + nice + system + irq + softirq)
+            return
+    raise SystemExit(f"no cpu{cpu} in /proc/stat")
+
+
+def per_request(before, after, path):
+    import os
+
+    requests = int(re.search(r"(\d+) requests in", open(path).read()).group(1))
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    print(f"{(int(after) - int(before)) * tick_us / max(requests, 1):.1f}")
+
+
 def rss(pids):
     total = 0
     for pid in pids:
@@ -47,9 +69,11 @@ ROWS = [
     ("bulk8", "L4 bulk throughput, 8 streams (Gbit/s)", True),
     ("conn_rps", "L4 connection rate (connections/s)", True),
     ("conn_p99", "L4 connection p99 latency (ms)", False),
+    ("conn_cpu", "L4 connection: proxy core busy time per connection (us)", False),
     ("l7_rps", "L7 keep-alive (requests/s)", True),
     ("l7_p50", "L7 keep-alive p50 latency (ms)", False),
     ("l7_p99", "L7 keep-alive p99 latency (ms)", False),
+    ("l7_cpu", "L7 keep-alive: proxy core busy time per request (us)", False),
     ("mem_kib", "Memory per idle relayed connection (KiB)", False),
     ("failover_ms", "Failover: master SIGKILLed to first served request (ms); HAProxy column = keepalived + HAProxy, advert 100 ms", False),
 ]
@@ -96,6 +120,10 @@ if __name__ == "__main__":
         wrk(sys.argv[2])
     elif cmd == "iperf":
         iperf(sys.argv[2])
+    elif cmd == "busy":
+        busy(sys.argv[2])
+    elif cmd == "per_request":
+        per_request(sys.argv[2], sys.argv[3], sys.argv[4])
     elif cmd == "rss":
         rss(sys.argv[2:])
     elif cmd == "report":
