@@ -22,9 +22,17 @@ const MAX_HEAD: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub struct Verdicts {
     queue: Mutex<VecDeque<Option<&'static str>>>,
+    /// Set once the connection switched protocols: its bytes are no longer HTTP/1.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Verdicts {
+    /// Stops watching the connection (it was upgraded to another protocol).
+    pub fn stop_watching(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The verdict of the next request: why it is ambiguous, or `None` when clean.
     pub fn next(&self) -> Option<&'static str> {
         self.queue
@@ -102,6 +110,13 @@ impl<S> Sniffer<S> {
     }
 
     fn feed(&mut self, mut bytes: &[u8]) {
+        if self
+            .verdicts
+            .stopped
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.state = State::Off;
+        }
         while !bytes.is_empty() {
             match &mut self.state {
                 State::Off => return,

@@ -125,6 +125,7 @@ pub(crate) async fn serve(
         requests: AtomicU32::new(0),
         verdicts: Arc::new(Verdicts::default()),
         close_all: close_all.clone(),
+        tunnel: std::sync::Mutex::new(None),
     });
     match &state.tls {
         Some(acceptor) => {
@@ -211,8 +212,9 @@ where
     let h = &config.http;
     let close_all = conn.close_all.clone();
     let verdicts = conn.verdicts.clone();
+    let for_handler = conn.clone();
     let handler = hyper::service::service_fn(move |req| {
-        let conn = conn.clone();
+        let conn = for_handler.clone();
         async move { Ok::<_, Infallible>(conn.handle(req).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -227,8 +229,17 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(h.max_header_size as u32);
     let io = Sniffer::new(io, verdicts).replaying(read);
-    let conn = builder.serve_connection(TokioIo::new(io), handler);
-    drive(conn, &close_all).await;
+    let upgraded = conn.clone();
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), handler);
+    drive(served, &close_all).await;
+    let tunnel = upgraded
+        .tunnel
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(tunnel) = tunnel {
+        let _ = tunnel.await;
+    }
 }
 
 /// Runs a connection; at the drain deadline, asks it to finish gracefully.
@@ -265,6 +276,21 @@ where
     }
 }
 
+impl<I, S, E> GracefulConnection
+    for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: Body + Send + 'static,
+    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
 struct Connection {
     service: Arc<crate::Service>,
     state: Arc<HttpState>,
@@ -273,6 +299,9 @@ struct Connection {
     requests: AtomicU32,
     verdicts: Arc<Verdicts>,
     close_all: CancellationToken,
+    /// The tunnel of an upgraded request (WebSocket...), which the connection's task
+    /// waits for, so that it keeps its slot and is drained like any connection.
+    tunnel: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -285,6 +314,24 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
     "proxy-authorization",
 ];
+
+/// The protocol an HTTP/1.1 request asks to switch to: its Upgrade field, when its
+/// Connection field names `upgrade`.
+fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let names_upgrade = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    names_upgrade
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+}
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -437,9 +484,13 @@ impl Connection {
     /// Picks, forwards, retries; returns the status, the backend, and the response.
     async fn forward(
         &self,
-        req: Request<hyper::body::Incoming>,
+        mut req: Request<hyper::body::Incoming>,
         config: &tandem_config::Service,
     ) -> (StatusCode, Option<SocketAddr>, Response<Logged>) {
+        // An HTTP/1.1 upgrade (WebSocket...): its Upgrade field goes to the backend, and
+        // on a 101 the two connections become one tunnel.
+        let mut upgrade =
+            requested_upgrade(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
         let pools = self.service.pools.load_full();
         let empty_body = body.is_end_stream() || body.size_hint().exact() == Some(0);
@@ -451,6 +502,12 @@ impl Connection {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         self.prepare_request_headers(&mut parts.headers, original_host.as_ref(), config);
+        if let Some((protocol, _)) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
         let mut body = Some(body.boxed());
         let mut tried: Vec<SocketAddr> = Vec::new();
         for _ in 0..=config.retries {
@@ -497,9 +554,28 @@ impl Connection {
             )
             .await;
             match sent {
-                Ok(Ok(resp)) => {
+                Ok(Ok(mut resp)) => {
+                    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    let tunnel = match upgrade.take() {
+                        Some((_, client_side)) if switched => Some((
+                            client_side,
+                            hyper::upgrade::on(&mut resp),
+                            resp.headers().get(header::UPGRADE).cloned(),
+                        )),
+                        _ => None,
+                    };
                     let (mut rparts, rbody) = resp.into_parts();
                     strip_hop_by_hop(&mut rparts.headers);
+                    let mut lease = Some(chosen.lease);
+                    if let Some((client_side, backend_side, protocol)) = tunnel {
+                        rparts
+                            .headers
+                            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                        if let Some(p) = protocol {
+                            rparts.headers.insert(header::UPGRADE, p);
+                        }
+                        self.open_tunnel(client_side, backend_side, lease.take());
+                    }
                     apply_rules(&mut rparts.headers, &config.http.response_headers);
                     if config.http.via {
                         rparts
@@ -518,7 +594,7 @@ impl Connection {
                         inner: rbody.boxed(),
                         bytes: 0,
                         line: None,
-                        _lease: Some(chosen.lease),
+                        _lease: lease,
                     };
                     return (status, Some(address), Response::from_parts(rparts, body));
                 }
@@ -570,6 +646,32 @@ impl Connection {
                 "no backend could be reached",
             )),
         )
+    }
+
+    /// Joins the client's and the backend's upgraded connections once both are handed
+    /// over, until either side ends or the drain deadline passes; `lease` keeps the
+    /// backend counted as busy meanwhile.
+    fn open_tunnel(
+        &self,
+        client_side: hyper::upgrade::OnUpgrade,
+        backend_side: hyper::upgrade::OnUpgrade,
+        lease: Option<Lease>,
+    ) {
+        // What follows on the client connection is the new protocol, not HTTP/1.
+        self.verdicts.stop_watching();
+        let close_all = self.close_all.clone();
+        let tunnel = tokio::spawn(async move {
+            let _lease = lease;
+            let (Ok(client), Ok(backend)) = tokio::join!(client_side, backend_side) else {
+                return;
+            };
+            let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut backend) => {}
+                () = close_all.cancelled() => {}
+            }
+        });
+        *self.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
     }
 
     fn prepare_request_headers(

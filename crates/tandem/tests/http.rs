@@ -888,3 +888,96 @@ async fn http11_fast_path_relays_chunked_pipelined_and_hands_other_shapes_over()
     );
     assert!(answer.ends_with("\r\n\r\nuntil the end"), "{answer}");
 }
+
+/// A backend that switches protocols on `Upgrade: echo` (sends "ready\n", then echoes
+/// every byte) and answers any other request with a plain 200.
+async fn upgrading_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !(head.contains("\r\nupgrade: echo\r\n")
+                    && head.contains("\r\nconnection: upgrade\r\n"))
+                {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\nconnection: close\r\n\r\nno upgrade\r\n")
+                        .await;
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nready\n")
+                    .await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_becomes_a_tunnel_to_the_backend() {
+    let backend = upgrading_backend().await;
+    let d = start(&http_service(
+        &format!("[{{ address = \"{backend}\" }}]"),
+        "",
+        "",
+    ))
+    .await;
+    let to = addr_of(&d, "www");
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("\r\nupgrade: echo\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    // The backend speaks first in the new protocol, then echoes: small and large
+    // messages, including bytes that an HTTP parser would refuse.
+    let mut ready = [0u8; 6];
+    s.read_exact(&mut ready).unwrap();
+    assert_eq!(&ready, b"ready\n");
+    for size in [5usize, 3 << 20, 1] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 31 + 7) as u8).collect();
+        let mut writer = s.try_clone().unwrap();
+        let sent = data.clone();
+        let send = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+        let mut got = vec![0u8; size];
+        s.read_exact(&mut got).unwrap();
+        send.join().unwrap();
+        assert!(got == data, "{size} bytes came back changed");
+    }
+    // The tunnel holds the backend as busy, and ends with the client.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    // Without Connection: upgrade, the Upgrade field is hop-by-hop and dropped: a plain
+    // exchange.
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (status, _, body) = exchange(&mut s, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\n\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(body, "no upgrade\r\n");
+}
