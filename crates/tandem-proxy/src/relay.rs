@@ -214,7 +214,9 @@ async fn copy_chunk(
     dst: &TcpStream,
     moved: &AtomicU64,
 ) -> Result<Chunk, PumpError> {
-    let first = SCRATCH.with(|scratch| {
+    // Read and write at once from the scratch buffer; what is left is the part of the
+    // chunk `dst` could not take yet (usually nothing).
+    let (chunk, left) = SCRATCH.with(|scratch| {
         let mut buf = scratch.borrow_mut();
         let mut got = 0;
         // A short read means the socket is drained (edge-triggered readiness): the
@@ -229,10 +231,12 @@ async fn copy_chunk(
             Ok(got)
         });
         match read {
-            Ok(0) => return Ok(None),
+            Ok(0) => return Ok((Chunk::Eof, Vec::new())),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some((0, Vec::new()))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Ok((Chunk::NotReady, Vec::new()));
+            }
             Err(e) => return Err(PumpError::Read(e)),
         }
         let sent = match dst.try_write(&buf[..got]) {
@@ -241,18 +245,12 @@ async fn copy_chunk(
             Err(e) => return Err(PumpError::Write(e)),
         };
         moved.fetch_add(sent as u64, Relaxed);
-        Ok(Some((got, buf[sent..got].to_vec())))
+        Ok((Chunk::Moved(got as u64), buf[sent..got].to_vec()))
     })?;
-    let Some((got, rest)) = first else {
-        return Ok(Chunk::Eof);
-    };
-    if got == 0 {
-        return Ok(Chunk::NotReady);
-    }
     let mut sent = 0;
-    while sent < rest.len() {
+    while sent < left.len() {
         dst.writable().await.map_err(PumpError::Write)?;
-        match dst.try_write(&rest[sent..]) {
+        match dst.try_write(&left[sent..]) {
             Ok(m) => {
                 sent += m;
                 moved.fetch_add(m as u64, Relaxed);
@@ -261,7 +259,7 @@ async fn copy_chunk(
             Err(e) => return Err(PumpError::Write(e)),
         }
     }
-    Ok(Chunk::Moved(got as u64))
+    Ok(chunk)
 }
 
 #[cfg(target_os = "linux")]
