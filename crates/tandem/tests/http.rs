@@ -332,12 +332,12 @@ async fn rust_backend() -> SocketAddr {
     let a = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = l.accept().await else {
+            let Ok((s, peer)) = l.accept().await else {
                 continue;
             };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
                         let q = req.uri().query().unwrap_or("").to_string();
                         let num = |k: &str| {
                             q.split('&')
@@ -387,6 +387,10 @@ async fn rust_backend() -> SocketAddr {
                                     StreamBody::new(futures_util::stream::iter(pieces)).boxed(),
                                 )
                             }
+                            // Which of tandem's backend connections carried the request.
+                            "/peer" => hyper::Response::new(
+                                Full::new(Bytes::from(format!("{peer}\n"))).boxed(),
+                            ),
                             _ => hyper::Response::new(Full::new(Bytes::from("rust\n")).boxed()),
                         };
                         Ok::<_, Infallible>(resp)
@@ -980,4 +984,40 @@ async fn an_upgraded_connection_becomes_a_tunnel_to_the_backend() {
     let (status, _, body) = exchange(&mut s, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\n\r\n");
     assert_eq!(status, 200);
     assert_eq!(body, "no upgrade\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_client_gives_its_backend_connection_back_for_others() {
+    // A client that sends nothing for a while no longer holds a backend connection:
+    // the next client's request goes over that same connection, from the pool.
+    let backend = rust_backend().await;
+    let d = start(&http_service(
+        &format!("[{{ address = \"{backend}\" }}]"),
+        "",
+        "",
+    ))
+    .await;
+    let to = addr_of(&d, "www");
+    let mut first = TcpStream::connect(to).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let (status, _, used_by_first) = exchange(&mut first, &get("/peer", ""));
+    assert_eq!(status, 200);
+    // Busy: a second request right away keeps the same backend connection.
+    let (_, _, again) = exchange(&mut first, &get("/peer", ""));
+    assert_eq!(again, used_by_first);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut second = TcpStream::connect(to).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let (_, _, used_by_second) = exchange(&mut second, &get("/peer", ""));
+    assert_eq!(
+        used_by_second, used_by_first,
+        "the idle client kept its backend connection"
+    );
+    // The first client, still open, is served again (over another connection).
+    let (status, _, _) = exchange(&mut first, &get("/peer", ""));
+    assert_eq!(status, 200);
 }

@@ -30,6 +30,9 @@ const MAX_HEADERS: usize = 100;
 const CLIENT_READ: usize = 16 * 1024;
 /// Bytes a connection waiting for its next request keeps for it.
 const IDLE_READ: usize = 1024;
+/// How long a client connection may wait for its next request and keep its backend
+/// connection; then the backend connection goes back to the service's pool.
+const RELEASE_BACKEND_AFTER: Duration = Duration::from_secs(1);
 /// Bytes asked of the backend per read.
 const BACKEND_READ: usize = 32 * 1024;
 
@@ -298,7 +301,21 @@ impl<'a> FastPath<'a> {
                     None => {
                         self.release_buffers();
                         let mut small = [0u8; IDLE_READ];
-                        let read = timeout_at(deadline, client.read(&mut small)).await;
+                        // A client quiet for a while gives its backend connection back to
+                        // the service's pool, for other clients (a backend with few worker
+                        // slots is not tied up by idle keep-alive clients).
+                        let release_at = Instant::now() + RELEASE_BACKEND_AFTER;
+                        let mut early = None;
+                        if self.held.is_some() && release_at < deadline {
+                            match timeout_at(release_at, client.read(&mut small)).await {
+                                Ok(r) => early = Some(Ok(r)),
+                                Err(_) => self.finish(),
+                            }
+                        }
+                        let read = match early {
+                            Some(read) => read,
+                            None => timeout_at(deadline, client.read(&mut small)).await,
+                        };
                         if let Ok(Ok(n)) = read {
                             self.buf = spares::take();
                             self.buf.extend_from_slice(&small[..n]);
