@@ -574,7 +574,12 @@ impl Connection {
                         if let Some(p) = protocol {
                             rparts.headers.insert(header::UPGRADE, p);
                         }
-                        self.open_tunnel(client_side, backend_side, lease.take());
+                        self.open_tunnel(
+                            client_side,
+                            backend_side,
+                            lease.take(),
+                            config.idle_timeout,
+                        );
                     }
                     apply_rules(&mut rparts.headers, &config.http.response_headers);
                     if config.http.via {
@@ -649,13 +654,14 @@ impl Connection {
     }
 
     /// Joins the client's and the backend's upgraded connections once both are handed
-    /// over, until either side ends or the drain deadline passes; `lease` keeps the
-    /// backend counted as busy meanwhile.
+    /// over, until either side ends, no byte moves either way for `idle`, or the drain
+    /// deadline passes; `lease` keeps the backend counted as busy meanwhile.
     fn open_tunnel(
         &self,
         client_side: hyper::upgrade::OnUpgrade,
         backend_side: hyper::upgrade::OnUpgrade,
         lease: Option<Lease>,
+        idle: std::time::Duration,
     ) {
         // What follows on the client connection is the new protocol, not HTTP/1.
         self.verdicts.stop_watching();
@@ -665,9 +671,27 @@ impl Connection {
             let (Ok(client), Ok(backend)) = tokio::join!(client_side, backend_side) else {
                 return;
             };
-            let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+            let activity = Arc::new(Activity::new());
+            let mut client = Touched {
+                inner: TokioIo::new(client),
+                activity: activity.clone(),
+            };
+            let mut backend = Touched {
+                inner: TokioIo::new(backend),
+                activity: activity.clone(),
+            };
+            let idle_watch = async {
+                loop {
+                    let quiet = activity.quiet();
+                    if quiet >= idle {
+                        return;
+                    }
+                    tokio::time::sleep(idle - quiet).await;
+                }
+            };
             tokio::select! {
                 _ = tokio::io::copy_bidirectional(&mut client, &mut backend) => {}
+                () = idle_watch => {}
                 () = close_all.cancelled() => {}
             }
         });
@@ -883,5 +907,69 @@ impl Drop for Logged {
             }
             .write();
         }
+    }
+}
+
+/// When bytes last moved through a tunnel, as milliseconds since it opened.
+struct Activity {
+    start: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    fn quiet(&self) -> std::time::Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        std::time::Duration::from_millis(now.saturating_sub(self.last_ms.load(Relaxed)))
+    }
+}
+
+/// One side of a tunnel, noting every read in the tunnel's `Activity`.
+struct Touched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Touched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Touched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

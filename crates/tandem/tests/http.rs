@@ -1021,3 +1021,49 @@ async fn an_idle_keep_alive_client_gives_its_backend_connection_back_for_others(
     let (status, _, _) = exchange(&mut first, &get("/peer", ""));
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_with_no_bytes_for_the_idle_timeout_is_closed_and_a_busy_one_is_not() {
+    let backend = upgrading_backend().await;
+    let d = start(&http_service(
+        &format!("[{{ address = \"{backend}\" }}]"),
+        "",
+        "idle_timeout = \"400ms\"\n",
+    ))
+    .await;
+    let to = addr_of(&d, "www");
+    let open = || {
+        let mut s = TcpStream::connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\nready\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        s
+    };
+    // Busy: a byte each 100 ms for 1.2 s, three idle timeouts, each echoed.
+    let mut busy = open();
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(100));
+        busy.write_all(b"x").unwrap();
+        let mut echo = [0u8; 1];
+        busy.read_exact(&mut echo).unwrap();
+    }
+    // Quiet: closed by tandem after about 400 ms.
+    let mut quiet = open();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = quiet.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(rest.is_empty());
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+}
