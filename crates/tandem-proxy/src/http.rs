@@ -671,7 +671,7 @@ impl Connection {
             let (Ok(client), Ok(backend)) = tokio::join!(client_side, backend_side) else {
                 return;
             };
-            let activity = Arc::new(Activity::new());
+            let activity = Arc::new(crate::relay::Activity::new());
             let mut client = Touched {
                 inner: TokioIo::new(client),
                 activity: activity.clone(),
@@ -682,7 +682,7 @@ impl Connection {
             };
             let idle_watch = async {
                 loop {
-                    let quiet = activity.quiet();
+                    let quiet = activity.idle_for();
                     if quiet >= idle {
                         return;
                     }
@@ -910,35 +910,10 @@ impl Drop for Logged {
     }
 }
 
-/// When bytes last moved through a tunnel, as milliseconds since it opened.
-struct Activity {
-    start: Instant,
-    last_ms: std::sync::atomic::AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last_ms: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Relaxed);
-    }
-
-    fn quiet(&self) -> std::time::Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        std::time::Duration::from_millis(now.saturating_sub(self.last_ms.load(Relaxed)))
-    }
-}
-
 /// One side of a tunnel, noting every read in the tunnel's `Activity`.
 struct Touched<T> {
     inner: T,
-    activity: Arc<Activity>,
+    activity: Arc<crate::relay::Activity>,
 }
 
 impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Touched<T> {

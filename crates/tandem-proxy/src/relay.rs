@@ -62,19 +62,29 @@ pub struct Outcome {
     pub end: End,
 }
 
-/// The last time bytes moved, as milliseconds since the relay started.
-struct Activity {
+/// The last time bytes moved, as milliseconds since the relay (or tunnel) started.
+pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn touch(&self) {
+    /// Starts counting now, as if bytes had just moved.
+    pub(crate) fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes that bytes moved now.
+    pub(crate) fn touch(&self) {
         self.last_ms
             .store(self.start.elapsed().as_millis() as u64, Relaxed);
     }
 
-    fn idle_for(&self) -> Duration {
+    /// How long since bytes last moved.
+    pub(crate) fn idle_for(&self) -> Duration {
         let now = self.start.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Relaxed)))
     }
@@ -95,10 +105,7 @@ pub async fn relay(
     cancel: &CancellationToken,
     meter: &(dyn Fn(bool, u64) + Sync),
 ) -> Outcome {
-    let activity = Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
+    let activity = Activity::new();
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let ended = AtomicU64::new(0);
     let both = async {
