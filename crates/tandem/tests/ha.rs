@@ -17,7 +17,6 @@ fn vip() -> SocketAddr {
     format!("{VIP}:80").parse().unwrap()
 }
 
-/// A lab with two balancer hosts, two web backends and a client.
 /// The `[sync]` section of a lab node talking to `peer`, with the pair's shared key
 /// (written into the lab's directory).
 fn sync_section(lab: &Lab, me: &str, peer: &str) -> String {
@@ -29,6 +28,20 @@ fn sync_section(lab: &Lab, me: &str, peer: &str) -> String {
     )
 }
 
+/// A client requesting through the virtual address every 5 ms, returned once it has
+/// been answered.
+fn answered_client(lab: &Lab) -> lab::Probe {
+    let client = lab.client(
+        "client",
+        vip(),
+        Duration::from_millis(5),
+        Duration::from_secs(60),
+    );
+    client.wait_answer_after(Instant::now(), Duration::from_secs(5));
+    client
+}
+
+/// A lab with two balancer hosts, two web backends and a client.
 fn lab(tag: &str) -> Option<Lab> {
     let mut lab = Lab::new(tag)?;
     lab.host("lb1", "10.99.0.1/24");
@@ -148,13 +161,7 @@ fn a_killed_master_is_replaced_after_one_missed_advert_when_its_sync_session_clo
     });
     lb2.wait_for("bulk transfer received: synced");
     lb1.wait_for("bulk transfer received: synced");
-    let client = lab.client(
-        "client",
-        vip(),
-        Duration::from_millis(5),
-        Duration::from_secs(60),
-    );
-    client.wait_answer_after(Instant::now(), Duration::from_secs(5));
+    let client = answered_client(&lab);
     // SIGKILL: no goodbye advert, but the dead process's kernel closes the sync
     // session at once. RFC 5798 alone: 3 x 100 ms + 60 ms skew after the last advert.
     let killed = Instant::now();
@@ -186,13 +193,7 @@ fn graceful_stop_hands_over_within_100_ms_and_preempt_delay_is_honoured() {
         lab.has_address("lb1", VIP)
     });
     lb2.wait_for("VRRP INIT -> BACKUP");
-    let client = lab.client(
-        "client",
-        vip(),
-        Duration::from_millis(5),
-        Duration::from_secs(60),
-    );
-    client.wait_answer_after(Instant::now(), Duration::from_secs(5));
+    let client = answered_client(&lab);
 
     let stopped = Instant::now();
     kill(&lb1, rustix::process::Signal::TERM);
