@@ -231,7 +231,15 @@ where
     let io = Sniffer::new(io, verdicts).replaying(read);
     let upgraded = conn.clone();
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), handler);
-    drive(served, &close_all).await;
+    let mut served = std::pin::pin!(served);
+    tokio::select! {
+        _ = served.as_mut() => {}
+        () = close_all.cancelled() => {
+            // The drain deadline: ask the connection to finish what it has begun.
+            served.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), served).await;
+        }
+    }
     let tunnel = upgraded
         .tunnel
         .lock()
@@ -239,55 +247,6 @@ where
         .take();
     if let Some(tunnel) = tunnel {
         let _ = tunnel.await;
-    }
-}
-
-/// Runs a connection; at the drain deadline, asks it to finish gracefully.
-async fn drive<C>(conn: C, close_all: &CancellationToken)
-where
-    C: std::future::Future + GracefulConnection,
-{
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = close_all.cancelled() => {
-            conn.as_mut().graceful();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn).await;
-        }
-    }
-}
-
-/// A hyper connection that can be told to finish.
-trait GracefulConnection {
-    fn graceful(self: Pin<&mut Self>);
-}
-
-impl<I, S, E> GracefulConnection for hyper_util::server::conn::auto::Connection<'_, I, S, E>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: Body + Send + 'static,
-    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    fn graceful(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-impl<I, S, E> GracefulConnection
-    for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: Body + Send + 'static,
-    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    fn graceful(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
     }
 }
 
@@ -671,27 +630,18 @@ impl Connection {
             let (Ok(client), Ok(backend)) = tokio::join!(client_side, backend_side) else {
                 return;
             };
-            let activity = Arc::new(crate::relay::Activity::new());
-            let mut client = Touched {
-                inner: TokioIo::new(client),
-                activity: activity.clone(),
-            };
-            let mut backend = Touched {
-                inner: TokioIo::new(backend),
-                activity: activity.clone(),
-            };
-            let idle_watch = async {
-                loop {
-                    let quiet = activity.idle_for();
-                    if quiet >= idle {
-                        return;
-                    }
-                    tokio::time::sleep(idle - quiet).await;
-                }
+            let activity = crate::relay::Activity::new();
+            let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
+            let (mut backend_read, mut backend_write) = tokio::io::split(TokioIo::new(backend));
+            let both = async {
+                tokio::try_join!(
+                    tunnel_pipe(&mut client_read, &mut backend_write, &activity),
+                    tunnel_pipe(&mut backend_read, &mut client_write, &activity),
+                )
             };
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut backend) => {}
-                () = idle_watch => {}
+                _ = both => {}
+                () = activity.quiet_for(idle) => {}
                 () = close_all.cancelled() => {}
             }
         });
@@ -910,41 +860,25 @@ impl Drop for Logged {
     }
 }
 
-/// One side of a tunnel, noting every read in the tunnel's `Activity`.
-struct Touched<T> {
-    inner: T,
-    activity: Arc<crate::relay::Activity>,
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Touched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
+/// Copies one direction of a tunnel until `from` ends (then shuts down `to`'s write
+/// side, so the other direction can finish), noting each chunk in `activity`.
+async fn tunnel_pipe<R, W>(
+    from: &mut R,
+    to: &mut W,
+    activity: &crate::relay::Activity,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
         }
-        polled
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Touched<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        activity.touch();
+        to.write_all(&buf[..n]).await?;
     }
 }

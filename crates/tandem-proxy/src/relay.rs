@@ -84,9 +84,20 @@ impl Activity {
     }
 
     /// How long since bytes last moved.
-    pub(crate) fn idle_for(&self) -> Duration {
+    fn idle_for(&self) -> Duration {
         let now = self.start.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Relaxed)))
+    }
+
+    /// Returns once no bytes have moved for `idle`.
+    pub(crate) async fn quiet_for(&self, idle: Duration) {
+        loop {
+            let quiet = self.idle_for();
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
     }
 }
 
@@ -132,18 +143,9 @@ pub async fn relay(
             Err(end) => end,
         }
     };
-    let idle_watch = async {
-        loop {
-            let quiet = activity.idle_for();
-            if quiet >= idle {
-                return;
-            }
-            tokio::time::sleep(idle - quiet).await;
-        }
-    };
     let end = tokio::select! {
         end = both => end,
-        () = idle_watch => End::IdleTimeout,
+        () = activity.quiet_for(idle) => End::IdleTimeout,
         () = cancel.cancelled() => End::Shutdown,
     };
     Outcome {
