@@ -109,9 +109,9 @@ fn nginx_backends(n: &Nginx) -> String {
     )
 }
 
-/// One HTTP/1.1 exchange on an open connection: (status, headers text, body).
-fn exchange(s: &mut TcpStream, request: &str) -> (u16, String, String) {
-    s.write_all(request.as_bytes()).unwrap();
+/// Reads a response head, up to and with its blank line, byte by byte (nothing after
+/// it is consumed).
+fn read_head(s: &mut TcpStream) -> String {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -123,7 +123,13 @@ fn exchange(s: &mut TcpStream, request: &str) -> (u16, String, String) {
         );
         buf.push(byte[0]);
     }
-    let head = String::from_utf8(buf).unwrap();
+    String::from_utf8(buf).unwrap()
+}
+
+/// One HTTP/1.1 exchange on an open connection: (status, headers text, body).
+fn exchange(s: &mut TcpStream, request: &str) -> (u16, String, String) {
+    s.write_all(request.as_bytes()).unwrap();
+    let head = read_head(s);
     let status = head[9..12].parse().unwrap();
     let length: usize = head
         .lines()
@@ -733,23 +739,33 @@ async fn source_ip_stickiness_holds_in_http_mode() {
     );
 }
 
+/// A test backend's read of a request head, byte by byte (nothing after it is
+/// consumed); `None` when the connection ends first.
+async fn read_request_head(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(head)
+}
+
 /// A backend written by hand, for what hyper would not send: a keep-alive response
 /// after which it closes anyway (`/once`), and a body that ends when it closes (`/eof`).
 async fn rude_backend() -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
+                let Some(head) = read_request_head(&mut s).await else {
+                    return;
+                };
                 let answer: &[u8] = if head.starts_with(b"GET /eof ") {
                     b"HTTP/1.1 200 OK\r\n\r\nuntil the end"
                 } else if head.starts_with(b"GET /sneaky ") {
@@ -799,14 +815,8 @@ async fn http11_fast_path_relays_chunked_pipelined_and_hands_other_shapes_over()
     // A chunked response is relayed as it came, and its end found: the connection
     // serves the next request.
     for _ in 0..2 {
-        let mut head = Vec::new();
         s.write_all(get("/chunked?n=3", "").as_bytes()).unwrap();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        let head = read_head(&mut s).to_ascii_lowercase();
         assert!(head.contains("transfer-encoding: chunked"), "{head}");
         assert_eq!(read_chunked(&mut s), "piece 0\npiece 1\npiece 2\n");
     }
@@ -896,7 +906,7 @@ async fn http11_fast_path_relays_chunked_pipelined_and_hands_other_shapes_over()
 /// A backend that switches protocols on `Upgrade: echo` (sends "ready\n", then echoes
 /// every byte) and answers any other request with a plain 200.
 async fn upgrading_backend() -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -905,14 +915,9 @@ async fn upgrading_backend() -> SocketAddr {
                 continue;
             };
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read_exact(&mut byte).await.is_err() {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
+                let Some(head) = read_request_head(&mut s).await else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
                 if !(head.contains("\r\nupgrade: echo\r\n")
                     && head.contains("\r\nconnection: upgrade\r\n"))
@@ -933,6 +938,17 @@ async fn upgrading_backend() -> SocketAddr {
     a
 }
 
+/// Connects to `to` and asks to switch to the `echo` protocol: the connection and the
+/// response head (lower case).
+fn ask_upgrade(to: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut s).to_ascii_lowercase();
+    (s, head)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_connection_becomes_a_tunnel_to_the_backend() {
     let backend = upgrading_backend().await;
@@ -943,17 +959,7 @@ async fn an_upgraded_connection_becomes_a_tunnel_to_the_backend() {
     ))
     .await;
     let to = addr_of(&d, "www");
-    let mut s = TcpStream::connect(to).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let (mut s, head) = ask_upgrade(to);
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("\r\nupgrade: echo\r\n"), "{head}");
     assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
@@ -1033,18 +1039,11 @@ async fn a_tunnel_with_no_bytes_for_the_idle_timeout_is_closed_and_a_busy_one_is
     .await;
     let to = addr_of(&d, "www");
     let open = || {
-        let mut s = TcpStream::connect(to).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(
-            b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-        )
-        .unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\nready\n") {
-            s.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
+        let (mut s, head) = ask_upgrade(to);
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        let mut ready = [0u8; 6];
+        s.read_exact(&mut ready).unwrap();
+        assert_eq!(&ready, b"ready\n");
         s
     };
     // Busy: a byte each 100 ms for 1.2 s, three idle timeouts, each echoed.
