@@ -305,17 +305,12 @@ impl<'a> FastPath<'a> {
                         // the service's pool, for other clients (a backend with few worker
                         // slots is not tied up by idle keep-alive clients).
                         let release_at = Instant::now() + RELEASE_BACKEND_AFTER;
-                        let mut early = None;
-                        if self.held.is_some() && release_at < deadline {
-                            match timeout_at(release_at, client.read(&mut small)).await {
-                                Ok(r) => early = Some(Ok(r)),
-                                Err(_) => self.finish(),
-                            }
+                        let mut read =
+                            timeout_at(release_at.min(deadline), client.read(&mut small)).await;
+                        if read.is_err() && Instant::now() < deadline {
+                            self.finish();
+                            read = timeout_at(deadline, client.read(&mut small)).await;
                         }
-                        let read = match early {
-                            Some(read) => read,
-                            None => timeout_at(deadline, client.read(&mut small)).await,
-                        };
                         if let Ok(Ok(n)) = read {
                             self.buf = spares::take();
                             self.buf.extend_from_slice(&small[..n]);
