@@ -10,6 +10,7 @@
   lib.py report RESULTS OUT MACHINE -> markdown table of medians, with ratios
 """
 import json
+import os
 import re
 import statistics
 import sys
@@ -48,8 +49,6 @@ def busy(cpu):
 
 
 def per_request(before, after, path):
-    import os
-
     requests = int(re.search(r"(\d+) requests in", open(path).read()).group(1))
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     print(f"{(int(after) - int(before)) * tick_us / max(requests, 1):.1f}")
