@@ -78,11 +78,25 @@ pub(crate) struct RawCheck {
     pub expect_status: Option<S<Vec<S<i64>>>>,
     pub expect_body: Option<S<String>>,
     pub send: Option<S<String>>,
-    pub expect: Option<S<String>>,
+    /// A regex, or a list of steps (read from the value: spans do not survive
+    /// an untagged enum).
+    pub expect: Option<S<toml::Value>>,
     pub quit: Option<S<String>>,
     pub command: Option<S<String>>,
     pub verify: Option<S<bool>>,
     pub ca_file: Option<S<String>>,
+    pub send_proxy: Option<S<bool>>,
+    pub warn_expiry: Option<S<String>>,
+}
+
+/// One step of a multi-step send-expect check.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStep {
+    pub send: Option<String>,
+    pub expect: String,
+    #[serde(default)]
+    pub starttls: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -209,6 +209,16 @@ pub fn encode(snapshot: &Snapshot) -> String {
         Unit::Seconds,
         b_latency.clone(),
     );
+    let b_check_failures = counter::<BackendLabels>(
+        &mut registry,
+        "backend_check_failures",
+        "Health checks of the backend that failed",
+    );
+    let b_cert_days = gauge::<BackendLabels>(
+        &mut registry,
+        "backend_certificate_days_left",
+        "Whole days until the certificate seen by the backend's TLS checks expires",
+    );
     let sticky = gauge::<PoolLabels>(
         &mut registry,
         "pool_sticky_entries",
@@ -246,6 +256,10 @@ pub fn encode(snapshot: &Snapshot) -> String {
             b_enabled.get_or_create(&l).set(i64::from(b.enabled));
             if let Some(c) = &b.last_check {
                 b_latency.get_or_create(&l).set(c.latency_ms / 1000.0);
+                b_check_failures.get_or_create(&l).inc_by(b.check_failures);
+            }
+            if let Some(days) = b.certificate_days_left {
+                b_cert_days.get_or_create(&l).set(days);
             }
         }
     }

@@ -170,6 +170,12 @@ pub struct BackendSnapshot {
     pub connect_errors: u64,
     /// The last health check.
     pub last_check: Option<CheckSnapshot>,
+    /// Health checks failed so far.
+    #[serde(default)]
+    pub check_failures: u64,
+    /// Whole days until the certificate its TLS checks saw expires (negative: expired).
+    #[serde(default)]
+    pub certificate_days_left: Option<i64>,
     /// Seconds since the health state last changed.
     pub health_since_secs: Option<u64>,
 }

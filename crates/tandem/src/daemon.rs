@@ -375,6 +375,9 @@ impl Daemon {
             .as_ref()
             .ok_or("this tandem was not started from a configuration file")?;
         let config = Config::load(path).map_err(|e| e.to_string())?;
+        for w in &config.warnings {
+            warn!("{}", w.render(&path.display().to_string(), "warning: "));
+        }
         self.apply(config).await
     }
 
@@ -716,6 +719,13 @@ impl Daemon {
             bytes_to_backend: to_backend,
             bytes_to_client: to_client,
             connect_errors: b.state.connect_errors(),
+            check_failures: health.as_ref().map_or(0, |h| h.failures),
+            certificate_days_left: health.as_ref().and_then(|h| h.not_after).map(|t| {
+                match t.duration_since(now) {
+                    Ok(left) => (left.as_secs() / 86_400) as i64,
+                    Err(past) => -((past.duration().as_secs() / 86_400) as i64) - 1,
+                }
+            }),
             last_check: health
                 .as_ref()
                 .and_then(|h| h.last.as_ref())
