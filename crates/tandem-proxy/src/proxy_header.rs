@@ -1,11 +1,43 @@
-//! PROXY protocol headers sent to backends (v1 text, v2 binary), built with `ppp`.
+//! PROXY protocol headers (v1 text, v2 binary), with `ppp`: those tandem sends to
+//! backends ([`header`], [`header_with_tls`]), and those it reads from an upstream
+//! balancer at the start of a connection ([`parse`], [`receive`]).
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
+use ppp::v2::{Type, WriteToHeader, Writer};
 use tandem_config::ProxyProtocol;
+use tokio::net::TcpStream;
 
 /// The header announcing a connection from `client` to `local`, or `None` when off.
 pub fn header(version: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> Option<Vec<u8>> {
+    header_with_tls(version, client, local, None)
+}
+
+/// What tandem learnt of a TLS session it terminated, for a v2 header's TLVs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The protocol version, as OpenSSL names it: "TLSv1.3", "TLSv1.2".
+    pub version: String,
+    /// The cipher suite's IANA name (e.g. "TLS_AES_128_GCM_SHA256").
+    pub cipher: Option<String>,
+    /// The server name the client asked for (SNI).
+    pub sni: Option<String>,
+}
+
+/// PP2_CLIENT_SSL: the client connected over TLS.
+const PP2_CLIENT_SSL: u8 = 0x01;
+
+/// As [`header`]; with `tls`, a v2 header also carries what HAProxy's
+/// `send-proxy-v2-ssl` sends: PP2_TYPE_AUTHORITY (the SNI) and PP2_TYPE_SSL (client
+/// flags PP2_CLIENT_SSL, verify 0, with the PP2_SUBTYPE_SSL_VERSION and
+/// PP2_SUBTYPE_SSL_CIPHER sub-TLVs). A v1 header has no room for them.
+pub fn header_with_tls(
+    version: ProxyProtocol,
+    client: SocketAddr,
+    local: SocketAddr,
+    tls: Option<&TlsInfo>,
+) -> Option<Vec<u8>> {
     let (client, local) = same_family(client, local);
     match version {
         ProxyProtocol::None => None,
@@ -14,14 +46,266 @@ pub fn header(version: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> 
                 .to_string()
                 .into_bytes(),
         ),
-        ProxyProtocol::V2 => ppp::v2::Builder::with_addresses(
-            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
-            ppp::v2::Protocol::Stream,
-            (client, local),
-        )
-        .build()
-        .ok(),
+        ProxyProtocol::V2 => {
+            let mut builder = ppp::v2::Builder::with_addresses(
+                ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+                ppp::v2::Protocol::Stream,
+                (client, local),
+            );
+            if let Some(tls) = tls {
+                if let Some(sni) = &tls.sni {
+                    builder = builder.write_tlv(Type::Authority, sni.as_bytes()).ok()?;
+                }
+                builder = builder.write_tlv(Type::SSL, &ssl_tlv(tls).ok()?).ok()?;
+            }
+            builder.build().ok()
+        }
     }
+}
+
+/// The value of a PP2_TYPE_SSL TLV: client flags, verify, then the sub-TLVs.
+fn ssl_tlv(tls: &TlsInfo) -> std::io::Result<Vec<u8>> {
+    let mut value = Writer::default();
+    PP2_CLIENT_SSL.write_to(&mut value)?;
+    // verify: 0, as HAProxy writes it when no client certificate was asked for.
+    0u32.write_to(&mut value)?;
+    (Type::SSLVersion, tls.version.as_bytes()).write_to(&mut value)?;
+    if let Some(cipher) = &tls.cipher {
+        (Type::SSLCipher, cipher.as_bytes()).write_to(&mut value)?;
+    }
+    Ok(value.finish())
+}
+
+/// What the first bytes of a connection hold, as far as a PROXY header goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// A whole header of `len` bytes, announcing a connection from `client` to `local`;
+    /// `None` for the connection's own addresses (v2 LOCAL, as an upstream balancer's
+    /// health checks send, v1 UNKNOWN, or no IP family).
+    Header {
+        /// Length of the header in bytes.
+        len: usize,
+        /// (client, local) as the header gives them.
+        addresses: Option<(SocketAddr, SocketAddr)>,
+    },
+    /// The start of a header: read again when there are more bytes, up to `need`.
+    Incomplete {
+        /// How many bytes the whole header may take (v1: its longest).
+        need: usize,
+    },
+    /// The bytes do not begin with a PROXY header.
+    NotProxy,
+    /// A header that cannot be read: why.
+    Malformed(String),
+}
+
+/// The longest v1 header, CRLF included.
+const V1_MAX: usize = 107;
+/// The fixed part of a v2 header.
+const V2_FIXED: usize = 16;
+
+/// Reads the PROXY header (v1 or v2) at the start of `bytes`.
+pub fn parse(bytes: &[u8]) -> Parsed {
+    const V1_PREFIX: &[u8] = b"PROXY ";
+    let v2_prefix = ppp::v2::PROTOCOL_PREFIX;
+    let short = |prefix: &[u8]| bytes.len() < prefix.len() && prefix.starts_with(bytes);
+    if bytes.is_empty() {
+        return Parsed::Incomplete { need: V2_FIXED };
+    }
+    if short(V1_PREFIX) {
+        return Parsed::Incomplete { need: V1_MAX };
+    }
+    if short(v2_prefix) {
+        return Parsed::Incomplete { need: V2_FIXED };
+    }
+    if bytes.starts_with(V1_PREFIX) {
+        use ppp::PartialResult;
+        return match ppp::v1::Header::try_from(bytes) {
+            Ok(h) => Parsed::Header {
+                len: h.header.len(),
+                addresses: match h.addresses {
+                    ppp::v1::Addresses::Tcp4(a) => Some((
+                        SocketAddr::from((a.source_address, a.source_port)),
+                        SocketAddr::from((a.destination_address, a.destination_port)),
+                    )),
+                    ppp::v1::Addresses::Tcp6(a) => Some((
+                        SocketAddr::from((a.source_address, a.source_port)),
+                        SocketAddr::from((a.destination_address, a.destination_port)),
+                    )),
+                    ppp::v1::Addresses::Unknown => None,
+                },
+            },
+            Err(e) if e.is_incomplete() && bytes.len() < V1_MAX => {
+                Parsed::Incomplete { need: V1_MAX }
+            }
+            Err(e) if e.is_incomplete() => {
+                Parsed::Malformed(format!("v1: no CRLF within {V1_MAX} bytes"))
+            }
+            Err(e) => Parsed::Malformed(format!("v1: {e}")),
+        };
+    }
+    if bytes.starts_with(v2_prefix) {
+        return match ppp::v2::Header::try_from(bytes) {
+            Ok(h) => Parsed::Header {
+                len: h.len(),
+                addresses: match (h.command, h.addresses) {
+                    (ppp::v2::Command::Local, _) => None,
+                    (_, ppp::v2::Addresses::IPv4(a)) => Some((
+                        SocketAddr::from((a.source_address, a.source_port)),
+                        SocketAddr::from((a.destination_address, a.destination_port)),
+                    )),
+                    (_, ppp::v2::Addresses::IPv6(a)) => Some((
+                        SocketAddr::from((a.source_address, a.source_port)),
+                        SocketAddr::from((a.destination_address, a.destination_port)),
+                    )),
+                    // No IP family (or a Unix socket): the connection's own addresses.
+                    _ => None,
+                },
+            },
+            Err(ppp::v2::ParseError::Incomplete(_)) => Parsed::Incomplete { need: V2_FIXED },
+            Err(ppp::v2::ParseError::Partial(_, len)) => Parsed::Incomplete {
+                need: V2_FIXED + len,
+            },
+            Err(e) => Parsed::Malformed(format!("v2: {e}")),
+        };
+    }
+    Parsed::NotProxy
+}
+
+/// Why a connection was refused under `accept_proxy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its source is not in `accept_proxy_from`.
+    Untrusted,
+    /// It did not begin with a PROXY header (or ended before one).
+    NoHeader,
+    /// Its header could not be read.
+    Malformed,
+    /// No whole header came in time.
+    Timeout,
+}
+
+impl Refusal {
+    /// Every reason, in the order of [`Refusal::index`].
+    pub const ALL: [Refusal; 4] = [
+        Refusal::Untrusted,
+        Refusal::NoHeader,
+        Refusal::Malformed,
+        Refusal::Timeout,
+    ];
+
+    /// The reason as logs and metrics name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Untrusted => "untrusted_source",
+            Refusal::NoHeader => "no_header",
+            Refusal::Malformed => "malformed",
+            Refusal::Timeout => "timeout",
+        }
+    }
+
+    /// A position in [`Refusal::ALL`], for counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Whether `ip` is in one of the networks `from`.
+pub fn trusted(from: &[(IpAddr, u8)], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    from.iter()
+        .any(|(net, len)| match (net.to_canonical(), ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        })
+}
+
+/// Time between two looks at a header that came in part.
+const PARTIAL_RETRY: Duration = Duration::from_millis(10);
+
+/// Reads the PROXY header that must begin `stream` within `within`, taking exactly
+/// its bytes off the socket: what follows (a client's first bytes, a TLS hello) stays
+/// there for whoever reads next. `Ok(None)`: the header says to use the connection's
+/// own addresses. The bytes are peeked until the header is whole, so a header split
+/// over several segments is waited for (looked at again every 10 ms).
+pub async fn receive(
+    stream: &TcpStream,
+    within: Duration,
+) -> Result<Option<(SocketAddr, SocketAddr)>, (Refusal, String)> {
+    let deadline = tokio::time::Instant::now() + within;
+    let timeout = || {
+        (
+            Refusal::Timeout,
+            format!("no whole header within {within:?}"),
+        )
+    };
+    let mut buf = vec![0u8; 256];
+    let mut seen = 0;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Err(_) => return Err(timeout()),
+            Ok(Err(e)) => return Err((Refusal::NoHeader, format!("reading the header: {e}"))),
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            return Err((
+                Refusal::NoHeader,
+                "the connection ended before a whole header".into(),
+            ));
+        }
+        match parse(&buf[..n]) {
+            Parsed::Header { len, addresses } => {
+                take(stream, len)
+                    .await
+                    .map_err(|e| (Refusal::NoHeader, format!("reading the header: {e}")))?;
+                return Ok(addresses);
+            }
+            Parsed::Incomplete { need } => {
+                if need > buf.len() {
+                    buf.resize(need, 0);
+                } else if n == seen {
+                    // Nothing new since the last look, and peek returns at once while
+                    // bytes wait: look again a little later.
+                    let later = tokio::time::Instant::now() + PARTIAL_RETRY;
+                    tokio::time::sleep_until(later.min(deadline)).await;
+                }
+                seen = n;
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(timeout());
+                }
+            }
+            Parsed::NotProxy => {
+                return Err((
+                    Refusal::NoHeader,
+                    "the first bytes are not a PROXY header".into(),
+                ));
+            }
+            Parsed::Malformed(why) => return Err((Refusal::Malformed, why)),
+        }
+    }
+}
+
+/// Reads and drops `len` bytes that are already in `stream`'s receive buffer.
+async fn take(stream: &TcpStream, len: usize) -> std::io::Result<()> {
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        stream.readable().await?;
+        match stream.try_read(&mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Unmaps IPv4-mapped IPv6 addresses so that a dual-stack listener announces IPv4
