@@ -119,8 +119,15 @@ pub fn parse(bytes: &[u8]) -> Parsed {
         return Parsed::Incomplete { need: V2_FIXED };
     }
     if bytes.starts_with(V1_PREFIX) {
-        use ppp::PartialResult;
-        return match ppp::v1::Header::try_from(bytes) {
+        // The line is read whole: ppp takes some cut lines for wrong ones.
+        let Some(end) = bytes.iter().take(V1_MAX).position(|&b| b == b'\n') else {
+            return if bytes.len() < V1_MAX {
+                Parsed::Incomplete { need: V1_MAX }
+            } else {
+                Parsed::Malformed(format!("v1: no CRLF within {V1_MAX} bytes"))
+            };
+        };
+        return match ppp::v1::Header::try_from(&bytes[..=end]) {
             Ok(h) => Parsed::Header {
                 len: h.header.len(),
                 addresses: match h.addresses {
@@ -135,12 +142,6 @@ pub fn parse(bytes: &[u8]) -> Parsed {
                     ppp::v1::Addresses::Unknown => None,
                 },
             },
-            Err(e) if e.is_incomplete() && bytes.len() < V1_MAX => {
-                Parsed::Incomplete { need: V1_MAX }
-            }
-            Err(e) if e.is_incomplete() => {
-                Parsed::Malformed(format!("v1: no CRLF within {V1_MAX} bytes"))
-            }
             Err(e) => Parsed::Malformed(format!("v1: {e}")),
         };
     }
@@ -396,6 +397,199 @@ mod tests {
                 assert_eq!(a.destination_port, 25);
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn v2_with_tls_carries_the_sni_and_the_ssl_tlv_with_its_sub_tlvs() {
+        let tls = TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: Some("TLS_AES_128_GCM_SHA256".into()),
+            sni: Some("imap.example.test".into()),
+        };
+        let h = header_with_tls(
+            ProxyProtocol::V2,
+            addr("192.0.2.7:40000"),
+            addr("198.51.100.1:993"),
+            Some(&tls),
+        )
+        .unwrap();
+        let parsed = ppp::v2::Header::try_from(&h[..]).unwrap();
+        let tlvs: Vec<_> = parsed.tlvs().map(Result::unwrap).collect();
+        assert_eq!(tlvs.len(), 2);
+        assert_eq!(tlvs[0].kind, 0x02, "PP2_TYPE_AUTHORITY");
+        assert_eq!(&tlvs[0].value[..], b"imap.example.test");
+        assert_eq!(tlvs[1].kind, 0x20, "PP2_TYPE_SSL");
+        let ssl = &tlvs[1].value;
+        assert_eq!(ssl[0], 0x01, "PP2_CLIENT_SSL");
+        assert_eq!(&ssl[1..5], &[0, 0, 0, 0], "verify");
+        let subs: Vec<_> = ppp::v2::TypeLengthValues::from(&ssl[5..])
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(subs[0].kind, 0x21, "PP2_SUBTYPE_SSL_VERSION");
+        assert_eq!(&subs[0].value[..], b"TLSv1.3");
+        assert_eq!(subs[1].kind, 0x23, "PP2_SUBTYPE_SSL_CIPHER");
+        assert_eq!(&subs[1].value[..], b"TLS_AES_128_GCM_SHA256");
+        // v1 has no room for them: the same line as without TLS.
+        let v1 = header_with_tls(
+            ProxyProtocol::V1,
+            addr("192.0.2.7:40000"),
+            addr("198.51.100.1:993"),
+            Some(&tls),
+        );
+        assert_eq!(
+            v1,
+            header(
+                ProxyProtocol::V1,
+                addr("192.0.2.7:40000"),
+                addr("198.51.100.1:993")
+            )
+        );
+    }
+
+    #[test]
+    fn received_headers_give_their_addresses_and_length() {
+        for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
+            for (client, local) in [
+                ("192.0.2.7:40000", "198.51.100.1:143"),
+                ("[2001:db8::7]:1", "[2001:db8::1]:993"),
+            ] {
+                let mut h = header(version, addr(client), addr(local)).unwrap();
+                let len = h.len();
+                h.extend_from_slice(b"a1 LOGIN");
+                assert_eq!(
+                    parse(&h),
+                    Parsed::Header {
+                        len,
+                        addresses: Some((addr(client), addr(local)))
+                    },
+                    "{version:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn local_and_unknown_headers_mean_the_connection_s_own_addresses() {
+        let local = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Local,
+            ppp::v2::Protocol::Unspecified,
+            ppp::v2::Addresses::Unspecified,
+        )
+        .build()
+        .unwrap();
+        assert_eq!(
+            parse(&local),
+            Parsed::Header {
+                len: 16,
+                addresses: None
+            }
+        );
+        // LOCAL with addresses: still the connection's own.
+        let mut local_with = header(
+            ProxyProtocol::V2,
+            addr("192.0.2.7:1"),
+            addr("198.51.100.1:2"),
+        )
+        .unwrap();
+        local_with[12] = 0x20;
+        assert!(matches!(
+            parse(&local_with),
+            Parsed::Header {
+                addresses: None,
+                ..
+            }
+        ));
+        assert_eq!(
+            parse(b"PROXY UNKNOWN\r\nEHLO"),
+            Parsed::Header {
+                len: 15,
+                addresses: None
+            }
+        );
+    }
+
+    #[test]
+    fn partial_missing_and_malformed_headers_are_told_apart() {
+        let v2 = header(
+            ProxyProtocol::V2,
+            addr("192.0.2.7:40000"),
+            addr("198.51.100.1:143"),
+        )
+        .unwrap();
+        assert_eq!(parse(&v2[..5]), Parsed::Incomplete { need: 16 });
+        assert_eq!(parse(&v2[..20]), Parsed::Incomplete { need: 28 });
+        assert_eq!(parse(b"PROX"), Parsed::Incomplete { need: 107 });
+        assert_eq!(
+            parse(b"PROXY TCP4 192.0.2.7 198.51.100.1 40000"),
+            Parsed::Incomplete { need: 107 }
+        );
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Parsed::NotProxy);
+        assert_eq!(parse(b"\x16\x03\x01\x02\x00"), Parsed::NotProxy);
+        assert_eq!(parse(b"a1 LOGIN"), Parsed::NotProxy);
+        assert!(matches!(
+            parse(b"PROXY TCP4 192.0.2.300 198.51.100.1 1 2\r\n"),
+            Parsed::Malformed(_)
+        ));
+        assert!(matches!(
+            parse(b"PROXY TCP9 a b 1 2\r\n"),
+            Parsed::Malformed(_)
+        ));
+        assert!(matches!(parse(&[b'P'; 200][..]), Parsed::NotProxy));
+        let mut long = b"PROXY TCP4 ".to_vec();
+        long.resize(150, b'1');
+        assert!(matches!(parse(&long), Parsed::Malformed(_)));
+        let mut bad_version = v2.clone();
+        bad_version[12] = 0x31;
+        assert!(matches!(parse(&bad_version), Parsed::Malformed(_)));
+    }
+
+    #[test]
+    fn trusted_sources_are_addresses_and_networks() {
+        let from = [
+            ("10.0.0.0".parse().unwrap(), 8),
+            ("192.0.2.7".parse().unwrap(), 32),
+            ("2001:db8::".parse().unwrap(), 32),
+            ("0.0.0.0".parse().unwrap(), 0),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(trusted(&from[..2], ip("10.200.3.4")));
+        assert!(trusted(&from[..2], ip("192.0.2.7")));
+        assert!(trusted(&from[..2], ip("::ffff:192.0.2.7")));
+        assert!(!trusted(&from[..2], ip("192.0.2.8")));
+        assert!(!trusted(&from[..2], ip("11.0.0.1")));
+        assert!(trusted(&from[2..3], ip("2001:db8:1::5")));
+        assert!(!trusted(&from[2..3], ip("2001:db9::5")));
+        assert!(
+            trusted(&from[3..], ip("203.0.113.9")),
+            "/0 is every IPv4 source"
+        );
+        assert!(!trusted(&from[3..], ip("::1")));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_prefix_of_a_header_waits_and_no_input_panics(
+            v4 in proptest::prelude::any::<bool>(),
+            v2 in proptest::prelude::any::<bool>(),
+            ports in proptest::prelude::any::<(u16, u16)>(),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let (c, l) = if v4 {
+                (addr(&format!("192.0.2.7:{}", ports.0)), addr(&format!("198.51.100.1:{}", ports.1)))
+            } else {
+                (addr(&format!("[2001:db8::7]:{}", ports.0)), addr(&format!("[2001:db8::1]:{}", ports.1)))
+            };
+            let version = if v2 { ProxyProtocol::V2 } else { ProxyProtocol::V1 };
+            let h = header(version, c, l).unwrap();
+            for cut in 0..h.len() {
+                let parsed = parse(&h[..cut]);
+                proptest::prop_assert!(matches!(parsed, Parsed::Incomplete { .. }), "{cut}: {parsed:?}");
+            }
+            let mut whole = h.clone();
+            whole.extend_from_slice(&junk);
+            proptest::prop_assert_eq!(parse(&whole), Parsed::Header { len: h.len(), addresses: Some((c, l)) });
+            let _ = parse(&junk);
         }
     }
 
