@@ -247,17 +247,6 @@ async fn a_cookie_keeps_a_client_on_its_backend_across_connections() {
     assert!(head.contains("set-cookie: TANDEMID="), "{head}");
 }
 
-fn self_signed(dir: &Path, name: &str) -> (String, String) {
-    let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-    let (c, k) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&c, cert.cert.pem()).unwrap();
-    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
-    (c.display().to_string(), k.display().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_picks_the_certificate_by_sni_and_speaks_h2_and_h1() {
     let Some(n) = nginx() else { return };

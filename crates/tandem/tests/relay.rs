@@ -680,3 +680,355 @@ async fn node_limit_closes_connections_past_global_max_conns_on_every_service() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A plaintext backend such as an IMAP server behind a TLS front: greets, echoes what
+/// it gets, and when the client's input ends says "bye" and closes. The first bytes of
+/// each connection (up to its first line) go to the returned channel.
+async fn greeting_echo_server() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                s.write_all(b"* OK plaintext backend\r\n").await.unwrap();
+                let mut first = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    if !first.ends_with(b"\n") && first.len() < 256 {
+                        first.extend_from_slice(&buf[..n.min(256)]);
+                        if first.contains(&b'\n') {
+                            let _ = tx.send(first.clone());
+                        }
+                    }
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.write_all(b"bye\r\n").await;
+            });
+        }
+    });
+    (a, rx)
+}
+
+/// Reads one line (through its LF) from `s`.
+async fn read_line<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with(b"\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .expect("a line within 5 s")
+            .unwrap();
+        assert_eq!(n, 1, "ended after {:?}", String::from_utf8_lossy(&out));
+        out.push(byte[0]);
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn tls_toml(certs: &[(String, String)]) -> String {
+    let pairs: Vec<String> = certs
+        .iter()
+        .map(|(c, k)| format!("{{ cert = \"{c}\", key = \"{k}\" }}"))
+        .collect();
+    format!("tls = {{ certs = [{}] }}", pairs.join(", "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_terminated_for_tcp_services_and_the_plaintext_goes_both_ways_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = self_signed(dir.path(), "imap.a.test");
+    let b = self_signed(dir.path(), "imap.b.test");
+    let (backend, mut first) = greeting_echo_server().await;
+    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
+        + &service("p", &tls_toml(&[a.clone(), b.clone()]));
+    let d = start(&text).await;
+    let to = addr_of(&d, "svc");
+
+    // SNI picks the certificate: each name verifies against its own only.
+    for (name, (cert, _)) in [("imap.a.test", &a), ("imap.b.test", &b)] {
+        let mut s = tls_connect(to, name, cert).await.expect("handshake");
+        assert_eq!(read_line(&mut s).await, "* OK plaintext backend\r\n");
+        s.write_all(b"a1 CAPABILITY\r\n").await.unwrap();
+        assert_eq!(read_line(&mut s).await, "a1 CAPABILITY\r\n");
+        assert_eq!(
+            first.recv().await.unwrap(),
+            b"a1 CAPABILITY\r\n",
+            "the backend got the plaintext"
+        );
+    }
+    assert!(
+        tls_connect(to, "imap.b.test", &a.0).await.is_err(),
+        "imap.b.test was served imap.a.test's certificate"
+    );
+
+    // 8 MiB up while the echo comes down, then the client half-closes (close_notify):
+    // the backend sees the end, and its last words still reach the client.
+    let s = tls_connect(to, "imap.a.test", &a.0).await.unwrap();
+    let (mut r, mut w) = tokio::io::split(s);
+    assert_eq!(read_line(&mut r).await, "* OK plaintext backend\r\n");
+    const SIZE: usize = 8 << 20;
+    let data = random_bytes(7, SIZE);
+    let send = async {
+        for piece in data.chunks(100_000) {
+            w.write_all(piece).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    };
+    let receive = async {
+        let mut got = Vec::with_capacity(SIZE + 16);
+        tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut got))
+            .await
+            .expect("the echo within 60 s")
+            .unwrap();
+        got
+    };
+    let ((), got) = tokio::join!(send, receive);
+    assert_eq!(got.len(), SIZE + 5, "all of it came back, then bye");
+    assert!(
+        sha256(&got[..SIZE]) == sha256(&data),
+        "bytes changed on the way"
+    );
+    assert_eq!(&got[SIZE..], b"bye\r\n");
+    let stats = &d.service("svc").unwrap().service.stats;
+    assert_eq!(
+        stats.tls_handshake_errors.load(Relaxed),
+        1,
+        "only the wrong-name one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_imaplib_speaks_imaps_to_a_plaintext_imap_backend_through_tandem() {
+    // A tiny plaintext IMAP server: greeting, CAPABILITY, LOGOUT.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.write_all(b"* OK [CAPABILITY IMAP4rev1] plaintext imap ready\r\n")
+            .await
+            .unwrap();
+        loop {
+            let line = read_line(&mut s).await;
+            let _ = seen_tx.send(line.clone());
+            let tag = line.split(' ').next().unwrap().to_string();
+            if line.contains("CAPABILITY") {
+                s.write_all(
+                    format!("* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n{tag} OK done\r\n").as_bytes(),
+                )
+                .await
+                .unwrap();
+            } else {
+                s.write_all(format!("* BYE logging out\r\n{tag} OK bye\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                return;
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "mail.example.test");
+    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
+        + &service("p", &tls_toml(&[cert.clone()]));
+    let d = start(&text).await;
+    let port = addr_of(&d, "svc").port();
+    let script = format!(
+        "import imaplib, ssl\n\
+ctx = ssl.create_default_context(cafile={ca:?})\n\
+ctx.check_hostname = False\n\
+m = imaplib.IMAP4_SSL('127.0.0.1', {port}, ssl_context=ctx, timeout=10)\n\
+print(m.welcome.decode())\n\
+print(m.capability())\n\
+print(m.sock.version())\n\
+print(m.logout())\n",
+        ca = cert.0
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .expect("python3")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "imaplib failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("* OK [CAPABILITY IMAP4rev1] plaintext imap ready"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("AUTH=PLAIN"), "{stdout}");
+    assert!(stdout.contains("BYE"), "{stdout}");
+    assert!(stdout.contains("TLSv1.3"), "{stdout}");
+    assert!(seen.recv().await.unwrap().ends_with(" CAPABILITY\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tls_handshakes_are_counted_and_other_connections_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "pop.test");
+    let (backend, _first) = greeting_echo_server().await;
+    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
+        + &service("p", &tls_toml(&[cert.clone()]));
+    let d = start(&text).await;
+    let to = addr_of(&d, "svc");
+    let mut good = tls_connect(to, "pop.test", &cert.0).await.unwrap();
+    assert_eq!(read_line(&mut good).await, "* OK plaintext backend\r\n");
+
+    // What such a client gets: at most a TLS alert, then the end; never the backend.
+    let ends_unserved = |mut s: TcpStream| async move {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got))
+            .await
+            .expect("closed")
+            .ok();
+        assert!(got.len() < 64 && !got.starts_with(b"* OK"), "{got:?}");
+    };
+    // Plain text where a TLS hello should be: closed at once, no backend asked.
+    let mut plain = TcpStream::connect(to).await.unwrap();
+    plain.write_all(b"USER alice\r\n").await.unwrap();
+    ends_unserved(plain).await;
+    // Silence: closed at the handshake's bound (connect_timeout = 1s here).
+    let started = Instant::now();
+    ends_unserved(TcpStream::connect(to).await.unwrap()).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(1900),
+        "{waited:?}"
+    );
+
+    good.write_all(b"STAT\r\n").await.unwrap();
+    assert_eq!(
+        read_line(&mut good).await,
+        "STAT\r\n",
+        "the good one goes on"
+    );
+    let snapshot = d.snapshot();
+    assert_eq!(snapshot.services[0].tls_handshake_errors, 2);
+    let metrics = tandem_control::metrics::encode(&snapshot);
+    assert!(
+        metrics.contains("tandem_service_tls_handshake_errors_total{service=\"svc\"} 2"),
+        "{metrics}"
+    );
+    assert_eq!(
+        d.pools().get("p").unwrap().backends[0].state.total(),
+        1,
+        "only the good client reached the backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_header_after_tls_carries_the_sni_and_the_ssl_tlvs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "smtp.example.test");
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
+        + &service(
+            "p",
+            &format!("{}\nproxy_protocol = \"v2\"", tls_toml(&[cert.clone()])),
+        );
+    let d = start(&text).await;
+    let to = addr_of(&d, "svc");
+    let mut client = tls_connect(to, "smtp.example.test", &cert.0).await.unwrap();
+    let client_port = client.get_ref().0.local_addr().unwrap().port();
+    client.write_all(b"EHLO client.test\r\n").await.unwrap();
+    let (mut s, _) = l.accept().await.unwrap();
+    let header = read_proxy_header(&mut s).await;
+    assert_eq!(
+        proxy_addresses(&header),
+        (format!("127.0.0.1:{client_port}").parse().unwrap(), to)
+    );
+    let parsed = ppp::v2::Header::try_from(&header[..]).unwrap();
+    let tlvs: Vec<_> = parsed.tlvs().map(Result::unwrap).collect();
+    let authority = tlvs
+        .iter()
+        .find(|t| t.kind == 0x02)
+        .expect("PP2_TYPE_AUTHORITY");
+    assert_eq!(&authority.value[..], b"smtp.example.test");
+    let ssl = &tlvs
+        .iter()
+        .find(|t| t.kind == 0x20)
+        .expect("PP2_TYPE_SSL")
+        .value;
+    assert_eq!(ssl[0] & 0x01, 0x01, "PP2_CLIENT_SSL");
+    assert_eq!(
+        u32::from_be_bytes(ssl[1..5].try_into().unwrap()),
+        0,
+        "verify"
+    );
+    let subs: Vec<_> = ppp::v2::TypeLengthValues::from(&ssl[5..])
+        .map(Result::unwrap)
+        .collect();
+    let sub = |kind: u8| {
+        subs.iter()
+            .find(|t| t.kind == kind)
+            .map(|t| String::from_utf8(t.value.to_vec()).unwrap())
+    };
+    assert_eq!(
+        sub(0x21).as_deref(),
+        Some("TLSv1.3"),
+        "PP2_SUBTYPE_SSL_VERSION"
+    );
+    let cipher = sub(0x23).expect("PP2_SUBTYPE_SSL_CIPHER");
+    assert!(
+        cipher.starts_with("TLS_") && cipher.contains("_WITH_") == false,
+        "{cipher}"
+    );
+    // The plaintext follows the header.
+    assert_eq!(read_line(&mut s).await, "EHLO client.test\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_renewed_certificates_and_an_unusable_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, _first) = greeting_echo_server().await;
+    let cert = self_signed(dir.path(), "imap.test");
+    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
+        + &service("p", &tls_toml(&[cert.clone()]));
+    let d = start(&text).await;
+    let to = addr_of(&d, "svc");
+    let old_ca = dir.path().join("old.pem").display().to_string();
+    std::fs::copy(&cert.0, &old_ca).unwrap();
+    let greets = |ca: String| async move {
+        match tls_connect(to, "imap.test", &ca).await {
+            Ok(mut s) => read_line(&mut s).await == "* OK plaintext backend\r\n",
+            Err(_) => false,
+        }
+    };
+    let mut open = tls_connect(to, "imap.test", &old_ca).await.unwrap();
+    assert_eq!(read_line(&mut open).await, "* OK plaintext backend\r\n");
+    self_signed(dir.path(), "imap.test");
+    d.apply(support::config(&text)).await.unwrap();
+    assert!(
+        greets(cert.0.clone()).await,
+        "the renewed certificate is served"
+    );
+    assert!(!greets(old_ca.clone()).await, "the old one is not");
+    // A broken certificate file: the reload is refused, the running one stays.
+    std::fs::copy(&cert.0, dir.path().join("good.pem")).unwrap();
+    std::fs::write(&cert.0, "not a certificate\n").unwrap();
+    let refused = d.apply(support::config(&text)).await.unwrap_err();
+    assert!(refused.contains("imap.test.pem"), "{refused}");
+    assert!(greets(dir.path().join("good.pem").display().to_string()).await);
+    // The connection opened before both reloads goes on.
+    open.write_all(b"a1 NOOP\r\n").await.unwrap();
+    assert_eq!(read_line(&mut open).await, "a1 NOOP\r\n");
+}
