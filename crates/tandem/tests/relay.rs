@@ -1032,3 +1032,264 @@ async fn a_reload_serves_renewed_certificates_and_an_unusable_one_keeps_the_old(
     open.write_all(b"a1 NOOP\r\n").await.unwrap();
     assert_eq!(read_line(&mut open).await, "a1 NOOP\r\n");
 }
+
+/// The PROXY header an upstream balancer sends for a connection from `client` to
+/// `local`.
+fn upstream_header(v2: bool, client: &str, local: &str) -> Vec<u8> {
+    let addresses = (
+        client.parse::<std::net::SocketAddr>().unwrap(),
+        local.parse::<std::net::SocketAddr>().unwrap(),
+    );
+    if v2 {
+        ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            addresses,
+        )
+        .build()
+        .unwrap()
+    } else {
+        ppp::v1::Addresses::from(addresses).to_string().into_bytes()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_proxy_takes_the_client_from_a_trusted_header_and_keeps_the_bytes_after_it() {
+    let trusted: IpAddr = Ipv4Addr::new(127, 0, 0, 2).into();
+    for v2 in [false, true] {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = l.local_addr().unwrap();
+        let out = if v2 { "v2" } else { "v1" };
+        let text = pool(
+            "p",
+            "round-robin",
+            &backends_toml(&[backend], &[1]),
+            "sticky = { key = \"source-ip\", ttl = \"5m\" }",
+        ) + &service(
+            "p",
+            &format!(
+                "accept_proxy = true\naccept_proxy_from = [\"10.0.0.0/8\", \"127.0.0.2\"]\nproxy_protocol = \"{out}\"\nmax_conns_per_client = 1"
+            ),
+        );
+        let d = start(&text).await;
+        let to = addr_of(&d, "svc");
+        // The header and the client's first bytes in one segment.
+        let mut first = upstream_header(v2, "198.51.100.7:40000", "192.0.2.1:143");
+        first.extend_from_slice(b"a1 LOGIN alice secret\r\n");
+        let mut held = connect_from(trusted, to).await;
+        held.write_all(&first).await.unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        let header = read_proxy_header(&mut s).await;
+        assert_eq!(
+            proxy_addresses(&header),
+            (
+                "198.51.100.7:40000".parse().unwrap(),
+                "192.0.2.1:143".parse().unwrap()
+            ),
+            "the backend is told of the header's client (v2 in: {v2})"
+        );
+        assert_eq!(
+            read_line(&mut s).await,
+            "a1 LOGIN alice secret\r\n",
+            "the bytes after the header are kept"
+        );
+        let sticky = d.pools().get("p").unwrap().sticky.clone().unwrap();
+        let keys: Vec<IpAddr> = sticky.entries().into_iter().map(|(ip, _)| ip).collect();
+        assert_eq!(keys, vec!["198.51.100.7".parse::<IpAddr>().unwrap()]);
+        // Per-client limits count the header's client: the same one again is over
+        // max_conns_per_client, another behind the same balancer is not.
+        let mut again = connect_from(trusted, to).await;
+        again
+            .write_all(&upstream_header(v2, "198.51.100.7:40001", "192.0.2.1:143"))
+            .await
+            .unwrap();
+        assert!(closed_at_once(again).await);
+        let mut other = connect_from(trusted, to).await;
+        other
+            .write_all(&upstream_header(v2, "198.51.100.8:40000", "192.0.2.1:143"))
+            .await
+            .unwrap();
+        let (mut s2, _) = l.accept().await.unwrap();
+        let header = read_proxy_header(&mut s2).await;
+        assert_eq!(
+            proxy_addresses(&header).0,
+            "198.51.100.8:40000".parse().unwrap()
+        );
+        let stats = &d.service("svc").unwrap().service.stats;
+        assert_eq!(stats.client_limited.load(Relaxed), 1);
+        drop(held);
+    }
+}
+
+/// A backend that reads the PROXY header tandem sends, answers "from SOURCE", then
+/// echoes lines.
+async fn telling_server() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let header = read_proxy_header(&mut s).await;
+                let from = proxy_addresses(&header).0;
+                s.write_all(format!("from {from}\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_proxy_closes_untrusted_headerless_malformed_and_slow_connections_and_counts_them() {
+    let backend = telling_server().await;
+    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
+        + &service(
+            "p",
+            "accept_proxy = true\naccept_proxy_from = [\"127.0.0.2/32\"]\nproxy_protocol = \"v1\"",
+        );
+    let d = start(&text).await;
+    let to = addr_of(&d, "svc");
+    let trusted: IpAddr = Ipv4Addr::new(127, 0, 0, 2).into();
+    let header = upstream_header(false, "198.51.100.7:40000", "192.0.2.1:110");
+    let mut good = connect_from(trusted, to).await;
+    good.write_all(&header).await.unwrap();
+    assert_eq!(read_line(&mut good).await, "from 198.51.100.7:40000\n");
+
+    // Not a listed source, with a fine header all the same.
+    let mut untrusted = connect_from(Ipv4Addr::new(127, 0, 0, 3).into(), to).await;
+    untrusted.write_all(&header).await.unwrap();
+    assert!(closed_at_once(untrusted).await);
+    // A listed source that speaks the protocol at once.
+    let mut missing = connect_from(trusted, to).await;
+    missing.write_all(b"USER alice\r\n").await.unwrap();
+    assert!(closed_at_once(missing).await);
+    let mut malformed = connect_from(trusted, to).await;
+    malformed
+        .write_all(b"PROXY TCP4 198.51.100.300 192.0.2.1 40000 110\r\n")
+        .await
+        .unwrap();
+    assert!(closed_at_once(malformed).await);
+    // Half a header, then nothing: closed at the bound (connect_timeout, 1 s here).
+    let started = Instant::now();
+    let mut slow = connect_from(trusted, to).await;
+    slow.write_all(&header[..15]).await.unwrap();
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(3), slow.read(&mut buf))
+        .await
+        .expect("closed within 3 s");
+    assert!(matches!(r, Ok(0) | Err(_)));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2000),
+        "{waited:?}"
+    );
+
+    // A header in two segments is waited for; a LOCAL header (an upstream's health
+    // check) is served with the connection's own address.
+    let mut split = connect_from(trusted, to).await;
+    split.write_all(&header[..20]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    split.write_all(&header[20..]).await.unwrap();
+    assert_eq!(read_line(&mut split).await, "from 198.51.100.7:40000\n");
+    let local = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Local,
+        ppp::v2::Protocol::Unspecified,
+        ppp::v2::Addresses::Unspecified,
+    )
+    .build()
+    .unwrap();
+    let mut check = connect_from(trusted, to).await;
+    let check_port = check.local_addr().unwrap().port();
+    check.write_all(&local).await.unwrap();
+    assert_eq!(
+        read_line(&mut check).await,
+        format!("from 127.0.0.2:{check_port}\n")
+    );
+
+    good.write_all(b"STAT\r\n").await.unwrap();
+    assert_eq!(
+        read_line(&mut good).await,
+        "STAT\r\n",
+        "the good one goes on"
+    );
+    let snapshot = d.snapshot();
+    let refused = &snapshot.services[0].proxy_refused;
+    for reason in ["untrusted_source", "no_header", "malformed", "timeout"] {
+        assert_eq!(refused.get(reason), Some(&1), "{reason}: {refused:?}");
+    }
+    let metrics = tandem_control::metrics::encode(&snapshot);
+    assert!(
+        metrics
+            .contains("tandem_service_proxy_refused_total{service=\"svc\",reason=\"timeout\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        d.pools().get("p").unwrap().backends[0].state.total(),
+        3,
+        "only the good, split and LOCAL ones reached the backend"
+    );
+}
+
+#[test]
+fn accept_proxy_logs_name_the_source_the_reason_and_the_header_s_client() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backend = rt.block_on(telling_server());
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[global]\ncontrol_socket = \"{}/tandem.sock\"\n\n{}{}",
+            dir.path().display(),
+            pool("p", "round-robin", &backends_toml(&[backend], &[1]), ""),
+            service(
+                "p",
+                "accept_proxy = true\naccept_proxy_from = [\"127.0.0.2\"]\nproxy_protocol = \"v2\""
+            )
+        ),
+    );
+    let mut tandem = Running::spawn(&["run", "--config", &path]);
+    let to = listen_addr(&tandem.wait_for("service ready"));
+    rt.block_on(async {
+        let mut untrusted = connect_from(Ipv4Addr::new(127, 0, 0, 3).into(), to).await;
+        untrusted
+            .write_all(&upstream_header(
+                true,
+                "198.51.100.7:40000",
+                "192.0.2.1:995",
+            ))
+            .await
+            .unwrap();
+        assert!(closed_at_once(untrusted).await);
+        let mut good = connect_from(Ipv4Addr::new(127, 0, 0, 2).into(), to).await;
+        good.write_all(&upstream_header(
+            true,
+            "198.51.100.7:40000",
+            "192.0.2.1:995",
+        ))
+        .await
+        .unwrap();
+        assert_eq!(read_line(&mut good).await, "from 198.51.100.7:40000\n");
+    });
+    let refused = tandem.wait_for("accept_proxy");
+    assert!(
+        refused.contains("127.0.0.3") && refused.contains("untrusted_source"),
+        "{refused}"
+    );
+    // The connection's own line, once it ends, names the header's client.
+    tandem.signal(rustix::process::Signal::TERM);
+    let line = tandem.wait_for("client=198.51.100.7:40000");
+    assert!(
+        line.contains(&format!("backend={backend}")) && line.contains("end="),
+        "{line}"
+    );
+}

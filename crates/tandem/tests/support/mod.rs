@@ -389,6 +389,10 @@ pub async fn read_proxy_header(s: &mut TcpStream) -> Vec<u8> {
             .unwrap();
         assert_eq!(n, 1, "ended within the PROXY header: {buf:?}");
         buf.push(byte[0]);
+        // ppp takes some cut v1 lines for wrong ones: read a v1 line whole first.
+        if buf.starts_with(b"PROXY") && !buf.ends_with(b"\n") {
+            continue;
+        }
         let parsed = ppp::HeaderResult::parse(&buf);
         if parsed.is_complete() {
             match parsed {
