@@ -358,6 +358,15 @@ pub async fn tls_connect(
     sni: &str,
     ca: &str,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_over(TcpStream::connect(to).await?, sni, ca).await
+}
+
+/// As [`tls_connect`], over a connection already open (after a PROXY header...).
+pub async fn tls_over(
+    tcp: TcpStream,
+    sni: &str,
+    ca: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).unwrap() {
@@ -370,7 +379,6 @@ pub async fn tls_connect(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = TcpStream::connect(to).await?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
         .await
