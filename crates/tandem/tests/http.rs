@@ -1065,7 +1065,8 @@ async fn head_echo_backend() -> SocketAddr {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
                 while let Some(head) = read_request_head(&mut s).await {
-                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", head.len());
+                    let answer =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", head.len());
                     if s.write_all(answer.as_bytes()).await.is_err()
                         || s.write_all(&head).await.is_err()
                     {
@@ -1114,8 +1115,14 @@ async fn accept_proxy_puts_the_header_s_client_in_the_forwarded_fields_on_both_p
     })
     .await
     .unwrap();
-    assert!(head.contains("x-forwarded-for: 10.9.9.9, 203.0.113.9\r\n"), "{head}");
-    assert!(head.contains("forwarded: for=203.0.113.9;proto=http"), "{head}");
+    assert!(
+        head.contains("x-forwarded-for: 10.9.9.9, 203.0.113.9\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("forwarded: for=203.0.113.9;proto=http"),
+        "{head}"
+    );
     // The general path (HTTP/1.0), an IPv6 client in a v2 header.
     let head = tokio::task::spawn_blocking(move || {
         let mut header = ppp::v2::Builder::with_addresses(
@@ -1139,12 +1146,19 @@ async fn accept_proxy_puts_the_header_s_client_in_the_forwarded_fields_on_both_p
     .unwrap();
     assert!(head.starts_with("http/1.0 200"), "{head}");
     assert!(head.contains("x-forwarded-for: 2001:db8::9\r\n"), "{head}");
-    assert!(head.contains("forwarded: for=\"[2001:db8::9]\";proto=http"), "{head}");
+    assert!(
+        head.contains("forwarded: for=\"[2001:db8::9]\";proto=http"),
+        "{head}"
+    );
     // TLS after the header: the header's client, and proto=https.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(addr_of(&d, "wwws")).await.unwrap();
-        tcp.write_all(v1("198.51.100.20:6000").as_bytes()).await.unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(addr_of(&d, "wwws"))
+            .await
+            .unwrap();
+        tcp.write_all(v1("198.51.100.20:6000").as_bytes())
+            .await
+            .unwrap();
         let mut s = tls_over(tcp, "www.example.test", &cert).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: www.example.test\r\nConnection: close\r\n\r\n")
             .await
@@ -1152,8 +1166,14 @@ async fn accept_proxy_puts_the_header_s_client_in_the_forwarded_fields_on_both_p
         let mut answer = String::new();
         s.read_to_string(&mut answer).await.ok();
         let answer = answer.to_ascii_lowercase();
-        assert!(answer.contains("x-forwarded-for: 198.51.100.20\r\n"), "{answer}");
-        assert!(answer.contains("forwarded: for=198.51.100.20;proto=https"), "{answer}");
+        assert!(
+            answer.contains("x-forwarded-for: 198.51.100.20\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("forwarded: for=198.51.100.20;proto=https"),
+            "{answer}"
+        );
     }
     // Without a header, a listed source is refused all the same.
     let refused = tokio::task::spawn_blocking(move || {

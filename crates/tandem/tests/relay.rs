@@ -738,7 +738,7 @@ async fn read_line<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
     String::from_utf8(out).unwrap()
 }
 
-fn tls_toml(certs: &[(String, String)]) -> String {
+fn tls_toml(certs: &[&(String, String)]) -> String {
     let pairs: Vec<String> = certs
         .iter()
         .map(|(c, k)| format!("{{ cert = \"{c}\", key = \"{k}\" }}"))
@@ -753,7 +753,7 @@ async fn tls_is_terminated_for_tcp_services_and_the_plaintext_goes_both_ways_int
     let b = self_signed(dir.path(), "imap.b.test");
     let (backend, mut first) = greeting_echo_server().await;
     let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
-        + &service("p", &tls_toml(&[a.clone(), b.clone()]));
+        + &service("p", &tls_toml(&[&a, &b]));
     let d = start(&text).await;
     let to = addr_of(&d, "svc");
 
@@ -842,7 +842,7 @@ async fn python_imaplib_speaks_imaps_to_a_plaintext_imap_backend_through_tandem(
     let dir = tempfile::tempdir().unwrap();
     let cert = self_signed(dir.path(), "mail.example.test");
     let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
-        + &service("p", &tls_toml(&[cert.clone()]));
+        + &service("p", &tls_toml(&[&cert]));
     let d = start(&text).await;
     let port = addr_of(&d, "svc").port();
     let script = format!(
@@ -886,7 +886,7 @@ async fn failed_tls_handshakes_are_counted_and_other_connections_go_on() {
     let cert = self_signed(dir.path(), "pop.test");
     let (backend, _first) = greeting_echo_server().await;
     let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
-        + &service("p", &tls_toml(&[cert.clone()]));
+        + &service("p", &tls_toml(&[&cert]));
     let d = start(&text).await;
     let to = addr_of(&d, "svc");
     let mut good = tls_connect(to, "pop.test", &cert.0).await.unwrap();
@@ -943,7 +943,7 @@ async fn a_v2_header_after_tls_carries_the_sni_and_the_ssl_tlvs() {
     let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
         + &service(
             "p",
-            &format!("{}\nproxy_protocol = \"v2\"", tls_toml(&[cert.clone()])),
+            &format!("{}\nproxy_protocol = \"v2\"", tls_toml(&[&cert])),
         );
     let d = start(&text).await;
     let to = addr_of(&d, "svc");
@@ -989,7 +989,12 @@ async fn a_v2_header_after_tls_carries_the_sni_and_the_ssl_tlvs() {
     );
     let cipher = sub(0x23).expect("PP2_SUBTYPE_SSL_CIPHER");
     assert!(
-        cipher.starts_with("TLS_") && cipher.contains("_WITH_") == false,
+        [
+            "TLS_AES_128_GCM_SHA256",
+            "TLS_AES_256_GCM_SHA384",
+            "TLS_CHACHA20_POLY1305_SHA256"
+        ]
+        .contains(&cipher.as_str()),
         "{cipher}"
     );
     // The plaintext follows the header.
@@ -1002,7 +1007,7 @@ async fn a_reload_serves_renewed_certificates_and_an_unusable_one_keeps_the_old(
     let (backend, _first) = greeting_echo_server().await;
     let cert = self_signed(dir.path(), "imap.test");
     let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
-        + &service("p", &tls_toml(&[cert.clone()]));
+        + &service("p", &tls_toml(&[&cert]));
     let d = start(&text).await;
     let to = addr_of(&d, "svc");
     let old_ca = dir.path().join("old.pem").display().to_string();
