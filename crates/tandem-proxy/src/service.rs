@@ -378,8 +378,11 @@ impl Service {
                 let handshake = Box::pin(tokio::time::timeout(
                     config.connect_timeout,
                     acceptor.accept(client),
-                ))
-                .await;
+                ));
+                let handshake = tokio::select! {
+                    done = handshake => done,
+                    () = close_all.cancelled() => return,
+                };
                 match handshake {
                     Ok(Ok(tls)) => {
                         let info = crate::tls::info(tls.get_ref().1);

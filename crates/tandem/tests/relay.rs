@@ -1298,3 +1298,45 @@ fn accept_proxy_logs_name_the_source_the_reason_and_the_header_s_client() {
         "{line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_service_behind_a_balancer_reads_its_header_then_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = self_signed(dir.path(), "submit.example.test");
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
+        + &service(
+            "p",
+            &format!(
+                "{}\nproxy_protocol = \"v2\"\naccept_proxy = true\naccept_proxy_from = [\"127.0.0.0/8\"]",
+                tls_toml(&[&cert])
+            ),
+        );
+    let d = start(&text).await;
+    let mut tcp = TcpStream::connect(addr_of(&d, "svc")).await.unwrap();
+    tcp.write_all(&upstream_header(
+        false,
+        "203.0.113.5:51000",
+        "192.0.2.25:465",
+    ))
+    .await
+    .unwrap();
+    let mut client = tls_over(tcp, "submit.example.test", &cert.0).await.unwrap();
+    client.write_all(b"EHLO c\r\n").await.unwrap();
+    let (mut s, _) = l.accept().await.unwrap();
+    let header = read_proxy_header(&mut s).await;
+    assert_eq!(
+        proxy_addresses(&header),
+        (
+            "203.0.113.5:51000".parse().unwrap(),
+            "192.0.2.25:465".parse().unwrap()
+        )
+    );
+    let parsed = ppp::v2::Header::try_from(&header[..]).unwrap();
+    assert!(
+        parsed.tlvs().any(|t| t.unwrap().kind == 0x20),
+        "PP2_TYPE_SSL"
+    );
+    assert_eq!(read_line(&mut s).await, "EHLO c\r\n");
+}
