@@ -363,18 +363,27 @@ impl Service {
         let _ = client.set_nodelay(true);
         // The address the client reached: the PROXY header's, or getsockname, asked
         // only when a header to the backend needs it (the listener's may be 0.0.0.0).
-        let local = |client: &TcpStream| {
-            ends.local
-                .or_else(|| client.local_addr().ok())
-                .unwrap_or(listener)
+        let header = |client: &TcpStream, tls: Option<&crate::proxy_header::TlsInfo>| match config
+            .proxy_protocol
+        {
+            tandem_config::ProxyProtocol::None => None,
+            version => {
+                let local = ends
+                    .local
+                    .or_else(|| client.local_addr().ok())
+                    .unwrap_or(listener);
+                crate::proxy_header::header_with_tls(version, peer, local, tls)
+            }
         };
         let acceptor = self.tls.load_full();
         // A TLS client's session first, within connect_timeout: no backend is asked
         // for a client that cannot complete it.
-        let (client, tls_info) = match acceptor.as_ref() {
-            None => (Client::Plain(client), None),
+        let (client, header) = match acceptor.as_ref() {
+            None => {
+                let header = header(&client, None);
+                (Client::Plain(client), header)
+            }
             Some(Terminator(acceptor)) => {
-                let local = local(&client);
                 let handshake = Box::pin(tokio::time::timeout(
                     config.connect_timeout,
                     acceptor.accept(client),
@@ -385,8 +394,9 @@ impl Service {
                 };
                 match handshake {
                     Ok(Ok(tls)) => {
-                        let info = crate::tls::info(tls.get_ref().1);
-                        (Client::Tls(Box::new(tls), local), Some(info))
+                        let (tcp, session) = tls.get_ref();
+                        let header = header(tcp, Some(&crate::tls::info(session)));
+                        (Client::Tls(Box::new(tls)), header)
                     }
                     Ok(Err(e)) => return self.tls_failed(&config.name, peer, &e.to_string()),
                     Err(_) => {
@@ -402,16 +412,6 @@ impl Service {
             self.stats.no_backend.fetch_add(1, Relaxed);
             info!(target: "tandem::conn", service = %config.name, client = %peer, backend = "-", to_backend = 0u64, to_client = 0u64, duration_ms = started.elapsed().as_millis() as u64, end = "no backend", "connection");
             return;
-        };
-        let header = match config.proxy_protocol {
-            tandem_config::ProxyProtocol::None => None,
-            version => {
-                let local = match &client {
-                    Client::Plain(c) => local(c),
-                    Client::Tls(_, local) => *local,
-                };
-                crate::proxy_header::header_with_tls(version, peer, local, tls_info.as_ref())
-            }
         };
         let state = pick.lease.state.clone();
         let meter = move |to_backend: bool, n: u64| {
@@ -430,7 +430,7 @@ impl Service {
             (None, Client::Plain(client)) => {
                 relay::relay(&client, &backend, config.idle_timeout, close_all, &meter).await
             }
-            (None, Client::Tls(tls, _)) => {
+            (None, Client::Tls(tls)) => {
                 Box::pin(relay::relay_stream(
                     tls,
                     &mut backend,
@@ -512,10 +512,10 @@ struct Ends {
 }
 
 /// A client connection, as tandem relays it: bytes as they are, or a TLS session it
-/// terminated (with the address the client reached).
+/// terminated.
 enum Client {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, SocketAddr),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 /// A connection slot under the service's limit, freed on drop.
