@@ -317,7 +317,7 @@ pub struct Service {
     pub max_conns: u32,
     /// PROXY protocol header sent to backends.
     pub proxy_protocol: ProxyProtocol,
-    /// TLS termination (http mode).
+    /// TLS termination (tcp and http modes).
     pub tls: Option<Tls>,
     /// HTTP settings (http mode).
     pub http: Http,
@@ -327,6 +327,11 @@ pub struct Service {
     pub max_conns_per_client: u32,
     /// New connections per second per client address (0 = no limit).
     pub rate_per_client: u32,
+    /// Every connection must come from `accept_proxy_from` and begin with a PROXY
+    /// header (v1 or v2), whose client address then stands for the peer's.
+    pub accept_proxy: bool,
+    /// Sources trusted to send PROXY headers: networks as (address, prefix length).
+    pub accept_proxy_from: Vec<(IpAddr, u8)>,
 }
 
 /// HTTP mode settings (`[service.http]`).

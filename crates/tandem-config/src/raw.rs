@@ -116,6 +116,8 @@ pub(crate) struct RawService {
     pub return_path: Option<S<crate::ReturnPath>>,
     pub max_conns_per_client: Option<S<i64>>,
     pub rate_per_client: Option<S<i64>>,
+    pub accept_proxy: Option<S<bool>>,
+    pub accept_proxy_from: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

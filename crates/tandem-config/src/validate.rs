@@ -825,14 +825,15 @@ impl Validator<'_> {
             .collect();
         let mode = s.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
         let tls = s.tls.as_ref().map(|t| self.tls(t));
-        if let Some(t) = s.tls.as_ref().filter(|_| mode != Mode::Http) {
+        if let Some(t) = s.tls.as_ref().filter(|_| mode == Mode::Redirect) {
             self.error(
                 t.span(),
                 "service.tls",
-                "TLS termination needs mode = \"http\"".into(),
-                "set mode = \"http\", or relay TLS untouched in tcp mode without tls",
+                "TLS termination needs mode = \"tcp\" or \"http\"".into(),
+                "the kernel forwards redirect services' packets untouched: remove tls, or use mode = \"tcp\"",
             );
         }
+        let (accept_proxy, accept_proxy_from) = self.accept_proxy(s, mode);
         Service {
             name: s.name.get_ref().clone(),
             listen,
@@ -876,7 +877,66 @@ impl Validator<'_> {
                 0,
                 1_000_000,
             ),
+            accept_proxy,
+            accept_proxy_from,
         }
+    }
+
+    /// `accept_proxy` and its trusted sources, which go together (tcp and http modes).
+    fn accept_proxy(&mut self, s: &raw::RawService, mode: Mode) -> (bool, Vec<(IpAddr, u8)>) {
+        let on = s.accept_proxy.as_ref().is_some_and(|a| *a.get_ref());
+        let mut from = Vec::new();
+        for entry in s.accept_proxy_from.iter().flat_map(|l| l.get_ref()) {
+            match parse_cidr(entry.get_ref()) {
+                Ok(net) => from.push(net),
+                Err(e) => self.error(
+                    entry.span(),
+                    "service.accept_proxy_from",
+                    e,
+                    "write an address or a network: \"192.0.2.7\", \"10.0.0.0/8\", \"2001:db8::/32\"",
+                ),
+            }
+        }
+        if mode == Mode::Redirect {
+            if let Some(a) = &s.accept_proxy {
+                self.error(
+                    a.span(),
+                    "service.accept_proxy",
+                    "does not apply to mode = \"redirect\"".into(),
+                    "the kernel forwards these connections and tandem never reads them: remove accept_proxy, or use mode = \"tcp\"",
+                );
+            } else if let Some(l) = &s.accept_proxy_from {
+                self.error(
+                    l.span(),
+                    "service.accept_proxy_from",
+                    "does not apply to mode = \"redirect\"".into(),
+                    "remove accept_proxy_from",
+                );
+            }
+            return (false, Vec::new());
+        }
+        match (&s.accept_proxy, &s.accept_proxy_from) {
+            (Some(a), None) if on => self.error(
+                a.span(),
+                "service.accept_proxy",
+                "needs accept_proxy_from, the balancers trusted to send PROXY headers".into(),
+                "list them: accept_proxy_from = [\"10.0.0.0/8\", \"192.0.2.7\"]",
+            ),
+            (Some(_), Some(l)) if on && l.get_ref().is_empty() => self.error(
+                l.span(),
+                "service.accept_proxy_from",
+                "is empty: no source could connect".into(),
+                "list the balancers trusted to send PROXY headers, e.g. [\"10.0.0.0/8\"]",
+            ),
+            (_, Some(l)) if !on => self.error(
+                l.span(),
+                "service.accept_proxy_from",
+                "has no effect without accept_proxy = true".into(),
+                "set accept_proxy = true, or remove accept_proxy_from",
+            ),
+            _ => {}
+        }
+        (on, from)
     }
 
     fn http(&mut self, h: Option<&S<raw::RawHttp>>, mode: Mode) -> Http {

@@ -392,16 +392,139 @@ fn tls_files_must_be_readable() {
     let e = errors_in(&text, dir.path());
     assert_error(&e, 11, 34, "service.tls.key", "cannot read");
     assert!(e.len() == 1, "cert.pem is readable, only key fails: {e:?}");
+    // A tcp service terminates TLS too; a redirect service cannot.
     let text = BASE.replace(
         "pool = \"web\"",
         "pool = \"web\"\ntls = { cert = \"cert.pem\", key = \"cert.pem\" }",
     );
+    let c = Config::parse(&text, "t.toml", dir.path()).unwrap();
+    assert_eq!(c.services[0].mode, Mode::Tcp);
+    assert_eq!(c.services[0].tls.as_ref().unwrap().certs.len(), 1);
+    let text = REDIRECT.replace(
+        "mode = \"redirect\"",
+        "mode = \"redirect\"\ntls = { cert = \"cert.pem\", key = \"cert.pem\" }",
+    );
     assert_error(
         &errors_in(&text, dir.path()),
-        10,
+        11,
         7,
         "service.tls",
-        "needs mode = \"http\"",
+        "needs mode = \"tcp\" or \"http\"",
+    );
+}
+
+#[test]
+fn accept_proxy_takes_trusted_sources_in_tcp_and_http_modes() {
+    let text = BASE.replace(
+        "pool = \"web\"",
+        "pool = \"web\"\naccept_proxy = true\naccept_proxy_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1/128\"]",
+    );
+    let c = Config::parse(&text, "t.toml", Path::new(".")).unwrap();
+    let s = &c.services[0];
+    assert!(s.accept_proxy);
+    assert_eq!(
+        s.accept_proxy_from,
+        vec![
+            ("10.0.0.0".parse().unwrap(), 8),
+            ("192.0.2.7".parse().unwrap(), 32),
+            ("::1".parse().unwrap(), 128),
+        ]
+    );
+    let http = text.replace(
+        "accept_proxy = true",
+        "mode = \"http\"\naccept_proxy = true",
+    );
+    assert!(
+        Config::parse(&http, "t.toml", Path::new("."))
+            .unwrap()
+            .services[0]
+            .accept_proxy
+    );
+    assert!(
+        !Config::parse(BASE, "t.toml", Path::new("."))
+            .unwrap()
+            .services[0]
+            .accept_proxy
+    );
+}
+
+#[test]
+fn accept_proxy_and_its_sources_go_together() {
+    let alone = BASE.replace("pool = \"web\"", "pool = \"web\"\naccept_proxy = true");
+    let e = errors(&alone);
+    assert_error(
+        &e,
+        10,
+        16,
+        "service.accept_proxy",
+        "needs accept_proxy_from",
+    );
+    assert!(
+        e[0].contains("accept_proxy_from = [\"10.0.0.0/8\""),
+        "a hint: {e:?}"
+    );
+    let empty = BASE.replace(
+        "pool = \"web\"",
+        "pool = \"web\"\naccept_proxy = true\naccept_proxy_from = []",
+    );
+    assert_error(
+        &errors(&empty),
+        11,
+        21,
+        "service.accept_proxy_from",
+        "is empty",
+    );
+    let sources_alone = BASE.replace(
+        "pool = \"web\"",
+        "pool = \"web\"\naccept_proxy_from = [\"10.0.0.1\"]",
+    );
+    assert_error(
+        &errors(&sources_alone),
+        10,
+        21,
+        "service.accept_proxy_from",
+        "has no effect without accept_proxy = true",
+    );
+    let off = sources_alone.replace(
+        "accept_proxy_from",
+        "accept_proxy = false\naccept_proxy_from",
+    );
+    assert_error(
+        &errors(&off),
+        11,
+        21,
+        "service.accept_proxy_from",
+        "has no effect",
+    );
+    let bad = BASE.replace(
+        "pool = \"web\"",
+        "pool = \"web\"\naccept_proxy = true\naccept_proxy_from = [\"10.0.0.0/33\", \"balancer\"]",
+    );
+    let e = errors(&bad);
+    assert_error(
+        &e,
+        11,
+        22,
+        "service.accept_proxy_from",
+        "invalid prefix length",
+    );
+    assert_error(
+        &e,
+        11,
+        37,
+        "service.accept_proxy_from",
+        "is not an IP address",
+    );
+    let redirect = REDIRECT.replace(
+        "mode = \"redirect\"",
+        "mode = \"redirect\"\naccept_proxy = true\naccept_proxy_from = [\"10.0.0.1\"]",
+    );
+    assert_error(
+        &errors(&redirect),
+        11,
+        16,
+        "service.accept_proxy",
+        "does not apply to mode = \"redirect\"",
     );
 }
 

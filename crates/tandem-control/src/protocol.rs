@@ -126,6 +126,13 @@ pub struct ServiceSnapshot {
     /// Connections closed at the node's `global.max_conns`.
     #[serde(default)]
     pub node_limited: u64,
+    /// TLS handshakes that failed or timed out.
+    #[serde(default)]
+    pub tls_handshake_errors: u64,
+    /// Connections refused under `accept_proxy`, by reason (`untrusted_source`,
+    /// `no_header`, `malformed`, `timeout`); empty when accept_proxy is off.
+    #[serde(default)]
+    pub proxy_refused: std::collections::BTreeMap<String, u64>,
 }
 
 /// One pool.

@@ -19,6 +19,7 @@ use tandem_control::{
     Response, ServiceSnapshot, Snapshot,
 };
 use tandem_health::{HealthBoard, Monitor, Prober};
+use tandem_proxy::proxy_header::Refusal;
 use tandem_proxy::{Lifecycle, Service, listener};
 use tandem_sync::{Change, Store, SyncNode, SyncSettings, WireEntry};
 use tandem_vrrp::linux::{HaSettings, Vrrp};
@@ -619,6 +620,20 @@ impl Daemon {
                     accept_errors: st.accept_errors.load(Relaxed),
                     client_limited: st.client_limited.load(Relaxed),
                     node_limited: st.node_limited.load(Relaxed),
+                    tls_handshake_errors: st.tls_handshake_errors.load(Relaxed),
+                    proxy_refused: if c.accept_proxy {
+                        Refusal::ALL
+                            .iter()
+                            .map(|r| {
+                                (
+                                    r.name().to_string(),
+                                    st.proxy_refused[r.index()].load(Relaxed),
+                                )
+                            })
+                            .collect()
+                    } else {
+                        Default::default()
+                    },
                 }
             })
             .chain(
