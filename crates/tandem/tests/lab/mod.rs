@@ -223,6 +223,25 @@ impl Lab {
         .unwrap()
     }
 
+    /// Starts `f` on a thread inside host `name`'s namespace and returns at once; the
+    /// lab's end is on [`Lab::stopped`] for loops that run until then.
+    pub fn thread_in<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let ns = self.ns(name);
+        std::thread::spawn(move || {
+            enter_ns(&ns);
+            f()
+        })
+    }
+
+    /// A flag that turns true when the lab ends.
+    pub fn stopped(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
     /// Starts `program args` inside host `name` (`ip netns exec`).
     pub fn spawn(&self, name: &str, program: &str, args: &[&str]) -> Running {
         let ns = self.ns(name);
