@@ -677,8 +677,8 @@ fn capture(
 }
 
 /// For each takeover by `router` (its first advertisement after a silence of more
-/// than a second: a backup sends none), the time from that advertisement to its first
-/// gratuitous ARP.
+/// than half a second: a backup sends none, a master one every 100 ms), the time from
+/// that advertisement to its first gratuitous ARP.
 fn advert_to_garp(seen: &[(Duration, Seen)], router: std::net::Ipv4Addr) -> Vec<Duration> {
     let mut gaps = Vec::new();
     let mut last_advert: Option<Duration> = None;
@@ -690,7 +690,7 @@ fn advert_to_garp(seen: &[(Duration, Seen)], router: std::net::Ipv4Addr) -> Vec<
                 mac,
                 priority,
             } if from == router && priority > 0 => {
-                if last_advert.is_none_or(|l| at - l > Duration::from_secs(1)) {
+                if last_advert.is_none_or(|l| at - l > Duration::from_millis(500)) {
                     pending = Some((at, mac));
                 }
                 last_advert = Some(at);
@@ -727,8 +727,10 @@ fn a_returning_master_preempts_only_once_its_checks_decided_refusing_no_client_a
     let pinned: Vec<std::net::IpAddr> = (0..40u8)
         .map(|n| std::net::IpAddr::from([10, 99, 10, n + 1]))
         .collect();
-    let fresh: Vec<std::net::IpAddr> = (0..600u32)
-        .map(|n| std::net::IpAddr::from([10, 99, 20 + (n / 250) as u8, (n % 250) as u8 + 1]))
+    // (Few: the kernel's ARP table is shared by every namespace, 1024 entries in all,
+    // and each source costs an entry on each balancer.)
+    let fresh: Vec<std::net::IpAddr> = (0..150u8)
+        .map(|n| std::net::IpAddr::from([10, 99, 20, n + 1]))
         .collect();
     lab::add_addresses(
         &lab,
@@ -782,7 +784,8 @@ check = {{ type = \"tcp\", interval = \"300ms\", timeout = \"100ms\", rise = 4, 
     let on_be1 = pins.iter().filter(|b| b.as_str() == "be1\n").count();
     assert_eq!(on_be1, 20, "round-robin pins half on each backend");
 
-    // From now on a client visits every 10 ms, alternately a pinned and a fresh one.
+    // From now on a client visits every 10 ms: a pinned one, and every fifth time a
+    // fresh one.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let visits: Arc<std::sync::Mutex<Vec<(std::net::IpAddr, Outcome)>>> = Arc::default();
     let looper = {
@@ -791,16 +794,19 @@ check = {{ type = \"tcp\", interval = \"300ms\", timeout = \"100ms\", rise = 4, 
         let lab_stop = lab.stopped();
         lab.thread_in("client", move || {
             let mut threads = Vec::new();
-            for n in 0..fresh.len() * 2 {
+            let (mut next_pinned, mut fresh) = (0, fresh.into_iter());
+            for n in 0..3000 {
                 if stop.load(std::sync::atomic::Ordering::Relaxed)
                     || lab_stop.load(std::sync::atomic::Ordering::Relaxed)
                 {
                     break;
                 }
-                let from = if n % 2 == 0 {
-                    pinned[(n / 2) % pinned.len()]
-                } else {
-                    fresh[n / 2]
+                let from = match fresh.next().filter(|_| n % 5 == 4) {
+                    Some(f) => f,
+                    None => {
+                        next_pinned += 1;
+                        pinned[next_pinned % pinned.len()]
+                    }
                 };
                 let visits = visits.clone();
                 // Threads started here inherit this thread's namespace.
@@ -926,10 +932,11 @@ check = {{ type = \"tcp\", interval = \"300ms\", timeout = \"100ms\", rise = 4, 
     assert_eq!(gaps.len(), 2, "two takeovers seen on the wire: {seen:?}");
     // Two system calls apart, nothing between them: tens of microseconds (it was 1.6 to
     // 3.1 ms when the addresses were added between the two). On a loaded machine the
-    // thread can be descheduled between them once: the better of the two must show it.
+    // kernel's delivery of the frames through the lab's bridge can lag by some hundreds
+    // of microseconds now and then: the better of the two takeovers must show it.
     let best = gaps.iter().min().unwrap();
     assert!(
-        *best < Duration::from_micros(300),
+        *best < Duration::from_millis(1),
         "advert -> GARP took {gaps:?}"
     );
 }
