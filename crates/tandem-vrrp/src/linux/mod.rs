@@ -451,7 +451,29 @@ impl Runner {
                 let actions = self.machine.handle(self.now(), input);
                 self.carry_out(actions).await;
             }
+            if input == Some(Input::Tick) {
+                self.drain_queued(&mut buf).await;
+            }
             if let Some(input) = input {
+                let actions = self.machine.handle(self.now(), input);
+                self.carry_out(actions).await;
+            }
+        }
+    }
+
+    /// Feeds the machine the advertisements waiting in the socket: a timer that fires
+    /// late (the process was not scheduled for a while) must not beat advertisements
+    /// that arrived in time, or a backup would take over from a live master.
+    async fn drain_queued(&mut self, buf: &mut [u8]) {
+        for _ in 0..64 {
+            let Ok(Some(n)) = self.socket.try_recv(buf) else {
+                return;
+            };
+            if let Some(rx) = self.receive(&buf[..n]) {
+                let input = Input::Advert {
+                    from: rx.source,
+                    advert: &rx.advertisement,
+                };
                 let actions = self.machine.handle(self.now(), input);
                 self.carry_out(actions).await;
             }
