@@ -711,36 +711,31 @@ fn advert_to_garp(seen: &[(Duration, Seen)], router: std::net::Ipv4Addr) -> Vec<
 
 #[test]
 fn a_returning_master_preempts_only_once_its_checks_decided_refusing_no_client_and_moving_no_pin() {
-    // A /16 so the clients' extra source addresses are on-link for the balancers.
-    let Some(mut lab) = Lab::new("rt") else {
-        return;
-    };
-    lab.host("lb1", "10.99.0.1/16");
-    lab.host("lb2", "10.99.0.2/16");
-    lab.host("be1", "10.99.0.11/16");
-    lab.host("be2", "10.99.0.12/16");
-    lab.host("client", "10.99.0.50/16");
-    lab.http_backend("be1", "10.99.0.11:80".parse().unwrap(), "be1\n");
-    lab.http_backend("be2", "10.99.0.12:80".parse().unwrap(), "be2\n");
+    let Some(lab) = lab("rt") else { return };
     // Clients pinned before lb1 returns, and fresh ones (each visits once) that no
-    // pin can serve: they need a backend that lb1's own checks found up.
+    // pin can serve: they need a backend that lb1's own checks found up. Their source
+    // addresses sit behind the client host, routed: the kernel's ARP table is shared
+    // by every namespace (1024 entries in all), and on-link sources would cost an
+    // entry each on each balancer.
     let pinned: Vec<std::net::IpAddr> = (0..40u8)
         .map(|n| std::net::IpAddr::from([10, 99, 10, n + 1]))
         .collect();
-    // (Few: the kernel's ARP table is shared by every namespace, 1024 entries in all,
-    // and each source costs an entry on each balancer.)
-    let fresh: Vec<std::net::IpAddr> = (0..150u8)
-        .map(|n| std::net::IpAddr::from([10, 99, 20, n + 1]))
+    let fresh: Vec<std::net::IpAddr> = (0..600u32)
+        .map(|n| std::net::IpAddr::from([10, 99, 20 + (n / 250) as u8, (n % 250) as u8 + 1]))
         .collect();
-    lab::add_addresses(
+    lab::add_addresses_on(
         &lab,
         "client",
+        "lo",
         &pinned
             .iter()
             .chain(&fresh)
-            .map(|c| format!("{c}/16"))
+            .map(|c| format!("{c}/32"))
             .collect::<Vec<_>>(),
     );
+    for lb in ["lb1", "lb2"] {
+        lab.ip_in(lb, &["route", "add", "10.99.0.0/16", "via", "10.99.0.50"]);
+    }
     // Checks start "down" (the default) and need 4 passes 300 ms apart: about a second
     // to decide, longer than the sync (~0.1 s) and a preemption (~0.3 s) take.
     let node = |name: &str, me: &str, peer: &str, priority: u8| {
@@ -751,7 +746,7 @@ fn a_returning_master_preempts_only_once_its_checks_decided_refusing_no_client_a
 sticky = {{ key = \"source-ip\", ttl = \"30m\" }}\n\
 check = {{ type = \"tcp\", interval = \"300ms\", timeout = \"100ms\", rise = 4, fall = 2 }}\n\n\
 [[service]]\nname = \"www\"\nlisten = [\"{VIP}:80\"]\npool = \"web\"\nconnect_timeout = \"200ms\"\n\n\
-[ha]\ninterface = \"eth0\"\nvrid = 53\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/16\"]\n{}",
+[ha]\ninterface = \"eth0\"\nvrid = 53\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n{}",
             sync_section(&lab, me, peer)
         );
         let path = lab.dir.path().join(format!("{name}.toml"));
@@ -784,8 +779,7 @@ check = {{ type = \"tcp\", interval = \"300ms\", timeout = \"100ms\", rise = 4, 
     let on_be1 = pins.iter().filter(|b| b.as_str() == "be1\n").count();
     assert_eq!(on_be1, 20, "round-robin pins half on each backend");
 
-    // From now on a client visits every 10 ms: a pinned one, and every fifth time a
-    // fresh one.
+    // From now on a client visits every 10 ms, alternately a pinned and a fresh one.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let visits: Arc<std::sync::Mutex<Vec<(std::net::IpAddr, Outcome)>>> = Arc::default();
     let looper = {
@@ -801,7 +795,7 @@ check = {{ type = \"tcp\", interval = \"300ms\", timeout = \"100ms\", rise = 4, 
                 {
                     break;
                 }
-                let from = match fresh.next().filter(|_| n % 5 == 4) {
+                let from = match if n % 2 == 1 { fresh.next() } else { None } {
                     Some(f) => f,
                     None => {
                         next_pinned += 1;

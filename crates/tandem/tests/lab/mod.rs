@@ -320,9 +320,15 @@ fn enter_ns(ns: &str) {
 
 /// Adds `addresses` (each "a.b.c.d/len") to host `name`'s eth0 in one batch.
 pub fn add_addresses(lab: &Lab, name: &str, addresses: &[String]) {
+    add_addresses_on(lab, name, "eth0", addresses);
+}
+
+/// Adds `addresses` (each "a.b.c.d/len") to interface `iface` of host `name` in one
+/// batch.
+pub fn add_addresses_on(lab: &Lab, name: &str, iface: &str, addresses: &[String]) {
     let script: String = addresses
         .iter()
-        .map(|a| format!("addr add {a} dev eth0\n"))
+        .map(|a| format!("addr add {a} dev {iface}\n"))
         .collect();
     let mut child = Command::new("ip")
         .args(["-n", &lab.ns(name), "-batch", "-"])
