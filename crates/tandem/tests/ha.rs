@@ -717,7 +717,7 @@ fn a_returning_master_preempts_only_once_its_checks_decided_refusing_no_client_a
     let pinned: Vec<std::net::IpAddr> = (0..40u8)
         .map(|n| std::net::IpAddr::from([10, 99, 10, n + 1]))
         .collect();
-    let fresh: Vec<std::net::IpAddr> = (0..600u32)
+    let fresh: Vec<std::net::IpAddr> = (0..300u32)
         .map(|n| std::net::IpAddr::from([10, 99, 20 + (n / 250) as u8, (n % 250) as u8 + 1]))
         .collect();
     lab::add_addresses_on(
@@ -776,7 +776,7 @@ check = {{ type = \"tcp\", interval = \"300ms\", timeout = \"100ms\", rise = 4, 
     let on_be1 = pins.iter().filter(|b| b.as_str() == "be1\n").count();
     assert_eq!(on_be1, 20, "round-robin pins half on each backend");
 
-    // From now on a client visits every 10 ms, alternately a pinned and a fresh one.
+    // From now on a client visits every 20 ms, alternately a pinned and a fresh one.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let visits: Arc<std::sync::Mutex<Vec<(std::net::IpAddr, Outcome)>>> = Arc::default();
     let looper = {
@@ -805,7 +805,7 @@ check = {{ type = \"tcp\", interval = \"300ms\", timeout = \"100ms\", rise = 4, 
                     let outcome = visit(from);
                     visits.lock().unwrap().push((from, outcome));
                 }));
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(20));
             }
             for t in threads {
                 let _ = t.join();
