@@ -5,6 +5,7 @@
 //! shutdown. The command line (`main.rs`) and the integration tests both drive it; the
 //! crates below it never depend on it.
 
+pub mod cli;
 pub mod daemon;
 pub mod demo;
 pub mod logging;
