@@ -54,10 +54,14 @@ def imap(host, source, timeout, tls):
             return self.ssl_context.wrap_socket(sock, server_hostname=self.host) if tls else sock
 
     kwargs = {"ssl_context": insecure()} if tls else {}
+    stage("greeting")
     client = Client(host, 993 if tls else 143, timeout=timeout, **kwargs)
     server = server_of(client.welcome)
+    stage(f"login on {server}")
     client.login(USER, PASSWORD)
+    stage(f"select on {server}")
     client.select("INBOX")
+    stage(f"logout on {server}")
     client.logout()
     return server
 
@@ -69,8 +73,10 @@ def pop3(host, source, timeout, tls):
             return self.context.wrap_socket(sock, server_hostname=self.host) if tls else sock
 
     kwargs = {"context": insecure()} if tls else {}
+    stage("greeting")
     client = Client(host, 995 if tls else 110, timeout=timeout, **kwargs)
     server = server_of(client.getwelcome())
+    stage(f"login on {server}")
     client.user(USER)
     client.pass_(PASSWORD)
     client.stat()
@@ -80,14 +86,19 @@ def pop3(host, source, timeout, tls):
 
 def smtp(host, source, timeout, port):
     client = smtplib.SMTP(timeout=timeout, source_address=(source, 0))
+    client._host = host  # the name STARTTLS sends (connect() alone does not set it)
     _, banner = client.connect(host, port)
+    server = server_of(banner)
+    stage(f"ehlo on {server}")
     client.ehlo("client.example")
+    stage(f"starttls on {server}")
     client.starttls(context=insecure())
+    stage(f"mail on {server}")
     client.ehlo("client.example")
     message = f"From: bob@client.example\r\nTo: {USER}@{DOMAIN}\r\nSubject: site lab\r\n\r\nhello\r\n"
     client.sendmail("bob@client.example", [f"{USER}@{DOMAIN}"], message)
     client.quit()
-    return server_of(banner)
+    return server
 
 
 ACTIONS = {
@@ -100,20 +111,29 @@ ACTIONS = {
 }
 
 
+STAGE = threading.local()
+
+
+def stage(name):
+    """Notes how far the session got, for the error message."""
+    STAGE.name = name
+
+
 def attempt(action, host, source, timeout):
     """One session: a dict with the server that answered, or the error."""
+    stage("connect")
     t0 = time.monotonic()
     result = {"action": action, "source": source, "t0": t0}
     try:
         result["server"] = ACTIONS[action](host, source, timeout)
     except ConnectionRefusedError:
-        result["error"] = "refused"
+        result["error"] = f"refused at {STAGE.name}"
     except ConnectionResetError:
-        result["error"] = "reset"
+        result["error"] = f"reset at {STAGE.name}"
     except (socket.timeout, TimeoutError):
-        result["error"] = "timeout"
+        result["error"] = f"timeout at {STAGE.name}"
     except Exception as e:  # what a user would see
-        result["error"] = f"{type(e).__name__}: {e}"
+        result["error"] = f"{type(e).__name__} at {STAGE.name}: {e}"
     result["t1"] = time.monotonic()
     return result
 

@@ -215,7 +215,7 @@ smtpd_upstream_proxy_protocol = haproxy\n\
 smtpd_peername_lookup = no\nsmtp_dns_support_level = disabled\n\
 smtpd_tls_cert_file = {tls}/cert.pem\nsmtpd_tls_key_file = {tls}/key.pem\n\
 smtpd_tls_security_level = may\n\
-maillog_file_prefixes = /tmp\nmaillog_file = {d}/maillog\nbiff = no\n"
+maillog_file_prefixes = {d}\nmaillog_file = {d}/maillog\nbiff = no\n"
             ),
         );
         let services = [
@@ -425,7 +425,11 @@ State Idle\nAccepting Yes\nShared Yes\n</Printer>\n",
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{daemon:?} on {} did not stop within 10 s", self.name);
+                panic!(
+                    "{daemon:?} on {} did not stop within 10 s: {}",
+                    self.name,
+                    self.output(daemon)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -442,19 +446,18 @@ State Idle\nAccepting Yes\nShared Yes\n</Printer>\n",
     }
 
     fn ask_to_stop(&self, daemon: Daemon, child: &Child) {
-        match daemon {
-            // postfix start-fg runs its master as a child: `postfix stop` signals it.
+        // postfix start-fg runs its master as a child, with its pid in the queue: the
+        // master ends its own processes on SIGTERM, as `postfix stop` has it do.
+        let pid = match daemon {
             Daemon::Postfix => {
-                let _ = Command::new("postfix")
-                    .args(["-c", &self.path("postfix/conf"), "stop"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
+                std::fs::read_to_string(self.dir.join("postfix/queue/pid/master.pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok())
             }
-            _ => {
-                let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
+            _ => i32::try_from(child.id()).ok(),
+        };
+        if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
     }
 
