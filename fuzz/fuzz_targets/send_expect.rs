@@ -1,32 +1,36 @@
-//! Whatever a backend answers a send-expect check: a verdict, never a panic, and the
-//! same verdict as for the answer cut at its first line.
+//! Whatever a backend answers a send-expect check: the answer's end is found or not
+//! (never past the bytes), the same end for the answer alone, and a verdict, never
+//! a panic.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use regex::Regex;
-use tandem_health::judge_answer;
+use regex::{Regex, RegexBuilder};
+use tandem_health::{answer_end, judge_answer};
 
 fn patterns() -> &'static [Regex] {
     static P: OnceLock<Vec<Regex>> = OnceLock::new();
     P.get_or_init(|| {
-        ["^220 ", "^\\* OK", "^\\+OK", "(?i)ready$", "^SSH-2\\.0-"]
+        ["^220 ", "^\\* OK", "^\\+OK", "(?i)ready$", "^SSH-2\\.0-", "^250-STARTTLS"]
             .iter()
-            .map(|p| Regex::new(p).unwrap())
+            .map(|p| RegexBuilder::new(p).multi_line(true).build().unwrap())
             .collect()
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    for regex in patterns() {
-        let verdict = judge_answer(data, regex);
-        let first = match data.iter().position(|&b| b == b'\n') {
-            Some(end) => &data[..end],
+    for after_command in [false, true] {
+        let answer = match answer_end(data, after_command) {
+            Some(end) => {
+                assert!(end <= data.len());
+                assert_eq!(answer_end(&data[..end], after_command), Some(end));
+                &data[..end]
+            }
             None => data,
         };
-        if first.len() <= tandem_health::MAX_LINE {
-            assert_eq!(verdict.is_ok(), judge_answer(first, regex).is_ok());
+        for regex in patterns() {
+            let _ = judge_answer(answer, regex);
         }
     }
 });

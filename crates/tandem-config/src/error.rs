@@ -92,24 +92,34 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+impl Diagnostic {
+    /// `FILE:LINE:COL: key: message (hint)`, `label` (such as "warning: ") before
+    /// the key.
+    pub fn render(&self, origin: &str, label: &str) -> String {
+        let mut out = origin.to_string();
+        if let Some((line, col)) = self.position {
+            out += &format!(":{line}:{col}");
+        }
+        out += ": ";
+        out += label;
+        if !self.key.is_empty() {
+            out += &format!("{}: ", self.key);
+        }
+        out += &self.message;
+        if let Some(hint) = &self.hint {
+            out += &format!(" ({hint})");
+        }
+        out
+    }
+}
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, d) in self.diagnostics.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}", self.origin)?;
-            if let Some((line, col)) = d.position {
-                write!(f, ":{line}:{col}")?;
-            }
-            write!(f, ": ")?;
-            if !d.key.is_empty() {
-                write!(f, "{}: ", d.key)?;
-            }
-            write!(f, "{}", d.message)?;
-            if let Some(hint) = &d.hint {
-                write!(f, " ({hint})")?;
-            }
+            write!(f, "{}", d.render(&self.origin, ""))?;
         }
         Ok(())
     }

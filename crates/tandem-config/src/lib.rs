@@ -33,6 +33,8 @@ pub struct Config {
     pub ha: Option<Ha>,
     /// State synchronisation between nodes, when configured.
     pub sync: Option<Sync>,
+    /// What is allowed but probably not meant, each located like an error.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Config {
@@ -205,10 +207,8 @@ pub struct Check {
     pub expect_status: Vec<u16>,
     /// Substring the body must contain.
     pub expect_body: Option<String>,
-    /// Bytes sent first (send-expect).
-    pub send: Option<String>,
-    /// Regex the first response line must match (send-expect).
-    pub expect: Option<String>,
+    /// The conversation of a send-expect check, in order (at least one step).
+    pub steps: Vec<Step>,
     /// Bytes sent after a successful match (send-expect).
     pub quit: Option<String>,
     /// Program run by a script check.
@@ -217,9 +217,32 @@ pub struct Check {
     pub verify: bool,
     /// CA bundle used when verify is on.
     pub ca_file: Option<PathBuf>,
+    /// PROXY header sent first on every check connection (a LOCAL one: the backend
+    /// takes the check's own address). By default what the pool's services send.
+    pub send_proxy: ProxyProtocol,
+    /// A certificate that expires within this long is logged (tls, https, STARTTLS).
+    pub warn_expiry: Option<Duration>,
+}
+
+/// One step of a send-expect conversation: send, read the answer, match it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Bytes sent first, if any.
+    pub send: Option<String>,
+    /// Regex (multi-line mode) the whole answer must match.
+    pub expect: String,
+    /// After a matching answer, continue the conversation over TLS.
+    pub starttls: bool,
 }
 
 impl Check {
+    /// Whether the check reads a certificate: tls and https checks, and send-expect
+    /// checks with a STARTTLS step.
+    pub fn uses_tls(&self) -> bool {
+        matches!(self.kind, CheckKind::Tls | CheckKind::Https)
+            || self.steps.iter().any(|s| s.starttls)
+    }
+
     /// A check of `kind` with every default of the configuration reference.
     pub fn new(kind: CheckKind) -> Check {
         Check {
@@ -233,12 +256,13 @@ impl Check {
             host: None,
             expect_status: Vec::new(),
             expect_body: None,
-            send: None,
-            expect: None,
+            steps: Vec::new(),
             quit: None,
             command: None,
             verify: false,
             ca_file: None,
+            send_proxy: ProxyProtocol::None,
+            warn_expiry: None,
         }
     }
 }
@@ -255,7 +279,7 @@ pub enum CheckKind {
     Http,
     /// HTTP GET over TLS.
     Https,
-    /// Banner protocols: optional send, then a regex on the first line.
+    /// Line protocols (SMTP, IMAP, POP3): steps of send, then a regex on the answer.
     SendExpect,
     /// An external program.
     Script,
@@ -293,7 +317,7 @@ pub struct Service {
     pub max_conns: u32,
     /// PROXY protocol header sent to backends.
     pub proxy_protocol: ProxyProtocol,
-    /// TLS termination (http mode).
+    /// TLS termination (tcp and http modes).
     pub tls: Option<Tls>,
     /// HTTP settings (http mode).
     pub http: Http,
@@ -303,6 +327,11 @@ pub struct Service {
     pub max_conns_per_client: u32,
     /// New connections per second per client address (0 = no limit).
     pub rate_per_client: u32,
+    /// Every connection must come from `accept_proxy_from` and begin with a PROXY
+    /// header (v1 or v2), whose client address then stands for the peer's.
+    pub accept_proxy: bool,
+    /// Sources trusted to send PROXY headers: networks as (address, prefix length).
+    pub accept_proxy_from: Vec<(IpAddr, u8)>,
 }
 
 /// HTTP mode settings (`[service.http]`).

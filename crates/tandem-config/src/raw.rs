@@ -78,11 +78,25 @@ pub(crate) struct RawCheck {
     pub expect_status: Option<S<Vec<S<i64>>>>,
     pub expect_body: Option<S<String>>,
     pub send: Option<S<String>>,
-    pub expect: Option<S<String>>,
+    /// A regex, or a list of steps (read from the value: spans do not survive
+    /// an untagged enum).
+    pub expect: Option<S<toml::Value>>,
     pub quit: Option<S<String>>,
     pub command: Option<S<String>>,
     pub verify: Option<S<bool>>,
     pub ca_file: Option<S<String>>,
+    pub send_proxy: Option<S<bool>>,
+    pub warn_expiry: Option<S<String>>,
+}
+
+/// One step of a multi-step send-expect check.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStep {
+    pub send: Option<String>,
+    pub expect: String,
+    #[serde(default)]
+    pub starttls: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +116,8 @@ pub(crate) struct RawService {
     pub return_path: Option<S<crate::ReturnPath>>,
     pub max_conns_per_client: Option<S<i64>>,
     pub rate_per_client: Option<S<i64>>,
+    pub accept_proxy: Option<S<bool>>,
+    pub accept_proxy_from: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

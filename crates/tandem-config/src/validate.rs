@@ -23,10 +23,12 @@ pub(crate) fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config,
     };
     let mut v = Validator {
         diags: Vec::new(),
+        warnings: Vec::new(),
         base_dir,
     };
-    let config = v.config(raw);
+    let mut config = v.config(raw);
     if v.diags.is_empty() {
+        config.warnings = ConfigErrors::locate(origin, text, v.warnings).diagnostics;
         Ok(config)
     } else {
         Err(ConfigErrors::locate(origin, text, v.diags))
@@ -144,6 +146,7 @@ fn key_at(text: &str, start: usize, end: usize, names_key: bool) -> String {
 
 struct Validator<'a> {
     diags: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
     base_dir: &'a Path,
 }
 
@@ -155,10 +158,11 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: raw::RawConfig) -> Config {
         let global = self.global(raw.global);
-        let pools: Vec<Pool> = raw.pool.iter().map(|p| self.pool(p)).collect();
+        let mut pools: Vec<Pool> = raw.pool.iter().map(|p| self.pool(p)).collect();
         self.pool_names(&raw.pool);
         let services: Vec<Service> = raw.service.iter().map(|s| self.service(s)).collect();
         self.service_cross_checks(&raw.service, &raw.pool, &pools);
+        self.check_proxy_headers(&raw.pool, &mut pools, &services);
         self.fallbacks(&raw.pool);
         let ha = raw.ha.as_ref().map(|h| self.ha(h, &pools));
         let sync = raw.sync.as_ref().map(|s| self.sync(s));
@@ -179,6 +183,7 @@ impl Validator<'_> {
             services,
             ha,
             sync,
+            warnings: Vec::new(),
         }
     }
 
@@ -372,7 +377,6 @@ impl Validator<'_> {
         }
         let http_only = [
             ("path", c.path.is_some()),
-            ("host", c.host.is_some()),
             ("expect_status", c.expect_status.is_some()),
             ("expect_body", c.expect_body.is_some()),
         ];
@@ -413,32 +417,24 @@ impl Validator<'_> {
                 "write an absolute path such as \"/health\"",
             );
         }
-        match (&c.expect, is_banner) {
-            (Some(e), _) => {
-                if let Err(err) = regex::Regex::new(e.get_ref()) {
-                    let first = err
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
-                    self.error(
-                        e.span(),
-                        "pool.check.expect",
-                        format!("is not a valid regex: {first}"),
-                        "e.g. \"^220 \" for SMTP, \"^\\\\+OK\" for POP3",
-                    );
-                }
+        let steps = match (&c.expect, is_banner) {
+            (Some(e), true) => self.steps(e, c.send.as_ref()),
+            (None, true) => {
+                self.error(
+                    whole.clone(),
+                    "pool.check.expect",
+                    "is required by send-expect checks".into(),
+                    "add expect = \"^220 \" (a regex for the answer), or a list of steps",
+                );
+                (Vec::new(), true)
             }
-            (None, true) => self.error(
-                whole.clone(),
-                "pool.check.expect",
-                "is required by send-expect checks".into(),
-                "add expect = \"^220 \" (a regex for the first response line)",
-            ),
-            _ => {}
-        }
+            _ => (Vec::new(), true),
+        };
+        let (steps, steps_read) = steps;
+        // A step that could not be read may have been the STARTTLS one: no
+        // complaints about TLS keys then.
+        let starttls = steps.iter().any(|s| s.starttls) || !steps_read;
+        let reads_certificate = matches!(kind, CheckKind::Tls | CheckKind::Https) || starttls;
         let command = match (&c.command, kind == CheckKind::Script) {
             (Some(cmd), true) => {
                 let path = self.resolve(cmd.get_ref());
@@ -480,14 +476,56 @@ impl Validator<'_> {
             .ca_file
             .as_ref()
             .map(|f| self.readable_file(f, "pool.check.ca_file"));
-        if (c.verify.is_some() || c.ca_file.is_some())
-            && !matches!(kind, CheckKind::Tls | CheckKind::Https)
+        let tls_only = [
+            ("verify", c.verify.as_ref().map(|v| v.span())),
+            ("ca_file", c.ca_file.as_ref().map(|v| v.span())),
+            ("warn_expiry", c.warn_expiry.as_ref().map(|v| v.span())),
+        ];
+        for (name, span) in tls_only {
+            if let Some(span) = span
+                && !reads_certificate
+            {
+                self.error(
+                    span,
+                    &format!("pool.check.{name}"),
+                    format!(
+                        "applies to checks that speak TLS (tls, https, send-expect with a starttls step), not this {} check",
+                        kind_name(kind)
+                    ),
+                    "remove it, change the check type, or add a step with starttls = true",
+                );
+            }
+        }
+        if let Some(h) = &c.host
+            && !is_http
+            && !reads_certificate
         {
             self.error(
-                whole.clone(),
-                "pool.check.verify",
-                format!("applies to tls and https checks, not {}", kind_name(kind)),
-                "remove verify/ca_file or change the check type",
+                h.span(),
+                "pool.check.host",
+                format!(
+                    "applies to http checks (Host) and TLS checks (server name), not this {} check",
+                    kind_name(kind)
+                ),
+                "remove it or change the check type",
+            );
+        }
+        let warn_expiry = c.warn_expiry.as_ref().map(|w| {
+            self.duration(
+                &Some(w.clone()),
+                "pool.check.warn_expiry",
+                Duration::ZERO,
+                true,
+            )
+        });
+        if let Some(sp) = &c.send_proxy
+            && kind == CheckKind::Script
+        {
+            self.error(
+                sp.span(),
+                "pool.check.send_proxy",
+                "applies to checks that connect, not script checks".into(),
+                "remove it: a script makes its own connections",
             );
         }
         Check {
@@ -501,12 +539,196 @@ impl Validator<'_> {
             host: c.host.as_ref().map(|h| h.get_ref().clone()),
             expect_status,
             expect_body: c.expect_body.as_ref().map(|b| b.get_ref().clone()),
-            send: c.send.as_ref().map(|b| b.get_ref().clone()),
-            expect: c.expect.as_ref().map(|b| b.get_ref().clone()),
+            steps,
             quit: c.quit.as_ref().map(|b| b.get_ref().clone()),
             command,
             verify,
             ca_file,
+            // Resolved against the pool's services by `check_proxy_headers`.
+            send_proxy: ProxyProtocol::None,
+            warn_expiry,
+        }
+    }
+
+    /// The steps of a send-expect check: `expect` is one regex (with the optional
+    /// top-level `send`), or a list of `{ send, expect, starttls }` tables.
+    /// The second value says whether every step could be read.
+    fn steps(&mut self, expect: &S<toml::Value>, send: Option<&S<String>>) -> (Vec<Step>, bool) {
+        let span = expect.span();
+        let mut all_read = true;
+        let steps = match expect.get_ref() {
+            toml::Value::String(regex) => vec![Step {
+                send: send.map(|s| s.get_ref().clone()),
+                expect: regex.clone(),
+                starttls: false,
+            }],
+            toml::Value::Array(items) => {
+                if let Some(s) = send {
+                    self.error(
+                        s.span(),
+                        "pool.check.send",
+                        "cannot be used with a list of steps".into(),
+                        "move it into the first step: expect = [{ send = \"...\", expect = \"...\" }, ...]",
+                    );
+                }
+                if items.is_empty() {
+                    self.error(
+                        span.clone(),
+                        "pool.check.expect",
+                        "is an empty list of steps".into(),
+                        "give at least one step, e.g. [{ expect = \"^220 \" }]",
+                    );
+                }
+                let mut steps = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item.clone().try_into::<raw::RawStep>() {
+                        Ok(step) => steps.push(Step {
+                            send: step.send,
+                            expect: step.expect,
+                            starttls: step.starttls,
+                        }),
+                        Err(e) => {
+                            all_read = false;
+                            self.error(
+                                span.clone(),
+                                "pool.check.expect",
+                                format!("step {}: {}", i + 1, e.message().trim()),
+                                "each step is { send = \"...\", expect = \"regex\", starttls = true }, send and starttls optional",
+                            )
+                        }
+                    }
+                }
+                steps
+            }
+            other => {
+                self.error(
+                    span.clone(),
+                    "pool.check.expect",
+                    format!("is a {}, not a regex or a list of steps", other.type_str()),
+                    "expect = \"^220 \", or expect = [{ expect = \"^220 \" }, { send = \"EHLO tandem\\r\\n\", expect = \"^250 \" }]",
+                );
+                Vec::new()
+            }
+        };
+        let many = steps.len() > 1;
+        for (i, step) in steps.iter().enumerate() {
+            let which = if many {
+                format!("step {}: ", i + 1)
+            } else {
+                String::new()
+            };
+            if let Err(err) = regex::Regex::new(&step.expect) {
+                let first = err
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                self.error(
+                    span.clone(),
+                    "pool.check.expect",
+                    format!("{which}{:?} is not a valid regex: {first}", step.expect),
+                    "e.g. \"^220 \" for SMTP, \"^\\\\* OK\" for IMAP, \"^\\\\+OK\" for POP3",
+                );
+            }
+        }
+        if steps.iter().filter(|s| s.starttls).count() > 1 {
+            self.error(
+                span,
+                "pool.check.expect",
+                "has starttls = true on more than one step".into(),
+                "a conversation upgrades to TLS once: keep starttls on the step that sends STARTTLS (or STLS)",
+            );
+        }
+        (steps, all_read)
+    }
+
+    /// Resolves each check's PROXY header against the services its pool serves
+    /// (directly or as a fallback): checks send what the services send, unless
+    /// `send_proxy` says otherwise. Services that disagree are warned about.
+    fn check_proxy_headers(
+        &mut self,
+        raw_pools: &[S<raw::RawPool>],
+        pools: &mut [Pool],
+        services: &[Service],
+    ) {
+        for (raw, pool) in raw_pools.iter().zip(pools.iter_mut()) {
+            let Some(check) = pool.check.as_mut().filter(|c| c.kind != CheckKind::Script) else {
+                continue;
+            };
+            let Some(raw_check) = raw.get_ref().check.as_ref() else {
+                continue;
+            };
+            let served: Vec<&Service> = services
+                .iter()
+                .filter(|s| s.mode != Mode::Redirect)
+                .filter(|s| {
+                    let mut name = Some(s.pool.as_str());
+                    let mut hops = 0;
+                    while let Some(n) = name {
+                        if n == pool.name {
+                            return true;
+                        }
+                        hops += 1;
+                        if hops > raw_pools.len() {
+                            return false;
+                        }
+                        name = raw_pools
+                            .iter()
+                            .find(|p| p.get_ref().name.get_ref() == n)
+                            .and_then(|p| p.get_ref().fallback.as_ref())
+                            .map(|f| f.get_ref().as_str());
+                    }
+                    false
+                })
+                .collect();
+            let sent = served
+                .iter()
+                .map(|s| s.proxy_protocol)
+                .find(|p| *p != ProxyProtocol::None);
+            let explicit = raw_check.get_ref().send_proxy.as_ref();
+            check.send_proxy = match explicit.map(|e| *e.get_ref()) {
+                Some(false) => ProxyProtocol::None,
+                Some(true) => match sent {
+                    Some(version) => version,
+                    None => {
+                        self.error(
+                            explicit.map_or(raw_check.span(), |e| e.span()),
+                            "pool.check.send_proxy",
+                            format!(
+                                "no service of pool {:?} sends a PROXY header, so the check would not know which version to send",
+                                pool.name
+                            ),
+                            "set proxy_protocol = \"v1\" or \"v2\" on the service, or remove send_proxy",
+                        );
+                        ProxyProtocol::None
+                    }
+                },
+                None => sent.unwrap_or(ProxyProtocol::None),
+            };
+            let versions: Vec<String> = served
+                .iter()
+                .map(|s| format!("{} sends {}", s.name, proxy_name(s.proxy_protocol)))
+                .collect();
+            let disagree = served
+                .windows(2)
+                .any(|w| w[0].proxy_protocol != w[1].proxy_protocol);
+            if disagree {
+                self.warnings.push(
+                    Diagnostic::new(
+                        "pool.check",
+                        format!(
+                            "pool {:?} is used by services that send different PROXY headers ({}); its checks send {}",
+                            pool.name,
+                            versions.join(", "),
+                            proxy_name(check.send_proxy)
+                        ),
+                    )
+                    .hint("a backend that accepts one kind refuses the other: give each kind of listener its own pool, or set send_proxy to say what the check sends")
+                    .at(raw_check.span()),
+                );
+            }
         }
     }
 
@@ -603,14 +825,15 @@ impl Validator<'_> {
             .collect();
         let mode = s.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
         let tls = s.tls.as_ref().map(|t| self.tls(t));
-        if let Some(t) = s.tls.as_ref().filter(|_| mode != Mode::Http) {
+        if let Some(t) = s.tls.as_ref().filter(|_| mode == Mode::Redirect) {
             self.error(
                 t.span(),
                 "service.tls",
-                "TLS termination needs mode = \"http\"".into(),
-                "set mode = \"http\", or relay TLS untouched in tcp mode without tls",
+                "TLS termination needs mode = \"tcp\" or \"http\"".into(),
+                "the kernel forwards redirect services' packets untouched: remove tls, or use mode = \"tcp\"",
             );
         }
+        let (accept_proxy, accept_proxy_from) = self.accept_proxy(s, mode);
         Service {
             name: s.name.get_ref().clone(),
             listen,
@@ -654,7 +877,66 @@ impl Validator<'_> {
                 0,
                 1_000_000,
             ),
+            accept_proxy,
+            accept_proxy_from,
         }
+    }
+
+    /// `accept_proxy` and its trusted sources, which go together (tcp and http modes).
+    fn accept_proxy(&mut self, s: &raw::RawService, mode: Mode) -> (bool, Vec<(IpAddr, u8)>) {
+        let on = s.accept_proxy.as_ref().is_some_and(|a| *a.get_ref());
+        let mut from = Vec::new();
+        for entry in s.accept_proxy_from.iter().flat_map(|l| l.get_ref()) {
+            match parse_cidr(entry.get_ref()) {
+                Ok(net) => from.push(net),
+                Err(e) => self.error(
+                    entry.span(),
+                    "service.accept_proxy_from",
+                    e,
+                    "write an address or a network: \"192.0.2.7\", \"10.0.0.0/8\", \"2001:db8::/32\"",
+                ),
+            }
+        }
+        if mode == Mode::Redirect {
+            if let Some(a) = &s.accept_proxy {
+                self.error(
+                    a.span(),
+                    "service.accept_proxy",
+                    "does not apply to mode = \"redirect\"".into(),
+                    "the kernel forwards these connections and tandem never reads them: remove accept_proxy, or use mode = \"tcp\"",
+                );
+            } else if let Some(l) = &s.accept_proxy_from {
+                self.error(
+                    l.span(),
+                    "service.accept_proxy_from",
+                    "does not apply to mode = \"redirect\"".into(),
+                    "remove accept_proxy_from",
+                );
+            }
+            return (false, Vec::new());
+        }
+        match (&s.accept_proxy, &s.accept_proxy_from) {
+            (Some(a), None) if on => self.error(
+                a.span(),
+                "service.accept_proxy",
+                "needs accept_proxy_from, the balancers trusted to send PROXY headers".into(),
+                "list them: accept_proxy_from = [\"10.0.0.0/8\", \"192.0.2.7\"]",
+            ),
+            (Some(_), Some(l)) if on && l.get_ref().is_empty() => self.error(
+                l.span(),
+                "service.accept_proxy_from",
+                "is empty: no source could connect".into(),
+                "list the balancers trusted to send PROXY headers, e.g. [\"10.0.0.0/8\"]",
+            ),
+            (_, Some(l)) if !on => self.error(
+                l.span(),
+                "service.accept_proxy_from",
+                "has no effect without accept_proxy = true".into(),
+                "set accept_proxy = true, or remove accept_proxy_from",
+            ),
+            _ => {}
+        }
+        (on, from)
     }
 
     fn http(&mut self, h: Option<&S<raw::RawHttp>>, mode: Mode) -> Http {
@@ -1367,6 +1649,14 @@ impl Validator<'_> {
             );
         }
         path
+    }
+}
+
+fn proxy_name(p: ProxyProtocol) -> &'static str {
+    match p {
+        ProxyProtocol::None => "no PROXY header",
+        ProxyProtocol::V1 => "PROXY v1",
+        ProxyProtocol::V2 => "PROXY v2",
     }
 }
 

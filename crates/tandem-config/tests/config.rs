@@ -156,8 +156,12 @@ key_file = "sync.key"
     assert_eq!(check.initial, InitialHealth::Down);
     let sorry = c.pool("sorry").unwrap();
     assert_eq!(
-        sorry.check.as_ref().unwrap().expect.as_deref(),
-        Some("^220 ")
+        sorry.check.as_ref().unwrap().steps,
+        vec![Step {
+            send: Some("EHLO x\r\n".into()),
+            expect: "^220 ".into(),
+            starttls: false
+        }]
     );
     let www = &c.services[0];
     assert_eq!(www.listen.len(), 2);
@@ -388,16 +392,139 @@ fn tls_files_must_be_readable() {
     let e = errors_in(&text, dir.path());
     assert_error(&e, 11, 34, "service.tls.key", "cannot read");
     assert!(e.len() == 1, "cert.pem is readable, only key fails: {e:?}");
+    // A tcp service terminates TLS too; a redirect service cannot.
     let text = BASE.replace(
         "pool = \"web\"",
         "pool = \"web\"\ntls = { cert = \"cert.pem\", key = \"cert.pem\" }",
     );
+    let c = Config::parse(&text, "t.toml", dir.path()).unwrap();
+    assert_eq!(c.services[0].mode, Mode::Tcp);
+    assert_eq!(c.services[0].tls.as_ref().unwrap().certs.len(), 1);
+    let text = REDIRECT.replace(
+        "mode = \"redirect\"",
+        "mode = \"redirect\"\ntls = { cert = \"cert.pem\", key = \"cert.pem\" }",
+    );
     assert_error(
         &errors_in(&text, dir.path()),
-        10,
+        11,
         7,
         "service.tls",
-        "needs mode = \"http\"",
+        "needs mode = \"tcp\" or \"http\"",
+    );
+}
+
+#[test]
+fn accept_proxy_takes_trusted_sources_in_tcp_and_http_modes() {
+    let text = BASE.replace(
+        "pool = \"web\"",
+        "pool = \"web\"\naccept_proxy = true\naccept_proxy_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1/128\"]",
+    );
+    let c = Config::parse(&text, "t.toml", Path::new(".")).unwrap();
+    let s = &c.services[0];
+    assert!(s.accept_proxy);
+    assert_eq!(
+        s.accept_proxy_from,
+        vec![
+            ("10.0.0.0".parse().unwrap(), 8),
+            ("192.0.2.7".parse().unwrap(), 32),
+            ("::1".parse().unwrap(), 128),
+        ]
+    );
+    let http = text.replace(
+        "accept_proxy = true",
+        "mode = \"http\"\naccept_proxy = true",
+    );
+    assert!(
+        Config::parse(&http, "t.toml", Path::new("."))
+            .unwrap()
+            .services[0]
+            .accept_proxy
+    );
+    assert!(
+        !Config::parse(BASE, "t.toml", Path::new("."))
+            .unwrap()
+            .services[0]
+            .accept_proxy
+    );
+}
+
+#[test]
+fn accept_proxy_and_its_sources_go_together() {
+    let alone = BASE.replace("pool = \"web\"", "pool = \"web\"\naccept_proxy = true");
+    let e = errors(&alone);
+    assert_error(
+        &e,
+        10,
+        16,
+        "service.accept_proxy",
+        "needs accept_proxy_from",
+    );
+    assert!(
+        e[0].contains("accept_proxy_from = [\"10.0.0.0/8\""),
+        "a hint: {e:?}"
+    );
+    let empty = BASE.replace(
+        "pool = \"web\"",
+        "pool = \"web\"\naccept_proxy = true\naccept_proxy_from = []",
+    );
+    assert_error(
+        &errors(&empty),
+        11,
+        21,
+        "service.accept_proxy_from",
+        "is empty",
+    );
+    let sources_alone = BASE.replace(
+        "pool = \"web\"",
+        "pool = \"web\"\naccept_proxy_from = [\"10.0.0.1\"]",
+    );
+    assert_error(
+        &errors(&sources_alone),
+        10,
+        21,
+        "service.accept_proxy_from",
+        "has no effect without accept_proxy = true",
+    );
+    let off = sources_alone.replace(
+        "accept_proxy_from",
+        "accept_proxy = false\naccept_proxy_from",
+    );
+    assert_error(
+        &errors(&off),
+        11,
+        21,
+        "service.accept_proxy_from",
+        "has no effect",
+    );
+    let bad = BASE.replace(
+        "pool = \"web\"",
+        "pool = \"web\"\naccept_proxy = true\naccept_proxy_from = [\"10.0.0.0/33\", \"balancer\"]",
+    );
+    let e = errors(&bad);
+    assert_error(
+        &e,
+        11,
+        22,
+        "service.accept_proxy_from",
+        "invalid prefix length",
+    );
+    assert_error(
+        &e,
+        11,
+        37,
+        "service.accept_proxy_from",
+        "is not an IP address",
+    );
+    let redirect = REDIRECT.replace(
+        "mode = \"redirect\"",
+        "mode = \"redirect\"\naccept_proxy = true\naccept_proxy_from = [\"10.0.0.1\"]",
+    );
+    assert_error(
+        &errors(&redirect),
+        11,
+        16,
+        "service.accept_proxy",
+        "does not apply to mode = \"redirect\"",
     );
 }
 
@@ -562,4 +689,188 @@ fn header_rules_cannot_touch_message_framing() {
         "Transfer-Encoding frames the message",
     );
     assert_eq!(e.len(), 2, "{e:?}");
+}
+
+const MAIL: &str = r#"
+[[pool]]
+name = "smtp"
+backends = [{ address = "127.0.0.1:25" }]
+[pool.check]
+type = "send-expect"
+expect = [
+  { expect = "^220 " },
+  { send = "EHLO tandem.check\r\n", expect = "^250 " },
+  { send = "STARTTLS\r\n", expect = "^220 ", starttls = true },
+  { send = "EHLO tandem.check\r\n", expect = "^250 " },
+]
+quit = "QUIT\r\n"
+warn_expiry = "14d"
+host = "mx.example.org"
+
+[[service]]
+name = "smtp"
+listen = ["127.0.0.1:2525"]
+pool = "smtp"
+proxy_protocol = "v2"
+"#;
+
+#[test]
+fn multi_step_starttls_checks_parse_and_send_the_services_proxy_header() {
+    let c = Config::parse(MAIL, "t.toml", Path::new(".")).unwrap();
+    let check = c.pools[0].check.as_ref().unwrap();
+    assert_eq!(check.steps.len(), 4);
+    assert_eq!(
+        check.steps[1].send.as_deref(),
+        Some("EHLO tandem.check\r\n")
+    );
+    assert!(check.steps[2].starttls && !check.steps[3].starttls);
+    assert!(check.uses_tls());
+    assert_eq!(check.warn_expiry, Some(Duration::from_secs(14 * 86_400)));
+    assert_eq!(check.send_proxy, ProxyProtocol::V2);
+    assert!(c.warnings.is_empty());
+    // send_proxy = false turns it off; v1 services give v1 checks.
+    let off = MAIL.replace("quit =", "send_proxy = false\nquit =");
+    let c = Config::parse(&off, "t.toml", Path::new(".")).unwrap();
+    assert_eq!(
+        c.pools[0].check.as_ref().unwrap().send_proxy,
+        ProxyProtocol::None
+    );
+    let v1 = MAIL.replace("\"v2\"", "\"v1\"");
+    let c = Config::parse(&v1, "t.toml", Path::new(".")).unwrap();
+    assert_eq!(
+        c.pools[0].check.as_ref().unwrap().send_proxy,
+        ProxyProtocol::V1
+    );
+}
+
+#[test]
+fn a_pool_behind_services_that_disagree_on_proxy_is_warned_about() {
+    let text = format!(
+        "{MAIL}\n[[service]]\nname = \"submission\"\nlisten = [\"127.0.0.1:2587\"]\npool = \"smtp\"\n"
+    );
+    let c = Config::parse(&text, "t.toml", Path::new(".")).unwrap();
+    assert_eq!(
+        c.pools[0].check.as_ref().unwrap().send_proxy,
+        ProxyProtocol::V2
+    );
+    let lines: Vec<String> = c
+        .warnings
+        .iter()
+        .map(|w| w.render("t.toml", "warning: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("t.toml:5:1: warning: pool.check: pool \"smtp\" is used by services that send different PROXY headers (smtp sends PROXY v2, submission sends no PROXY header); its checks send PROXY v2"),
+        "{}",
+        lines[0]
+    );
+    // A fallback pool serves its services too.
+    let fallback = BASE.replace("name = \"web\"\n", "name = \"web\"\nfallback = \"sorry\"\n")
+        + "[[pool]]\nname = \"sorry\"\nbackends = [{ address = \"127.0.0.1:9\" }]\ncheck = { type = \"tcp\", send_proxy = true }\n";
+    let errs = errors(&fallback);
+    assert_error(
+        &errs,
+        14,
+        38,
+        "pool.check.send_proxy",
+        "no service of pool \"sorry\" sends a PROXY header",
+    );
+    let sent = fallback.replace(
+        "pool = \"web\"\n",
+        "pool = \"web\"\nproxy_protocol = \"v1\"\n",
+    );
+    let c = Config::parse(&sent, "t.toml", Path::new(".")).unwrap();
+    assert_eq!(
+        c.pool("sorry").unwrap().check.as_ref().unwrap().send_proxy,
+        ProxyProtocol::V1
+    );
+}
+
+#[test]
+fn bad_steps_are_located_and_explained() {
+    let bad = MAIL.replace("starttls = true }", "starttls = true, tls = 1 }");
+    assert_error(
+        &errors(&bad),
+        7,
+        10,
+        "pool.check.expect",
+        "step 3: unknown field `tls`",
+    );
+    let bad = MAIL.replace(
+        "\"^250 \" },\n  { send = \"STARTTLS",
+        "\"^250 (\" },\n  { send = \"STARTTLS",
+    );
+    assert_error(
+        &errors(&bad),
+        7,
+        10,
+        "pool.check.expect",
+        "step 2: \"^250 (\" is not a valid regex",
+    );
+    let bad = MAIL.replace(
+        "\"^250 \" },\n  { send = \"STARTTLS",
+        "\"^250 \", starttls = true },\n  { send = \"STARTTLS",
+    );
+    assert_error(
+        &errors(&bad),
+        7,
+        10,
+        "pool.check.expect",
+        "starttls = true on more than one step",
+    );
+    let bad = MAIL.replace(
+        "type = \"send-expect\"",
+        "type = \"send-expect\"\nsend = \"x\"",
+    );
+    assert_error(
+        &errors(&bad),
+        7,
+        8,
+        "pool.check.send",
+        "cannot be used with a list of steps",
+    );
+    let bad = MAIL.replace("[\n  { expect = \"^220 \" },", "[");
+    assert!(
+        Config::parse(&bad, "t.toml", Path::new(".")).is_ok(),
+        "a conversation may start by sending"
+    );
+    let bad = MAIL
+        .replace("expect = [", "expect = 5 #[")
+        .replace("  { expect", "#")
+        .replace("  { send", "#")
+        .replace("]\nquit", "quit");
+    assert_error(
+        &errors(&bad),
+        7,
+        10,
+        "pool.check.expect",
+        "is a integer, not a regex or a list of steps",
+    );
+    // TLS keys need a conversation that speaks TLS.
+    let plain = MAIL.replace(", starttls = true", "");
+    assert_error(
+        &errors(&plain),
+        14,
+        15,
+        "pool.check.warn_expiry",
+        "applies to checks that speak TLS",
+    );
+    assert_error(
+        &errors(&plain),
+        15,
+        8,
+        "pool.check.host",
+        "applies to http checks (Host) and TLS checks",
+    );
+    let script = BASE.replace(
+        "backends = [{ address = \"127.0.0.1:8001\" }]",
+        "backends = [{ address = \"127.0.0.1:8001\" }]\ncheck = { type = \"script\", command = \"/bin/true\", send_proxy = true }",
+    );
+    assert_error(
+        &errors(&script),
+        5,
+        64,
+        "pool.check.send_proxy",
+        "not script checks",
+    );
 }

@@ -22,6 +22,12 @@ struct ServiceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceReasonLabels {
+    service: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     pool: String,
     backend: String,
@@ -157,10 +163,29 @@ pub fn encode(snapshot: &Snapshot) -> String {
         "service_node_limited",
         "Connections closed at once: the node was at global.max_conns",
     );
+    let tls_errors = counter::<ServiceLabels>(
+        &mut registry,
+        "service_tls_handshake_errors",
+        "TLS handshakes with clients that failed or timed out (the connection was closed)",
+    );
+    let proxy_refused = counter::<ServiceReasonLabels>(
+        &mut registry,
+        "service_proxy_refused",
+        "Connections closed at once under accept_proxy: untrusted_source, no_header, malformed, timeout",
+    );
     for s in &snapshot.services {
         let l = ServiceLabels {
             service: s.name.clone(),
         };
+        tls_errors.get_or_create(&l).inc_by(s.tls_handshake_errors);
+        for (reason, n) in &s.proxy_refused {
+            proxy_refused
+                .get_or_create(&ServiceReasonLabels {
+                    service: s.name.clone(),
+                    reason: reason.clone(),
+                })
+                .inc_by(*n);
+        }
         active.get_or_create(&l).set(s.active as i64);
         total.get_or_create(&l).inc_by(s.total);
         rejected.get_or_create(&l).inc_by(s.rejected);
@@ -209,6 +234,16 @@ pub fn encode(snapshot: &Snapshot) -> String {
         Unit::Seconds,
         b_latency.clone(),
     );
+    let b_check_failures = counter::<BackendLabels>(
+        &mut registry,
+        "backend_check_failures",
+        "Health checks of the backend that failed",
+    );
+    let b_cert_days = gauge::<BackendLabels>(
+        &mut registry,
+        "backend_certificate_days_left",
+        "Whole days until the certificate seen by the backend's TLS checks expires",
+    );
     let sticky = gauge::<PoolLabels>(
         &mut registry,
         "pool_sticky_entries",
@@ -246,6 +281,10 @@ pub fn encode(snapshot: &Snapshot) -> String {
             b_enabled.get_or_create(&l).set(i64::from(b.enabled));
             if let Some(c) = &b.last_check {
                 b_latency.get_or_create(&l).set(c.latency_ms / 1000.0);
+                b_check_failures.get_or_create(&l).inc_by(b.check_failures);
+            }
+            if let Some(days) = b.certificate_days_left {
+                b_cert_days.get_or_create(&l).set(days);
             }
         }
     }

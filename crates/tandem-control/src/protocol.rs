@@ -126,6 +126,13 @@ pub struct ServiceSnapshot {
     /// Connections closed at the node's `global.max_conns`.
     #[serde(default)]
     pub node_limited: u64,
+    /// TLS handshakes that failed or timed out.
+    #[serde(default)]
+    pub tls_handshake_errors: u64,
+    /// Connections refused under `accept_proxy`, by reason (`untrusted_source`,
+    /// `no_header`, `malformed`, `timeout`); empty when accept_proxy is off.
+    #[serde(default)]
+    pub proxy_refused: std::collections::BTreeMap<String, u64>,
 }
 
 /// One pool.
@@ -170,6 +177,12 @@ pub struct BackendSnapshot {
     pub connect_errors: u64,
     /// The last health check.
     pub last_check: Option<CheckSnapshot>,
+    /// Health checks failed so far.
+    #[serde(default)]
+    pub check_failures: u64,
+    /// Whole days until the certificate its TLS checks saw expires (negative: expired).
+    #[serde(default)]
+    pub certificate_days_left: Option<i64>,
     /// Seconds since the health state last changed.
     pub health_since_secs: Option<u64>,
 }

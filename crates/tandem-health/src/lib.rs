@@ -14,4 +14,6 @@ mod probe;
 
 pub use machine::{Change, Probe, RiseFall};
 pub use monitor::{BackendHealth, Checker, HealthBoard, LastCheck, Monitor, Transition};
-pub use probe::{MAX_LINE, Prober, fmt_duration, judge_answer};
+pub use probe::{
+    MAX_ANSWER, Prober, answer_end, fmt_days, fmt_duration, judge_answer, local_proxy_header,
+};

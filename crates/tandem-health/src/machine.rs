@@ -11,6 +11,8 @@ pub struct Probe {
     pub latency: Duration,
     /// Why it failed (empty when it passed).
     pub error: String,
+    /// The end of validity of the certificate the check saw (TLS checks).
+    pub not_after: Option<std::time::SystemTime>,
 }
 
 impl Probe {
@@ -20,7 +22,14 @@ impl Probe {
             ok: true,
             latency,
             error: String::new(),
+            not_after: None,
         }
+    }
+
+    /// The same result, noting the certificate's end of validity.
+    pub fn with_certificate(mut self, not_after: Option<std::time::SystemTime>) -> Probe {
+        self.not_after = not_after;
+        self
     }
 
     /// A failed check with its reason.
@@ -29,6 +38,7 @@ impl Probe {
             ok: false,
             latency,
             error: error.into(),
+            not_after: None,
         }
     }
 }

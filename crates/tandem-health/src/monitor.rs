@@ -51,8 +51,17 @@ pub struct BackendHealth {
     pub since: SystemTime,
     /// Checks run so far.
     pub checks: u64,
+    /// Checks failed so far.
+    pub failures: u64,
+    /// The end of validity of the certificate the last TLS check saw.
+    pub not_after: Option<SystemTime>,
+    /// When a near expiry was last logged.
+    expiry_logged: Option<SystemTime>,
     machine: RiseFall,
 }
+
+/// How often a certificate that is about to expire is logged again.
+const EXPIRY_LOG_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// A change of state, as published to watchers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +127,15 @@ impl HealthBoard {
     }
 
     /// Feeds a result; on a change, flips the backend's state, logs once and publishes.
-    fn record(&self, pool: &str, backend: SocketAddr, state: &BackendState, probe: Probe) {
+    /// A certificate within `warn_expiry` of its end is logged (again each day).
+    fn record(
+        &self,
+        pool: &str,
+        backend: SocketAddr,
+        state: &BackendState,
+        probe: Probe,
+        warn_expiry: Option<Duration>,
+    ) {
         let now = SystemTime::now();
         let change = {
             let mut map = self.write();
@@ -126,6 +143,25 @@ impl HealthBoard {
                 return;
             };
             entry.checks += 1;
+            if !probe.ok {
+                entry.failures += 1;
+            }
+            if probe.not_after.is_some() {
+                entry.not_after = probe.not_after;
+            }
+            if let (Some(warn), Some(not_after)) = (warn_expiry, probe.not_after) {
+                let left = not_after.duration_since(now).unwrap_or_default();
+                let due = entry
+                    .expiry_logged
+                    .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= EXPIRY_LOG_EVERY);
+                if left < warn && due {
+                    entry.expiry_logged = Some(now);
+                    warn!(target: "tandem::health", pool, backend = %backend,
+                        days_left = left.as_secs() / 86_400,
+                        "{pool} {backend}: certificate expires in {} (not after {})",
+                        crate::probe::fmt_days(left), humantime::format_rfc3339_seconds(not_after));
+                }
+            }
             let change = entry.machine.observe(&probe);
             entry.last = Some(LastCheck {
                 ok: probe.ok,
@@ -235,6 +271,9 @@ impl Monitor {
                         last: None,
                         since: SystemTime::now(),
                         checks: 0,
+                        failures: 0,
+                        not_after: None,
+                        expiry_logged: None,
                         machine: RiseFall::new(check.rise, check.fall, b.state.is_healthy()),
                     });
                     entry.machine.reconfigure(check.rise, check.fall);
@@ -250,8 +289,11 @@ impl Monitor {
                     b.address,
                     b.state.clone(),
                     checker.clone(),
-                    check.interval,
-                    phase + jitter,
+                    Timing {
+                        interval: check.interval,
+                        first: phase + jitter,
+                        warn_expiry: check.warn_expiry,
+                    },
                 ));
                 self.tasks.insert(
                     key,
@@ -273,20 +315,31 @@ impl Monitor {
     }
 }
 
+/// When one backend's checks run, and how near an expiry is worth a warning.
+struct Timing {
+    interval: Duration,
+    first: Duration,
+    warn_expiry: Option<Duration>,
+}
+
 async fn watch(
     board: Arc<HealthBoard>,
     pool: String,
     backend: SocketAddr,
     state: Arc<BackendState>,
     checker: Arc<dyn Checker>,
-    interval: Duration,
-    first: Duration,
+    timing: Timing,
 ) {
+    let Timing {
+        interval,
+        first,
+        warn_expiry,
+    } = timing;
     let mut next = Instant::now() + first;
     loop {
         tokio::time::sleep_until(next).await;
         let probe = checker.probe(backend).await;
-        board.record(&pool, backend, &state, probe);
+        board.record(&pool, backend, &state, probe, warn_expiry);
         next += interval;
         let now = Instant::now();
         if next < now {

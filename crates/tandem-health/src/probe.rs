@@ -2,15 +2,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use rustls::pki_types::ServerName;
-use tandem_config::{Check, CheckKind};
+use tandem_config::{Check, CheckKind, ProxyProtocol, Step};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -19,14 +19,18 @@ use crate::machine::Probe;
 
 /// Most body bytes an http check reads.
 const MAX_BODY: usize = 64 * 1024;
-/// Most bytes a send-expect check reads looking for the first line.
-pub const MAX_LINE: usize = 4096;
+/// Most bytes of one send-expect answer (an SMTP EHLO answer is well under 1 KiB).
+pub const MAX_ANSWER: usize = 16 * 1024;
 
-/// A ready-to-run check for one pool: parsed regex, TLS client configuration.
+/// A ready-to-run check for one pool: compiled regexes, TLS client configuration,
+/// the PROXY header to send first.
 pub struct Prober {
     check: Check,
-    expect: Option<Regex>,
+    /// Each step with its regex, compiled in multi-line mode (`^` and `$` match at
+    /// every line of a multi-line answer).
+    steps: Vec<(Step, Regex)>,
     tls: Option<TlsConnector>,
+    proxy_header: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Prober {
@@ -37,23 +41,39 @@ impl std::fmt::Debug for Prober {
     }
 }
 
+/// Where a check is, so that a timeout can say what it was waiting for.
+type Stage = std::sync::Mutex<String>;
+
+fn enter(stage: &Stage, what: impl Into<String>) {
+    *stage.lock().unwrap_or_else(|e| e.into_inner()) = what.into();
+}
+
 impl Prober {
-    /// Prepares `check`; fails when its regex or CA file cannot be used.
+    /// Prepares `check`; fails when a regex or the CA file cannot be used.
     pub fn new(check: &Check) -> Result<Prober, String> {
-        let expect = match &check.expect {
-            Some(e) => Some(Regex::new(e).map_err(|e| format!("expect regex: {e}"))?),
-            None => None,
-        };
-        let tls = match check.kind {
-            CheckKind::Tls | CheckKind::Https => Some(TlsConnector::from(Arc::new(
+        let steps = check
+            .steps
+            .iter()
+            .map(|step| {
+                RegexBuilder::new(&step.expect)
+                    .multi_line(true)
+                    .build()
+                    .map(|r| (step.clone(), r))
+                    .map_err(|e| format!("expect regex: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let tls = if check.uses_tls() {
+            Some(TlsConnector::from(Arc::new(
                 tandem_proxy::tls::client_config(check.verify, check.ca_file.as_deref())?,
-            ))),
-            _ => None,
+            )))
+        } else {
+            None
         };
         Ok(Prober {
             check: check.clone(),
-            expect,
+            steps,
             tls,
+            proxy_header: local_proxy_header(check.send_proxy),
         })
     }
 
@@ -65,35 +85,65 @@ impl Prober {
     /// Runs the check against `target`, bounded by the check's timeout.
     pub async fn probe(&self, target: SocketAddr) -> Probe {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.check.timeout, self.run(target)).await;
+        let stage = Stage::new("connecting".into());
+        let result = tokio::time::timeout(self.check.timeout, self.run(target, &stage)).await;
         let latency = started.elapsed();
         match result {
-            Ok(Ok(())) => Probe::pass(latency),
+            Ok(Ok(not_after)) => Probe::pass(latency).with_certificate(not_after),
             Ok(Err(e)) => Probe::fail(latency, e),
             Err(_) => Probe::fail(
                 latency,
-                format!("timed out after {}", fmt_duration(self.check.timeout)),
+                format!(
+                    "timed out after {} {}",
+                    fmt_duration(self.check.timeout),
+                    stage.lock().unwrap_or_else(|e| e.into_inner())
+                ),
             ),
         }
     }
 
-    async fn run(&self, target: SocketAddr) -> Result<(), String> {
+    /// One check; a TLS check's result is the certificate's end of validity.
+    async fn run(&self, target: SocketAddr, stage: &Stage) -> Result<Option<SystemTime>, String> {
         if self.check.kind == CheckKind::Script {
-            return self.script(target).await;
+            enter(stage, "waiting for the script");
+            return self.script(target).await.map(|()| None);
         }
-        let tcp = TcpStream::connect(target)
+        enter(stage, "connecting");
+        let mut tcp = TcpStream::connect(target)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
+        if let Some(header) = &self.proxy_header {
+            enter(stage, "sending the PROXY header");
+            tcp.write_all(header)
+                .await
+                .map_err(|e| format!("send PROXY header: {e}"))?;
+        }
         match self.check.kind {
-            CheckKind::Tcp => Ok(()),
-            CheckKind::Tls => self.handshake(tcp, target).await.map(drop),
-            CheckKind::Http => self.http(tcp, target).await,
-            CheckKind::Https => {
-                let tls = self.handshake(tcp, target).await?;
-                self.http(tls, target).await
+            CheckKind::Tcp => {
+                if self.proxy_header.is_some() {
+                    // A clean end, so a PROXY listener sees a complete header.
+                    let _ = tcp.shutdown().await;
+                }
+                Ok(None)
             }
-            CheckKind::SendExpect => self.send_expect(tcp).await,
+            CheckKind::Tls => {
+                enter(stage, "in the TLS handshake");
+                let tls = self.handshake(tcp, target).await?;
+                certificate_not_after(&tls).map(Some)
+            }
+            CheckKind::Http => {
+                enter(stage, "waiting for the HTTP response");
+                self.http(tcp, target).await.map(|()| None)
+            }
+            CheckKind::Https => {
+                enter(stage, "in the TLS handshake");
+                let tls = self.handshake(tcp, target).await?;
+                let not_after = certificate_not_after(&tls)?;
+                enter(stage, "waiting for the HTTP response");
+                self.http(tls, target).await.map(|()| Some(not_after))
+            }
+            CheckKind::SendExpect => self.send_expect(tcp, target, stage).await,
             CheckKind::Script => unreachable!("handled above"),
         }
     }
@@ -172,43 +222,47 @@ impl Prober {
         Err(format!("body lacks {needle:?}"))
     }
 
-    async fn send_expect(&self, mut tcp: TcpStream) -> Result<(), String> {
-        if let Some(send) = &self.check.send {
-            tcp.write_all(send.as_bytes())
-                .await
-                .map_err(|e| format!("send: {e}"))?;
+    /// The send-expect conversation: every step in order; the steps after a
+    /// `starttls` step run over TLS.
+    async fn send_expect(
+        &self,
+        mut tcp: TcpStream,
+        target: SocketAddr,
+        stage: &Stage,
+    ) -> Result<Option<SystemTime>, String> {
+        let mut buf = Vec::new();
+        let Some(starttls) = self.steps.iter().position(|(s, _)| s.starttls) else {
+            converse(&mut tcp, &mut buf, &self.steps, 0, stage).await?;
+            self.quit(&mut tcp).await;
+            return Ok(None);
+        };
+        let (plain, secured) = self.steps.split_at(starttls + 1);
+        converse(&mut tcp, &mut buf, plain, 0, stage).await?;
+        if !buf.is_empty() {
+            // What came with the STARTTLS answer would be read as if it had come
+            // over TLS (the injection attack of RFC 3207 section 6): refuse it.
+            return Err(format!(
+                "{} bytes after the answer to STARTTLS, before the TLS handshake",
+                buf.len()
+            ));
         }
-        let mut line = Vec::new();
-        let mut buf = [0u8; 512];
-        loop {
-            let n = tcp.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                if line.is_empty() {
-                    return Err("closed without answering".into());
-                }
-                break;
-            }
-            line.extend_from_slice(&buf[..n]);
-            if let Some(end) = line.iter().position(|&b| b == b'\n') {
-                line.truncate(end);
-                break;
-            }
-            if line.len() >= MAX_LINE {
-                line.truncate(MAX_LINE);
-                break;
-            }
-        }
-        let regex = self
-            .expect
-            .as_ref()
-            .expect("send-expect checks have a regex");
-        judge_answer(&line, regex)?;
+        enter(stage, "in the TLS handshake after STARTTLS");
+        let mut tls = self
+            .handshake(tcp, target)
+            .await
+            .map_err(|e| format!("after STARTTLS: {e}"))?;
+        let not_after = certificate_not_after(&tls)?;
+        converse(&mut tls, &mut buf, secured, starttls + 1, stage).await?;
+        self.quit(&mut tls).await;
+        Ok(Some(not_after))
+    }
+
+    /// Says goodbye when the check has one; politeness only, the verdict is in.
+    async fn quit<S: AsyncWrite + Unpin>(&self, stream: &mut S) {
         if let Some(quit) = &self.check.quit {
-            // Politeness only: the verdict is already in.
-            let _ = tcp.write_all(quit.as_bytes()).await;
-            let _ = tcp.shutdown().await;
+            let _ = stream.write_all(quit.as_bytes()).await;
         }
-        Ok(())
+        let _ = stream.shutdown().await;
     }
 
     async fn script(&self, target: SocketAddr) -> Result<(), String> {
@@ -273,22 +327,243 @@ pub fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// The verdict on a send-expect answer: its first line (up to [`MAX_LINE`] bytes, a
-/// trailing CR removed, invalid UTF-8 replaced) must match `regex`.
-pub fn judge_answer(received: &[u8], regex: &Regex) -> Result<(), String> {
-    let line = &received[..received.len().min(MAX_LINE)];
-    let line = match line.iter().position(|&b| b == b'\n') {
-        Some(end) => &line[..end],
-        None => line,
+/// Runs `steps` (numbered from `first`) over `stream`; `buf` holds what was read
+/// past the last answer.
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    steps: &[(Step, Regex)],
+    first: usize,
+    stage: &Stage,
+) -> Result<(), String> {
+    for (i, (step, regex)) in steps.iter().enumerate() {
+        let what = step_name(first + i, step);
+        if let Some(send) = &step.send {
+            enter(stage, format!("sending {}", command_name(send)));
+            stream
+                .write_all(send.as_bytes())
+                .await
+                .map_err(|e| format!("send {}: {e}", command_name(send)))?;
+        }
+        enter(stage, format!("waiting for {what}"));
+        let answer = read_answer(stream, buf, step.send.is_some())
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        judge_answer(&answer, regex).map_err(|e| format!("{what}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// "the banner" for a first step that sends nothing, else "the answer to EHLO".
+fn step_name(index: usize, step: &Step) -> String {
+    match &step.send {
+        None if index == 0 => "the banner".into(),
+        None => format!("answer {}", index + 1),
+        Some(send) => format!("the answer to {}", command_name(send)),
+    }
+}
+
+/// The first word of a command, for messages ("EHLO", "a1 STARTTLS" -> "STARTTLS").
+fn command_name(send: &str) -> String {
+    let words: Vec<&str> = send.split_whitespace().collect();
+    let word = match words.as_slice() {
+        // IMAP commands start with a tag: name the command after it.
+        [tag, cmd, ..] if tag.chars().any(|c| c.is_ascii_digit()) => cmd,
+        [cmd, ..] => cmd,
+        [] => "(empty)",
     };
-    let text = String::from_utf8_lossy(line);
-    let text = text.trim_end_matches('\r');
-    if regex.is_match(text) {
+    word.chars().take(24).collect()
+}
+
+/// Reads one answer (see [`answer_end`]) into its own bytes, keeping what follows
+/// it in `buf`.
+async fn read_answer<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    after_command: bool,
+) -> Result<Vec<u8>, String> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        if let Some(end) = answer_end(buf, after_command) {
+            return Ok(buf.drain(..end).collect());
+        }
+        if buf.len() >= MAX_ANSWER {
+            return Err(format!(
+                "no end of the answer in its first {} KiB",
+                MAX_ANSWER / 1024
+            ));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            if buf.is_empty() {
+                return Err("closed without answering".into());
+            }
+            // Judged as it is: a server that closes says its last word.
+            return Ok(std::mem::take(buf));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Where the first complete answer in `received` ends (after its last line's LF),
+/// or `None` while it is incomplete. An answer is lines up to the first final one:
+/// SMTP continuation lines (`250-...`) are never final, and after a command neither
+/// are IMAP untagged lines (`* ...`), which come before the tagged result.
+pub fn answer_end(received: &[u8], after_command: bool) -> Option<usize> {
+    let mut start = 0;
+    while let Some(lf) = received[start..].iter().position(|&b| b == b'\n') {
+        let line = &received[start..start + lf];
+        start += lf + 1;
+        let smtp_continued =
+            line.len() >= 4 && line[..3].iter().all(u8::is_ascii_digit) && line[3] == b'-';
+        let imap_untagged = after_command && line.starts_with(b"* ");
+        if !smtp_continued && !imap_untagged {
+            return Some(start);
+        }
+    }
+    None
+}
+
+/// The verdict on one send-expect answer: its lines (each without its CR, invalid
+/// UTF-8 replaced, joined by LF) must match `regex` (compiled multi-line, so `^220 `
+/// matches the last line of a multi-line SMTP answer).
+pub fn judge_answer(answer: &[u8], regex: &Regex) -> Result<(), String> {
+    let answer = &answer[..answer.len().min(MAX_ANSWER)];
+    let text = String::from_utf8_lossy(answer);
+    let lines: Vec<&str> = text.split('\n').map(|l| l.trim_end_matches('\r')).collect();
+    let lines = match lines.as_slice() {
+        [rest @ .., ""] => rest,
+        all => all,
+    };
+    let joined = lines.join("\n");
+    if regex.is_match(&joined) {
         return Ok(());
     }
-    let shown: String = text.chars().take(80).collect();
+    let last = lines.last().copied().unwrap_or("");
+    let shown: String = last.chars().take(80).collect();
+    let more = if lines.len() > 1 {
+        format!(" (last of {} lines)", lines.len())
+    } else {
+        String::new()
+    };
     Err(format!(
-        "answer {shown:?} does not match {:?}",
+        "answer {shown:?}{more} does not match {:?}",
         regex.as_str()
     ))
+}
+
+/// The PROXY header a check sends first: LOCAL, so the backend takes the check's
+/// own address (what HAProxy's check-send-proxy sends).
+pub fn local_proxy_header(version: ProxyProtocol) -> Option<Vec<u8>> {
+    match version {
+        ProxyProtocol::None => None,
+        ProxyProtocol::V1 => Some(b"PROXY UNKNOWN\r\n".to_vec()),
+        ProxyProtocol::V2 => ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Local,
+            ppp::v2::Protocol::Unspecified,
+            ppp::v2::Addresses::Unspecified,
+        )
+        .build()
+        .ok(),
+    }
+}
+
+/// The end of validity of the server's certificate; an expired one fails the check
+/// (verified or not: clients would refuse it).
+fn certificate_not_after<S>(
+    tls: &tokio_rustls::client::TlsStream<S>,
+) -> Result<SystemTime, String> {
+    let (_, connection) = tls.get_ref();
+    let der = connection
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("the server sent no certificate")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("cannot read the server's certificate: {e}"))?;
+    let secs = cert.validity().not_after.timestamp();
+    let not_after = if secs >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        SystemTime::UNIX_EPOCH
+    };
+    let now = SystemTime::now();
+    if now > not_after {
+        let ago = now.duration_since(not_after).unwrap_or_default();
+        return Err(format!(
+            "certificate expired {} ago (not after {})",
+            fmt_days(ago),
+            humantime::format_rfc3339_seconds(not_after)
+        ));
+    }
+    Ok(not_after)
+}
+
+/// "3 days", "5 hours": how long ago or how soon, for certificate messages.
+pub fn fmt_days(d: Duration) -> String {
+    let days = d.as_secs() / 86_400;
+    if days >= 1 {
+        format!("{days} day{}", if days == 1 { "" } else { "s" })
+    } else {
+        format!("{} hours", d.as_secs() / 3600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regex(r: &str) -> Regex {
+        RegexBuilder::new(r).multi_line(true).build().unwrap()
+    }
+
+    #[test]
+    fn an_answer_ends_at_its_first_final_line() {
+        assert_eq!(answer_end(b"220 ready\r\n", false), Some(11));
+        assert_eq!(answer_end(b"220 ready", false), None);
+        // SMTP continuation lines are read until the last line.
+        let smtp = b"250-mx\r\n250-STARTTLS\r\n250 8BITMIME\r\nleft over";
+        assert_eq!(answer_end(smtp, true), Some(smtp.len() - 9));
+        assert_eq!(answer_end(b"250-mx\r\n250-STARTTLS\r\n", true), None);
+        // IMAP untagged lines come before the tagged answer to a command ...
+        let imap = b"* CAPABILITY IMAP4rev1\r\na1 OK done\r\n";
+        assert_eq!(answer_end(imap, true), Some(imap.len()));
+        assert_eq!(answer_end(b"* CAPABILITY IMAP4rev1\r\n", true), None);
+        // ... but the greeting is one untagged line.
+        assert_eq!(answer_end(b"* OK ready\r\n", false), Some(12));
+    }
+
+    #[test]
+    fn the_whole_answer_is_judged_in_multi_line_mode() {
+        let ehlo = b"250-mx\r\n250-STARTTLS\r\n250 8BITMIME\r\n";
+        assert!(judge_answer(ehlo, &regex("^250 ")).is_ok());
+        assert!(judge_answer(ehlo, &regex("^250-STARTTLS$")).is_ok());
+        let err = judge_answer(ehlo, &regex("^250-SMTPUTF8")).unwrap_err();
+        assert_eq!(
+            err,
+            "answer \"250 8BITMIME\" (last of 3 lines) does not match \"^250-SMTPUTF8\""
+        );
+        assert!(judge_answer(b"\xff\xfe220 x\r\n", &regex("220 x$")).is_ok());
+    }
+
+    #[test]
+    fn local_proxy_headers() {
+        assert_eq!(local_proxy_header(ProxyProtocol::None), None);
+        assert_eq!(
+            local_proxy_header(ProxyProtocol::V1).unwrap(),
+            b"PROXY UNKNOWN\r\n"
+        );
+        let v2 = local_proxy_header(ProxyProtocol::V2).unwrap();
+        // Signature, version 2 + LOCAL, UNSPEC, no address bytes.
+        assert_eq!(&v2[12..], &[0x20, 0x00, 0x00, 0x00]);
+    }
+
+    #[test]
+    fn commands_are_named_without_their_imap_tag() {
+        assert_eq!(command_name("a1 STARTTLS\r\n"), "STARTTLS");
+        assert_eq!(command_name("EHLO tandem.check\r\n"), "EHLO");
+        assert_eq!(command_name("STLS\r\n"), "STLS");
+    }
 }

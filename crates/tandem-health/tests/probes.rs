@@ -5,10 +5,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_config::{Check, CheckKind};
+use tandem_config::{Check, CheckKind, ProxyProtocol, Step};
 use tandem_health::Prober;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+fn step(send: Option<&str>, expect: &str) -> Step {
+    Step {
+        send: send.map(str::to_string),
+        expect: expect.into(),
+        starttls: false,
+    }
+}
+
+fn starttls(send: &str, expect: &str) -> Step {
+    Step {
+        starttls: true,
+        ..step(Some(send), expect)
+    }
+}
 
 fn check(kind: CheckKind) -> Check {
     Check {
@@ -124,7 +139,10 @@ async fn slow_answers_pass_just_under_the_timeout_and_fail_just_over() {
     assert!(p.ok, "{}", p.error);
     assert!(p.latency >= Duration::from_millis(150));
     let p = probe(&c, over).await;
-    assert_eq!(p.error, "timed out after 300ms");
+    assert_eq!(
+        p.error,
+        "timed out after 300ms waiting for the HTTP response"
+    );
     assert!(p.latency >= Duration::from_millis(300) && p.latency < Duration::from_millis(420));
 }
 
@@ -145,9 +163,18 @@ async fn silence_and_resets_fail() {
     .await;
     for kind in [CheckKind::Http, CheckKind::SendExpect, CheckKind::Tls] {
         let mut c = check(kind);
-        c.expect = Some("^220 ".into());
+        c.steps = vec![step(None, "^220 ")];
         let p = probe(&c, silent).await;
-        assert_eq!(p.error, "timed out after 300ms", "{kind:?}");
+        let waiting = match kind {
+            CheckKind::Http => "waiting for the HTTP response",
+            CheckKind::SendExpect => "waiting for the banner",
+            _ => "in the TLS handshake",
+        };
+        assert_eq!(
+            p.error,
+            format!("timed out after 300ms {waiting}"),
+            "{kind:?}"
+        );
         let p = probe(&c, reset).await;
         assert!(!p.ok, "{kind:?} passed against a reset");
     }
@@ -173,12 +200,15 @@ async fn send_expect_matches_the_first_line_and_says_quit() {
     })
     .await;
     let mut c = check(CheckKind::SendExpect);
-    c.expect = Some("^220 ".into());
+    c.steps = vec![step(None, "^220 ")];
     c.quit = Some("QUIT\r\n".into());
     assert!(probe(&c, smtp).await.ok);
     assert_eq!(quit_rx.recv().await.unwrap(), "QUIT\r\n");
     let p = probe(&c, wrong).await;
-    assert_eq!(p.error, "answer \"554 go away\" does not match \"^220 \"");
+    assert_eq!(
+        p.error,
+        "the banner: answer \"554 go away\" does not match \"^220 \""
+    );
     // send first, then the answer to it.
     let echo = server(|mut s| async move {
         let mut buf = [0u8; 64];
@@ -187,8 +217,7 @@ async fn send_expect_matches_the_first_line_and_says_quit() {
     })
     .await;
     let mut ping = check(CheckKind::SendExpect);
-    ping.send = Some("PING\r\n".into());
-    ping.expect = Some("^PING$".into());
+    ping.steps = vec![step(Some("PING\r\n"), "^PING$")];
     assert!(probe(&ping, echo).await.ok);
 }
 
@@ -293,10 +322,262 @@ async fn script_checks_get_the_backend_in_their_environment() {
     c.command = Some(slow);
     let started = std::time::Instant::now();
     let p = probe(&c, "127.0.0.1:1".parse().unwrap()).await;
-    assert_eq!(p.error, "timed out after 300ms");
+    assert_eq!(p.error, "timed out after 300ms waiting for the script");
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "a hung script is killed at the timeout"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An SMTP server of the test's own, for faults real servers do not show on demand:
+/// multi-line answers, a STARTTLS that answers and then breaks, one that never
+/// answers, bytes injected after the STARTTLS answer. `tls` upgrades after STARTTLS.
+#[derive(Clone, Copy, PartialEq)]
+enum Smtp {
+    Good,
+    BrokenTls,
+    SilentStarttls,
+    Injected,
+}
+
+async fn smtp_server(kind: Smtp, acceptor: tokio_rustls::TlsAcceptor) -> SocketAddr {
+    server(move |mut s| {
+        let acceptor = acceptor.clone();
+        async move {
+            let _ = s
+                .write_all(b"220-mx.example ESMTP\r\n220-second line\r\n220 ready\r\n")
+                .await;
+            let mut line = String::new();
+            let ehlo = b"250-mx.example\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n";
+            loop {
+                line.clear();
+                if read_line(&mut s, &mut line).await == 0 {
+                    return;
+                }
+                if line.starts_with("EHLO") {
+                    let _ = s.write_all(ehlo).await;
+                } else if line.starts_with("STARTTLS") {
+                    match kind {
+                        Smtp::SilentStarttls => {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            return;
+                        }
+                        Smtp::Injected => {
+                            let _ = s.write_all(b"220 go ahead\r\n250 injected\r\n").await;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            return;
+                        }
+                        Smtp::BrokenTls => {
+                            let _ = s.write_all(b"220 go ahead\r\n").await;
+                            let _ = s.write_all(b"this is not a TLS record\r\n").await;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            return;
+                        }
+                        Smtp::Good => {
+                            let _ = s.write_all(b"220 go ahead\r\n").await;
+                            let Ok(mut tls) = acceptor.accept(s).await else {
+                                return;
+                            };
+                            let mut buf = [0u8; 512];
+                            let Ok(n) = tls.read(&mut buf).await else {
+                                return;
+                            };
+                            if buf[..n].starts_with(b"EHLO") {
+                                let _ =
+                                    tls.write_all(b"250-mx.example\r\n250 AUTH PLAIN\r\n").await;
+                            }
+                            let _ = tls.read(&mut buf).await;
+                            return;
+                        }
+                    }
+                } else {
+                    let _ = s.write_all(b"221 bye\r\n").await;
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+async fn read_line(s: &mut TcpStream, line: &mut String) -> usize {
+    let mut byte = [0u8; 1];
+    while s.read(&mut byte).await.unwrap_or(0) == 1 {
+        line.push(byte[0] as char);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    line.len()
+}
+
+fn smtp_check() -> Check {
+    let mut c = check(CheckKind::SendExpect);
+    c.steps = vec![
+        step(None, "^220 "),
+        step(Some("EHLO tandem.check\r\n"), "^250-STARTTLS"),
+        starttls("STARTTLS\r\n", "^220 "),
+        step(Some("EHLO tandem.check\r\n"), "^250 AUTH"),
+    ];
+    c.quit = Some("QUIT\r\n".into());
+    c
+}
+
+#[tokio::test]
+async fn smtp_starttls_conversation_reads_multi_line_answers_and_upgrades() {
+    let good = smtp_server(Smtp::Good, tls_acceptor()).await;
+    let p = probe(&smtp_check(), good).await;
+    assert!(p.ok, "{}", p.error);
+    let not_after = p.not_after.expect("the certificate was read");
+    assert!(not_after > std::time::SystemTime::now());
+    // Without the multi-line reading, "^220 " would meet "220-mx.example ESMTP".
+    let mut banner_only = check(CheckKind::SendExpect);
+    banner_only.steps = vec![step(None, "^220 ready$")];
+    assert!(probe(&banner_only, good).await.ok);
+    // An expectation the EHLO answer does not meet names its step.
+    let mut c = smtp_check();
+    c.steps[1].expect = "^250-SMTPUTF8".into();
+    let p = probe(&c, good).await;
+    assert_eq!(
+        p.error,
+        "the answer to EHLO: answer \"250 8BITMIME\" (last of 4 lines) does not match \"^250-SMTPUTF8\""
+    );
+}
+
+#[tokio::test]
+async fn broken_starttls_fails_with_its_reason() {
+    let broken = smtp_server(Smtp::BrokenTls, tls_acceptor()).await;
+    let p = probe(&smtp_check(), broken).await;
+    assert!(
+        p.error.starts_with("after STARTTLS: tls handshake"),
+        "{}",
+        p.error
+    );
+    let silent = smtp_server(Smtp::SilentStarttls, tls_acceptor()).await;
+    let p = probe(&smtp_check(), silent).await;
+    assert_eq!(
+        p.error,
+        "timed out after 300ms waiting for the answer to STARTTLS"
+    );
+    let injected = smtp_server(Smtp::Injected, tls_acceptor()).await;
+    let p = probe(&smtp_check(), injected).await;
+    assert_eq!(
+        p.error,
+        "14 bytes after the answer to STARTTLS, before the TLS handshake"
+    );
+}
+
+#[tokio::test]
+async fn imap_untagged_lines_come_before_the_tagged_answer() {
+    let imap = server(|mut s| async move {
+        let _ = s
+            .write_all(b"* OK [CAPABILITY IMAP4rev1 STARTTLS] ready\r\n")
+            .await;
+        let mut line = String::new();
+        read_line(&mut s, &mut line).await;
+        let _ = s
+            .write_all(b"* CAPABILITY IMAP4rev1 STARTTLS\r\na1 OK Capability completed\r\n")
+            .await;
+        read_line(&mut s, &mut line).await;
+    })
+    .await;
+    let mut c = check(CheckKind::SendExpect);
+    c.steps = vec![
+        step(None, "^\\* OK"),
+        step(Some("a1 CAPABILITY\r\n"), "STARTTLS(?s:.*)^a1 OK"),
+    ];
+    let p = probe(&c, imap).await;
+    assert!(p.ok, "{}", p.error);
+}
+
+/// A certificate for `backend.test` that ended on 2020-01-01.
+fn expired_acceptor() -> tokio_rustls::TlsAcceptor {
+    let mut params = rcgen::CertificateParams::new(vec!["backend.test".into()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn an_expired_certificate_fails_even_unverified() {
+    let expired = smtp_server(Smtp::Good, expired_acceptor()).await;
+    let p = probe(&smtp_check(), expired).await;
+    assert!(
+        p.error.starts_with("certificate expired") && p.error.contains("2020-01-01"),
+        "{}",
+        p.error
+    );
+    let acceptor = expired_acceptor();
+    let tls = server(move |s| {
+        let a = acceptor.clone();
+        async move {
+            let _ = a.accept(s).await;
+        }
+    })
+    .await;
+    let p = probe(&check(CheckKind::Tls), tls).await;
+    assert!(p.error.starts_with("certificate expired"), "{}", p.error);
+}
+
+/// A server that requires a PROXY header first (as Postfix with
+/// smtpd_upstream_proxy_protocol and Dovecot with haproxy = yes do), then greets.
+async fn proxy_listener(headers: tokio::sync::mpsc::UnboundedSender<Vec<u8>>) -> SocketAddr {
+    server(move |mut s| {
+        let headers = headers.clone();
+        async move {
+            let mut buf = vec![0u8; 256];
+            let n = match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => 0,
+            };
+            let head = buf[..n].to_vec();
+            let v1 = head.starts_with(b"PROXY ");
+            let v2 = ppp::v2::Header::try_from(&head[..]).is_ok();
+            let _ = headers.send(head);
+            if v1 || v2 {
+                let _ = s.write_all(b"220 mx.example ESMTP\r\n").await;
+                let _ = s.read(&mut buf).await;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn checks_send_the_local_proxy_header_of_their_service() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let postfix_like = proxy_listener(tx).await;
+    let mut c = check(CheckKind::SendExpect);
+    c.steps = vec![step(None, "^220 ")];
+    // Without the header the server never greets and gives up (as Dovecot does).
+    let p = probe(&c, postfix_like).await;
+    assert_eq!(p.error, "the banner: closed without answering");
+    assert!(rx.recv().await.unwrap().is_empty());
+    c.send_proxy = ProxyProtocol::V2;
+    let p = probe(&c, postfix_like).await;
+    assert!(p.ok, "{}", p.error);
+    let head = rx.recv().await.unwrap();
+    let header = ppp::v2::Header::try_from(&head[..]).unwrap();
+    assert_eq!(header.command, ppp::v2::Command::Local);
+    assert_eq!(header.addresses, ppp::v2::Addresses::Unspecified);
+    c.send_proxy = ProxyProtocol::V1;
+    let p = probe(&c, postfix_like).await;
+    assert!(p.ok, "{}", p.error);
+    assert_eq!(rx.recv().await.unwrap(), b"PROXY UNKNOWN\r\n");
+    // A tcp check sends the header and ends the connection cleanly.
+    let mut tcp = check(CheckKind::Tcp);
+    tcp.send_proxy = ProxyProtocol::V2;
+    assert!(probe(&tcp, postfix_like).await.ok);
+    assert!(ppp::v2::Header::try_from(&rx.recv().await.unwrap()[..]).is_ok());
 }

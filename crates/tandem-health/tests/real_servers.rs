@@ -9,8 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tandem_config::{Check, CheckKind};
+use tandem_config::{Check, CheckKind, ProxyProtocol, Step};
 use tandem_health::Prober;
+
+fn step(send: Option<&str>, expect: &str) -> Step {
+    Step {
+        send: send.map(str::to_string),
+        expect: expect.into(),
+        starttls: false,
+    }
+}
 
 fn check(kind: CheckKind) -> Check {
     Check {
@@ -142,16 +150,34 @@ async fn http_checks_against_nginx_follow_its_status_and_its_life() {
     assert!(p.ok, "nginx restarted: {}", p.error);
 }
 
-fn start_dovecot(dir: &Path, imap: u16, pop3: u16) -> Server {
+/// How a test's Dovecot listens: plain banners, or STARTTLS with a certificate and
+/// PROXY-protocol listeners (haproxy = yes), as behind a balancer.
+enum Dovecot<'a> {
+    Plain,
+    ProxiedTls { cert: &'a Path, key: &'a Path },
+}
+
+fn start_dovecot(dir: &Path, imap: u16, pop3: u16, mode: Dovecot) -> Server {
     let d = dir.display();
     let conf = dir.join("dovecot.conf");
+    let (ssl, haproxy) = match mode {
+        Dovecot::Plain => ("ssl = no\n".to_string(), ""),
+        Dovecot::ProxiedTls { cert, key } => (
+            format!(
+                "ssl = yes\nssl_cert = <{}\nssl_key = <{}\nhaproxy_trusted_networks = 127.0.0.0/8\n",
+                cert.display(),
+                key.display()
+            ),
+            "    haproxy = yes\n",
+        ),
+    };
     std::fs::write(
         &conf,
         format!(
-            "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\nprotocols = imap pop3\nlisten = 127.0.0.1\nssl = no\n\
+            "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\nprotocols = imap pop3\nlisten = 127.0.0.1\n{ssl}\
 default_login_user = dovenull\ndefault_internal_user = dovecot\n\
-service imap-login {{\n  inet_listener imap {{\n    port = {imap}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
-service pop3-login {{\n  inet_listener pop3 {{\n    port = {pop3}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n\
+service imap-login {{\n  inet_listener imap {{\n    port = {imap}\n{haproxy}  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+service pop3-login {{\n  inet_listener pop3 {{\n    port = {pop3}\n{haproxy}  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n\
 service anvil {{\n  chroot =\n}}\n\
 passdb {{\n  driver = static\n  args = password=unused\n}}\nuserdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={d}/home/%u\n}}\n"
         ),
@@ -182,14 +208,14 @@ async fn send_expect_checks_read_dovecot_imap_and_pop3_banners() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (imap_port, pop3_port) = (free_port(), free_port());
-    let mut dovecot = start_dovecot(dir.path(), imap_port, pop3_port);
+    let mut dovecot = start_dovecot(dir.path(), imap_port, pop3_port, Dovecot::Plain);
     let imap = SocketAddr::from(([127, 0, 0, 1], imap_port));
     let pop3 = SocketAddr::from(([127, 0, 0, 1], pop3_port));
     let mut imap_check = check(CheckKind::SendExpect);
-    imap_check.expect = Some(r"^\* OK".into());
+    imap_check.steps = vec![step(None, r"^\* OK")];
     imap_check.quit = Some("a1 LOGOUT\r\n".into());
     let mut pop3_check = check(CheckKind::SendExpect);
-    pop3_check.expect = Some(r"^\+OK".into());
+    pop3_check.steps = vec![step(None, r"^\+OK")];
     pop3_check.quit = Some("QUIT\r\n".into());
     let p = Prober::new(&imap_check).unwrap().probe(imap).await;
     assert!(p.ok, "imap banner: {}", p.error);
@@ -197,7 +223,11 @@ async fn send_expect_checks_read_dovecot_imap_and_pop3_banners() {
     assert!(p.ok, "pop3 banner: {}", p.error);
     // The IMAP check against the POP3 port sees the wrong banner.
     let p = Prober::new(&imap_check).unwrap().probe(pop3).await;
-    assert!(p.error.starts_with("answer \"+OK"), "{}", p.error);
+    assert!(
+        p.error.starts_with("the banner: answer \"+OK"),
+        "{}",
+        p.error
+    );
     assert!(
         p.error.ends_with("does not match \"^\\\\* OK\""),
         "{}",
@@ -206,4 +236,107 @@ async fn send_expect_checks_read_dovecot_imap_and_pop3_banners() {
     dovecot.stop();
     let p = Prober::new(&imap_check).unwrap().probe(imap).await;
     assert!(!p.ok, "dovecot stopped but the check passed");
+}
+
+/// A CA and a certificate for `mail.test` signed by it, as PEM files in `dir`:
+/// (ca.pem, cert.pem, key.pem).
+fn mail_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tandem test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["mail.test".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    (paths.0, paths.1, paths.2)
+}
+
+#[tokio::test]
+async fn starttls_checks_with_proxy_headers_pass_against_dovecot() {
+    if find("dovecot").is_none() || !is_root() {
+        eprintln!(
+            "SKIPPED: dovecot needs the dovecot-imapd/dovecot-pop3d packages and root (scripts/test as root)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ca, cert, key) = mail_certificates(dir.path());
+    let (imap_port, pop3_port) = (free_port(), free_port());
+    let _dovecot = start_dovecot(
+        dir.path(),
+        imap_port,
+        pop3_port,
+        Dovecot::ProxiedTls {
+            cert: &cert,
+            key: &key,
+        },
+    );
+    let imap = SocketAddr::from(([127, 0, 0, 1], imap_port));
+    let pop3 = SocketAddr::from(([127, 0, 0, 1], pop3_port));
+    let secured = |steps: Vec<Step>, quit: &str| {
+        let mut c = check(CheckKind::SendExpect);
+        c.steps = steps;
+        c.quit = Some(quit.into());
+        c.send_proxy = ProxyProtocol::V2;
+        c.verify = true;
+        c.ca_file = Some(ca.clone());
+        c.host = Some("mail.test".into());
+        c
+    };
+    let imap_check = secured(
+        vec![
+            step(None, r"^\* OK"),
+            Step {
+                starttls: true,
+                ..step(Some("a1 STARTTLS\r\n"), "^a1 OK")
+            },
+            step(Some("a2 CAPABILITY\r\n"), "AUTH=PLAIN(?s:.*)^a2 OK"),
+        ],
+        "a3 LOGOUT\r\n",
+    );
+    let pop3_check = secured(
+        vec![
+            step(None, r"^\+OK"),
+            Step {
+                starttls: true,
+                ..step(Some("STLS\r\n"), r"^\+OK")
+            },
+        ],
+        "QUIT\r\n",
+    );
+    let p = Prober::new(&imap_check).unwrap().probe(imap).await;
+    assert!(p.ok, "imap STARTTLS: {}", p.error);
+    assert!(p.not_after.is_some());
+    let p = Prober::new(&pop3_check).unwrap().probe(pop3).await;
+    assert!(p.ok, "pop3 STLS: {}", p.error);
+    // What the issue saw: without the PROXY header Dovecot's PROXY listener hangs
+    // up ("haproxy: Client disconnected") and the check fails.
+    let mut bare = imap_check.clone();
+    bare.send_proxy = ProxyProtocol::None;
+    let p = Prober::new(&bare).unwrap().probe(imap).await;
+    assert!(!p.ok, "dovecot greeted a connection without a PROXY header");
+    // Another name than the certificate's: verification fails after STARTTLS.
+    let mut wrong_name = imap_check.clone();
+    wrong_name.host = Some("other.test".into());
+    let p = Prober::new(&wrong_name).unwrap().probe(imap).await;
+    assert!(
+        p.error.starts_with("after STARTTLS: tls handshake") && p.error.contains("certificate"),
+        "{}",
+        p.error
+    );
 }

@@ -59,7 +59,7 @@ impl HttpState {
     pub fn build(config: &tandem_config::Service) -> Result<HttpState, String> {
         let tls = match &config.tls {
             Some(t) => Some(
-                crate::tls::acceptor(t)
+                crate::tls::acceptor(t, crate::tls::HTTP_ALPN)
                     .map_err(|e| format!("service {}: tls: {e}", config.name))?,
             ),
             None => None,
@@ -137,11 +137,11 @@ pub(crate) async fn serve(
             ));
             let tls = match handshake.await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    info!(target: "tandem::http", service = %config.name, client = %peer, "tls handshake failed: {e}");
-                    return;
+                Ok(Err(e)) => return service.tls_failed(&config.name, peer, &e.to_string()),
+                Err(_) => {
+                    let why = format!("no handshake within {header_timeout:?}");
+                    return service.tls_failed(&config.name, peer, &why);
                 }
-                Err(_) => return,
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             serve_stream(conn, &config, tls, state.fast && !h2).await;

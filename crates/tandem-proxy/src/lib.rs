@@ -1,10 +1,12 @@
 //! tandem's data plane: listeners and the TCP relay.
 //!
 //! A [`Service`] accepts on listeners bound by [`listener::bind`] (SO_REUSEADDR,
-//! IP_FREEBIND), asks the current [`tandem_balance::PoolSet`] for a backend, connects
-//! with a timeout and retries other backends on failure, optionally sends a PROXY
-//! protocol header, then relays bytes both ways ([`relay`]: splice(2) on Linux,
-//! half-close propagated, idle timeout). Configuration and pools enter through
+//! IP_FREEBIND), optionally reads the PROXY header of a trusted balancer in front
+//! ([`proxy_header::receive`]) and terminates TLS ([`tls`]), asks the current
+//! [`tandem_balance::PoolSet`] for a backend, connects with a timeout and retries other
+//! backends on failure, optionally sends a PROXY protocol header, then relays bytes
+//! both ways ([`relay`]: splice(2) on Linux, copies for TLS, half-close propagated,
+//! idle timeout). Configuration and pools enter through
 //! `arc-swap` handles that the daemon swaps on reload; what leaves is counters
 //! ([`ServiceStats`], backend state) and one log line per connection (target
 //! `tandem::conn`).

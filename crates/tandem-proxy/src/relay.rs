@@ -14,13 +14,18 @@
 //! Pipes come from a small per-thread pool and are held only while bytes are in flight,
 //! and the scratch buffer is shared by the thread's connections, so an idle connection
 //! holds neither (two sockets, no extra descriptors, no buffer).
+//!
+//! A client whose TLS session tandem terminated is relayed by [`relay_stream`]: the
+//! same two pumps, counters, idle timeout and cancellation, but every chunk is copied
+//! through the scratch buffer (the bytes must pass through the TLS session), and an
+//! ended direction shuts the other side down through its stream (close_notify first).
 
 use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -116,42 +121,118 @@ pub async fn relay(
     cancel: &CancellationToken,
     meter: &(dyn Fn(bool, u64) + Sync),
 ) -> Outcome {
-    let activity = Activity::new();
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let ended = AtomicU64::new(0);
-    let both = async {
-        let up_pump = async {
-            pump(client, backend, &up, &activity, &ended, &|n| meter(true, n))
-                .await
-                .map_err(|e| match e {
+    let moved = Moved::new();
+    let (meter_up, meter_down) = (|n| meter(true, n), |n| meter(false, n));
+    let up = pump(
+        client,
+        backend,
+        &moved.up,
+        &moved.activity,
+        &moved.ended,
+        &meter_up,
+    );
+    let down = pump(
+        backend,
+        client,
+        &moved.down,
+        &moved.activity,
+        &moved.ended,
+        &meter_down,
+    );
+    moved.run(up, down, idle, cancel).await
+}
+
+/// As [`relay`], for a client whose bytes tandem must see in user space (a TLS
+/// session it terminated): both directions copy through the thread's scratch buffer
+/// (no splice), and an ended direction shuts the other side's write half down (for
+/// TLS: close_notify, then the TCP half-close). A TLS client that closes without
+/// close_notify ends its direction as a plain end-of-file would.
+pub async fn relay_stream<S>(
+    client: S,
+    backend: &mut TcpStream,
+    idle: Duration,
+    cancel: &CancellationToken,
+    meter: &(dyn Fn(bool, u64) + Sync),
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let moved = Moved::new();
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut backend_read, mut backend_write) = backend.split();
+    let (meter_up, meter_down) = (|n| meter(true, n), |n| meter(false, n));
+    let up = copy_pump(
+        &mut client_read,
+        &mut backend_write,
+        &moved.up,
+        &moved.activity,
+        &meter_up,
+    );
+    let down = copy_pump(
+        &mut backend_read,
+        &mut client_write,
+        &moved.down,
+        &moved.activity,
+        &meter_down,
+    );
+    moved.run(up, down, idle, cancel).await
+}
+
+/// What both pumps of one relay share: byte counts, activity, directions done.
+struct Moved {
+    activity: Activity,
+    up: AtomicU64,
+    down: AtomicU64,
+    ended: AtomicU64,
+}
+
+impl Moved {
+    fn new() -> Moved {
+        Moved {
+            activity: Activity::new(),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs the client-to-backend pump `up` and the backend-to-client pump `down` until
+    /// both end, one fails, nothing moves for `idle`, or `cancel` fires.
+    async fn run(
+        &self,
+        up: impl Future<Output = Result<(), PumpError>>,
+        down: impl Future<Output = Result<(), PumpError>>,
+        idle: Duration,
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        let both = async {
+            let up = async {
+                up.await.map_err(|e| match e {
                     PumpError::Read(e) => End::ClientError(e.to_string()),
                     PumpError::Write(e) => End::BackendError(e.to_string()),
                 })
+            };
+            let down = async {
+                down.await.map_err(|e| match e {
+                    PumpError::Read(e) => End::BackendError(e.to_string()),
+                    PumpError::Write(e) => End::ClientError(e.to_string()),
+                })
+            };
+            match tokio::try_join!(up, down) {
+                Ok(_) => End::Closed,
+                Err(end) => end,
+            }
         };
-        let down_pump = async {
-            pump(backend, client, &down, &activity, &ended, &|n| {
-                meter(false, n)
-            })
-            .await
-            .map_err(|e| match e {
-                PumpError::Read(e) => End::BackendError(e.to_string()),
-                PumpError::Write(e) => End::ClientError(e.to_string()),
-            })
+        let end = tokio::select! {
+            end = both => end,
+            () = self.activity.quiet_for(idle) => End::IdleTimeout,
+            () = cancel.cancelled() => End::Shutdown,
         };
-        match tokio::try_join!(up_pump, down_pump) {
-            Ok(_) => End::Closed,
-            Err(end) => end,
+        Outcome {
+            to_backend: self.up.load(Relaxed),
+            to_client: self.down.load(Relaxed),
+            end,
         }
-    };
-    let end = tokio::select! {
-        end = both => end,
-        () = activity.quiet_for(idle) => End::IdleTimeout,
-        () = cancel.cancelled() => End::Shutdown,
-    };
-    Outcome {
-        to_backend: up.load(Relaxed),
-        to_client: down.load(Relaxed),
-        end,
     }
 }
 
@@ -267,6 +348,86 @@ async fn copy_chunk(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(PumpError::Write(e)),
         }
+    }
+    Ok(chunk)
+}
+
+/// Moves bytes from `src` to `dst` until `src` ends (then shuts `dst`'s write side
+/// down), counting them in `moved`: the user-space pump of [`relay_stream`].
+async fn copy_pump<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    moved: &AtomicU64,
+    activity: &Activity,
+    meter: &(dyn Fn(u64) + Sync),
+) -> Result<(), PumpError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        match copy_stream_chunk(src, dst, moved).await? {
+            Chunk::Moved(n) => {
+                activity.touch();
+                meter(n);
+            }
+            Chunk::NotReady => {}
+            Chunk::Eof => {
+                // The peer may have gone already: then there is nothing to tell it.
+                let _ = dst.shutdown().await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One read from `src` into the scratch buffer, written to `dst` at once as far as it
+/// takes it; the rest is copied out to wait for room, and `dst` is flushed (a TLS
+/// session sends its records). The scratch buffer is borrowed only inside one poll.
+async fn copy_stream_chunk<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    moved: &AtomicU64,
+) -> Result<Chunk, PumpError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use std::pin::Pin;
+    use std::task::Poll;
+    let (chunk, left) = std::future::poll_fn(|cx| {
+        SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            let mut read = tokio::io::ReadBuf::new(&mut buf[..]);
+            match Pin::new(&mut *src).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                // A TLS peer that closed without close_notify: its data ended all the same.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Poll::Ready(Ok((Chunk::Eof, Vec::new())));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Read(e))),
+                Poll::Ready(Ok(())) => {}
+            }
+            let got = read.filled().len();
+            if got == 0 {
+                return Poll::Ready(Ok((Chunk::Eof, Vec::new())));
+            }
+            let sent = match Pin::new(&mut *dst).poll_write(cx, &buf[..got]) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Write(e))),
+                Poll::Pending => 0,
+            };
+            moved.fetch_add(sent as u64, Relaxed);
+            Poll::Ready(Ok((Chunk::Moved(got as u64), buf[sent..got].to_vec())))
+        })
+    })
+    .await?;
+    if !left.is_empty() {
+        dst.write_all(&left).await.map_err(PumpError::Write)?;
+        moved.fetch_add(left.len() as u64, Relaxed);
+    }
+    if matches!(chunk, Chunk::Moved(_)) {
+        dst.flush().await.map_err(PumpError::Write)?;
     }
     Ok(chunk)
 }

@@ -10,11 +10,13 @@ use arc_swap::ArcSwap;
 use tandem_balance::{Pick, PoolSet, now_ms};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::limits::{ClientLimits, ClientSlot, ClientTable, GlobalLimit};
+use crate::proxy_header::Refusal;
 use crate::ratelog::RateLimited;
 use crate::relay::{self, End};
 
@@ -35,6 +37,11 @@ pub struct ServiceStats {
     pub client_limited: AtomicU64,
     /// Connections closed at once because the node was at `global.max_conns`.
     pub node_limited: AtomicU64,
+    /// TLS handshakes that failed or timed out (the connection was closed).
+    pub tls_handshake_errors: AtomicU64,
+    /// Connections refused under `accept_proxy`, by reason (index of
+    /// [`crate::proxy_header::Refusal::index`]).
+    pub proxy_refused: [AtomicU64; 4],
 }
 
 /// Most client addresses a service tracks for its per-client limits.
@@ -49,7 +56,11 @@ pub struct Service {
     pub stats: ServiceStats,
     pub(crate) pools: Arc<ArcSwap<PoolSet>>,
     http: ArcSwap<Option<Arc<crate::http::HttpState>>>,
+    /// The TLS acceptor of a tcp service that terminates TLS.
+    tls: ArcSwap<Option<Terminator>>,
     warn_limit: RateLimited,
+    warn_tls: RateLimited,
+    warn_proxy: RateLimited,
     warn_accept: RateLimited,
     warn_backend: RateLimited,
     warn_client: RateLimited,
@@ -75,6 +86,7 @@ pub struct Lifecycle {
 pub struct Prepared {
     config: tandem_config::Service,
     http: Option<Arc<crate::http::HttpState>>,
+    tls: Option<Terminator>,
 }
 
 impl Service {
@@ -84,12 +96,20 @@ impl Service {
             tandem_config::Mode::Http => Some(Arc::new(crate::http::HttpState::build(&config)?)),
             _ => None,
         };
-        Ok(Prepared { config, http })
+        let tls = match (&config.tls, config.mode) {
+            (Some(t), tandem_config::Mode::Tcp) => Some(Terminator(
+                crate::tls::acceptor(t, &[])
+                    .map_err(|e| format!("service {}: tls: {e}", config.name))?,
+            )),
+            _ => None,
+        };
+        Ok(Prepared { config, http, tls })
     }
 
     /// Takes a prepared configuration for new connections.
     pub fn install(&self, prepared: Prepared) {
         self.http.store(Arc::new(prepared.http));
+        self.tls.store(Arc::new(prepared.tls));
         self.config.store(Arc::new(prepared.config));
     }
 
@@ -98,9 +118,12 @@ impl Service {
         Arc::new(Service {
             config: ArcSwap::from_pointee(prepared.config),
             http: ArcSwap::from_pointee(prepared.http),
+            tls: ArcSwap::from_pointee(prepared.tls),
             stats: ServiceStats::default(),
             pools,
             warn_limit: RateLimited::new(Duration::from_secs(5)),
+            warn_tls: RateLimited::new(Duration::from_secs(5)),
+            warn_proxy: RateLimited::new(Duration::from_secs(5)),
             warn_accept: RateLimited::new(Duration::from_secs(5)),
             warn_backend: RateLimited::new(Duration::from_secs(5)),
             warn_client: RateLimited::new(Duration::from_secs(5)),
@@ -131,9 +154,20 @@ impl Service {
                         drop(client);
                         continue;
                     };
-                    let Ok(client_slot) = self.admit_client(peer) else {
+                    let proxied = self.config.load().accept_proxy;
+                    if proxied && !self.trusted_source(peer) {
                         drop(client);
                         continue;
+                    }
+                    // Under accept_proxy the client is known once its header is read.
+                    let client_slot = if proxied {
+                        None
+                    } else {
+                        let Ok(slot) = self.admit_client(peer) else {
+                            drop(client);
+                            continue;
+                        };
+                        slot
                     };
                     let Some(slot) = self.enter() else {
                         self.stats.rejected.fetch_add(1, Relaxed);
@@ -147,6 +181,25 @@ impl Service {
                     let service = self.clone();
                     let close_all = life.close_all.clone();
                     let fut = async move {
+                        let mut client_slot = client_slot;
+                        let mut ends = Ends {
+                            client: peer,
+                            local: None,
+                        };
+                        if proxied {
+                            // Boxed: a connection carries the header's state only while
+                            // it is read.
+                            let Some(told) =
+                                Box::pin(service.receive_proxy(&client, peer, &close_all)).await
+                            else {
+                                return;
+                            };
+                            ends = told;
+                            let Ok(admitted) = service.admit_client(ends.client) else {
+                                return;
+                            };
+                            client_slot = admitted;
+                        }
                         match service.http.load_full().as_ref().clone() {
                             Some(state) => {
                                 service.stats.total.fetch_add(1, Relaxed);
@@ -157,14 +210,14 @@ impl Service {
                                     service.clone(),
                                     state,
                                     client,
-                                    peer,
+                                    ends.client,
                                     close_all,
                                 ))
                                 .await;
                             }
                             None => {
                                 service
-                                    .handle(client, peer, local.unwrap_or(peer), &close_all)
+                                    .handle(client, ends, local.unwrap_or(peer), &close_all)
                                     .await
                             }
                         }
@@ -229,32 +282,136 @@ impl Service {
         ok.then(|| Slot(self.clone()))
     }
 
+    /// Whether `peer` may connect to a service under `accept_proxy`; counts and logs
+    /// the refusal when not.
+    fn trusted_source(&self, peer: SocketAddr) -> bool {
+        let c = self.config.load();
+        if crate::proxy_header::trusted(&c.accept_proxy_from, peer.ip()) {
+            return true;
+        }
+        self.refuse_proxy(
+            &c.name,
+            peer,
+            Refusal::Untrusted,
+            "the source is not in accept_proxy_from",
+        );
+        false
+    }
+
+    /// Counts and logs (rate-limited) a connection refused under `accept_proxy`.
+    fn refuse_proxy(&self, service: &str, peer: SocketAddr, reason: Refusal, why: &str) {
+        self.stats.proxy_refused[reason.index()].fetch_add(1, Relaxed);
+        if let Some(left_out) = self.warn_proxy.allow() {
+            warn!(service = %service, source = %peer, reason = reason.name(), left_out, "accept_proxy: {why}: connection closed");
+        }
+    }
+
+    /// Reads the PROXY header a trusted upstream sent first: the client and the
+    /// address it reached, as the header gives them (the connection's own for a LOCAL
+    /// header). `None` when refused (counted and logged) or when draining. The bound is
+    /// `http.header_timeout` in http mode, `connect_timeout` in tcp mode.
+    async fn receive_proxy(
+        &self,
+        client: &TcpStream,
+        peer: SocketAddr,
+        close_all: &CancellationToken,
+    ) -> Option<Ends> {
+        let c = self.config.load_full();
+        let within = match c.mode {
+            tandem_config::Mode::Http => c.http.header_timeout,
+            _ => c.connect_timeout,
+        };
+        let received = tokio::select! {
+            received = crate::proxy_header::receive(client, within) => received,
+            () = close_all.cancelled() => return None,
+        };
+        match received {
+            Ok(Some((from, to))) => Some(Ends {
+                client: from,
+                local: Some(to),
+            }),
+            Ok(None) => Some(Ends {
+                client: peer,
+                local: None,
+            }),
+            Err((reason, why)) => {
+                self.refuse_proxy(&c.name, peer, reason, &why);
+                None
+            }
+        }
+    }
+
+    /// Counts and logs (rate-limited) a failed TLS handshake.
+    pub(crate) fn tls_failed(&self, service: &str, client: SocketAddr, why: &str) {
+        self.stats.tls_handshake_errors.fetch_add(1, Relaxed);
+        if let Some(left_out) = self.warn_tls.allow() {
+            warn!(service = %service, client = %client, left_out, "TLS handshake failed: {why}: connection closed");
+        }
+    }
+
     async fn handle(
         &self,
         client: TcpStream,
-        peer: SocketAddr,
+        ends: Ends,
         listener: SocketAddr,
         close_all: &CancellationToken,
     ) {
         self.stats.total.fetch_add(1, Relaxed);
         let started = Instant::now();
         let config = self.config.load_full();
+        let peer = ends.client;
         let _ = client.set_nodelay(true);
+        // The address the client reached: the PROXY header's, or getsockname, asked
+        // only when a header to the backend needs it (the listener's may be 0.0.0.0).
+        let header = |client: &TcpStream, tls: Option<&crate::proxy_header::TlsInfo>| match config
+            .proxy_protocol
+        {
+            tandem_config::ProxyProtocol::None => None,
+            version => {
+                let local = ends
+                    .local
+                    .or_else(|| client.local_addr().ok())
+                    .unwrap_or(listener);
+                crate::proxy_header::header_with_tls(version, peer, local, tls)
+            }
+        };
+        let acceptor = self.tls.load_full();
+        // A TLS client's session first, within connect_timeout: no backend is asked
+        // for a client that cannot complete it.
+        let (client, header) = match acceptor.as_ref() {
+            None => {
+                let header = header(&client, None);
+                (Client::Plain(client), header)
+            }
+            Some(Terminator(acceptor)) => {
+                let handshake = Box::pin(tokio::time::timeout(
+                    config.connect_timeout,
+                    acceptor.accept(client),
+                ));
+                let handshake = tokio::select! {
+                    done = handshake => done,
+                    () = close_all.cancelled() => return,
+                };
+                match handshake {
+                    Ok(Ok(tls)) => {
+                        let (tcp, session) = tls.get_ref();
+                        let header = header(tcp, Some(&crate::tls::info(session)));
+                        (Client::Tls(Box::new(tls)), header)
+                    }
+                    Ok(Err(e)) => return self.tls_failed(&config.name, peer, &e.to_string()),
+                    Err(_) => {
+                        let why = format!("no handshake within {:?}", config.connect_timeout);
+                        return self.tls_failed(&config.name, peer, &why);
+                    }
+                }
+            }
+        };
         // Boxed: the connect phase's state is freed once connected, instead of sizing
         // the task of every (mostly idle) relayed connection.
         let Some((mut backend, pick)) = Box::pin(self.connect(&config, peer)).await else {
             self.stats.no_backend.fetch_add(1, Relaxed);
             info!(target: "tandem::conn", service = %config.name, client = %peer, backend = "-", to_backend = 0u64, to_client = 0u64, duration_ms = started.elapsed().as_millis() as u64, end = "no backend", "connection");
             return;
-        };
-        // The address the client reached (getsockname), asked only when a PROXY header
-        // needs it: the listener's may be 0.0.0.0.
-        let header = match config.proxy_protocol {
-            tandem_config::ProxyProtocol::None => None,
-            version => {
-                let local = client.local_addr().unwrap_or(listener);
-                crate::proxy_header::header(version, peer, local)
-            }
         };
         let state = pick.lease.state.clone();
         let meter = move |to_backend: bool, n: u64| {
@@ -268,10 +425,22 @@ impl Service {
             Some(h) => Box::pin(backend.write_all(h)).await.err(),
             None => None,
         };
-        // One relay call site, so the task holds one relay's state.
-        let outcome = match header_error {
-            None => relay::relay(&client, &backend, config.idle_timeout, close_all, &meter).await,
-            Some(e) => relay::Outcome {
+        let outcome = match (header_error, client) {
+            // One plain relay call site, so the task holds one relay's state.
+            (None, Client::Plain(client)) => {
+                relay::relay(&client, &backend, config.idle_timeout, close_all, &meter).await
+            }
+            (None, Client::Tls(tls)) => {
+                Box::pin(relay::relay_stream(
+                    tls,
+                    &mut backend,
+                    config.idle_timeout,
+                    close_all,
+                    &meter,
+                ))
+                .await
+            }
+            (Some(e), _) => relay::Outcome {
                 to_backend: 0,
                 to_client: 0,
                 end: End::BackendError(format!("sending PROXY header: {e}")),
@@ -322,6 +491,31 @@ impl Service {
         }
         None
     }
+}
+
+/// The TLS acceptor of a tcp service that terminates TLS.
+struct Terminator(TlsAcceptor);
+
+impl std::fmt::Debug for Terminator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Terminator")
+    }
+}
+
+/// A connection's two addresses as the service sees them.
+#[derive(Debug, Clone, Copy)]
+struct Ends {
+    /// The client: the peer, or the one a trusted PROXY header names.
+    client: SocketAddr,
+    /// The address the client reached, when a PROXY header said it.
+    local: Option<SocketAddr>,
+}
+
+/// A client connection, as tandem relays it: bytes as they are, or a TLS session it
+/// terminated.
+enum Client {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 /// A connection slot under the service's limit, freed on drop.

@@ -1,4 +1,5 @@
-//! TLS termination: certificates loaded from PEM files, chosen by SNI.
+//! TLS termination (tcp and http services): certificates loaded from PEM files,
+//! chosen by SNI; and the client side of TLS to backends.
 
 use std::sync::Arc;
 
@@ -35,9 +36,13 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// An acceptor for `tls`: TLS 1.2 and 1.3, ALPN h2 and http/1.1. Reads the files now,
-/// so a reload picks up renewed certificates.
-pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, String> {
+/// The ALPN protocols of an HTTP service.
+pub const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// An acceptor for `tls`: TLS 1.2 and 1.3, offering the ALPN protocols `alpn` (none
+/// for a TCP service: a client's ALPN list is then ignored). Reads the files now, so a
+/// reload picks up renewed certificates.
+pub fn acceptor(tls: &Tls, alpn: &[&[u8]]) -> Result<TlsAcceptor, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut keys = Vec::new();
     for pair in &tls.certs {
@@ -71,8 +76,31 @@ pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, String> {
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { keys }));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// What a PROXY v2 header tells a backend of an established session.
+pub fn info(session: &rustls::ServerConnection) -> crate::proxy_header::TlsInfo {
+    let version = match session.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(other) => format!("{other:?}"),
+        None => "unknown".to_string(),
+    };
+    // rustls names TLS 1.3 suites TLS13_*; their IANA names begin TLS_.
+    let cipher = session
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .map(|name| match name.strip_prefix("TLS13_") {
+            Some(rest) => format!("TLS_{rest}"),
+            None => name.to_string(),
+        });
+    crate::proxy_header::TlsInfo {
+        version,
+        cipher,
+        sni: session.server_name().map(str::to_string),
+    }
 }
 
 /// A TLS client configuration for talking to backends (health checks, https

@@ -19,6 +19,7 @@ use tandem_control::{
     Response, ServiceSnapshot, Snapshot,
 };
 use tandem_health::{HealthBoard, Monitor, Prober};
+use tandem_proxy::proxy_header::Refusal;
 use tandem_proxy::{Lifecycle, Service, listener};
 use tandem_sync::{Change, Store, SyncNode, SyncSettings, WireEntry};
 use tandem_vrrp::linux::{HaSettings, Vrrp};
@@ -375,6 +376,9 @@ impl Daemon {
             .as_ref()
             .ok_or("this tandem was not started from a configuration file")?;
         let config = Config::load(path).map_err(|e| e.to_string())?;
+        for w in &config.warnings {
+            warn!("{}", w.render(&path.display().to_string(), "warning: "));
+        }
         self.apply(config).await
     }
 
@@ -616,6 +620,20 @@ impl Daemon {
                     accept_errors: st.accept_errors.load(Relaxed),
                     client_limited: st.client_limited.load(Relaxed),
                     node_limited: st.node_limited.load(Relaxed),
+                    tls_handshake_errors: st.tls_handshake_errors.load(Relaxed),
+                    proxy_refused: if c.accept_proxy {
+                        Refusal::ALL
+                            .iter()
+                            .map(|r| {
+                                (
+                                    r.name().to_string(),
+                                    st.proxy_refused[r.index()].load(Relaxed),
+                                )
+                            })
+                            .collect()
+                    } else {
+                        Default::default()
+                    },
                 }
             })
             .chain(
@@ -716,6 +734,13 @@ impl Daemon {
             bytes_to_backend: to_backend,
             bytes_to_client: to_client,
             connect_errors: b.state.connect_errors(),
+            check_failures: health.as_ref().map_or(0, |h| h.failures),
+            certificate_days_left: health.as_ref().and_then(|h| h.not_after).map(|t| {
+                match t.duration_since(now) {
+                    Ok(left) => (left.as_secs() / 86_400) as i64,
+                    Err(past) => -((past.duration().as_secs() / 86_400) as i64) - 1,
+                }
+            }),
             last_check: health
                 .as_ref()
                 .and_then(|h| h.last.as_ref())

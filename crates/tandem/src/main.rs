@@ -136,6 +136,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             tandem::logging::init(config.global.log_format);
+            for w in &config.warnings {
+                tracing::warn!("{}", w.render(&path.display().to_string(), "warning: "));
+            }
             // Before any thread exists: credentials are per thread.
             if let Err(e) = tandem::privileges::drop_root(&config, allow_root) {
                 error!("{e}");
@@ -213,6 +216,9 @@ fn check(path: &Path) -> ExitCode {
                     eprintln!("{}: redirect: {p}", path.display());
                 }
                 return ExitCode::from(EXIT_CONFIG);
+            }
+            for w in &config.warnings {
+                eprintln!("{}", w.render(&path.display().to_string(), "warning: "));
             }
             println!("ok");
             ExitCode::SUCCESS

@@ -140,3 +140,71 @@ async fn backups_serve_while_every_primary_is_down_then_the_fallback_pool() {
     .await;
     assert_eq!(tally(to, 5).await["sorry"], 5);
 }
+
+/// A mail server behind a PROXY listener, as Postfix with
+/// `smtpd_upstream_proxy_protocol = haproxy`: no greeting without a PROXY v2 header;
+/// a LOCAL one (a check) is greeted plainly, a PROXY one with the client's address.
+async fn proxy_mail_server() -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 512];
+                let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await
+                else {
+                    return; // "haproxy: Client disconnected"
+                };
+                let Ok(header) = ppp::v2::Header::try_from(&buf[..n]) else {
+                    return;
+                };
+                let greeting = match header.addresses {
+                    ppp::v2::Addresses::IPv4(a) => format!("220 hello {}\r\n", a.source_address),
+                    _ => "220 check\r\n".to_string(),
+                };
+                let _ = s.write_all(greeting.as_bytes()).await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_send_the_proxy_header_their_service_sends() {
+    let backend = proxy_mail_server().await;
+    let text = |extra: &str| {
+        format!(
+            "[[pool]]\nname = \"smtp\"\nbackends = [{{ address = \"{backend}\" }}]\n\
+check = {{ type = \"send-expect\", expect = \"^220 \", quit = \"QUIT\\r\\n\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 1{extra} }}\n\n\
+[[service]]\nname = \"smtp\"\nlisten = [\"127.0.0.1:0\"]\npool = \"smtp\"\nproxy_protocol = \"v2\"\n"
+        )
+    };
+    let d = start(&text("")).await;
+    let pools = d.pools();
+    let up = || pools.get("smtp").unwrap().backends[0].state.is_healthy();
+    wait_until("the PROXY backend up", Duration::from_secs(2), up).await;
+    let mut client = tokio::net::TcpStream::connect(addr_of(&d, "smtp"))
+        .await
+        .unwrap();
+    let greeting = read_name(&mut client).await.trim_end().to_string();
+    assert_eq!(greeting, "220 hello 127.0.0.1");
+    drop(d);
+
+    // What the issue saw before: a check without the header never sees a greeting.
+    let d = start(&text(", send_proxy = false")).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let health = d.health().get("smtp", backend).unwrap();
+    assert!(!health.up);
+    // The server waits 300 ms for the header; the check gives up at its timeout.
+    assert_eq!(
+        health.last.unwrap().error,
+        "timed out after 150ms waiting for the banner"
+    );
+    assert!(health.failures >= 2, "{}", health.failures);
+}

@@ -247,17 +247,6 @@ async fn a_cookie_keeps_a_client_on_its_backend_across_connections() {
     assert!(head.contains("set-cookie: TANDEMID="), "{head}");
 }
 
-fn self_signed(dir: &Path, name: &str) -> (String, String) {
-    let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-    let (c, k) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&c, cert.cert.pem()).unwrap();
-    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
-    (c.display().to_string(), k.display().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_picks_the_certificate_by_sni_and_speaks_h2_and_h1() {
     let Some(n) = nginx() else { return };
@@ -1065,4 +1054,139 @@ async fn a_tunnel_with_no_bytes_for_the_idle_timeout_is_closed_and_a_busy_one_is
         waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
         "closed after {waited:?}"
     );
+}
+
+/// A backend that answers each request with its head as the body.
+async fn head_echo_backend() -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                while let Some(head) = read_request_head(&mut s).await {
+                    let answer =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", head.len());
+                    if s.write_all(answer.as_bytes()).await.is_err()
+                        || s.write_all(&head).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_proxy_puts_the_header_s_client_in_the_forwarded_fields_on_both_paths() {
+    let backend = head_echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "www.example.test");
+    let trust = "accept_proxy = true\naccept_proxy_from = [\"127.0.0.0/8\"]";
+    let plain = http_service(&format!("[{{ address = \"{backend}\" }}]"), "", trust);
+    let tls = http_service(
+        &format!("[{{ address = \"{backend}\" }}]"),
+        "",
+        &format!("{trust}\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}"),
+    )
+    .replace("name = \"www\"", "name = \"wwws\"")
+    .replace("[[pool]]\nname = \"web\"", "[[pool]]\nname = \"web2\"")
+    .replace("pool = \"web\"", "pool = \"web2\"");
+    let d = start(&(plain + &tls)).await;
+    let to = addr_of(&d, "www");
+    let v1 = |client: &str| {
+        ppp::v1::Addresses::from((
+            client.parse::<SocketAddr>().unwrap(),
+            "192.0.2.1:80".parse::<SocketAddr>().unwrap(),
+        ))
+        .to_string()
+    };
+    // The fast path (a plain HTTP/1.1 GET), header and request in one segment; an
+    // X-Forwarded-For from the client is appended to.
+    let head = tokio::task::spawn_blocking({
+        let header = v1("203.0.113.9:5555");
+        move || {
+            let mut s = TcpStream::connect(to).unwrap();
+            let request = format!("{header}{}", get("/", "X-Forwarded-For: 10.9.9.9\r\n"));
+            exchange(&mut s, &request).2.to_ascii_lowercase()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        head.contains("x-forwarded-for: 10.9.9.9, 203.0.113.9\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("forwarded: for=203.0.113.9;proto=http"),
+        "{head}"
+    );
+    // The general path (HTTP/1.0), an IPv6 client in a v2 header.
+    let head = tokio::task::spawn_blocking(move || {
+        let mut header = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (
+                "[2001:db8::9]:5555".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::1]:80".parse::<SocketAddr>().unwrap(),
+            ),
+        )
+        .build()
+        .unwrap();
+        header.extend_from_slice(b"GET / HTTP/1.0\r\nHost: www.example.test\r\n\r\n");
+        let mut s = TcpStream::connect(to).unwrap();
+        s.write_all(&header).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer.to_ascii_lowercase()
+    })
+    .await
+    .unwrap();
+    assert!(head.starts_with("http/1.0 200"), "{head}");
+    assert!(head.contains("x-forwarded-for: 2001:db8::9\r\n"), "{head}");
+    assert!(
+        head.contains("forwarded: for=\"[2001:db8::9]\";proto=http"),
+        "{head}"
+    );
+    // TLS after the header: the header's client, and proto=https.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr_of(&d, "wwws"))
+            .await
+            .unwrap();
+        tcp.write_all(v1("198.51.100.20:6000").as_bytes())
+            .await
+            .unwrap();
+        let mut s = tls_over(tcp, "www.example.test", &cert).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: www.example.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.ok();
+        let answer = answer.to_ascii_lowercase();
+        assert!(
+            answer.contains("x-forwarded-for: 198.51.100.20\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("forwarded: for=198.51.100.20;proto=https"),
+            "{answer}"
+        );
+    }
+    // Without a header, a listed source is refused all the same.
+    let refused = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(to).unwrap();
+        s.write_all(get("/", "").as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(refused.is_empty(), "{}", String::from_utf8_lossy(&refused));
+    let snapshot = d.snapshot();
+    let www = snapshot.services.iter().find(|s| s.name == "www").unwrap();
+    assert_eq!(www.proxy_refused.get("no_header"), Some(&1));
 }

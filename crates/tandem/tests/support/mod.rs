@@ -337,3 +337,105 @@ pub fn ctl_json(socket: &Path, args: &[&str]) -> serde_json::Value {
     assert_eq!(code, 0, "ctl {args:?}: {err}");
     serde_json::from_str(&out).unwrap()
 }
+
+/// Writes a new self-signed certificate for `name` and its key in `dir` (NAME.pem,
+/// NAME.key, replacing earlier ones); returns their paths.
+pub fn self_signed(dir: &Path, name: &str) -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
+/// A TLS client connection to `to` asking for `sni`, trusting only the certificates
+/// in the PEM file `ca`: the handshake fails unless tandem served one of them.
+pub async fn tls_connect(
+    to: SocketAddr,
+    sni: &str,
+    ca: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_over(TcpStream::connect(to).await?, sni, ca).await
+}
+
+/// As [`tls_connect`], over a connection already open (after a PROXY header...).
+pub async fn tls_over(
+    tcp: TcpStream,
+    sni: &str,
+    ca: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+}
+
+/// Reads a PROXY header (v1 or v2) from the start of `s`, byte by byte, so nothing
+/// after it is consumed; returns its bytes.
+pub async fn read_proxy_header(s: &mut TcpStream) -> Vec<u8> {
+    use ppp::PartialResult;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .expect("a PROXY header within 5 s")
+            .unwrap();
+        assert_eq!(n, 1, "ended within the PROXY header: {buf:?}");
+        buf.push(byte[0]);
+        // ppp takes some cut v1 lines for wrong ones: read a v1 line whole first.
+        if buf.starts_with(b"PROXY") && !buf.ends_with(b"\n") {
+            continue;
+        }
+        let parsed = ppp::HeaderResult::parse(&buf);
+        if parsed.is_complete() {
+            match parsed {
+                ppp::HeaderResult::V1(Ok(_)) | ppp::HeaderResult::V2(Ok(_)) => return buf,
+                other => panic!("not a PROXY header: {other:?}"),
+            }
+        }
+    }
+}
+
+/// The (source, destination) a PROXY header names.
+pub fn proxy_addresses(header: &[u8]) -> (SocketAddr, SocketAddr) {
+    match ppp::HeaderResult::parse(header) {
+        ppp::HeaderResult::V1(Ok(h)) => match h.addresses {
+            ppp::v1::Addresses::Tcp4(a) => (
+                (a.source_address, a.source_port).into(),
+                (a.destination_address, a.destination_port).into(),
+            ),
+            ppp::v1::Addresses::Tcp6(a) => (
+                (a.source_address, a.source_port).into(),
+                (a.destination_address, a.destination_port).into(),
+            ),
+            other => panic!("{other:?}"),
+        },
+        ppp::HeaderResult::V2(Ok(h)) => match h.addresses {
+            ppp::v2::Addresses::IPv4(a) => (
+                (a.source_address, a.source_port).into(),
+                (a.destination_address, a.destination_port).into(),
+            ),
+            ppp::v2::Addresses::IPv6(a) => (
+                (a.source_address, a.source_port).into(),
+                (a.destination_address, a.destination_port).into(),
+            ),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+}
