@@ -450,7 +450,7 @@ fn the_site_serves_every_service_through_failures_failover_and_takeback() {
     let healthy = site.wait_all_up("lb1", Duration::from_secs(20));
     site.wait_all_up("lb2", Duration::from_secs(20));
     println!(
-        "every backend up on lb1 {} ms after its start",
+        "every backend up on lb1 {} ms after it held the address",
         healthy.as_millis()
     );
 
