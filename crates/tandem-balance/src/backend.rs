@@ -18,6 +18,7 @@ pub fn state_epoch() -> u64 {
 #[derive(Debug)]
 pub struct BackendState {
     healthy: AtomicBool,
+    decided: AtomicBool,
     enabled: AtomicBool,
     active: AtomicU32,
     total: AtomicU64,
@@ -27,10 +28,19 @@ pub struct BackendState {
 }
 
 impl BackendState {
-    /// A new state; `healthy` is the health before any check result.
+    /// A new state whose health is known: `healthy` (a backend without checks).
     pub fn new(healthy: bool) -> BackendState {
+        let state = BackendState::pending(healthy);
+        state.set_decided();
+        state
+    }
+
+    /// A new state of a checked backend before its checks decided: `healthy` is the
+    /// check's `initial` guess (see [`BackendState::is_decided`]).
+    pub fn pending(healthy: bool) -> BackendState {
         BackendState {
             healthy: AtomicBool::new(healthy),
+            decided: AtomicBool::new(false),
             enabled: AtomicBool::new(true),
             active: AtomicU32::new(0),
             total: AtomicU64::new(0),
@@ -50,6 +60,18 @@ impl BackendState {
         if self.healthy.swap(up, Relaxed) != up {
             STATE_EPOCH.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Whether the health is known: the backend has no checks, or its checks reached
+    /// their first decision (first rise or fall). False while it is merely not yet
+    /// checked, its health being the configured `initial` guess.
+    pub fn is_decided(&self) -> bool {
+        self.decided.load(Relaxed)
+    }
+
+    /// Records that the checks reached their first decision.
+    pub fn set_decided(&self) {
+        self.decided.store(true, Relaxed);
     }
 
     /// Whether the operator lets it take new connections (false = draining).

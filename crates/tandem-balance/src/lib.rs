@@ -77,7 +77,13 @@ impl Pool {
                 state: previous
                     .and_then(|p| p.backend(&b.address))
                     .map(|old| old.state.clone())
-                    .unwrap_or_else(|| Arc::new(BackendState::new(initially_up))),
+                    .unwrap_or_else(|| {
+                        Arc::new(if config.check.is_some() {
+                            BackendState::pending(initially_up)
+                        } else {
+                            BackendState::new(true)
+                        })
+                    }),
             })
             .collect();
         let members = |backup: bool| {
@@ -136,6 +142,17 @@ impl Pool {
     /// Picks a backend of this pool only (no fallback), skipping `tried` addresses.
     /// The sticky entry of `client` wins while its backend is usable; otherwise the
     /// algorithm chooses among primaries, then backups, and the choice is pinned.
+    ///
+    /// A pin to a backend whose checks have not decided yet (a node that just started:
+    /// the health is only the check's `initial` guess) is followed all the same, and
+    /// is never rewritten while that lasts. The pin was made where the backend was
+    /// serving this client (most often the peer that synced it); "not checked yet" is
+    /// no evidence against it, and moving the client would cost it its session, which
+    /// is what the pin is for. When that backend cannot be used for this connection
+    /// (its connect failed and it is in `tried`, or it is at `max_conns`) the client is
+    /// served elsewhere this once and keeps its pin. Once the checks decide "down",
+    /// the client is re-pinned as for any unusable backend; an operator's disable
+    /// re-pins at once.
     pub fn pick_here(
         &self,
         client: IpAddr,
@@ -146,13 +163,22 @@ impl Pool {
             let b = &self.backends[i];
             b.is_usable() && !tried.contains(&b.address)
         };
+        let mut keep_pin = false;
         if let Some(table) = &self.sticky
             && let Some(address) = table.get(&client, now)
             && let Some(&i) = self.index.get(&address)
-            && usable(i)
-            && let Some(lease) = self.backends[i].lease()
         {
-            return Some((lease, true));
+            let b = &self.backends[i];
+            let unchecked = !b.state.is_decided() && b.state.is_enabled();
+            let open = b.state.is_enabled()
+                && (b.max_conns == 0 || b.state.active() < b.max_conns)
+                && !tried.contains(&b.address);
+            if (usable(i) || (unchecked && open))
+                && let Some(lease) = b.lease()
+            {
+                return Some((lease, true));
+            }
+            keep_pin = unchecked;
         }
         // A lease can lose a race for the last slot under max_conns; the loser is no
         // longer usable, so each retry narrows the choice.
@@ -162,7 +188,9 @@ impl Pool {
                 .pick(&self.backends, client, usable)
                 .or_else(|| self.backup.pick(&self.backends, client, usable))?;
             if let Some(lease) = self.backends[i].lease() {
-                if let Some(table) = &self.sticky {
+                if let Some(table) = &self.sticky
+                    && !keep_pin
+                {
                     table.set(client, lease.address, now);
                 }
                 return Some((lease, false));

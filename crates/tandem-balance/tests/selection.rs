@@ -273,6 +273,81 @@ fn sticky_clients_stay_and_are_repinned_when_their_backend_goes_down() {
     assert!(table.get(&client(1), 51_000 + 60_000).is_none());
 }
 
+/// A sticky pool of three checked backends, each still at the check's initial
+/// "down" (not checked yet), as on a node that just started.
+fn unchecked_sticky_pool() -> Pool {
+    let mut config = pool_config("p", Balance::RoundRobin, &[1, 1, 1]);
+    config.sticky = Some(Sticky {
+        key: StickyKey::SourceIp,
+        ttl: Duration::from_secs(60),
+        cookie: String::new(),
+        max_entries: 1000,
+    });
+    config.check = Some(tandem_config::Check::new(tandem_config::CheckKind::Tcp));
+    let pool = Pool::build(&config, None);
+    for b in &pool.backends {
+        assert!(!b.state.is_healthy() && !b.state.is_decided());
+    }
+    pool
+}
+
+#[test]
+fn a_synced_pin_to_a_backend_not_yet_checked_is_followed_and_kept() {
+    let pool = unchecked_sticky_pool();
+    let table = pool.sticky.as_ref().unwrap();
+    // A pin synced from the peer (where addr(1) was up).
+    table.merge(client(1), addr(1), 60_000, 1_000, 7, 0);
+    // No backend is usable for a new client yet...
+    assert!(pool.pick_here(client(2), &[], 10).is_none());
+    // ...but the pinned client goes to its backend.
+    let (lease, sticky) = pool.pick_here(client(1), &[], 10).unwrap();
+    assert_eq!((lease.address, sticky), (addr(1), true));
+    drop(lease);
+    // Another backend's checks decide "up" first: the pin is not moved to it.
+    pool.backends[0].state.set_healthy(true);
+    pool.backends[0].state.set_decided();
+    let (lease, sticky) = pool.pick_here(client(1), &[], 20).unwrap();
+    assert_eq!((lease.address, sticky), (addr(1), true));
+    drop(lease);
+    // Its connect failed (tried): served elsewhere this once, the pin stays.
+    let (lease, sticky) = pool.pick_here(client(1), &[addr(1)], 30).unwrap();
+    assert_eq!((lease.address, sticky), (addr(0), false));
+    drop(lease);
+    assert_eq!(table.get(&client(1), 40), Some(addr(1)));
+    assert_eq!(
+        table.entries()[0].1.origin,
+        7,
+        "the peer's pin, not rewritten"
+    );
+    // Its checks decide "down": re-pinned as today.
+    pool.backends[1].state.set_decided();
+    let (lease, sticky) = pool.pick_here(client(1), &[], 50).unwrap();
+    assert_eq!((lease.address, sticky), (addr(0), false));
+    drop(lease);
+    assert_eq!(table.get(&client(1), 60), Some(addr(0)));
+}
+
+#[test]
+fn a_pin_to_an_unchecked_backend_honours_the_operator_and_max_conns() {
+    let pool = unchecked_sticky_pool();
+    let table = pool.sticky.as_ref().unwrap();
+    table.merge(client(1), addr(1), 60_000, 1_000, 7, 0);
+    table.merge(client(2), addr(2), 60_000, 1_000, 7, 0);
+    pool.backends[0].state.set_healthy(true);
+    pool.backends[0].state.set_decided();
+    // Disabled by the operator: a decision, so the client is re-pinned at once.
+    pool.backends[1].state.set_enabled(false);
+    let (lease, _) = pool.pick_here(client(1), &[], 10).unwrap();
+    assert_eq!(lease.address, addr(0));
+    assert_eq!(table.get(&client(1), 20), Some(addr(0)));
+    drop(lease);
+    // Backends without checks count as decided: nothing changes for them.
+    let plain = Pool::build(&pool_config("q", Balance::RoundRobin, &[1]), None);
+    assert!(plain.backends[0].state.is_decided());
+    // An unchecked pinned backend still counts its connections.
+    assert!(pool.pick_here(client(2), &[], 30).unwrap().1);
+}
+
 #[test]
 fn reload_keeps_state_of_backends_that_stay() {
     let config = pool_config("web", Balance::RoundRobin, &[1, 1]);

@@ -56,28 +56,51 @@ pub struct Change {
 
 /// Counts consecutive results: `rise` passes make a down backend up, `fall` failures
 /// make an up backend down. A result that agrees with the state resets the other count.
+///
+/// Until the checks have *decided* (`rise` passes or `fall` failures in a row since
+/// checking began, whatever the initial state), the state is only the configured
+/// guess (`initial`): [`RiseFall::is_decided`] tells the two apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RiseFall {
     rise: u32,
     fall: u32,
     up: bool,
     streak: u32,
+    /// `None` once decided; before that, the run of equal results since the start.
+    first: Option<(bool, u32)>,
 }
 
 impl RiseFall {
-    /// A machine starting in state `up`.
+    /// A machine starting in state `up`, not decided yet.
     pub fn new(rise: u32, fall: u32, up: bool) -> RiseFall {
         RiseFall {
             rise: rise.max(1),
             fall: fall.max(1),
             up,
             streak: 0,
+            first: Some((true, 0)),
+        }
+    }
+
+    /// A machine in state `up` that counts as decided already (a backend whose state
+    /// is known from before its checks began, e.g. an unchecked pool that gains a check
+    /// on reload).
+    pub fn decided(rise: u32, fall: u32, up: bool) -> RiseFall {
+        RiseFall {
+            first: None,
+            ..RiseFall::new(rise, fall, up)
         }
     }
 
     /// Whether the backend counts as up.
     pub fn is_up(&self) -> bool {
         self.up
+    }
+
+    /// Whether the checks have decided: `rise` passes or `fall` failures in a row have
+    /// been seen since checking began (a change of state decides too).
+    pub fn is_decided(&self) -> bool {
+        self.first.is_none()
     }
 
     /// Consecutive results against the current state so far.
@@ -93,6 +116,11 @@ impl RiseFall {
 
     /// Feeds one result; returns the change it causes, if any.
     pub fn observe(&mut self, probe: &Probe) -> Option<Change> {
+        if let Some((ok, run)) = self.first {
+            let run = if ok == probe.ok { run + 1 } else { 1 };
+            let needed = if probe.ok { self.rise } else { self.fall };
+            self.first = (run < needed).then_some((probe.ok, run));
+        }
         if probe.ok == self.up {
             self.streak = 0;
             return None;
@@ -105,6 +133,7 @@ impl RiseFall {
         self.up = probe.ok;
         let after = self.streak;
         self.streak = 0;
+        self.first = None;
         Some(Change {
             up: self.up,
             after,
@@ -154,6 +183,38 @@ mod tests {
         );
         // Further failures change nothing.
         assert_eq!(m.observe(&fail()), None);
+    }
+
+    #[test]
+    fn checks_decide_after_rise_passes_or_fall_failures_whatever_the_initial_state() {
+        // Initially down: three failures (fall) confirm it without a change.
+        let mut m = RiseFall::new(2, 3, false);
+        assert!(!m.is_decided());
+        m.observe(&fail());
+        m.observe(&fail());
+        assert!(!m.is_decided());
+        assert_eq!(m.observe(&fail()), None);
+        assert!(m.is_decided() && !m.is_up());
+        // Initially down: two passes (rise) bring it up, which decides.
+        let mut m = RiseFall::new(2, 3, false);
+        m.observe(&pass());
+        assert!(!m.is_decided());
+        assert!(m.observe(&pass()).unwrap().up);
+        assert!(m.is_decided());
+        // Initially up: two passes confirm it; alternating results never decide.
+        let mut m = RiseFall::new(2, 3, true);
+        for _ in 0..10 {
+            m.observe(&pass());
+            m.observe(&fail());
+        }
+        assert!(!m.is_decided(), "pass, fail, pass... decides nothing");
+        m.observe(&pass());
+        assert_eq!(m.observe(&pass()), None);
+        assert!(m.is_decided() && m.is_up());
+        // Once decided, it stays decided.
+        m.observe(&fail());
+        assert!(m.is_decided());
+        assert!(RiseFall::decided(2, 3, true).is_decided());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tandem_balance::{BackendState, PoolSet};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -63,6 +63,14 @@ pub struct BackendHealth {
 /// How often a certificate that is about to expire is logged again.
 const EXPIRY_LOG_EVERY: Duration = Duration::from_secs(24 * 3600);
 
+impl BackendHealth {
+    /// Whether its checks have decided (first rise or fall reached): until then `up` is
+    /// only the check's `initial` guess.
+    pub fn is_decided(&self) -> bool {
+        self.machine.is_decided()
+    }
+}
+
 /// A change of state, as published to watchers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
@@ -86,6 +94,8 @@ pub struct Transition {
 pub struct HealthBoard {
     backends: RwLock<HashMap<(String, SocketAddr), BackendHealth>>,
     changes: broadcast::Sender<Transition>,
+    /// Counts backends whose checks reached their first decision.
+    decisions: watch::Sender<u64>,
 }
 
 impl Default for HealthBoard {
@@ -93,6 +103,7 @@ impl Default for HealthBoard {
         HealthBoard {
             backends: RwLock::default(),
             changes: broadcast::channel(1024).0,
+            decisions: watch::channel(0).0,
         }
     }
 }
@@ -109,6 +120,21 @@ impl HealthBoard {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// Whether every checked backend of `pool` has decided (first rise or fall
+    /// reached); true for a pool without checks (or unknown here).
+    pub fn decided(&self, pool: &str) -> bool {
+        self.read()
+            .iter()
+            .filter(|((p, _), _)| p == pool)
+            .all(|(_, h)| h.machine.is_decided())
+    }
+
+    /// Changes each time a backend's checks reach their first decision (which need not
+    /// be a transition: an initially down backend whose first checks fail).
+    pub fn decisions(&self) -> watch::Receiver<u64> {
+        self.decisions.subscribe()
     }
 
     /// A receiver of every transition from now on.
@@ -162,7 +188,12 @@ impl HealthBoard {
                         crate::probe::fmt_days(left), humantime::format_rfc3339_seconds(not_after));
                 }
             }
+            let was_decided = entry.machine.is_decided();
             let change = entry.machine.observe(&probe);
+            if !was_decided && entry.machine.is_decided() {
+                state.set_decided();
+                self.decisions.send_modify(|n| *n += 1);
+            }
             entry.last = Some(LastCheck {
                 ok: probe.ok,
                 latency: probe.latency,
@@ -253,6 +284,7 @@ impl Monitor {
             let Some(check) = &config.check else {
                 for b in &pool.backends {
                     b.state.set_healthy(true);
+                    b.state.set_decided();
                 }
                 continue;
             };
@@ -274,7 +306,11 @@ impl Monitor {
                         failures: 0,
                         not_after: None,
                         expiry_logged: None,
-                        machine: RiseFall::new(check.rise, check.fall, b.state.is_healthy()),
+                        machine: if b.state.is_decided() {
+                            RiseFall::decided(check.rise, check.fall, b.state.is_healthy())
+                        } else {
+                            RiseFall::new(check.rise, check.fall, b.state.is_healthy())
+                        },
                     });
                     entry.machine.reconfigure(check.rise, check.fall);
                 }

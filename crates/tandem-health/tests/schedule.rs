@@ -274,3 +274,35 @@ async fn hundreds_of_backends_each_keep_their_own_timer() {
     }
     assert!(per_window.values().all(|&n| n <= 50), "{per_window:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_counts_as_decided_once_every_backend_reached_its_first_rise_or_fall() {
+    let script = Arc::new(Script::default());
+    // Rise 2, fall 3, every second: backend 1 passes, backend 2 fails.
+    script.set(addr(2), false);
+    let mut unchecked = pool(&[7], InitialHealth::Down);
+    unchecked.name = "plain".into();
+    unchecked.check = None;
+    let configs = [pool(&[1, 2], InitialHealth::Down), unchecked];
+    let (monitor, pools) = start(&script, &configs);
+    let board = monitor.board();
+    let mut decisions = board.decisions();
+    assert!(
+        board.decided("plain"),
+        "a pool without checks has nothing to wait for"
+    );
+    assert!(!board.decided("web"));
+    // Backend 1 rises at its second check (~1 s); backend 2 (phase 0.5 s) fails its
+    // third at ~2.5 s: still down as it started, but now known to be.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(board.get("web", addr(1)).unwrap().is_decided());
+    assert!(pools.get("web").unwrap().backends[0].state.is_decided());
+    assert!(!board.decided("web"));
+    assert!(decisions.has_changed().unwrap());
+    decisions.borrow_and_update();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(board.decided("web"));
+    assert!(decisions.has_changed().unwrap());
+    let b2 = &pools.get("web").unwrap().backends[1].state;
+    assert!(b2.is_decided() && !b2.is_healthy());
+}

@@ -87,8 +87,14 @@ pub enum Action {
         /// Priority to advertise (0 when leaving).
         priority: u8,
     },
-    /// Add the virtual addresses and announce them (gratuitous ARP).
+    /// Add the virtual addresses (before the advertisement that follows: on that
+    /// advertisement the old master lets them go, so this node must hold them already).
     TakeAddresses,
+    /// Announce the virtual addresses (gratuitous ARP), right after the advertisement
+    /// that follows [`Action::TakeAddresses`]: with nothing slow between the two, the
+    /// gap in which clients still send to the old master, which no longer holds the
+    /// addresses, stays as short as two system calls.
+    Announce,
     /// Remove the virtual addresses.
     ReleaseAddresses,
     /// The state changed.
@@ -210,11 +216,13 @@ impl Instance {
         self.transitions += 1;
     }
 
+    /// Hold the addresses, advertise, announce: in this order, one step.
     fn become_master(&mut self, now: Duration, reason: String, actions: &mut Vec<Action>) {
+        actions.push(Action::TakeAddresses);
         actions.push(Action::Send {
             priority: self.priority,
         });
-        actions.push(Action::TakeAddresses);
+        actions.push(Action::Announce);
         self.master_down_at = None;
         self.advert_at = Some(now + self.settings.interval.to_duration());
         self.master_interval = self.settings.interval;
@@ -499,8 +507,16 @@ mod tests {
         assert_eq!(i.next_deadline(), Some(ms(3600)));
         assert!(i.handle(ms(3599), Input::Tick).is_empty());
         let a = i.handle(ms(3600), Input::Tick);
-        assert_eq!(a[0], Action::Send { priority: 100 });
-        assert_eq!(a[1], Action::TakeAddresses);
+        // The addresses are held before the advertisement (on which the old master
+        // lets them go), and announced right after it.
+        assert_eq!(
+            a[..3],
+            [
+                Action::TakeAddresses,
+                Action::Send { priority: 100 },
+                Action::Announce
+            ]
+        );
         assert_eq!(transitions(&a), vec![(State::Backup, State::Master)]);
         // Then an advertisement every interval.
         assert_eq!(i.next_deadline(), Some(ms(4600)));
@@ -514,7 +530,7 @@ mod tests {
     fn the_address_owner_masters_at_once() {
         let mut i = Instance::new(settings(255, [192, 0, 2, 1]));
         let a = i.handle(ms(0), Input::Startup);
-        assert_eq!(a[0], Action::Send { priority: 255 });
+        assert_eq!(a[1], Action::Send { priority: 255 });
         assert_eq!(i.state(), State::Master);
     }
 
@@ -737,8 +753,17 @@ mod tests {
                 advert: &lower,
             },
         );
-        i.handle(ms(10_000) + i.master_down_interval(), Input::Tick);
+        let a = i.handle(ms(10_000) + i.master_down_interval(), Input::Tick);
         assert_eq!(i.state(), State::Master);
+        assert_eq!(
+            a[..3],
+            [
+                Action::TakeAddresses,
+                Action::Send { priority: 200 },
+                Action::Announce
+            ],
+            "a preempting router holds the addresses before its first advertisement"
+        );
     }
 
     #[test]

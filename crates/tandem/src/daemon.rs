@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::readiness::{Gate, Verdict};
 use crate::redirect::RedirectPlane;
 
 /// How often expired sticky entries are swept.
@@ -243,34 +244,31 @@ impl Daemon {
                 plane.follow_vrrp(&vrrp, daemon.shared.background.clone());
             }
             *daemon.shared.vrrp.lock().unwrap_or_else(|e| e.into_inner()) = Some(vrrp.clone());
-            if let Some(sync) = daemon.sync() {
-                // Like pfsync's demotion during bulk update: never take over with an
-                // empty table.
+            // Like pfsync's demotion during bulk update: never take over from a live
+            // master with an empty table, nor with checks that have not decided.
+            let gate = Gate::for_config(&config);
+            if gate.waits() {
                 vrrp.hold_preempt(true).await;
-                let mut synced = sync.synced();
-                let vrrp = vrrp.clone();
-                tokio::spawn(async move {
-                    let _ = synced.wait_for(|s| *s).await;
-                    info!("sticky tables synced: VRRP may preempt");
-                    vrrp.hold_preempt(false).await;
-                });
+                tokio::spawn(hold_until_ready(
+                    gate,
+                    vrrp.clone(),
+                    daemon.sync().map(|s| s.synced()),
+                    daemon.health(),
+                    daemon.shared.started,
+                    daemon.shared.background.clone(),
+                ));
+            }
+            if let Some(sync) = daemon.sync() {
                 // A peer whose sync session closes has most likely exited: as its
                 // backup, wait for one more advertisement, not three.
                 let mut ended = sync.sessions_ended();
                 ended.borrow_and_update();
-                let vrrp = daemon
-                    .shared
-                    .vrrp
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                if let Some(vrrp) = vrrp {
-                    tokio::spawn(async move {
-                        while ended.changed().await.is_ok() {
-                            vrrp.peer_exited().await;
-                        }
-                    });
-                }
+                let vrrp = vrrp.clone();
+                tokio::spawn(async move {
+                    while ended.changed().await.is_ok() {
+                        vrrp.peer_exited().await;
+                    }
+                });
             }
             tokio::spawn(track_pools(
                 daemon.clone(),
@@ -1039,6 +1037,58 @@ fn redirect_summary(plane: &RedirectPlane) -> tandem_control::RedirectSnapshot {
                 external: c.external,
                 role: c.role,
             }),
+    }
+}
+
+/// Holds VRRP preemption until `gate` says the node is ready (sticky tables synced,
+/// checks of the served and tracked pools decided, or their bound passed), then logs
+/// what it waited for and lets preemption go.
+async fn hold_until_ready(
+    mut gate: Gate,
+    vrrp: Arc<Vrrp>,
+    mut synced: Option<tokio::sync::watch::Receiver<bool>>,
+    health: Arc<HealthBoard>,
+    started: Instant,
+    stop: CancellationToken,
+) {
+    let mut decisions = health.decisions();
+    loop {
+        let now = started.elapsed();
+        let is_synced = synced.as_mut().is_none_or(|s| *s.borrow_and_update());
+        let recheck_at = match gate.judge(now, is_synced, |pool| health.decided(pool)) {
+            Verdict::Ready(ready) => {
+                if ready.undecided.is_empty() {
+                    info!(target: "tandem::vrrp", "{ready}: VRRP may preempt");
+                } else {
+                    warn!(target: "tandem::vrrp", "{ready}: VRRP may preempt");
+                }
+                vrrp.hold_preempt(false).await;
+                return;
+            }
+            Verdict::Wait { recheck_at } => recheck_at,
+        };
+        let sync_changed = async {
+            match synced.as_mut() {
+                Some(s) => {
+                    if s.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let bound = async {
+            match recheck_at {
+                Some(at) => tokio::time::sleep_until((started + at).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = sync_changed => {}
+            r = decisions.changed() => if r.is_err() { return },
+            () = bound => {}
+        }
     }
 }
 

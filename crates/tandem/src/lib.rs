@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod demo;
 pub mod logging;
 pub mod privileges;
+pub mod readiness;
 pub mod redirect;

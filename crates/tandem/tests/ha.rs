@@ -6,6 +6,7 @@ mod lab;
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lab::Lab;
@@ -425,28 +426,25 @@ fn split_brain_heals_within_one_advertisement_interval() {
 
 #[test]
 fn sticky_clients_keep_their_backend_through_a_failover() {
-    // A /16 so the client's extra source addresses are on-link for the balancers.
-    let Some(mut lab) = Lab::new("sy") else {
-        return;
-    };
-    lab.host("lb1", "10.99.0.1/16");
-    lab.host("lb2", "10.99.0.2/16");
-    lab.host("be1", "10.99.0.11/16");
-    lab.host("be2", "10.99.0.12/16");
-    lab.host("client", "10.99.0.50/16");
-    lab.http_backend("be1", "10.99.0.11:80".parse().unwrap(), "be1\n");
-    lab.http_backend("be2", "10.99.0.12:80".parse().unwrap(), "be2\n");
+    let Some(lab) = lab("sy") else { return };
+    // The clients' source addresses sit behind the client host, routed: on-link, each
+    // would cost an entry in the kernel's ARP table (1024 entries shared by every
+    // namespace) on each balancer.
     let clients: Vec<std::net::IpAddr> = (0..1000u32)
         .map(|n| std::net::IpAddr::from([10, 99, 10 + (n / 250) as u8, (n % 250) as u8 + 1]))
         .collect();
-    lab::add_addresses(
+    lab::add_addresses_on(
         &lab,
         "client",
+        "lo",
         &clients
             .iter()
-            .map(|c| format!("{c}/16"))
+            .map(|c| format!("{c}/32"))
             .collect::<Vec<_>>(),
     );
+    for lb in ["lb1", "lb2"] {
+        lab.ip_in(lb, &["route", "add", "10.99.0.0/16", "via", "10.99.0.50"]);
+    }
     let node = |name: &str, me: &str, peer: &str, priority: u8| {
         let dir = lab.dir.path().display();
         let text = format!(
@@ -454,7 +452,7 @@ fn sticky_clients_keep_their_backend_through_a_failover() {
 [[pool]]\nname = \"web\"\nbalance = \"round-robin\"\nbackends = [{{ address = \"10.99.0.11:80\" }}, {{ address = \"10.99.0.12:80\" }}]\n\
 sticky = {{ key = \"source-ip\", ttl = \"30m\" }}\n\n\
 [[service]]\nname = \"www\"\nlisten = [\"{VIP}:80\"]\npool = \"web\"\n\n\
-[ha]\ninterface = \"eth0\"\nvrid = 52\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/16\"]\n{}",
+[ha]\ninterface = \"eth0\"\nvrid = 52\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n{}",
             sync_section(&lab, me, peer)
         );
         let path = lab.dir.path().join(format!("{name}.toml"));
@@ -526,4 +524,436 @@ sticky = {{ key = \"source-ip\", ttl = \"30m\" }}\n\n\
     println!("after the failover: {served}/1000 served, {same}/1000 on the same backend as before");
     assert_eq!(served, 1000);
     assert_eq!(same, 1000, "clients moved to another backend");
+}
+
+/// What one client connection saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// The response body.
+    Answered(String),
+    /// Connection refused, or closed with no answer (tandem with no backend to use).
+    Refused,
+    /// Reset after it was accepted.
+    Reset,
+    /// No answer within the timeouts (a lost SYN is retried by the kernel after 1 s:
+    /// slow, not refused).
+    Timeout,
+}
+
+/// One HTTP request from source address `from` through the virtual address, with
+/// timeouts long enough for a SYN retransmission (call it inside the namespace).
+fn visit(from: std::net::IpAddr) -> Outcome {
+    use std::io::{ErrorKind, Read, Write};
+    let kind = |e: std::io::Error| match e.kind() {
+        ErrorKind::ConnectionRefused => Outcome::Refused,
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
+            Outcome::Reset
+        }
+        _ => Outcome::Timeout,
+    };
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
+    if let Err(e) = socket.connect_timeout(&vip().into(), Duration::from_secs(3)) {
+        return kind(e);
+    }
+    let mut s: std::net::TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    if let Err(e) = s.write_all(b"GET / HTTP/1.0\r\n\r\n") {
+        return kind(e);
+    }
+    let mut out = String::new();
+    match s.read_to_string(&mut out) {
+        Ok(0) => Outcome::Refused,
+        Ok(_) => match out.split("\r\n\r\n").nth(1) {
+            Some(body) if !body.is_empty() => Outcome::Answered(body.to_string()),
+            _ => Outcome::Refused,
+        },
+        Err(e) => kind(e),
+    }
+}
+
+/// A frame seen on the client's segment that matters for a takeover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// A VRRP advertisement from `from` (IPv4 source) with `priority`.
+    Advert {
+        from: std::net::Ipv4Addr,
+        mac: [u8; 6],
+        priority: u8,
+    },
+    /// A gratuitous ARP for the virtual address from `mac`.
+    Garp { mac: [u8; 6] },
+}
+
+/// Captures VRRP adverts and gratuitous ARPs for the virtual address in host `name`
+/// (an AF_PACKET socket with kernel receive timestamps) until the lab ends or `limit`.
+fn capture(
+    lab: &Lab,
+    name: &str,
+    limit: Duration,
+) -> std::thread::JoinHandle<Vec<(Duration, Seen)>> {
+    use nix::sys::socket::{
+        AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockProtocol, SockType, recvmsg,
+        setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    let stop = lab.stopped();
+    let vip: std::net::Ipv4Addr = VIP.parse().unwrap();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let handle = lab.thread_in(name, move || {
+        let fd = socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::EthAll,
+        )
+        .unwrap();
+        setsockopt(&fd, sockopt::ReceiveTimestampns, &true).unwrap();
+        setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 100_000),
+        )
+        .unwrap();
+        ready_tx.send(()).unwrap();
+        let started = Instant::now();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < limit {
+            let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let Ok(msg) = recvmsg::<()>(
+                fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::empty(),
+            ) else {
+                continue;
+            };
+            let n = msg.bytes;
+            let at = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|m| match m {
+                    ControlMessageOwned::ScmTimestampns(ts) => {
+                        Some(Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32))
+                    }
+                    _ => None,
+                })
+            });
+            let (Some(at), f) = (at, &buf[..n]) else {
+                continue;
+            };
+            if n < 42 {
+                continue;
+            }
+            let mac: [u8; 6] = f[6..12].try_into().unwrap();
+            match u16::from_be_bytes([f[12], f[13]]) {
+                0x0800 if f[14 + 9] == 112 => {
+                    let ihl = usize::from(f[14] & 0x0f) * 4;
+                    let from = std::net::Ipv4Addr::new(f[26], f[27], f[28], f[29]);
+                    if let Some(&priority) = f.get(14 + ihl + 2) {
+                        seen.push((
+                            at,
+                            Seen::Advert {
+                                from,
+                                mac,
+                                priority,
+                            },
+                        ));
+                    }
+                }
+                0x0806 if f[28..32] == vip.octets() && f[38..42] == vip.octets() => {
+                    seen.push((at, Seen::Garp { mac }));
+                }
+                _ => {}
+            }
+        }
+        seen
+    });
+    ready.recv_timeout(Duration::from_secs(5)).unwrap();
+    handle
+}
+
+/// For each takeover by `router` (its first advertisement after a silence of more
+/// than half a second: a backup sends none, a master one every 100 ms), the time from
+/// that advertisement to its first gratuitous ARP.
+fn advert_to_garp(seen: &[(Duration, Seen)], router: std::net::Ipv4Addr) -> Vec<Duration> {
+    let mut gaps = Vec::new();
+    let mut last_advert: Option<Duration> = None;
+    let mut pending: Option<(Duration, [u8; 6])> = None;
+    for &(at, s) in seen {
+        match s {
+            Seen::Advert {
+                from,
+                mac,
+                priority,
+            } if from == router && priority > 0 => {
+                if last_advert.is_none_or(|l| at - l > Duration::from_millis(500)) {
+                    pending = Some((at, mac));
+                }
+                last_advert = Some(at);
+            }
+            Seen::Garp { mac } => {
+                if let Some((advert, m)) = pending
+                    && m == mac
+                {
+                    gaps.push(at.saturating_sub(advert));
+                    pending = None;
+                }
+            }
+            _ => {}
+        }
+    }
+    gaps
+}
+
+#[test]
+fn a_returning_master_preempts_only_once_its_checks_decided_refusing_no_client_and_moving_no_pin() {
+    let Some(lab) = lab("rt") else { return };
+    // Clients pinned before lb1 returns, and fresh ones (each visits once) that no
+    // pin can serve: they need a backend that lb1's own checks found up. Their source
+    // addresses sit behind the client host, routed: the kernel's ARP table is shared
+    // by every namespace (1024 entries in all), and on-link sources would cost an
+    // entry each on each balancer.
+    let pinned: Vec<std::net::IpAddr> = (0..40u8)
+        .map(|n| std::net::IpAddr::from([10, 99, 10, n + 1]))
+        .collect();
+    let fresh: Vec<std::net::IpAddr> = (0..300u32)
+        .map(|n| std::net::IpAddr::from([10, 99, 20 + (n / 250) as u8, (n % 250) as u8 + 1]))
+        .collect();
+    lab::add_addresses_on(
+        &lab,
+        "client",
+        "lo",
+        &pinned
+            .iter()
+            .chain(&fresh)
+            .map(|c| format!("{c}/32"))
+            .collect::<Vec<_>>(),
+    );
+    for lb in ["lb1", "lb2"] {
+        lab.ip_in(lb, &["route", "add", "10.99.0.0/16", "via", "10.99.0.50"]);
+    }
+    // Checks start "down" (the default) and need 4 passes 300 ms apart: about a second
+    // to decide, longer than the sync (~0.1 s) and a preemption (~0.3 s) take.
+    let node = |name: &str, me: &str, peer: &str, priority: u8| {
+        let dir = lab.dir.path().display();
+        let text = format!(
+            "[global]\nname = \"{name}\"\ncontrol_socket = \"{dir}/{name}.sock\"\ndrain_timeout = \"1s\"\n\n\
+[[pool]]\nname = \"web\"\nbalance = \"round-robin\"\nbackends = [{{ address = \"10.99.0.11:80\" }}, {{ address = \"10.99.0.12:80\" }}]\n\
+sticky = {{ key = \"source-ip\", ttl = \"30m\" }}\n\
+check = {{ type = \"tcp\", interval = \"300ms\", timeout = \"100ms\", rise = 4, fall = 2 }}\n\n\
+[[service]]\nname = \"www\"\nlisten = [\"{VIP}:80\"]\npool = \"web\"\nconnect_timeout = \"200ms\"\n\n\
+[ha]\ninterface = \"eth0\"\nvrid = 53\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n{}",
+            sync_section(&lab, me, peer)
+        );
+        let path = lab.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let mut r = lab.spawn(name, TANDEM, &["run", "--config", path.to_str().unwrap()]);
+        r.wait_for("tandem running");
+        r
+    };
+    let frames = capture(&lab, "client", Duration::from_secs(60));
+
+    // lb2 alone: master, its checks up, the clients pinned through it.
+    let mut lb2 = node("lb2", "10.99.0.2", "10.99.0.1", 100);
+    lab.wait("lb2 master", Duration::from_secs(5), || {
+        lab.has_address("lb2", VIP)
+    });
+    lb2.wait_for("web 10.99.0.11:80 up");
+    lb2.wait_for("web 10.99.0.12:80 up");
+    let pins: Vec<String> = {
+        let pinned = pinned.clone();
+        lab.in_ns("client", move || {
+            pinned
+                .iter()
+                .map(|c| match visit(*c) {
+                    Outcome::Answered(b) => b,
+                    other => panic!("{c} before the restart: {other:?}"),
+                })
+                .collect()
+        })
+    };
+    let on_be1 = pins.iter().filter(|b| b.as_str() == "be1\n").count();
+    assert_eq!(on_be1, 20, "round-robin pins half on each backend");
+
+    // From now on a client visits every 20 ms, alternately a pinned and a fresh one.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let visits: Arc<std::sync::Mutex<Vec<(std::net::IpAddr, Outcome)>>> = Arc::default();
+    let looper = {
+        let (stop, visits, pinned, fresh) =
+            (stop.clone(), visits.clone(), pinned.clone(), fresh.clone());
+        let lab_stop = lab.stopped();
+        lab.thread_in("client", move || {
+            let mut threads = Vec::new();
+            let (mut next_pinned, mut fresh) = (0, fresh.into_iter());
+            for n in 0..3000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed)
+                    || lab_stop.load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    break;
+                }
+                let from = match if n % 2 == 1 { fresh.next() } else { None } {
+                    Some(f) => f,
+                    None => {
+                        next_pinned += 1;
+                        pinned[next_pinned % pinned.len()]
+                    }
+                };
+                let visits = visits.clone();
+                // Threads started here inherit this thread's namespace.
+                threads.push(std::thread::spawn(move || {
+                    let outcome = visit(from);
+                    visits.lock().unwrap().push((from, outcome));
+                }));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+    };
+
+    // lb1 returns twice: first start, then a restart (SIGTERM, start again).
+    let started_at = Instant::now();
+    let mut lb1 = node("lb1", "10.99.0.1", "10.99.0.2", 200);
+    let mut takeovers = Vec::new();
+    let mut earlier_logs = Vec::new();
+    let mut early = Vec::new();
+    for round in 1..=2 {
+        if round == 2 {
+            kill(&lb1, rustix::process::Signal::TERM);
+            assert_eq!(lb1.wait_exit(Duration::from_secs(5)), 0);
+            lab.wait("lb2 master again", Duration::from_secs(3), || {
+                lab.has_address("lb2", VIP)
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            earlier_logs.push(lb1.drain_lines());
+            lb1 = node("lb1", "10.99.0.1", "10.99.0.2", 200);
+        }
+        let start = Instant::now();
+        lab.wait("lb1 preempted", Duration::from_secs(5), || {
+            lab.has_address("lb1", VIP)
+        });
+        takeovers.push(start.elapsed());
+        lb2.wait_for_nth("VRRP MASTER -> BACKUP", round);
+        lb1.wait_for("VRRP BACKUP -> MASTER");
+        // The log says what was waited for, and both backends were decided before.
+        // (Checked at the end, after what the clients saw.)
+        let (master, _) = lb1.wait_for_position("VRRP BACKUP -> MASTER");
+        let (ready, line) = lb1.wait_for_position("ready to preempt after");
+        if !line.contains("checks of pool web decided after") {
+            early.push(format!("round {round}: {line}"));
+        }
+        for backend in ["web 10.99.0.11:80 up", "web 10.99.0.12:80 up"] {
+            let (up, _) = lb1.wait_for_position(backend);
+            if up > master {
+                early.push(format!("round {round}: {backend} after the takeover"));
+            }
+        }
+        if ready > master {
+            early.push(format!("round {round}: took over before ready"));
+        }
+        println!(
+            "round {round}: {}",
+            &line[line.find("ready to preempt").unwrap()..]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    looper.join().unwrap();
+    let visits = visits.lock().unwrap().clone();
+
+    // Every pin kept: each pinned client, visited once more, is on its backend.
+    let after: Vec<Outcome> = {
+        let pinned = pinned.clone();
+        lab.in_ns("client", move || pinned.iter().map(|c| visit(*c)).collect())
+    };
+    let moved: Vec<String> = pinned
+        .iter()
+        .zip(&pins)
+        .zip(&after)
+        .filter(|((_, before), now)| **now != Outcome::Answered((*before).clone()))
+        .map(|((c, before), now)| format!("{c}: {before:?} -> {now:?}"))
+        .collect();
+    let count = |f: fn(&Outcome) -> bool| visits.iter().filter(|(_, o)| f(o)).count();
+    let refused = count(|o| *o == Outcome::Refused);
+    let resets = count(|o| *o == Outcome::Reset);
+    let timeouts = count(|o| *o == Outcome::Timeout);
+    let pin_broken: Vec<String> = visits
+        .iter()
+        .filter_map(|(c, o)| {
+            let i = pinned.iter().position(|p| p == c)?;
+            match o {
+                Outcome::Answered(b) if *b != pins[i] => {
+                    Some(format!("{c} pinned to {:?} got {b:?}", pins[i]))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    earlier_logs.extend([lb1.drain_lines(), lb2.drain_lines()]);
+    let no_backend = earlier_logs
+        .iter()
+        .map(|l| l.lines().filter(|l| l.contains("no backend")).count())
+        .sum::<usize>();
+    drop(lab);
+    let seen = frames.join().unwrap();
+    let gaps = advert_to_garp(&seen, "10.99.0.1".parse().unwrap());
+    println!(
+        "lb1 took over {:?} after each start; {} visits over {} ms: {refused} refused, {resets} reset, {timeouts} timed out; {no_backend} connections without a backend on the nodes",
+        takeovers,
+        visits.len(),
+        started_at.elapsed().as_millis()
+    );
+    println!(
+        "advert -> first gratuitous ARP on the client's segment, per takeover of lb1: {:?} us",
+        gaps.iter().map(|g| g.as_micros()).collect::<Vec<_>>()
+    );
+    assert!(moved.is_empty(), "pins moved: {moved:?}");
+    assert!(
+        pin_broken.is_empty(),
+        "pinned clients sent elsewhere: {pin_broken:?}"
+    );
+    assert_eq!(refused, 0, "clients refused during lb1's returns");
+    assert_eq!(no_backend, 0, "connections without a backend");
+    assert!(
+        early.is_empty(),
+        "lb1 took over before its checks decided: {early:?}"
+    );
+    assert_eq!(gaps.len(), 2, "two takeovers seen on the wire: {seen:?}");
+    // Two system calls apart, nothing between them: tens of microseconds (it was 1.6 to
+    // 3.1 ms when the addresses were added between the two). On a loaded machine the
+    // kernel's delivery of the frames through the lab's bridge can lag by some hundreds
+    // of microseconds now and then: the better of the two takeovers must show it.
+    let best = gaps.iter().min().unwrap();
+    assert!(
+        *best < Duration::from_millis(1),
+        "advert -> GARP took {gaps:?}"
+    );
+}
+
+#[test]
+fn a_backup_that_was_not_scheduled_for_a_while_hears_the_queued_adverts_before_its_timer() {
+    let Some(lab) = lab("sp") else { return };
+    let _lb1 = start_node(&lab, "lb1", 150, "");
+    let mut lb2 = start_node(&lab, "lb2", 100, "");
+    lab.wait("lb1 master", Duration::from_secs(5), || {
+        lab.has_address("lb1", VIP)
+    });
+    lb2.wait_for("VRRP INIT -> BACKUP");
+    // lb2 is frozen past its master-down interval (360 ms) while lb1's adverts queue
+    // in its socket, as when a loaded machine does not schedule it; five times, since
+    // a race lost only half of the time before.
+    for _ in 0..5 {
+        lb2.signal(rustix::process::Signal::STOP);
+        std::thread::sleep(Duration::from_millis(600));
+        lb2.signal(rustix::process::Signal::CONT);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = lb2.drain_lines();
+    assert!(
+        !log.contains("VRRP BACKUP -> MASTER"),
+        "lb2 took over from a live master on waking:\n{log}"
+    );
+    assert!(lab.has_address("lb1", VIP) && !lab.has_address("lb2", VIP));
 }

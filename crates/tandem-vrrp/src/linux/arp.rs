@@ -64,7 +64,12 @@ impl ArpSender {
 
     /// Sends one gratuitous ARP for `ip`.
     pub fn announce(&self, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
-        self.socket.send_to(&frame(mac, ip), &self.to).map(drop)
+        self.send_frame(&frame(mac, ip))
+    }
+
+    /// Sends a frame made beforehand with [`frame`] (one system call, nothing else).
+    pub fn send_frame(&self, frame: &[u8]) -> io::Result<()> {
+        self.socket.send_to(frame, &self.to).map(drop)
     }
 }
 

@@ -24,7 +24,7 @@ use socket::VrrpSocket;
 
 /// How often the interface's state is read.
 const LINK_POLL: Duration = Duration::from_millis(200);
-/// When gratuitous ARPs go out after taking the addresses.
+/// When gratuitous ARPs go out after the first advertisement as master (ms after it).
 const GARP_SCHEDULE_MS: [u64; 5] = [0, 100, 300, 1000, 2000];
 
 /// What a virtual router needs from the configuration.
@@ -329,9 +329,21 @@ struct Runner {
 struct AddressHolder {
     interface: String,
     index: u32,
-    mac: [u8; 6],
     arp: ArpSender,
     virtual_ips: Vec<(Ipv4Addr, u8)>,
+    /// The gratuitous ARP of each virtual address, built once.
+    frames: Vec<[u8; 60]>,
+}
+
+impl AddressHolder {
+    /// Sends the gratuitous ARP of every address.
+    fn announce(&self) {
+        for frame in &self.frames {
+            if let Err(e) = self.arp.send_frame(frame) {
+                debug!(target: "tandem::vrrp", interface = %self.interface, error = %e, "gratuitous ARP");
+            }
+        }
+    }
 }
 
 impl AddressHolder {
@@ -359,9 +371,9 @@ impl AddressHolder {
         Ok(AddressHolder {
             interface: interface.to_string(),
             index: link.index,
-            mac: link.mac,
             arp: ArpSender::open(link.index)?,
             virtual_ips: virtual_ips.to_vec(),
+            frames: ips.iter().map(|ip| arp::frame(link.mac, *ip)).collect(),
         })
     }
 }
@@ -439,7 +451,29 @@ impl Runner {
                 let actions = self.machine.handle(self.now(), input);
                 self.carry_out(actions).await;
             }
+            if input == Some(Input::Tick) {
+                self.drain_queued(&mut buf).await;
+            }
             if let Some(input) = input {
+                let actions = self.machine.handle(self.now(), input);
+                self.carry_out(actions).await;
+            }
+        }
+    }
+
+    /// Feeds the machine the advertisements waiting in the socket: a timer that fires
+    /// late (the process was not scheduled for a while) must not beat advertisements
+    /// that arrived in time, or a backup would take over from a live master.
+    async fn drain_queued(&mut self, buf: &mut [u8]) {
+        for _ in 0..64 {
+            let Ok(Some(n)) = self.socket.try_recv(buf) else {
+                return;
+            };
+            if let Some(rx) = self.receive(&buf[..n]) {
+                let input = Input::Advert {
+                    from: rx.source,
+                    advert: &rx.advertisement,
+                };
                 let actions = self.machine.handle(self.now(), input);
                 self.carry_out(actions).await;
             }
@@ -524,6 +558,7 @@ impl Runner {
             match action {
                 Action::Send { priority } => self.send(priority),
                 Action::TakeAddresses => self.take_addresses().await,
+                Action::Announce => self.announce(),
                 Action::ReleaseAddresses => {
                     for h in self.holders.iter() {
                         for (ip, _) in &h.virtual_ips {
@@ -571,23 +606,26 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Sends the gratuitous ARPs now (frames built at start: no allocation, no await,
+    /// so they leave right after the advertisement before them), then a few more
+    /// times in case a frame is lost, for as long as this node stays master.
+    fn announce(&self) {
+        for h in self.holders.iter() {
+            h.announce();
+        }
         let holders = self.holders.clone();
-        // Announce the addresses now and a few more times, in case a frame is lost,
-        // for as long as this node stays master.
         let mut states = self.states.subscribe();
         tokio::spawn(async move {
             let start = Instant::now();
-            for at in GARP_SCHEDULE_MS {
+            for at in GARP_SCHEDULE_MS.into_iter().skip(1) {
                 tokio::time::sleep_until(start + Duration::from_millis(at)).await;
-                if at > 0 && *states.borrow_and_update() != State::Master {
+                if *states.borrow_and_update() != State::Master {
                     return;
                 }
                 for h in holders.iter() {
-                    for (ip, _) in &h.virtual_ips {
-                        if let Err(e) = h.arp.announce(h.mac, *ip) {
-                            debug!(target: "tandem::vrrp", error = %e, "gratuitous ARP");
-                        }
-                    }
+                    h.announce();
                 }
             }
         });

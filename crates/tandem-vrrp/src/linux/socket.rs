@@ -50,6 +50,15 @@ impl VrrpSocket {
         self.fd.get_ref().send_to(message, &to.into()).map(drop)
     }
 
+    /// Receives one whole IPv4 packet into `buf` if one is waiting, without waiting.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self.fd.get_ref().read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Receives one whole IPv4 packet into `buf`.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {

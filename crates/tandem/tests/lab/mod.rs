@@ -223,6 +223,25 @@ impl Lab {
         .unwrap()
     }
 
+    /// Starts `f` on a thread inside host `name`'s namespace and returns at once; the
+    /// lab's end is on [`Lab::stopped`] for loops that run until then.
+    pub fn thread_in<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let ns = self.ns(name);
+        std::thread::spawn(move || {
+            enter_ns(&ns);
+            f()
+        })
+    }
+
+    /// A flag that turns true when the lab ends.
+    pub fn stopped(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
     /// Starts `program args` inside host `name` (`ip netns exec`).
     pub fn spawn(&self, name: &str, program: &str, args: &[&str]) -> Running {
         let ns = self.ns(name);
@@ -301,9 +320,15 @@ fn enter_ns(ns: &str) {
 
 /// Adds `addresses` (each "a.b.c.d/len") to host `name`'s eth0 in one batch.
 pub fn add_addresses(lab: &Lab, name: &str, addresses: &[String]) {
+    add_addresses_on(lab, name, "eth0", addresses);
+}
+
+/// Adds `addresses` (each "a.b.c.d/len") to interface `iface` of host `name` in one
+/// batch.
+pub fn add_addresses_on(lab: &Lab, name: &str, iface: &str, addresses: &[String]) {
     let script: String = addresses
         .iter()
-        .map(|a| format!("addr add {a} dev eth0\n"))
+        .map(|a| format!("addr add {a} dev {iface}\n"))
         .collect();
     let mut child = Command::new("ip")
         .args(["-n", &lab.ns(name), "-batch", "-"])

@@ -91,6 +91,14 @@ impl Running {
         }
     }
 
+    /// Waits for a line containing `needle`; returns its position among the lines read
+    /// so far (to compare the order of two lines) and the line.
+    pub fn wait_for_position(&mut self, needle: &str) -> (usize, String) {
+        let line = self.wait_for(needle);
+        let at = self.seen.iter().position(|l| l.contains(needle)).unwrap();
+        (at, line)
+    }
+
     /// Every line read so far plus what is pending.
     pub fn drain_lines(&mut self) -> String {
         while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
