@@ -112,4 +112,3 @@ pub enum CtlCommand {
     /// Redirect services: the live kernel rules and the sync of connection states.
     Redirect,
 }
-

@@ -108,7 +108,10 @@ fn markdown_to_man(markdown: &str, version: &str) -> String {
             continue;
         }
         if let Some(cells) = table_row(line) {
-            if cells.iter().all(|c| c.chars().all(|ch| ch == '-' || ch == ':')) {
+            if cells
+                .iter()
+                .all(|c| c.chars().all(|ch| ch == '-' || ch == ':'))
+            {
                 continue;
             }
             match &table_head {
