@@ -88,6 +88,9 @@ pub struct Global {
     pub user: Option<String>,
     /// Group to run as (default: the user's own).
     pub group: Option<String>,
+    /// Folder of the state that outlives a restart (the sticky tables); none: kept
+    /// in memory only.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Log line format.

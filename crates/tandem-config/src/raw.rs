@@ -31,6 +31,7 @@ pub(crate) struct RawGlobal {
     pub max_conns: Option<S<i64>>,
     pub user: Option<S<String>>,
     pub group: Option<S<String>>,
+    pub state_dir: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

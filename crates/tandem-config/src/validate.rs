@@ -216,6 +216,18 @@ impl Validator<'_> {
             log_format: g.log_format.map(|l| l.into_inner()).unwrap_or_default(),
             threads: self.count(&g.threads, "global.threads", 0, 1024) as usize,
             max_conns: self.count(&g.max_conns, "global.max_conns", 0, u32::MAX as i64),
+            state_dir: g.state_dir.as_ref().map(|d| {
+                let path = self.resolve(d.get_ref());
+                if path.exists() && !path.is_dir() {
+                    self.error(
+                        d.span(),
+                        "global.state_dir",
+                        format!("{} is not a folder", path.display()),
+                        "name a folder tandem may write, e.g. \"/var/lib/tandem\" (made at start if missing)",
+                    );
+                }
+                path
+            }),
             user: g.user.as_ref().map(|u| u.get_ref().clone()),
             group: g.group.as_ref().map(|u| u.get_ref().clone()),
             drain_timeout: self.duration(

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
@@ -32,6 +32,7 @@ use tracing::{info, warn};
 
 use crate::readiness::{Gate, Verdict};
 use crate::redirect::RedirectPlane;
+use crate::state_file;
 
 /// How often expired sticky entries are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -172,6 +173,11 @@ impl Daemon {
             redirect: std::sync::Mutex::new(None),
         });
         let daemon = Daemon { shared };
+        // Pins from before the stop, before the first client is accepted.
+        if let Some(dir) = &config.global.state_dir {
+            restore_sticky_tables(dir, &pools.load());
+            tokio::spawn(save_sticky_tables(daemon.shared.clone()));
+        }
         {
             let mut inner = daemon.shared.inner.lock().await;
             let bound = bind_new(&config, &inner.listeners)?;
@@ -848,6 +854,9 @@ impl Daemon {
                 }
             };
         self.shared.background.cancel();
+        if let Some(dir) = &self.shared.config.load().global.state_dir {
+            save_sticky_state(dir, &self.shared);
+        }
         self.shared.inner.lock().await.monitor.stop();
         if let Some(sync) = self
             .shared
@@ -1154,6 +1163,60 @@ fn node_max_conns(config: &Config) -> u64 {
 /// The services tandem relays itself (redirect services are the kernel's).
 fn relayed(config: &Config) -> impl Iterator<Item = &tandem_config::Service> {
     config.services.iter().filter(|s| s.mode != Mode::Redirect)
+}
+
+/// Loads `dir`'s sticky state into `pools` and says what it found; a foreign or
+/// damaged file is refused (tandem starts with empty tables).
+fn restore_sticky_tables(dir: &Path, pools: &PoolSet) {
+    let file = state_file::path(dir);
+    match state_file::load(dir) {
+        Ok(None) => {
+            info!(file = %file.display(), "no sticky state saved yet: starting with empty tables")
+        }
+        Ok(Some(saved)) => {
+            let unix_now = tandem_balance::unix_ms();
+            let done = state_file::restore(pools, &saved, now_ms(), unix_now);
+            let age = Duration::from_millis(unix_now.saturating_sub(saved.written_unix_ms));
+            info!(file = %file.display(), loaded = done.loaded, expired = done.expired, unknown_pool = done.unknown_pool,
+                "sticky tables restored: {} pins (written by {} {} s ago; {} expired meanwhile, {} of pools no longer sticky)",
+                done.loaded, saved.node, age.as_secs(), done.expired, done.unknown_pool);
+        }
+        Err(e) => {
+            warn!(file = %file.display(), "sticky state refused, starting with empty tables: {e}")
+        }
+    }
+}
+
+/// Writes the sticky tables to the current configuration's `state_dir`.
+fn save_sticky_state(dir: &Path, shared: &Shared) {
+    let saved = state_file::snapshot(
+        &shared.pools.load(),
+        &shared.config.load().global.name,
+        now_ms(),
+        tandem_balance::unix_ms(),
+    );
+    if let Err(e) = state_file::save(dir, &saved) {
+        warn!(dir = %dir.display(), "cannot save the sticky tables: {e}");
+    }
+}
+
+/// Saves the sticky tables every [`state_file::SAVE_EVERY`] until shutdown (which
+/// saves once more after the connections are done).
+async fn save_sticky_tables(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(state_file::SAVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = shared.background.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(dir) = shared.config.load().global.state_dir.clone() else {
+            continue;
+        };
+        let worker = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || save_sticky_state(&dir, &worker)).await;
+    }
 }
 
 async fn sweep_sticky_tables(pools: Arc<ArcSwap<PoolSet>>, stop: CancellationToken) {

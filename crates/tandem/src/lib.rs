@@ -12,3 +12,4 @@ pub mod logging;
 pub mod privileges;
 pub mod readiness;
 pub mod redirect;
+pub mod state_file;

@@ -427,3 +427,90 @@ fn systemd_hears_ready_reloading_and_stopping() {
     assert_eq!(next(), "STOPPING=1");
     assert!(child.wait().unwrap().success());
 }
+
+/// A backend that writes `name` and a newline to every connection.
+fn std_name_server(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            let _ = s.write_all(format!("{name}\n").as_bytes());
+        }
+    });
+    address
+}
+
+/// The backend that answers a connection to `to` from 127.0.0.`last`.
+fn backend_from(last: u8, to: SocketAddr) -> String {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, last], 0)).into())
+        .unwrap();
+    socket.connect(&to.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut name = String::new();
+    stream.read_to_string(&mut name).unwrap();
+    name.trim().to_string()
+}
+
+#[test]
+fn sticky_pins_outlive_a_restart_through_the_state_file() {
+    let a = std_name_server("a");
+    let b = std_name_server("b");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let text = format!(
+        "[global]\ncontrol_socket = \"{d}/tandem.sock\"\nstate_dir = \"{s}\"\n\n[[pool]]\nname = \"imap\"\nbackends = [{{ address = \"{a}\" }}, {{ address = \"{b}\" }}]\nsticky = {{ key = \"source-ip\", ttl = \"30m\" }}\n\n[[service]]\nname = \"imap\"\nlisten = [\"127.0.0.1:0\"]\npool = \"imap\"\n",
+        d = dir.path().display(),
+        s = state.display()
+    );
+    let path = write_config(dir.path(), &text);
+    let clients: Vec<u8> = (2..22).collect();
+    let mut tandem = Running::spawn(&["run", "--config", &path]);
+    tandem.wait_for("no sticky state saved yet");
+    let listen = listen_addr(&tandem.wait_for("service ready"));
+    let before: Vec<String> = clients.iter().map(|&c| backend_from(c, listen)).collect();
+    assert!(before.contains(&"a".into()) && before.contains(&"b".into()));
+    tandem.signal(rustix::process::Signal::TERM);
+    assert_eq!(tandem.wait_exit(Duration::from_secs(10)), 0);
+    assert!(
+        state.join("sticky.state").is_file(),
+        "no state file at stop"
+    );
+
+    // Started again: the clients, asking in the other order (round-robin alone would
+    // now give each the other backend), find their pins.
+    let mut tandem = Running::spawn(&["run", "--config", &path]);
+    let restored = tandem.wait_for("sticky tables restored");
+    assert!(restored.contains("20 pins"), "{restored}");
+    let listen = listen_addr(&tandem.wait_for("service ready"));
+    let mut after: Vec<String> = clients
+        .iter()
+        .rev()
+        .map(|&c| backend_from(c, listen))
+        .collect();
+    after.reverse();
+    assert_eq!(after, before, "pins moved across the restart");
+    tandem.signal(rustix::process::Signal::TERM);
+    assert_eq!(tandem.wait_exit(Duration::from_secs(10)), 0);
+
+    // A damaged file is refused with a clear line; tandem starts empty and serves.
+    let file = state.join("sticky.state");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let mut tandem = Running::spawn(&["run", "--config", &path]);
+    let refused = tandem.wait_for("sticky state refused");
+    assert!(
+        refused.contains("starting with empty tables: damaged: its checksum does not match"),
+        "{refused}"
+    );
+    let listen = listen_addr(&tandem.wait_for("service ready"));
+    assert!(["a", "b"].contains(&backend_from(2, listen).as_str()));
+    tandem.signal(rustix::process::Signal::TERM);
+    assert_eq!(tandem.wait_exit(Duration::from_secs(10)), 0);
+}
