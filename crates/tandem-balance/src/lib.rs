@@ -256,6 +256,23 @@ impl PoolSet {
         self.pools.values()
     }
 
+    /// Every live pin of every sticky table at `now` (table clock): pool, client,
+    /// entry. What sync's bulk transfer and the state file carry.
+    pub fn live_pins(&self, now: u64) -> Vec<(&str, IpAddr, StickyEntry)> {
+        let mut out = Vec::new();
+        for pool in self.iter() {
+            let Some(table) = &pool.sticky else { continue };
+            out.extend(
+                table
+                    .entries()
+                    .into_iter()
+                    .filter(|(_, e)| e.expires > now)
+                    .map(|(client, e)| (pool.name.as_str(), client, e)),
+            );
+        }
+        out
+    }
+
     /// `pool`, then the pools of its fallback chain, in order (bounded: a cycle ends).
     fn chain<'a>(&'a self, pool: &'a str) -> impl Iterator<Item = &'a Arc<Pool>> + 'a {
         let mut name = Some(pool);

@@ -150,6 +150,21 @@ async fn http_checks_against_nginx_follow_its_status_and_its_life() {
     assert!(p.ok, "nginx restarted: {}", p.error);
 }
 
+/// A folder for a test's Dovecot, or `None` (SKIPPED, loudly) without dovecot or root.
+fn dovecot_dir() -> Option<tempfile::TempDir> {
+    if find("dovecot").is_none() || !is_root() {
+        eprintln!(
+            "SKIPPED: dovecot needs the dovecot-imapd/dovecot-pop3d packages and root (scripts/test as root)"
+        );
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // dovecot's unprivileged processes must reach their files.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(dir)
+}
+
 /// How a test's Dovecot listens: plain banners, or STARTTLS with a certificate and
 /// PROXY-protocol listeners (haproxy = yes), as behind a balancer.
 enum Dovecot<'a> {
@@ -197,16 +212,7 @@ passdb {{\n  driver = static\n  args = password=unused\n}}\nuserdb {{\n  driver 
 
 #[tokio::test]
 async fn send_expect_checks_read_dovecot_imap_and_pop3_banners() {
-    if find("dovecot").is_none() || !is_root() {
-        eprintln!(
-            "SKIPPED: dovecot needs the dovecot-imapd/dovecot-pop3d packages and root (scripts/test as root)"
-        );
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    // dovecot's unprivileged processes must reach their files.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(dir) = dovecot_dir() else { return };
     let (imap_port, pop3_port) = (free_port(), free_port());
     let mut dovecot = start_dovecot(dir.path(), imap_port, pop3_port, Dovecot::Plain);
     let imap = SocketAddr::from(([127, 0, 0, 1], imap_port));
@@ -266,15 +272,7 @@ fn mail_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 #[tokio::test]
 async fn starttls_checks_with_proxy_headers_pass_against_dovecot() {
-    if find("dovecot").is_none() || !is_root() {
-        eprintln!(
-            "SKIPPED: dovecot needs the dovecot-imapd/dovecot-pop3d packages and root (scripts/test as root)"
-        );
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(dir) = dovecot_dir() else { return };
     let (ca, cert, key) = mail_certificates(dir.path());
     let (imap_port, pop3_port) = (free_port(), free_port());
     let _dovecot = start_dovecot(

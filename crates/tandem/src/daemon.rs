@@ -904,26 +904,19 @@ struct PoolStore(Arc<ArcSwap<PoolSet>>);
 impl Store for PoolStore {
     fn entries(&self) -> Vec<WireEntry> {
         let now = now_ms();
-        let pools = self.0.load();
-        let mut out = Vec::new();
-        for pool in pools.iter() {
-            let Some(table) = &pool.sticky else { continue };
-            out.extend(
-                table
-                    .entries()
-                    .into_iter()
-                    .filter(|(_, e)| e.expires > now)
-                    .map(|(client, e)| WireEntry {
-                        pool: pool.name.clone(),
-                        client,
-                        backend: e.backend,
-                        remaining_ms: e.expires - now,
-                        pinned_at_ms: e.pinned_at,
-                        origin: e.origin,
-                    }),
-            );
-        }
-        out
+        self.0
+            .load()
+            .live_pins(now)
+            .into_iter()
+            .map(|(pool, client, e)| WireEntry {
+                pool: pool.to_string(),
+                client,
+                backend: e.backend,
+                remaining_ms: e.expires - now,
+                pinned_at_ms: e.pinned_at,
+                origin: e.origin,
+            })
+            .collect()
     }
 
     fn apply(&self, entries: &[WireEntry]) {

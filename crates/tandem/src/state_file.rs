@@ -110,24 +110,18 @@ pub fn decode(bytes: &[u8]) -> Result<Saved, StateError> {
 /// Every live entry of `pools`' sticky tables; `now_ms` is the tables' clock,
 /// `unix_now` the wall clock at the same moment.
 pub fn snapshot(pools: &PoolSet, node: &str, now_ms: u64, unix_now: u64) -> Saved {
-    let mut entries = Vec::new();
-    for pool in pools.iter() {
-        let Some(table) = &pool.sticky else { continue };
-        entries.extend(
-            table
-                .entries()
-                .into_iter()
-                .filter(|(_, e)| e.expires > now_ms)
-                .map(|(client, e)| SavedEntry {
-                    pool: pool.name.clone(),
-                    client,
-                    backend: e.backend,
-                    expires_unix_ms: unix_now + (e.expires - now_ms),
-                    pinned_at_ms: e.pinned_at,
-                    origin: e.origin,
-                }),
-        );
-    }
+    let entries = pools
+        .live_pins(now_ms)
+        .into_iter()
+        .map(|(pool, client, e)| SavedEntry {
+            pool: pool.to_string(),
+            client,
+            backend: e.backend,
+            expires_unix_ms: unix_now + (e.expires - now_ms),
+            pinned_at_ms: e.pinned_at,
+            origin: e.origin,
+        })
+        .collect();
     Saved {
         node: node.to_string(),
         written_unix_ms: unix_now,
