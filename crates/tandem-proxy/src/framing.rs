@@ -422,6 +422,56 @@ POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0
         assert_eq!(verdicts(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), vec![]);
     }
 
+    /// Requests of many shapes, good and bad, one after another.
+    fn wire() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let request = prop_oneof![
+            Just("GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_string()),
+            "[a-z]{0,40}".prop_map(|b| format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            )),
+            ("[a-z]{1,20}", 0usize..3000).prop_map(|(b, ext)| format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x};{}\r\n{b}\r\n0\r\n\r\n",
+                b.len(),
+                "e".repeat(ext)
+            )),
+            Just("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_string()),
+            Just("GET / HTTP/1.1\r\n\r\n".to_string()),
+            Just("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n".to_string()),
+        ];
+        proptest::collection::vec(request, 1..5).prop_map(|r| r.concat().into_bytes())
+    }
+
+    proptest::proptest! {
+        /// However the bytes are cut into reads, the same verdicts, and the reads fail
+        /// at the same byte.
+        #[test]
+        fn the_same_verdicts_across_any_split(
+            wire in wire(),
+            cuts in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..8),
+        ) {
+            let run = |pieces: &[&[u8]]| {
+                let mut s = Sniffer::new(tokio::io::empty(), Arc::new(Verdicts::default()));
+                let mut failed_at = None;
+                let mut offset = 0;
+                for p in pieces {
+                    if failed_at.is_none() && let Err(good) = s.feed(p) {
+                        failed_at = Some(offset + good);
+                    }
+                    offset += p.len();
+                }
+                (s.take_verdicts(), failed_at)
+            };
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+            at.push(0);
+            at.push(wire.len());
+            at.sort_unstable();
+            let pieces: Vec<&[u8]> = at.windows(2).map(|w| &wire[w[0]..w[1]]).collect();
+            proptest::prop_assert_eq!(run(&[&wire]), run(&pieces));
+        }
+    }
+
     #[test]
     fn a_request_not_seen_is_refused() {
         let v = Verdicts::default();

@@ -588,3 +588,116 @@ async fn a_client_that_stops_reading_is_cut_off_after_client_timeout_on_both_pat
     let www = snapshot.services.iter().find(|s| s.name == "www").unwrap();
     assert_eq!(www.client_timeouts, 2, "both cut-offs counted");
 }
+
+/// A TLS 1.2 or 1.3 client connection to `to` whose suites are `suites`, in that
+/// order of preference: the suite agreed on.
+async fn tls_handshake(
+    to: SocketAddr,
+    ca: &str,
+    suites: Vec<rustls::SupportedCipherSuite>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::CipherSuite {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: suites,
+        ..rustls::crypto::ring::default_provider()
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("tls.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    // A request and its answer: TLS 1.3 tickets come after the handshake.
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: tls.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_the_server_s_cipher_order_wins_and_1_2_sessions_resume_by_id_without_tickets() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let (backend, _) = strict_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "tls.test");
+    let d = start(&format!(
+        "[[pool]]\nname = \"web\"\nbackends = [{{ address = \"{backend}\" }}]\n\n\
+[[service]]\nname = \"www\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"web\"\n\
+tls = {{ cert = \"{cert}\", key = \"{key}\" }}\n"
+    ))
+    .await;
+    let to = addr_of(&d, "www");
+    // The client prefers AES-128 (then AES-256); tandem prefers AES-256.
+    for (version, suites, want) in [
+        (
+            &rustls::version::TLS13,
+            vec![cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384],
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            &rustls::version::TLS12,
+            vec![
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ],
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+    ] {
+        let suite = tls_handshake(to, &cert, suites, version).await;
+        assert_eq!(suite, want, "{version:?}");
+    }
+    // Resumption, asked of openssl (as testssl.sh does): a TLS 1.2 client without
+    // tickets resumes by session ID, and none is offered to one that would take it.
+    let reconnect = move |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &to.to_string(),
+                "-servername",
+                "tls.test",
+                "-reconnect",
+            ])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl (scripts/test installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = tokio::task::spawn_blocking(move || {
+        (
+            reconnect(&["-tls1_2", "-no_ticket"]),
+            reconnect(&["-tls1_2"]),
+        )
+    })
+    .await
+    .unwrap();
+    let reused = out
+        .0
+        .lines()
+        .filter(|l| l.starts_with("Reused, TLSv1.2"))
+        .count();
+    assert_eq!(reused, 5, "TLS 1.2 resumption by session ID:\n{}", out.0);
+    assert!(
+        !out.1.contains("TLS session ticket:"),
+        "a TLS 1.2 ticket was offered:\n{}",
+        out.1
+    );
+}
