@@ -229,7 +229,10 @@ pub fn content_length(value: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn judge(head: &str) -> Result<(Framing, Option<String>, Option<(String, String)>), Refusal> {
+    /// The framing, the Host and the absolute-form authority and path of a head.
+    type Judged = (Framing, Option<String>, Option<(String, String)>);
+
+    fn judge(head: &str) -> Result<Judged, Refusal> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut fields);
         req.parse(head.as_bytes()).unwrap();
