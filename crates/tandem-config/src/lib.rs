@@ -346,6 +346,9 @@ pub struct Http {
     pub max_header_size: usize,
     /// Time a backend has to start its response.
     pub response_timeout: Duration,
+    /// Time a client has to take each part of a response tandem writes to it (a
+    /// reader slower than that is cut off and its backend connection released).
+    pub client_timeout: Duration,
     /// Requests served on one client connection before it is closed (0 = no limit).
     pub max_requests_per_connection: u32,
     /// Idle connections to a backend are closed after this long.
@@ -372,6 +375,7 @@ impl Default for Http {
             header_timeout: Duration::from_secs(10),
             max_header_size: 64 * 1024,
             response_timeout: Duration::from_secs(60),
+            client_timeout: Duration::from_secs(30),
             max_requests_per_connection: 1000,
             backend_idle_timeout: Duration::from_secs(90),
             backend_max_idle: 32,

@@ -127,6 +127,7 @@ pub(crate) struct RawHttp {
     pub header_timeout: Option<S<String>>,
     pub max_header_size: Option<S<i64>>,
     pub response_timeout: Option<S<String>>,
+    pub client_timeout: Option<S<String>>,
     pub max_requests_per_connection: Option<S<i64>>,
     pub backend_idle_timeout: Option<S<String>>,
     pub backend_max_idle: Option<S<i64>>,

@@ -990,6 +990,12 @@ impl Validator<'_> {
                 d.response_timeout,
                 true,
             ),
+            client_timeout: self.duration(
+                &h.client_timeout,
+                "service.http.client_timeout",
+                d.client_timeout,
+                true,
+            ),
             max_requests_per_connection: self.count(
                 &h.max_requests_per_connection,
                 "service.http.max_requests_per_connection",

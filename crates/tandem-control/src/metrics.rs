@@ -168,6 +168,16 @@ pub fn encode(snapshot: &Snapshot) -> String {
         "service_tls_handshake_errors",
         "TLS handshakes with clients that failed or timed out (the connection was closed)",
     );
+    let bad_requests = counter::<ServiceLabels>(
+        &mut registry,
+        "service_http_bad_requests",
+        "HTTP requests refused with 400 as the client's error (framing, Host, request-target)",
+    );
+    let client_timeouts = counter::<ServiceLabels>(
+        &mut registry,
+        "service_http_client_timeouts",
+        "HTTP responses cut off: the client did not read them within client_timeout",
+    );
     let proxy_refused = counter::<ServiceReasonLabels>(
         &mut registry,
         "service_proxy_refused",
@@ -178,6 +188,8 @@ pub fn encode(snapshot: &Snapshot) -> String {
             service: s.name.clone(),
         };
         tls_errors.get_or_create(&l).inc_by(s.tls_handshake_errors);
+        bad_requests.get_or_create(&l).inc_by(s.bad_requests);
+        client_timeouts.get_or_create(&l).inc_by(s.client_timeouts);
         for (reason, n) in &s.proxy_refused {
             proxy_refused
                 .get_or_create(&ServiceReasonLabels {

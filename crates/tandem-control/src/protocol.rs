@@ -129,6 +129,12 @@ pub struct ServiceSnapshot {
     /// TLS handshakes that failed or timed out.
     #[serde(default)]
     pub tls_handshake_errors: u64,
+    /// HTTP requests refused with 400 as the client's error.
+    #[serde(default)]
+    pub bad_requests: u64,
+    /// HTTP responses cut off: the client did not read within `client_timeout`.
+    #[serde(default)]
+    pub client_timeouts: u64,
     /// Connections refused under `accept_proxy`, by reason (`untrusted_source`,
     /// `no_header`, `malformed`, `timeout`); empty when accept_proxy is off.
     #[serde(default)]

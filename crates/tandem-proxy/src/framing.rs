@@ -4,45 +4,64 @@
 //! latter wins, as RFC 9112 allows) and hides the Content-Length from the service. A
 //! proxy must refuse such a request instead, since a backend may frame it the other
 //! way (request smuggling). [`Sniffer`] wraps the client stream, parses every request
-//! head with `httparse` as the bytes go by, follows the body framing to the next head,
-//! and records a verdict per request; the service checks the verdict of each request,
-//! in order, before forwarding it.
+//! head with `httparse` as the bytes go by, judges it with [`policy::check`] (framing,
+//! request-target, Host: the rules the fast path applies too), follows its body with
+//! the fast path's [`ChunkedEnd`] or its length to the next head, and records a
+//! verdict per request; the service checks the verdict of each request, in order,
+//! before forwarding it. It fails closed: a request it did not see (it lost track) is
+//! refused, and a chunked body it cannot follow fails the connection's reads, so hyper
+//! can never go on where the watch cannot.
+//!
+//! It also bounds writes to the client: a write that makes no progress for the
+//! client timeout fails (the general path's equivalent of HAProxy's `timeout client`).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Most bytes of a head kept while waiting for its end.
+use crate::http::chunked::ChunkedEnd;
+use crate::http::policy::{self, Refusal};
+
+/// Most bytes of a head kept while waiting for its end, unless told otherwise.
 const MAX_HEAD: usize = 1 << 20;
 
 /// Verdicts of the requests seen on one connection, oldest first.
 #[derive(Debug, Default)]
 pub struct Verdicts {
-    queue: Mutex<VecDeque<Option<&'static str>>>,
+    queue: Mutex<VecDeque<Option<Refusal>>>,
     /// Set once the connection switched protocols: its bytes are no longer HTTP/1.
-    stopped: std::sync::atomic::AtomicBool,
+    stopped: AtomicBool,
+    /// A write to the client made no progress within the client timeout.
+    timed_out: AtomicBool,
 }
 
 impl Verdicts {
     /// Stops watching the connection (it was upgraded to another protocol).
     pub fn stop_watching(&self) {
-        self.stopped
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stopped.store(true, Relaxed);
     }
 
-    /// The verdict of the next request: why it is ambiguous, or `None` when clean.
-    pub fn next(&self) -> Option<&'static str> {
+    /// The verdict of the next request: why it is refused, or `None` when it may go
+    /// on. A request the watch has no verdict for is one it did not see: refused.
+    pub fn next(&self) -> Option<Refusal> {
         self.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop_front()
-            .flatten()
+            .unwrap_or(Some(policy::LOST))
     }
 
-    fn push(&self, verdict: Option<&'static str>) {
+    /// A write to the client failed for want of progress within the client timeout.
+    pub fn write_timed_out(&self) -> bool {
+        self.timed_out.load(Relaxed)
+    }
+
+    fn push(&self, verdict: Option<Refusal>) {
         self.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -56,14 +75,13 @@ enum State {
     Head(Vec<u8>),
     /// Skipping `n` bytes of a Content-Length body.
     Body(u64),
-    /// In a chunked body: reading a chunk-size line.
-    ChunkSize(Vec<u8>),
-    /// Skipping chunk data (and its CRLF).
-    ChunkData(u64),
-    /// Skipping trailer lines until an empty one.
-    Trailers(Vec<u8>),
-    /// Not HTTP/1 (an h2 preface) or beyond repair: stop looking.
+    /// In a chunked body.
+    Chunked(ChunkedEnd),
+    /// Not HTTP/1 any more (an h2 preface, an upgrade), or a request was refused (the
+    /// connection closes after its answer): stop looking.
     Off,
+    /// A chunked body that cannot be followed: every read fails from now on.
+    Failed,
 }
 
 /// The client stream, watched.
@@ -74,6 +92,12 @@ pub struct Sniffer<S> {
     replay: bytes::Bytes,
     state: State,
     verdicts: Arc<Verdicts>,
+    max_head: usize,
+    /// How long a write may make no progress.
+    write_timeout: Option<Duration>,
+    /// Armed while a write waits.
+    write_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    write_waiting: bool,
 }
 
 impl<S> Sniffer<S> {
@@ -84,6 +108,10 @@ impl<S> Sniffer<S> {
             replay: bytes::Bytes::new(),
             state: State::Head(Vec::new()),
             verdicts,
+            max_head: MAX_HEAD,
+            write_timeout: None,
+            write_deadline: None,
+            write_waiting: false,
         }
     }
 
@@ -93,14 +121,27 @@ impl<S> Sniffer<S> {
         self
     }
 
+    /// Refuses (431) a head longer than `max` bytes (the service's `max_header_size`).
+    pub fn max_head(mut self, max: usize) -> Sniffer<S> {
+        self.max_head = max;
+        self
+    }
+
+    /// Fails a write to the client that makes no progress for `limit`.
+    pub fn write_timeout(mut self, limit: Duration) -> Sniffer<S> {
+        self.write_timeout = Some(limit);
+        self
+    }
+
     /// Watches `bytes` as if read from the client (what the stream does on each read;
-    /// public for the fuzzer).
-    pub fn observe(&mut self, bytes: &[u8]) {
-        self.feed(bytes);
+    /// public for the fuzzer); false once the connection's reads fail (a chunked body
+    /// that cannot be followed).
+    pub fn observe(&mut self, bytes: &[u8]) -> bool {
+        self.feed(bytes).is_ok() && !matches!(self.state, State::Failed)
     }
 
     /// Every verdict so far, oldest first (`None` = clean), taking them.
-    pub fn take_verdicts(&self) -> Vec<Option<&'static str>> {
+    pub fn take_verdicts(&self) -> Vec<Option<Refusal>> {
         self.verdicts
             .queue
             .lock()
@@ -109,26 +150,22 @@ impl<S> Sniffer<S> {
             .collect()
     }
 
-    fn feed(&mut self, mut bytes: &[u8]) {
-        if self
-            .verdicts
-            .stopped
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+    /// Follows `bytes`; `Err(n)` when a chunked body turns malformed after the first
+    /// `n` of them (the state is then `Failed`).
+    fn feed(&mut self, all: &[u8]) -> Result<(), usize> {
+        if self.verdicts.stopped.load(Relaxed) && !matches!(self.state, State::Failed) {
             self.state = State::Off;
         }
+        let mut bytes = all;
         while !bytes.is_empty() {
             match &mut self.state {
-                State::Off => return,
+                State::Off => return Ok(()),
+                State::Failed => return Err(0),
                 State::Head(buf) => {
-                    if buf.is_empty() && bytes.starts_with(b"PRI * HTTP/2") {
-                        self.state = State::Off;
-                        return;
-                    }
                     if buf.is_empty() {
                         // The usual case: the whole head arrived in one read; parse it
                         // where it lies, without a copy.
-                        match parse_head(&bytes[..bytes.len().min(MAX_HEAD)]) {
+                        match parse_head(&bytes[..bytes.len().min(self.max_head)]) {
                             Head::Complete(len, verdict, next) => {
                                 self.verdicts.push(verdict);
                                 bytes = &bytes[len..];
@@ -138,11 +175,13 @@ impl<S> Sniffer<S> {
                             Head::Partial => {}
                             Head::Invalid => {
                                 self.state = State::Off;
-                                return;
+                                return Ok(());
                             }
                         }
                     }
-                    let take = bytes.len().min(MAX_HEAD.saturating_sub(buf.len()).max(1));
+                    let take = bytes
+                        .len()
+                        .min(self.max_head.saturating_sub(buf.len()).max(1));
                     let before = buf.len();
                     buf.extend_from_slice(&bytes[..take]);
                     match parse_head(buf) {
@@ -151,11 +190,17 @@ impl<S> Sniffer<S> {
                             bytes = &bytes[len - before..];
                             self.state = next;
                         }
-                        Head::Partial if buf.len() < MAX_HEAD => return,
-                        // hyper refuses what httparse refuses: nothing to add.
-                        _ => {
+                        Head::Partial if buf.len() < self.max_head => return Ok(()),
+                        Head::Partial => {
+                            self.verdicts.push(Some(policy::TOO_LARGE));
                             self.state = State::Off;
-                            return;
+                            return Ok(());
+                        }
+                        // hyper refuses what httparse refuses (or it is HTTP/2's
+                        // preface); a request after it gets no verdict: refused.
+                        Head::Invalid => {
+                            self.state = State::Off;
+                            return Ok(());
                         }
                     }
                 }
@@ -167,59 +212,28 @@ impl<S> Sniffer<S> {
                         self.state = State::Head(Vec::new());
                     }
                 }
-                State::ChunkSize(line) => match bytes.iter().position(|&b| b == b'\n') {
-                    Some(end) => {
-                        line.extend_from_slice(&bytes[..=end]);
-                        bytes = &bytes[end + 1..];
-                        let text = String::from_utf8_lossy(line);
-                        let size = text.split(';').next().unwrap_or("").trim();
-                        match u64::from_str_radix(size, 16) {
-                            Ok(0) => self.state = State::Trailers(Vec::new()),
-                            Ok(n) => self.state = State::ChunkData(n + 2),
-                            Err(_) => self.state = State::Off,
-                        }
+                State::Chunked(scanner) => match scanner.feed(bytes) {
+                    Ok(Some(end)) => {
+                        bytes = &bytes[end..];
+                        self.state = State::Head(Vec::new());
                     }
-                    None => {
-                        line.extend_from_slice(bytes);
-                        if line.len() > 1024 {
-                            self.state = State::Off;
-                        }
-                        return;
-                    }
-                },
-                State::ChunkData(n) => {
-                    let skip = (*n).min(bytes.len() as u64);
-                    *n -= skip;
-                    bytes = &bytes[skip as usize..];
-                    if *n == 0 {
-                        self.state = State::ChunkSize(Vec::new());
-                    }
-                }
-                State::Trailers(line) => match bytes.iter().position(|&b| b == b'\n') {
-                    Some(end) => {
-                        line.extend_from_slice(&bytes[..=end]);
-                        bytes = &bytes[end + 1..];
-                        let empty = line.as_slice() == b"\r\n" || line.as_slice() == b"\n";
-                        self.state = if empty {
-                            State::Head(Vec::new())
-                        } else {
-                            State::Trailers(Vec::new())
-                        };
-                    }
-                    None => {
-                        line.extend_from_slice(bytes);
-                        return;
+                    Ok(None) => return Ok(()),
+                    Err(bad) => {
+                        self.state = State::Failed;
+                        let done = all.len() - bytes.len();
+                        return Err(done + bad.at);
                     }
                 },
             }
         }
+        Ok(())
     }
 }
 
 /// A request head parsed from the start of some bytes.
 enum Head {
     /// Its length, its verdict and what follows it.
-    Complete(usize, Option<&'static str>, State),
+    Complete(usize, Option<Refusal>, State),
     /// More bytes are needed.
     Partial,
     /// Not a request head httparse accepts.
@@ -227,53 +241,61 @@ enum Head {
 }
 
 fn parse_head(data: &[u8]) -> Head {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut headers = [httparse::EMPTY_HEADER; policy::MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(data) {
-        Ok(httparse::Status::Complete(len)) => {
-            let (verdict, next) = judge(req.headers);
-            Head::Complete(len, verdict, next)
-        }
+        Ok(httparse::Status::Complete(len)) => match policy::check(&req) {
+            Ok(accepted) => {
+                let next = match accepted.framing {
+                    policy::Framing::None => State::Head(Vec::new()),
+                    policy::Framing::Length(n) => State::Body(n),
+                    policy::Framing::Chunked => State::Chunked(ChunkedEnd::default()),
+                };
+                Head::Complete(len, None, next)
+            }
+            // The connection closes after the refusal's answer.
+            Err(refusal) => Head::Complete(len, Some(refusal), State::Off),
+        },
         Ok(httparse::Status::Partial) => Head::Partial,
         Err(_) => Head::Invalid,
     }
 }
 
-/// The verdict on a head and where its body ends.
-fn judge(headers: &[httparse::Header<'_>]) -> (Option<&'static str>, State) {
-    let value =
-        |h: &httparse::Header<'_>| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase();
-    let lengths: Vec<String> = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .flat_map(|h| {
-            value(h)
-                .split(',')
-                .map(|v| v.trim().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let te: Vec<String> = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-        .map(value)
-        .collect();
-    if !lengths.is_empty() && !te.is_empty() {
-        return (
-            Some("both Content-Length and Transfer-Encoding"),
-            State::Off,
-        );
+impl<S> Sniffer<S> {
+    /// A write that cannot go on yet: pending until the write timeout, then an error.
+    fn write_stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let Some(limit) = self.write_timeout else {
+            return Poll::Pending;
+        };
+        if !self.write_waiting {
+            self.write_waiting = true;
+            let at = tokio::time::Instant::now() + limit;
+            match &mut self.write_deadline {
+                Some(sleep) => sleep.as_mut().reset(at),
+                None => self.write_deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        let sleep = self.write_deadline.as_mut().expect("armed above");
+        if sleep.as_mut().poll(cx).is_ready() {
+            self.verdicts.timed_out.store(true, Relaxed);
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
     }
-    if lengths.iter().any(|l| *l != lengths[0]) {
-        return (Some("conflicting Content-Length values"), State::Off);
-    }
-    if !te.is_empty() {
-        return (None, State::ChunkSize(Vec::new()));
-    }
-    match lengths.first().map(|l| l.parse::<u64>()) {
-        Some(Ok(0)) | None => (None, State::Head(Vec::new())),
-        Some(Ok(n)) => (None, State::Body(n)),
-        Some(Err(_)) => (None, State::Off),
+
+    /// What a write gave: progress disarms the timeout, a wait arms it.
+    fn written<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Pending => self.write_stalled(cx),
+            ready => {
+                self.write_waiting = false;
+                ready
+            }
+        }
     }
 }
 
@@ -283,8 +305,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniffer<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
         let this = &mut *self;
+        if matches!(this.state, State::Failed) {
+            return Poll::Ready(Err(malformed_body()));
+        }
+        let before = buf.filled().len();
         let polled = if this.replay.is_empty() {
             Pin::new(&mut this.inner).poll_read(cx, buf)
         } else {
@@ -294,11 +319,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniffer<S> {
         };
         if let Poll::Ready(Ok(())) = &polled
             && !matches!(this.state, State::Off)
+            && let Err(good) = this.feed(&buf.filled()[before..])
         {
-            this.feed(&buf.filled()[before..]);
+            // hyper gets the bytes before the malformed one, then the error (never
+            // an empty read, which would look like the end of the stream).
+            if good == 0 {
+                return Poll::Ready(Err(malformed_body()));
+            }
+            buf.set_filled(before + good);
         }
         polled
     }
+}
+
+fn malformed_body() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, policy::MALFORMED_BODY.why)
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffer<S> {
@@ -307,15 +342,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffer<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.written(cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.written(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.written(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -323,7 +361,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffer<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.written(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -339,13 +378,12 @@ mod tests {
         let v = Arc::new(Verdicts::default());
         let mut s = Sniffer::new(tokio::io::empty(), v.clone());
         for c in chunks {
-            s.feed(c);
+            let _ = s.feed(c);
         }
-        let mut out = Vec::new();
-        while !v.queue.lock().unwrap().is_empty() {
-            out.push(v.next());
-        }
-        out
+        s.take_verdicts()
+            .into_iter()
+            .map(|v| v.map(|r| r.why))
+            .collect()
     }
 
     #[test]
@@ -382,5 +420,100 @@ POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0
     #[test]
     fn h2_prefaces_are_left_alone() {
         assert_eq!(verdicts(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), vec![]);
+    }
+
+    /// Requests of many shapes, good and bad, one after another.
+    fn wire() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let request = prop_oneof![
+            Just("GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_string()),
+            "[a-z]{0,40}".prop_map(|b| format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            )),
+            ("[a-z]{1,20}", 0usize..3000).prop_map(|(b, ext)| format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x};{}\r\n{b}\r\n0\r\n\r\n",
+                b.len(),
+                "e".repeat(ext)
+            )),
+            Just("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_string()),
+            Just("GET / HTTP/1.1\r\n\r\n".to_string()),
+            Just("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n".to_string()),
+        ];
+        proptest::collection::vec(request, 1..5).prop_map(|r| r.concat().into_bytes())
+    }
+
+    proptest::proptest! {
+        /// However the bytes are cut into reads, the same verdicts, and the reads fail
+        /// at the same byte.
+        #[test]
+        fn the_same_verdicts_across_any_split(
+            wire in wire(),
+            cuts in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..8),
+        ) {
+            let run = |pieces: &[&[u8]]| {
+                let mut s = Sniffer::new(tokio::io::empty(), Arc::new(Verdicts::default()));
+                let mut failed_at = None;
+                let mut offset = 0;
+                for p in pieces {
+                    if failed_at.is_none() && let Err(good) = s.feed(p) {
+                        failed_at = Some(offset + good);
+                    }
+                    offset += p.len();
+                }
+                (s.take_verdicts(), failed_at)
+            };
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+            at.push(0);
+            at.push(wire.len());
+            at.sort_unstable();
+            let pieces: Vec<&[u8]> = at.windows(2).map(|w| &wire[w[0]..w[1]]).collect();
+            proptest::prop_assert_eq!(run(&[&wire]), run(&pieces));
+        }
+    }
+
+    #[test]
+    fn a_request_not_seen_is_refused() {
+        let v = Verdicts::default();
+        assert_eq!(v.next(), Some(policy::LOST));
+        v.push(None);
+        assert_eq!(v.next(), None);
+        assert_eq!(v.next(), Some(policy::LOST));
+    }
+
+    #[test]
+    fn a_long_chunk_line_in_pieces_is_followed_to_the_next_head() {
+        // Issue 17: the old watch gave up on a chunk-size line past 1,024 bytes, and
+        // every later request counted as clean.
+        let ext = "a".repeat(1800);
+        let first =
+            format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;{ext}");
+        let rest = "\r\nhello\r\n0\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let pieces: Vec<&[u8]> = first
+            .as_bytes()
+            .chunks(700)
+            .chain([rest.as_bytes()])
+            .collect();
+        assert_eq!(
+            verdicts(&pieces),
+            vec![None, Some("both Content-Length and Transfer-Encoding")]
+        );
+    }
+
+    #[test]
+    fn a_malformed_chunked_body_fails_the_reads_after_the_good_bytes() {
+        let head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for body in [
+            &b"0x5\r\n"[..],
+            b"5\nhello",
+            b"5\r\nhelloXX",
+            b"ffffffffffffffffff\r\n",
+        ] {
+            let mut s = Sniffer::new(tokio::io::empty(), Arc::new(Verdicts::default()));
+            let wire = [&head[..], body].concat();
+            let good = s.feed(&wire).unwrap_err();
+            assert!(good >= head.len() && good < wire.len(), "{body:?}: {good}");
+            assert!(!s.observe(b"more"));
+        }
     }
 }

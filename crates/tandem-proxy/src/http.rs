@@ -29,8 +29,9 @@ use tracing::info;
 
 use crate::framing::{Sniffer, Verdicts};
 
-mod chunked;
+pub(crate) mod chunked;
 mod h1;
+pub mod policy;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -228,7 +229,10 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(h.max_header_size as u32);
-    let io = Sniffer::new(io, verdicts).replaying(read);
+    let io = Sniffer::new(io, verdicts.clone())
+        .replaying(read)
+        .max_head(h.max_header_size)
+        .write_timeout(h.client_timeout);
     let upgraded = conn.clone();
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), handler);
     let mut served = std::pin::pin!(served);
@@ -247,6 +251,9 @@ where
         .take();
     if let Some(tunnel) = tunnel {
         let _ = tunnel.await;
+    }
+    if verdicts.write_timed_out() {
+        conn.client_timed_out(config);
     }
 }
 
@@ -366,6 +373,14 @@ struct Chosen {
 }
 
 impl Connection {
+    /// A write to the client made no progress within `client_timeout`: counted and
+    /// logged (the connection is closed, its backend connection let go).
+    fn client_timed_out(&self, config: &tandem_config::Service) {
+        self.service.stats.client_timeouts.fetch_add(1, Relaxed);
+        info!(target: "tandem::http", service = %config.name, client = %self.peer,
+            "client took no response bytes within {:?}: closed", config.http.client_timeout);
+    }
+
     /// The drain deadline passed: responses say close.
     fn close_all_requested(&self) -> bool {
         self.close_all.is_cancelled()
@@ -393,16 +408,11 @@ impl Connection {
         } else {
             self.verdicts.next()
         };
-        if let Some(why) = ambiguous {
+        if let Some(refusal) = ambiguous {
             // A request two parsers could frame differently is how requests are smuggled
-            // past a proxy: refuse it, never forward it, and close the connection.
-            info!(target: "tandem::http", service = %config.name, client = %self.peer, method = %method, path = %path,
-                status = 400, "refused: {why}");
-            let mut response = error_response(StatusCode::BAD_REQUEST, why);
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return response;
+            // past a proxy; a Host or target that does not follow RFC 9112 is the
+            // client's error too: refuse it, never forward it, and close the connection.
+            return self.refuse(&config, refusal, method.as_str(), &path);
         }
         let (status, backend, mut response) = self.forward(req, &config).await;
         if last && version == Version::HTTP_11 {
@@ -440,6 +450,26 @@ impl Connection {
         Response::from_parts(parts, body.boxed())
     }
 
+    /// Answers with `refusal` (the client's error), logged and counted; the connection
+    /// closes after it.
+    fn refuse(
+        &self,
+        config: &tandem_config::Service,
+        refusal: policy::Refusal,
+        method: &str,
+        path: &str,
+    ) -> Response<ProxyBody> {
+        self.service.stats.bad_requests.fetch_add(1, Relaxed);
+        info!(target: "tandem::http", service = %config.name, client = %self.peer, method = %method, path = %path,
+            status = refusal.status, "refused: {}", refusal.why);
+        let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut response = error_response(status, refusal.why);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+
     /// Picks, forwards, retries; returns the status, the backend, and the response.
     async fn forward(
         &self,
@@ -454,12 +484,13 @@ impl Connection {
         let pools = self.service.pools.load_full();
         let empty_body = body.is_end_stream() || body.size_hint().exact() == Some(0);
         let retryable = is_idempotent(&parts.method) && empty_body;
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // An absolute-form target's authority (HTTP/2's :authority) names the host,
+        // whatever Host says (RFC 9112 3.2.2, RFC 9113 8.3.1).
+        let original_host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| parts.headers.get(header::HOST).cloned());
         self.prepare_request_headers(&mut parts.headers, original_host.as_ref(), config);
         if let Some((protocol, _)) = &upgrade {
             parts
@@ -467,7 +498,16 @@ impl Connection {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        let mut body = Some(body.boxed());
+        // A client body that fails (malformed chunked framing) fails the backend
+        // request; it is then the client's error, not the backend's.
+        let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut body = Some(
+            WatchedBody {
+                inner: body,
+                failed: client_failed.clone(),
+            }
+            .boxed(),
+        );
         let mut tried: Vec<SocketAddr> = Vec::new();
         for _ in 0..=config.retries {
             let Some(chosen) = self.choose(&pools, &config.pool, &parts.headers, &tried) else {
@@ -576,6 +616,13 @@ impl Connection {
                             )),
                         );
                     }
+                }
+                Ok(Err(_)) if client_failed.load(Relaxed) => {
+                    let refusal = policy::MALFORMED_BODY;
+                    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                    let response = self.refuse(config, refusal, parts.method.as_str(), path);
+                    let status = response.status();
+                    return (status, None, unlogged(response));
                 }
                 Ok(Err(e)) => {
                     info!(target: "tandem::http", service = %config.name, backend = %address, "backend error: {e}");
@@ -857,6 +904,36 @@ impl Drop for Logged {
             }
             .write();
         }
+    }
+}
+
+/// A client's request body that notes when it fails.
+struct WatchedBody {
+    inner: hyper::body::Incoming,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Body for WatchedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.failed.store(true, Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

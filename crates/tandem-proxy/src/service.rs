@@ -39,6 +39,12 @@ pub struct ServiceStats {
     pub node_limited: AtomicU64,
     /// TLS handshakes that failed or timed out (the connection was closed).
     pub tls_handshake_errors: AtomicU64,
+    /// HTTP requests refused with 400 as the client's error (ambiguous or malformed
+    /// framing, Host and request-target rules).
+    pub bad_requests: AtomicU64,
+    /// HTTP responses cut off because the client did not take them within
+    /// `http.client_timeout`.
+    pub client_timeouts: AtomicU64,
     /// Connections refused under `accept_proxy`, by reason (index of
     /// [`crate::proxy_header::Refusal::index`]).
     pub proxy_refused: [AtomicU64; 4],

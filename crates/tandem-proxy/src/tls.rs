@@ -77,6 +77,15 @@ pub fn acceptor(tls: &Tls, alpn: &[&[u8]]) -> Result<TlsAcceptor, String> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { keys }));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // The server's cipher suite order wins (rustls follows the client's by default):
+    // AES-256-GCM, AES-128-GCM, then ChaCha20-Poly1305, forward secret only.
+    config.ignore_client_order = true;
+    // Resumption: TLS 1.2 by session ID and TLS 1.3 by (stateful) tickets, both from
+    // an in-memory cache of this process; no TLS 1.2 session tickets, whose key would
+    // have to be rotated and shared across nodes, and which weaken forward secrecy
+    // for as long as that key lives. (rustls's default ticketer makes none.)
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
+    debug_assert!(!config.ticketer.enabled());
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -625,6 +625,8 @@ impl Daemon {
                     client_limited: st.client_limited.load(Relaxed),
                     node_limited: st.node_limited.load(Relaxed),
                     tls_handshake_errors: st.tls_handshake_errors.load(Relaxed),
+                    bad_requests: st.bad_requests.load(Relaxed),
+                    client_timeouts: st.client_timeouts.load(Relaxed),
                     proxy_refused: if c.accept_proxy {
                         Refusal::ALL
                             .iter()

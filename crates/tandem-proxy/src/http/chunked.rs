@@ -1,12 +1,18 @@
 //! Finds where a chunked message body ends, without decoding it: the fast path relays
 //! the backend's chunked bytes as they are and only needs to know when the response is
-//! over (so the backend connection can serve the next request).
+//! over (so the backend connection can serve the next request); and the framing watch
+//! in front of hyper follows chunked request bodies with it, to find the next request
+//! head where hyper will. One grammar, RFC 9112 7.1 as hyper reads it, for both.
+
+use super::policy::MAX_CHUNK_EXTENSIONS;
 
 /// Where the scanner is in a chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// In a chunk-size line: the size so far and its digit count.
     Size { size: u64, digits: u8 },
+    /// After the size, spaces or tabs before a `;` or the line's end.
+    SizeLws { size: u64 },
     /// After the size, in chunk extensions, until the line ends.
     Extension { size: u64 },
     /// The size line's CR was seen; its LF must follow.
@@ -27,20 +33,28 @@ enum State {
     Done,
 }
 
-/// A chunked body the backend sent that does not follow RFC 9112.
+/// A chunked body that does not follow RFC 9112 (or has more than
+/// [`MAX_CHUNK_EXTENSIONS`] bytes of extensions): the bytes of the last feed before
+/// the one refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Malformed;
+pub struct Malformed {
+    /// The refused byte's offset in the last feed.
+    pub at: usize,
+}
 
 /// Follows a chunked body fed in pieces of any size.
 #[derive(Debug, Clone)]
 pub struct ChunkedEnd {
     state: State,
+    /// Bytes of chunk extensions so far.
+    extensions: u64,
 }
 
 impl Default for ChunkedEnd {
     fn default() -> Self {
         ChunkedEnd {
             state: State::Size { size: 0, digits: 0 },
+            extensions: 0,
         }
     }
 }
@@ -63,11 +77,12 @@ impl ChunkedEnd {
             }
             let b = bytes[i];
             i += 1;
+            let malformed = Err(Malformed { at: i - 1 });
             self.state = match self.state {
                 State::Size { size, digits } => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                         if digits >= 15 {
-                            return Err(Malformed);
+                            return malformed;
                         }
                         let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
                         State::Size {
@@ -75,31 +90,44 @@ impl ChunkedEnd {
                             digits: digits + 1,
                         }
                     }
-                    b';' | b' ' | b'\t' if digits > 0 => State::Extension { size },
+                    b';' if digits > 0 => State::Extension { size },
+                    b' ' | b'\t' if digits > 0 => State::SizeLws { size },
                     b'\r' if digits > 0 => State::SizeLf { size },
-                    _ => return Err(Malformed),
+                    _ => return malformed,
+                },
+                State::SizeLws { size } => match b {
+                    b' ' | b'\t' => State::SizeLws { size },
+                    b';' => State::Extension { size },
+                    b'\r' => State::SizeLf { size },
+                    _ => return malformed,
                 },
                 State::Extension { size } => match b {
                     b'\r' => State::SizeLf { size },
-                    b'\n' => return Err(Malformed),
-                    _ => State::Extension { size },
+                    b'\n' => return malformed,
+                    _ => {
+                        self.extensions += 1;
+                        if self.extensions > MAX_CHUNK_EXTENSIONS {
+                            return malformed;
+                        }
+                        State::Extension { size }
+                    }
                 },
                 State::SizeLf { size } => match b {
                     b'\n' if size == 0 => State::TrailerStart,
                     b'\n' => State::Data(size),
-                    _ => return Err(Malformed),
+                    _ => return malformed,
                 },
                 State::DataCr => match b {
                     b'\r' => State::DataLf,
-                    _ => return Err(Malformed),
+                    _ => return malformed,
                 },
                 State::DataLf => match b {
                     b'\n' => State::Size { size: 0, digits: 0 },
-                    _ => return Err(Malformed),
+                    _ => return malformed,
                 },
                 State::TrailerStart => match b {
                     b'\r' => State::EndLf,
-                    b'\n' => return Err(Malformed),
+                    b'\n' => return malformed,
                     _ => State::Trailer,
                 },
                 State::Trailer => match b {
@@ -111,7 +139,7 @@ impl ChunkedEnd {
                         self.state = State::Done;
                         return Ok(Some(i));
                     }
-                    _ => return Err(Malformed),
+                    _ => return malformed,
                 },
                 State::Data(_) => unreachable!("handled above"),
                 State::Done => return Ok(Some(i - 1)),
@@ -159,14 +187,29 @@ mod tests {
             b"5\nhello\r\n",
             b"1000000000000000\r\n",
             b"0\r\n\n",
+            b"0x5\r\nhello\r\n",
+            b"+5\r\nhello\r\n",
+            b"5 x\r\nhello\r\n",
         ] {
-            assert_eq!(
-                end_of(&[bad]),
-                Err(Malformed),
+            assert!(
+                end_of(&[bad]).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn extensions_are_bounded_and_the_refused_byte_is_named() {
+        let long = format!("1;{}\r\nx\r\n0\r\n\r\n", "a".repeat(4000));
+        assert_eq!(end_of(&[long.as_bytes()]), Ok(Some(long.len())));
+        let longer = format!("1;{}\r\nx\r\n", "a".repeat(4097));
+        assert_eq!(end_of(&[longer.as_bytes()]), Err(Malformed { at: 4098 }));
+        // The limit is per body, not per line.
+        let many = "1;".to_string() + &"a".repeat(3000) + "\r\nx\r\n1;" + &"a".repeat(3000);
+        assert!(end_of(&[many.as_bytes()]).is_err());
+        assert_eq!(end_of(&[b"5\r\nhelloXY"]), Err(Malformed { at: 8 }));
+        assert_eq!(end_of(&[b"5 ;x\r\nhello\r\n0\r\n\r\n"]), Ok(Some(18)));
     }
 
     fn encode(chunks: &[Vec<u8>], trailers: &[String]) -> Vec<u8> {

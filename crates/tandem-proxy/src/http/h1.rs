@@ -24,8 +24,7 @@ use tracing::info;
 use super::chunked::ChunkedEnd;
 use super::{AccessLog, Chosen, Connection, HttpState};
 
-/// Most header fields in a head the fast path parses (more: the general path).
-const MAX_HEADERS: usize = 100;
+use super::policy::{MAX_HEADERS, content_length};
 /// Bytes asked of the client per read.
 const CLIENT_READ: usize = 16 * 1024;
 /// Bytes a connection waiting for its next request keeps for it.
@@ -189,13 +188,25 @@ fn named_by(tokens: &[&[u8]], name: &str) -> bool {
         .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
 }
 
-/// A Content-Length value: digits only (anything else is for the general path).
-fn content_length(value: &[u8]) -> Option<u64> {
-    let v = trim(value);
-    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
+/// Writes `bytes` to the client; false when that failed or the client took none of
+/// them within `client_timeout` (then counted and logged: the caller closes the
+/// connection and lets its backend connection go).
+async fn send<S>(
+    client: &mut S,
+    bytes: &[u8],
+    conn: &Connection,
+    config: &tandem_config::Service,
+) -> bool
+where
+    S: AsyncWrite + Unpin,
+{
+    match timeout(config.http.client_timeout, client.write_all(bytes)).await {
+        Ok(written) => written.is_ok(),
+        Err(_) => {
+            conn.client_timed_out(config);
+            false
+        }
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 impl<'a> FastPath<'a> {
@@ -241,7 +252,8 @@ impl<'a> FastPath<'a> {
             match Box::pin(self.exchange(client, &config, head)).await {
                 Ok(true) => {}
                 Ok(false) | Err(()) => {
-                    let _ = client.shutdown().await;
+                    // (A TLS goodbye is a write too: bounded.)
+                    let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
                     return End::Closed;
                 }
             }
@@ -503,7 +515,7 @@ impl<'a> FastPath<'a> {
         let mut done = self.take_body(&mut framing, &mut backend_keeps);
         let first = self.from_backend.split_to(done.0);
         self.out.extend_from_slice(&first);
-        let mut written = client.write_all(&self.out).await.is_ok();
+        let mut written = send(client, &self.out, self.conn, config).await;
         sent_body += first.len() as u64;
         chosen.lease.state.record_bytes(0, first.len() as u64);
         while written && !done.1 {
@@ -529,7 +541,7 @@ impl<'a> FastPath<'a> {
             }
             done = self.take_body(&mut framing, &mut backend_keeps);
             let piece = &self.from_backend[..done.0];
-            written = client.write_all(piece).await.is_ok();
+            written = send(client, piece, self.conn, config).await;
             sent_body += piece.len() as u64;
             chosen.lease.state.record_bytes(0, piece.len() as u64);
         }
@@ -721,7 +733,7 @@ impl<'a> FastPath<'a> {
             body.len(),
             if close { "connection: close\r\n" } else { "" }
         );
-        if client.write_all(response.as_bytes()).await.is_err() {
+        if !send(client, response.as_bytes(), self.conn, config).await {
             return Ok(false);
         }
         Ok(!close)
@@ -785,9 +797,21 @@ fn rewrite_request(buf: &[u8], side: &RequestSide<'_>, out: &mut Vec<u8>) -> Par
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Other;
     };
-    if method == "CONNECT" || !target.starts_with('/') {
+    // What the policy refuses, the general path refuses (with the same answer, from
+    // one place); what it accepts, the fast path serves in origin-form with a length.
+    let accepted = match super::policy::check(&req) {
+        Ok(a) => a,
+        Err(_) => return Parsed::Other,
+    };
+    let length = match accepted.framing {
+        super::policy::Framing::None => None,
+        super::policy::Framing::Length(n) => Some(n),
+        super::policy::Framing::Chunked => return Parsed::Other,
+    };
+    if method == "CONNECT" || accepted.absolute.is_some() || !target.starts_with('/') {
         return Parsed::Other;
     }
+    let host = accepted.host;
     let tokens = connection_tokens(req.headers);
     // An upgrade, or a Connection field that would strip the fields framing and
     // routing the request (hyper rebuilds them; the fast path relays bytes).
@@ -798,22 +822,18 @@ fn rewrite_request(buf: &[u8], side: &RequestSide<'_>, out: &mut Vec<u8>) -> Par
         return Parsed::Other;
     }
     let close = named_by(&tokens, "close");
-    let mut length = None;
-    let mut host = None;
     let mut previous_xff = None;
+    let mut lengths = 0;
     for h in req.headers.iter() {
-        if is(h.name, "content-length") {
-            match (length, content_length(h.value)) {
-                (None, Some(n)) => length = Some(n),
-                _ => return Parsed::Other,
-            }
-        } else if is(h.name, "transfer-encoding") || is(h.name, "expect") || is(h.name, "upgrade") {
+        if is(h.name, "expect") || is(h.name, "upgrade") {
             return Parsed::Other;
-        } else if is(h.name, "host") {
-            if host.is_some() {
+        } else if is(h.name, "content-length") {
+            // Relayed as it is: one plain number ("5, 5" and repeats: hyper's, which
+            // sends one).
+            lengths += 1;
+            if lengths > 1 || content_length(h.value).is_none() {
                 return Parsed::Other;
             }
-            host = Some(h.value);
         } else if is(h.name, "x-forwarded-for") && previous_xff.is_none() {
             previous_xff = Some(h.value);
         }
