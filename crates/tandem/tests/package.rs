@@ -73,7 +73,22 @@ fn the_package_installs_checks_renders_and_removes_cleanly() {
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = tempfile::tempdir().unwrap();
-    let (ok, deb, err) = run(Command::new(workspace.join("scripts/package")).arg(dir.path()));
+    // The build inside sees the environment a shell would: the variables cargo and
+    // nextest set for this test (CARGO_PKG_*, ...) would make cargo rebuild release.
+    let mut package = Command::new(workspace.join("scripts/package"));
+    package.arg(dir.path()).env_clear();
+    for keep in [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+    ] {
+        if let Some(value) = std::env::var_os(keep) {
+            package.env(keep, value);
+        }
+    }
+    let (ok, deb, err) = run(&mut package);
     assert!(ok, "scripts/package failed:\n{err}");
     let deb = deb.trim().to_string();
     let (_, listing, _) = run(Command::new("dpkg-deb").args(["--contents", &deb]));
