@@ -232,7 +232,7 @@ pub fn encode(snapshot: &Snapshot) -> String {
     let b_up = gauge::<BackendLabels>(
         &mut registry,
         "backend_up",
-        "1 when health checks say up (or unchecked), 0 when down",
+        "1 when health checks say up (or unchecked), 0 when down or not decided yet",
     );
     let b_enabled = gauge::<BackendLabels>(
         &mut registry,
@@ -289,7 +289,8 @@ pub fn encode(snapshot: &Snapshot) -> String {
                     })
                     .inc_by(bytes);
             }
-            b_up.get_or_create(&l).set(i64::from(b.health != "down"));
+            b_up.get_or_create(&l)
+                .set(i64::from(matches!(b.health.as_str(), "up" | "unchecked")));
             b_enabled.get_or_create(&l).set(i64::from(b.enabled));
             if let Some(c) = &b.last_check {
                 b_latency.get_or_create(&l).set(c.latency_ms / 1000.0);

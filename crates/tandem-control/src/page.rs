@@ -44,6 +44,7 @@ fn state_of(b: &BackendSnapshot) -> (&'static str, &'static str) {
         (false, _) => ("disabled", "drain"),
         (true, "down") => ("down", "down"),
         (true, "up") => ("up", "up"),
+        (true, "pending") => ("pending", "unchecked"),
         _ => ("unchecked", "unchecked"),
     }
 }

@@ -167,7 +167,8 @@ pub struct BackendSnapshot {
     pub backup: bool,
     /// Connection limit (0 = none).
     pub max_conns: u32,
-    /// "up", "down" or "unchecked".
+    /// "up", "down", "pending" (checked, but its checks have not decided yet) or
+    /// "unchecked" (its pool has no check).
     pub health: String,
     /// Operator flag: false = disabled (draining).
     pub enabled: bool,

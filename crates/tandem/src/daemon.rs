@@ -731,6 +731,9 @@ impl Daemon {
             health: match &health {
                 None => "unchecked",
                 Some(h) if h.up => "up",
+                // Its checks have not decided yet (initial = "down"): new clients
+                // wait for it, its pins are followed.
+                Some(h) if !h.is_decided() => "pending",
                 Some(_) => "down",
             }
             .into(),

@@ -208,3 +208,28 @@ check = {{ type = \"send-expect\", expect = \"^220 \", quit = \"QUIT\\r\\n\", in
     );
     assert!(health.failures >= 2, "{}", health.failures);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_is_pending_until_its_checks_decide() {
+    let alive = name_server("alive", false).await;
+    let dead = dead_address().await;
+    let text = format!(
+        "[[pool]]\nname = \"p\"\nbackends = {}\ncheck = {{ type = \"tcp\", interval = \"200ms\", timeout = \"100ms\", rise = 3, fall = 3 }}\n\n\
+[[service]]\nname = \"svc\"\nlisten = [\"127.0.0.1:0\"]\npool = \"p\"\n",
+        backends_toml(&[alive, dead], &[1, 1])
+    );
+    let d = start(&text).await;
+    let health = |d: &tandem::daemon::Daemon| -> Vec<String> {
+        d.snapshot().pools[0]
+            .backends
+            .iter()
+            .map(|b| b.health.clone())
+            .collect()
+    };
+    // Both start "down" (initial), but neither has been judged: pending, not down.
+    assert_eq!(health(&d), ["pending", "pending"]);
+    wait_until("both decided", Duration::from_secs(3), || {
+        health(&d) == ["up", "down"]
+    })
+    .await;
+}
