@@ -100,6 +100,8 @@ fn the_package_installs_checks_renders_and_removes_cleanly() {
         "./usr/share/man/man5/tandem.toml.5.gz",
         "./usr/share/bash-completion/completions/tandem",
         "./usr/share/doc/tandem/examples/site.toml",
+        "./usr/share/tandem/grafana/tandem.json",
+        "./usr/share/tandem/prometheus/tandem-alerts.yml",
     ] {
         assert!(
             listing.contains(path),
