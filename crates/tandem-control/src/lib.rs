@@ -8,6 +8,8 @@
 //! crate knows nothing of pools or sockets beyond these types.
 
 pub mod admin;
+pub mod events;
+pub mod history;
 pub mod metrics;
 pub mod page;
 pub mod protocol;
