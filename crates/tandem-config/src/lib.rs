@@ -76,6 +76,11 @@ pub struct Global {
     pub control_socket: PathBuf,
     /// Optional admin HTTP address (metrics, status page).
     pub admin_listen: Option<SocketAddr>,
+    /// Whether the status page may drain and enable backends (`admin_write`).
+    pub admin_write: bool,
+    /// Clients that may act from the status page when `admin_write` is on:
+    /// (network, prefix length); default loopback only.
+    pub admin_allow: Vec<(IpAddr, u8)>,
     /// Log line format.
     pub log_format: LogFormat,
     /// How long established connections may run on after SIGTERM.

@@ -25,6 +25,8 @@ pub(crate) struct RawGlobal {
     pub name: Option<S<String>>,
     pub control_socket: Option<S<String>>,
     pub admin_listen: Option<S<String>>,
+    pub admin_write: Option<S<bool>>,
+    pub admin_allow: Option<S<Vec<S<String>>>>,
     pub log_format: Option<S<crate::LogFormat>>,
     pub drain_timeout: Option<S<String>>,
     pub threads: Option<S<i64>>,

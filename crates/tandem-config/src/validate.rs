@@ -13,6 +13,14 @@ use crate::*;
 pub const MAX_WEIGHT: i64 = 256;
 const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem/tandem.sock";
 
+/// `global.admin_allow` when unset: this host only.
+fn default_admin_allow() -> Vec<(IpAddr, u8)> {
+    vec![
+        (IpAddr::from([127, 0, 0, 0]), 8),
+        (IpAddr::from(std::net::Ipv6Addr::LOCALHOST), 128),
+    ]
+}
+
 pub(crate) fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let raw: raw::RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
@@ -156,6 +164,10 @@ impl Validator<'_> {
             .push(Diagnostic::new(key, message).hint(hint).at(span));
     }
 
+    fn warn(&mut self, span: std::ops::Range<usize>, key: &str, message: String) {
+        self.warnings.push(Diagnostic::new(key, message).at(span));
+    }
+
     fn config(&mut self, raw: raw::RawConfig) -> Config {
         let global = self.global(raw.global);
         let mut pools: Vec<Pool> = raw.pool.iter().map(|p| self.pool(p)).collect();
@@ -205,6 +217,26 @@ impl Validator<'_> {
             .admin_listen
             .as_ref()
             .and_then(|a| self.socket_addr(a, "global.admin_listen"));
+        let admin_write = g.admin_write.as_ref().is_some_and(|w| *w.get_ref());
+        let admin_allow = match &g.admin_allow {
+            Some(list) => self.networks(Some(list), "global.admin_allow"),
+            None => default_admin_allow(),
+        };
+        if let Some(w) = g.admin_write.as_ref().filter(|_| admin_write) {
+            if g.admin_listen.is_none() {
+                self.warn(
+                    w.span(),
+                    "global.admin_write",
+                    "has no effect without global.admin_listen".into(),
+                );
+            } else if admin_allow.is_empty() {
+                self.warn(
+                    w.span(),
+                    "global.admin_write",
+                    "is on but global.admin_allow is empty: no client may act".into(),
+                );
+            }
+        }
         Global {
             name,
             control_socket: g
@@ -213,6 +245,8 @@ impl Validator<'_> {
                 .map(|p| PathBuf::from(p.get_ref()))
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             admin_listen,
+            admin_write,
+            admin_allow,
             log_format: g.log_format.map(|l| l.into_inner()).unwrap_or_default(),
             threads: self.count(&g.threads, "global.threads", 0, 1024) as usize,
             max_conns: self.count(&g.max_conns, "global.max_conns", 0, u32::MAX as i64),
@@ -894,21 +928,27 @@ impl Validator<'_> {
         }
     }
 
-    /// `accept_proxy` and its trusted sources, which go together (tcp and http modes).
-    fn accept_proxy(&mut self, s: &raw::RawService, mode: Mode) -> (bool, Vec<(IpAddr, u8)>) {
-        let on = s.accept_proxy.as_ref().is_some_and(|a| *a.get_ref());
-        let mut from = Vec::new();
-        for entry in s.accept_proxy_from.iter().flat_map(|l| l.get_ref()) {
+    /// A list of addresses and networks (`"192.0.2.7"`, `"10.0.0.0/8"`).
+    fn networks(&mut self, list: Option<&S<Vec<S<String>>>>, key: &str) -> Vec<(IpAddr, u8)> {
+        let mut nets = Vec::new();
+        for entry in list.iter().flat_map(|l| l.get_ref()) {
             match parse_cidr(entry.get_ref()) {
-                Ok(net) => from.push(net),
+                Ok(net) => nets.push(net),
                 Err(e) => self.error(
                     entry.span(),
-                    "service.accept_proxy_from",
+                    key,
                     e,
                     "write an address or a network: \"192.0.2.7\", \"10.0.0.0/8\", \"2001:db8::/32\"",
                 ),
             }
         }
+        nets
+    }
+
+    /// `accept_proxy` and its trusted sources, which go together (tcp and http modes).
+    fn accept_proxy(&mut self, s: &raw::RawService, mode: Mode) -> (bool, Vec<(IpAddr, u8)>) {
+        let on = s.accept_proxy.as_ref().is_some_and(|a| *a.get_ref());
+        let from = self.networks(s.accept_proxy_from.as_ref(), "service.accept_proxy_from");
         if mode == Mode::Redirect {
             if let Some(a) = &s.accept_proxy {
                 self.error(

@@ -874,3 +874,48 @@ fn bad_steps_are_located_and_explained() {
         "not script checks",
     );
 }
+
+#[test]
+fn admin_actions_are_off_by_default_and_loopback_only_when_on() {
+    let c = Config::parse(BASE, "t.toml", Path::new(".")).unwrap();
+    assert!(!c.global.admin_write);
+    let lo: Vec<String> = c
+        .global
+        .admin_allow
+        .iter()
+        .map(|(ip, len)| format!("{ip}/{len}"))
+        .collect();
+    assert_eq!(lo, ["127.0.0.0/8", "::1/128"]);
+
+    let on = format!(
+        "[global]\nadmin_listen = \"127.0.0.1:9100\"\nadmin_write = true\nadmin_allow = [\"10.9.0.0/24\", \"2001:db8::7\"]\n{BASE}"
+    );
+    let c = Config::parse(&on, "t.toml", Path::new(".")).unwrap();
+    assert!(c.global.admin_write && c.warnings.is_empty());
+    assert_eq!(c.global.admin_allow.len(), 2);
+    assert_eq!(c.global.admin_allow[1].1, 128);
+
+    let bad = on.replace("\"2001:db8::7\"", "\"10.9.0.300\"");
+    assert_error(&errors(&bad), 4, 31, "global.admin_allow", "10.9.0.300");
+
+    let nobody = on.replace("[\"10.9.0.0/24\", \"2001:db8::7\"]", "[]");
+    let c = Config::parse(&nobody, "t.toml", Path::new(".")).unwrap();
+    let w: Vec<String> = c
+        .warnings
+        .iter()
+        .map(|w| w.render("t.toml", "warning: "))
+        .collect();
+    assert_eq!(
+        w,
+        [
+            "t.toml:3:15: warning: global.admin_write: is on but global.admin_allow is empty: no client may act"
+        ]
+    );
+    let no_port = on.replace("admin_listen = \"127.0.0.1:9100\"\n", "");
+    let c = Config::parse(&no_port, "t.toml", Path::new(".")).unwrap();
+    assert!(
+        c.warnings[0]
+            .render("t.toml", "")
+            .contains("has no effect without global.admin_listen")
+    );
+}

@@ -1,9 +1,8 @@
-//! The status page: one self-contained HTML document (no external assets) that a person
-//! reads at a glance, refreshed by the browser every two seconds.
+//! The status page: one self-contained HTML document (no external assets, no build
+//! step) whose inline script renders the state and keeps it live: the snapshot every
+//! second, the last hour's rates as small charts, the timeline of events.
 
-use std::fmt::Write;
-
-use crate::protocol::{BackendSnapshot, Snapshot};
+use crate::protocol::Snapshot;
 
 /// Escapes text for HTML.
 fn esc(s: &str) -> String {
@@ -39,165 +38,71 @@ pub fn ago(secs: u64) -> String {
     }
 }
 
-fn state_of(b: &BackendSnapshot) -> (&'static str, &'static str) {
-    match (b.enabled, b.health.as_str()) {
-        (false, _) => ("disabled", "drain"),
-        (true, "down") => ("down", "down"),
-        (true, "up") => ("up", "up"),
-        (true, "pending") => ("pending", "unchecked"),
-        _ => ("unchecked", "unchecked"),
-    }
+/// The page's script, inline in the document (its hash is in the CSP).
+pub const SCRIPT: &str = include_str!("page.js");
+
+/// The `script-src` source that allows [`SCRIPT`] and nothing else.
+pub fn script_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        use base64::Engine;
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(SCRIPT.as_bytes());
+        format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        )
+    })
 }
 
-/// The whole page.
-pub fn render(s: &Snapshot) -> String {
-    let mut h = String::with_capacity(8192);
-    let _ = write!(
-        h,
+const STYLE: &str = r#"
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1a1a1a; background: #fafafa; }
+h1 { font-size: 1.4em; margin: 0 0 .2em; } h2 { font-size: 1.1em; margin: 1.4em 0 .4em; }
+.meta { color: #555; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; background: #fff; }
+caption { text-align: left; color: #555; padding: .2em 0; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: middle; }
+th { background: #eee; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.badge { display: inline-block; padding: 0 .6em; border-radius: .8em; font-weight: 600; color: #fff; }
+.up { background: #1b5e20; } .down { background: #b71c1c; } .drain { background: #8a4b00; }
+.unchecked { background: #616161; } .master { background: #0d47a1; } .backup { background: #4a148c; }
+.kind { background: #37474f; }
+.since { color: #555; margin-left: .4em; white-space: nowrap; }
+.err { color: #b71c1c; }
+.chart { display: inline-flex; align-items: center; gap: .4em; white-space: nowrap; }
+.spark { background: #f4f4f4; } .spark polyline { fill: none; stroke-width: 1.5; }
+.spark.ok polyline { stroke: #0d47a1; } .spark.bad polyline { stroke: #b71c1c; }
+.reading { font-variant-numeric: tabular-nums; color: #333; min-width: 4.5em; }
+#timeline { padding-left: 1.5em; max-height: 24em; overflow-y: auto; background: #fff; border: 1px solid #ccc; }
+#timeline li { padding: .15em 0; } #timeline time { color: #555; font-variant-numeric: tabular-nums; }
+button.act { font: inherit; padding: .1em .7em; }
+@media (max-width: 700px) { body { margin: .6em; font-size: 13px; } th, td { padding: .25em .4em; } }
+"#;
+
+/// The whole page: a shell whose script renders `s` at once and then follows
+/// `/status.json`, `/history.json` and `/events.json`. `write` shows the drain and
+/// enable buttons (the admin port checks each action again).
+pub fn render(s: &Snapshot, write: bool) -> String {
+    let boot = serde_json::json!({ "snapshot": s, "write": write });
+    // Inside a script element, "<" must not start "</script>".
+    let boot = boot.to_string().replace('<', "\\u003c");
+    format!(
         r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
+<html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<noscript><meta http-equiv="refresh" content="5;url=/status.json"></noscript>
 <title>tandem {node}</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }}
-h1 {{ font-size: 1.4em; margin: 0 0 .2em; }} h2 {{ font-size: 1.1em; margin: 1.4em 0 .4em; }}
-.meta {{ color: #666; }}
-table {{ border-collapse: collapse; background: #fff; min-width: 40em; }}
-th, td {{ border: 1px solid #ddd; padding: .3em .6em; text-align: left; }}
-th {{ background: #f0f0f0; font-weight: 600; }}
-td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
-.badge {{ display: inline-block; padding: 0 .6em; border-radius: .8em; font-weight: 600; color: #fff; }}
-.up {{ background: #2e7d32; }} .down {{ background: #c62828; }} .drain {{ background: #ef6c00; }}
-.unchecked {{ background: #757575; }} .master {{ background: #1565c0; }} .backup {{ background: #6a1b9a; }}
-.err {{ color: #c62828; }}
-</style></head><body>
-<h1>tandem <span id="node">{node}</span></h1>
-<div class="meta">version {version} &middot; pid {pid} &middot; up {uptime} &middot; {reloads} reload(s){config}</div>
+<style>{STYLE}</style></head><body>
+<main id="app"><h1>tandem <span id="node">{node}</span></h1>
+<noscript><p>This page draws with JavaScript; <a href="/status.json">/status.json</a> has the same figures and <a href="/metrics">/metrics</a> the counters.</p></noscript></main>
+<script type="application/json" id="boot">{boot}</script>
+<script>{SCRIPT}</script>
+</body></html>
 "#,
         node = esc(&s.node),
-        version = esc(&s.version),
-        pid = s.pid,
-        uptime = ago(s.uptime_secs),
-        reloads = s.reloads,
-        config = s
-            .config_path
-            .as_ref()
-            .map(|p| format!(" &middot; {}", esc(p)))
-            .unwrap_or_default(),
-    );
-    h.push_str("<h2>High availability</h2>\n");
-    match &s.ha {
-        Some(ha) => {
-            let class = match ha.state.to_ascii_lowercase().as_str() {
-                "master" => "master",
-                "backup" => "backup",
-                _ => "unchecked",
-            };
-            let _ = writeln!(
-                h,
-                r#"<p id="ha">role <span class="badge {class}">{}</span> &middot; {} vrid {} &middot; priority {} (configured {}) &middot; {}</p>"#,
-                esc(&ha.state),
-                esc(&ha.interface),
-                ha.vrid,
-                ha.effective_priority,
-                ha.priority,
-                esc(&ha.virtual_ips.join(", "))
-            );
-        }
-        None => h.push_str("<p id=\"ha\">not configured</p>\n"),
-    }
-    h.push_str("<h2>Services</h2>\n<table id=\"services\"><tr><th>service</th><th>mode</th><th>listen</th><th>pool</th><th>active</th><th>total</th><th>rejected</th><th>no backend</th></tr>\n");
-    for sv in &s.services {
-        let _ = writeln!(
-            h,
-            r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
-            esc(&sv.name),
-            esc(&sv.mode),
-            esc(&sv.listen.join(", ")),
-            esc(&sv.pool),
-            sv.active,
-            sv.total,
-            sv.rejected,
-            sv.no_backend
-        );
-    }
-    h.push_str("</table>\n");
-    for p in &s.pools {
-        let sticky = p
-            .sticky_entries
-            .map(|n| format!(" &middot; {n} sticky entries"))
-            .unwrap_or_default();
-        let fallback = p
-            .fallback
-            .as_ref()
-            .map(|f| format!(" &middot; fallback {}", esc(f)))
-            .unwrap_or_default();
-        let _ = writeln!(
-            h,
-            r#"<h2>Pool {} <span class="meta">{}{sticky}{fallback}</span></h2>"#,
-            esc(&p.name),
-            esc(&p.balance)
-        );
-        let _ = writeln!(
-            h,
-            r#"<table class="pool" data-pool="{}"><tr><th>backend</th><th>state</th><th>weight</th><th>active</th><th>total</th><th>in</th><th>out</th><th>connect errors</th><th>last check</th></tr>"#,
-            esc(&p.name)
-        );
-        for b in &p.backends {
-            let (label, class) = state_of(b);
-            let check = match &b.last_check {
-                Some(c) if c.ok => format!("ok in {:.1} ms, {} ago", c.latency_ms, ago(c.age_secs)),
-                Some(c) => format!(
-                    r#"<span class="err">{}</span>, {} ago"#,
-                    esc(&c.error),
-                    ago(c.age_secs)
-                ),
-                None => "&ndash;".into(),
-            };
-            let backup = if b.backup { " (backup)" } else { "" };
-            let _ = writeln!(
-                h,
-                r#"<tr class="backend" data-address="{addr}" data-state="{label}"><td>{addr}{backup}</td><td><span class="badge {class}">{label}</span></td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{check}</td></tr>"#,
-                b.weight,
-                b.active,
-                b.total,
-                bytes(b.bytes_to_backend),
-                bytes(b.bytes_to_client),
-                b.connect_errors,
-                addr = esc(&b.address),
-            );
-        }
-        h.push_str("</table>\n");
-    }
-    h.push_str("<h2>Sync peers</h2>\n");
-    if s.sync.is_empty() {
-        h.push_str("<p id=\"sync\">not configured</p>\n");
-    } else {
-        h.push_str("<table id=\"sync\"><tr><th>peer</th><th>link</th><th>synced</th><th>sent</th><th>received</th><th>last error</th></tr>\n");
-        for p in &s.sync {
-            let link = if p.connected {
-                r#"<span class="badge up">up</span>"#
-            } else {
-                r#"<span class="badge down">down</span>"#
-            };
-            let _ = writeln!(
-                h,
-                r#"<tr><td>{}{}</td><td>{link}</td><td>{}</td><td class="num">{}</td><td class="num">{}</td><td>{}</td></tr>"#,
-                esc(&p.address),
-                p.name
-                    .as_ref()
-                    .map(|n| format!(" ({})", esc(n)))
-                    .unwrap_or_default(),
-                if p.synced { "yes" } else { "no" },
-                p.sent,
-                p.received,
-                esc(p.last_error.as_deref().unwrap_or("")),
-            );
-        }
-        h.push_str("</table>\n");
-    }
-    h.push_str("</body></html>\n");
-    h
+    )
 }
 
 #[cfg(test)]
@@ -215,9 +120,21 @@ mod tests {
             }],
             ..Snapshot::default()
         };
-        let page = render(&s);
-        assert!(page.contains("&lt;script&gt;") && !page.contains("<script>"));
-        assert!(page.contains("Pool a&amp;b"));
+        let page = render(&s, false);
+        assert!(page.contains("<title>tandem &lt;script&gt;</title>"));
+        // The data island cannot close its element early.
+        assert!(!page.contains("\"<script>"), "{page}");
+        assert_eq!(page.matches("</script>").count(), 2);
+        let boot = page
+            .split("id=\"boot\">")
+            .nth(1)
+            .unwrap()
+            .split("</script>")
+            .next()
+            .unwrap();
+        let data: serde_json::Value = serde_json::from_str(boot).unwrap();
+        assert_eq!(data["snapshot"]["pools"][0]["name"], "a&b");
+        assert_eq!(data["snapshot"]["node"], "<script>");
     }
 
     #[test]
