@@ -13,6 +13,8 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::protocol::{BackendSnapshot, ServiceSnapshot, Snapshot};
+
 /// How many events the log keeps.
 pub const KEPT: usize = 500;
 
@@ -166,6 +168,120 @@ impl EventLog {
     }
 }
 
+/// What changed between two snapshots taken in turn, as events: backends changing
+/// health (with the failing check's error) or being enabled and disabled, the VRRP
+/// state, sync peers connecting, finishing their bulk transfer and leaving, reloads,
+/// and connections turned away by limits since `before`. Pure: the daemon calls it
+/// with each new snapshot.
+pub fn changes(before: &Snapshot, now: &Snapshot) -> Vec<(EventKind, String, String)> {
+    let mut out = Vec::new();
+    if now.reloads > before.reloads {
+        let path = now.config_path.as_deref().unwrap_or("the configuration");
+        out.push((EventKind::Reload, path.to_string(), "reloaded".to_string()));
+    }
+    match (&before.ha, &now.ha) {
+        (Some(b), Some(n)) if !b.state.eq_ignore_ascii_case(&n.state) => out.push((
+            EventKind::Vrrp,
+            format!("{} vrid {}", n.interface, n.vrid),
+            format!("{} -> {}", b.state.to_lowercase(), n.state.to_lowercase()),
+        )),
+        (Some(b), Some(n)) if b.effective_priority != n.effective_priority => out.push((
+            EventKind::Vrrp,
+            format!("{} vrid {}", n.interface, n.vrid),
+            format!(
+                "priority {} -> {}",
+                b.effective_priority, n.effective_priority
+            ),
+        )),
+        _ => {}
+    }
+    for p in &now.pools {
+        let old = before.pools.iter().find(|o| o.name == p.name);
+        for b in &p.backends {
+            let Some(was) = old.and_then(|o| o.backends.iter().find(|x| x.address == b.address))
+            else {
+                continue;
+            };
+            let subject = format!("{}/{}", p.name, b.address);
+            if was.health != b.health {
+                out.push((EventKind::Health, subject.clone(), health_text(was, b)));
+            }
+            if was.enabled != b.enabled {
+                let text = if b.enabled {
+                    "enabled"
+                } else {
+                    "disabled (draining)"
+                };
+                out.push((EventKind::Operator, subject, text.to_string()));
+            }
+        }
+    }
+    for peer in &now.sync {
+        let was = before.sync.iter().find(|x| x.address == peer.address);
+        let subject = match &peer.name {
+            Some(n) => format!("{} ({n})", peer.address),
+            None => peer.address.clone(),
+        };
+        let (was_up, was_synced) = was.map_or((false, false), |w| (w.connected, w.synced));
+        if peer.connected && !was_up {
+            out.push((EventKind::Sync, subject.clone(), "joined".to_string()));
+        } else if !peer.connected && was_up {
+            let why = peer.last_error.as_deref().unwrap_or("link lost");
+            out.push((EventKind::Sync, subject.clone(), format!("left: {why}")));
+        }
+        if peer.synced && !was_synced {
+            out.push((
+                EventKind::Sync,
+                subject,
+                "bulk transfer done: synced".to_string(),
+            ));
+        }
+    }
+    for s in &now.services {
+        let Some(was) = before.services.iter().find(|x| x.name == s.name) else {
+            continue;
+        };
+        for (what, n) in turned_away(was, s) {
+            out.push((
+                EventKind::Limit,
+                s.name.clone(),
+                format!("{n} connection(s) {what}"),
+            ));
+        }
+    }
+    out
+}
+
+fn health_text(was: &BackendSnapshot, now: &BackendSnapshot) -> String {
+    let reason = match &now.last_check {
+        Some(c) if !c.ok && !c.error.is_empty() => format!(": {}", c.error),
+        _ => String::new(),
+    };
+    format!("{} -> {}{reason}", was.health, now.health)
+}
+
+/// Connections a limit closed between two snapshots of a service, by limit.
+fn turned_away(was: &ServiceSnapshot, now: &ServiceSnapshot) -> Vec<(&'static str, u64)> {
+    [
+        ("closed at max_conns", now.rejected, was.rejected),
+        (
+            "closed at global.max_conns",
+            now.node_limited,
+            was.node_limited,
+        ),
+        (
+            "closed by a per-client limit",
+            now.client_limited,
+            was.client_limited,
+        ),
+        ("closed: no backend", now.no_backend, was.no_backend),
+    ]
+    .into_iter()
+    .filter(|&(_, now, was)| now > was)
+    .map(|(what, now, was)| (what, now - was))
+    .collect()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -221,6 +337,80 @@ mod tests {
         let changed = log.since(b.seq, 2_000);
         assert_eq!(changed.len(), 1);
         assert_eq!((changed[0].seq, changed[0].repeats), (a.seq, 1));
+    }
+
+    #[test]
+    fn changes_between_snapshots_are_events() {
+        use crate::protocol::*;
+        let backend = |health: &str, enabled: bool, error: &str| BackendSnapshot {
+            address: "10.0.0.1:80".into(),
+            health: health.into(),
+            enabled,
+            last_check: Some(CheckSnapshot {
+                ok: error.is_empty(),
+                error: error.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let snap = |b: BackendSnapshot, state: &str, rejected: u64, peer: bool| Snapshot {
+            reloads: u64::from(peer),
+            config_path: Some("/etc/tandem/tandem.toml".into()),
+            pools: vec![PoolSnapshot {
+                name: "web".into(),
+                backends: vec![b],
+                ..Default::default()
+            }],
+            services: vec![ServiceSnapshot {
+                name: "www".into(),
+                rejected,
+                ..Default::default()
+            }],
+            ha: Some(HaSnapshot {
+                state: state.into(),
+                interface: "eth0".into(),
+                vrid: 51,
+                ..Default::default()
+            }),
+            sync: vec![PeerSnapshot {
+                address: "10.9.0.2:7400".into(),
+                connected: peer,
+                synced: peer,
+                last_error: (!peer).then(|| "connection reset".to_string()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let a = snap(backend("up", true, ""), "Backup", 0, false);
+        assert!(changes(&a, &a).is_empty());
+        let b = snap(
+            backend("down", false, "connect: Connection refused"),
+            "Master",
+            7,
+            true,
+        );
+        let got: Vec<String> = changes(&a, &b)
+            .into_iter()
+            .map(|(k, s, t)| format!("{k:?} {s}: {t}"))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "Reload /etc/tandem/tandem.toml: reloaded",
+                "Vrrp eth0 vrid 51: backup -> master",
+                "Health web/10.0.0.1:80: up -> down: connect: Connection refused",
+                "Operator web/10.0.0.1:80: disabled (draining)",
+                "Sync 10.9.0.2:7400: joined",
+                "Sync 10.9.0.2:7400: bulk transfer done: synced",
+                "Limit www: 7 connection(s) closed at max_conns",
+            ]
+        );
+        let back: Vec<String> = changes(&b, &a)
+            .into_iter()
+            .map(|(k, s, t)| format!("{k:?} {s}: {t}"))
+            .collect();
+        assert!(back.contains(&"Sync 10.9.0.2:7400: left: connection reset".to_string()));
+        assert!(back.contains(&"Health web/10.0.0.1:80: down -> up".to_string()));
     }
 
     #[tokio::test]

@@ -142,7 +142,7 @@
       const rows = p.backends.map((b) => {
         const [label, cls] = stateOf(b);
         const h = seriesOf(history.backends, (x) => x.pool === p.name && x.backend === b.address);
-        const since = b.health_since_secs !== null && b.health_since_secs !== undefined ? " " + ago(b.health_since_secs) : "";
+        const since = b.enabled && b.health_since_secs !== null && b.health_since_secs !== undefined ? ago(b.health_since_secs) : "";
         let check = "\u2013";
         if (b.last_check) {
           check = b.last_check.ok

@@ -64,7 +64,7 @@ table { border-collapse: collapse; background: #fff; }
 caption { text-align: left; color: #555; padding: .2em 0; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: middle; }
 th { background: #eee; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .badge { display: inline-block; padding: 0 .6em; border-radius: .8em; font-weight: 600; color: #fff; }
 .up { background: #1b5e20; } .down { background: #b71c1c; } .drain { background: #8a4b00; }
 .unchecked { background: #616161; } .master { background: #0d47a1; } .backup { background: #4a148c; }
