@@ -812,6 +812,11 @@ fn rewrite_request(buf: &[u8], side: &RequestSide<'_>, out: &mut Vec<u8>) -> Par
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
     };
+    // A head past max_header_size that came in one read is the general path's too,
+    // whose watch refuses it (431) as it refuses one that came in pieces.
+    if head_len > side.http.max_header_size {
+        return Parsed::Other;
+    }
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Other;
     };
