@@ -1,6 +1,8 @@
-//! HTTP mode: a reverse proxy on hyper. Clients speak HTTP/1.1 (keep-alive), HTTP/2
-//! over TLS (ALPN) or h2c; each request picks its own backend and goes out as HTTP/1.1
-//! on a pool of kept-alive connections. Bodies stream both ways, never buffered whole.
+//! HTTP mode: a reverse proxy. Clients speak HTTP/1.1 (keep-alive), HTTP/2 over TLS
+//! (ALPN) or h2c; each request picks its own backend and goes out as HTTP/1.1 on kept-
+//! alive connections. Bodies stream both ways, never buffered whole. HTTP/1.1 of the
+//! common shape takes the fast path ([`h1`]); the rest, the general path here, on
+//! hyper. Both ask [`policy`] what to forward, answer and send again (docs/http.md).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -814,6 +814,18 @@ async fn upgrading_backend() -> SocketAddr {
                     if s.read_exact(&mut body).await.is_err() {
                         return;
                     }
+                    if text.contains("\r\ntransfer-encoding: chunked\r\n") {
+                        // (Chunk data without a "0\r\n\r\n" of its own, as the tests send.)
+                        let mut chunked = Vec::new();
+                        while !(chunked.starts_with(b"0\r\n\r\n")
+                            || chunked.ends_with(b"\r\n0\r\n\r\n"))
+                        {
+                            if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            chunked.push(byte[0]);
+                        }
+                    }
                     if text.contains("\r\nupgrade: echo\r\n")
                         && text.contains("\r\nconnection: upgrade\r\n")
                     {

@@ -6,9 +6,10 @@
 //! comes (chunked bodies untouched, their end found by [`ChunkedEnd`]). No task,
 //! channel or header map per request: that is what hyper's general path costs.
 //!
-//! Anything else (another shape, a head hyper would refuse with 400 or 431, the HTTP/2
-//! preface) hands the connection, with the bytes read so far, to the general path,
-//! which serves it from then on and gives the same answers as before.
+//! Anything else (another shape, a head the policy refuses or past `max_header_size`,
+//! the HTTP/2 preface) hands the connection, with the bytes read so far, to the general
+//! path, which serves it from then on. What either path forwards, answers or sends
+//! again is decided by [`super::policy`].
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -27,10 +27,10 @@ pub const MAX_HEADERS: usize = 100;
 /// stops a connection first.
 pub const MAX_CHUNK_EXTENSIONS: u64 = 4096;
 
-/// Why a request is refused, with the status that says so.
+/// Why a request is refused or not answered, with the status that says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
-    /// 400, 431 or 501.
+    /// 400, 431 or 501 (the client's error); 502, 503 or 504 ([`Cause`]).
     pub status: u16,
     /// What is wrong, for the response text and the log line.
     pub why: &'static str,
