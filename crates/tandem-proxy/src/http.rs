@@ -267,17 +267,6 @@ struct Connection {
     tunnel: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-];
-
 /// The protocol an HTTP/1.1 request asks to switch to: its Upgrade field, when its
 /// Connection field names `upgrade`.
 fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
@@ -308,10 +297,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in policy::fields::HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove("proxy-authenticate");
 }
 
 /// Drops the fields the rules remove or set (the rules' `set` and `add` fields are
@@ -496,13 +484,7 @@ impl Connection {
         let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // The body stays here until the backend connection reads it: a failed connect
         // leaves it whole for the next backend.
-        let slot = Arc::new(std::sync::Mutex::new(Some(
-            WatchedBody {
-                inner: body,
-                failed: client_failed.clone(),
-            }
-            .boxed(),
-        )));
+        let slot = Arc::new(std::sync::Mutex::new(Some(body)));
         let mut tried: Vec<SocketAddr> = Vec::new();
         // The backend to send the request to again, after a lost connection.
         let mut again: Option<Chosen> = None;
@@ -535,9 +517,10 @@ impl Connection {
                 )
                 .version(Version::HTTP_11)
                 .body(
-                    Reclaimable {
+                    ClientBody {
                         slot: slot.clone(),
                         body: None,
+                        failed: client_failed.clone(),
                     }
                     .boxed(),
                 )
@@ -864,46 +847,18 @@ impl Drop for Logged {
     }
 }
 
-/// A client's request body that notes when it fails.
-struct WatchedBody {
-    inner: hyper::body::Incoming,
+/// The client's request body as a backend request carries it. It is taken from `slot`
+/// only when the backend connection starts to read it: a request dropped before that
+/// (a failed connect) leaves it there, whole, for the next try. It notes in `failed`
+/// when it fails (malformed chunked framing: the client's error, not the backend's).
+struct ClientBody {
+    slot: Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>,
+    body: Option<hyper::body::Incoming>,
     failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Body for WatchedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.failed.store(true, Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A request body the backend client reads from `slot` only when it starts to send
-/// it: a request dropped before that (a failed connect) leaves the body in `slot`,
-/// whole, for the next try.
-struct Reclaimable {
-    slot: Arc<std::sync::Mutex<Option<ProxyBody>>>,
-    body: Option<ProxyBody>,
-}
-
-impl Reclaimable {
-    fn peek<T>(&self, f: impl FnOnce(Option<&ProxyBody>) -> T) -> T {
+impl ClientBody {
+    fn peek<T>(&self, f: impl FnOnce(Option<&hyper::body::Incoming>) -> T) -> T {
         match &self.body {
             Some(body) => f(Some(body)),
             None => f(self.slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref()),
@@ -911,7 +866,7 @@ impl Reclaimable {
     }
 }
 
-impl Body for Reclaimable {
+impl Body for ClientBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -923,10 +878,14 @@ impl Body for Reclaimable {
             let taken = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
             self.body = taken;
         }
-        match &mut self.body {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(None),
+        let Some(body) = &mut self.body else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.failed.store(true, Relaxed);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -25,7 +25,7 @@ use tracing::info;
 use super::chunked::ChunkedEnd;
 use super::{AccessLog, Chosen, Connection, HttpState};
 
-use super::policy::{self, MAX_HEADERS, content_length, ruled_out};
+use super::policy::{self, MAX_HEADERS, content_length, hop_by_hop, ruled_out};
 /// Bytes asked of the client per read.
 const CLIENT_READ: usize = 16 * 1024;
 /// Bytes a connection waiting for its next request keeps for it.
@@ -146,11 +146,6 @@ fn trim(mut v: &[u8]) -> &[u8] {
         v = rest;
     }
     v
-}
-
-/// Hop-by-hop fields (RFC 9110 7.6.1 and the usual extras), never forwarded as such.
-fn hop_by_hop(name: &str) -> bool {
-    super::HOP_BY_HOP.iter().any(|h| is(name, h)) || is(name, "proxy-authenticate")
 }
 
 fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {

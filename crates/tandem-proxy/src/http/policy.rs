@@ -14,8 +14,8 @@ pub mod retry;
 
 pub use answers::{ANSWER_FIELDS, Cause, answer_body, reason};
 pub use fields::{
-    Client, cookie_id, cookie_value, replaced, request_fields, response_fields, ruled_out,
-    set_cookie,
+    Client, cookie_id, cookie_value, hop_by_hop, replaced, request_fields, response_fields,
+    ruled_out, set_cookie,
 };
 pub use retry::{SendError, is_idempotent, may_send_again};
 

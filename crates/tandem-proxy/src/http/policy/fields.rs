@@ -41,6 +41,25 @@ fn is(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
+/// Hop-by-hop fields (RFC 9110 7.6.1 and the usual extras): never forwarded as such,
+/// nor those a Connection field names.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// A field of [`HOP_BY_HOP`].
+pub fn hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| is(name, h))
+}
+
 /// The client's fields that tandem replaces with its own: the X-Forwarded fields
 /// (Forwarded is a list: the client's elements stay, tandem's comes last).
 pub const REPLACED: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
@@ -285,6 +304,8 @@ mod tests {
             ])
         );
         assert!(replaced("X-Forwarded-Host") && !replaced("forwarded"));
+        assert!(hop_by_hop("Keep-Alive") && hop_by_hop("proxy-authenticate"));
+        assert!(!hop_by_hop("x-forwarded-for"));
     }
 
     #[test]
