@@ -579,10 +579,11 @@ async fn cookie_stickiness() {
 async fn header_rules() {
     let backend = Backend::start("a").await;
     let http = "via = true\n\
-request_headers = { set = { \"X-Env\" = \"prod\" }, add = { \"X-Added\" = \"1\" }, remove = [\"X-Debug\"] }\n\
+request_headers = { set = { \"X-Env\" = \"prod\", \"X-Forwarded-Host\" = \"public.example\" }, add = { \"X-Added\" = \"1\" }, remove = [\"X-Debug\", \"Forwarded\"] }\n\
 response_headers = { remove = [\"Server\"], set = { \"Via\" = \"1.1 edge\" }, add = { \"X-Frame-Options\" = \"DENY\" } }\n";
     let t = Tandem::start(&[backend.address], "", "", http).await;
     let ask = get("/rules")
+        .with("forwarded", "for=198.51.100.1")
         .with("x-debug", "1")
         .with("x-env", "dev")
         .with("x-added", "0");
@@ -598,6 +599,18 @@ response_headers = { remove = [\"Server\"], set = { \"Via\" = \"1.1 edge\" }, ad
             assert_eq!(seen.all("x-env"), ["prod"], "{feature}: {seen:?}");
             assert_eq!(seen.all("x-added"), ["0", "1"], "{feature}: {seen:?}");
             assert_eq!(seen.all("via"), ["1.1 tandem"], "{feature}: {seen:?}");
+            // Tandem's own forwarding fields obey the rules: removed, or set.
+            assert!(seen.all("forwarded").is_empty(), "{feature}: {seen:?}");
+            assert_eq!(
+                seen.all("x-forwarded-host"),
+                ["public.example"],
+                "{feature}: {seen:?}"
+            );
+            assert_eq!(
+                seen.all("x-forwarded-for"),
+                ["127.0.0.1"],
+                "{feature}: {seen:?}"
+            );
             // The rules have the last word on tandem's own fields too: the set Via
             // replaces tandem's.
             assert!(answer.all("server").is_empty(), "{feature}: {answer:?}");
