@@ -508,6 +508,8 @@ POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0
             b"5\nhello",
             b"5\r\nhelloXX",
             b"ffffffffffffffffff\r\n",
+            // Issue 16: 2^64 - 1, where `size + 2` overflowed.
+            b"ffffffffffffffff\r\nhello\r\n",
         ] {
             let mut s = Sniffer::new(tokio::io::empty(), Arc::new(Verdicts::default()));
             let wire = [&head[..], body].concat();

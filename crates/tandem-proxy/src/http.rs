@@ -1,6 +1,8 @@
-//! HTTP mode: a reverse proxy on hyper. Clients speak HTTP/1.1 (keep-alive), HTTP/2
-//! over TLS (ALPN) or h2c; each request picks its own backend and goes out as HTTP/1.1
-//! on a pool of kept-alive connections. Bodies stream both ways, never buffered whole.
+//! HTTP mode: a reverse proxy. Clients speak HTTP/1.1 (keep-alive), HTTP/2 over TLS
+//! (ALPN) or h2c; each request picks its own backend and goes out as HTTP/1.1 on kept-
+//! alive connections. Bodies stream both ways, never buffered whole. HTTP/1.1 of the
+//! common shape takes the fast path ([`h1`]); the rest, the general path here, on
+//! hyper. Both ask [`policy`] what to forward, answer and send again (docs/http.md).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -99,13 +101,7 @@ impl HttpState {
     }
 }
 
-/// The cookie value that names `backend` of `pool`: opaque, stable across nodes.
-pub fn cookie_id(pool: &str, backend: SocketAddr) -> String {
-    format!(
-        "{:016x}",
-        xxhash_rust::xxh3::xxh3_64(format!("{pool}|{backend}").as_bytes())
-    )
-}
+pub use policy::cookie_id;
 
 /// Serves one client connection in HTTP mode until it ends: HTTP/1.1 on the fast path
 /// while requests have its shape, the general (hyper) path for the rest of the
@@ -122,7 +118,7 @@ pub(crate) async fn serve(
         service: service.clone(),
         state: state.clone(),
         peer,
-        tls: state.tls.is_some(),
+        client: policy::Client::new(peer.ip(), state.tls.is_some()),
         requests: AtomicU32::new(0),
         verdicts: Arc::new(Verdicts::default()),
         close_all: close_all.clone(),
@@ -261,7 +257,8 @@ struct Connection {
     service: Arc<crate::Service>,
     state: Arc<HttpState>,
     peer: SocketAddr,
-    tls: bool,
+    /// The client as the forwarding fields name it.
+    client: policy::Client,
     requests: AtomicU32,
     verdicts: Arc<Verdicts>,
     close_all: CancellationToken,
@@ -269,17 +266,6 @@ struct Connection {
     /// waits for, so that it keeps its slot and is drained like any connection.
     tunnel: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
-
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-];
 
 /// The protocol an HTTP/1.1 request asks to switch to: its Upgrade field, when its
 /// Connection field names `upgrade`.
@@ -311,65 +297,58 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in policy::fields::HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove("proxy-authenticate");
 }
 
-fn apply_rules(headers: &mut HeaderMap, rules: &HeaderRules) {
-    for name in &rules.remove {
+/// Drops the fields the rules remove or set (the rules' `set` and `add` fields are
+/// written with tandem's own, by [`policy::request_fields`] and
+/// [`policy::response_fields`]).
+fn drop_ruled_out(headers: &mut HeaderMap, rules: &HeaderRules) {
+    for name in rules.remove.iter().chain(rules.set.iter().map(|(n, _)| n)) {
         headers.remove(name.as_str());
     }
-    for (name, value) in &rules.set {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.insert(n, v);
-        }
-    }
-    for (name, value) in &rules.add {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.append(n, v);
-        }
+}
+
+/// Appends a field the policy gives as its name and value pieces.
+fn append_field(headers: &mut HeaderMap, name: &str, value: &[&[u8]]) {
+    if let (Ok(n), Ok(v)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_bytes(&value.concat()),
+    ) {
+        headers.append(n, v);
     }
 }
 
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
-/// A short response of tandem's own.
-fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
-    let body = format!(
-        "{} {}\n{text}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(header::CACHE_CONTROL, "no-store")
+/// An answer of tandem's own (the body format of [`policy::answer_body`]).
+fn error_response(refusal: policy::Refusal) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = Response::builder().status(status);
+    for (name, value) in policy::ANSWER_FIELDS {
+        response = response.header(name, value);
+    }
+    response
         .body(
-            Full::new(Bytes::from(body))
+            Full::new(Bytes::from(policy::answer_body(refusal)))
                 .map_err(|never| match never {})
                 .boxed(),
         )
         .expect("static response")
 }
 
+/// The answer for a request no backend answered.
+fn own_answer(cause: policy::Cause) -> (StatusCode, Option<SocketAddr>, Response<Logged>) {
+    let response = error_response(cause.refusal());
+    (response.status(), None, unlogged(response))
+}
+
 /// The backend chosen for a request.
 struct Chosen {
     lease: Lease,
     pool: String,
-    set_cookie: Option<(String, String)>,
+    /// The Set-Cookie value that pins the client to this new choice.
+    set_cookie: Option<String>,
 }
 
 impl Connection {
@@ -462,15 +441,15 @@ impl Connection {
         self.service.stats.bad_requests.fetch_add(1, Relaxed);
         info!(target: "tandem::http", service = %config.name, client = %self.peer, method = %method, path = %path,
             status = refusal.status, "refused: {}", refusal.why);
-        let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
-        let mut response = error_response(status, refusal.why);
+        let mut response = error_response(refusal);
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         response
     }
 
-    /// Picks, forwards, retries; returns the status, the backend, and the response.
+    /// Picks, forwards, sends again when [`policy::may_send_again`] allows; returns the
+    /// status, the backend, and the response.
     async fn forward(
         &self,
         mut req: Request<hyper::body::Incoming>,
@@ -483,7 +462,9 @@ impl Connection {
         let (mut parts, body) = req.into_parts();
         let pools = self.service.pools.load_full();
         let empty_body = body.is_end_stream() || body.size_hint().exact() == Some(0);
-        let retryable = is_idempotent(&parts.method) && empty_body;
+        let idempotent = policy::is_idempotent(parts.method.as_str());
+        // Only a request that may be sent again can need its headers again.
+        let may_resend = config.retries > 0 || (idempotent && empty_body);
         // An absolute-form target's authority (HTTP/2's :authority) names the host,
         // whatever Host says (RFC 9112 3.2.2, RFC 9113 8.3.1).
         let original_host = parts
@@ -501,28 +482,27 @@ impl Connection {
         // A client body that fails (malformed chunked framing) fails the backend
         // request; it is then the client's error, not the backend's.
         let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut body = Some(
-            WatchedBody {
-                inner: body,
-                failed: client_failed.clone(),
-            }
-            .boxed(),
-        );
+        // The body stays here until the backend connection reads it: a failed connect
+        // leaves it whole for the next backend.
+        let slot = Arc::new(std::sync::Mutex::new(Some(body)));
         let mut tried: Vec<SocketAddr> = Vec::new();
-        for _ in 0..=config.retries {
-            let Some(chosen) = self.choose(&pools, &config.pool, &parts.headers, &tried) else {
-                let status = if tried.is_empty() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
-                let text = if tried.is_empty() {
-                    "no backend is available"
-                } else {
-                    "no backend could be reached"
-                };
-                self.service.stats.no_backend.fetch_add(1, Relaxed);
-                return (status, None, unlogged(error_response(status, text)));
+        // The backend to send the request to again, after a lost connection.
+        let mut again: Option<Chosen> = None;
+        let mut resent = false;
+        loop {
+            let chosen = match again.take() {
+                Some(chosen) => chosen,
+                None => match self.choose(&pools, &config.pool, &parts.headers, &tried) {
+                    Some(chosen) => chosen,
+                    None => {
+                        self.service.stats.no_backend.fetch_add(1, Relaxed);
+                        return own_answer(if tried.is_empty() {
+                            policy::Cause::NoBackend
+                        } else {
+                            policy::Cause::Unreachable
+                        });
+                    }
+                },
             };
             let address = chosen.lease.address;
             let mut upstream = Request::builder()
@@ -536,13 +516,16 @@ impl Connection {
                         .expect("valid uri"),
                 )
                 .version(Version::HTTP_11)
-                .body(match body.take() {
-                    Some(b) => b,
-                    None => Empty::new().map_err(|never| match never {}).boxed(),
-                })
+                .body(
+                    ClientBody {
+                        slot: slot.clone(),
+                        body: None,
+                        failed: client_failed.clone(),
+                    }
+                    .boxed(),
+                )
                 .expect("valid request");
-            // Only a retryable request can need its headers again.
-            *upstream.headers_mut() = if retryable {
+            *upstream.headers_mut() = if may_resend {
                 parts.headers.clone()
             } else {
                 std::mem::take(&mut parts.headers)
@@ -552,7 +535,7 @@ impl Connection {
                 self.state.client.request(upstream),
             )
             .await;
-            match sent {
+            let error = match sent {
                 Ok(Ok(mut resp)) => {
                     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                     let tunnel = match upgrade.take() {
@@ -580,19 +563,14 @@ impl Connection {
                             config.idle_timeout,
                         );
                     }
-                    apply_rules(&mut rparts.headers, &config.http.response_headers);
-                    if config.http.via {
-                        rparts
-                            .headers
-                            .append(header::VIA, HeaderValue::from_static("1.1 tandem"));
-                    }
-                    if let Some((name, value)) = &chosen.set_cookie
-                        && let Ok(v) = HeaderValue::from_str(&format!(
-                            "{name}={value}; Path=/; HttpOnly; SameSite=Lax"
-                        ))
-                    {
-                        rparts.headers.append(header::SET_COOKIE, v);
-                    }
+                    let rules = &config.http.response_headers;
+                    drop_ruled_out(&mut rparts.headers, rules);
+                    policy::response_fields(
+                        config.http.via,
+                        chosen.set_cookie.as_deref(),
+                        rules,
+                        |name, value| append_field(&mut rparts.headers, name, value),
+                    );
                     let status = rparts.status;
                     let body = Logged {
                         inner: rbody.boxed(),
@@ -602,21 +580,6 @@ impl Connection {
                     };
                     return (status, Some(address), Response::from_parts(rparts, body));
                 }
-                Ok(Err(e)) if e.is_connect() => {
-                    chosen.lease.state.record_connect_error();
-                    tried.push(address);
-                    info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool, "connect to backend failed: {e}");
-                    if !retryable {
-                        return (
-                            StatusCode::BAD_GATEWAY,
-                            None,
-                            unlogged(error_response(
-                                StatusCode::BAD_GATEWAY,
-                                "the backend could not be reached",
-                            )),
-                        );
-                    }
-                }
                 Ok(Err(_)) if client_failed.load(Relaxed) => {
                     let refusal = policy::MALFORMED_BODY;
                     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -624,39 +587,40 @@ impl Connection {
                     let status = response.status();
                     return (status, None, unlogged(response));
                 }
+                Ok(Err(e)) if e.is_connect() => {
+                    chosen.lease.state.record_connect_error();
+                    tried.push(address);
+                    info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool, "connect to backend failed: {e}");
+                    policy::SendError::Connect
+                }
                 Ok(Err(e)) => {
                     info!(target: "tandem::http", service = %config.name, backend = %address, "backend error: {e}");
-                    return (
-                        StatusCode::BAD_GATEWAY,
-                        None,
-                        unlogged(error_response(
-                            StatusCode::BAD_GATEWAY,
-                            "the backend failed to answer",
-                        )),
-                    );
+                    send_error(&e)
                 }
                 Err(_) => {
                     info!(target: "tandem::http", service = %config.name, backend = %address, "backend gave no response within {:?}", config.http.response_timeout);
-                    return (
-                        StatusCode::GATEWAY_TIMEOUT,
-                        None,
-                        unlogged(error_response(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "the backend did not answer in time",
-                        )),
-                    );
+                    policy::SendError::TimedOut
                 }
+            };
+            let whole = empty_body || slot.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+            match error {
+                policy::SendError::Connect
+                    if tried.len() <= config.retries as usize
+                        && policy::may_send_again(idempotent, whole, error) => {}
+                policy::SendError::Connect => {
+                    self.service.stats.no_backend.fetch_add(1, Relaxed);
+                    return own_answer(error.cause());
+                }
+                policy::SendError::Lost
+                    if !resent && policy::may_send_again(idempotent, whole, error) =>
+                {
+                    // Once, on a new connection to the same backend.
+                    resent = true;
+                    again = Some(chosen);
+                }
+                _ => return own_answer(error.cause()),
             }
         }
-        self.service.stats.no_backend.fetch_add(1, Relaxed);
-        (
-            StatusCode::BAD_GATEWAY,
-            None,
-            unlogged(error_response(
-                StatusCode::BAD_GATEWAY,
-                "no backend could be reached",
-            )),
-        )
     }
 
     /// Joins the client's and the backend's upgraded connections once both are handed
@@ -695,6 +659,8 @@ impl Connection {
         *self.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
     }
 
+    /// Turns the client's request fields into what the backend gets (see
+    /// [`policy::request_fields`]).
     fn prepare_request_headers(
         &self,
         headers: &mut HeaderMap,
@@ -702,40 +668,23 @@ impl Connection {
         config: &tandem_config::Service,
     ) {
         strip_hop_by_hop(headers);
-        let ip = self.peer.ip();
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
-        let proto = if self.tls { "https" } else { "http" };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
-        }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-        let for_ = match ip {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
-        let mut forwarded = format!("for={for_};proto={proto}");
-        if let Some(h) = host.and_then(|h| h.to_str().ok()) {
-            headers.insert(
-                "x-forwarded-host",
-                HeaderValue::from_str(h).unwrap_or(HeaderValue::from_static("")),
-            );
-            if h.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
-                forwarded.push_str(&format!(";host=\"{h}\""));
-            }
-        }
-        if let Ok(v) = HeaderValue::from_str(&forwarded) {
-            headers.append(header::FORWARDED, v);
+        let prior_xff = headers.get("x-forwarded-for").cloned();
+        for name in policy::fields::REPLACED {
+            headers.remove(name);
         }
         if let Some(h) = host {
             headers.insert(header::HOST, h.clone());
         }
-        if config.http.via {
-            headers.append(header::VIA, HeaderValue::from_static("1.1 tandem"));
-        }
-        apply_rules(headers, &config.http.request_headers);
+        let rules = &config.http.request_headers;
+        drop_ruled_out(headers, rules);
+        policy::request_fields(
+            &self.client,
+            prior_xff.as_ref().map(HeaderValue::as_bytes),
+            host.map(HeaderValue::as_bytes),
+            config.http.via,
+            rules,
+            |name, value| append_field(headers, name, value),
+        );
     }
 
     /// The sticky cookie's backend when usable, else the pool's choice (source-IP
@@ -752,7 +701,7 @@ impl Connection {
                 .get_all(header::COOKIE)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .find_map(|v| cookie_value(v, name))
+                .find_map(|v| policy::cookie_value(v, name))
         });
         self.choose_by_cookie(pools, pool, wanted, tried)
     }
@@ -781,23 +730,14 @@ impl Connection {
             });
         }
         let pick = pools.pick(pool, self.peer.ip(), tried, now_ms())?;
-        let set_cookie =
-            sticky_cookie.map(|name| (name, cookie_id(&pick.pool.name, pick.lease.address)));
+        let set_cookie = sticky_cookie
+            .map(|name| policy::set_cookie(&name, &cookie_id(&pick.pool.name, pick.lease.address)));
         Some(Chosen {
             pool: pick.pool.name.clone(),
             lease: pick.lease,
             set_cookie,
         })
     }
-}
-
-/// The value of cookie `name` in a `Cookie` header's text.
-fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header
-        .split(';')
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 /// What one access log line says of a request (target `tandem::http`, message
@@ -907,13 +847,26 @@ impl Drop for Logged {
     }
 }
 
-/// A client's request body that notes when it fails.
-struct WatchedBody {
-    inner: hyper::body::Incoming,
+/// The client's request body as a backend request carries it. It is taken from `slot`
+/// only when the backend connection starts to read it: a request dropped before that
+/// (a failed connect) leaves it there, whole, for the next try. It notes in `failed`
+/// when it fails (malformed chunked framing: the client's error, not the backend's).
+struct ClientBody {
+    slot: Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>,
+    body: Option<hyper::body::Incoming>,
     failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Body for WatchedBody {
+impl ClientBody {
+    fn peek<T>(&self, f: impl FnOnce(Option<&hyper::body::Incoming>) -> T) -> T {
+        match &self.body {
+            Some(body) => f(Some(body)),
+            None => f(self.slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref()),
+        }
+    }
+}
+
+impl Body for ClientBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -921,7 +874,14 @@ impl Body for WatchedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if self.body.is_none() {
+            let taken = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.body = taken;
+        }
+        let Some(body) = &mut self.body else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(body).poll_frame(cx);
         if let Poll::Ready(Some(Err(_))) = &polled {
             self.failed.store(true, Relaxed);
         }
@@ -929,11 +889,24 @@ impl Body for WatchedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.peek(|b| b.is_none_or(Body::is_end_stream))
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.peek(|b| b.map_or_else(|| SizeHint::with_exact(0), Body::size_hint))
+    }
+}
+
+/// How a backend request failed that is not a failed connect: a response that was not
+/// HTTP, or a connection lost before a response head.
+fn send_error(e: &hyper_util::client::legacy::Error) -> policy::SendError {
+    let parse = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<hyper::Error>())
+        .is_some_and(hyper::Error::is_parse);
+    if parse {
+        policy::SendError::Invalid
+    } else {
+        policy::SendError::Lost
     }
 }
 

@@ -200,6 +200,23 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_sizes_do_not_overflow() {
+        // Issue 16: the old watch computed `size + 2` for the CRLF after the data, which
+        // overflows for a size of 2^64 - 1; sizes past 15 hex digits are refused at the
+        // 16th digit, before any arithmetic could overflow.
+        for size in ["ffffffffffffffff", "FFFFFFFFFFFFFFFF", "10000000000000000"] {
+            let line = format!("{size}\r\n");
+            assert_eq!(
+                end_of(&[line.as_bytes()]),
+                Err(Malformed { at: 15 }),
+                "{size}"
+            );
+        }
+        // 15 digits is the most: a body that long is followed, not refused.
+        assert_eq!(end_of(&[b"fffffffffffffff\r\nabc"]), Ok(None));
+    }
+
+    #[test]
     fn extensions_are_bounded_and_the_refused_byte_is_named() {
         let long = format!("1;{}\r\nx\r\n0\r\n\r\n", "a".repeat(4000));
         assert_eq!(end_of(&[long.as_bytes()]), Ok(Some(long.len())));

@@ -6,9 +6,10 @@
 //! comes (chunked bodies untouched, their end found by [`ChunkedEnd`]). No task,
 //! channel or header map per request: that is what hyper's general path costs.
 //!
-//! Anything else (another shape, a head hyper would refuse with 400 or 431, the HTTP/2
-//! preface) hands the connection, with the bytes read so far, to the general path,
-//! which serves it from then on and gives the same answers as before.
+//! Anything else (another shape, a head the policy refuses or past `max_header_size`,
+//! the HTTP/2 preface) hands the connection, with the bytes read so far, to the general
+//! path, which serves it from then on. What either path forwards, answers or sends
+//! again is decided by [`super::policy`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use tracing::info;
 use super::chunked::ChunkedEnd;
 use super::{AccessLog, Chosen, Connection, HttpState};
 
-use super::policy::{MAX_HEADERS, content_length};
+use super::policy::{self, MAX_HEADERS, content_length, hop_by_hop, ruled_out};
 /// Bytes asked of the client per read.
 const CLIENT_READ: usize = 16 * 1024;
 /// Bytes a connection waiting for its next request keeps for it.
@@ -91,6 +92,8 @@ struct Head {
     body: u64,
     /// A HEAD request: the response has no body whatever it says.
     head_method: bool,
+    /// Its method is idempotent (it may be sent again after a lost connection).
+    idempotent: bool,
     /// The client asked to close after this request.
     close: bool,
     /// The sticky cookie's value, when the pool has one.
@@ -126,9 +129,6 @@ pub(super) struct FastPath<'a> {
     from_backend: BytesMut,
     /// The backend connection this client connection used last.
     held: Option<BackendConn>,
-    /// `for` of X-Forwarded-For and of Forwarded, written once.
-    client_ip: String,
-    forwarded_for: String,
     /// Set while waiting for the next request head (nothing owed to the client).
     idle: &'a std::sync::atomic::AtomicBool,
 }
@@ -148,16 +148,6 @@ fn trim(mut v: &[u8]) -> &[u8] {
     v
 }
 
-/// Hop-by-hop fields (RFC 9110 7.6.1 and the usual extras), never forwarded as such.
-fn hop_by_hop(name: &str) -> bool {
-    super::HOP_BY_HOP.iter().any(|h| is(name, h)) || is(name, "proxy-authenticate")
-}
-
-/// A field the configured rules remove or replace.
-fn ruled_out(name: &str, rules: &tandem_config::HeaderRules) -> bool {
-    rules.remove.iter().any(|r| is(name, r)) || rules.set.iter().any(|(r, _)| is(name, r))
-}
-
 fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -165,10 +155,14 @@ fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_rules(out: &mut Vec<u8>, rules: &tandem_config::HeaderRules) {
-    for (name, value) in rules.set.iter().chain(&rules.add) {
-        push_field(out, name, value.as_bytes());
+/// Writes a field the policy gives as its name and value pieces.
+fn push_pieces(out: &mut Vec<u8>, name: &str, value: &[&[u8]]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    for piece in value {
+        out.extend_from_slice(piece);
     }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The tokens of Connection fields (the fields they name are hop-by-hop too).
@@ -215,11 +209,6 @@ impl<'a> FastPath<'a> {
         state: &'a HttpState,
         idle: &'a std::sync::atomic::AtomicBool,
     ) -> FastPath<'a> {
-        let ip = conn.peer.ip();
-        let forwarded_for = match ip {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
         FastPath {
             conn,
             state,
@@ -227,8 +216,6 @@ impl<'a> FastPath<'a> {
             out: Vec::new(),
             from_backend: BytesMut::new(),
             held: None,
-            client_ip: ip.to_string(),
-            forwarded_for,
             idle,
         }
     }
@@ -355,9 +342,7 @@ impl<'a> FastPath<'a> {
     fn parse(&mut self, config: &tandem_config::Service) -> Parsed {
         let pools = self.conn.service.pools.load();
         let side = RequestSide {
-            tls: self.conn.tls,
-            client_ip: &self.client_ip,
-            forwarded_for: &self.forwarded_for,
+            client: &self.conn.client,
             cookie_name: pools.get(&config.pool).and_then(|p| p.cookie.as_deref()),
             log: tracing::enabled!(target: "tandem::http", tracing::Level::INFO),
             http: &config.http,
@@ -403,25 +388,29 @@ impl<'a> FastPath<'a> {
                         .choose_by_cookie(&pools, &config.pool, head.cookie.as_deref(), &tried)
                 else {
                     self.conn.service.stats.no_backend.fetch_add(1, Relaxed);
-                    let (status, text) = if tried.is_empty() {
-                        (503, "no backend is available")
+                    let cause = if tried.is_empty() {
+                        policy::Cause::NoBackend
                     } else {
-                        (502, "no backend could be reached")
+                        policy::Cause::Unreachable
                     };
-                    return Err(Refusal { status, text, unread_body: body_left > 0 });
+                    return Err(Own { cause, unread_body: body_left > 0 });
                 };
                 let address = chosen.lease.address;
-                match self.backend_for(address, config).await {
+                match self.backend_for(address, head.idempotent, config).await {
                     Ok(b) => break (chosen, b),
                     Err(e) => {
                         chosen.lease.state.record_connect_error();
                         info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool, "connect to backend failed: {e}");
                         tried.push(address);
                         attempts += 1;
-                        // Nothing was sent: any request may go to another backend.
-                        if attempts > config.retries {
+                        // Nothing was sent, and the body not read yet: the whole request
+                        // is at hand.
+                        let error = policy::SendError::Connect;
+                        if attempts > config.retries
+                            || !policy::may_send_again(head.idempotent, true, error)
+                        {
                             self.conn.service.stats.no_backend.fetch_add(1, Relaxed);
-                            return Err(Refusal { status: 502, text: "no backend could be reached", unread_body: body_left > 0 });
+                            return Err(Own { cause: error.cause(), unread_body: body_left > 0 });
                         }
                     }
                 }
@@ -429,8 +418,9 @@ impl<'a> FastPath<'a> {
             let address = backend.address;
             let deadline = Instant::now() + config.http.response_timeout;
             let mut retried = false;
-            // Send the request and read the response head; a kept connection the backend
-            // closed meanwhile is replaced once, when the request can be sent again.
+            // Send the request and read the response head; a connection lost before the
+            // response head is replaced once, when the policy lets the request be sent
+            // again.
             let response = loop {
                 let sent = async {
                     backend.stream.write_all(&self.out).await?;
@@ -459,29 +449,31 @@ impl<'a> FastPath<'a> {
                     }
                     Err(e) => Err(ResponseError::Io(e)),
                 };
-                match outcome {
+                let failed = match outcome {
                     Ok(response) => break response,
-                    Err(ResponseError::Io(_) | ResponseError::Closed)
-                        if backend.reused && replayable && !retried =>
-                    {
-                        retried = true;
-                        self.from_backend.clear();
-                        match self.connect(address, config).await {
-                            Ok(fresh) => backend = fresh,
-                            Err(e) => {
-                                chosen.lease.state.record_connect_error();
-                                info!(target: "tandem::http", service = %config.name, backend = %address, "connect to backend failed: {e}");
-                                return Err(Refusal { status: 502, text: "the backend could not be reached", unread_body: false });
-                            }
-                        }
-                    }
-                    Err(ResponseError::TimedOut) => {
+                    Err(e) => e,
+                };
+                let error = failed.kind();
+                match error {
+                    policy::SendError::TimedOut => {
                         info!(target: "tandem::http", service = %config.name, backend = %address, "backend gave no response within {:?}", config.http.response_timeout);
-                        return Err(Refusal { status: 504, text: "the backend did not answer in time", unread_body: body_left > 0 });
                     }
+                    _ => {
+                        info!(target: "tandem::http", service = %config.name, backend = %address, "backend error: {failed}");
+                    }
+                }
+                if retried || !policy::may_send_again(head.idempotent, replayable, error) {
+                    return Err(Own { cause: error.cause(), unread_body: body_left > 0 });
+                }
+                // Once, on a new connection to the same backend.
+                retried = true;
+                self.from_backend.clear();
+                match self.connect(address, config).await {
+                    Ok(fresh) => backend = fresh,
                     Err(e) => {
-                        info!(target: "tandem::http", service = %config.name, backend = %address, "backend error: {e}");
-                        return Err(Refusal { status: 502, text: "the backend failed to answer", unread_body: body_left > 0 });
+                        chosen.lease.state.record_connect_error();
+                        info!(target: "tandem::http", service = %config.name, backend = %address, "connect to backend failed: {e}");
+                        return Err(Own { cause: policy::Cause::Unreachable, unread_body: false });
                     }
                 }
             };
@@ -490,7 +482,7 @@ impl<'a> FastPath<'a> {
         .await;
         let (chosen, mut backend, response) = match forwarded {
             Ok(forwarded) => forwarded,
-            Err(refusal) => return self.refuse(client, config, &head, started, refusal).await,
+            Err(own) => return self.refuse(client, config, &head, started, own).await,
         };
         let address = backend.address;
         let ResponseHead {
@@ -649,15 +641,22 @@ impl<'a> FastPath<'a> {
         }
     }
 
-    /// The kept connection to `address`, an idle one of the service, or a new one.
+    /// The kept connection to `address`, an idle one of the service, or a new one. A
+    /// request that is not `idempotent` cannot be sent again if its kept connection
+    /// turns out closed: it gets the kept connection only if the backend has not
+    /// closed it (made it readable) meanwhile.
     async fn backend_for(
         &mut self,
         address: SocketAddr,
+        idempotent: bool,
         config: &tandem_config::Service,
     ) -> std::io::Result<BackendConn> {
         if let Some(held) = self.held.take() {
-            if held.address == address {
+            if held.address == address && (idempotent || still_open(&held.stream)) {
                 return Ok(held);
+            }
+            if held.address == address {
+                return self.connect(address, config).await;
             }
             self.state.idle.put(held, config.http.backend_max_idle);
         }
@@ -699,16 +698,13 @@ impl<'a> FastPath<'a> {
         config: &tandem_config::Service,
         head: &Head,
         started: std::time::Instant,
-        refusal: Refusal,
+        own: Own,
     ) -> Result<bool, ()>
     where
         S: AsyncWrite + Unpin,
     {
-        let Refusal {
-            status,
-            text,
-            unread_body,
-        } = refusal;
+        let refusal = own.cause.refusal();
+        let status = refusal.status;
         if let Some((method, path)) = &head.log {
             AccessLog {
                 service: &config.name,
@@ -722,17 +718,18 @@ impl<'a> FastPath<'a> {
             }
             .write();
         }
-        let close = unread_body || head.close || self.conn.close_all_requested();
-        let reason = hyper::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
-        let body = format!("{status} {reason}\n{text}\n");
-        let response = format!(
-            "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: {}\r\n{}\r\n{body}",
-            body.len(),
-            if close { "connection: close\r\n" } else { "" }
-        );
+        let close = own.unread_body || head.close || self.conn.close_all_requested();
+        let body = policy::answer_body(refusal);
+        let mut response = format!("HTTP/1.1 {status} {}\r\n", policy::reason(status));
+        for (name, value) in policy::ANSWER_FIELDS {
+            response.push_str(&format!("{name}: {value}\r\n"));
+        }
+        response.push_str(&format!("content-length: {}\r\n", body.len()));
+        if close {
+            response.push_str("connection: close\r\n");
+        }
+        response.push_str("\r\n");
+        response.push_str(&body);
         if !send(client, response.as_bytes(), self.conn, config).await {
             return Ok(false);
         }
@@ -741,11 +738,18 @@ impl<'a> FastPath<'a> {
 }
 
 /// One of tandem's own answers to a request.
-struct Refusal {
-    status: u16,
-    text: &'static str,
+struct Own {
+    /// Why no backend answered.
+    cause: policy::Cause,
     /// Part of the request body was not read: the connection must close.
     unread_body: bool,
+}
+
+/// A kept backend connection the backend has not closed: not readable (a closed one
+/// reads as EOF; a backend sends nothing unasked).
+fn still_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// Why no response head came from a backend.
@@ -761,6 +765,17 @@ enum ResponseError {
     Invalid(&'static str),
 }
 
+impl ResponseError {
+    /// The failure as the retry rule knows it.
+    fn kind(&self) -> policy::SendError {
+        match self {
+            ResponseError::Io(_) | ResponseError::Closed => policy::SendError::Lost,
+            ResponseError::TimedOut => policy::SendError::TimedOut,
+            ResponseError::Invalid(_) => policy::SendError::Invalid,
+        }
+    }
+}
+
 impl std::fmt::Display for ResponseError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -774,9 +789,8 @@ impl std::fmt::Display for ResponseError {
 
 /// What rewriting a request head needs to know of its connection and service.
 struct RequestSide<'c> {
-    tls: bool,
-    client_ip: &'c str,
-    forwarded_for: &'c str,
+    /// The client, as the forwarding fields name it.
+    client: &'c policy::Client,
     /// The pool's sticky cookie, whose value the head may carry.
     cookie_name: Option<&'c str>,
     /// Keep method and target for the access log.
@@ -794,6 +808,11 @@ fn rewrite_request(buf: &[u8], side: &RequestSide<'_>, out: &mut Vec<u8>) -> Par
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
     };
+    // A head past max_header_size that came in one read is the general path's too,
+    // whose watch refuses it (431) as it refuses one that came in pieces.
+    if head_len > side.http.max_header_size {
+        return Parsed::Other;
+    }
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Other;
     };
@@ -843,66 +862,40 @@ fn rewrite_request(buf: &[u8], side: &RequestSide<'_>, out: &mut Vec<u8>) -> Par
             .iter()
             .filter(|h| is(h.name, "cookie"))
             .filter_map(|h| std::str::from_utf8(h.value).ok())
-            .find_map(|v| super::cookie_value(v, name))
+            .find_map(|v| policy::cookie_value(v, name))
             .map(str::to_string)
     });
     let log = side.log.then(|| (method.to_string(), target.to_string()));
 
     let rules = &side.http.request_headers;
-    let proto = if side.tls { "https" } else { "http" };
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers.iter() {
-        let ours = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
-            .iter()
-            .any(|n| is(h.name, n));
-        if !ours && !hop_by_hop(h.name) && !named_by(&tokens, h.name) && !ruled_out(h.name, rules) {
+        if !policy::replaced(h.name)
+            && !hop_by_hop(h.name)
+            && !named_by(&tokens, h.name)
+            && !ruled_out(h.name, rules)
+        {
             push_field(out, h.name, h.value);
         }
     }
-    if !ruled_out("x-forwarded-for", rules) {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prev) = previous_xff {
-            out.extend_from_slice(prev);
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(side.client_ip.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !ruled_out("x-forwarded-proto", rules) {
-        push_field(out, "x-forwarded-proto", proto.as_bytes());
-    }
-    if let Some(h) = host
-        && !ruled_out("x-forwarded-host", rules)
-    {
-        push_field(out, "x-forwarded-host", h);
-    }
-    if !ruled_out("forwarded", rules) {
-        out.extend_from_slice(b"forwarded: for=");
-        out.extend_from_slice(side.forwarded_for.as_bytes());
-        out.extend_from_slice(b";proto=");
-        out.extend_from_slice(proto.as_bytes());
-        if let Some(h) = host
-            && h.iter().all(|b| b.is_ascii_graphic() && *b != b'"')
-        {
-            out.extend_from_slice(b";host=\"");
-            out.extend_from_slice(h);
-            out.push(b'"');
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    if side.http.via && !ruled_out("via", rules) {
-        push_field(out, "via", b"1.1 tandem");
-    }
-    push_rules(out, rules);
+    policy::request_fields(
+        side.client,
+        previous_xff,
+        host,
+        side.http.via,
+        rules,
+        |name, value| push_pieces(out, name, value),
+    );
     out.extend_from_slice(b"\r\n");
     let head = Head {
         len: head_len,
         body: length.unwrap_or(0),
         head_method: method == "HEAD",
+        idempotent: policy::is_idempotent(method),
         close,
         cookie,
         log,
@@ -1023,19 +1016,12 @@ fn rewrite_response(
             push_field(out, h.name, h.value);
         }
     }
-    if config.http.via && !ruled_out("via", rules) {
-        push_field(out, "via", b"1.1 tandem");
-    }
-    if let Some((name, value)) = &chosen.set_cookie
-        && !ruled_out("set-cookie", rules)
-    {
-        push_field(
-            out,
-            "set-cookie",
-            format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax").as_bytes(),
-        );
-    }
-    push_rules(out, rules);
+    policy::response_fields(
+        config.http.via,
+        chosen.set_cookie.as_deref(),
+        rules,
+        |name, value| push_pieces(out, name, value),
+    );
     Ok(ResponseHead {
         status,
         framing,
@@ -1048,11 +1034,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    static CLIENT: std::sync::LazyLock<policy::Client> =
+        std::sync::LazyLock::new(|| policy::Client::new("192.0.2.7".parse().unwrap(), false));
+
     fn side(http: &tandem_config::Http) -> RequestSide<'_> {
         RequestSide {
-            tls: false,
-            client_ip: "192.0.2.7",
-            forwarded_for: "192.0.2.7",
+            client: &CLIENT,
             cookie_name: Some("TANDEMID"),
             log: false,
             http,

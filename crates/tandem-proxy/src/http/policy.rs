@@ -1,9 +1,23 @@
-//! Which HTTP/1 request heads may be forwarded, as pure functions of the parsed head:
-//! body framing (RFC 9112 6), request-target (3.2) and Host (3.2, 7.2). Both paths ask
-//! the same question: the fast path before it rewrites a head (it hands any head
-//! refused here to the general path), and the framing watch in front of hyper
-//! ([`crate::framing`]) on every head the general path serves, whose answer the
-//! general path gives. The limits every HTTP/1 parser of tandem uses live here too.
+//! tandem's HTTP policy, as pure functions both paths call: which request heads may be
+//! forwarded (body framing, RFC 9112 6; request-target, 3.2; Host, 3.2 and 7.2), the
+//! fields tandem writes into what it forwards ([`fields`]: forwarding fields, Via, the
+//! sticky cookie, header rules), its own answers ([`answers`]: 502/503/504 and the body
+//! format), and when a request may be sent again ([`retry`]). The fast path asks
+//! [`check`] before it rewrites a head (it hands any head refused here to the general
+//! path), and the framing watch in front of hyper ([`crate::framing`]) asks it of every
+//! head the general path serves, whose answer the general path gives. The limits every
+//! HTTP/1 parser of tandem uses live here too.
+
+pub mod answers;
+pub mod fields;
+pub mod retry;
+
+pub use answers::{ANSWER_FIELDS, Cause, answer_body, reason};
+pub use fields::{
+    Client, cookie_id, cookie_value, hop_by_hop, replaced, request_fields, response_fields,
+    ruled_out, set_cookie,
+};
+pub use retry::{SendError, is_idempotent, may_send_again};
 
 /// Most header fields in a request head (hyper's default; more: 431).
 pub const MAX_HEADERS: usize = 100;
@@ -13,10 +27,10 @@ pub const MAX_HEADERS: usize = 100;
 /// stops a connection first.
 pub const MAX_CHUNK_EXTENSIONS: u64 = 4096;
 
-/// Why a request is refused, with the status that says so.
+/// Why a request is refused or not answered, with the status that says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
-    /// 400, 431 or 501.
+    /// 400, 431 or 501 (the client's error); 502, 503 or 504 ([`Cause`]).
     pub status: u16,
     /// What is wrong, for the response text and the log line.
     pub why: &'static str,
