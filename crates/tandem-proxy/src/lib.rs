@@ -14,7 +14,6 @@
 pub mod framing;
 pub mod http;
 pub mod limits;
-pub mod listener;
 pub mod proxy_header;
 mod ratelog;
 pub mod relay;
@@ -23,3 +22,5 @@ pub mod tls;
 
 pub use ratelog::RateLimited;
 pub use service::{Lifecycle, Prepared, Service, ServiceStats};
+/// Listening sockets (`tandem_net::listener`), re-exported for the daemon.
+pub use tandem_net::listener;
