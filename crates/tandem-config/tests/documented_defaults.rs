@@ -137,7 +137,10 @@ fn config(dir: &Path, key: Option<(&str, &str, &str)>) -> Config {
         } else {
             format!("{key} = {value}")
         };
-        assert!(text.contains(&marker), "no section {section} in the template");
+        assert!(
+            text.contains(&marker),
+            "no section {section} in the template"
+        );
         text = text.replace(&marker, &line);
     }
     for marker in TEMPLATE.split('@').skip(1).step_by(2) {
@@ -152,7 +155,11 @@ fn config(dir: &Path, key: Option<(&str, &str, &str)>) -> Config {
 #[test]
 fn documented_defaults_are_the_codes() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("sync.key"), "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::write(
+        dir.path().join("sync.key"),
+        "0123456789abcdef0123456789abcdef",
+    )
+    .unwrap();
     let reference = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
     )
