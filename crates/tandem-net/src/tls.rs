@@ -297,6 +297,14 @@ mod tests {
         ))
     }
 
+    /// Why an acceptor for the one certificate `pair` cannot be built.
+    fn refused(pair: CertPair) -> TlsError {
+        match acceptor(&Tls { certs: vec![pair] }, &[]) {
+            Ok(_) => panic!("the certificate is accepted"),
+            Err(e) => e,
+        }
+    }
+
     fn der(pair: &CertPair) -> CertificateDer<'static> {
         read_certificates(&pair.cert).unwrap().remove(0)
     }
@@ -400,14 +408,7 @@ mod tests {
             cert: a.cert.clone(),
             key: b.key.clone(),
         };
-        let Err(e) = acceptor(
-            &Tls {
-                certs: vec![crossed],
-            },
-            &[],
-        ) else {
-            panic!("a crossed key is refused")
-        };
+        let e = refused(crossed);
         assert!(matches!(e, TlsError::KeyMismatch { .. }), "{e:?}");
         let text = e.to_string();
         assert!(
@@ -425,14 +426,7 @@ mod tests {
             cert: empty.clone(),
             key: a.key.clone(),
         };
-        let Err(e) = acceptor(
-            &Tls {
-                certs: vec![no_cert],
-            },
-            &[],
-        ) else {
-            panic!("an empty certificate file is refused")
-        };
+        let e = refused(no_cert);
         assert_eq!(
             e.to_string(),
             format!("{}: no certificate in the file", empty.display())
