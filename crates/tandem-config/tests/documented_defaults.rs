@@ -13,6 +13,10 @@ const TEMPLATE: &str = r#"
 @global@
 
 [[pool]]
+name = "kernel"
+backends = [{ address = "10.1.0.11:25" }]
+
+[[pool]]
 name = "web"
 backends = [{ address = "127.0.0.1:8001" @backends@ }]
 @pool@
@@ -24,10 +28,6 @@ key = "source-ip"
 [pool.check]
 type = "https"
 @check@
-
-[[pool]]
-name = "kernel"
-backends = [{ address = "10.1.0.11:25" }]
 
 [[service]]
 name = "www"
