@@ -1,4 +1,5 @@
-//! tandem's configuration: the TOML schema of DESIGN.md, its defaults and its validation.
+//! tandem's configuration: the TOML schema of docs/configuration.md, its defaults and
+//! its validation.
 //!
 //! Text enters through [`Config::load`] or [`Config::parse`]; what leaves is either a
 //! fully validated [`Config`] of plain Rust types (durations, socket addresses, paths
@@ -19,6 +20,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use error::{ConfigErrors, Diagnostic};
+
+/// `global.control_socket` when the file names none; `tandem ctl --socket` defaults to
+/// it too.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem/tandem.sock";
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -293,12 +298,11 @@ pub enum CheckKind {
     Script,
 }
 
-/// Health state of a backend before its first checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+/// Health state of a backend before its first checks (default: [`Check::new`]'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InitialHealth {
     /// Down until `rise` checks pass.
-    #[default]
     Down,
     /// Up until `fall` checks fail.
     Up,

@@ -11,7 +11,10 @@ use crate::*;
 
 /// Largest accepted backend weight (as HAProxy).
 pub const MAX_WEIGHT: i64 = 256;
-const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem/tandem.sock";
+/// `ha.priority` when the file names none (or an unusable one).
+const DEFAULT_PRIORITY: u8 = 100;
+/// `sync.conntrack_port` when the file names none (or an unusable one).
+const DEFAULT_CONNTRACK_PORT: u16 = 3780;
 
 /// `global.admin_allow` when unset: this host only.
 fn default_admin_allow() -> Vec<(IpAddr, u8)> {
@@ -580,7 +583,7 @@ impl Validator<'_> {
             timeout,
             rise,
             fall,
-            initial: c.initial.as_ref().map(|i| *i.get_ref()).unwrap_or_default(),
+            initial: c.initial.as_ref().map_or(d.initial, |i| *i.get_ref()),
             path: c.path.as_ref().map_or(d.path, |p| p.get_ref().clone()),
             host: c.host.as_ref().map(|h| h.get_ref().clone()),
             expect_status,
@@ -1286,7 +1289,7 @@ impl Validator<'_> {
             }
         };
         let priority = match h.priority.as_ref() {
-            None => 100,
+            None => DEFAULT_PRIORITY,
             Some(p) => match p.get_ref() {
                 v @ 1..=255 => *v as u8,
                 v => {
@@ -1296,7 +1299,7 @@ impl Validator<'_> {
                         format!("{v} is out of range"),
                         "priority is 1 to 254, or 255 for the address owner",
                     );
-                    100
+                    DEFAULT_PRIORITY
                 }
             },
         };
@@ -1569,7 +1572,7 @@ impl Validator<'_> {
             );
         }
         let conntrack_port = match s.conntrack_port.as_ref() {
-            None => 3780,
+            None => DEFAULT_CONNTRACK_PORT,
             Some(p) => match p.get_ref() {
                 v @ 1..=65535 => *v as u16,
                 v => {
@@ -1579,7 +1582,7 @@ impl Validator<'_> {
                         format!("{v} is not a port"),
                         "a UDP port, 1 to 65535, the same on both nodes",
                     );
-                    3780
+                    DEFAULT_CONNTRACK_PORT
                 }
             },
         };

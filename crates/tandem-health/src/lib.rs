@@ -6,7 +6,9 @@
 //! machine, which is pure and tested without IO. A change of state flips the
 //! backend's `healthy` flag in its `tandem_balance::BackendState` (so the pool stops
 //! or resumes choosing it), is logged once with its reason, and is published on the
-//! [`HealthBoard`], which the control socket, metrics and VRRP tracking read.
+//! [`HealthBoard`], which the control socket, metrics and VRRP tracking read. TLS
+//! checks take their client configuration from `tandem_net::tls`; this crate does not
+//! link the data plane.
 
 mod machine;
 mod monitor;

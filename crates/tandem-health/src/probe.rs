@@ -63,9 +63,9 @@ impl Prober {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let tls = if check.uses_tls() {
-            Some(TlsConnector::from(Arc::new(
-                tandem_proxy::tls::client_config(check.verify, check.ca_file.as_deref())?,
-            )))
+            let config = tandem_net::tls::client_config(check.verify, check.ca_file.as_deref())
+                .map_err(|e| e.to_string())?;
+            Some(TlsConnector::from(Arc::new(config)))
         } else {
             None
         };

@@ -1,4 +1,6 @@
-//! A TCP service: the accept loop and the life of each relayed connection.
+//! A service, tcp or http mode: the accept loop with its limits and the PROXY header
+//! of each accepted connection; in tcp mode the TLS handshake and the life of each
+//! relayed connection (an http connection goes on in [`crate::http`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -52,6 +54,10 @@ pub struct ServiceStats {
 
 /// Most client addresses a service tracks for its per-client limits.
 const CLIENT_TABLE_CAPACITY: usize = 100_000;
+
+/// Each kind of warning of a service (limits, TLS, PROXY header, accept, backend,
+/// client) is logged at most once in this long, with a count of those left out.
+const WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// A running service: its current configuration (swapped on reload) and counters.
 #[derive(Debug)]
@@ -127,12 +133,12 @@ impl Service {
             tls: ArcSwap::from_pointee(prepared.tls),
             stats: ServiceStats::default(),
             pools,
-            warn_limit: RateLimited::new(Duration::from_secs(5)),
-            warn_tls: RateLimited::new(Duration::from_secs(5)),
-            warn_proxy: RateLimited::new(Duration::from_secs(5)),
-            warn_accept: RateLimited::new(Duration::from_secs(5)),
-            warn_backend: RateLimited::new(Duration::from_secs(5)),
-            warn_client: RateLimited::new(Duration::from_secs(5)),
+            warn_limit: RateLimited::new(WARN_EVERY),
+            warn_tls: RateLimited::new(WARN_EVERY),
+            warn_proxy: RateLimited::new(WARN_EVERY),
+            warn_accept: RateLimited::new(WARN_EVERY),
+            warn_backend: RateLimited::new(WARN_EVERY),
+            warn_client: RateLimited::new(WARN_EVERY),
             clients: ClientTable::new(CLIENT_TABLE_CAPACITY),
         })
     }

@@ -62,7 +62,7 @@ pub enum Command {
         #[arg(
             long,
             env = "TANDEM_SOCKET",
-            default_value = "/run/tandem/tandem.sock",
+            default_value = tandem_config::DEFAULT_CONTROL_SOCKET,
             value_name = "PATH"
         )]
         socket: PathBuf,

@@ -1,9 +1,11 @@
-//! The tandem daemon: wires configuration, pools and services together.
+//! The tandem daemon: wires configuration, pools, services and the HA parts together.
 //!
-//! [`daemon::Daemon`] binds every listener of a validated configuration, builds the
-//! pool generation, runs the accept loops and the sticky-table sweeper, and drains on
-//! shutdown. The command line (`main.rs`) and the integration tests both drive it; the
-//! crates below it never depend on it.
+//! [`daemon`] turns a validated configuration into a running node (listeners, pools,
+//! services, health checks, VRRP, sync, redirect, the control socket and admin port),
+//! reloads it and ends it in order; [`readiness`], [`state_file`], [`redirect`] and
+//! [`privileges`] are parts it uses, [`cli`] and [`logging`] serve the command line,
+//! and [`demo`] is `tandem demo`. The command line (`main.rs`) and the integration
+//! tests both drive it; the crates below it never depend on it.
 
 pub mod cli;
 pub mod daemon;

@@ -1,0 +1,447 @@
+//! TLS configurations: the server side of a service (certificates loaded from PEM
+//! files, chosen by SNI) and the client side towards backends (https backends and
+//! health checks).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{
+    CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature,
+};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tandem_config::Tls;
+use tokio_rustls::TlsAcceptor;
+
+/// Why a TLS configuration could not be built; each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file cannot be read or is not PEM.
+    #[error("{}: {source}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: pem::Error,
+    },
+    /// A certificate file holds no certificate.
+    #[error("{}: no certificate in the file", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The private key is of a kind the crypto provider cannot sign with.
+    #[error("{}: {source}", path.display())]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// The private key is not the one of the chain's first certificate.
+    #[error("{} and {} do not match: {source}", cert.display(), key.display())]
+    KeyMismatch {
+        /// The certificate chain file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// `verify = true` without a CA file to verify against.
+    #[error("verify = true needs ca_file")]
+    NoCaFile,
+    /// The CA file cannot be read or is not PEM.
+    #[error("ca_file {}: {source}", path.display())]
+    CaPem {
+        /// The CA file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: pem::Error,
+    },
+    /// A certificate of the CA file cannot be a trust anchor.
+    #[error("ca_file {}: {source}", path.display())]
+    CaCertificate {
+        /// The CA file.
+        path: PathBuf,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// rustls refused the configuration (the crypto provider lacks what it needs).
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The one crypto provider of every TLS configuration of tandem.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates of the PEM file at `path`, in file order.
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, pem::Error> {
+    CertificateDer::pem_file_iter(path).and_then(|certs| certs.collect())
+}
+
+/// Picks the certificate whose names cover the client's SNI; the first one otherwise.
+#[derive(Debug)]
+struct SniResolver {
+    keys: Vec<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let wanted = hello
+            .server_name()
+            .and_then(|n| ServerName::try_from(n.to_string()).ok());
+        if let Some(name) = wanted {
+            for key in &self.keys {
+                let Some(cert) = key.cert.first() else {
+                    continue;
+                };
+                if let Ok(ee) = webpki::EndEntityCert::try_from(cert)
+                    && ee.verify_is_valid_for_subject_name(&name).is_ok()
+                {
+                    return Some(key.clone());
+                }
+            }
+        }
+        self.keys.first().cloned()
+    }
+}
+
+/// The certificate chain and key of `pair`, checked to belong together.
+fn certified_key(
+    pair: &tandem_config::CertPair,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = read_certificates(&pair.cert).map_err(|source| TlsError::Pem {
+        path: pair.cert.clone(),
+        source,
+    })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: pair.cert.clone(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&pair.key).map_err(|source| TlsError::Pem {
+        path: pair.key.clone(),
+        source,
+    })?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| TlsError::Key {
+            path: pair.key.clone(),
+            source,
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|source| TlsError::KeyMismatch {
+            cert: pair.cert.clone(),
+            key: pair.key.clone(),
+            source,
+        })?;
+    Ok(certified)
+}
+
+/// An acceptor for `tls`: TLS 1.2 and 1.3, offering the ALPN protocols `alpn` (none
+/// for a TCP service: a client's ALPN list is then ignored). Reads the files now, so a
+/// reload picks up renewed certificates.
+pub fn acceptor(tls: &Tls, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
+    let provider = provider();
+    let keys = tls
+        .certs
+        .iter()
+        .map(|pair| certified_key(pair, &provider).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { keys }));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // The server's cipher suite order wins (rustls follows the client's by default):
+    // AES-256-GCM, AES-128-GCM, then ChaCha20-Poly1305, forward secret only.
+    config.ignore_client_order = true;
+    // Resumption: TLS 1.2 by session ID and TLS 1.3 by (stateful) tickets, both from
+    // an in-memory cache of this process; no TLS 1.2 session tickets, whose key would
+    // have to be rotated and shared across nodes, and which weaken forward secrecy
+    // for as long as that key lives. (rustls's default ticketer makes none.)
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
+    debug_assert!(!config.ticketer.enabled());
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A TLS client configuration for talking to backends (health checks, https
+/// backends): with `verify`, certificates must chain to `ca_file`; without, any
+/// certificate is accepted (private backends often use self-signed ones; the
+/// handshake's signatures are still checked).
+pub fn client_config(
+    verify: bool,
+    ca_file: Option<&Path>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let config = if verify {
+        let path = ca_file.ok_or(TlsError::NoCaFile)?;
+        let certs = read_certificates(path).map_err(|source| TlsError::CaPem {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs {
+            roots.add(cert).map_err(|source| TlsError::CaCertificate {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(
+                provider.signature_verification_algorithms,
+            )))
+            .with_no_client_auth()
+    };
+    Ok(config)
+}
+
+/// The verifier of `verify = false`: any certificate, but the handshake's signatures
+/// are checked with the provider's algorithms.
+#[derive(Debug)]
+struct AcceptAnyCertificate(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_config::CertPair;
+    use tokio_rustls::TlsConnector;
+
+    /// A self-signed certificate for `name`, written as `name.pem` and `name.key`.
+    fn self_signed(dir: &Path, name: &str) -> CertPair {
+        let made = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        let pair = CertPair {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+        };
+        std::fs::write(&pair.cert, made.cert.pem()).unwrap();
+        std::fs::write(&pair.key, made.signing_key.serialize_pem()).unwrap();
+        pair
+    }
+
+    /// A handshake over an in-memory pipe: the server's chosen certificate, ALPN
+    /// protocol and cipher suite, or the client's error.
+    async fn handshake(
+        server: TlsAcceptor,
+        client: rustls::ClientConfig,
+        sni: &str,
+    ) -> Result<
+        (
+            CertificateDer<'static>,
+            Option<Vec<u8>>,
+            rustls::CipherSuite,
+        ),
+        std::io::Error,
+    > {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::try_from(sni.to_string()).unwrap();
+        let connect = TlsConnector::from(Arc::new(client)).connect(name, client_io);
+        let (client, _server) = tokio::join!(connect, server.accept(server_io));
+        let session = client?;
+        let (_, connection) = session.get_ref();
+        Ok((
+            connection.peer_certificates().unwrap()[0].clone(),
+            connection.alpn_protocol().map(<[u8]>::to_vec),
+            connection.negotiated_cipher_suite().unwrap().suite(),
+        ))
+    }
+
+    /// Why an acceptor for the one certificate `pair` cannot be built.
+    fn refused(pair: CertPair) -> TlsError {
+        match acceptor(&Tls { certs: vec![pair] }, &[]) {
+            Ok(_) => panic!("the certificate is accepted"),
+            Err(e) => e,
+        }
+    }
+
+    fn der(pair: &CertPair) -> CertificateDer<'static> {
+        read_certificates(&pair.cert).unwrap().remove(0)
+    }
+
+    #[tokio::test]
+    async fn chooses_the_certificate_by_sni_and_the_first_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = self_signed(dir.path(), "a.test");
+        let b = self_signed(dir.path(), "b.test");
+        let tls = Tls {
+            certs: vec![a.clone(), b.clone()],
+        };
+        let server = acceptor(&tls, &[]).unwrap();
+        let any = || client_config(false, None).unwrap();
+        let (cert, _, _) = handshake(server.clone(), any(), "b.test").await.unwrap();
+        assert_eq!(cert, der(&b));
+        let (cert, _, _) = handshake(server.clone(), any(), "a.test").await.unwrap();
+        assert_eq!(cert, der(&a));
+        let (cert, _, _) = handshake(server, any(), "other.test").await.unwrap();
+        assert_eq!(cert, der(&a));
+    }
+
+    #[tokio::test]
+    async fn offers_the_alpn_protocols_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = Tls {
+            certs: vec![self_signed(dir.path(), "a.test")],
+        };
+        let mut client = client_config(false, None).unwrap();
+        client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let http = acceptor(&tls, &[b"http/1.1"]).unwrap();
+        let (_, alpn, _) = handshake(http, client.clone(), "a.test").await.unwrap();
+        assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+        let tcp = acceptor(&tls, &[]).unwrap();
+        let (_, alpn, _) = handshake(tcp, client, "a.test").await.unwrap();
+        assert_eq!(alpn, None);
+    }
+
+    /// The client prefers ChaCha20; the server's order (AES-256-GCM first) wins.
+    #[tokio::test]
+    async fn the_servers_cipher_order_wins() {
+        use rustls::crypto::ring::cipher_suite as cs;
+        let dir = tempfile::tempdir().unwrap();
+        let tls = Tls {
+            certs: vec![self_signed(dir.path(), "a.test")],
+        };
+        let chacha_first = CryptoProvider {
+            cipher_suites: vec![
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS13_AES_128_GCM_SHA256,
+                cs::TLS13_AES_256_GCM_SHA384,
+            ],
+            ..rustls::crypto::ring::default_provider()
+        };
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(chacha_first))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(
+                provider().signature_verification_algorithms,
+            )))
+            .with_no_client_auth();
+        let server = acceptor(&tls, &[]).unwrap();
+        let (_, _, suite) = handshake(server, client, "a.test").await.unwrap();
+        assert_eq!(suite, rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+    }
+
+    #[tokio::test]
+    async fn verify_checks_the_chain_against_the_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = self_signed(dir.path(), "a.test");
+        let other = self_signed(dir.path(), "other.test");
+        let server = || {
+            acceptor(
+                &Tls {
+                    certs: vec![a.clone()],
+                },
+                &[],
+            )
+            .unwrap()
+        };
+        let trusting = client_config(true, Some(&a.cert)).unwrap();
+        handshake(server(), trusting, "a.test").await.unwrap();
+        let strange = client_config(true, Some(&other.cert)).unwrap();
+        let refused = handshake(server(), strange, "a.test").await.unwrap_err();
+        // (rcgen names every self-signed issuer alike: the signature check refuses it.)
+        assert!(
+            refused.to_string().contains("invalid peer certificate"),
+            "{refused}"
+        );
+        let any = client_config(false, None).unwrap();
+        handshake(server(), any, "a.test").await.unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_file_at_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = self_signed(dir.path(), "a.test");
+        let b = self_signed(dir.path(), "b.test");
+        let crossed = CertPair {
+            cert: a.cert.clone(),
+            key: b.key.clone(),
+        };
+        let e = refused(crossed);
+        assert!(matches!(e, TlsError::KeyMismatch { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "{} and {} do not match",
+                a.cert.display(),
+                b.key.display()
+            )),
+            "{text}"
+        );
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let no_cert = CertPair {
+            cert: empty.clone(),
+            key: a.key.clone(),
+        };
+        let e = refused(no_cert);
+        assert_eq!(
+            e.to_string(),
+            format!("{}: no certificate in the file", empty.display())
+        );
+
+        let missing = dir.path().join("missing.pem");
+        let e = client_config(true, Some(&missing)).unwrap_err();
+        assert!(matches!(e, TlsError::CaPem { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("ca_file {}: ", missing.display())),
+            "{e}"
+        );
+
+        let e = client_config(true, None).unwrap_err();
+        assert_eq!(e.to_string(), "verify = true needs ca_file");
+    }
+}
