@@ -181,7 +181,11 @@ async fn route(
         "/" => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            crate::page::render(&source.snapshot(), access.may_write(peer.ip())),
+            crate::page::render(
+                &source.snapshot(),
+                &source.history(),
+                access.may_write(peer.ip()),
+            ),
         ),
         "/status.json" => json(&source.snapshot()),
         "/history.json" => json(&source.history()),

@@ -22,16 +22,25 @@ pub const POINTS: usize = 720;
 
 /// What the page draws: each series ends at `end_ms`, one point per `step_secs`,
 /// oldest first (a series younger than an hour is shorter).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryView {
     /// Seconds between points.
     pub step_secs: u64,
+    /// Points a full series holds.
+    pub points: usize,
     /// When the newest point was taken, ms since the Unix epoch (0: none yet).
     pub end_ms: u64,
     /// Per service.
     pub services: Vec<ServiceHistory>,
     /// Per backend of each pool.
     pub backends: Vec<BackendHistory>,
+}
+
+impl Default for HistoryView {
+    /// No points yet, with the step and length a [`History`] keeps.
+    fn default() -> Self {
+        History::new().view()
+    }
 }
 
 /// A service's last hour.
@@ -145,6 +154,7 @@ impl History {
     pub fn view(&self) -> HistoryView {
         HistoryView {
             step_secs: STEP_SECS,
+            points: POINTS,
             end_ms: self.last_ms.unwrap_or(0),
             services: self
                 .services

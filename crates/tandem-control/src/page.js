@@ -1,11 +1,11 @@
 "use strict";
-// tandem's status page: renders /status.json every second, the last hour's rates
+// tandem's status page: renders /status.json twice a second, the last hour's rates
 // from /history.json every five seconds and the timeline from /events.json. Text from
 // the daemon (names, check errors) only ever goes through textContent.
 (() => {
   const boot = JSON.parse(document.getElementById("boot").textContent);
   let snapshot = boot.snapshot;
-  let history = { step_secs: 5, services: [], backends: [] };
+  let history = boot.history;
   let events = [];
   let lastSeq = 0;
   let lastMs = 0;
@@ -53,7 +53,7 @@
 
   // A small chart of one series, with its reading in words for screen readers.
   function spark(values, what, cls) {
-    const w = 120, h = 26, n = 720;
+    const w = 120, h = 26, n = history.points;
     const peak = Math.max(0, ...values);
     const now = values.length ? values[values.length - 1] : 0;
     const label = values.length
@@ -70,10 +70,13 @@
     const title = document.createElementNS(ns, "title");
     title.textContent = label;
     svg.append(title);
-    if (values.length > 1) {
+    if (values.length > 0) {
       const scale = peak > 0 ? (h - 2) / peak : 0;
-      const x0 = w - (values.length - 1) * (w / (n - 1));
-      const pts = values.map((v, i) => `${(x0 + i * (w / (n - 1))).toFixed(1)},${(h - 1 - v * scale).toFixed(1)}`);
+      const dx = w / (n - 1);
+      const x0 = w - (values.length - 1) * dx;
+      const pts = values.map((v, i) => `${(x0 + i * dx).toFixed(1)},${(h - 1 - v * scale).toFixed(1)}`);
+      // One point is drawn as the step it stands for.
+      if (values.length === 1) pts.unshift(`${(w - dx * 4).toFixed(1)},${(h - 1 - values[0] * scale).toFixed(1)}`);
       const line = document.createElementNS(ns, "polyline");
       line.setAttribute("points", pts.join(" "));
       svg.append(line);
@@ -98,7 +101,7 @@
       el("div", { class: "meta" }, meta.join(" \u00b7 ")),
       el("p", { id: "live", class: stale > 3 ? "err" : "meta", role: "status" },
         stale > 3 ? `tandem has not answered for ${ago(stale)}: the figures below are stale`
-          : "live: updated every second"),
+          : "live: updated twice a second"),
     ];
   }
 
@@ -246,7 +249,7 @@
   render();
   pollHistory().then(render);
   pollEvents().then(render);
-  setInterval(pollStatus, 1000);
+  setInterval(pollStatus, 500);
   setInterval(pollEvents, 1000);
   setInterval(pollHistory, 5000);
 })();

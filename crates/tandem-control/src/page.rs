@@ -1,7 +1,8 @@
 //! The status page: one self-contained HTML document (no external assets, no build
-//! step) whose inline script renders the state and keeps it live: the snapshot every
-//! second, the last hour's rates as small charts, the timeline of events.
+//! step) whose inline script renders the state and keeps it live: the snapshot twice
+//! a second, the last hour's rates as small charts, the timeline of events.
 
+use crate::history::HistoryView;
 use crate::protocol::Snapshot;
 
 /// Escapes text for HTML.
@@ -81,11 +82,11 @@ button.act { font: inherit; padding: .1em .7em; }
 @media (max-width: 700px) { body { margin: .6em; font-size: 13px; } th, td { padding: .25em .4em; } }
 "#;
 
-/// The whole page: a shell whose script renders `s` at once and then follows
+/// The whole page: a shell whose script renders `s` and `history` at once and then follows
 /// `/status.json`, `/history.json` and `/events.json`. `write` shows the drain and
 /// enable buttons (the admin port checks each action again).
-pub fn render(s: &Snapshot, write: bool) -> String {
-    let boot = serde_json::json!({ "snapshot": s, "write": write });
+pub fn render(s: &Snapshot, history: &HistoryView, write: bool) -> String {
+    let boot = serde_json::json!({ "snapshot": s, "history": history, "write": write });
     // Inside a script element, "<" must not start "</script>".
     let boot = boot.to_string().replace('<', "\\u003c");
     format!(
@@ -120,7 +121,7 @@ mod tests {
             }],
             ..Snapshot::default()
         };
-        let page = render(&s, false);
+        let page = render(&s, &HistoryView::default(), false);
         assert!(page.contains("<title>tandem &lt;script&gt;</title>"));
         // The data island cannot close its element early.
         assert!(!page.contains("\"<script>"), "{page}");
