@@ -1,7 +1,7 @@
 //! HTTP mode end to end: real nginx backends started by the tests, a small hyper server
 //! for faults and large bodies, curl and raw sockets as clients.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::io::{Read, Write};

@@ -2,7 +2,7 @@
 //! pinned alike on the other, a restarted node gets the whole table, a wrong key gets
 //! nothing.
 
-mod support;
+use crate::support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The TCP relay end to end on loopback: real clients, real backends, tandem between.
 
-mod support;
+use crate::support;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering::Relaxed;

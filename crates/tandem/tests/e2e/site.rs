@@ -12,9 +12,9 @@
 //! Run it with `cargo nextest run -p tandem --test site --no-capture` to see the
 //! figures.
 
-mod lab;
-mod servers;
-mod support;
+use crate::support;
+use crate::support::lab;
+use crate::support::servers;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -342,7 +342,7 @@ impl Site {
 
 fn client_script() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/servers/client.py")
+        .join("tests/e2e/support/client.py")
         .display()
         .to_string()
 }

@@ -4,7 +4,6 @@
 //!
 //! Hosts are network namespaces with one interface `eth0` on a bridge that lives in a
 //! namespace of its own. Traffic stays inside these namespaces.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

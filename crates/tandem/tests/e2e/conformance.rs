@@ -4,7 +4,7 @@
 //! some also cut in two at every byte. Then the slow readers: a client that does not
 //! read its response is cut off after `client_timeout`, on both paths.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

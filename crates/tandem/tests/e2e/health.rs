@@ -1,7 +1,7 @@
 //! Health checks end to end: a backend killed leaves the rotation before clients
 //! notice, and comes back after `rise` passed checks once restarted.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -4,7 +4,6 @@
 //! configurations and logs live in a folder of the lab. Every process is stopped on
 //! Drop, also when the test panics: first politely, then whatever is still in the
 //! host's network namespace (only what the test started there) is SIGKILLed.
-#![allow(dead_code)]
 
 use std::fs::File;
 use std::net::Ipv4Addr;

@@ -8,8 +8,8 @@
 //! private br1: lbA 10.1.0.2, lbB 10.1.0.3, backends .11 .12 (gateway 10.1.0.1, virtual)
 //! sync br2: lbA 10.2.0.2, lbB 10.2.0.3
 
-mod lab;
-mod support;
+use crate::support;
+use crate::support::lab;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

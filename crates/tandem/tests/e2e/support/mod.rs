@@ -1,5 +1,7 @@
 //! Shared pieces of the integration tests: real loopback backends and clients.
-#![allow(dead_code)]
+
+pub mod lab;
+pub mod servers;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

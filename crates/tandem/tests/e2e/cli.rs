@@ -1,7 +1,7 @@
 //! The `tandem` command as an operator runs it: check, run with SIGTERM drain, demo,
 //! and a listener that survives running out of file descriptors.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -2,8 +2,8 @@
 //! address with VRRPv3; a client requests every 20 ms through it while masters are
 //! killed, restarted and stopped; keepalived is the other router in the interop tests.
 
-mod lab;
-mod support;
+use crate::support;
+use crate::support::lab;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

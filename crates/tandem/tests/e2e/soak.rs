@@ -11,7 +11,7 @@
 //! with 180 or more for the long one):
 //! `TANDEM_SOAK_SECS=180 cargo nextest run -p tandem --test soak --no-capture`.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
