@@ -688,38 +688,32 @@ async fn greeting_echo_server() -> (
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                s.write_all(b"* OK plaintext backend\r\n").await.unwrap();
-                let mut first = Vec::new();
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    if !first.ends_with(b"\n") && first.len() < 256 {
-                        first.extend_from_slice(&buf[..n.min(256)]);
-                        if first.contains(&b'\n') {
-                            let _ = tx.send(first.clone());
-                        }
-                    }
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        return;
+    let a = serve(move |mut s, _| {
+        let tx = tx.clone();
+        async move {
+            s.write_all(b"* OK plaintext backend\r\n").await.unwrap();
+            let mut first = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                if !first.ends_with(b"\n") && first.len() < 256 {
+                    first.extend_from_slice(&buf[..n.min(256)]);
+                    if first.contains(&b'\n') {
+                        let _ = tx.send(first.clone());
                     }
                 }
-                let _ = s.write_all(b"bye\r\n").await;
-            });
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            let _ = s.write_all(b"bye\r\n").await;
         }
-    });
+    })
+    .await;
     (a, rx)
 }
 
@@ -1129,29 +1123,20 @@ async fn accept_proxy_takes_the_client_from_a_trusted_header_and_keeps_the_bytes
 /// A backend that reads the PROXY header tandem sends, answers "from SOURCE", then
 /// echoes lines.
 async fn telling_server() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let header = read_proxy_header(&mut s).await;
-                let from = proxy_addresses(&header).0;
-                s.write_all(format!("from {from}\n").as_bytes())
-                    .await
-                    .unwrap();
-                let mut buf = [0u8; 1024];
-                while let Ok(n @ 1..) = s.read(&mut buf).await {
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
+    serve(move |mut s, _| async move {
+        let header = read_proxy_header(&mut s).await;
+        let from = proxy_addresses(&header).0;
+        s.write_all(format!("from {from}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            if s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
         }
-    });
-    a
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
