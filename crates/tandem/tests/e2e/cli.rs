@@ -27,7 +27,7 @@ fn tandem(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn check_accepts_the_shipped_examples() {
     // ha-pair.toml (redirect services) needs a forwarding host and its key file: it
-    // is checked in tests/redirect.rs, inside a lab.
+    // is checked in e2e/redirect.rs, inside a lab.
     for name in ["quickstart.toml", "mail.toml"] {
         let path = examples_dir().join(name);
         let (code, out, err) = tandem(&["check", "--config", path.to_str().unwrap()]);
