@@ -928,18 +928,28 @@ async fn failed_tls_handshakes_are_counted_and_other_connections_go_on() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_v2_header_after_tls_carries_the_sni_and_the_ssl_tlvs() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = self_signed(dir.path(), "smtp.example.test");
+/// A TLS service for `name` (certificate in `dir`, `extra` lines added) that sends a
+/// PROXY v2 header to its one backend, a listener the test accepts on itself.
+async fn tls_v2_service(
+    dir: &std::path::Path,
+    name: &str,
+    extra: &str,
+) -> (tandem::daemon::Daemon, TcpListener, (String, String)) {
+    let cert = self_signed(dir, name);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = l.local_addr().unwrap();
     let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
         + &service(
             "p",
-            &format!("{}\nproxy_protocol = \"v2\"", tls_toml(&[&cert])),
+            &format!("{}\nproxy_protocol = \"v2\"{extra}", tls_toml(&[&cert])),
         );
-    let d = start(&text).await;
+    (start(&text).await, l, cert)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_header_after_tls_carries_the_sni_and_the_ssl_tlvs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, l, cert) = tls_v2_service(dir.path(), "smtp.example.test", "").await;
     let to = addr_of(&d, "svc");
     let mut client = tls_connect(to, "smtp.example.test", &cert.0).await.unwrap();
     let client_port = client.get_ref().0.local_addr().unwrap().port();
@@ -1287,18 +1297,12 @@ fn accept_proxy_logs_name_the_source_the_reason_and_the_header_s_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_service_behind_a_balancer_reads_its_header_then_the_handshake() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = self_signed(dir.path(), "submit.example.test");
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = l.local_addr().unwrap();
-    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
-        + &service(
-            "p",
-            &format!(
-                "{}\nproxy_protocol = \"v2\"\naccept_proxy = true\naccept_proxy_from = [\"127.0.0.0/8\"]",
-                tls_toml(&[&cert])
-            ),
-        );
-    let d = start(&text).await;
+    let (d, l, cert) = tls_v2_service(
+        dir.path(),
+        "submit.example.test",
+        "\naccept_proxy = true\naccept_proxy_from = [\"127.0.0.0/8\"]",
+    )
+    .await;
     let mut tcp = TcpStream::connect(addr_of(&d, "svc")).await.unwrap();
     tcp.write_all(&upstream_header(
         false,
