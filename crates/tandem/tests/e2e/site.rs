@@ -9,12 +9,12 @@
 //!
 //! The addresses are the example's own; the test changes only the control socket and
 //! key file paths, and for lb2 the four lines the example marks "per node".
-//! Run it with `cargo nextest run -p tandem --test site --no-capture` to see the
+//! Run it with `cargo nextest run -p tandem --test e2e -E 'test(/^site::/)' --no-capture` to see the
 //! figures.
 
-mod lab;
-mod servers;
-mod support;
+use crate::support;
+use crate::support::lab;
+use crate::support::servers;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use lab::Lab;
 use servers::{Daemon, ServerHost};
-use support::{Running, TANDEM};
+use support::Running;
 
 const VIP: &str = "192.0.2.10";
 const CLIENT: &str = "192.0.2.100";
@@ -91,9 +91,7 @@ fn node_config(lab: &Lab, name: &str) -> String {
             text = replace_once(&text, from, to);
         }
     }
-    let path = lab.dir.path().join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+    lab.write_config(name, &text)
 }
 
 /// The lab, its servers and its nodes (dropped in this order: servers first, the
@@ -161,9 +159,7 @@ impl Site {
     }
 
     fn start_node(&mut self, name: &'static str) {
-        let config = node_config(&self.lab, name);
-        let mut node = self.lab.spawn(name, TANDEM, &["run", "--config", &config]);
-        node.wait_for("tandem running");
+        let node = self.lab.run_tandem(name, &node_config(&self.lab, name));
         self.nodes.insert(name, node);
     }
 
@@ -172,7 +168,7 @@ impl Site {
     }
 
     fn socket(&self, node: &str) -> PathBuf {
-        self.lab.dir.path().join(format!("{node}.sock"))
+        self.lab.socket(node)
     }
 
     fn server(&mut self, name: &str) -> &mut ServerHost {
@@ -342,7 +338,7 @@ impl Site {
 
 fn client_script() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/servers/client.py")
+        .join("tests/e2e/support/client.py")
         .display()
         .to_string()
 }

@@ -9,9 +9,9 @@
 //!
 //! `TANDEM_SOAK_SECS` sets the faulty phase (default 20 s, the CI's short mode; run it
 //! with 180 or more for the long one):
-//! `TANDEM_SOAK_SECS=180 cargo nextest run -p tandem --test soak --no-capture`.
+//! `TANDEM_SOAK_SECS=180 cargo nextest run -p tandem --test e2e -E 'test(/^soak::/)' --no-capture`.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

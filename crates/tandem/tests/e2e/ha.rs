@@ -2,15 +2,15 @@
 //! address with VRRPv3; a client requests every 20 ms through it while masters are
 //! killed, restarted and stopped; keepalived is the other router in the interop tests.
 
-mod lab;
-mod support;
+use crate::support;
+use crate::support::lab;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lab::Lab;
-use support::{Running, TANDEM};
+use support::Running;
 
 const VIP: &str = "10.99.0.100";
 
@@ -64,16 +64,11 @@ check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"100ms\", rise = 1, 
 [[service]]\nname = \"www\"\nlisten = [\"{VIP}:80\"]\npool = \"web\"\nconnect_timeout = \"200ms\"\n\n\
 [ha]\ninterface = \"eth0\"\nvrid = 51\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n{extra_ha}\n"
     );
-    let path = lab.dir.path().join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+    lab.write_config(name, &text)
 }
 
 fn start_node(lab: &Lab, name: &str, priority: u8, extra_ha: &str) -> Running {
-    let config = node_config(lab, name, priority, extra_ha);
-    let mut node = lab.spawn(name, TANDEM, &["run", "--config", &config]);
-    node.wait_for("tandem running");
-    node
+    lab.run_tandem(name, &node_config(lab, name, priority, extra_ha))
 }
 
 fn kill(node: &Running, signal: rustix::process::Signal) {
@@ -259,7 +254,7 @@ fn a_tracked_pool_without_healthy_backends_demotes_the_master() {
         Duration::from_secs(5),
         || lab.has_address("lb2", VIP),
     );
-    let (_, text, _) = support::ctl(&lab.dir.path().join("lb1.sock"), &["ha"]);
+    let (_, text, _) = support::ctl(&lab.socket("lb1"), &["ha"]);
     assert!(text.contains("state BACKUP"), "{text}");
     assert!(text.contains("priority 50 (configured 150)"), "{text}");
     assert!(
@@ -368,7 +363,7 @@ fn interoperates_with_keepalived_in_both_directions() {
         !lab.has_address("lb1", VIP),
         "tandem accepted keepalived as master"
     );
-    let ha = support::ctl_json(&lab.dir.path().join("lb1.sock"), &["ha"]);
+    let ha = support::ctl_json(&lab.socket("lb1"), &["ha"]);
     assert_eq!(ha["master"], "10.99.0.3", "tandem hears keepalived: {ha}");
     assert!(
         ha["dropped"]
@@ -455,11 +450,7 @@ sticky = {{ key = \"source-ip\", ttl = \"30m\" }}\n\n\
 [ha]\ninterface = \"eth0\"\nvrid = 52\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n{}",
             sync_section(&lab, me, peer)
         );
-        let path = lab.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
-        let mut r = lab.spawn(name, TANDEM, &["run", "--config", path.to_str().unwrap()]);
-        r.wait_for("tandem running");
-        r
+        lab.run_tandem(name, &lab.write_config(name, &text))
     };
     let mut lb1 = node("lb1", "10.99.0.1", "10.99.0.2", 150);
     let mut lb2 = node("lb2", "10.99.0.2", "10.99.0.1", 100);
@@ -485,7 +476,7 @@ sticky = {{ key = \"source-ip\", ttl = \"30m\" }}\n\n\
         "round-robin spread: {on_be1} of 1000 on be1"
     );
     let pinned_on_lb2 = || {
-        let (_, out, _) = support::ctl(&lab.dir.path().join("lb2.sock"), &["--json", "pools"]);
+        let (_, out, _) = support::ctl(&lab.socket("lb2"), &["--json", "pools"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         v["pools"][0]["sticky_entries"].as_u64().unwrap_or(0)
     };
@@ -746,11 +737,7 @@ check = {{ type = \"tcp\", interval = \"300ms\", timeout = \"100ms\", rise = 4, 
 [ha]\ninterface = \"eth0\"\nvrid = 53\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n{}",
             sync_section(&lab, me, peer)
         );
-        let path = lab.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
-        let mut r = lab.spawn(name, TANDEM, &["run", "--config", path.to_str().unwrap()]);
-        r.wait_for("tandem running");
-        r
+        lab.run_tandem(name, &lab.write_config(name, &text))
     };
     let frames = capture(&lab, "client", Duration::from_secs(60));
 

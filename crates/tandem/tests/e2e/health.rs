@@ -1,7 +1,7 @@
 //! Health checks end to end: a backend killed leaves the rotation before clients
 //! notice, and comes back after `rise` passed checks once restarted.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,23 +15,9 @@ use tokio::task::JoinHandle;
 /// A backend that writes its name, on a port it can be killed on and restarted on.
 async fn serve_name(address: SocketAddr, name: &'static str) -> JoinHandle<()> {
     let l = TcpListener::bind(address).await.unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            let _ = s.write_all(format!("{name}\n").as_bytes()).await;
-        }
+    serve_on(l, move |mut s, _| async move {
+        let _ = s.write_all(format!("{name}\n").as_bytes()).await;
     })
-}
-
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,33 +132,23 @@ async fn backups_serve_while_every_primary_is_down_then_the_fallback_pool() {
 /// a LOCAL one (a check) is greeted plainly, a PROXY one with the client's address.
 async fn proxy_mail_server() -> SocketAddr {
     use tokio::io::AsyncReadExt;
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 512];
-                let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await
-                else {
-                    return; // "haproxy: Client disconnected"
-                };
-                let Ok(header) = ppp::v2::Header::try_from(&buf[..n]) else {
-                    return;
-                };
-                let greeting = match header.addresses {
-                    ppp::v2::Addresses::IPv4(a) => format!("220 hello {}\r\n", a.source_address),
-                    _ => "220 check\r\n".to_string(),
-                };
-                let _ = s.write_all(greeting.as_bytes()).await;
-                let _ = s.read(&mut buf).await;
-            });
-        }
-    });
-    address
+    serve(|mut s, _| async move {
+        let mut buf = vec![0u8; 512];
+        let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await
+        else {
+            return; // "haproxy: Client disconnected"
+        };
+        let Ok(header) = ppp::v2::Header::try_from(&buf[..n]) else {
+            return;
+        };
+        let greeting = match header.addresses {
+            ppp::v2::Addresses::IPv4(a) => format!("220 hello {}\r\n", a.source_address),
+            _ => "220 check\r\n".to_string(),
+        };
+        let _ = s.write_all(greeting.as_bytes()).await;
+        let _ = s.read(&mut buf).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

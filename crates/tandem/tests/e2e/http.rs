@@ -1,111 +1,20 @@
 //! HTTP mode end to end: real nginx backends started by the tests, a small hyper server
 //! for faults and large bodies, curl and raw sockets as clients.
 
-mod support;
+use crate::support;
 
-use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody};
+use support::nginx::nginx;
 use support::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Two nginx server blocks that answer with their name and the headers they got.
-struct Nginx {
-    child: Child,
-    ports: [u16; 2],
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its workers (SIGKILL would orphan them).
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nginx() -> Option<Nginx> {
-    let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let Some(binary) = binary else {
-        eprintln!("SKIPPED: nginx is not installed (scripts/test installs it as root)");
-        return None;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let ports = [free_port(), free_port()];
-    let server = |name: &str, port: u16| {
-        format!(
-            "  server {{\n    listen 127.0.0.1:{port};\n    keepalive_requests 10000;\n    location / {{\n      add_header X-Secret-Backend-Header hidden;\n      add_header X-Backend {name};\n      \
-return 200 \"{name} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto xhost=$http_x_forwarded_host fwd=$http_forwarded via=$http_via added=$http_x_added gone=$http_x_gone secret=$http_x_secret host=$host\\n\";\n    }}\n  }}\n"
-        )
-    };
-    let conf = format!(
-        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
-http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{}{}}}\n",
-        server("nginx-a", ports[0]),
-        server("nginx-b", ports[1])
-    );
-    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-    let child = Command::new(binary)
-        .args([
-            "-e",
-            &format!("{d}/error.log"),
-            "-p",
-            &d.to_string(),
-            "-c",
-            &format!("{d}/nginx.conf"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for port in ports {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    Some(Nginx {
-        child,
-        ports,
-        _dir: dir,
-    })
-}
 
 fn http_service(backends: &str, extra_pool: &str, extra_service: &str) -> String {
     format!(
         "[[pool]]\nname = \"web\"\nbackends = {backends}\n{extra_pool}\n\n\
 [[service]]\nname = \"www\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"web\"\nconnect_timeout = \"500ms\"\n{extra_service}\n"
-    )
-}
-
-fn nginx_backends(n: &Nginx) -> String {
-    format!(
-        "[{{ address = \"127.0.0.1:{}\" }}, {{ address = \"127.0.0.1:{}\" }}]",
-        n.ports[0], n.ports[1]
     )
 }
 
@@ -144,6 +53,11 @@ fn exchange(s: &mut TcpStream, request: &str) -> (u16, String, String) {
     (status, head, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// One exchange on a new connection to service www of `d`.
+fn ask(d: &tandem::daemon::Daemon, request: &str) -> (u16, String, String) {
+    exchange(&mut TcpStream::connect(addr_of(d, "www")).unwrap(), request)
+}
+
 fn get(path: &str, extra: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: www.example.test\r\n{extra}\r\n")
 }
@@ -162,7 +76,7 @@ async fn keep_alive_requests_spread_and_headers_are_forwarded_and_rewritten() {
     let Some(n) = nginx() else { return };
     let rules = "[service.http]\nvia = true\nrequest_headers = { set = { \"X-Added\" = \"yes\" }, remove = [\"X-Gone\"] }\n\
 response_headers = { remove = [\"X-Secret-Backend-Header\"], add = { \"X-Frame-Options\" = \"DENY\" } }\n";
-    let d = start(&http_service(&nginx_backends(&n), "", rules)).await;
+    let d = start(&http_service(&n.backends(), "", rules)).await;
     let to = addr_of(&d, "www");
     let mut s = TcpStream::connect(to).unwrap();
     let mut names = Vec::new();
@@ -211,7 +125,7 @@ response_headers = { remove = [\"X-Secret-Backend-Header\"], add = { \"X-Frame-O
 async fn a_cookie_keeps_a_client_on_its_backend_across_connections() {
     let Some(n) = nginx() else { return };
     let d = start(&http_service(
-        &nginx_backends(&n),
+        &n.backends(),
         "sticky = { key = \"cookie\", cookie = \"TANDEMID\" }",
         "",
     ))
@@ -256,7 +170,7 @@ async fn tls_picks_the_certificate_by_sni_and_speaks_h2_and_h1() {
     let tls = format!(
         "tls = {{ certs = [{{ cert = \"{a_cert}\", key = \"{a_key}\" }}, {{ cert = \"{b_cert}\", key = \"{b_key}\" }}] }}"
     );
-    let d = start(&http_service(&nginx_backends(&n), "", &tls)).await;
+    let d = start(&http_service(&n.backends(), "", &tls)).await;
     let port = addr_of(&d, "www").port();
     for (name, ca) in [("a.test", &a_cert), ("b.test", &b_cert)] {
         let resolve = format!("{name}:{port}:127.0.0.1");
@@ -310,7 +224,7 @@ async fn tls_picks_the_certificate_by_sni_and_speaks_h2_and_h1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_is_served() {
     let Some(n) = nginx() else { return };
-    let d = start(&http_service(&nginx_backends(&n), "", "")).await;
+    let d = start(&http_service(&n.backends(), "", "")).await;
     let out = curl(&[
         "--http2-prior-knowledge",
         "-w",
@@ -320,146 +234,41 @@ async fn h2c_prior_knowledge_is_served() {
     assert!(out.starts_with("nginx-") && out.ends_with("|2"), "{out}");
 }
 
-/// A hyper backend for faults and large bodies: /slow?ms=N, /upload (answers the byte
-/// count), /download?mib=N (streams N MiB).
-async fn rust_backend() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, peer)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let q = req.uri().query().unwrap_or("").to_string();
-                        let num = |k: &str| {
-                            q.split('&')
-                                .find_map(|kv| kv.strip_prefix(k))
-                                .and_then(|v| v.parse::<u64>().ok())
-                                .unwrap_or(0)
-                        };
-                        let resp: hyper::Response<
-                            http_body_util::combinators::BoxBody<Bytes, Infallible>,
-                        > = match req.uri().path() {
-                            "/slow" => {
-                                tokio::time::sleep(Duration::from_millis(num("ms="))).await;
-                                hyper::Response::new(Full::new(Bytes::from("slow\n")).boxed())
-                            }
-                            "/upload" => {
-                                let mut body = req.into_body();
-                                let mut total = 0u64;
-                                while let Some(Ok(f)) = body.frame().await {
-                                    if let Some(d) = f.data_ref() {
-                                        total += d.len() as u64;
-                                    }
-                                }
-                                hyper::Response::new(
-                                    Full::new(Bytes::from(format!("{total}\n"))).boxed(),
-                                )
-                            }
-                            "/download" => {
-                                let chunks = num("mib=") * 16;
-                                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-                                let stream =
-                                    futures_util::stream::iter((0..chunks).map(move |_| {
-                                        Ok::<_, Infallible>(hyper::body::Frame::data(chunk.clone()))
-                                    }));
-                                hyper::Response::builder()
-                                    .header("content-length", (chunks * 64 * 1024).to_string())
-                                    .body(StreamBody::new(stream).boxed())
-                                    .unwrap()
-                            }
-                            "/chunked" => {
-                                // No length: hyper sends it chunked, one chunk per piece.
-                                let pieces = (0..num("n=")).map(|i| {
-                                    Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(
-                                        format!("piece {i}\n"),
-                                    )))
-                                });
-                                hyper::Response::new(
-                                    StreamBody::new(futures_util::stream::iter(pieces)).boxed(),
-                                )
-                            }
-                            // Which of tandem's backend connections carried the request.
-                            "/peer" => hyper::Response::new(
-                                Full::new(Bytes::from(format!("{peer}\n"))).boxed(),
-                            ),
-                            _ => hyper::Response::new(Full::new(Bytes::from("rust\n")).boxed()),
-                        };
-                        Ok::<_, Infallible>(resp)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    a
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_a_client_understands_502_503_504_and_retry_on_connect_failure() {
     let alive = rust_backend().await;
     let dead = dead_address().await;
     // 502: the only backend refuses connections (no health check to know better).
-    let d = start(&http_service(
-        &format!("[{{ address = \"{dead}\" }}]"),
-        "",
-        "retries = 1",
-    ))
-    .await;
-    let (status, _, body) = exchange(
-        &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
-        &get("/", ""),
-    );
+    let d = start(&http_service(&backends(&[dead]), "", "retries = 1")).await;
+    let (status, _, body) = ask(&d, &get("/", ""));
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("no backend could be reached"), "{body}");
     // 503: no backend is healthy.
     let d = start(&http_service(
-        &format!("[{{ address = \"{dead}\" }}]"),
+        &backends(&[dead]),
         "check = { type = \"tcp\", interval = \"100ms\", timeout = \"50ms\", rise = 1, fall = 1, initial = \"down\" }",
         "",
     ))
     .await;
-    let (status, _, body) = exchange(
-        &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
-        &get("/", ""),
-    );
+    let (status, _, body) = ask(&d, &get("/", ""));
     assert_eq!(status, 503, "{body}");
     // 504: the backend is slower than response_timeout.
     let d = start(&http_service(
-        &format!("[{{ address = \"{alive}\" }}]"),
+        &backends(&[alive]),
         "",
         "[service.http]\nresponse_timeout = \"300ms\"\n",
     ))
     .await;
     let started = Instant::now();
-    let (status, _, _) = exchange(
-        &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
-        &get("/slow?ms=2000", ""),
-    );
+    let (status, _, _) = ask(&d, &get("/slow?ms=2000", ""));
     assert_eq!(status, 504);
     assert!(started.elapsed() < Duration::from_secs(1));
-    let (status, _, body) = exchange(
-        &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
-        &get("/slow?ms=100", ""),
-    );
+    let (status, _, body) = ask(&d, &get("/slow?ms=100", ""));
     assert_eq!((status, body.as_str()), (200, "slow\n"));
     // Retry: half the picks land on the dead backend; idempotent requests never see it.
-    let d = start(&http_service(
-        &format!("[{{ address = \"{dead}\" }}, {{ address = \"{alive}\" }}]"),
-        "",
-        "retries = 2",
-    ))
-    .await;
+    let d = start(&http_service(&backends(&[dead, alive]), "", "retries = 2")).await;
     for _ in 0..10 {
-        let (status, _, body) = exchange(
-            &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
-            &get("/", ""),
-        );
+        let (status, _, body) = ask(&d, &get("/", ""));
         assert_eq!((status, body.as_str()), (200, "rust\n"));
     }
 }
@@ -468,7 +277,7 @@ async fn errors_a_client_understands_502_503_504_and_retry_on_connect_failure() 
 async fn slowloris_is_cut_at_the_header_timeout_and_smuggling_is_refused() {
     let backend = rust_backend().await;
     let d = start(&http_service(
-        &format!("[{{ address = \"{backend}\" }}]"),
+        &backends(&[backend]),
         "",
         "[service.http]\nheader_timeout = \"1s\"\n",
     ))
@@ -511,7 +320,7 @@ async fn slowloris_is_cut_at_the_header_timeout_and_smuggling_is_refused() {
 async fn a_keep_alive_connection_ends_after_max_requests() {
     let backend = rust_backend().await;
     let d = start(&http_service(
-        &format!("[{{ address = \"{backend}\" }}]"),
+        &backends(&[backend]),
         "",
         "[service.http]\nmax_requests_per_connection = 3\n",
     ))
@@ -550,7 +359,7 @@ async fn one_gib_streams_up_and_down_in_bounded_memory() {
             "[global]\ncontrol_socket = \"{}/t.sock\"\n\n{}",
             dir.path().display(),
             http_service(
-                &format!("[{{ address = \"{backend}\" }}]"),
+                &backends(&[backend]),
                 "",
                 "[service.http]\nresponse_timeout = \"120s\"\n"
             )
@@ -607,70 +416,25 @@ async fn one_gib_streams_up_and_down_in_bounded_memory() {
     tandem.wait_for("method=GET path=/download?mib=1024 status=200");
 }
 
-/// An HTTPS backend (rustls, self-signed) answering "tls-backend".
-async fn tls_backend() -> SocketAddr {
-    let cert = rcgen::generate_simple_self_signed(vec!["backend.test".into()]).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.cert.der().clone()], key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(s).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                        "tls-backend\n",
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    a
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_can_be_spoken_to_over_tls() {
     let backend = tls_backend().await;
     let d = start(&http_service(
-        &format!("[{{ address = \"{backend}\" }}]"),
+        &backends(&[backend]),
         "",
         "[service.http]\nbackend_tls = true\n",
     ))
     .await;
-    let (status, _, body) = exchange(
-        &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
-        &get("/", ""),
-    );
+    let (status, _, body) = ask(&d, &get("/", ""));
     assert_eq!((status, body.as_str()), (200, "tls-backend\n"));
     // Without backend_tls the same backend cannot answer plain HTTP.
     let d = start(&http_service(
-        &format!("[{{ address = \"{backend}\" }}]"),
+        &backends(&[backend]),
         "",
         "[service.http]\nresponse_timeout = \"1s\"\n",
     ))
     .await;
-    let (status, _, _) = exchange(
-        &mut TcpStream::connect(addr_of(&d, "www")).unwrap(),
-        &get("/", ""),
-    );
+    let (status, _, _) = ask(&d, &get("/", ""));
     assert!(status == 502 || status == 504, "{status}");
 }
 
@@ -681,7 +445,7 @@ async fn a_reload_picks_up_renewed_certificates() {
     let (cert, key) = self_signed(dir.path(), "a.test");
     let old = std::fs::read_to_string(&cert).unwrap();
     let text = http_service(
-        &format!("[{{ address = \"{backend}\" }}]"),
+        &backends(&[backend]),
         "",
         &format!("tls = {{ cert = \"{cert}\", key = \"{key}\" }}"),
     );
@@ -710,7 +474,7 @@ async fn a_reload_picks_up_renewed_certificates() {
 async fn source_ip_stickiness_holds_in_http_mode() {
     let Some(n) = nginx() else { return };
     let d = start(&http_service(
-        &nginx_backends(&n),
+        &n.backends(),
         "sticky = { key = \"source-ip\", ttl = \"5m\" }",
         "",
     ))
@@ -728,45 +492,24 @@ async fn source_ip_stickiness_holds_in_http_mode() {
     );
 }
 
-/// A test backend's read of a request head, byte by byte (nothing after it is
-/// consumed); `None` when the connection ends first.
-async fn read_request_head(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte).await.unwrap_or(0) == 0 {
-            return None;
-        }
-        head.push(byte[0]);
-    }
-    Some(head)
-}
-
 /// A backend written by hand, for what hyper would not send: a keep-alive response
 /// after which it closes anyway (`/once`), and a body that ends when it closes (`/eof`).
 async fn rude_backend() -> SocketAddr {
     use tokio::io::AsyncWriteExt;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let Some(head) = read_request_head(&mut s).await else {
-                    return;
-                };
-                let answer: &[u8] = if head.starts_with(b"GET /eof ") {
-                    b"HTTP/1.1 200 OK\r\n\r\nuntil the end"
-                } else if head.starts_with(b"GET /sneaky ") {
-                    b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 3\r\n\r\nok\n"
-                } else {
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
-                };
-                let _ = s.write_all(answer).await;
-            });
-        }
-    });
-    a
+    serve(|mut s, _| async move {
+        let Some(head) = read_request_head(&mut s).await else {
+            return;
+        };
+        let answer: &[u8] = if head.starts_with(b"GET /eof ") {
+            b"HTTP/1.1 200 OK\r\n\r\nuntil the end"
+        } else if head.starts_with(b"GET /sneaky ") {
+            b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 3\r\n\r\nok\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+        };
+        let _ = s.write_all(answer).await;
+    })
+    .await
 }
 
 /// Reads a chunked body to its end: the pieces' text.
@@ -792,12 +535,7 @@ fn read_chunked(s: &mut TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http11_fast_path_relays_chunked_pipelined_and_hands_other_shapes_over() {
     let backend = rust_backend().await;
-    let d = start(&http_service(
-        &format!("[{{ address = \"{backend}\" }}]"),
-        "",
-        "",
-    ))
-    .await;
+    let d = start(&http_service(&backends(&[backend]), "", "")).await;
     let to = addr_of(&d, "www");
     let mut s = TcpStream::connect(to).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -865,12 +603,7 @@ async fn http11_fast_path_relays_chunked_pipelined_and_hands_other_shapes_over()
     // sent again on a new connection, unseen by the client; a body that ends with the
     // backend's close reaches the client whole, and the client's connection closes.
     let rude = rude_backend().await;
-    let d = start(&http_service(
-        &format!("[{{ address = \"{rude}\" }}]"),
-        "",
-        "",
-    ))
-    .await;
+    let d = start(&http_service(&backends(&[rude]), "", "")).await;
     let mut s = TcpStream::connect(addr_of(&d, "www")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     for request in [
@@ -896,35 +629,25 @@ async fn http11_fast_path_relays_chunked_pipelined_and_hands_other_shapes_over()
 /// every byte) and answers any other request with a plain 200.
 async fn upgrading_backend() -> SocketAddr {
     use tokio::io::AsyncWriteExt;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let Some(head) = read_request_head(&mut s).await else {
-                    return;
-                };
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                if !(head.contains("\r\nupgrade: echo\r\n")
-                    && head.contains("\r\nconnection: upgrade\r\n"))
-                {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\nconnection: close\r\n\r\nno upgrade\r\n")
-                        .await;
-                    return;
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nready\n")
-                    .await;
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
+    serve(|mut s, _| async move {
+        let Some(head) = read_request_head(&mut s).await else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        if !(head.contains("\r\nupgrade: echo\r\n") && head.contains("\r\nconnection: upgrade\r\n"))
+        {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\nconnection: close\r\n\r\nno upgrade\r\n")
+                .await;
+            return;
         }
-    });
-    a
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nready\n")
+            .await;
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
 }
 
 /// Connects to `to` and asks to switch to the `echo` protocol: the connection and the
@@ -941,12 +664,7 @@ fn ask_upgrade(to: SocketAddr) -> (TcpStream, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_connection_becomes_a_tunnel_to_the_backend() {
     let backend = upgrading_backend().await;
-    let d = start(&http_service(
-        &format!("[{{ address = \"{backend}\" }}]"),
-        "",
-        "",
-    ))
-    .await;
+    let d = start(&http_service(&backends(&[backend]), "", "")).await;
     let to = addr_of(&d, "www");
     let (mut s, head) = ask_upgrade(to);
     assert!(head.starts_with("http/1.1 101"), "{head}");
@@ -986,12 +704,7 @@ async fn an_idle_keep_alive_client_gives_its_backend_connection_back_for_others(
     // A client that sends nothing for a while no longer holds a backend connection:
     // the next client's request goes over that same connection, from the pool.
     let backend = rust_backend().await;
-    let d = start(&http_service(
-        &format!("[{{ address = \"{backend}\" }}]"),
-        "",
-        "",
-    ))
-    .await;
+    let d = start(&http_service(&backends(&[backend]), "", "")).await;
     let to = addr_of(&d, "www");
     let mut first = TcpStream::connect(to).unwrap();
     first
@@ -1021,7 +734,7 @@ async fn an_idle_keep_alive_client_gives_its_backend_connection_back_for_others(
 async fn a_tunnel_with_no_bytes_for_the_idle_timeout_is_closed_and_a_busy_one_is_not() {
     let backend = upgrading_backend().await;
     let d = start(&http_service(
-        &format!("[{{ address = \"{backend}\" }}]"),
+        &backends(&[backend]),
         "",
         "idle_timeout = \"400ms\"\n",
     ))
@@ -1059,24 +772,15 @@ async fn a_tunnel_with_no_bytes_for_the_idle_timeout_is_closed_and_a_busy_one_is
 /// A backend that answers each request with its head as the body.
 async fn head_echo_backend() -> SocketAddr {
     use tokio::io::AsyncWriteExt;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                while let Some(head) = read_request_head(&mut s).await {
-                    let answer =
-                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", head.len());
-                    if s.write_all(answer.as_bytes()).await.is_err()
-                        || s.write_all(&head).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+    serve(|mut s, _| async move {
+        while let Some(head) = read_request_head(&mut s).await {
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", head.len());
+            if s.write_all(answer.as_bytes()).await.is_err() || s.write_all(&head).await.is_err() {
+                return;
+            }
         }
-    });
-    a
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1085,9 +789,9 @@ async fn accept_proxy_puts_the_header_s_client_in_the_forwarded_fields_on_both_p
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed(dir.path(), "www.example.test");
     let trust = "accept_proxy = true\naccept_proxy_from = [\"127.0.0.0/8\"]";
-    let plain = http_service(&format!("[{{ address = \"{backend}\" }}]"), "", trust);
+    let plain = http_service(&backends(&[backend]), "", trust);
     let tls = http_service(
-        &format!("[{{ address = \"{backend}\" }}]"),
+        &backends(&[backend]),
         "",
         &format!("{trust}\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}"),
     )

@@ -1,7 +1,7 @@
 //! The `tandem` command as an operator runs it: check, run with SIGTERM drain, demo,
 //! and a listener that survives running out of file descriptors.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -27,7 +27,7 @@ fn tandem(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn check_accepts_the_shipped_examples() {
     // ha-pair.toml (redirect services) needs a forwarding host and its key file: it
-    // is checked in tests/redirect.rs, inside a lab.
+    // is checked in e2e/redirect.rs, inside a lab.
     for name in ["quickstart.toml", "mail.toml"] {
         let path = examples_dir().join(name);
         let (code, out, err) = tandem(&["check", "--config", path.to_str().unwrap()]);

@@ -1,10 +1,10 @@
-//! HTTP/1.1 conformance of HTTP mode, as data: tests/conformance/cases.txt lists raw
+//! HTTP/1.1 conformance of HTTP mode, as data: tests/e2e/conformance/cases.txt lists raw
 //! requests, the answers a client must see and what a strict backend must have parsed
 //! of each request it got. Each case runs on the fast path and on the general path,
 //! some also cut in two at every byte. Then the slow readers: a client that does not
 //! read its response is cut off after `client_timeout`, on both paths.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -204,121 +204,118 @@ fn dechunk(data: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
 /// A backend that parses requests strictly with httparse, answers each with its view
 /// (header `x-view: 1`), and refuses (records and closes) what it cannot frame.
 async fn strict_backend() -> (SocketAddr, Arc<Seen>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
     let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let seen = record.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let mut fields = [httparse::EMPTY_HEADER; 64];
-                    let mut req = httparse::Request::new(&mut fields);
-                    let head_len = match req.parse(&buf) {
-                        Ok(httparse::Status::Complete(n)) => n,
-                        Ok(httparse::Status::Partial) => {
-                            if !fill(&mut s, &mut buf).await {
-                                return;
-                            }
-                            continue;
-                        }
-                        Err(e) => {
-                            seen.refused.lock().unwrap().push(format!("head: {e}"));
+    let a = serve(move |mut s, _| {
+        let seen = record.clone();
+        async move {
+            let mut buf = Vec::new();
+            loop {
+                let mut fields = [httparse::EMPTY_HEADER; 64];
+                let mut req = httparse::Request::new(&mut fields);
+                let head_len = match req.parse(&buf) {
+                    Ok(httparse::Status::Complete(n)) => n,
+                    Ok(httparse::Status::Partial) => {
+                        if !fill(&mut s, &mut buf).await {
                             return;
                         }
-                    };
-                    let count = |n: &str| {
-                        req.headers
-                            .iter()
-                            .filter(|h| h.name.eq_ignore_ascii_case(n))
-                            .count()
-                    };
-                    let ambiguous = count("content-length") > 0 && count("transfer-encoding") > 0
-                        || count("content-length") > 1
-                        || count("transfer-encoding") > 1;
-                    let te = req
-                        .headers
+                        continue;
+                    }
+                    Err(e) => {
+                        seen.refused.lock().unwrap().push(format!("head: {e}"));
+                        return;
+                    }
+                };
+                let count = |n: &str| {
+                    req.headers
                         .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-                        .map(|h| h.value.to_vec());
-                    let length = req
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                        .map(|h| String::from_utf8_lossy(h.value).trim().parse::<usize>());
-                    let head_view = view(&req);
-                    if ambiguous {
+                        .filter(|h| h.name.eq_ignore_ascii_case(n))
+                        .count()
+                };
+                let ambiguous = count("content-length") > 0 && count("transfer-encoding") > 0
+                    || count("content-length") > 1
+                    || count("transfer-encoding") > 1;
+                let te = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+                    .map(|h| h.value.to_vec());
+                let length = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map(|h| String::from_utf8_lossy(h.value).trim().parse::<usize>());
+                let head_view = view(&req);
+                if ambiguous {
+                    seen.refused
+                        .lock()
+                        .unwrap()
+                        .push(format!("ambiguous: {head_view}"));
+                    return;
+                }
+                let (body, used) = if let Some(te) = te {
+                    if te != b"chunked" {
                         seen.refused
                             .lock()
                             .unwrap()
-                            .push(format!("ambiguous: {head_view}"));
+                            .push(format!("te: {head_view}"));
                         return;
                     }
-                    let (body, used) = if let Some(te) = te {
-                        if te != b"chunked" {
-                            seen.refused
-                                .lock()
-                                .unwrap()
-                                .push(format!("te: {head_view}"));
-                            return;
-                        }
-                        loop {
-                            match dechunk(&buf[head_len..]) {
-                                Ok(Some((body, used))) => break (body, used),
-                                Ok(None) => {
-                                    if !fill(&mut s, &mut buf).await {
-                                        return;
-                                    }
-                                }
-                                Err(e) => {
-                                    seen.refused
-                                        .lock()
-                                        .unwrap()
-                                        .push(format!("{e}: {head_view}"));
+                    loop {
+                        match dechunk(&buf[head_len..]) {
+                            Ok(Some((body, used))) => break (body, used),
+                            Ok(None) => {
+                                if !fill(&mut s, &mut buf).await {
                                     return;
                                 }
                             }
-                        }
-                    } else {
-                        let n = match length {
-                            None => 0,
-                            Some(Ok(n)) => n,
-                            Some(Err(_)) => {
+                            Err(e) => {
                                 seen.refused
                                     .lock()
                                     .unwrap()
-                                    .push(format!("cl: {head_view}"));
-                                return;
-                            }
-                        };
-                        while buf.len() < head_len + n {
-                            if !fill(&mut s, &mut buf).await {
+                                    .push(format!("{e}: {head_view}"));
                                 return;
                             }
                         }
-                        (buf[head_len..head_len + n].to_vec(), n)
-                    };
-                    let text = format!(
-                        "{head_view} body={}",
-                        String::from_utf8_lossy(&body).escape_debug()
-                    );
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nx-view: 1\r\ncontent-length: {}\r\n\r\n{text}",
-                        text.len()
-                    );
-                    // A whole request, head and body (a body cut short by tandem
-                    // when the client's turned out malformed is not one).
-                    seen.requests.fetch_add(1, Relaxed);
-                    buf.drain(..head_len + used);
-                    if s.write_all(answer.as_bytes()).await.is_err() {
-                        return;
                     }
+                } else {
+                    let n = match length {
+                        None => 0,
+                        Some(Ok(n)) => n,
+                        Some(Err(_)) => {
+                            seen.refused
+                                .lock()
+                                .unwrap()
+                                .push(format!("cl: {head_view}"));
+                            return;
+                        }
+                    };
+                    while buf.len() < head_len + n {
+                        if !fill(&mut s, &mut buf).await {
+                            return;
+                        }
+                    }
+                    (buf[head_len..head_len + n].to_vec(), n)
+                };
+                let text = format!(
+                    "{head_view} body={}",
+                    String::from_utf8_lossy(&body).escape_debug()
+                );
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nx-view: 1\r\ncontent-length: {}\r\n\r\n{text}",
+                    text.len()
+                );
+                // A whole request, head and body (a body cut short by tandem
+                // when the client's turned out malformed is not one).
+                seen.requests.fetch_add(1, Relaxed);
+                buf.drain(..head_len + used);
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     (a, seen)
 }
 
@@ -478,48 +475,45 @@ async fn every_case_gets_its_answers_on_both_paths_and_in_pieces() {
 /// A backend that answers every request with `size` bytes (Content-Length) and notes
 /// when each of its connections ends.
 async fn big_backend(size: usize) -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
     let ended = Arc::new(AtomicUsize::new(0));
     let count = ended.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let data = vec![b'x'; size];
-                loop {
-                    let mut fields = [httparse::EMPTY_HEADER; 64];
-                    let mut req = httparse::Request::new(&mut fields);
-                    match req.parse(&buf) {
-                        Ok(httparse::Status::Complete(n)) => {
-                            // Bodies of these tests are chunked "0\r\n\r\n" or none.
-                            let chunked = req
-                                .headers
-                                .iter()
-                                .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
-                            let used = n + if chunked { 5 } else { 0 };
-                            while buf.len() < used {
-                                if !fill(&mut s, &mut buf).await {
-                                    break;
-                                }
-                            }
-                            buf.drain(..used.min(buf.len()));
-                            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
-                            if s.write_all(head.as_bytes()).await.is_err()
-                                || s.write_all(&data).await.is_err()
-                            {
+    let a = serve(move |mut s, _| {
+        let count = count.clone();
+        async move {
+            let mut buf = Vec::new();
+            let data = vec![b'x'; size];
+            loop {
+                let mut fields = [httparse::EMPTY_HEADER; 64];
+                let mut req = httparse::Request::new(&mut fields);
+                match req.parse(&buf) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        // Bodies of these tests are chunked "0\r\n\r\n" or none.
+                        let chunked = req
+                            .headers
+                            .iter()
+                            .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+                        let used = n + if chunked { 5 } else { 0 };
+                        while buf.len() < used {
+                            if !fill(&mut s, &mut buf).await {
                                 break;
                             }
                         }
-                        Ok(httparse::Status::Partial) if fill(&mut s, &mut buf).await => {}
-                        _ => break,
+                        buf.drain(..used.min(buf.len()));
+                        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+                        if s.write_all(head.as_bytes()).await.is_err()
+                            || s.write_all(&data).await.is_err()
+                        {
+                            break;
+                        }
                     }
+                    Ok(httparse::Status::Partial) if fill(&mut s, &mut buf).await => {}
+                    _ => break,
                 }
-                count.fetch_add(1, Relaxed);
-            });
+            }
+            count.fetch_add(1, Relaxed);
         }
-    });
+    })
+    .await;
     (a, ended)
 }
 

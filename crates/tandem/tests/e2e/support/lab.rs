@@ -4,7 +4,6 @@
 //!
 //! Hosts are network namespaces with one interface `eth0` on a bridge that lives in a
 //! namespace of its own. Traffic stays inside these namespaces.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -13,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::Running;
+use crate::support::{Running, TANDEM};
 
 /// When each request was sent and what answered it.
 type ProbeLog = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
@@ -240,6 +239,25 @@ impl Lab {
     /// A flag that turns true when the lab ends.
     pub fn stopped(&self) -> Arc<AtomicBool> {
         self.stop.clone()
+    }
+
+    /// The control socket of tandem node `name`, as the lab's configurations name it.
+    pub fn socket(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{name}.sock"))
+    }
+
+    /// Writes `text` as NAME.toml in the lab's folder; returns its path.
+    pub fn write_config(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    /// Runs `tandem run --config CONFIG` in host `name`; returns once it runs.
+    pub fn run_tandem(&self, name: &str, config: &str) -> Running {
+        let mut node = self.spawn(name, TANDEM, &["run", "--config", config]);
+        node.wait_for("tandem running");
+        node
     }
 
     /// Starts `program args` inside host `name` (`ip netns exec`).

@@ -8,8 +8,8 @@
 //! private br1: lbA 10.1.0.2, lbB 10.1.0.3, backends .11 .12 (gateway 10.1.0.1, virtual)
 //! sync br2: lbA 10.2.0.2, lbB 10.2.0.3
 
-mod lab;
-mod support;
+use crate::support;
+use crate::support::lab;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -97,32 +97,22 @@ check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"100ms\", rise = 1, 
 [sync]\nlisten = \"10.2.0.{n}:7946\"\npeers = [\"10.2.0.{peer}:7946\"]\nkey_file = \"{dir}/sync.key\"\n",
         backends.join(", ")
     );
-    let path = lab.dir.path().join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+    lab.write_config(name, &text)
 }
 
 fn start_node(lab: &Lab, name: &str, n: u8, peer: u8, priority: u8, global: &str) -> Running {
-    let config = node_config(lab, name, n, peer, priority, global);
-    let mut node = lab.spawn(name, TANDEM, &["run", "--config", &config]);
-    node.wait_for("tandem running");
-    node
-}
-
-/// The control socket of node `name`.
-fn socket(lab: &Lab, name: &str) -> std::path::PathBuf {
-    lab.dir.path().join(format!("{name}.sock"))
+    lab.run_tandem(name, &node_config(lab, name, n, peer, priority, global))
 }
 
 /// `tandem ctl ARGS` on node `name`, which must succeed.
 fn ctl(lab: &Lab, name: &str, args: &[&str]) {
-    let (code, _, err) = support::ctl(&socket(lab, name), args);
+    let (code, _, err) = support::ctl(&lab.socket(name), args);
     assert_eq!(code, 0, "ctl {args:?}: {err}");
 }
 
 /// `tandem ctl redirect --json` of node `name`.
 fn redirect_status(lab: &Lab, name: &str) -> serde_json::Value {
-    support::ctl_json(&socket(lab, name), &["redirect"])
+    support::ctl_json(&lab.socket(name), &["redirect"])
 }
 
 /// What a session saw.
@@ -559,18 +549,15 @@ fn snat_serves_backends_that_have_no_route_back_and_they_see_the_balancer() {
         }
     });
     let dir = lab.dir.path().display().to_string();
-    let config = lab.dir.path().join("lb.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = lab.write_config(
+        "lb",
+        &format!(
             "[global]\ncontrol_socket = \"{dir}/lb.sock\"\ndrain_timeout = \"1s\"\n\n\
 [[pool]]\nname = \"mail\"\nbackends = [{{ address = \"10.1.0.11:143\" }}]\n\n\
 [[service]]\nname = \"imap\"\nlisten = [\"10.0.0.2:143\"]\nmode = \"redirect\"\npool = \"mail\"\nreturn_path = \"snat\"\n"
         ),
-    )
-    .unwrap();
-    let mut lb = lab.spawn("lb", TANDEM, &["run", "--config", config.to_str().unwrap()]);
-    lb.wait_for("tandem running");
+    );
+    let _lb = lab.run_tandem("lb", &config);
     assert!(
         redirect_status(&lab, "lb")["rules"][0]
             .as_str()

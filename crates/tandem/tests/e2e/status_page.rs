@@ -2,7 +2,7 @@
 //! chromium package, installed by scripts/test as root), checked in the DOM it built,
 //! with a screenshot kept in target/ for a human to look at.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

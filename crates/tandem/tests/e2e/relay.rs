@@ -1,6 +1,6 @@
 //! The TCP relay end to end on loopback: real clients, real backends, tandem between.
 
-mod support;
+use crate::support;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering::Relaxed;
@@ -688,38 +688,32 @@ async fn greeting_echo_server() -> (
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                s.write_all(b"* OK plaintext backend\r\n").await.unwrap();
-                let mut first = Vec::new();
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    if !first.ends_with(b"\n") && first.len() < 256 {
-                        first.extend_from_slice(&buf[..n.min(256)]);
-                        if first.contains(&b'\n') {
-                            let _ = tx.send(first.clone());
-                        }
-                    }
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        return;
+    let a = serve(move |mut s, _| {
+        let tx = tx.clone();
+        async move {
+            s.write_all(b"* OK plaintext backend\r\n").await.unwrap();
+            let mut first = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                if !first.ends_with(b"\n") && first.len() < 256 {
+                    first.extend_from_slice(&buf[..n.min(256)]);
+                    if first.contains(&b'\n') {
+                        let _ = tx.send(first.clone());
                     }
                 }
-                let _ = s.write_all(b"bye\r\n").await;
-            });
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            let _ = s.write_all(b"bye\r\n").await;
         }
-    });
+    })
+    .await;
     (a, rx)
 }
 
@@ -934,18 +928,28 @@ async fn failed_tls_handshakes_are_counted_and_other_connections_go_on() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_v2_header_after_tls_carries_the_sni_and_the_ssl_tlvs() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = self_signed(dir.path(), "smtp.example.test");
+/// A TLS service for `name` (certificate in `dir`, `extra` lines added) that sends a
+/// PROXY v2 header to its one backend, a listener the test accepts on itself.
+async fn tls_v2_service(
+    dir: &std::path::Path,
+    name: &str,
+    extra: &str,
+) -> (tandem::daemon::Daemon, TcpListener, (String, String)) {
+    let cert = self_signed(dir, name);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = l.local_addr().unwrap();
     let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
         + &service(
             "p",
-            &format!("{}\nproxy_protocol = \"v2\"", tls_toml(&[&cert])),
+            &format!("{}\nproxy_protocol = \"v2\"{extra}", tls_toml(&[&cert])),
         );
-    let d = start(&text).await;
+    (start(&text).await, l, cert)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_header_after_tls_carries_the_sni_and_the_ssl_tlvs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, l, cert) = tls_v2_service(dir.path(), "smtp.example.test", "").await;
     let to = addr_of(&d, "svc");
     let mut client = tls_connect(to, "smtp.example.test", &cert.0).await.unwrap();
     let client_port = client.get_ref().0.local_addr().unwrap().port();
@@ -1129,29 +1133,20 @@ async fn accept_proxy_takes_the_client_from_a_trusted_header_and_keeps_the_bytes
 /// A backend that reads the PROXY header tandem sends, answers "from SOURCE", then
 /// echoes lines.
 async fn telling_server() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let header = read_proxy_header(&mut s).await;
-                let from = proxy_addresses(&header).0;
-                s.write_all(format!("from {from}\n").as_bytes())
-                    .await
-                    .unwrap();
-                let mut buf = [0u8; 1024];
-                while let Ok(n @ 1..) = s.read(&mut buf).await {
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
+    serve(move |mut s, _| async move {
+        let header = read_proxy_header(&mut s).await;
+        let from = proxy_addresses(&header).0;
+        s.write_all(format!("from {from}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            if s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
         }
-    });
-    a
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1302,18 +1297,12 @@ fn accept_proxy_logs_name_the_source_the_reason_and_the_header_s_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_service_behind_a_balancer_reads_its_header_then_the_handshake() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = self_signed(dir.path(), "submit.example.test");
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = l.local_addr().unwrap();
-    let text = pool("p", "round-robin", &backends_toml(&[backend], &[1]), "")
-        + &service(
-            "p",
-            &format!(
-                "{}\nproxy_protocol = \"v2\"\naccept_proxy = true\naccept_proxy_from = [\"127.0.0.0/8\"]",
-                tls_toml(&[&cert])
-            ),
-        );
-    let d = start(&text).await;
+    let (d, l, cert) = tls_v2_service(
+        dir.path(),
+        "submit.example.test",
+        "\naccept_proxy = true\naccept_proxy_from = [\"127.0.0.0/8\"]",
+    )
+    .await;
     let mut tcp = TcpStream::connect(addr_of(&d, "svc")).await.unwrap();
     tcp.write_all(&upstream_header(
         false,

@@ -1,7 +1,7 @@
 //! Operating a running tandem as an operator does: `tandem ctl` against the control
 //! socket, reload by command and by SIGHUP, the metrics, compared with the traffic.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -4,13 +4,15 @@
 //! configurations and logs live in a folder of the lab. Every process is stopped on
 //! Drop, also when the test panics: first politely, then whatever is still in the
 //! host's network namespace (only what the test started there) is SIGKILLed.
-#![allow(dead_code)]
 
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::nginx::temp_paths;
+use super::which;
 
 /// Programs the site lab runs, with the Debian package of each.
 pub const PROGRAMS: [(&str, &str); 7] = [
@@ -30,15 +32,6 @@ pub fn missing() -> Vec<&'static str> {
         .filter(|(program, _)| which(program).is_none())
         .map(|(_, package)| *package)
         .collect()
-}
-
-/// The path of `program` in PATH, /usr/sbin or /sbin.
-pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.is_file())
 }
 
 /// The mail user every server knows.
@@ -174,14 +167,13 @@ impl ServerHost {
             .collect();
         let d = self.path("nginx");
         let (name, address) = (&self.name, self.address);
+        let temp = temp_paths(&d);
         write(
             &self.dir.join("nginx/nginx.conf"),
             &format!(
                 "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nuser www-data;\nworker_processes 1;\n\
 events {{ worker_connections 256; }}\n\
-http {{\n\
-  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
-  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+http {{\n{temp}\
   # The balancers relay in http mode and say who the client is.\n\
 {trusted}  real_ip_header X-Forwarded-For;\n\
   log_format site '$remote_addr \"$request\" $status via $realip_remote_addr';\n\

@@ -2,7 +2,7 @@
 //! pinned alike on the other, a restarted node gets the whole table, a wrong key gets
 //! nothing.
 
-mod support;
+use crate::support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -34,15 +34,6 @@ sticky = {{ key = \"source-ip\", ttl = \"10m\" }}\n\n\
     )
 }
 
-async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < within, "{what} not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
-
 fn client_ip(n: u32) -> IpAddr {
     // 127.1.0.1 onwards: every 127.x.y.z is local on Linux.
     IpAddr::V4(Ipv4Addr::from(0x7f01_0000 + n + 1))
@@ -67,7 +58,7 @@ async fn ten_thousand_clients_pinned_on_a_are_pinned_alike_on_b() {
     let (a_sync, b_sync) = (free_addr(), free_addr());
     let a = start(&node_text("node-a", &backends, a_sync, b_sync, &key)).await;
     let b = start(&node_text("node-b", &backends, b_sync, a_sync, &key)).await;
-    until("peers connected", Duration::from_secs(5), || {
+    wait_until("peers connected", Duration::from_secs(5), || {
         a.snapshot().sync.iter().all(|p| p.connected)
             && b.snapshot().sync.iter().all(|p| p.connected)
     })
@@ -95,7 +86,7 @@ async fn ten_thousand_clients_pinned_on_a_are_pinned_alike_on_b() {
     );
     let (ta, tb) = (table(&a), table(&b));
     assert_eq!(ta.len(), CLIENTS as usize);
-    let took = until("B has every entry", Duration::from_secs(10), || {
+    let took = wait_until("B has every entry", Duration::from_secs(10), || {
         tb.len() == CLIENTS as usize
     })
     .await;
@@ -119,7 +110,7 @@ async fn ten_thousand_clients_pinned_on_a_are_pinned_alike_on_b() {
 
     // B restarts with an empty table: the bulk transfer fills it before it is synced.
     b.shutdown(Duration::from_secs(1)).await;
-    until("B's sync port free", Duration::from_secs(3), || {
+    wait_until("B's sync port free", Duration::from_secs(3), || {
         std::net::TcpListener::bind(b_sync).is_ok()
     })
     .await;
@@ -159,7 +150,7 @@ async fn a_node_with_another_key_is_refused_and_gets_nothing() {
     for n in 0..20 {
         name_via(addr_of(&a, "www"), Some(client_ip(n))).await;
     }
-    until("refusal recorded", Duration::from_secs(5), || {
+    wait_until("refusal recorded", Duration::from_secs(5), || {
         a.snapshot().sync[0]
             .last_error
             .as_deref()

@@ -1,0 +1,20 @@
+//! tandem end to end: one test binary for the whole daemon, run by
+//! `cargo nextest run -p tandem --test e2e`. Each module is one area (its tests show in
+//! nextest as `e2e::AREA::test_name`; `-E 'test(/^AREA::/)'` runs one area); what they share
+//! (the tandem process, backends, nginx, the namespace labs) is in `support`.
+
+mod support;
+
+mod cli;
+mod conformance;
+mod control;
+mod ha;
+mod health;
+mod http;
+mod package;
+mod redirect;
+mod relay;
+mod site;
+mod soak;
+mod status_page;
+mod sync;
