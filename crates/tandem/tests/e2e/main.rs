@@ -11,6 +11,7 @@ mod control;
 mod ha;
 mod health;
 mod http;
+mod matrix;
 mod package;
 mod redirect;
 mod relay;

@@ -6,7 +6,7 @@
 //! with what legitimately differs normalized (field order and case, the scheme of
 //! X-Forwarded-Proto and Forwarded's proto). A failure names the feature and the path.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
