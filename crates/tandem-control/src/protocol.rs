@@ -290,3 +290,18 @@ pub struct PeerSnapshot {
     /// Last error.
     pub last_error: Option<String>,
 }
+
+/// The answer to `reload`: what changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    /// Services added.
+    pub services_added: Vec<String>,
+    /// Services removed (their connections run on).
+    pub services_removed: Vec<String>,
+    /// Listening addresses opened.
+    pub listeners_opened: Vec<String>,
+    /// Listening addresses closed.
+    pub listeners_closed: Vec<String>,
+    /// Settings that only a restart applies.
+    pub needs_restart: Vec<String>,
+}

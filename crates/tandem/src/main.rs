@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::time::Duration;
 use tandem::cli::{Cli, Command, CtlCommand};
-use tandem::daemon::Daemon;
+use tandem::daemon::{Daemon, Options};
 
 use tandem::demo::{Demo, Flap};
 use tandem_config::{Config, LogFormat};
@@ -135,18 +135,17 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         error!("cannot install signal handlers");
         return ExitCode::from(EXIT_RUNTIME);
     };
-    let daemon = match Daemon::start_with(config, Some(path)).await {
-        Ok(d) => d,
+    let options = Options {
+        config_path: Some(path),
+        control_socket: true,
+    };
+    let daemon = match Daemon::build(config, options).await {
+        Ok(built) => built.start(),
         Err(e) => {
-            error!("{e:#}");
+            error!("{e}");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    if let Err(e) = daemon.serve_control().and_then(|()| daemon.serve_admin()) {
-        error!("{e:#}");
-        daemon.shutdown(Duration::ZERO).await;
-        return ExitCode::from(EXIT_RUNTIME);
-    }
     info!(node = %daemon.config().global.name, version = env!("CARGO_PKG_VERSION"), "tandem running");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let name = loop {
@@ -204,14 +203,6 @@ async fn demo(listen: SocketAddr, flap: Flap) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    if let Err(e) = demo
-        .daemon
-        .serve_control()
-        .and_then(|()| demo.daemon.serve_admin())
-    {
-        eprintln!("tandem demo: {e:#}");
-        return ExitCode::from(EXIT_RUNTIME);
-    }
     println!("{}", demo.instructions());
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -1,0 +1,35 @@
+//! Answers to the control socket's requests.
+
+use tandem_control::{BackendAction, Request, Response};
+use tracing::warn;
+
+use super::Daemon;
+
+impl Daemon {
+    /// Answers one control request.
+    pub async fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Status => Response::ok(self.snapshot()),
+            Request::Pools => Response::ok(self.snapshot()),
+            Request::Ha => Response::ok(self.snapshot().ha),
+            Request::Redirect => Response::ok(self.redirect_snapshot().await),
+            Request::Backend {
+                action,
+                pool,
+                address,
+            } => match self.set_backend_enabled(&pool, &address, action == BackendAction::Enable) {
+                Ok(b) => Response::ok(b),
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::Reload => match self.reload().await {
+                Ok(report) => Response::ok(report),
+                Err(e) => {
+                    warn!("reload refused, the running configuration stays:\n{e}");
+                    Response::error(format!(
+                        "reload refused, the running configuration stays:\n{e}"
+                    ))
+                }
+            },
+        }
+    }
+}
