@@ -220,27 +220,7 @@ async fn demo(listen: SocketAddr, flap: Flap) -> ExitCode {
 }
 
 async fn ctl(socket: &Path, json: bool, command: CtlCommand) -> ExitCode {
-    use tandem_control::{BackendAction, Request, Snapshot, table};
-    let request = match &command {
-        CtlCommand::Status => Request::Status,
-        CtlCommand::Pools => Request::Pools,
-        CtlCommand::Reload => Request::Reload,
-        CtlCommand::Ha => Request::Ha,
-        CtlCommand::Redirect => Request::Redirect,
-        CtlCommand::Backend {
-            action,
-            pool,
-            address,
-        } => Request::Backend {
-            action: if action == "enable" {
-                BackendAction::Enable
-            } else {
-                BackendAction::Disable
-            },
-            pool: pool.clone(),
-            address: address.clone(),
-        },
-    };
+    let request = command.request();
     let response = match tandem_control::socket::request(socket, &request).await {
         Ok(r) => r,
         Err(e) => {
@@ -248,66 +228,27 @@ async fn ctl(socket: &Path, json: bool, command: CtlCommand) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    if !response.ok {
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&response).unwrap_or_default()
-            );
-        }
-        eprintln!("tandem ctl: {}", response.error.unwrap_or_default());
-        return ExitCode::from(EXIT_RUNTIME);
+    if !response.ok && json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&response).unwrap_or_default()
+        );
     }
+    // A refusal, or an answer that is not this request's reply, is an error.
+    let reply = match response.into_reply(&request) {
+        Ok(reply) => reply,
+        Err(e) => {
+            eprintln!("tandem ctl: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&response.data).unwrap_or_default()
+            serde_json::to_string_pretty(&reply).unwrap_or_default()
         );
-        return ExitCode::SUCCESS;
+    } else {
+        print!("{}", command.render(&reply));
     }
-    let snapshot = || serde_json::from_value::<Snapshot>(response.data.clone()).unwrap_or_default();
-    let text = match command {
-        CtlCommand::Status => table::status(&snapshot()),
-        CtlCommand::Pools => table::pools(&snapshot()),
-        CtlCommand::Ha => table::ha(
-            serde_json::from_value(response.data.clone())
-                .ok()
-                .flatten()
-                .as_ref(),
-        ),
-        CtlCommand::Redirect => table::redirect(
-            serde_json::from_value(response.data.clone())
-                .ok()
-                .flatten()
-                .as_ref(),
-        ),
-        CtlCommand::Backend {
-            action,
-            pool,
-            address,
-        } => format!("{pool} {address}: {action}d\n"),
-        CtlCommand::Reload => {
-            let mut out = String::from("reloaded\n");
-            for (what, key) in [
-                ("services added", "services_added"),
-                ("services removed", "services_removed"),
-                ("listeners opened", "listeners_opened"),
-                ("listeners closed", "listeners_closed"),
-                ("needs a restart", "needs_restart"),
-            ] {
-                if let Some(list) = response
-                    .data
-                    .get(key)
-                    .and_then(|v| v.as_array())
-                    .filter(|l| !l.is_empty())
-                {
-                    let items: Vec<&str> = list.iter().filter_map(|v| v.as_str()).collect();
-                    out += &format!("  {what}: {}\n", items.join(", "));
-                }
-            }
-            out
-        }
-    };
-    print!("{text}");
     ExitCode::SUCCESS
 }
