@@ -12,6 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::protocol::Snapshot;
@@ -24,9 +25,10 @@ pub trait StateSource: Send + Sync + 'static {
 
 /// Serves the admin port on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, source: Arc<dyn StateSource>, stop: CancellationToken) {
+    let connections = TaskTracker::new();
     loop {
         let stream = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((s, _)) => s,
                 Err(e) => {
@@ -38,7 +40,7 @@ pub async fn serve(listener: TcpListener, source: Arc<dyn StateSource>, stop: Ca
         };
         let source = source.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req| {
                 let source = source.clone();
                 async move { Ok::<_, Infallible>(route(&req, source.as_ref())) }
@@ -53,6 +55,8 @@ pub async fn serve(listener: TcpListener, source: Arc<dyn StateSource>, stop: Ca
             }
         });
     }
+    connections.close();
+    connections.wait().await;
 }
 
 fn route<B>(req: &Request<B>, source: &dyn StateSource) -> Response<Full<Bytes>> {
