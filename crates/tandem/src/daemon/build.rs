@@ -74,7 +74,7 @@ pub enum BuildError {
     Redirect(anyhow::Error),
     /// `[ha]` asks for something VRRP cannot do.
     #[error(transparent)]
-    HaSettings(HaSettingsError),
+    HaSettings(#[from] HaSettingsError),
     /// VRRP cannot start on the interface.
     #[error("starting VRRP: {0}")]
     Vrrp(#[from] VrrpError),
@@ -230,7 +230,7 @@ async fn build_ha(
     let Some(ha) = &config.ha else {
         return Ok((None, None, None));
     };
-    let settings = ha::settings(ha).map_err(BuildError::HaSettings)?;
+    let settings = ha::settings(ha)?;
     let (hook, takeovers) = match redirect {
         Some(plane) => match plane
             .start_state_sync(config)

@@ -2,11 +2,12 @@
 //! pools (tracked pools demote it), to the readiness gate (no preemption before the
 //! node is ready), to sync (a peer's exit) and to the redirect plane (conntrackd).
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_health::HealthBoard;
-use tandem_vrrp::linux::{HaSettings, Vrrp};
+use tandem_vrrp::linux::{GroupSettings, HaSettings, Vrrp};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -15,11 +16,46 @@ use super::tasks::{Tasks, Until};
 use crate::readiness::{Gate, Verdict};
 
 /// Why `[ha]` cannot become VRRP settings.
-pub type HaSettingsError = tandem_vrrp::linux::VrrpError;
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HaSettingsError {
+    /// An IPv6 address: VRRPv3 for IPv6 is not built.
+    #[error("{0}: VRRP for IPv6 is not supported yet")]
+    Ipv6(Ipv6Addr),
+}
 
-/// The VRRP settings of `[ha]`.
+/// The VRRP settings of `[ha]`; IPv6 addresses are refused.
 pub(super) fn settings(ha: &tandem_config::Ha) -> Result<HaSettings, HaSettingsError> {
-    HaSettings::from_config(ha)
+    fn v4(ip: &IpAddr) -> Result<Ipv4Addr, HaSettingsError> {
+        match ip {
+            IpAddr::V4(v4) => Ok(*v4),
+            IpAddr::V6(v6) => Err(HaSettingsError::Ipv6(*v6)),
+        }
+    }
+    fn v4_prefixed(ips: &[(IpAddr, u8)]) -> Result<Vec<(Ipv4Addr, u8)>, HaSettingsError> {
+        ips.iter().map(|(ip, p)| Ok((v4(ip)?, *p))).collect()
+    }
+    Ok(HaSettings {
+        interface: ha.interface.clone(),
+        vrid: ha.vrid,
+        priority: ha.priority,
+        interval: ha.advert_interval,
+        preempt: ha.preempt,
+        preempt_delay: ha.preempt_delay,
+        virtual_ips: v4_prefixed(&ha.virtual_ips)?,
+        unicast_peers: ha.unicast_peers.iter().map(v4).collect::<Result<_, _>>()?,
+        notify: ha.notify.clone(),
+        pseudo_header: ha.checksum_pseudo_header,
+        group: ha
+            .group
+            .iter()
+            .map(|g| {
+                Ok(GroupSettings {
+                    interface: g.interface.clone(),
+                    virtual_ips: v4_prefixed(&g.virtual_ips)?,
+                })
+            })
+            .collect::<Result<_, HaSettingsError>>()?,
+    })
 }
 
 /// Spawns the tasks that tie `vrrp` to the rest of `daemon`; `gate` when preemption
@@ -147,5 +183,78 @@ async fn track_pools(daemon: Daemon, vrrp: Arc<Vrrp>, stop: CancellationToken) {
             // Reloads can change pools without a health transition.
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tandem_config::Config;
+
+    use super::*;
+
+    fn ha(section: &str) -> tandem_config::Ha {
+        let text = format!(
+            "[[pool]]\nname = \"web\"\nbackends = [{{ address = \"127.0.0.1:8001\" }}]\n\n\
+[[service]]\nname = \"www\"\nlisten = [\"127.0.0.1:8080\"]\npool = \"web\"\n\n{section}"
+        );
+        let config =
+            Config::parse(&text, "<test>", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        config.ha.expect("[ha]")
+    }
+
+    #[test]
+    fn every_ha_key_reaches_the_router() {
+        let settings = settings(&ha(
+            "[ha]\ninterface = \"eth0\"\nvrid = 51\npriority = 150\n\
+advert_interval = \"200ms\"\npreempt = false\npreempt_delay = \"3s\"\n\
+virtual_ips = [\"10.0.0.100/24\", \"10.0.0.101/32\"]\nunicast_peers = [\"10.0.0.2\"]\n\
+notify = \"/bin/true\"\nchecksum_pseudo_header = false\n\n\
+[[ha.group]]\ninterface = \"eth1\"\nvirtual_ips = [\"10.1.0.1/24\"]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            settings,
+            HaSettings {
+                interface: "eth0".into(),
+                vrid: 51,
+                priority: 150,
+                interval: Duration::from_millis(200),
+                preempt: false,
+                preempt_delay: Duration::from_secs(3),
+                virtual_ips: vec![
+                    (Ipv4Addr::new(10, 0, 0, 100), 24),
+                    (Ipv4Addr::new(10, 0, 0, 101), 32)
+                ],
+                unicast_peers: vec![Ipv4Addr::new(10, 0, 0, 2)],
+                notify: Some("/bin/true".into()),
+                pseudo_header: false,
+                group: vec![GroupSettings {
+                    interface: "eth1".into(),
+                    virtual_ips: vec![(Ipv4Addr::new(10, 1, 0, 1), 24)],
+                }],
+            }
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_are_refused_by_name() {
+        let mut section = ha(
+            "[ha]\ninterface = \"eth0\"\nvrid = 51\npriority = 100\nvirtual_ips = [\"10.0.0.100/24\"]\n",
+        );
+        let v6: Ipv6Addr = "2001:db8::100".parse().unwrap();
+        section.virtual_ips.push((IpAddr::V6(v6), 64));
+        let e = settings(&section).unwrap_err();
+        assert_eq!(e, HaSettingsError::Ipv6(v6));
+        assert_eq!(
+            e.to_string(),
+            "2001:db8::100: VRRP for IPv6 is not supported yet"
+        );
+        let mut peers = ha(
+            "[ha]\ninterface = \"eth0\"\nvrid = 51\npriority = 100\nvirtual_ips = [\"10.0.0.100/24\"]\n",
+        );
+        peers.unicast_peers.push(IpAddr::V6(v6));
+        assert!(settings(&peers).is_err());
     }
 }
