@@ -1,7 +1,9 @@
 //! The tandem daemon: wires configuration, pools and services together.
 //!
-//! [`daemon::Daemon`] binds every listener of a validated configuration, builds the
-//! pool generation, runs the accept loops and the sticky-table sweeper, and drains on
+//! [`daemon::Daemon::build`] does everything a validated configuration asks for that
+//! can fail (pools, health checks, listeners, control socket, admin port, sync,
+//! redirect, VRRP); [`daemon::Built::start`] serves it and returns the
+//! [`daemon::Daemon`] handle, which reloads, answers the control socket and drains on
 //! shutdown. The command line (`main.rs`) and the integration tests both drive it; the
 //! crates below it never depend on it.
 

@@ -159,12 +159,12 @@ impl RedirectPlane {
     }
 
     /// Takes a reloaded configuration (its services and pools are live already).
-    pub async fn reload(&self, config: &Config, pools: &PoolSet) -> Result<(), String> {
+    pub async fn reload(&self, config: &Config, pools: &PoolSet) -> anyhow::Result<()> {
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.clone());
         let result = self
             .sync_rules(config, pools)
             .await
-            .map_err(|e| format!("redirect rules: {e:#}"));
+            .context("redirect rules");
         if result.is_err() {
             // The follower retries until the kernel takes them.
             self.wake.notify_one();

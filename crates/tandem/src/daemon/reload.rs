@@ -278,7 +278,10 @@ impl Daemon {
         if let Some(plane) = redirect
             && let Err(e) = plane.reload(&config, &self.shared.pools.load()).await
         {
-            warn!(error = %e, "the previous redirect rules stay until the kernel takes the new ones");
+            warn!(
+                error = format!("{e:#}"),
+                "the previous redirect rules stay until the kernel takes the new ones"
+            );
         }
         self.shared.config.store(Arc::new(config));
         self.shared.reloads.fetch_add(1, Relaxed);
