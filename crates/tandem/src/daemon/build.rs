@@ -136,13 +136,6 @@ impl Daemon {
             let prepared = Service::prepare(s.clone()).map_err(BuildError::Service)?;
             services.insert(s.name.clone(), Service::new(prepared, pools.clone()));
         }
-        let control = if options.control_socket {
-            let path = config.global.control_socket.clone();
-            let l = tandem_control::socket::bind(&path)?;
-            Some((path, l))
-        } else {
-            None
-        };
         let admin = match config.global.admin_listen {
             Some(address) => {
                 let admin_error = |source| BuildError::Admin { address, source };
@@ -151,46 +144,25 @@ impl Daemon {
             }
             None => None,
         };
-        let sync = match &config.sync {
-            Some(sync) => {
-                let secret =
-                    std::fs::read(&sync.key_file).map_err(|source| BuildError::SyncKey {
-                        path: sync.key_file.clone(),
-                        source,
-                    })?;
-                let settings = SyncSettings {
-                    node: config.global.name.clone(),
-                    listen: sync.listen,
-                    peers: sync.peers.clone(),
-                    secret: sync_store::trim_ascii(&secret).to_vec(),
-                    pools_digest: sync_store::pools_digest(&config),
-                };
-                let store = Arc::new(PoolStore(pools.clone()));
-                let node = SyncNode::start(settings, store)
-                    .await
-                    .map_err(BuildError::Sync)?;
-                Some(Arc::new(node))
-            }
-            None => None,
-        };
-        if let Some(sync) = &sync {
-            sync_store::observe_sticky_tables(sync, &pools.load(), &config.global.name);
-        }
-        let redirect = if config.has_redirect() {
-            Some(
-                RedirectPlane::start(&config, &pools.load())
-                    .await
-                    .map_err(BuildError::Redirect)?,
-            )
+        let control = if options.control_socket {
+            let path = config.global.control_socket.clone();
+            let l = tandem_control::socket::bind(&path)?;
+            Some((path, l))
         } else {
             None
         };
-        let (vrrp, takeovers, gate) = match build_ha(&config, redirect.as_ref()).await {
-            Ok(ha) => ha,
+        let Parts {
+            sync,
+            redirect,
+            takeovers,
+            vrrp,
+            gate,
+        } = match build_parts(&config, &pools).await {
+            Ok(parts) => parts,
             Err(e) => {
-                // The only part here that outlives its drop: the kernel's table.
-                if let Some(plane) = &redirect {
-                    plane.stop().await;
+                // No stale socket file for the next start to find.
+                if let Some((path, _)) = &control {
+                    let _ = std::fs::remove_file(path);
                 }
                 return Err(e);
             }
@@ -211,6 +183,69 @@ impl Daemon {
             vrrp,
             gate,
         })
+    }
+}
+
+/// The parts that talk to peers and to the kernel.
+struct Parts {
+    sync: Option<Arc<SyncNode>>,
+    redirect: Option<Arc<RedirectPlane>>,
+    takeovers: Option<mpsc::Receiver<Takeover>>,
+    vrrp: Option<Arc<Vrrp>>,
+    gate: Option<Gate>,
+}
+
+/// Sync, the redirect table and VRRP, in this order; on failure the redirect table is
+/// removed again (the other parts end when dropped).
+async fn build_parts(config: &Config, pools: &Arc<ArcSwap<PoolSet>>) -> Result<Parts, BuildError> {
+    let sync = match &config.sync {
+        Some(sync) => {
+            let secret = std::fs::read(&sync.key_file).map_err(|source| BuildError::SyncKey {
+                path: sync.key_file.clone(),
+                source,
+            })?;
+            let settings = SyncSettings {
+                node: config.global.name.clone(),
+                listen: sync.listen,
+                peers: sync.peers.clone(),
+                secret: sync_store::trim_ascii(&secret).to_vec(),
+                pools_digest: sync_store::pools_digest(config),
+            };
+            let store = Arc::new(PoolStore(pools.clone()));
+            let node = SyncNode::start(settings, store)
+                .await
+                .map_err(BuildError::Sync)?;
+            Some(Arc::new(node))
+        }
+        None => None,
+    };
+    if let Some(sync) = &sync {
+        sync_store::observe_sticky_tables(sync, &pools.load(), &config.global.name);
+    }
+    let redirect = if config.has_redirect() {
+        Some(
+            RedirectPlane::start(config, &pools.load())
+                .await
+                .map_err(BuildError::Redirect)?,
+        )
+    } else {
+        None
+    };
+    match build_ha(config, redirect.as_ref()).await {
+        Ok((vrrp, takeovers, gate)) => Ok(Parts {
+            sync,
+            redirect,
+            takeovers,
+            vrrp,
+            gate,
+        }),
+        Err(e) => {
+            // The only part here that outlives its drop: the kernel's table.
+            if let Some(plane) = &redirect {
+                plane.stop().await;
+            }
+            Err(e)
+        }
     }
 }
 
