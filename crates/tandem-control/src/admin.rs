@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use crate::events::Event;
@@ -94,7 +95,8 @@ pub async fn serve(listener: TcpListener, source: Arc<dyn StateSource>, stop: Ca
     serve_with(listener, source, AdminAccess::default(), stop).await;
 }
 
-/// Serves the admin port on `listener` until `stop`, taking actions as `access` allows.
+/// Serves the admin port on `listener` until `stop`, taking actions as `access` allows;
+/// returns once every connection it served has ended.
 pub async fn serve_with(
     listener: TcpListener,
     source: Arc<dyn StateSource>,
@@ -102,9 +104,10 @@ pub async fn serve_with(
     stop: CancellationToken,
 ) {
     let access = Arc::new(access);
+    let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -117,7 +120,7 @@ pub async fn serve_with(
         let source = source.clone();
         let access = access.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req| {
                 let source = source.clone();
                 let access = access.clone();
@@ -133,6 +136,8 @@ pub async fn serve_with(
             }
         });
     }
+    connections.close();
+    connections.wait().await;
 }
 
 /// `since=N&since_ms=M` of `/events.json`.

@@ -1,5 +1,10 @@
-//! The control protocol: one JSON object per line each way, and the snapshot types
-//! that both the control socket and the admin HTTP port show.
+//! The control protocol: one JSON object per line each way, the typed [`Reply`] to each
+//! [`Request`], and the snapshot types that both the control socket and the admin HTTP
+//! port show.
+//!
+//! On the wire an answer is `{"ok":true,"data":...}` or `{"ok":false,"error":"why"}`;
+//! `data` is the request's reply type serialized as itself (no tag), so a client reads
+//! it back with [`Response::into_reply`], which knows from the request what to expect.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +43,72 @@ pub enum BackendAction {
     Disable,
 }
 
-/// The answer to a request.
+impl Request {
+    /// The command's name, as on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Pools => "pools",
+            Request::Backend { .. } => "backend",
+            Request::Reload => "reload",
+            Request::Ha => "ha",
+            Request::Redirect => "redirect",
+        }
+    }
+}
+
+/// The answer to each request, typed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// To [`Request::Status`]: the whole snapshot.
+    Status(Box<Snapshot>),
+    /// To [`Request::Pools`]: the whole snapshot.
+    Pools(Box<Snapshot>),
+    /// To [`Request::Backend`]: the backend's new state.
+    Backend(BackendSnapshot),
+    /// To [`Request::Reload`]: what changed.
+    Reload(ReloadReply),
+    /// To [`Request::Ha`]: the VRRP state, when `[ha]` is configured.
+    Ha(Option<HaSnapshot>),
+    /// To [`Request::Redirect`]: the redirect services, when configured.
+    Redirect(Option<Box<RedirectSnapshot>>),
+}
+
+impl Reply {
+    /// Reads `data` as the reply to `request`.
+    pub fn read(request: &Request, data: serde_json::Value) -> Result<Reply, serde_json::Error> {
+        use serde_json::from_value;
+        Ok(match request {
+            Request::Status => Reply::Status(from_value(data)?),
+            Request::Pools => Reply::Pools(from_value(data)?),
+            Request::Backend { .. } => Reply::Backend(from_value(data)?),
+            Request::Reload => Reply::Reload(from_value(data)?),
+            Request::Ha => Reply::Ha(from_value(data)?),
+            Request::Redirect => Reply::Redirect(from_value(data)?),
+        })
+    }
+}
+
+/// Why a client has no reply to show.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    /// tandem refused the command, and said why.
+    #[error("{0}")]
+    Refused(String),
+    /// The answer is not the reply the request expects (another tandem version?).
+    #[error(
+        "cannot read tandem's answer to `{request}`: {source} (is this tandem ctl the same version as the running tandem?)"
+    )]
+    Unreadable {
+        /// The request's name.
+        request: &'static str,
+        /// What does not fit.
+        source: serde_json::Error,
+    },
+}
+
+/// The answer to a request, as on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     /// Whether the command succeeded.
@@ -46,18 +116,19 @@ pub struct Response {
     /// Why not, when it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// What the command returns.
+    /// The [`Reply`], serialized; read it with [`Response::into_reply`].
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub data: serde_json::Value,
 }
 
 impl Response {
-    /// A success carrying `data`.
-    pub fn ok(data: impl Serialize) -> Response {
+    /// A success carrying `reply`.
+    pub fn ok(reply: Reply) -> Response {
         Response {
             ok: true,
             error: None,
-            data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null),
+            // Snapshots are plain data (string keys, no failing Serialize impl).
+            data: serde_json::to_value(reply).unwrap_or(serde_json::Value::Null),
         }
     }
 
@@ -68,6 +139,18 @@ impl Response {
             error: Some(message.into()),
             data: serde_json::Value::Null,
         }
+    }
+
+    /// The typed reply to `request`: the refusal's reason, or an error naming what
+    /// does not fit when `data` is not what `request` expects.
+    pub fn into_reply(self, request: &Request) -> Result<Reply, ReplyError> {
+        if !self.ok {
+            return Err(ReplyError::Refused(self.error.unwrap_or_default()));
+        }
+        Reply::read(request, self.data).map_err(|source| ReplyError::Unreadable {
+            request: request.name(),
+            source,
+        })
     }
 }
 
@@ -289,4 +372,139 @@ pub struct PeerSnapshot {
     pub received: u64,
     /// Last error.
     pub last_error: Option<String>,
+}
+
+/// The answer to `reload`: what changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    /// Services added.
+    pub services_added: Vec<String>,
+    /// Services removed (their connections run on).
+    pub services_removed: Vec<String>,
+    /// Listening addresses opened.
+    pub listeners_opened: Vec<String>,
+    /// Listening addresses closed.
+    pub listeners_closed: Vec<String>,
+    /// Settings that only a restart applies.
+    pub needs_restart: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(request: &Request, reply: Reply) -> Reply {
+        let line = serde_json::to_string(&Response::ok(reply)).unwrap();
+        let response: Response = serde_json::from_str(&line).unwrap();
+        response.into_reply(request).unwrap()
+    }
+
+    #[test]
+    fn every_reply_reads_back_as_sent() {
+        let snapshot = Box::new(Snapshot {
+            node: "lb1".into(),
+            pools: vec![PoolSnapshot {
+                name: "web".into(),
+                backends: vec![BackendSnapshot {
+                    address: "10.0.0.1:80".into(),
+                    health: "up".into(),
+                    ..BackendSnapshot::default()
+                }],
+                ..PoolSnapshot::default()
+            }],
+            ..Snapshot::default()
+        });
+        let backend = Request::Backend {
+            action: BackendAction::Disable,
+            pool: "web".into(),
+            address: "10.0.0.1:80".into(),
+        };
+        let reload = ReloadReply {
+            services_added: vec!["www".into()],
+            needs_restart: vec!["ha".into()],
+            ..ReloadReply::default()
+        };
+        for (request, reply) in [
+            (Request::Status, Reply::Status(snapshot.clone())),
+            (Request::Pools, Reply::Pools(snapshot.clone())),
+            (
+                backend,
+                Reply::Backend(snapshot.pools[0].backends[0].clone()),
+            ),
+            (Request::Reload, Reply::Reload(reload)),
+            (Request::Ha, Reply::Ha(None)),
+            (Request::Ha, Reply::Ha(Some(HaSnapshot::default()))),
+            (Request::Redirect, Reply::Redirect(None)),
+            (
+                Request::Redirect,
+                Reply::Redirect(Some(Box::new(RedirectSnapshot::default()))),
+            ),
+        ] {
+            assert_eq!(round_trip(&request, reply.clone()), reply);
+        }
+    }
+
+    #[test]
+    fn the_wire_form_stays_what_scripts_read() {
+        let line = serde_json::to_string(&Response::ok(Reply::Reload(ReloadReply {
+            listeners_opened: vec!["127.0.0.1:8080".into()],
+            ..ReloadReply::default()
+        })))
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"ok":true,"data":{"listeners_closed":[],"listeners_opened":["127.0.0.1:8080"],"needs_restart":[],"services_added":[],"services_removed":[]}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::ok(Reply::Ha(None))).unwrap(),
+            r#"{"ok":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::error("no pool is named \"x\"")).unwrap(),
+            r#"{"ok":false,"error":"no pool is named \"x\""}"#
+        );
+    }
+
+    #[test]
+    fn an_answer_that_does_not_fit_its_request_is_an_error_naming_both() {
+        let response: Response =
+            serde_json::from_str(r#"{"ok":true,"data":{"node":5,"pools":[]}}"#).unwrap();
+        let e = response.into_reply(&Request::Status).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ReplyError::Unreadable {
+                    request: "status",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot read tandem's answer to `status`: "),
+            "{text}"
+        );
+        let backend = Request::Backend {
+            action: BackendAction::Enable,
+            pool: "p".into(),
+            address: "10.0.0.1:80".into(),
+        };
+        let empty: Response = serde_json::from_str(r#"{"ok":true}"#).unwrap();
+        assert!(matches!(
+            empty.into_reply(&backend),
+            Err(ReplyError::Unreadable {
+                request: "backend",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_reason() {
+        let e = Response::error("pool p has no backend 10.9.9.9:1")
+            .into_reply(&Request::Pools)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "pool p has no backend 10.9.9.9:1");
+    }
 }

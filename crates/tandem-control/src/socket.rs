@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::protocol::{Request, Response};
@@ -75,16 +76,18 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-/// Serves connections on `listener` until `stop`, sending each request to `commands`.
+/// Serves connections on `listener` until `stop`, sending each request to `commands`;
+/// returns once every session has ended (they end at `stop` too).
 pub async fn serve(
     listener: UnixListener,
     commands: mpsc::Sender<Command>,
     stop: CancellationToken,
 ) {
     let own_uid = rustix::process::geteuid().as_raw();
+    let sessions = TaskTracker::new();
     loop {
         let stream = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -110,12 +113,18 @@ pub async fn serve(
             }
         }
         let commands = commands.clone();
-        tokio::spawn(async move {
-            if let Err(e) = session(stream, commands).await {
-                debug!(error = %e, "control session ended");
+        let stop = stop.clone();
+        sessions.spawn(async move {
+            tokio::select! {
+                r = session(stream, commands) => if let Err(e) = r {
+                    debug!(error = %e, "control session ended");
+                },
+                () = stop.cancelled() => {}
             }
         });
     }
+    sessions.close();
+    sessions.wait().await;
 }
 
 async fn session(stream: UnixStream, commands: mpsc::Sender<Command>) -> io::Result<()> {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use tandem_control::{BackendAction, Reply, Request, table};
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -111,4 +112,105 @@ pub enum CtlCommand {
     Ha,
     /// Redirect services: the live kernel rules and the sync of connection states.
     Redirect,
+}
+
+impl CtlCommand {
+    /// The control request this command sends.
+    pub fn request(&self) -> Request {
+        match self {
+            CtlCommand::Status => Request::Status,
+            CtlCommand::Pools => Request::Pools,
+            CtlCommand::Reload => Request::Reload,
+            CtlCommand::Ha => Request::Ha,
+            CtlCommand::Redirect => Request::Redirect,
+            CtlCommand::Backend {
+                action,
+                pool,
+                address,
+            } => Request::Backend {
+                action: if action == "enable" {
+                    BackendAction::Enable
+                } else {
+                    BackendAction::Disable
+                },
+                pool: pool.clone(),
+                address: address.clone(),
+            },
+        }
+    }
+
+    /// What `tandem ctl` prints for `reply` (without --json).
+    pub fn render(&self, reply: &Reply) -> String {
+        match reply {
+            Reply::Status(s) => table::status(s),
+            Reply::Pools(s) => table::pools(s),
+            Reply::Ha(ha) => table::ha(ha.as_ref()),
+            Reply::Redirect(r) => table::redirect(r.as_deref()),
+            Reply::Backend(b) => match self {
+                CtlCommand::Backend {
+                    action,
+                    pool,
+                    address,
+                } => format!("{pool} {address}: {action}d\n"),
+                _ => format!(
+                    "{}: {}\n",
+                    b.address,
+                    if b.enabled { "enabled" } else { "disabled" }
+                ),
+            },
+            Reply::Reload(r) => {
+                let mut out = String::from("reloaded\n");
+                for (what, list) in [
+                    ("services added", &r.services_added),
+                    ("services removed", &r.services_removed),
+                    ("listeners opened", &r.listeners_opened),
+                    ("listeners closed", &r.listeners_closed),
+                    ("needs a restart", &r.needs_restart),
+                ] {
+                    if !list.is_empty() {
+                        out += &format!("  {what}: {}\n", list.join(", "));
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_control::{BackendSnapshot, ReloadReply};
+
+    use super::*;
+
+    #[test]
+    fn a_reload_says_what_changed_and_nothing_of_what_did_not() {
+        let reply = Reply::Reload(ReloadReply {
+            services_added: vec!["www".into(), "api".into()],
+            listeners_opened: vec!["127.0.0.1:8080".into()],
+            ..ReloadReply::default()
+        });
+        assert_eq!(
+            CtlCommand::Reload.render(&reply),
+            "reloaded\n  services added: www, api\n  listeners opened: 127.0.0.1:8080\n"
+        );
+    }
+
+    #[test]
+    fn a_backend_command_echoes_what_was_done() {
+        let command = CtlCommand::Backend {
+            action: "disable".into(),
+            pool: "web".into(),
+            address: "10.0.0.1:80".into(),
+        };
+        assert!(matches!(
+            command.request(),
+            Request::Backend {
+                action: BackendAction::Disable,
+                ..
+            }
+        ));
+        let reply = Reply::Backend(BackendSnapshot::default());
+        assert_eq!(command.render(&reply), "web 10.0.0.1:80: disabled\n");
+    }
 }

@@ -16,7 +16,7 @@ use tandem_config::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, Options};
 
 /// The demo's configuration template.
 pub const TEMPLATE: &str = include_str!("demo.toml");
@@ -96,9 +96,14 @@ impl Demo {
             .replace("{backend3}", &backends[2].1.to_string());
         let config =
             Config::parse(&text, "<demo>", Path::new(".")).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let daemon = Daemon::start(config)
+        let options = Options {
+            config_path: None,
+            control_socket: true,
+        };
+        let daemon = Daemon::build(config, options)
             .await
-            .context("starting the demo balancer")?;
+            .context("starting the demo balancer")?
+            .start();
         Ok(Demo {
             daemon,
             backends,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::time::Duration;
 use tandem::cli::{Cli, Command, CtlCommand};
-use tandem::daemon::Daemon;
+use tandem::daemon::{Daemon, Options};
 
 use tandem::demo::{Demo, Flap};
 use tandem_config::{Config, LogFormat};
@@ -135,18 +135,17 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         error!("cannot install signal handlers");
         return ExitCode::from(EXIT_RUNTIME);
     };
-    let daemon = match Daemon::start_with(config, Some(path)).await {
-        Ok(d) => d,
+    let options = Options {
+        config_path: Some(path),
+        control_socket: true,
+    };
+    let daemon = match Daemon::build(config, options).await {
+        Ok(built) => built.start(),
         Err(e) => {
-            error!("{e:#}");
+            error!("{e}");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    if let Err(e) = daemon.serve_control().and_then(|()| daemon.serve_admin()) {
-        error!("{e:#}");
-        daemon.shutdown(Duration::ZERO).await;
-        return ExitCode::from(EXIT_RUNTIME);
-    }
     info!(node = %daemon.config().global.name, version = env!("CARGO_PKG_VERSION"), "tandem running");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let name = loop {
@@ -204,14 +203,6 @@ async fn demo(listen: SocketAddr, flap: Flap) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    if let Err(e) = demo
-        .daemon
-        .serve_control()
-        .and_then(|()| demo.daemon.serve_admin())
-    {
-        eprintln!("tandem demo: {e:#}");
-        return ExitCode::from(EXIT_RUNTIME);
-    }
     println!("{}", demo.instructions());
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -229,27 +220,7 @@ async fn demo(listen: SocketAddr, flap: Flap) -> ExitCode {
 }
 
 async fn ctl(socket: &Path, json: bool, command: CtlCommand) -> ExitCode {
-    use tandem_control::{BackendAction, Request, Snapshot, table};
-    let request = match &command {
-        CtlCommand::Status => Request::Status,
-        CtlCommand::Pools => Request::Pools,
-        CtlCommand::Reload => Request::Reload,
-        CtlCommand::Ha => Request::Ha,
-        CtlCommand::Redirect => Request::Redirect,
-        CtlCommand::Backend {
-            action,
-            pool,
-            address,
-        } => Request::Backend {
-            action: if action == "enable" {
-                BackendAction::Enable
-            } else {
-                BackendAction::Disable
-            },
-            pool: pool.clone(),
-            address: address.clone(),
-        },
-    };
+    let request = command.request();
     let response = match tandem_control::socket::request(socket, &request).await {
         Ok(r) => r,
         Err(e) => {
@@ -257,66 +228,27 @@ async fn ctl(socket: &Path, json: bool, command: CtlCommand) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    if !response.ok {
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&response).unwrap_or_default()
-            );
-        }
-        eprintln!("tandem ctl: {}", response.error.unwrap_or_default());
-        return ExitCode::from(EXIT_RUNTIME);
+    if !response.ok && json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&response).unwrap_or_default()
+        );
     }
+    // A refusal, or an answer that is not this request's reply, is an error.
+    let reply = match response.into_reply(&request) {
+        Ok(reply) => reply,
+        Err(e) => {
+            eprintln!("tandem ctl: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&response.data).unwrap_or_default()
+            serde_json::to_string_pretty(&reply).unwrap_or_default()
         );
-        return ExitCode::SUCCESS;
+    } else {
+        print!("{}", command.render(&reply));
     }
-    let snapshot = || serde_json::from_value::<Snapshot>(response.data.clone()).unwrap_or_default();
-    let text = match command {
-        CtlCommand::Status => table::status(&snapshot()),
-        CtlCommand::Pools => table::pools(&snapshot()),
-        CtlCommand::Ha => table::ha(
-            serde_json::from_value(response.data.clone())
-                .ok()
-                .flatten()
-                .as_ref(),
-        ),
-        CtlCommand::Redirect => table::redirect(
-            serde_json::from_value(response.data.clone())
-                .ok()
-                .flatten()
-                .as_ref(),
-        ),
-        CtlCommand::Backend {
-            action,
-            pool,
-            address,
-        } => format!("{pool} {address}: {action}d\n"),
-        CtlCommand::Reload => {
-            let mut out = String::from("reloaded\n");
-            for (what, key) in [
-                ("services added", "services_added"),
-                ("services removed", "services_removed"),
-                ("listeners opened", "listeners_opened"),
-                ("listeners closed", "listeners_closed"),
-                ("needs a restart", "needs_restart"),
-            ] {
-                if let Some(list) = response
-                    .data
-                    .get(key)
-                    .and_then(|v| v.as_array())
-                    .filter(|l| !l.is_empty())
-                {
-                    let items: Vec<&str> = list.iter().filter_map(|v| v.as_str()).collect();
-                    out += &format!("  {what}: {}\n", items.join(", "));
-                }
-            }
-            out
-        }
-    };
-    print!("{text}");
     ExitCode::SUCCESS
 }

@@ -13,8 +13,8 @@ use tandem_balance::{Balance, PoolSet, state_epoch};
 use tandem_config::{Config, Mode, ReturnPath};
 use tandem_redirect::{ConntrackSettings, Conntrackd, Forward, Nft, Spread, Target};
 use tandem_vrrp::State;
-use tandem_vrrp::linux::{Takeover, Vrrp};
-use tokio::sync::{Notify, mpsc};
+use tandem_vrrp::linux::Takeover;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -74,15 +74,11 @@ pub struct RedirectPlane {
 }
 
 impl RedirectPlane {
-    /// Checks the host, installs the table for `config` (replacing a stale one) and
-    /// keeps it in step with `pools` until `stop`.
-    pub async fn start(
-        config: &Config,
-        pools: Arc<ArcSwap<PoolSet>>,
-        stop: CancellationToken,
-    ) -> anyhow::Result<Arc<RedirectPlane>> {
+    /// Checks the host and installs the table for `config` over `pools` (replacing a
+    /// stale one); [`RedirectPlane::follow`] then keeps it in step.
+    pub async fn start(config: &Config, pools: &PoolSet) -> anyhow::Result<Arc<RedirectPlane>> {
         let nft = Nft::default();
-        let wanted = forwards(config, &pools.load());
+        let wanted = forwards(config, pools);
         let conntrackd = conntrackd_program(config);
         let problems = tandem_redirect::preflight(&wanted, &nft, conntrackd.as_deref());
         if !problems.is_empty() {
@@ -100,11 +96,9 @@ impl RedirectPlane {
             last_conntrack: std::sync::Mutex::new(None),
         });
         plane
-            .sync_rules(config, &pools.load())
+            .sync_rules(config, pools)
             .await
             .context("installing the nftables table")?;
-        let watcher = plane.clone();
-        tokio::spawn(async move { watcher.follow(pools, stop).await });
         Ok(plane)
     }
 
@@ -130,7 +124,8 @@ impl RedirectPlane {
         Ok(())
     }
 
-    async fn follow(&self, pools: Arc<ArcSwap<PoolSet>>, stop: CancellationToken) {
+    /// Keeps the table equal to the live state of `pools` until `stop`.
+    pub async fn follow(self: Arc<Self>, pools: Arc<ArcSwap<PoolSet>>, stop: CancellationToken) {
         let mut seen = state_epoch();
         let mut last_error = String::new();
         loop {
@@ -164,12 +159,12 @@ impl RedirectPlane {
     }
 
     /// Takes a reloaded configuration (its services and pools are live already).
-    pub async fn reload(&self, config: &Config, pools: &PoolSet) -> Result<(), String> {
+    pub async fn reload(&self, config: &Config, pools: &PoolSet) -> anyhow::Result<()> {
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.clone());
         let result = self
             .sync_rules(config, pools)
             .await
-            .map_err(|e| format!("redirect rules: {e:#}"));
+            .context("redirect rules");
         if result.is_err() {
             // The follower retries until the kernel takes them.
             self.wake.notify_one();
@@ -187,13 +182,12 @@ impl RedirectPlane {
         }
     }
 
-    /// Starts conntrackd for `config` and drives it through `vrrp`'s transitions; the
-    /// returned sender is VRRP's takeover hook.
+    /// Starts conntrackd for `config`, when it runs; returns VRRP's takeover hook and
+    /// its other end, for [`RedirectPlane::commit_takeovers`].
     pub async fn start_state_sync(
-        self: &Arc<Self>,
+        &self,
         config: &Config,
-        stop: CancellationToken,
-    ) -> anyhow::Result<Option<mpsc::Sender<Takeover>>> {
+    ) -> anyhow::Result<Option<(mpsc::Sender<Takeover>, mpsc::Receiver<Takeover>)>> {
         let Some(settings) = conntrack_settings(config)? else {
             return Ok(None);
         };
@@ -201,57 +195,62 @@ impl RedirectPlane {
             .await
             .context("starting conntrackd")?;
         *self.conntrackd.lock().await = Some(daemon);
-        let (tx, mut rx) = mpsc::channel::<Takeover>(1);
-        let plane = self.clone();
-        let watch_stop = stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    () = watch_stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                plane.conntrack_status().await;
-            }
-        });
-        let plane = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    takeover = rx.recv() => {
-                        let Some(done) = takeover else { return };
-                        let started = std::time::Instant::now();
-                        if let Some(c) = plane.conntrackd.lock().await.as_ref() {
-                            c.become_master().await;
-                        }
-                        info!(target: "tandem::redirect", elapsed_ms = started.elapsed().as_millis() as u64, "connection states committed before the takeover");
-                        let _ = done.send(());
-                    }
-                }
-            }
-        });
-        Ok(Some(tx))
+        Ok(Some(mpsc::channel::<Takeover>(1)))
     }
 
-    /// Follows `vrrp` into backup: the states move to the new master.
-    pub fn follow_vrrp(self: &Arc<Self>, vrrp: &Vrrp, stop: CancellationToken) {
-        let mut states = vrrp.states();
-        let plane = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    changed = states.changed() => if changed.is_err() { return },
-                }
-                let state = *states.borrow_and_update();
-                if state == State::Backup
-                    && let Some(c) = plane.conntrackd.lock().await.as_ref()
-                {
-                    c.become_backup().await;
+    /// Asks conntrackd its state every 5 s until `stop` (for status and metrics).
+    pub async fn watch_conntrack(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.conntrack_status().await;
+        }
+    }
+
+    /// Before each takeover VRRP asks for on `takeovers`, commits the connection states
+    /// conntrackd received from the peer, then answers.
+    pub async fn commit_takeovers(
+        self: Arc<Self>,
+        mut takeovers: mpsc::Receiver<Takeover>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                takeover = takeovers.recv() => {
+                    let Some(done) = takeover else { return };
+                    let started = std::time::Instant::now();
+                    if let Some(c) = self.conntrackd.lock().await.as_ref() {
+                        c.become_master().await;
+                    }
+                    info!(target: "tandem::redirect", elapsed_ms = started.elapsed().as_millis() as u64, "connection states committed before the takeover");
+                    let _ = done.send(());
                 }
             }
-        });
+        }
+    }
+
+    /// Follows VRRP's `states` into backup: the states move to the new master.
+    pub async fn follow_vrrp(
+        self: Arc<Self>,
+        mut states: watch::Receiver<State>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = states.changed() => if changed.is_err() { return },
+            }
+            let state = *states.borrow_and_update();
+            if state == State::Backup
+                && let Some(c) = self.conntrackd.lock().await.as_ref()
+            {
+                c.become_backup().await;
+            }
+        }
     }
 
     /// conntrackd's state, when it runs (asked now).

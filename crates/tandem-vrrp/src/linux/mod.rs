@@ -6,7 +6,7 @@ pub mod netlink;
 pub mod socket;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +27,7 @@ const LINK_POLL: Duration = Duration::from_millis(200);
 /// When gratuitous ARPs go out after the first advertisement as master (ms after it).
 const GARP_SCHEDULE_MS: [u64; 5] = [0, 100, 300, 1000, 2000];
 
-/// What a virtual router needs from the configuration.
+/// What a virtual router needs: the daemon builds it from its `[ha]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HaSettings {
     /// Interface.
@@ -71,48 +71,6 @@ pub type Takeover = oneshot::Sender<()>;
 /// The longest a takeover waits for its hook.
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
-impl HaSettings {
-    /// From the `[ha]` section; IPv6 addresses are refused (VRRPv3 for IPv6 is not built).
-    pub fn from_config(ha: &tandem_config::Ha) -> Result<HaSettings, VrrpError> {
-        let v4 = |ip: &IpAddr| match ip {
-            IpAddr::V4(v4) => Ok(*v4),
-            IpAddr::V6(v6) => Err(VrrpError::Unsupported(format!(
-                "{v6}: VRRP for IPv6 is not supported yet"
-            ))),
-        };
-        Ok(HaSettings {
-            interface: ha.interface.clone(),
-            vrid: ha.vrid,
-            priority: ha.priority,
-            interval: ha.advert_interval,
-            preempt: ha.preempt,
-            preempt_delay: ha.preempt_delay,
-            virtual_ips: ha
-                .virtual_ips
-                .iter()
-                .map(|(ip, p)| v4(ip).map(|a| (a, *p)))
-                .collect::<Result<_, _>>()?,
-            unicast_peers: ha.unicast_peers.iter().map(v4).collect::<Result<_, _>>()?,
-            notify: ha.notify.clone(),
-            pseudo_header: ha.checksum_pseudo_header,
-            group: ha
-                .group
-                .iter()
-                .map(|g| {
-                    Ok(GroupSettings {
-                        interface: g.interface.clone(),
-                        virtual_ips: g
-                            .virtual_ips
-                            .iter()
-                            .map(|(ip, p)| v4(ip).map(|a| (a, *p)))
-                            .collect::<Result<_, _>>()?,
-                    })
-                })
-                .collect::<Result<_, VrrpError>>()?,
-        })
-    }
-}
-
 /// Why VRRP could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum VrrpError {
@@ -124,9 +82,6 @@ pub enum VrrpError {
         "interface {0} has no IPv4 address of its own to send VRRP from (the virtual addresses do not count)"
     )]
     NoAddress(String),
-    /// A setting this build cannot serve.
-    #[error("{0}")]
-    Unsupported(String),
     /// Netlink failed.
     #[error(transparent)]
     Netlink(#[from] netlink::NetlinkError),

@@ -1034,7 +1034,11 @@ async fn a_reload_serves_renewed_certificates_and_an_unusable_one_keeps_the_old(
     // A broken certificate file: the reload is refused, the running one stays.
     std::fs::copy(&cert.0, dir.path().join("good.pem")).unwrap();
     std::fs::write(&cert.0, "not a certificate\n").unwrap();
-    let refused = d.apply(support::config(&text)).await.unwrap_err();
+    let refused = d
+        .apply(support::config(&text))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(refused.contains("imap.test.pem"), "{refused}");
     assert!(greets(dir.path().join("good.pem").display().to_string()).await);
     // The connection opened before both reloads goes on.

@@ -48,7 +48,6 @@ async fn status_page_shows_backends_with_their_states_in_chromium() {
         backends_toml(&[a, b, dead], &[1, 1, 1])
     );
     let d = start(&text).await;
-    d.serve_admin().unwrap();
     let admin = d.admin_addr().unwrap();
     d.set_backend_enabled("web", &b.to_string(), false).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);

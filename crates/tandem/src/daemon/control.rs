@@ -1,0 +1,37 @@
+//! Answers to the control socket's requests.
+
+use tandem_control::{BackendAction, Reply, Request, Response};
+use tracing::warn;
+
+use super::Daemon;
+
+impl Daemon {
+    /// Answers one control request.
+    pub async fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Status => Response::ok(Reply::Status(Box::new(self.snapshot()))),
+            Request::Pools => Response::ok(Reply::Pools(Box::new(self.snapshot()))),
+            Request::Ha => Response::ok(Reply::Ha(self.snapshot().ha)),
+            Request::Redirect => Response::ok(Reply::Redirect(
+                self.redirect_snapshot().await.map(Box::new),
+            )),
+            Request::Backend {
+                action,
+                pool,
+                address,
+            } => match self.set_backend_enabled(&pool, &address, action == BackendAction::Enable) {
+                Ok(b) => Response::ok(Reply::Backend(b)),
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::Reload => match self.reload().await {
+                Ok(report) => Response::ok(Reply::Reload(report)),
+                Err(e) => {
+                    warn!("reload refused, the running configuration stays:\n{e}");
+                    Response::error(format!(
+                        "reload refused, the running configuration stays:\n{e}"
+                    ))
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! VRRP wiring: the settings from `[ha]`, and the tasks that tie the router to the
+//! pools (tracked pools demote it), to the readiness gate (no preemption before the
+//! node is ready), to sync (a peer's exit) and to the redirect plane (conntrackd).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_health::HealthBoard;
+use tandem_vrrp::linux::{GroupSettings, HaSettings, Vrrp};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Daemon;
+use super::tasks::{Tasks, Until};
+use crate::readiness::{Gate, Verdict};
+
+/// Why `[ha]` cannot become VRRP settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HaSettingsError {
+    /// An IPv6 address: VRRPv3 for IPv6 is not built.
+    #[error("{0}: VRRP for IPv6 is not supported yet")]
+    Ipv6(Ipv6Addr),
+}
+
+/// The VRRP settings of `[ha]`; IPv6 addresses are refused.
+pub(super) fn settings(ha: &tandem_config::Ha) -> Result<HaSettings, HaSettingsError> {
+    fn v4(ip: &IpAddr) -> Result<Ipv4Addr, HaSettingsError> {
+        match ip {
+            IpAddr::V4(v4) => Ok(*v4),
+            IpAddr::V6(v6) => Err(HaSettingsError::Ipv6(*v6)),
+        }
+    }
+    fn v4_prefixed(ips: &[(IpAddr, u8)]) -> Result<Vec<(Ipv4Addr, u8)>, HaSettingsError> {
+        ips.iter().map(|(ip, p)| Ok((v4(ip)?, *p))).collect()
+    }
+    Ok(HaSettings {
+        interface: ha.interface.clone(),
+        vrid: ha.vrid,
+        priority: ha.priority,
+        interval: ha.advert_interval,
+        preempt: ha.preempt,
+        preempt_delay: ha.preempt_delay,
+        virtual_ips: v4_prefixed(&ha.virtual_ips)?,
+        unicast_peers: ha.unicast_peers.iter().map(v4).collect::<Result<_, _>>()?,
+        notify: ha.notify.clone(),
+        pseudo_header: ha.checksum_pseudo_header,
+        group: ha
+            .group
+            .iter()
+            .map(|g| {
+                Ok(GroupSettings {
+                    interface: g.interface.clone(),
+                    virtual_ips: v4_prefixed(&g.virtual_ips)?,
+                })
+            })
+            .collect::<Result<_, HaSettingsError>>()?,
+    })
+}
+
+/// Spawns the tasks that tie `vrrp` to the rest of `daemon`; `gate` when preemption
+/// is held until the node is ready.
+pub(super) fn start(daemon: &Daemon, tasks: &Tasks, vrrp: &Arc<Vrrp>, gate: Option<Gate>) {
+    let stop = tasks.stop().clone();
+    if let Some(plane) = daemon.redirect() {
+        tasks.spawn(
+            "conntrackd follows VRRP",
+            Until::Shutdown,
+            plane.follow_vrrp(vrrp.states(), stop.clone()),
+        );
+    }
+    if let Some(gate) = gate {
+        tasks.spawn(
+            "VRRP readiness gate",
+            Until::Done,
+            hold_until_ready(
+                gate,
+                vrrp.clone(),
+                daemon.sync().map(|s| s.synced()),
+                daemon.health(),
+                daemon.shared.started,
+                stop.clone(),
+            ),
+        );
+    }
+    if let Some(sync) = daemon.sync() {
+        // A peer whose sync session closes has most likely exited: as its backup, wait
+        // for one more advertisement, not three.
+        let mut ended = sync.sessions_ended();
+        ended.borrow_and_update();
+        let vrrp = vrrp.clone();
+        let stop = stop.clone();
+        tasks.spawn("VRRP hears peer exits", Until::Done, async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = ended.changed() => if r.is_err() { return },
+                }
+                vrrp.peer_exited().await;
+            }
+        });
+    }
+    tasks.spawn(
+        "VRRP tracks pools",
+        Until::Shutdown,
+        track_pools(daemon.clone(), vrrp.clone(), stop),
+    );
+}
+
+/// Holds VRRP preemption until `gate` says the node is ready (sticky tables synced,
+/// checks of the served and tracked pools decided, or their bound passed), then logs
+/// what it waited for and lets preemption go.
+async fn hold_until_ready(
+    mut gate: Gate,
+    vrrp: Arc<Vrrp>,
+    mut synced: Option<tokio::sync::watch::Receiver<bool>>,
+    health: Arc<HealthBoard>,
+    started: Instant,
+    stop: CancellationToken,
+) {
+    let mut decisions = health.decisions();
+    loop {
+        let now = started.elapsed();
+        let is_synced = synced.as_mut().is_none_or(|s| *s.borrow_and_update());
+        let recheck_at = match gate.judge(now, is_synced, |pool| health.decided(pool)) {
+            Verdict::Ready(ready) => {
+                if ready.undecided.is_empty() {
+                    info!(target: "tandem::vrrp", "{ready}: VRRP may preempt");
+                } else {
+                    warn!(target: "tandem::vrrp", "{ready}: VRRP may preempt");
+                }
+                vrrp.hold_preempt(false).await;
+                return;
+            }
+            Verdict::Wait { recheck_at } => recheck_at,
+        };
+        let sync_changed = async {
+            match synced.as_mut() {
+                Some(s) => {
+                    if s.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let bound = async {
+            match recheck_at {
+                Some(at) => tokio::time::sleep_until((started + at).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = sync_changed => {}
+            r = decisions.changed() => if r.is_err() { return },
+            () = bound => {}
+        }
+    }
+}
+
+/// Demotes the VRRP priority while a tracked pool has no healthy backend.
+async fn track_pools(daemon: Daemon, vrrp: Arc<Vrrp>, stop: CancellationToken) {
+    let mut changes = daemon.health().subscribe();
+    loop {
+        let config = daemon.config();
+        let pools = daemon.pools();
+        let demotions: Vec<(String, u8)> = config
+            .ha
+            .iter()
+            .flat_map(|ha| ha.track_pools.iter())
+            .filter(|(name, _)| {
+                pools
+                    .get(name)
+                    .is_some_and(|p| !p.backends.iter().any(|b| b.state.is_healthy()))
+            })
+            .map(|(name, weight)| (format!("pool {name} has no healthy backend"), *weight))
+            .collect();
+        vrrp.set_demotions(demotions).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = changes.recv() => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return },
+            // Reloads can change pools without a health transition.
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tandem_config::Config;
+
+    use super::*;
+
+    fn ha(section: &str) -> tandem_config::Ha {
+        let text = format!(
+            "[[pool]]\nname = \"web\"\nbackends = [{{ address = \"127.0.0.1:8001\" }}]\n\n\
+[[service]]\nname = \"www\"\nlisten = [\"127.0.0.1:8080\"]\npool = \"web\"\n\n{section}"
+        );
+        let config =
+            Config::parse(&text, "<test>", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        config.ha.expect("[ha]")
+    }
+
+    #[test]
+    fn every_ha_key_reaches_the_router() {
+        let settings = settings(&ha(
+            "[ha]\ninterface = \"eth0\"\nvrid = 51\npriority = 150\n\
+advert_interval = \"200ms\"\npreempt = false\npreempt_delay = \"3s\"\n\
+virtual_ips = [\"10.0.0.100/24\", \"10.0.0.101/32\"]\nunicast_peers = [\"10.0.0.2\"]\n\
+notify = \"/bin/true\"\nchecksum_pseudo_header = false\n\n\
+[[ha.group]]\ninterface = \"eth1\"\nvirtual_ips = [\"10.1.0.1/24\"]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            settings,
+            HaSettings {
+                interface: "eth0".into(),
+                vrid: 51,
+                priority: 150,
+                interval: Duration::from_millis(200),
+                preempt: false,
+                preempt_delay: Duration::from_secs(3),
+                virtual_ips: vec![
+                    (Ipv4Addr::new(10, 0, 0, 100), 24),
+                    (Ipv4Addr::new(10, 0, 0, 101), 32)
+                ],
+                unicast_peers: vec![Ipv4Addr::new(10, 0, 0, 2)],
+                notify: Some("/bin/true".into()),
+                pseudo_header: false,
+                group: vec![GroupSettings {
+                    interface: "eth1".into(),
+                    virtual_ips: vec![(Ipv4Addr::new(10, 1, 0, 1), 24)],
+                }],
+            }
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_are_refused_by_name() {
+        let mut section = ha(
+            "[ha]\ninterface = \"eth0\"\nvrid = 51\npriority = 100\nvirtual_ips = [\"10.0.0.100/24\"]\n",
+        );
+        let v6: Ipv6Addr = "2001:db8::100".parse().unwrap();
+        section.virtual_ips.push((IpAddr::V6(v6), 64));
+        let e = settings(&section).unwrap_err();
+        assert_eq!(e, HaSettingsError::Ipv6(v6));
+        assert_eq!(
+            e.to_string(),
+            "2001:db8::100: VRRP for IPv6 is not supported yet"
+        );
+        let mut peers = ha(
+            "[ha]\ninterface = \"eth0\"\nvrid = 51\npriority = 100\nvirtual_ips = [\"10.0.0.100/24\"]\n",
+        );
+        peers.unicast_peers.push(IpAddr::V6(v6));
+        assert!(settings(&peers).is_err());
+    }
+}

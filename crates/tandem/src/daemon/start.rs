@@ -1,0 +1,206 @@
+//! Starting a built daemon: cannot fail; spawns the accept loops and every background
+//! task, each tracked by name.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use arc_swap::ArcSwap;
+use tandem_config::Config;
+use tandem_control::admin::StateSource;
+use tandem_proxy::Lifecycle;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::build::{Built, node_max_conns};
+use super::reload::ListenKey;
+use super::tasks::{Tasks, Until};
+use super::{Daemon, Inner, RunningListener, RunningService, Shared, ha, sticky};
+
+impl Built {
+    /// Serves what was built: accept loops, control socket, admin port, and the
+    /// background tasks (sticky sweeper and saver, VRRP wiring, redirect rules).
+    pub fn start(self) -> Daemon {
+        let Built {
+            started,
+            config,
+            config_path,
+            pools,
+            monitor,
+            services,
+            listeners,
+            control,
+            admin,
+            sync,
+            redirect,
+            takeovers,
+            vrrp,
+            gate,
+        } = self;
+        let tasks = Tasks::default();
+        let life = Lifecycle {
+            limit: tandem_proxy::limits::GlobalLimit::new(node_max_conns(&config)),
+            stop_accepting: CancellationToken::new(),
+            close_all: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        let mut inner = Inner {
+            listeners: HashMap::new(),
+            services,
+            monitor,
+        };
+        for (key, service, l) in listeners {
+            spawn_listener(&life, &mut inner, key, &service, l);
+        }
+        let view = services_view(&inner, &config);
+        let shared = Arc::new(Shared {
+            started,
+            config_path,
+            config: ArcSwap::from_pointee(config.clone()),
+            pools: pools.clone(),
+            services: ArcSwap::from_pointee(view),
+            health: inner.monitor.board(),
+            inner: Mutex::new(inner),
+            life,
+            tasks: tasks.clone(),
+            reloads: AtomicU64::new(0),
+            admin: admin.as_ref().map(|(a, _)| *a),
+            control_socket: control.as_ref().map(|(p, _)| p.clone()),
+            vrrp,
+            sync,
+            redirect,
+        });
+        let daemon = Daemon { shared };
+        let stop = tasks.stop().clone();
+        if config.global.state_dir.is_some() {
+            tasks.spawn(
+                "sticky saver",
+                Until::Shutdown,
+                sticky::save_every(daemon.clone(), stop.clone()),
+            );
+        }
+        tasks.spawn(
+            "sticky sweeper",
+            Until::Shutdown,
+            sticky::sweep_every(pools.clone(), stop.clone()),
+        );
+        if let Some(plane) = daemon.redirect() {
+            tasks.spawn(
+                "redirect rules",
+                Until::Shutdown,
+                plane.clone().follow(pools.clone(), stop.clone()),
+            );
+            if let Some(rx) = takeovers {
+                tasks.spawn(
+                    "conntrackd status",
+                    Until::Shutdown,
+                    plane.clone().watch_conntrack(stop.clone()),
+                );
+                tasks.spawn(
+                    "conntrackd takeovers",
+                    Until::Done,
+                    plane.clone().commit_takeovers(rx, stop.clone()),
+                );
+            }
+        }
+        if let Some(vrrp) = daemon.vrrp() {
+            ha::start(&daemon, &tasks, &vrrp, gate);
+        }
+        if let Some((path, l)) = control {
+            daemon.serve_control(&tasks, l);
+            info!(socket = %path.display(), "control socket ready");
+        }
+        if let Some((bound, l)) = admin {
+            let source: Arc<dyn StateSource> = Arc::new(daemon.clone());
+            tasks.spawn(
+                "admin port",
+                Until::Shutdown,
+                tandem_control::admin::serve(l, source, stop.clone()),
+            );
+            if !bound.ip().is_loopback() {
+                warn!(admin = %bound, "the admin port is not on loopback: metrics and status are readable from the network");
+            }
+            info!(admin = %bound, "admin port ready: /metrics, /, /status.json");
+        }
+        for s in daemon.services().iter() {
+            let c = s.service.config.load();
+            let addrs: Vec<String> = s.bound.iter().map(ToString::to_string).collect();
+            info!(service = %c.name, pool = %c.pool, listen = %addrs.join(","), "service ready");
+        }
+        daemon
+    }
+}
+
+impl Daemon {
+    /// Answers the control socket's requests until shutdown.
+    fn serve_control(&self, tasks: &Tasks, listener: tokio::net::UnixListener) {
+        let (tx, mut rx) = mpsc::channel::<tandem_control::socket::Command>(64);
+        let stop = tasks.stop().clone();
+        tasks.spawn(
+            "control socket",
+            Until::Shutdown,
+            tandem_control::socket::serve(listener, tx, stop.clone()),
+        );
+        let daemon = self.clone();
+        tasks.spawn("control requests", Until::Shutdown, async move {
+            while let Some((request, reply)) = tokio::select! {
+                () = stop.cancelled() => None,
+                r = rx.recv() => r,
+            } {
+                let _ = reply.send(daemon.handle(request).await);
+            }
+        });
+    }
+}
+
+/// Starts accepting on `l` for `service`, under `life`.
+pub(super) fn spawn_listener(
+    life: &Lifecycle,
+    inner: &mut Inner,
+    key: ListenKey,
+    service: &str,
+    l: TcpListener,
+) {
+    let svc = inner.services[service].clone();
+    let stop = life.stop_accepting.child_token();
+    let bound = l.local_addr().unwrap_or(key.address);
+    let life = Lifecycle {
+        stop_accepting: stop.clone(),
+        ..life.clone()
+    };
+    let task = tokio::spawn(svc.serve(l, life));
+    inner.listeners.insert(
+        key,
+        RunningListener {
+            service: service.to_string(),
+            bound,
+            stop,
+            task,
+        },
+    );
+}
+
+/// The services with their bound addresses, in configuration order.
+pub(super) fn services_view(inner: &Inner, config: &Config) -> Vec<RunningService> {
+    config
+        .services
+        .iter()
+        .filter_map(|s| {
+            let service = inner.services.get(&s.name)?.clone();
+            let bound = s
+                .listen
+                .iter()
+                .filter_map(|a| {
+                    inner
+                        .listeners
+                        .get(&ListenKey::new(&s.name, *a))
+                        .map(|l| l.bound)
+                })
+                .collect();
+            Some(RunningService { service, bound })
+        })
+        .collect()
+}
