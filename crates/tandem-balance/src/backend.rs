@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
+use crate::latency::ResponseTimes;
+
 /// Bumped whenever any backend's health or operator flag changes, so selectors know
 /// to rebuild the sequence they walk (rare events; the hot path only reads it).
 static STATE_EPOCH: AtomicU64 = AtomicU64::new(0);
@@ -25,6 +27,7 @@ pub struct BackendState {
     connect_errors: AtomicU64,
     bytes_to_backend: AtomicU64,
     bytes_to_client: AtomicU64,
+    response_times: ResponseTimes,
 }
 
 impl BackendState {
@@ -47,6 +50,7 @@ impl BackendState {
             connect_errors: AtomicU64::new(0),
             bytes_to_backend: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
+            response_times: ResponseTimes::default(),
         }
     }
 
@@ -72,6 +76,11 @@ impl BackendState {
     /// Records that the checks reached their first decision.
     pub fn set_decided(&self) {
         self.decided.store(true, Relaxed);
+    }
+
+    /// Response times of the HTTP requests it answered.
+    pub fn response_times(&self) -> &ResponseTimes {
+        &self.response_times
     }
 
     /// Whether the operator lets it take new connections (false = draining).

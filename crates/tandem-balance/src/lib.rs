@@ -11,6 +11,7 @@
 //! drops. No IO happens here; the hot path takes no global lock.
 
 mod backend;
+mod latency;
 mod select;
 mod sticky;
 
@@ -20,6 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 pub use backend::{Backend, BackendState, Lease, state_epoch};
+pub use latency::{RESPONSE_BUCKETS, ResponseTimes, ResponseTimesRead};
 pub use select::{HASH_SEED, Selector, ip_bytes};
 pub use sticky::{StickyChange, StickyEntry, StickyObserver, StickyTable, unix_ms};
 pub use tandem_config::Balance;

@@ -222,6 +222,63 @@ pub struct ServiceSnapshot {
     /// `no_header`, `malformed`, `timeout`); empty when accept_proxy is off.
     #[serde(default)]
     pub proxy_refused: std::collections::BTreeMap<String, u64>,
+    /// In HTTP mode: response times of the requests its backends answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_times: Option<ResponseTimesSnapshot>,
+}
+
+/// Response times counted into buckets (a histogram): the time from a request's head
+/// read to its backend's response head.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResponseTimesSnapshot {
+    /// Upper bounds of the buckets, in seconds.
+    pub bounds_secs: Vec<f64>,
+    /// Count per bucket (not cumulative), one more than `bounds_secs`: the last counts
+    /// what was slower than every bound.
+    pub counts: Vec<u64>,
+    /// Sum of all times, in seconds.
+    pub sum_secs: f64,
+}
+
+impl ResponseTimesSnapshot {
+    /// Responses counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The `q` quantile (0..=1) of the responses counted in `self` minus `before` (an
+    /// earlier reading of the same counters; none: all of them), interpolated within
+    /// its bucket as Prometheus's histogram_quantile does; None without responses.
+    pub fn quantile_since(&self, before: Option<&ResponseTimesSnapshot>, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let was = before.and_then(|b| b.counts.get(i)).copied().unwrap_or(0);
+                n.saturating_sub(was)
+            })
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, &n) in counts.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let low = if i == 0 { 0.0 } else { self.bounds_secs[i - 1] };
+                // Above the last bound there is no upper edge: say the last bound.
+                let Some(&high) = self.bounds_secs.get(i) else {
+                    return Some(low);
+                };
+                let within = (rank - below as f64) / n as f64;
+                return Some(low + (high - low) * within);
+            }
+            below += n;
+        }
+        self.bounds_secs.last().copied()
+    }
 }
 
 /// One pool.
@@ -275,6 +332,9 @@ pub struct BackendSnapshot {
     pub certificate_days_left: Option<i64>,
     /// Seconds since the health state last changed.
     pub health_since_secs: Option<u64>,
+    /// In HTTP mode: response times of the requests it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_times: Option<ResponseTimesSnapshot>,
 }
 
 /// The last health check of a backend.
@@ -506,5 +566,37 @@ mod tests {
             .into_reply(&Request::Pools)
             .unwrap_err();
         assert_eq!(e.to_string(), "pool p has no backend 10.9.9.9:1");
+    }
+}
+
+#[cfg(test)]
+mod quantile_tests {
+    use super::ResponseTimesSnapshot;
+
+    fn times(counts: &[u64]) -> ResponseTimesSnapshot {
+        ResponseTimesSnapshot {
+            bounds_secs: vec![0.01, 0.1, 1.0],
+            counts: counts.to_vec(),
+            sum_secs: 0.0,
+        }
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_their_bucket() {
+        let t = times(&[50, 40, 10, 0]);
+        assert_eq!(t.quantile_since(None, 0.5), Some(0.01));
+        let p99 = t.quantile_since(None, 0.99).unwrap();
+        assert!((p99 - 0.91).abs() < 1e-9, "{p99}");
+        assert_eq!(times(&[0, 0, 0, 0]).quantile_since(None, 0.5), None);
+        assert_eq!(times(&[0, 0, 0, 3]).quantile_since(None, 0.5), Some(1.0));
+    }
+
+    #[test]
+    fn a_quantile_since_an_earlier_reading_counts_only_what_came_after() {
+        let before = times(&[100, 0, 0, 0]);
+        let now = times(&[100, 0, 10, 0]);
+        let p50 = now.quantile_since(Some(&before), 0.5).unwrap();
+        assert!((0.1..=1.0).contains(&p50), "{p50}");
+        assert_eq!(now.quantile_since(Some(&now), 0.5), None);
     }
 }

@@ -457,6 +457,7 @@ impl Connection {
     ) -> (StatusCode, Option<SocketAddr>, Response<Logged>) {
         // An HTTP/1.1 upgrade (WebSocket...): its Upgrade field goes to the backend, and
         // on a 101 the two connections become one tunnel.
+        let started = Instant::now();
         let mut upgrade =
             requested_upgrade(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
@@ -537,6 +538,9 @@ impl Connection {
             .await;
             let error = match sent {
                 Ok(Ok(mut resp)) => {
+                    let took = started.elapsed();
+                    chosen.lease.state.response_times().observe(took);
+                    self.service.stats.response_times.observe(took);
                     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                     let tunnel = match upgrade.take() {
                         Some((_, client_side)) if switched => Some((

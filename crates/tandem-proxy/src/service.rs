@@ -50,6 +50,9 @@ pub struct ServiceStats {
     /// Connections refused under `accept_proxy`, by reason (index of
     /// [`crate::proxy_header::Refusal::index`]).
     pub proxy_refused: [AtomicU64; 4],
+    /// In HTTP mode: the time from a request's head read to its backend's response
+    /// head, per request answered by a backend.
+    pub response_times: tandem_balance::ResponseTimes,
 }
 
 /// Most client addresses a service tracks for its per-client limits.

@@ -484,6 +484,9 @@ impl<'a> FastPath<'a> {
             Ok(forwarded) => forwarded,
             Err(own) => return self.refuse(client, config, &head, started, own).await,
         };
+        let took = started.elapsed();
+        chosen.lease.state.response_times().observe(took);
+        self.conn.service.stats.response_times.observe(took);
         let address = backend.address;
         let ResponseHead {
             status,

@@ -19,10 +19,7 @@ impl Daemon {
                 action,
                 pool,
                 address,
-            } => match self.set_backend_enabled(&pool, &address, action == BackendAction::Enable) {
-                Ok(b) => Response::ok(Reply::Backend(b)),
-                Err(e) => Response::error(e.to_string()),
-            },
+            } => self.backend_request(action, &pool, &address),
             Request::Reload => match self.reload().await {
                 Ok(report) => Response::ok(Reply::Reload(report)),
                 Err(e) => {
@@ -32,6 +29,19 @@ impl Daemon {
                     ))
                 }
             },
+        }
+    }
+
+    /// Drains or enables a backend: `tandem ctl backend` and the status page.
+    pub(super) fn backend_request(
+        &self,
+        action: BackendAction,
+        pool: &str,
+        address: &str,
+    ) -> Response {
+        match self.set_backend_enabled(pool, address, action == BackendAction::Enable) {
+            Ok(b) => Response::ok(Reply::Backend(b)),
+            Err(e) => Response::error(e.to_string()),
         }
     }
 }

@@ -13,6 +13,7 @@
 mod build;
 mod control;
 mod ha;
+mod live;
 mod reload;
 mod start;
 mod status;
@@ -83,6 +84,7 @@ struct Shared {
     vrrp: Option<Arc<Vrrp>>,
     sync: Option<Arc<SyncNode>>,
     redirect: Option<Arc<RedirectPlane>>,
+    live: live::Live,
 }
 
 /// What reloads change: the listeners, the services and the health checks.

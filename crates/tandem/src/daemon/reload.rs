@@ -147,6 +147,10 @@ pub fn plan_reload(old: &Config, new: &Config) -> ReloadPlan {
             "global.control_socket",
         ),
         (o.admin_listen != n.admin_listen, "global.admin_listen"),
+        (
+            o.admin_write != n.admin_write || o.admin_allow != n.admin_allow,
+            "global.admin_write",
+        ),
         (o.log_format != n.log_format, "global.log_format"),
         (old.ha != new.ha, "ha"),
         (old.sync != new.sync, "sync"),
@@ -162,17 +166,32 @@ pub fn plan_reload(old: &Config, new: &Config) -> ReloadPlan {
 
 impl Daemon {
     /// Reads the configuration file again and applies it (see [`Daemon::apply`]).
+    /// A refused reload is an event of the status page's timeline.
     pub async fn reload(&self) -> Result<ReloadReply, ReloadError> {
         let path = self
             .shared
             .config_path
             .as_ref()
             .ok_or(ReloadError::NoFile)?;
-        let config = Config::load(path)?;
-        for w in &config.warnings {
-            warn!("{}", w.render(&path.display().to_string(), "warning: "));
+        let result = match Config::load(path) {
+            Ok(config) => {
+                for w in &config.warnings {
+                    warn!("{}", w.render(&path.display().to_string(), "warning: "));
+                }
+                self.apply(config).await
+            }
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = &result {
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or_default();
+            self.shared.live.note(
+                tandem_control::events::EventKind::Reload,
+                &path.display().to_string(),
+                format!("refused: {first}"),
+            );
         }
-        self.apply(config).await
+        result
     }
 
     /// Applies a new, validated configuration without dropping connections: listeners

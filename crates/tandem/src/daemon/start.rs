@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::build::{Built, node_max_conns};
 use super::reload::ListenKey;
 use super::tasks::{Tasks, Until};
-use super::{Daemon, Inner, RunningListener, RunningService, Shared, ha, sticky};
+use super::{Daemon, Inner, RunningListener, RunningService, Shared, ha, live, sticky};
 
 impl Built {
     /// Serves what was built: accept loops, control socket, admin port, and the
@@ -72,6 +72,7 @@ impl Built {
             vrrp,
             sync,
             redirect,
+            live: Default::default(),
         });
         let daemon = Daemon { shared };
         let stop = tasks.stop().clone();
@@ -115,15 +116,28 @@ impl Built {
         }
         if let Some((bound, l)) = admin {
             let source: Arc<dyn StateSource> = Arc::new(daemon.clone());
+            let access = tandem_control::admin::AdminAccess {
+                write: config.global.admin_write,
+                allow: config.global.admin_allow.clone(),
+            };
+            tasks.spawn(
+                "status history",
+                Until::Shutdown,
+                live::follow(daemon.clone(), stop.clone()),
+            );
             tasks.spawn(
                 "admin port",
                 Until::Shutdown,
-                tandem_control::admin::serve(l, source, stop.clone()),
+                tandem_control::admin::serve_with(l, source, access.clone(), stop.clone()),
             );
             if !bound.ip().is_loopback() {
                 warn!(admin = %bound, "the admin port is not on loopback: metrics and status are readable from the network");
             }
-            info!(admin = %bound, "admin port ready: /metrics, /, /status.json");
+            if access.write {
+                info!(admin = %bound, allow = ?config.global.admin_allow, "admin port ready: /metrics, /, /status.json; the status page may drain and enable backends");
+            } else {
+                info!(admin = %bound, "admin port ready: /metrics, /, /status.json");
+            }
         }
         for s in daemon.services().iter() {
             let c = s.service.config.load();

@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use tandem_config::Mode;
 use tandem_control::admin::StateSource;
 use tandem_control::{
-    BackendSnapshot, CheckSnapshot, HaSnapshot, PeerSnapshot, PoolSnapshot, ServiceSnapshot,
-    Snapshot,
+    BackendSnapshot, CheckSnapshot, HaSnapshot, PeerSnapshot, PoolSnapshot, ResponseTimesSnapshot,
+    ServiceSnapshot, Snapshot,
 };
 use tandem_proxy::proxy_header::Refusal;
 
@@ -54,6 +54,8 @@ impl Daemon {
                     } else {
                         Default::default()
                     },
+                    response_times: (c.mode == Mode::Http)
+                        .then(|| response_times(&st.response_times)),
                 }
             })
             .chain(
@@ -178,13 +180,47 @@ impl Daemon {
                     age_secs: age(c.at),
                 }),
             health_since_secs: health.map(|h| age(h.since)),
+            // Only backends that answered HTTP requests have response times.
+            response_times: Some(response_times(b.state.response_times()))
+                .filter(|t| t.count() > 0),
         }
+    }
+}
+
+fn response_times(t: &tandem_balance::ResponseTimes) -> ResponseTimesSnapshot {
+    let read = t.read();
+    ResponseTimesSnapshot {
+        bounds_secs: tandem_balance::RESPONSE_BUCKETS.to_vec(),
+        counts: read.counts,
+        sum_secs: read.sum_secs,
     }
 }
 
 impl StateSource for Daemon {
     fn snapshot(&self) -> Snapshot {
         Daemon::snapshot(self)
+    }
+
+    fn history(&self) -> tandem_control::history::HistoryView {
+        let history = self.shared.live.history.lock();
+        history.unwrap_or_else(|e| e.into_inner()).view()
+    }
+
+    fn events(&self, since_seq: u64, since_ms: u64) -> Vec<tandem_control::events::Event> {
+        self.shared.live.events.since(since_seq, since_ms)
+    }
+
+    fn act(&self, request: tandem_control::Request) -> tandem_control::Response {
+        match request {
+            tandem_control::Request::Backend {
+                action,
+                pool,
+                address,
+            } => self.backend_request(action, &pool, &address),
+            _ => {
+                tandem_control::Response::error("the status page only drains and enables backends")
+            }
+        }
     }
 }
 

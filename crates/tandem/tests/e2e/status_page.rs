@@ -4,31 +4,18 @@
 
 use crate::support;
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::cdp::{self, Browser, chromium};
 use support::*;
-
-fn chromium() -> Option<&'static str> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-}
 
 fn headless(binary: &str, profile: &std::path::Path) -> Command {
     let mut c = Command::new(binary);
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1200,900",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
+    c.args(cdp::HEADLESS)
+        .arg("--window-size=1200,900")
+        .arg(format!("--user-data-dir={}", profile.display()));
     c
 }
 
@@ -105,4 +92,223 @@ async fn status_page_shows_backends_with_their_states_in_chromium() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(png.len() > 10_000, "screenshot of {} bytes", png.len());
     println!("screenshot: {}", shot.display());
+}
+
+/// The page as an operator keeps it open, driven in Chromium over the DevTools
+/// protocol: while traffic runs the charts draw; a backend fails and the page shows it
+/// down within a second of tandem's verdict, with the check's reason in the timeline;
+/// a reload adds a pool and the page shows it without being reloaded; a drain clicked
+/// on the page reaches tandem. A screenshot is kept in target/tmp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_follows_failures_and_reloads_and_drains_from_the_page() {
+    let Some(binary) = chromium() else {
+        eprintln!("SKIPPED: chromium is not installed (scripts/test installs it as root)");
+        return;
+    };
+    let a = name_server("a", false).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = listener.local_addr().unwrap();
+    let b_server = serve_on(listener, |mut s, _| async move {
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut s, b"b\n").await;
+    });
+    let text = format!(
+        "[global]\nname = \"lb-live\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_write = true\n\n\
+[[pool]]\nname = \"web\"\nbackends = {}\ncheck = {{ type = \"tcp\", interval = \"100ms\", timeout = \"50ms\", rise = 1, fall = 1, initial = \"up\" }}\n\n\
+[[service]]\nname = \"www\"\nlisten = [\"127.0.0.1:0\"]\npool = \"web\"\n",
+        backends_toml(&[a, b], &[1, 1])
+    );
+    let d = start(&text).await;
+    let admin = d.admin_addr().unwrap();
+    let www = addr_of(&d, "www");
+    // Traffic all along: 20 connections a second, for at most a minute.
+    let traffic = tokio::spawn(async move {
+        // (Clients are turned away once no backend is left: that is fine here.)
+        for _ in 0..1200 {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut s = tokio::net::TcpStream::connect(www).await?;
+                let mut name = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut s, &mut name).await
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+
+    // An action without the page's header, or with actions off, is refused.
+    let refused = raw_post(
+        admin,
+        "/action",
+        &[],
+        r#"{"action":"disable","pool":"web","address":"x"}"#,
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{admin}/");
+    let mut browser = tokio::task::spawn_blocking({
+        let profile = profile.path().to_path_buf();
+        move || {
+            let mut browser = Browser::launch(binary, &profile, &[]);
+            browser.open(&url);
+            browser
+        }
+    })
+    .await
+    .unwrap();
+    let page = |browser: Browser, f: Box<dyn FnOnce(&mut Browser) + Send>| async move {
+        tokio::task::spawn_blocking(move || {
+            let mut browser = browser;
+            f(&mut browser);
+            browser
+        })
+        .await
+        .unwrap()
+    };
+    let row = |address: SocketAddr| {
+        format!("document.querySelector('tr.backend[data-address=\"{address}\"]')")
+    };
+    browser = page(
+        browser,
+        Box::new({
+            let (ra, rb) = (row(a), row(b));
+            move |br| {
+                br.wait_for(
+                    &format!("{ra}?.dataset.state === 'up' && {rb}?.dataset.state === 'up'"),
+                    Duration::from_secs(5),
+                    "both backends up on the page",
+                );
+                // The charts draw from the history (one point per 5 s).
+                br.wait_for(
+                    "document.querySelectorAll('table.pool svg.spark polyline').length >= 2",
+                    Duration::from_secs(15),
+                    "the backends' charts drawn",
+                );
+                let label = br.eval(
+                    "document.querySelector('#services svg.spark').getAttribute('aria-label')",
+                );
+                assert!(
+                    label.as_str().unwrap().contains("connections per second"),
+                    "{label}"
+                );
+            }
+        }),
+    )
+    .await;
+
+    // b fails: tandem's verdict, then the page.
+    b_server.abort();
+    let verdict = wait_until("tandem finds b down", Duration::from_secs(3), || {
+        !d.pools()
+            .get("web")
+            .unwrap()
+            .backend(&b)
+            .unwrap()
+            .state
+            .is_healthy()
+    })
+    .await;
+    let seen_at = std::time::Instant::now();
+    browser = page(browser, Box::new({
+        let rb = row(b);
+        move |br| {
+            br.wait_for(&format!("{rb}?.dataset.state === 'down'"), Duration::from_secs(3), "b down on the page");
+            let late = seen_at.elapsed();
+            assert!(late <= Duration::from_secs(1), "the page showed b down {late:?} after tandem's verdict");
+            br.wait_for(
+                &format!("[...document.querySelectorAll('#timeline li[data-kind=\"health\"]')].some(li => li.dataset.subject === 'web/{b}' && li.textContent.includes('up -> down') && li.textContent.includes('refused'))"),
+                Duration::from_secs(3),
+                "the timeline names b going down and why",
+            );
+        }
+    })).await;
+    let _ = verdict;
+
+    // A reload adds a pool: the page shows it without being reloaded.
+    let more = format!(
+        "{text}\n[[pool]]\nname = \"extra\"\nbackends = {}\n\n[[service]]\nname = \"more\"\nlisten = [\"127.0.0.1:0\"]\npool = \"extra\"\n",
+        backends_toml(&[a], &[1])
+    );
+    d.apply(config(&more)).await.unwrap();
+    browser = page(
+        browser,
+        Box::new(|br| {
+            br.wait_for(
+                "document.querySelector('table.pool[data-pool=\"extra\"]') !== null",
+                Duration::from_secs(3),
+                "the new pool on the page",
+            );
+            br.wait_for(
+                "[...document.querySelectorAll('#timeline li[data-kind=\"reload\"]')].length >= 1",
+                Duration::from_secs(3),
+                "the reload in the timeline",
+            );
+        }),
+    )
+    .await;
+
+    // A drain from the page reaches tandem.
+    browser = page(browser, Box::new({
+        let a = a.to_string();
+        move |br| {
+            br.eval(&format!("document.querySelector('button.act[data-address=\"{a}\"][data-pool=\"web\"]').click()"));
+            br.wait_for(&format!("document.getElementById('result').textContent.includes('drained {a}')"), Duration::from_secs(3), "the page says the drain was done");
+        }
+    })).await;
+    wait_until("a disabled in tandem", Duration::from_secs(2), || {
+        !d.pools()
+            .get("web")
+            .unwrap()
+            .backend(&a)
+            .unwrap()
+            .state
+            .is_enabled()
+    })
+    .await;
+    browser = page(
+        browser,
+        Box::new({
+            let ra = row(a);
+            move |br| {
+                br.wait_for(
+                    &format!("{ra}?.dataset.state === 'disabled'"),
+                    Duration::from_secs(2),
+                    "a disabled on the page",
+                );
+                let shot =
+                    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page-live.png");
+                let png = br.screenshot();
+                assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+                assert!(png.len() > 20_000, "screenshot of {} bytes", png.len());
+                std::fs::write(&shot, png).unwrap();
+                println!("screenshot: {}", shot.display());
+            }
+        }),
+    )
+    .await;
+    drop(browser);
+    traffic.abort();
+}
+
+/// Sends a bare HTTP/1.1 POST and returns the whole answer.
+async fn raw_post(to: SocketAddr, path: &str, headers: &[&str], body: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    tokio::io::AsyncWriteExt::write_all(&mut s, request.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut answer)
+        .await
+        .unwrap();
+    answer
 }

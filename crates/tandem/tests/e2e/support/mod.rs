@@ -3,6 +3,7 @@
 //! and the namespace labs ([`lab`], [`servers`]).
 
 pub mod backends;
+pub mod cdp;
 pub mod lab;
 pub mod nginx;
 pub mod process;
