@@ -353,7 +353,7 @@ mod tests {
             method: "GET",
             host: Some(b"x"),
             target: "/down",
-            headers: std::iter::empty(),
+            headers: std::iter::empty,
         };
         let (index, Decision::Answer(a)) = decide(&routes, "d", &req) else {
             panic!("an answer")
