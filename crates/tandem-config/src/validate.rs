@@ -942,6 +942,7 @@ impl Validator<'_> {
         for r in &s.route {
             let span = r.span();
             let r = r.get_ref();
+            let errors_before = self.diags.len();
             if mode == Mode::Redirect {
                 self.error(
                     span,
@@ -1038,7 +1039,9 @@ impl Validator<'_> {
             }
             let header = r.header.as_ref().and_then(|h| self.header_match(h));
             let action = self.route_action(r, span.clone());
-            if let Some(action) = action {
+            // A route with a wrong condition is left out (also of the shadowing check,
+            // where a missing condition would read as "any").
+            if let Some(action) = action.filter(|_| self.diags.len() == errors_before) {
                 routes.push((
                     Route {
                         host,
