@@ -337,19 +337,22 @@ fn error_response(refusal: policy::Refusal) -> Response<ProxyBody> {
         .expect("static response")
 }
 
-/// The answer a route gives (redirect or respond).
-fn route_answer(answer: policy::route::Answer) -> Response<ProxyBody> {
+/// The answer a route gives (redirect or respond); to a HEAD request, its head only
+/// (with the body's length: HTTP/2 refuses a HEAD response's body).
+fn route_answer(answer: policy::route::Answer, head: bool) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
     let mut response = Response::builder().status(status);
     for (name, value) in &answer.fields {
         response = response.header(*name, value.as_str());
     }
+    let body = if head {
+        response = response.header(header::CONTENT_LENGTH, answer.body.len());
+        Bytes::new()
+    } else {
+        Bytes::from(answer.body)
+    };
     response
-        .body(
-            Full::new(Bytes::from(answer.body))
-                .map_err(|never| match never {})
-                .boxed(),
-        )
+        .body(Full::new(body).map_err(|never| match never {}).boxed())
         .unwrap_or_else(|_| error_response(policy::Cause::BadAnswer.refusal()))
 }
 
@@ -527,7 +530,7 @@ impl Connection {
         let pool = match decision {
             policy::route::Decision::Pool(pool) => pool,
             policy::route::Decision::Answer(answer) => {
-                let response = route_answer(answer);
+                let response = route_answer(answer, parts.method == Method::HEAD);
                 return (response.status(), None, unlogged(response));
             }
         };
