@@ -1567,19 +1567,35 @@ impl Validator<'_> {
                     );
                 }
             }
-            for r in &s.route {
-                if let Some(p) = &r.get_ref().pool
-                    && !names.contains(p.get_ref().as_str())
-                {
+            let mode = s.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
+            for p in s.route.iter().filter_map(|r| r.get_ref().pool.as_ref()) {
+                if !names.contains(p.get_ref().as_str()) {
                     self.error(
                         p.span(),
                         "service.route.pool",
                         format!("no pool is named {:?}", p.get_ref()),
                         &known_names_hint(&names),
                     );
+                } else if mode != Mode::Http
+                    && pools.iter().any(|pool| {
+                        &pool.name == p.get_ref()
+                            && pool
+                                .sticky
+                                .as_ref()
+                                .is_some_and(|st| st.key == StickyKey::Cookie)
+                    })
+                {
+                    self.error(
+                        p.span(),
+                        "service.route.pool",
+                        format!(
+                            "pool {:?} is sticky by cookie, which needs mode = \"http\"",
+                            p.get_ref()
+                        ),
+                        "use sticky key = \"source-ip\" for tcp services",
+                    );
                 }
             }
-            let mode = s.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
             if let Some(pool) = pools.iter().find(|p| &p.name == s.pool.get_ref())
                 && pool
                     .sticky

@@ -374,6 +374,14 @@ fn keys_of_the_other_mode_are_refused() {
         "service.route.sni",
         "this service terminates TLS",
     );
+    // A routed pool sticky by cookie needs http, as the service's own would.
+    let text = format!(
+        "[[pool]]\nname = \"c\"\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n[pool.sticky]\nkey = \"cookie\"\n{}",
+        tcp("", "[[service.route]]\nsni = \"a\"\npool = \"c\"\n")
+    );
+    let e = errors(&text);
+    assert_error(&e, line(&text, "pool = \"c\"", 0), 8, "service.route.pool", "sticky by cookie");
+    assert_eq!(e.len(), 1, "{e:?}");
     let text = format!(
         "{POOLS}\n[[service]]\nname = \"k\"\nlisten = [\"192.0.2.10:80\"]\nmode = \"redirect\"\nreturn_path = \"snat\"\npool = \"web\"\n[[service.route]]\nsni = \"a\"\npool = \"web\"\n"
     );
