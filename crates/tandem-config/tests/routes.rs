@@ -380,7 +380,13 @@ fn keys_of_the_other_mode_are_refused() {
         tcp("", "[[service.route]]\nsni = \"a\"\npool = \"c\"\n")
     );
     let e = errors(&text);
-    assert_error(&e, line(&text, "pool = \"c\"", 0), 8, "service.route.pool", "sticky by cookie");
+    assert_error(
+        &e,
+        line(&text, "pool = \"c\"", 0),
+        8,
+        "service.route.pool",
+        "sticky by cookie",
+    );
     assert_eq!(e.len(), 1, "{e:?}");
     let text = format!(
         "{POOLS}\n[[service]]\nname = \"k\"\nlisten = [\"192.0.2.10:80\"]\nmode = \"redirect\"\nreturn_path = \"snat\"\npool = \"web\"\n[[service.route]]\nsni = \"a\"\npool = \"web\"\n"
