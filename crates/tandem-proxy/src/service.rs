@@ -622,3 +622,60 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
         Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first bytes a rustls client sends: its ClientHello naming `name`.
+    fn client_hello(name: &str) -> Vec<u8> {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+        let mut out = Vec::new();
+        client.write_tls(&mut out).unwrap();
+        out
+    }
+
+    /// What `read_client_hello` makes of `bytes`, sent in pieces of `piece` bytes.
+    async fn read_sent(bytes: Vec<u8>, piece: usize) -> Option<(Vec<u8>, Option<String>)> {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let writer = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            for p in bytes.chunks(piece) {
+                s.write_all(p).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            s
+        });
+        let (server, _) = l.accept().await.unwrap();
+        let read = read_client_hello(&server, Duration::from_secs(5)).await;
+        drop(writer.await.unwrap());
+        read
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_in_pieces_is_read_whole_and_kept_as_it_came() {
+        let hello = client_hello("a.example.test");
+        assert!(hello.len() > 100, "{} bytes", hello.len());
+        let (read, name) = read_sent(hello.clone(), 37).await.unwrap();
+        assert_eq!(name.as_deref(), Some("a.example.test"));
+        assert_eq!(read, hello, "every byte read is relayed, untouched");
+    }
+
+    #[tokio::test]
+    async fn what_is_not_tls_has_no_server_name_and_is_kept() {
+        let text = b"GET / HTTP/1.1\r\nHost: a.example.test\r\n\r\n".to_vec();
+        let (read, name) = read_sent(text.clone(), text.len()).await.unwrap();
+        assert_eq!(name, None);
+        assert_eq!(read, text);
+    }
+}
