@@ -458,3 +458,41 @@ async fn a_reload_changes_the_routes_of_new_requests() {
     );
     daemon.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_over_tls_routes_by_its_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = support::self_signed(dir.path(), "www.example.test");
+    let mut text = String::new();
+    for name in ["default", "www", "wild", "api", "canary"] {
+        text.push_str(&pool(name, http_backend(name).await));
+    }
+    text.push_str(&HTTP_ROUTES.replace(
+        "pool = \"default\"\n",
+        &format!("pool = \"default\"\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\n"),
+    ));
+    let daemon = support::start(&text).await;
+    let port = support::addr_of(&daemon, "web").port();
+    for (name, want) in [
+        ("www.example.test", "www GET /h2\n"),
+        ("wiki.example.test", "wild GET /h2\n"),
+    ] {
+        let out = curl(&[
+            "--http2",
+            "-w",
+            "%{http_version}",
+            "--cacert",
+            &cert,
+            "--resolve",
+            &format!("www.example.test:{port}:127.0.0.1"),
+            // The certificate names www only: curl checks www's name, and sends the
+            // Host asked for as :authority.
+            "-H",
+            &format!("Host: {name}"),
+            &format!("https://www.example.test:{port}/h2"),
+        ])
+        .await;
+        assert_eq!(out, format!("{want}2"), "{name}");
+    }
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
