@@ -496,3 +496,52 @@ async fn h2_over_tls_routes_by_its_authority() {
     }
     daemon.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_pool_keeps_its_own_sticky_cookie() {
+    let (one, two) = (http_backend("one").await, http_backend("two").await);
+    let text = format!(
+        "{}[[pool]]\nname = \"app\"\nbackends = [{{ address = \"{one}\" }}, {{ address = \"{two}\" }}]\n\
+         [pool.sticky]\nkey = \"cookie\"\ncookie = \"APPID\"\n\
+         [[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"default\"\n\
+         [[service.route]]\nhost = \"app.example.test\"\npool = \"app\"\n",
+        pool("default", http_backend("default").await)
+    );
+    let daemon = support::start(&text).await;
+    let at = support::addr_of(&daemon, "web");
+    let dir = tempfile::tempdir().unwrap();
+    for (path_name, version) in PATHS {
+        let jar = dir.path().join(format!("jar{}", version.len()));
+        let jar = jar.to_str().unwrap();
+        let ask = |with_jar: bool| {
+            let mut args = vec![version, "-H", "Host: app.example.test"];
+            if with_jar {
+                args.extend(["-b", jar, "-c", jar]);
+            }
+            let url = format!("http://{at}/s");
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).chain([url]).collect();
+            async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                curl(&args).await
+            }
+        };
+        // Without the cookie, the pool's round-robin answers with both.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            seen.insert(ask(false).await);
+        }
+        assert_eq!(seen.len(), 2, "{path_name}: {seen:?}");
+        // With it, the first choice holds.
+        let first = ask(true).await;
+        assert!(
+            first.starts_with("one ") || first.starts_with("two "),
+            "{first}"
+        );
+        for _ in 0..4 {
+            assert_eq!(ask(true).await, first, "{path_name}");
+        }
+        let cookies = std::fs::read_to_string(jar).unwrap();
+        assert!(cookies.contains("APPID"), "{path_name}: {cookies}");
+    }
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
