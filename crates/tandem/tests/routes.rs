@@ -545,3 +545,35 @@ async fn a_routed_pool_keeps_its_own_sticky_cookie() {
     }
     daemon.shutdown(Duration::from_secs(1)).await;
 }
+
+#[test]
+fn tandem_check_reports_shadowed_routes_and_unknown_pools_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[[pool]]\nname = \"web\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n\
+                [[service]]\nname = \"www\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"web\"\n\
+                [[service.route]]\nhost = \"*.example.org\"\npool = \"web\"\n\
+                [[service.route]]\nhost = \"wiki.example.org\"\npool = \"wikki\"\n";
+    let path = support::write_config(dir.path(), text);
+    let out = Command::new(support::TANDEM)
+        .args(["check", "--config", &path])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!(
+            "{path}:12:1: service.route: is never used: route 1 of this service"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "{path}:14:8: service.route.pool: no pool is named \"wikki\""
+        )),
+        "{said}"
+    );
+}
