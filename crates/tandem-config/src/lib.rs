@@ -344,6 +344,156 @@ pub struct Service {
     pub accept_proxy: bool,
     /// Sources trusted to send PROXY headers: networks as (address, prefix length).
     pub accept_proxy_from: Vec<(IpAddr, u8)>,
+    /// Routes (`[[service.route]]`), tried in order; a request or connection that
+    /// none matches goes to `pool`.
+    pub routes: Vec<Route>,
+}
+
+/// One route of a service (`[[service.route]]`): conditions, all of which must hold,
+/// and what to do with what matches them. A route without conditions matches all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The request's Host, port left out (http mode).
+    pub host: Option<NamePattern>,
+    /// A prefix of the request-target, as sent (http mode).
+    pub path_prefix: Option<String>,
+    /// Methods, any of which matches (http mode); empty: any method.
+    pub methods: Vec<String>,
+    /// A request header (http mode).
+    pub header: Option<HeaderMatch>,
+    /// The server name of the TLS ClientHello (tcp mode, TLS passthrough).
+    pub sni: Option<NamePattern>,
+    /// What a match leads to.
+    pub action: RouteAction,
+}
+
+/// A host or server name to match, lower case, without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamePattern {
+    /// This name only.
+    Exact(String),
+    /// `*.example.org`: any name ending in `.example.org` (kept with its leading dot),
+    /// however many labels come before it, but not `example.org` itself.
+    Suffix(String),
+}
+
+/// A request header to match: present, equal to a value, or starting with a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Field name (compared ignoring case).
+    pub name: String,
+    /// What its value must be (any field of that name may match).
+    pub test: HeaderTest,
+}
+
+/// The test of a [`HeaderMatch`] on a field's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderTest {
+    /// The field is there, whatever its value.
+    Present,
+    /// The value equals this (exactly, case and all).
+    Equals(String),
+    /// The value starts with this.
+    Prefix(String),
+}
+
+/// What a route does with a request or connection it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Forward to the pool of this name.
+    Pool(String),
+    /// Answer with a redirect (http mode).
+    Redirect {
+        /// 301, 302, 303, 307 or 308.
+        status: u16,
+        /// The Location template: `{host}` (the request's host, without port),
+        /// `{path}` (the path, without query), `{query}` (`?` and the query, or
+        /// nothing) and `{uri}` (path and query) are filled in.
+        location: String,
+    },
+    /// Answer with a fixed response (http mode).
+    Respond {
+        /// 200..=599.
+        status: u16,
+        /// The body.
+        body: String,
+        /// Its Content-Type.
+        content_type: String,
+    },
+}
+
+impl NamePattern {
+    /// Whether `name` (lower case, no port, no trailing dot) matches.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            NamePattern::Exact(n) => n == name,
+            NamePattern::Suffix(s) => name.len() > s.len() && name.ends_with(s.as_str()),
+        }
+    }
+
+    /// Whether every name `other` matches, this matches too.
+    pub fn covers(&self, other: &NamePattern) -> bool {
+        match (self, other) {
+            (NamePattern::Exact(a), NamePattern::Exact(b)) => a == b,
+            (NamePattern::Suffix(_), NamePattern::Exact(b)) => self.matches(b),
+            (NamePattern::Suffix(a), NamePattern::Suffix(b)) => b.ends_with(a.as_str()),
+            (NamePattern::Exact(_), NamePattern::Suffix(_)) => false,
+        }
+    }
+}
+
+impl HeaderTest {
+    /// Whether every value `other` accepts, this accepts too.
+    pub fn covers(&self, other: &HeaderTest) -> bool {
+        match (self, other) {
+            (HeaderTest::Present, _) => true,
+            (HeaderTest::Equals(a), HeaderTest::Equals(b)) => a == b,
+            (HeaderTest::Prefix(p), HeaderTest::Equals(v) | HeaderTest::Prefix(v)) => {
+                v.starts_with(p.as_str())
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Route {
+    /// Whether this route matches everything `later` matches (so that `later`, after
+    /// it, is never used).
+    pub fn covers(&self, later: &Route) -> bool {
+        fn name(a: &Option<NamePattern>, b: &Option<NamePattern>) -> bool {
+            match (a, b) {
+                (None, _) => true,
+                (Some(a), Some(b)) => a.covers(b),
+                (Some(_), None) => false,
+            }
+        }
+        let path = match (&self.path_prefix, &later.path_prefix) {
+            (None, _) => true,
+            (Some(a), Some(b)) => b.starts_with(a.as_str()),
+            (Some(_), None) => false,
+        };
+        let methods = self.methods.is_empty()
+            || (!later.methods.is_empty()
+                && later.methods.iter().all(|m| self.methods.contains(m)));
+        let header = match (&self.header, &later.header) {
+            (None, _) => true,
+            (Some(a), Some(b)) => a.name.eq_ignore_ascii_case(&b.name) && a.test.covers(&b.test),
+            (Some(_), None) => false,
+        };
+        name(&self.host, &later.host) && name(&self.sni, &later.sni) && path && methods && header
+    }
+}
+
+impl Service {
+    /// The pools the service forwards to: its own, then its routes', in order.
+    pub fn pools(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.pool.as_str()).chain(self.routes.iter().filter_map(
+            |r| match &r.action {
+                RouteAction::Pool(p) => Some(p.as_str()),
+                _ => None,
+            },
+        ))
+    }
 }
 
 /// HTTP mode settings (`[service.http]`).

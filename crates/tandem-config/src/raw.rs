@@ -121,6 +121,45 @@ pub(crate) struct RawService {
     pub rate_per_client: Option<S<i64>>,
     pub accept_proxy: Option<S<bool>>,
     pub accept_proxy_from: Option<S<Vec<S<String>>>>,
+    #[serde(default)]
+    pub route: Vec<S<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub host: Option<S<String>>,
+    pub path_prefix: Option<S<String>>,
+    pub method: Option<S<Vec<S<String>>>>,
+    pub header: Option<S<RawHeaderMatch>>,
+    pub sni: Option<S<String>>,
+    pub pool: Option<S<String>>,
+    pub redirect: Option<S<RawRedirect>>,
+    pub respond: Option<S<RawRespond>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderMatch {
+    pub name: S<String>,
+    pub value: Option<S<String>>,
+    pub prefix: Option<S<String>>,
+    pub present: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedirect {
+    pub status: Option<S<i64>>,
+    pub location: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRespond {
+    pub status: Option<S<i64>>,
+    pub body: Option<S<String>>,
+    pub content_type: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

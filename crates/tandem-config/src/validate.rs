@@ -713,23 +713,25 @@ impl Validator<'_> {
                 .iter()
                 .filter(|s| s.mode != Mode::Redirect)
                 .filter(|s| {
-                    let mut name = Some(s.pool.as_str());
-                    let mut hops = 0;
-                    while let Some(n) = name {
-                        if n == pool.name {
-                            return true;
+                    s.pools().any(|start| {
+                        let mut name = Some(start);
+                        let mut hops = 0;
+                        while let Some(n) = name {
+                            if n == pool.name {
+                                return true;
+                            }
+                            hops += 1;
+                            if hops > raw_pools.len() {
+                                return false;
+                            }
+                            name = raw_pools
+                                .iter()
+                                .find(|p| p.get_ref().name.get_ref() == n)
+                                .and_then(|p| p.get_ref().fallback.as_ref())
+                                .map(|f| f.get_ref().as_str());
                         }
-                        hops += 1;
-                        if hops > raw_pools.len() {
-                            return false;
-                        }
-                        name = raw_pools
-                            .iter()
-                            .find(|p| p.get_ref().name.get_ref() == n)
-                            .and_then(|p| p.get_ref().fallback.as_ref())
-                            .map(|f| f.get_ref().as_str());
-                    }
-                    false
+                        false
+                    })
                 })
                 .collect();
             let sent = served
@@ -883,6 +885,7 @@ impl Validator<'_> {
             );
         }
         let (accept_proxy, accept_proxy_from) = self.accept_proxy(s, mode);
+        let routes = self.routes(s, mode);
         Service {
             name: s.name.get_ref().clone(),
             listen,
@@ -928,7 +931,326 @@ impl Validator<'_> {
             ),
             accept_proxy,
             accept_proxy_from,
+            routes,
         }
+    }
+
+    /// A service's `[[service.route]]` list: the keys its mode allows, one action
+    /// each, and no route after one that matches everything it matches.
+    fn routes(&mut self, s: &raw::RawService, mode: Mode) -> Vec<Route> {
+        let mut routes: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
+        for r in &s.route {
+            let span = r.span();
+            let r = r.get_ref();
+            let errors_before = self.diags.len();
+            if mode == Mode::Redirect {
+                self.error(
+                    span,
+                    "service.route",
+                    "does not apply to mode = \"redirect\"".into(),
+                    "the kernel forwards these packets by address and port: remove the route, or use mode = \"tcp\" or \"http\"",
+                );
+                continue;
+            }
+            let http_keys = [
+                ("host", r.host.as_ref().map(|v| v.span())),
+                ("path_prefix", r.path_prefix.as_ref().map(|v| v.span())),
+                ("method", r.method.as_ref().map(|v| v.span())),
+                ("header", r.header.as_ref().map(|v| v.span())),
+                ("redirect", r.redirect.as_ref().map(|v| v.span())),
+                ("respond", r.respond.as_ref().map(|v| v.span())),
+            ];
+            if mode == Mode::Tcp {
+                for (key, at) in http_keys {
+                    if let Some(at) = at {
+                        self.error(
+                            at,
+                            &format!("service.route.{key}"),
+                            "applies to mode = \"http\" services; a tcp service routes by sni only"
+                                .into(),
+                            "set mode = \"http\", or route by sni = \"name\" to a pool",
+                        );
+                    }
+                }
+                match (&r.sni, &s.tls) {
+                    (None, _) => self.error(
+                        span.clone(),
+                        "service.route",
+                        "a tcp route needs sni, the server name of the TLS ClientHello".into(),
+                        "add sni = \"www.example.org\" or sni = \"*.example.org\"",
+                    ),
+                    (Some(sni), Some(_)) => self.error(
+                        sni.span(),
+                        "service.route.sni",
+                        "routes TLS passed through, but this service terminates TLS".into(),
+                        "remove tls to pass TLS through to the backends, or use mode = \"http\" and route by host",
+                    ),
+                    _ => {}
+                }
+            } else if let Some(sni) = &r.sni {
+                self.error(
+                    sni.span(),
+                    "service.route.sni",
+                    "applies to mode = \"tcp\" services (TLS passthrough)".into(),
+                    "route by host = \"name\" in http mode",
+                );
+            }
+            let host = r
+                .host
+                .as_ref()
+                .and_then(|h| self.name_pattern(h, "service.route.host"));
+            let sni = r
+                .sni
+                .as_ref()
+                .and_then(|h| self.name_pattern(h, "service.route.sni"));
+            let path_prefix = r.path_prefix.as_ref().map(|p| {
+                if !p.get_ref().starts_with('/') {
+                    self.error(
+                        p.span(),
+                        "service.route.path_prefix",
+                        format!("{:?} does not start with /", p.get_ref()),
+                        "write the path as requests carry it, e.g. path_prefix = \"/api/\"",
+                    );
+                }
+                p.get_ref().clone()
+            });
+            let mut methods = Vec::new();
+            if let Some(list) = &r.method {
+                if list.get_ref().is_empty() {
+                    self.error(
+                        list.span(),
+                        "service.route.method",
+                        "is empty: no request would match".into(),
+                        "list methods, e.g. method = [\"GET\", \"HEAD\"], or remove the key",
+                    );
+                }
+                for m in list.get_ref() {
+                    if is_token(m.get_ref()) {
+                        methods.push(m.get_ref().clone());
+                    } else {
+                        self.error(
+                            m.span(),
+                            "service.route.method",
+                            format!("{:?} is not a method", m.get_ref()),
+                            "methods are words in capitals, e.g. \"POST\"",
+                        );
+                    }
+                }
+            }
+            let header = r.header.as_ref().and_then(|h| self.header_match(h));
+            let action = self.route_action(r, span.clone());
+            // A route with a wrong condition is left out (also of the shadowing check,
+            // where a missing condition would read as "any").
+            if let Some(action) = action.filter(|_| self.diags.len() == errors_before) {
+                routes.push((
+                    Route {
+                        host,
+                        path_prefix,
+                        methods,
+                        header,
+                        sni,
+                        action,
+                    },
+                    span,
+                ));
+            }
+        }
+        for later in 0..routes.len() {
+            if let Some(earlier) = (0..later).find(|&e| routes[e].0.covers(&routes[later].0)) {
+                self.error(
+                    routes[later].1.clone(),
+                    "service.route",
+                    format!(
+                        "is never used: route {} of this service, before it, matches everything it matches",
+                        earlier + 1
+                    ),
+                    "put the more specific route first, or remove this one",
+                );
+            }
+        }
+        routes.into_iter().map(|(r, _)| r).collect()
+    }
+
+    /// A route's one action: pool, redirect or respond.
+    fn route_action(
+        &mut self,
+        r: &raw::RawRoute,
+        span: std::ops::Range<usize>,
+    ) -> Option<RouteAction> {
+        let given = [r.pool.is_some(), r.redirect.is_some(), r.respond.is_some()]
+            .into_iter()
+            .filter(|g| *g)
+            .count();
+        if given != 1 {
+            let message = if given == 0 {
+                "has no action"
+            } else {
+                "has more than one action"
+            };
+            self.error(
+                span,
+                "service.route",
+                message.into(),
+                "give one of pool = \"name\", redirect = { status, location } or respond = { status, body }",
+            );
+            return None;
+        }
+        if let Some(p) = &r.pool {
+            return Some(RouteAction::Pool(p.get_ref().clone()));
+        }
+        if let Some(red) = &r.redirect {
+            let whole = red.span();
+            let red = red.get_ref();
+            let status = match &red.status {
+                None => 302,
+                Some(st) => match *st.get_ref() {
+                    n @ (301 | 302 | 303 | 307 | 308) => n as u16,
+                    n => {
+                        self.error(
+                            st.span(),
+                            "service.route.redirect.status",
+                            format!("{n} is not a redirect status"),
+                            "use 301 or 308 (permanent), 302, 303 or 307 (temporary)",
+                        );
+                        302
+                    }
+                },
+            };
+            let Some(location) = &red.location else {
+                self.error(
+                    whole,
+                    "service.route.redirect",
+                    "has no location".into(),
+                    "add location, e.g. location = \"https://{host}{uri}\"",
+                );
+                return None;
+            };
+            if let Err(why) = check_template(location.get_ref()) {
+                self.error(
+                    location.span(),
+                    "service.route.redirect.location",
+                    why,
+                    "fill in {host}, {path}, {query} or {uri}, e.g. \"https://{host}{uri}\"",
+                );
+            }
+            return Some(RouteAction::Redirect {
+                status,
+                location: location.get_ref().clone(),
+            });
+        }
+        let resp = r.respond.as_ref()?.get_ref();
+        let status = match &resp.status {
+            None => 200,
+            Some(st) => match *st.get_ref() {
+                n @ 200..=599 => n as u16,
+                n => {
+                    self.error(
+                        st.span(),
+                        "service.route.respond.status",
+                        format!("{n} is not a status tandem can answer with"),
+                        "use a status from 200 to 599, e.g. 503 for a maintenance page",
+                    );
+                    200
+                }
+            },
+        };
+        let content_type = match &resp.content_type {
+            Some(ct) if ct.get_ref().is_empty() || ct.get_ref().bytes().any(|b| b < 0x20) => {
+                self.error(
+                    ct.span(),
+                    "service.route.respond.content_type",
+                    "is empty or holds a control character".into(),
+                    "e.g. content_type = \"text/html; charset=utf-8\"",
+                );
+                String::new()
+            }
+            Some(ct) => ct.get_ref().clone(),
+            None => "text/plain; charset=utf-8".into(),
+        };
+        Some(RouteAction::Respond {
+            status,
+            body: resp
+                .body
+                .as_ref()
+                .map(|b| b.get_ref().clone())
+                .unwrap_or_default(),
+            content_type,
+        })
+    }
+
+    /// A host or server name: `name`, or `*.name` for every name under it.
+    fn name_pattern(&mut self, v: &S<String>, key: &str) -> Option<NamePattern> {
+        let text = v.get_ref().trim_end_matches('.').to_ascii_lowercase();
+        let (wild, name) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text.as_str()),
+        };
+        let ok = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !ok {
+            let hint = if name.contains(':') {
+                "write the name without a port: routes match any port"
+            } else {
+                "write a name, e.g. \"www.example.org\", or \"*.example.org\" for every name under it"
+            };
+            self.error(
+                v.span(),
+                key,
+                format!("{:?} is not a host name or *.name pattern", v.get_ref()),
+                hint,
+            );
+            return None;
+        }
+        Some(if wild {
+            NamePattern::Suffix(format!(".{name}"))
+        } else {
+            NamePattern::Exact(name.to_string())
+        })
+    }
+
+    /// `header = { name, value | prefix | present = true }`.
+    fn header_match(&mut self, h: &S<raw::RawHeaderMatch>) -> Option<HeaderMatch> {
+        let whole = h.span();
+        let h = h.get_ref();
+        if !is_token(h.name.get_ref()) {
+            self.error(
+                h.name.span(),
+                "service.route.header.name",
+                format!("{:?} is not a header name", h.name.get_ref()),
+                "use letters, digits and - (e.g. X-Debug)",
+            );
+            return None;
+        }
+        let test = match (&h.value, &h.prefix, &h.present) {
+            (Some(v), None, None) => HeaderTest::Equals(v.get_ref().clone()),
+            (None, Some(p), None) => HeaderTest::Prefix(p.get_ref().clone()),
+            (None, None, Some(p)) if *p.get_ref() => HeaderTest::Present,
+            (None, None, Some(p)) => {
+                self.error(
+                    p.span(),
+                    "service.route.header.present",
+                    "present = false is not a test tandem makes".into(),
+                    "write present = true, value = \"...\" or prefix = \"...\"",
+                );
+                return None;
+            }
+            _ => {
+                self.error(
+                    whole,
+                    "service.route.header",
+                    "needs exactly one of value, prefix or present".into(),
+                    "e.g. header = { name = \"X-Debug\", value = \"1\" }, or present = true",
+                );
+                return None;
+            }
+        };
+        Some(HeaderMatch {
+            name: h.name.get_ref().clone(),
+            test,
+        })
     }
 
     /// A list of addresses and networks (`"192.0.2.7"`, `"10.0.0.0/8"`).
@@ -1246,6 +1568,34 @@ impl Validator<'_> {
                 }
             }
             let mode = s.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
+            for p in s.route.iter().filter_map(|r| r.get_ref().pool.as_ref()) {
+                if !names.contains(p.get_ref().as_str()) {
+                    self.error(
+                        p.span(),
+                        "service.route.pool",
+                        format!("no pool is named {:?}", p.get_ref()),
+                        &known_names_hint(&names),
+                    );
+                } else if mode != Mode::Http
+                    && pools.iter().any(|pool| {
+                        &pool.name == p.get_ref()
+                            && pool
+                                .sticky
+                                .as_ref()
+                                .is_some_and(|st| st.key == StickyKey::Cookie)
+                    })
+                {
+                    self.error(
+                        p.span(),
+                        "service.route.pool",
+                        format!(
+                            "pool {:?} is sticky by cookie, which needs mode = \"http\"",
+                            p.get_ref()
+                        ),
+                        "use sticky key = \"source-ip\" for tcp services",
+                    );
+                }
+            }
             if let Some(pool) = pools.iter().find(|p| &p.name == s.pool.get_ref())
                 && pool
                     .sticky
@@ -1711,6 +2061,37 @@ impl Validator<'_> {
         }
         path
     }
+}
+
+/// An HTTP token (a method or a field name, RFC 9110 5.6.2).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A redirect's Location template: placeholders {host}, {path}, {query}, {uri} only,
+/// on one line.
+fn check_template(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("is empty".into());
+    }
+    if t.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err("holds a control character or line break".into());
+    }
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err("has a { that is not closed".into());
+        };
+        let name = &after[..close];
+        if !matches!(name, "host" | "path" | "query" | "uri") {
+            return Err(format!("{{{name}}} is not a placeholder tandem fills in"));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
 }
 
 fn proxy_name(p: ProxyProtocol) -> &'static str {

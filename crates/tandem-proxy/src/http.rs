@@ -337,6 +337,48 @@ fn error_response(refusal: policy::Refusal) -> Response<ProxyBody> {
         .expect("static response")
 }
 
+/// The answer a route gives (redirect or respond); to a HEAD request, its head only
+/// (with the body's length: HTTP/2 refuses a HEAD response's body).
+fn route_answer(answer: policy::route::Answer, head: bool) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let mut response = Response::builder().status(status);
+    for (name, value) in &answer.fields {
+        response = response.header(*name, value.as_str());
+    }
+    let body = if head {
+        response = response.header(header::CONTENT_LENGTH, answer.body.len());
+        Bytes::new()
+    } else {
+        Bytes::from(answer.body)
+    };
+    response
+        .body(Full::new(body).map_err(|never| match never {}).boxed())
+        .unwrap_or_else(|_| error_response(policy::Cause::BadAnswer.refusal()))
+}
+
+/// Notes at debug level which route a request took.
+pub(crate) fn log_route(
+    config: &tandem_config::Service,
+    route: Option<usize>,
+    decision: &policy::route::Decision<'_>,
+) {
+    if !tracing::enabled!(target: "tandem::route", tracing::Level::DEBUG) {
+        return;
+    }
+    let to = match decision {
+        policy::route::Decision::Pool(p) => format!("pool {p}"),
+        policy::route::Decision::Answer(a) => format!("answer {}", a.status),
+    };
+    match route {
+        Some(i) => {
+            tracing::debug!(target: "tandem::route", service = %config.name, route = i + 1, "route {} matched: {to}", i + 1)
+        }
+        None => {
+            tracing::debug!(target: "tandem::route", service = %config.name, "no route matched: {to}")
+        }
+    }
+}
+
 /// The answer for a request no backend answered.
 fn own_answer(cause: policy::Cause) -> (StatusCode, Option<SocketAddr>, Response<Logged>) {
     let response = error_response(cause.refusal());
@@ -473,6 +515,26 @@ impl Connection {
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             .or_else(|| parts.headers.get(header::HOST).cloned());
+        let view = policy::route::RequestView {
+            method: parts.method.as_str(),
+            host: original_host.as_ref().map(HeaderValue::as_bytes),
+            target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            headers: || {
+                parts
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            },
+        };
+        let (route, decision) = policy::route::decide(&config.routes, &config.pool, &view);
+        log_route(config, route, &decision);
+        let pool = match decision {
+            policy::route::Decision::Pool(pool) => pool,
+            policy::route::Decision::Answer(answer) => {
+                let response = route_answer(answer, parts.method == Method::HEAD);
+                return (response.status(), None, unlogged(response));
+            }
+        };
         self.prepare_request_headers(&mut parts.headers, original_host.as_ref(), config);
         if let Some((protocol, _)) = &upgrade {
             parts
@@ -493,7 +555,7 @@ impl Connection {
         loop {
             let chosen = match again.take() {
                 Some(chosen) => chosen,
-                None => match self.choose(&pools, &config.pool, &parts.headers, &tried) {
+                None => match self.choose(&pools, pool, &parts.headers, &tried) {
                     Some(chosen) => chosen,
                     None => {
                         self.service.stats.no_backend.fetch_add(1, Relaxed);

@@ -421,9 +421,29 @@ impl Service {
                 }
             }
         };
+        // TLS passed through with sni routes: the ClientHello's server name chooses the
+        // pool, and the bytes read to learn it go to the backend first, untouched.
+        let mut hello = Vec::new();
+        let mut pool = config.pool.as_str();
+        if let Client::Plain(tcp) = &client
+            && config.routes.iter().any(|r| r.sni.is_some())
+        {
+            let read = tokio::select! {
+                read = Box::pin(read_client_hello(tcp, config.connect_timeout)) => read,
+                () = close_all.cancelled() => return,
+            };
+            let Some((bytes, name)) = read else {
+                return;
+            };
+            hello = bytes;
+            let (route, chosen) =
+                crate::http::policy::route::by_name(&config.routes, &config.pool, name.as_deref());
+            debug!(target: "tandem::route", service = %config.name, client = %peer, sni = name.as_deref().unwrap_or("-"), route = route.map_or(0, |i| i + 1), "pool {chosen}");
+            pool = chosen;
+        }
         // Boxed: the connect phase's state is freed once connected, instead of sizing
         // the task of every (mostly idle) relayed connection.
-        let Some((mut backend, pick)) = Box::pin(self.connect(&config, peer)).await else {
+        let Some((mut backend, pick)) = Box::pin(self.connect(&config, pool, peer)).await else {
             self.stats.no_backend.fetch_add(1, Relaxed);
             info!(target: "tandem::conn", service = %config.name, client = %peer, backend = "-", to_backend = 0u64, to_client = 0u64, duration_ms = started.elapsed().as_millis() as u64, end = "no backend", "connection");
             return;
@@ -440,6 +460,14 @@ impl Service {
             Some(h) => Box::pin(backend.write_all(h)).await.err(),
             None => None,
         };
+        let header_error = match header_error {
+            None if !hello.is_empty() => {
+                pick.lease.state.record_bytes(hello.len() as u64, 0);
+                Box::pin(backend.write_all(&hello)).await.err()
+            }
+            other => other,
+        };
+        drop(hello);
         let outcome = match (header_error, client) {
             // One plain relay call site, so the task holds one relay's state.
             (None, Client::Plain(client)) => {
@@ -480,12 +508,13 @@ impl Service {
     async fn connect(
         &self,
         config: &tandem_config::Service,
+        pool: &str,
         peer: SocketAddr,
     ) -> Option<(TcpStream, Pick)> {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let pools = self.pools.load();
         for _ in 0..=config.retries {
-            let pick = pools.pick(&config.pool, peer.ip(), &tried, now_ms())?;
+            let pick = pools.pick(pool, peer.ip(), &tried, now_ms())?;
             let address = pick.lease.address;
             let error =
                 match tokio::time::timeout(config.connect_timeout, TcpStream::connect(address))
@@ -506,6 +535,53 @@ impl Service {
         }
         None
     }
+}
+
+/// Most bytes read while waiting for a whole ClientHello (a record's most, and its
+/// header): a longer one is not read further, and goes to the default pool.
+const MAX_HELLO: usize = 16 * 1024 + 5;
+
+/// Reads the start of a connection until it holds a whole TLS ClientHello, is not TLS,
+/// or `within` passes: the bytes read (to be relayed as they are) and the server name
+/// the hello asks for. `None` when the client closed or failed first.
+async fn read_client_hello(
+    client: &TcpStream,
+    within: Duration,
+) -> Option<(Vec<u8>, Option<String>)> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut read = Vec::new();
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut chunk = [0u8; 4096];
+    while read.len() < MAX_HELLO {
+        match tokio::time::timeout_at(deadline, client.readable()).await {
+            Err(_) => return Some((read, None)),
+            Ok(Err(_)) => return None,
+            Ok(Ok(())) => {}
+        }
+        let n = match client.try_read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        };
+        read.extend_from_slice(&chunk[..n]);
+        let mut fed = &chunk[..n];
+        while !fed.is_empty() {
+            match acceptor.read_tls(&mut fed) {
+                Ok(0) | Err(_) => return Some((read, None)),
+                Ok(_) => {}
+            }
+        }
+        match acceptor.accept() {
+            Ok(None) => {}
+            Ok(Some(accepted)) => {
+                let name = accepted.client_hello().server_name().map(str::to_string);
+                return Some((read, name));
+            }
+            Err(_) => return Some((read, None)),
+        }
+    }
+    Some((read, None))
 }
 
 /// The TLS acceptor of a tcp service that terminates TLS.
@@ -548,4 +624,61 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
         Errno::from_io_error(e),
         Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first bytes a rustls client sends: its ClientHello naming `name`.
+    fn client_hello(name: &str) -> Vec<u8> {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+        let mut out = Vec::new();
+        client.write_tls(&mut out).unwrap();
+        out
+    }
+
+    /// What `read_client_hello` makes of `bytes`, sent in pieces of `piece` bytes.
+    async fn read_sent(bytes: Vec<u8>, piece: usize) -> Option<(Vec<u8>, Option<String>)> {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let writer = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            for p in bytes.chunks(piece) {
+                s.write_all(p).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            s
+        });
+        let (server, _) = l.accept().await.unwrap();
+        let read = read_client_hello(&server, Duration::from_secs(5)).await;
+        drop(writer.await.unwrap());
+        read
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_in_pieces_is_read_whole_and_kept_as_it_came() {
+        let hello = client_hello("a.example.test");
+        assert!(hello.len() > 100, "{} bytes", hello.len());
+        let (read, name) = read_sent(hello.clone(), 37).await.unwrap();
+        assert_eq!(name.as_deref(), Some("a.example.test"));
+        assert_eq!(read, hello, "every byte read is relayed, untouched");
+    }
+
+    #[tokio::test]
+    async fn what_is_not_tls_has_no_server_name_and_is_kept() {
+        let text = b"GET / HTTP/1.1\r\nHost: a.example.test\r\n\r\n".to_vec();
+        let (read, name) = read_sent(text.clone(), text.len()).await.unwrap();
+        assert_eq!(name, None);
+        assert_eq!(read, text);
+    }
 }

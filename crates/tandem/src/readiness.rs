@@ -162,10 +162,11 @@ pub fn check_bound<'a>(checks: impl IntoIterator<Item = &'a tandem_config::Check
         .min(MAX_CHECK_WAIT)
 }
 
-/// The checked pools whose health a master needs: those services use (and their
-/// fallback chains) and those `ha.track_pools` names, in configuration order.
+/// The checked pools whose health a master needs: those services use (their own and
+/// their routes', and their fallback chains) and those `ha.track_pools` names, in
+/// configuration order.
 fn watched_pools(config: &Config) -> Vec<String> {
-    let starts = config.services.iter().map(|s| s.pool.as_str()).chain(
+    let starts = config.services.iter().flat_map(|s| s.pools()).chain(
         config
             .ha
             .iter()

@@ -100,6 +100,18 @@ struct Head {
     cookie: Option<String>,
     /// Method and target, for the access log.
     log: Option<(String, String)>,
+    /// The route it matched (`None`: the service's pool).
+    route: Option<usize>,
+    /// The answer its route gives instead of a pool's.
+    answer: Option<policy::route::Answer>,
+}
+
+/// The pool a request goes to: its route's, or the service's.
+fn pool_of(config: &tandem_config::Service, route: Option<usize>) -> &str {
+    match route.and_then(|i| config.routes.get(i)).map(|r| &r.action) {
+        Some(tandem_config::RouteAction::Pool(p)) => p,
+        _ => &config.pool,
+    }
 }
 
 enum Parsed {
@@ -341,11 +353,13 @@ impl<'a> FastPath<'a> {
     /// consumes it.
     fn parse(&mut self, config: &tandem_config::Service) -> Parsed {
         let pools = self.conn.service.pools.load();
+        let cookie_name = |pool: &str| pools.get(pool).and_then(|p| p.cookie.as_deref());
         let side = RequestSide {
             client: &self.conn.client,
-            cookie_name: pools.get(&config.pool).and_then(|p| p.cookie.as_deref()),
+            cookie_name: &cookie_name,
             log: tracing::enabled!(target: "tandem::http", tracing::Level::INFO),
             http: &config.http,
+            service: Some(config),
         };
         let parsed = rewrite_request(&self.buf, &side, &mut self.out);
         if let Parsed::Fast(head) = &parsed {
@@ -360,7 +374,7 @@ impl<'a> FastPath<'a> {
         &mut self,
         client: &mut S,
         config: &tandem_config::Service,
-        head: Head,
+        mut head: Head,
     ) -> Result<bool, ()>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -375,6 +389,15 @@ impl<'a> FastPath<'a> {
         self.buf.advance(buffered);
         let mut body_left = head.body - buffered as u64;
         let replayable = body_left == 0;
+        if let Some(answer) = head.answer.take() {
+            let close = closing || body_left > 0 || self.conn.close_all_requested();
+            let skip_body = head.head_method;
+            let written = self
+                .answer(client, config, &head, started, answer, close, skip_body)
+                .await;
+            return Ok(written && !close);
+        }
+        let pool = pool_of(config, head.route);
 
         // Picking, connecting, sending and reading the head; any failure is one of
         // tandem's own answers.
@@ -385,7 +408,7 @@ impl<'a> FastPath<'a> {
             let (chosen, mut backend) = loop {
                 let Some(chosen) =
                     self.conn
-                        .choose_by_cookie(&pools, &config.pool, head.cookie.as_deref(), &tried)
+                        .choose_by_cookie(&pools, pool, head.cookie.as_deref(), &tried)
                 else {
                     self.conn.service.stats.no_backend.fetch_add(1, Relaxed);
                     let cause = if tried.is_empty() {
@@ -693,6 +716,53 @@ impl<'a> FastPath<'a> {
         })
     }
 
+    /// Writes the answer a route gives (its body left out for HEAD), logged; false
+    /// when the client did not take it.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer<S>(
+        &mut self,
+        client: &mut S,
+        config: &tandem_config::Service,
+        head: &Head,
+        started: std::time::Instant,
+        answer: policy::route::Answer,
+        close: bool,
+        skip_body: bool,
+    ) -> bool
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let status = answer.status;
+        let mut response = format!("HTTP/1.1 {status} {}\r\n", policy::reason(status));
+        for (name, value) in &answer.fields {
+            response.push_str(&format!("{name}: {value}\r\n"));
+        }
+        response.push_str(&format!("content-length: {}\r\n", answer.body.len()));
+        if close {
+            response.push_str("connection: close\r\n");
+        }
+        response.push_str("\r\n");
+        let body_len = if skip_body { 0 } else { answer.body.len() };
+        if !skip_body {
+            response.push_str(&answer.body);
+        }
+        let written = send(client, response.as_bytes(), self.conn, config).await;
+        if let Some((method, path)) = &head.log {
+            AccessLog {
+                service: &config.name,
+                client: self.conn.peer,
+                method,
+                path,
+                status,
+                backend: None,
+                bytes: body_len as u64,
+                started,
+            }
+            .write();
+        }
+        written
+    }
+
     /// Answers with one of tandem's own errors; `Ok(false)` (close) when the client's
     /// request body was not all read.
     async fn refuse<S>(
@@ -794,11 +864,13 @@ impl std::fmt::Display for ResponseError {
 struct RequestSide<'c> {
     /// The client, as the forwarding fields name it.
     client: &'c policy::Client,
-    /// The pool's sticky cookie, whose value the head may carry.
-    cookie_name: Option<&'c str>,
+    /// A pool's sticky cookie, whose value the head may carry.
+    cookie_name: &'c dyn Fn(&str) -> Option<&'c str>,
     /// Keep method and target for the access log.
     log: bool,
     http: &'c tandem_config::Http,
+    /// The service, whose routes choose the pool (none: its default pool, in tests).
+    service: Option<&'c tandem_config::Service>,
 }
 
 /// Parses the request head at the start of `buf`; when the fast path can serve it,
@@ -860,7 +932,25 @@ fn rewrite_request(buf: &[u8], side: &RequestSide<'_>, out: &mut Vec<u8>) -> Par
             previous_xff = Some(h.value);
         }
     }
-    let cookie = side.cookie_name.and_then(|name| {
+    let (route, decision) = match side.service {
+        Some(config) => {
+            let view = policy::route::RequestView {
+                method,
+                host,
+                target,
+                headers: || req.headers.iter().map(|h| (h.name, h.value)),
+            };
+            let (route, decision) = policy::route::decide(&config.routes, &config.pool, &view);
+            super::log_route(config, route, &decision);
+            (route, decision)
+        }
+        None => (None, policy::route::Decision::Pool("")),
+    };
+    let (cookie_name, answer) = match decision {
+        policy::route::Decision::Pool(pool) => ((side.cookie_name)(pool), None),
+        policy::route::Decision::Answer(answer) => (None, Some(answer)),
+    };
+    let cookie = cookie_name.and_then(|name| {
         req.headers
             .iter()
             .filter(|h| is(h.name, "cookie"))
@@ -902,6 +992,8 @@ fn rewrite_request(buf: &[u8], side: &RequestSide<'_>, out: &mut Vec<u8>) -> Par
         close,
         cookie,
         log,
+        route,
+        answer,
     };
     Parsed::Fast(head)
 }
@@ -1043,9 +1135,10 @@ mod tests {
     fn side(http: &tandem_config::Http) -> RequestSide<'_> {
         RequestSide {
             client: &CLIENT,
-            cookie_name: Some("TANDEMID"),
+            cookie_name: &|_| Some("TANDEMID"),
             log: false,
             http,
+            service: None,
         }
     }
 

@@ -2,7 +2,8 @@
 //! forwarded (body framing, RFC 9112 6; request-target, 3.2; Host, 3.2 and 7.2), the
 //! fields tandem writes into what it forwards ([`fields`]: forwarding fields, Via, the
 //! sticky cookie, header rules), its own answers ([`answers`]: 502/503/504 and the body
-//! format), and when a request may be sent again ([`retry`]). The fast path asks
+//! format), which pool or answer a request's route leads to ([`route`]), and when a
+//! request may be sent again ([`retry`]). The fast path asks
 //! [`check`] before it rewrites a head (it hands any head refused here to the general
 //! path), and the framing watch in front of hyper ([`crate::framing`]) asks it of every
 //! head the general path serves, whose answer the general path gives. The limits every
@@ -11,8 +12,9 @@
 pub mod answers;
 pub mod fields;
 pub mod retry;
+pub mod route;
 
-pub use answers::{ANSWER_FIELDS, Cause, answer_body, reason};
+pub use answers::{ANSWER_FIELDS, Cause, answer_body, answer_text, reason};
 pub use fields::{
     Client, cookie_id, cookie_value, hop_by_hop, replaced, request_fields, response_fields,
     ruled_out, set_cookie,

@@ -57,12 +57,12 @@ pub fn reason(status: u16) -> &'static str {
 
 /// The body of an answer of tandem's own: `STATUS REASON`, then the text, a line each.
 pub fn answer_body(refusal: Refusal) -> String {
-    format!(
-        "{} {}\n{}\n",
-        refusal.status,
-        reason(refusal.status),
-        refusal.why
-    )
+    answer_text(refusal.status, refusal.why)
+}
+
+/// The body format of [`answer_body`] for any status and text.
+pub fn answer_text(status: u16, text: &str) -> String {
+    format!("{status} {}\n{text}\n", reason(status))
 }
 
 #[cfg(test)]
