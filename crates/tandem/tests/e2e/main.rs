@@ -15,6 +15,7 @@ mod matrix;
 mod package;
 mod redirect;
 mod relay;
+mod routes;
 mod site;
 mod soak;
 mod status_page;

@@ -4,7 +4,7 @@
 //! respond routes answer themselves; a tcp service passes TLS through to the backend
 //! the ClientHello's server name chooses; a reload changes the routes of new requests.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;
