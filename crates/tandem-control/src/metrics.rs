@@ -4,14 +4,15 @@
 //! families and fills them: nothing is kept here, and a reload that removes a backend
 //! removes its series.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 
-use crate::protocol::Snapshot;
+use crate::protocol::{ResponseTimesSnapshot, Snapshot};
 
 /// Content type of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -75,6 +76,43 @@ struct OriginLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
     peer: String,
+}
+
+/// A histogram whose buckets were counted elsewhere (tandem's own atomics): set once
+/// per scrape from a [`ResponseTimesSnapshot`].
+#[derive(Debug, Default)]
+struct Buckets(std::sync::Mutex<Option<ResponseTimesSnapshot>>);
+
+impl Buckets {
+    fn set(&self, times: &ResponseTimesSnapshot) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(times.clone());
+    }
+}
+
+impl TypedMetric for Buckets {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Buckets {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let times = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = times.as_ref() else {
+            return Ok(());
+        };
+        // Per-bucket counts (the encoder adds them up); the last is above every bound.
+        let buckets: Vec<(f64, u64)> = t
+            .bounds_secs
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(t.counts.iter().copied())
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(t.sum_secs, t.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 type Counters<L> = Family<L, Counter>;
@@ -183,10 +221,20 @@ pub fn encode(snapshot: &Snapshot) -> String {
         "service_proxy_refused",
         "Connections closed at once under accept_proxy: untrusted_source, no_header, malformed, timeout",
     );
+    let response_times = Family::<ServiceLabels, Buckets>::default();
+    registry.register_with_unit(
+        "service_http_response",
+        "HTTP mode: time from a request's head read to its backend's response head",
+        Unit::Seconds,
+        response_times.clone(),
+    );
     for s in &snapshot.services {
         let l = ServiceLabels {
             service: s.name.clone(),
         };
+        if let Some(t) = &s.response_times {
+            response_times.get_or_create(&l).set(t);
+        }
         tls_errors.get_or_create(&l).inc_by(s.tls_handshake_errors);
         bad_requests.get_or_create(&l).inc_by(s.bad_requests);
         client_timeouts.get_or_create(&l).inc_by(s.client_timeouts);
@@ -256,6 +304,13 @@ pub fn encode(snapshot: &Snapshot) -> String {
         "backend_certificate_days_left",
         "Whole days until the certificate seen by the backend's TLS checks expires",
     );
+    let b_response_times = Family::<BackendLabels, Buckets>::default();
+    registry.register_with_unit(
+        "backend_http_response",
+        "HTTP mode: time from a request's head read to the backend's response head",
+        Unit::Seconds,
+        b_response_times.clone(),
+    );
     let sticky = gauge::<PoolLabels>(
         &mut registry,
         "pool_sticky_entries",
@@ -298,6 +353,9 @@ pub fn encode(snapshot: &Snapshot) -> String {
             }
             if let Some(days) = b.certificate_days_left {
                 b_cert_days.get_or_create(&l).set(days);
+            }
+            if let Some(t) = &b.response_times {
+                b_response_times.get_or_create(&l).set(t);
             }
         }
     }
@@ -413,4 +471,37 @@ pub fn encode(snapshot: &Snapshot) -> String {
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ServiceSnapshot;
+
+    #[test]
+    fn response_times_are_a_histogram_with_cumulative_buckets() {
+        let snapshot = Snapshot {
+            services: vec![ServiceSnapshot {
+                name: "www".into(),
+                response_times: Some(ResponseTimesSnapshot {
+                    bounds_secs: vec![0.005, 0.1],
+                    counts: vec![3, 0, 2],
+                    sum_secs: 4.5,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = encode(&snapshot);
+        for line in [
+            "# TYPE tandem_service_http_response_seconds histogram",
+            "tandem_service_http_response_seconds_sum{service=\"www\"} 4.5",
+            "tandem_service_http_response_seconds_count{service=\"www\"} 5",
+            "tandem_service_http_response_seconds_bucket{le=\"0.005\",service=\"www\"} 3",
+            "tandem_service_http_response_seconds_bucket{le=\"0.1\",service=\"www\"} 3",
+            "tandem_service_http_response_seconds_bucket{le=\"+Inf\",service=\"www\"} 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
 }

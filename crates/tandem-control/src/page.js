@@ -51,13 +51,23 @@
         el("tbody", {}, rows)));
   }
 
-  // A small chart of one series, with its reading in words for screen readers.
-  function spark(values, what, cls) {
-    const w = 120, h = 26, n = history.points;
-    const peak = Math.max(0, ...values);
-    const now = values.length ? values[values.length - 1] : 0;
-    const label = values.length
-      ? `${what}, last ${ago(values.length * history.step_secs)}: now ${rate(now)}/s, peak ${rate(peak)}/s`
+  // A small chart of one or more series on one scale (points may be null: a gap), with
+  // its reading in words for screen readers. `lines` is [[values, class, name]].
+  function chart(lines, what, fmt) {
+    const w = 120, h = 26;
+    const last = (values) => { for (let i = values.length - 1; i >= 0; i--) if (values[i] !== null) return values[i]; return null; };
+    const peakOf = (values) => Math.max(0, ...values.filter((v) => v !== null));
+    const peak = Math.max(0, ...lines.map(([values]) => peakOf(values)));
+    const longest = Math.max(0, ...lines.map(([values]) => values.length));
+    // The chart spans what is kept, at least 5 minutes, at most the whole history: a
+    // young node's few points are not squeezed into the right edge of an hour.
+    const n = Math.min(history.points, Math.max(60, longest));
+    const read = lines.map(([values, , name]) => {
+      const now = last(values);
+      return `${name ? name + " " : ""}now ${now === null ? "none" : fmt(now)}, peak ${fmt(peakOf(values))}`;
+    });
+    const label = longest > 0
+      ? `${what}, last ${ago(longest * history.step_secs)}: ${read.join("; ")}`
       : `${what}: no data yet`;
     const ns = "http://www.w3.org/2000/svg";
     const svg = document.createElementNS(ns, "svg");
@@ -66,22 +76,43 @@
     svg.setAttribute("height", h);
     svg.setAttribute("role", "img");
     svg.setAttribute("aria-label", label);
-    svg.setAttribute("class", "spark " + cls);
+    svg.setAttribute("class", "spark");
     const title = document.createElementNS(ns, "title");
     title.textContent = label;
     svg.append(title);
-    if (values.length > 0) {
-      const scale = peak > 0 ? (h - 2) / peak : 0;
-      const dx = w / (n - 1);
+    const scale = peak > 0 ? (h - 2) / peak : 0;
+    const dx = w / (n - 1);
+    for (const [values, cls] of lines) {
       const x0 = w - (values.length - 1) * dx;
-      const pts = values.map((v, i) => `${(x0 + i * dx).toFixed(1)},${(h - 1 - v * scale).toFixed(1)}`);
-      // One point is drawn as the step it stands for.
-      if (values.length === 1) pts.unshift(`${(w - dx * 4).toFixed(1)},${(h - 1 - values[0] * scale).toFixed(1)}`);
-      const line = document.createElementNS(ns, "polyline");
-      line.setAttribute("points", pts.join(" "));
-      svg.append(line);
+      // Runs of points between gaps; a run of one point is drawn as the step it stands for.
+      let run = [];
+      const flush = () => {
+        if (run.length === 1) run.unshift([run[0][0] - dx * 4, run[0][1]]);
+        if (run.length > 1) {
+          const line = document.createElementNS(ns, "polyline");
+          line.setAttribute("points", run.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" "));
+          line.setAttribute("class", cls);
+          svg.append(line);
+        }
+        run = [];
+      };
+      values.forEach((v, i) => { if (v === null) flush(); else run.push([x0 + i * dx, h - 1 - v * scale]); });
+      flush();
     }
-    return el("span", { class: "chart" }, svg, el("span", { class: "reading" }, rate(now) + "/s"));
+    const now = lines.map(([values]) => last(values)).map((v) => (v === null ? "\u2013" : fmt(v)));
+    return el("span", { class: "chart" }, svg, el("span", { class: "reading" }, now.join(" / ")));
+  }
+  function spark(values, what, cls) {
+    return chart([[values, cls]], what, (r) => rate(r) + "/s");
+  }
+  function ms(v) {
+    return (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)) + " ms";
+  }
+  // The p50 and p99 response times of an HTTP service or backend, "\u2013" in TCP mode.
+  function latency(h, what) {
+    if (!h.p50_ms || h.p50_ms.length === 0) return el("td", { class: "num" }, "\u2013");
+    return el("td", { class: "latency" },
+      chart([[h.p50_ms, "ok", "p50"], [h.p99_ms, "slow", "p99"]], `${what} response time`, ms));
   }
 
   function stateOf(b) {
@@ -116,7 +147,7 @@
   }
 
   function seriesOf(list, match) {
-    return list.find(match) || { connections: [], errors: [] };
+    return list.find(match) || { connections: [], errors: [], p50_ms: [], p99_ms: [] };
   }
 
   function services(s) {
@@ -128,11 +159,12 @@
       return el("tr", { "data-service": sv.name },
         el("td", {}, sv.name), el("td", {}, sv.mode), el("td", {}, sv.listen.join(", ")), el("td", {}, sv.pool),
         num(sv.active), num(sv.total), el("td", {}, spark(h.connections, `${sv.name} connections per second`, "ok")),
-        num(errors), el("td", {}, spark(h.errors, `${sv.name} errors per second`, "bad")));
+        num(errors), el("td", {}, spark(h.errors, `${sv.name} errors per second`, "bad")),
+        latency(h, sv.name));
     });
     return [el("h2", {}, "Services"),
       table("services", "Services: connections now, in total and over the last hour",
-        ["service", "mode", "listen", "pool", "active", "total", "connections/s", "errors", "errors/s"], rows)];
+        ["service", "mode", "listen", "pool", "active", "total", "connections/s", "errors", "errors/s", "response p50 / p99"], rows)];
   }
 
   function pools(s) {
@@ -164,9 +196,11 @@
           el("td", {}, badge(label, cls), el("span", { class: "since" }, since)),
           num(b.weight), num(b.active), num(b.total), el("td", {}, spark(h.connections, `${b.address} connections per second`, "ok")),
           num(bytes(b.bytes_to_backend)), num(bytes(b.bytes_to_client)), num(b.connect_errors),
-          el("td", {}, spark(h.errors, `${b.address} connect errors per second`, "bad")), el("td", {}, check), act);
+          el("td", {}, spark(h.errors, `${b.address} connect errors per second`, "bad")), latency(h, b.address),
+          el("td", {}, check), act);
       });
-      const heads = ["backend", "state", "weight", "active", "total", "connections/s", "in", "out", "connect errors", "errors/s", "last check"];
+      const heads = ["backend", "state", "weight", "active", "total", "connections/s", "in", "out", "connect errors", "errors/s",
+        "response p50 / p99", "last check"];
       if (boot.write) heads.push("action");
       out.push(table(null, `Backends of pool ${p.name}`, heads, rows, { class: "pool", "data-pool": p.name }));
     }

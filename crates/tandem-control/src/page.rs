@@ -74,7 +74,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .err { color: #b71c1c; }
 .chart { display: inline-flex; align-items: center; gap: .4em; white-space: nowrap; }
 .spark { background: #f4f4f4; } .spark polyline { fill: none; stroke-width: 1.5; }
-.spark.ok polyline { stroke: #0d47a1; } .spark.bad polyline { stroke: #b71c1c; }
+.spark polyline.ok { stroke: #0d47a1; } .spark polyline.bad { stroke: #b71c1c; } .spark polyline.slow { stroke: #e65100; }
 .reading { font-variant-numeric: tabular-nums; color: #333; min-width: 4.5em; }
 #timeline { padding-left: 1.5em; max-height: 24em; overflow-y: auto; background: #fff; border: 1px solid #ccc; }
 #timeline li { padding: .15em 0; } #timeline time { color: #555; font-variant-numeric: tabular-nums; }

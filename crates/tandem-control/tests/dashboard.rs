@@ -20,6 +20,15 @@ fn repo_file(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// Two responses: one under 5 ms, one slower than every bound.
+fn response_times() -> ResponseTimesSnapshot {
+    ResponseTimesSnapshot {
+        bounds_secs: vec![0.005, 0.1],
+        counts: vec![1, 0, 1],
+        sum_secs: 12.0,
+    }
+}
+
 /// A snapshot with every optional part present, so that `encode` writes every family.
 fn full_snapshot() -> Snapshot {
     let check = CheckSnapshot {
@@ -36,6 +45,7 @@ fn full_snapshot() -> Snapshot {
             mode: "http".into(),
             pool: "web".into(),
             proxy_refused: [("no_header".to_string(), 1)].into(),
+            response_times: Some(response_times()),
             ..Default::default()
         }],
         pools: vec![PoolSnapshot {
@@ -48,6 +58,7 @@ fn full_snapshot() -> Snapshot {
                 enabled: true,
                 last_check: Some(check),
                 certificate_days_left: Some(80),
+                response_times: Some(response_times()),
                 ..Default::default()
             }],
             ..Default::default()
@@ -186,7 +197,12 @@ fn every_exported_metric_is_on_the_dashboard() {
         .collect();
     let missing: Vec<&String> = families
         .iter()
-        .filter(|f| !read.contains(*f) && !read.contains(&format!("{f}_total")))
+        .filter(|f| {
+            // A counter is read as NAME_total, a histogram as NAME_bucket (or _sum, _count).
+            !["", "_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .any(|suffix| read.contains(&format!("{f}{suffix}")))
+        })
         .collect();
     assert!(missing.is_empty(), "no panel draws {missing:?}");
 }

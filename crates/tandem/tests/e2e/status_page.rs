@@ -312,3 +312,109 @@ async fn raw_post(to: SocketAddr, path: &str, headers: &[&str], body: &str) -> S
         .unwrap();
     answer
 }
+
+/// An HTTP service's p50 and p99 response times are charted on the page, for the
+/// service and for each backend: a backend that takes 40 ms to answer one request in
+/// ten shows a p99 of tens of ms and a p50 of a few, and a TCP service has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_charts_http_response_times() {
+    let Some(binary) = chromium() else {
+        eprintln!("SKIPPED: chromium is not installed (scripts/test installs it as root)");
+        return;
+    };
+    let slow_every = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let backend = hyper_backend(None, move |_req, _peer| {
+        let n = slow_every.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            if n % 10 == 9 {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            text("ok")
+        }
+    })
+    .await;
+    let tcp = name_server("t", false).await;
+    let d = start(&format!(
+        "[global]\nadmin_listen = \"127.0.0.1:0\"\n\n\
+[[pool]]\nname = \"api\"\nbackends = {}\n\n\
+[[pool]]\nname = \"plain\"\nbackends = {}\n\n\
+[[service]]\nname = \"api\"\nmode = \"http\"\nlisten = [\"127.0.0.1:0\"]\npool = \"api\"\n\n\
+[[service]]\nname = \"plain\"\nlisten = [\"127.0.0.1:0\"]\npool = \"plain\"\n",
+        backends(&[backend]),
+        backends(&[tcp])
+    ))
+    .await;
+    let admin = d.admin_addr().unwrap();
+    let api = addr_of(&d, "api");
+    // 50 requests a second on one keep-alive connection, for at most 40 s.
+    let traffic = tokio::spawn(async move {
+        let s = tokio::net::TcpStream::connect(api).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..2000 {
+            let req = hyper::Request::get("/")
+                .header("host", "api")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let answer = send.send_request(req).await.unwrap();
+            assert_eq!(answer.status(), 200);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{admin}/");
+    let (p50, p99, backend_label, plain) = tokio::task::spawn_blocking({
+        let profile = profile.path().to_path_buf();
+        move || {
+            let mut br = Browser::launch(binary, &profile, &[]);
+            br.open(&url);
+            // A point per 5 s: the first step's quantiles come with the second point.
+            br.wait_for(
+                "document.querySelectorAll('tr[data-service=\"api\"] td.latency svg polyline.slow').length >= 1",
+                Duration::from_secs(20),
+                "the api service's response-time chart drawn",
+            );
+            let reading = br.eval(
+                "document.querySelector('tr[data-service=\"api\"] td.latency .reading').textContent",
+            );
+            let backend_label = br.eval(&format!(
+                "document.querySelector('tr.backend[data-address=\"{backend}\"] td.latency svg').getAttribute('aria-label')"
+            ));
+            let plain = br.eval(
+                "document.querySelector('tr[data-service=\"plain\"] td:last-child').textContent",
+            );
+            let shot =
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page-http.png");
+            std::fs::write(&shot, br.screenshot()).unwrap();
+            println!("screenshot: {}", shot.display());
+            let reading = reading.as_str().unwrap().to_string();
+            let (p50, p99) = reading.split_once(" / ").expect(&reading);
+            let ms = |s: &str| s.trim_end_matches(" ms").parse::<f64>().expect(s);
+            (ms(p50), ms(p99), backend_label.as_str().unwrap().to_string(), plain)
+        }
+    })
+    .await
+    .unwrap();
+    traffic.abort();
+    println!("api: p50 {p50} ms, p99 {p99} ms; backend: {backend_label}");
+    assert!(
+        p50 < 20.0,
+        "p50 {p50} ms: nine requests in ten answer at once"
+    );
+    assert!(p99 >= 25.0, "p99 {p99} ms: one request in ten takes 40 ms");
+    assert!(
+        backend_label.starts_with(&format!("{backend} response time"))
+            && backend_label.contains("p50 now")
+            && backend_label.contains("p99 now"),
+        "{backend_label}"
+    );
+    assert_eq!(
+        plain.as_str(),
+        Some("\u{2013}"),
+        "a TCP service has no response times"
+    );
+}
