@@ -295,7 +295,11 @@ mod tests {
                 assert_eq!(dev.addresses().await.unwrap(), [b]);
                 let handle = dev.handle.clone();
                 drop(dev);
-                let mut links = handle.link().get().match_name("tdm-ann0".into()).execute();
+                let mut links = handle
+                    .link()
+                    .get()
+                    .match_name("tdm-ann0".to_string())
+                    .execute();
                 let after = links.try_next().await;
                 assert!(
                     !matches!(after, Ok(Some(_))),
