@@ -250,3 +250,55 @@ async fn follow(daemon: Daemon, part: Arc<Announcing>, stop: CancellationToken) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::daemon::plan_reload;
+
+    fn config(announce: &str) -> Config {
+        let text = format!(
+            "[[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.1.0.11:80\" }}]\n\n\
+[[pool]]\nname = \"mail\"\nbackends = [{{ address = \"10.1.0.12:25\" }}]\n\n\
+[[service]]\nname = \"www\"\nlisten = [\"192.0.2.10:80\"]\npool = \"web\"\n\n\
+[[service]]\nname = \"smtp\"\nlisten = [\"192.0.2.10:25\", \"192.0.2.11:25\"]\npool = \"mail\"\n\n{announce}"
+        );
+        Config::parse(&text, "t.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn each_address_is_behind_the_pools_of_the_services_on_it() {
+        assert_eq!(
+            targets(&config("[announce]\n")),
+            [
+                Target {
+                    address: "192.0.2.10".parse().unwrap(),
+                    pools: vec!["web".into(), "mail".into()],
+                },
+                Target {
+                    address: "192.0.2.11".parse().unwrap(),
+                    pools: vec!["mail".into()],
+                },
+            ]
+        );
+        assert!(targets(&config("")).is_empty());
+    }
+
+    #[test]
+    fn a_new_interface_needs_a_restart_and_the_rest_reloads() {
+        let old = config("[announce]\n");
+        let delays = config("[announce]\nwithdraw_delay = \"1s\"\naddresses = [\"192.0.2.11\"]\n");
+        assert!(plan_reload(&old, &delays).needs_restart.is_empty());
+        let renamed = config("[announce]\ninterface = \"tdm-web\"\n");
+        assert_eq!(
+            plan_reload(&old, &renamed).needs_restart,
+            ["announce.interface"]
+        );
+        assert_eq!(
+            plan_reload(&config(""), &old).needs_restart,
+            ["announce.interface"]
+        );
+    }
+}
