@@ -217,10 +217,10 @@ fn bird_config(router_id: &str, body: &str) -> String {
 }
 
 /// Timers short enough for a lab: BGP sessions come up within a couple of seconds,
-/// BFD declares a silent peer dead after 3 x 50 ms.
+/// BFD declares a silent peer dead after 3 x 100 ms.
 const BGP_TIMERS: &str =
     "connect delay time 1; connect retry time 1; error wait time 1, 2; hold time 3; bfd on;";
-const BFD: &str = "protocol bfd { interface \"eth0\" { min rx interval 50 ms; min tx interval 50 ms; multiplier 3; }; }\n";
+const BFD: &str = "protocol bfd { interface \"eth0\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n";
 
 fn router_bird(lab: &Lab) -> String {
     let mut body = String::from(BFD);
