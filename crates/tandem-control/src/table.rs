@@ -63,6 +63,20 @@ pub fn status(s: &Snapshot) -> String {
             );
         }
     }
+    if let Some(a) = &s.announce {
+        let announced = a.addresses.iter().filter(|x| x.announced).count();
+        out += &format!(
+            "announce {} of {} address(es) on {}{}\n",
+            announced,
+            a.addresses.len(),
+            a.interface,
+            if a.operator_withdrawn {
+                " (withdrawn by the operator)"
+            } else {
+                ""
+            }
+        );
+    }
     out.push('\n');
     let mut rows = vec![
         [

@@ -49,6 +49,12 @@ fn ctl_announce_says_what_is_announced_and_why_not() {
     assert!(table::announce(drained.announce.as_ref()).starts_with(
         "interface tdm-ann0  (withdrawn by the operator: tandem ctl announce restore)\n"
     ));
+    assert!(
+        table::status(&drained)
+            .contains("announce 1 of 2 address(es) on tdm-ann0 (withdrawn by the operator)\n"),
+        "{}",
+        table::status(&drained)
+    );
     assert_eq!(
         table::announce(None),
         "announce not configured (no [announce] section)\n"
