@@ -6,7 +6,9 @@
 //! same backend whichever node its connection reached (maglev); SIGKILL of one tandem
 //! withdraws its route within a second and its clients keep their backends on the
 //! others; a node whose pools all go down withdraws; the operator's withdraw and
-//! restore; a node that joins announces after its sync and checks; and the share of
+//! restore; a node that rejoins announces only after its sync bulk table (every
+//! client's sticky pin) and its checks; SIGTERM withdraws before the drain; the
+//! router's BFD drops a node cut off the network; and the share of
 //! established connections on the other nodes that a joining node breaks, with the
 //! router's plain multipath routes and with a resilient next-hop group.
 //!
@@ -266,7 +268,8 @@ fn node_config(lab: &Lab, n: u8) -> String {
         "[global]\nname = \"n{n}\"\ncontrol_socket = \"{dir}/n{n}.sock\"\ndrain_timeout = \"1s\"\n\n\
 [[pool]]\nname = \"web\"\nbalance = \"maglev\"\n\
 backends = [{{ address = \"10.78.0.21:{PORT}\" }}, {{ address = \"10.78.0.22:{PORT}\" }}, {{ address = \"10.78.0.23:{PORT}\" }}]\n\
-check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 1 }}\n\n\
+check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 1 }}\n\
+sticky = {{ key = \"source-ip\", ttl = \"10m\" }}\n\n\
 [[service]]\nname = \"www\"\nlisten = [\"{VIP}:{PORT}\"]\npool = \"web\"\nconnect_timeout = \"300ms\"\n\n\
 [sync]\nlisten = \"{}:7946\"\npeers = [{}]\nkey_file = \"{}\"\n\n\
 [announce]\nannounce_delay = \"500ms\"\nstop_delay = \"200ms\"\n",
@@ -454,6 +457,15 @@ fn n_balancers_behind_ecmp_announce_withdraw_and_agree_on_backends() {
     let mut n1 = lab.run_tandem("n1", &node_config(&lab, 1));
     let t = wait_hops(&lab, &["n1", "n2", "n3"], Duration::from_secs(20));
     let ready = n1.wait_for("ready to announce");
+    assert!(ready.contains("sticky tables synced"), "{ready}");
+    // The table it announced with: every client's pin, from its peers' bulk transfer.
+    let pins = ctl_json(&lab.socket("n1"), &["pools"])["pools"][0]["sticky_entries"].clone();
+    eprintln!("FIGURE n1 announced with {pins} sticky pins from the bulk transfer");
+    assert_eq!(
+        pins,
+        u64::from(CLIENTS),
+        "n1 announced without the whole table"
+    );
     eprintln!(
         "FIGURE n1 restarted: announced {} ms after start; it said: {ready}",
         t.as_millis()
