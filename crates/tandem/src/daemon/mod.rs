@@ -229,7 +229,9 @@ impl Daemon {
     /// Stops accepting (listeners close, new connections are refused), lets open
     /// connections finish until `deadline`, then closes what is left; then ends the
     /// background tasks (waiting a bounded time) and the parts. With VRRP, the node
-    /// first leaves (priority 0), so the backup takes over at once.
+    /// first leaves (priority 0), so the backup takes over at once. With `[announce]`,
+    /// before anything else, the node withdraws its routes and keeps accepting for
+    /// `announce.stop_delay` while the routers move new flows elsewhere.
     pub async fn shutdown(self, deadline: Duration) -> DrainReport {
         let shared = &self.shared;
         if let Some(announce) = &shared.announce {
