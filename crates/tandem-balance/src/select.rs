@@ -177,6 +177,18 @@ impl Selector {
             .map(slot)
             .find(|&i| usable(i))
             .or_else(|| {
+                if self.maglev.is_some() {
+                    // Walk the table from the key's first slot: its slots name backends
+                    // by address, so every node walks alike whatever the order of its
+                    // configuration (the weighted sequence below follows file order).
+                    if !self.sequence.iter().any(|&i| usable(i as usize)) {
+                        return None;
+                    }
+                    let first = (xxh3_64_with_seed(&key, HASH_SEED) % table.len() as u64) as usize;
+                    return (1..table.len())
+                        .map(|j| table[(first + j) % table.len()] as usize)
+                        .find(|&i| usable(i));
+                }
                 let start = slot(0);
                 let at = self
                     .sequence

@@ -394,3 +394,45 @@ fn a_down_backends_share_spreads_over_the_others_by_weight() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// N balancers behind ECMP: a client's connections reach any node, and every node
+    /// must choose the same backend. Two pools built independently from the same
+    /// configuration (for maglev, from the backends listed in another order), with the
+    /// same backends down, choose the same backend for every key, IPv4 and IPv6.
+    #[test]
+    fn independently_built_pools_choose_the_same_backend_for_every_key(
+        weights in prop::collection::vec(1u32..=8, 1..=12),
+        down in prop::collection::vec(any::<bool>(), 12),
+        maglev in any::<bool>(),
+        rotate in 0usize..12,
+    ) {
+        let algorithm = if maglev { Balance::Maglev } else { Balance::SourceHash };
+        let config = pool_config("p", algorithm, &weights);
+        let mut other = config.clone();
+        if maglev {
+            let r = rotate % other.backends.len();
+            other.backends.rotate_left(r);
+        }
+        let node_a = Pool::build(&config, None);
+        let node_b = Pool::build(&other, None);
+        for (i, b) in config.backends.iter().enumerate() {
+            // Leave at least one backend up.
+            if down[i] && i > 0 {
+                node_a.backend(&b.address).unwrap().state.set_healthy(false);
+                node_b.backend(&b.address).unwrap().state.set_healthy(false);
+            }
+        }
+        for k in 0..5_000u32 {
+            let v4 = client(k);
+            let v6 = IpAddr::V6(std::net::Ipv6Addr::from(u128::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            for key in [v4, v6] {
+                let a = node_a.pick_here(key, &[], 0).unwrap().0.address;
+                let b = node_b.pick_here(key, &[], 0).unwrap().0.address;
+                prop_assert_eq!(a, b, "key {} on {:?}", key, algorithm);
+            }
+        }
+    }
+}

@@ -38,6 +38,8 @@ pub struct Config {
     pub ha: Option<Ha>,
     /// State synchronisation between nodes, when configured.
     pub sync: Option<Sync>,
+    /// Route announcement through the node's BGP speaker, when configured.
+    pub announce: Option<Announce>,
     /// What is allowed but probably not meant, each located like an error.
     pub warnings: Vec<Diagnostic>,
 }
@@ -678,6 +680,44 @@ pub struct Sync {
     /// The conntrackd program (a path, or a name looked up in PATH).
     pub conntrackd: PathBuf,
 }
+
+/// Route announcement (`[announce]`): the service addresses this node announces
+/// through the BGP speaker on the node (BIRD), by holding them on an interface of
+/// tandem's own that the speaker exports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Announce {
+    /// The TUN device tandem creates and holds (it goes when tandem goes).
+    pub interface: String,
+    /// The addresses announced (each as /32 or /128): those listed, or every specific
+    /// address a service listens on.
+    pub addresses: Vec<IpAddr>,
+    /// Which pool failures withdraw an address.
+    pub withdraw_when: WithdrawWhen,
+    /// How long the pools must have failed before the withdraw.
+    pub withdraw_delay: Duration,
+    /// How long the pools must have served again before an address withdrawn for
+    /// their health is announced again.
+    pub announce_delay: Duration,
+    /// On SIGTERM: how long tandem keeps accepting after withdrawing, while the
+    /// routers move new flows to the other nodes, before it drains.
+    pub stop_delay: Duration,
+}
+
+/// Which pool failures withdraw an announced address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WithdrawWhen {
+    /// No pool behind the address has a healthy backend: it serves nothing.
+    #[default]
+    NoHealthyBackend,
+    /// Any pool behind the address has no healthy backend.
+    AnyPoolDown,
+    /// Never for health: only the operator, a stop or tandem's death withdraw.
+    Never,
+}
+
+/// The name of the announcement interface when the file names none.
+pub const DEFAULT_ANNOUNCE_INTERFACE: &str = "tdm-ann0";
 
 /// Parses a duration written as "150ms", "2s", "5m" or "1h 30m".
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

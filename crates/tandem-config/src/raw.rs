@@ -17,6 +17,7 @@ pub(crate) struct RawConfig {
     pub service: Vec<S<RawService>>,
     pub ha: Option<S<RawHa>>,
     pub sync: Option<S<RawSync>>,
+    pub announce: Option<S<RawAnnounce>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,4 +243,15 @@ pub(crate) struct RawSync {
     pub key_file: S<String>,
     pub conntrack_port: Option<S<i64>>,
     pub conntrackd: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAnnounce {
+    pub interface: Option<S<String>>,
+    pub addresses: Option<S<Vec<S<String>>>>,
+    pub withdraw_when: Option<S<crate::WithdrawWhen>>,
+    pub withdraw_delay: Option<S<String>>,
+    pub announce_delay: Option<S<String>>,
+    pub stop_delay: Option<S<String>>,
 }

@@ -9,6 +9,8 @@ use crate::error::{ConfigErrors, Diagnostic};
 use crate::raw::{self, S};
 use crate::*;
 
+mod announce;
+
 /// Largest accepted backend weight (as HAProxy).
 pub const MAX_WEIGHT: i64 = 256;
 /// `ha.priority` when the file names none (or an unusable one).
@@ -181,6 +183,10 @@ impl Validator<'_> {
         self.fallbacks(&raw.pool);
         let ha = raw.ha.as_ref().map(|h| self.ha(h, &pools));
         let sync = raw.sync.as_ref().map(|s| self.sync(s));
+        let announce = raw
+            .announce
+            .as_ref()
+            .map(|a| self.announce(a, &raw.service, ha.as_ref()));
         self.redirect_checks(&raw.service, &pools, ha.as_ref());
         if raw.service.is_empty() {
             self.diags.push(
@@ -198,6 +204,7 @@ impl Validator<'_> {
             services,
             ha,
             sync,
+            announce,
             warnings: Vec::new(),
         }
     }

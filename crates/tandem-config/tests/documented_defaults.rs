@@ -66,6 +66,15 @@ virtual_ips = ["10.1.0.1/24"]
 listen = "10.0.0.1:7000"
 key_file = "sync.key"
 @sync@
+
+[[service]]
+name = "anycast"
+listen = ["198.51.100.10:80"]
+pool = "web"
+
+[announce]
+addresses = ["198.51.100.10"]
+@announce@
 "#;
 
 /// The section of the reference each heading opens, as the template's markers name it.
@@ -82,6 +91,7 @@ fn section(heading: &str) -> Option<&'static str> {
         ("## `[ha]`", "ha"),
         ("### `[[ha.group]]`", "ha.group"),
         ("## `[sync]`", "sync"),
+        ("## `[announce]`", "announce"),
     ];
     sections
         .iter()

@@ -38,6 +38,9 @@ pub enum EventKind {
     Limit,
     /// An operator acted (drain, enable) through `tandem ctl` or the status page.
     Operator,
+    /// A service address was announced to the routers or withdrawn (its subject is
+    /// the address).
+    Announce,
 }
 
 /// One event.
@@ -235,6 +238,19 @@ pub fn changes(before: &Snapshot, now: &Snapshot) -> Vec<(EventKind, String, Str
                 subject,
                 "bulk transfer done: synced".to_string(),
             ));
+        }
+    }
+    if let (Some(b), Some(n)) = (&before.announce, &now.announce) {
+        for a in &n.addresses {
+            let was = b.addresses.iter().find(|x| x.address == a.address);
+            if was.is_some_and(|w| w.announced != a.announced) {
+                let text = if a.announced {
+                    "announced".to_string()
+                } else {
+                    format!("withdrawn: {}", a.reason)
+                };
+                out.push((EventKind::Announce, a.address.clone(), text));
+            }
         }
     }
     for s in &now.services {

@@ -74,6 +74,11 @@ struct OriginLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AddressLabels {
+    address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
     peer: String,
 }
@@ -466,6 +471,27 @@ pub fn encode(snapshot: &Snapshot) -> String {
                     .set(n as i64);
             }
         }
+    }
+    if let Some(a) = &snapshot.announce {
+        let state = gauge::<AddressLabels>(
+            &mut registry,
+            "announce_state",
+            "1 while this node announces the service address to its BGP speaker, 0 while withdrawn",
+        );
+        for x in &a.addresses {
+            state
+                .get_or_create(&AddressLabels {
+                    address: x.address.clone(),
+                })
+                .set(i64::from(x.announced));
+        }
+        let drained = Gauge::<i64>::default();
+        registry.register(
+            "announce_operator_withdrawn",
+            "1 while the operator has withdrawn this node (tandem ctl announce withdraw)",
+            drained.clone(),
+        );
+        drained.set(i64::from(a.operator_withdrawn));
     }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)

@@ -31,6 +31,24 @@ pub enum Request {
     Ha,
     /// The kernel rules of redirect services and the sync of connection states.
     Redirect,
+    /// Route announcement: what is announced and why; or the operator's drain of
+    /// the node (withdraw every address) and its end (restore).
+    Announce {
+        /// What to do.
+        action: AnnounceAction,
+    },
+}
+
+/// What to do with the node's announcements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnnounceAction {
+    /// Show the state only.
+    Status,
+    /// Withdraw every address (operator drain); the node keeps serving what arrives.
+    Withdraw,
+    /// End the operator's withdraw: announce again what the node can serve.
+    Restore,
 }
 
 /// What to do with a backend.
@@ -53,6 +71,7 @@ impl Request {
             Request::Reload => "reload",
             Request::Ha => "ha",
             Request::Redirect => "redirect",
+            Request::Announce { .. } => "announce",
         }
     }
 }
@@ -73,6 +92,9 @@ pub enum Reply {
     Ha(Option<HaSnapshot>),
     /// To [`Request::Redirect`]: the redirect services, when configured.
     Redirect(Option<Box<RedirectSnapshot>>),
+    /// To [`Request::Announce`]: the announcements after the action, when
+    /// `[announce]` is configured.
+    Announce(Option<AnnounceSnapshot>),
 }
 
 impl Reply {
@@ -86,6 +108,7 @@ impl Reply {
             Request::Reload => Reply::Reload(from_value(data)?),
             Request::Ha => Reply::Ha(from_value(data)?),
             Request::Redirect => Reply::Redirect(from_value(data)?),
+            Request::Announce { .. } => Reply::Announce(from_value(data)?),
         })
     }
 }
@@ -180,6 +203,9 @@ pub struct Snapshot {
     /// Redirect services, when configured (without the kernel's table).
     #[serde(default)]
     pub redirect: Option<RedirectSnapshot>,
+    /// Route announcement, when configured.
+    #[serde(default)]
+    pub announce: Option<AnnounceSnapshot>,
 }
 
 /// One service.
@@ -599,4 +625,37 @@ mod quantile_tests {
         assert!((0.1..=1.0).contains(&p50), "{p50}");
         assert_eq!(now.quantile_since(Some(&now), 0.5), None);
     }
+}
+
+/// Route announcement (`[announce]`): what this node announces through its BGP
+/// speaker, and why the rest is withdrawn.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceSnapshot {
+    /// The interface the speaker exports (tandem's TUN device).
+    pub interface: String,
+    /// The readiness gate opened (sync bulk table in, checks decided).
+    pub ready: bool,
+    /// The operator withdrew the node (`tandem ctl announce withdraw`).
+    pub operator_withdrawn: bool,
+    /// tandem is stopping.
+    pub stopping: bool,
+    /// Every address.
+    pub addresses: Vec<AnnouncedAddress>,
+    /// The last failure to change the interface, if the last try failed.
+    pub last_error: Option<String>,
+}
+
+/// One announced (or withdrawn) address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnouncedAddress {
+    /// The address.
+    pub address: String,
+    /// Announced now.
+    pub announced: bool,
+    /// Why: "serving", or why it is withdrawn.
+    pub reason: String,
+    /// The pools behind it.
+    pub pools: Vec<String>,
+    /// Seconds in this state.
+    pub for_secs: u64,
 }

@@ -63,6 +63,20 @@ pub fn status(s: &Snapshot) -> String {
             );
         }
     }
+    if let Some(a) = &s.announce {
+        let announced = a.addresses.iter().filter(|x| x.announced).count();
+        out += &format!(
+            "announce {} of {} address(es) on {}{}\n",
+            announced,
+            a.addresses.len(),
+            a.interface,
+            if a.operator_withdrawn {
+                " (withdrawn by the operator)"
+            } else {
+                ""
+            }
+        );
+    }
     out.push('\n');
     let mut rows = vec![
         [
@@ -190,5 +204,45 @@ pub fn redirect(r: Option<&crate::protocol::RedirectSnapshot>) -> String {
     }
     out += "\nkernel table:\n";
     out += &r.table;
+    out
+}
+
+/// `tandem ctl announce`: each address, announced or withdrawn, and why.
+pub fn announce(a: Option<&crate::protocol::AnnounceSnapshot>) -> String {
+    let Some(a) = a else {
+        return "announce not configured (no [announce] section)\n".into();
+    };
+    let mut out = format!("interface {}", a.interface);
+    if a.stopping {
+        out += "  (stopping)";
+    } else if a.operator_withdrawn {
+        out += "  (withdrawn by the operator: tandem ctl announce restore)";
+    } else if !a.ready {
+        out += "  (starting)";
+    }
+    out += "\n";
+    let width = a
+        .addresses
+        .iter()
+        .map(|x| x.address.len())
+        .max()
+        .unwrap_or(0);
+    for x in &a.addresses {
+        out += &format!(
+            "{:width$}  {:9}  {}s  {}  (pools {})\n",
+            x.address,
+            if x.announced {
+                "announced"
+            } else {
+                "withdrawn"
+            },
+            x.for_secs,
+            x.reason,
+            x.pools.join(", "),
+        );
+    }
+    if let Some(e) = &a.last_error {
+        out += &format!("last error: {e}\n");
+    }
     out
 }

@@ -84,6 +84,15 @@ fn full_snapshot() -> Snapshot {
             }),
             ..Default::default()
         }),
+        announce: Some(AnnounceSnapshot {
+            interface: "tdm-ann0".into(),
+            addresses: vec![AnnouncedAddress {
+                address: "192.0.2.10".into(),
+                announced: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -199,3 +199,90 @@ async fn the_link_recovers_by_itself_after_the_peer_returns() {
     })
     .await;
 }
+
+/// Three nodes, each with the other two as peers (a full mesh, as N balancers behind
+/// ECMP run it): a pin made on any node reaches both others, and a node that restarts
+/// empty gets the whole table by bulk from the survivors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_of_three_shares_every_pin_and_a_restarted_node_gets_the_bulk() {
+    // Each node on its own address, as on a real sync network (an accepted session is
+    // named after the configured peer with its IP).
+    let addrs: Vec<SocketAddr> = (1..=3u8)
+        .map(|i| {
+            std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 77, i), 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        })
+        .collect();
+    let mesh = |i: usize| SyncSettings {
+        node: format!("n{i}"),
+        listen: addrs[i],
+        peers: addrs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, a)| *a)
+            .collect(),
+        secret: KEY.to_vec(),
+        pools_digest: 1,
+    };
+    let stores: Vec<Arc<Memory>> = (0..3).map(|_| Arc::new(Memory::default())).collect();
+    let mut nodes = Vec::new();
+    for (i, store) in stores.iter().enumerate() {
+        nodes.push(SyncNode::start(mesh(i), store.clone()).await.unwrap());
+    }
+    until(
+        "every node connected to both others",
+        Duration::from_secs(5),
+        || {
+            nodes
+                .iter()
+                .all(|n| n.peers().iter().filter(|p| p.connected).count() == 2)
+        },
+    )
+    .await;
+    // Each node pins a third of the clients, as each serves a third of the flows.
+    for n in 0..300u32 {
+        let i = (n % 3) as usize;
+        let e = entry(n);
+        stores[i].apply(std::slice::from_ref(&e));
+        nodes[i].publish(Change::Entry(e));
+    }
+    until("300 pins on every node", Duration::from_secs(5), || {
+        stores
+            .iter()
+            .all(|s| s.entries.lock().unwrap().len() == 300)
+    })
+    .await;
+    for (i, n) in nodes.iter().enumerate() {
+        let received: u64 = n.peers().iter().map(|p| p.received).sum();
+        assert_eq!(received, 200, "node {i} hears the other two nodes' pins");
+    }
+
+    // Node 2 restarts empty: the bulk from its peers brings all 300 back before it
+    // says it is synced.
+    let old = nodes.pop().unwrap();
+    drop(old);
+    until("old listener closed", Duration::from_secs(2), || {
+        std::net::TcpListener::bind(addrs[2]).is_ok()
+    })
+    .await;
+    let fresh = Arc::new(Memory::default());
+    let restarted = SyncNode::start(mesh(2), fresh.clone()).await.unwrap();
+    let mut synced = restarted.synced();
+    tokio::time::timeout(Duration::from_secs(10), synced.wait_for(|s| *s))
+        .await
+        .expect("synced within 10 s")
+        .unwrap();
+    until(
+        "the bulk on the restarted node",
+        Duration::from_secs(5),
+        || fresh.entries.lock().unwrap().len() == 300,
+    )
+    .await;
+    assert_eq!(
+        *fresh.entries.lock().unwrap(),
+        *stores[0].entries.lock().unwrap()
+    );
+}

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use tandem_control::{BackendAction, Reply, Request, table};
+use tandem_control::{AnnounceAction, BackendAction, Reply, Request, table};
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -54,7 +54,7 @@ pub enum Command {
         #[arg(short, long, env = "TANDEM_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
-    /// Ask a running tandem: status, pools, backend enable/disable, reload, ha.
+    /// Ask a running tandem: status, pools, backend enable/disable, reload, ha, announce.
     ///
     /// Talks to the control socket (global.control_socket). Prints tables, or JSON with
     /// --json. Exit code 1 when tandem cannot be reached or refuses the command.
@@ -112,6 +112,13 @@ pub enum CtlCommand {
     Ha,
     /// Redirect services: the live kernel rules and the sync of connection states.
     Redirect,
+    /// Route announcement: each address, announced or withdrawn, and why; `withdraw`
+    /// takes the node out of the routers' ECMP (operator drain), `restore` ends that.
+    Announce {
+        /// withdraw or restore; none: show the state.
+        #[arg(value_parser = ["withdraw", "restore"])]
+        action: Option<String>,
+    },
 }
 
 impl CtlCommand {
@@ -123,6 +130,13 @@ impl CtlCommand {
             CtlCommand::Reload => Request::Reload,
             CtlCommand::Ha => Request::Ha,
             CtlCommand::Redirect => Request::Redirect,
+            CtlCommand::Announce { action } => Request::Announce {
+                action: match action.as_deref() {
+                    Some("withdraw") => AnnounceAction::Withdraw,
+                    Some("restore") => AnnounceAction::Restore,
+                    _ => AnnounceAction::Status,
+                },
+            },
             CtlCommand::Backend {
                 action,
                 pool,
@@ -146,6 +160,7 @@ impl CtlCommand {
             Reply::Pools(s) => table::pools(s),
             Reply::Ha(ha) => table::ha(ha.as_ref()),
             Reply::Redirect(r) => table::redirect(r.as_deref()),
+            Reply::Announce(a) => table::announce(a.as_ref()),
             Reply::Backend(b) => match self {
                 CtlCommand::Backend {
                     action,

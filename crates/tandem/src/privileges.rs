@@ -29,6 +29,10 @@ pub fn needed(config: &Config) -> CapsHashSet {
         set.insert(Capability::CAP_NET_RAW);
         set.insert(Capability::CAP_NET_ADMIN);
     }
+    if config.announce.is_some() {
+        // The announced addresses on tandem's own interface.
+        set.insert(Capability::CAP_NET_ADMIN);
+    }
     set
 }
 

@@ -7,12 +7,19 @@
 //! sync is in and which pools have decided, it says wait (and until when at most) or
 //! go, with a summary for the log. The daemon holds VRRP preemption until it says go.
 //! Only preemption waits: a node that hears no master takes over when the RFC's
-//! master-down timer says so, ready or not (nobody else serves then).
+//! master-down timer says so, ready or not (nobody else serves then). Route
+//! announcement (`[announce]`) waits for the same gate: a node announces nothing with
+//! an empty table or undecided checks. [`wait`] drives a gate with the live sync and
+//! health state.
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tandem_config::Config;
+use tandem_health::HealthBoard;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// The longest a node waits for its checks to decide, whatever their settings.
 pub const MAX_CHECK_WAIT: Duration = Duration::from_secs(30);
@@ -146,6 +153,49 @@ impl Gate {
             undecided,
             bound: self.bound,
         })
+    }
+}
+
+/// Judges `gate` again whenever the sync's state (`synced`, when `[sync]` is there)
+/// or a check's first decision changes, or its bound passes, until it says ready
+/// (returned) or `stop` is cancelled (None). `started` is the node's start.
+pub async fn wait(
+    mut gate: Gate,
+    mut synced: Option<watch::Receiver<bool>>,
+    health: Arc<HealthBoard>,
+    started: Instant,
+    stop: CancellationToken,
+) -> Option<Ready> {
+    let mut decisions = health.decisions();
+    loop {
+        let now = started.elapsed();
+        let is_synced = synced.as_mut().is_none_or(|s| *s.borrow_and_update());
+        let recheck_at = match gate.judge(now, is_synced, |pool| health.decided(pool)) {
+            Verdict::Ready(ready) => return Some(ready),
+            Verdict::Wait { recheck_at } => recheck_at,
+        };
+        let sync_changed = async {
+            match synced.as_mut() {
+                Some(s) => {
+                    if s.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let bound = async {
+            match recheck_at {
+                Some(at) => tokio::time::sleep_until((started + at).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = sync_changed => {}
+            r = decisions.changed() => if r.is_err() { return None },
+            () = bound => {}
+        }
     }
 }
 

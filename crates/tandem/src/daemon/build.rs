@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
 
 use super::Daemon;
+use super::announce::{self, Announcing};
 use super::ha::{self, HaSettingsError};
 use super::reload::{ListenKey, relayed};
 use super::sticky;
@@ -78,6 +79,9 @@ pub enum BuildError {
     /// VRRP cannot start on the interface.
     #[error("starting VRRP: {0}")]
     Vrrp(#[from] VrrpError),
+    /// The announcement interface cannot be made.
+    #[error("announce: {0}")]
+    Announce(tandem_announce::linux::DeviceError),
 }
 
 /// A listening address that cannot be bound.
@@ -113,6 +117,8 @@ pub struct Built {
     pub(super) vrrp: Option<Arc<Vrrp>>,
     /// What VRRP preemption waits for, when it waits.
     pub(super) gate: Option<Gate>,
+    /// The announcement interface, when `[announce]` is configured.
+    pub(super) announce: Option<Arc<Announcing>>,
 }
 
 impl Daemon {
@@ -151,22 +157,22 @@ impl Daemon {
         } else {
             None
         };
+        // No stale socket file for the next start to find.
+        let unbind = |e: BuildError| {
+            if let Some((path, _)) = &control {
+                let _ = std::fs::remove_file(path);
+            }
+            e
+        };
+        // The interface goes with its descriptor when a later part fails.
+        let announce = announce::build(&config, started).await.map_err(unbind)?;
         let Parts {
             sync,
             redirect,
             takeovers,
             vrrp,
             gate,
-        } = match build_parts(&config, &pools).await {
-            Ok(parts) => parts,
-            Err(e) => {
-                // No stale socket file for the next start to find.
-                if let Some((path, _)) = &control {
-                    let _ = std::fs::remove_file(path);
-                }
-                return Err(e);
-            }
-        };
+        } = build_parts(&config, &pools).await.map_err(unbind)?;
         Ok(Built {
             started,
             config,
@@ -182,6 +188,7 @@ impl Daemon {
             takeovers,
             vrrp,
             gate,
+            announce,
         })
     }
 }

@@ -1,6 +1,6 @@
 //! Answers to the control socket's requests.
 
-use tandem_control::{BackendAction, Reply, Request, Response};
+use tandem_control::{AnnounceAction, BackendAction, Reply, Request, Response};
 use tracing::warn;
 
 use super::Daemon;
@@ -20,6 +20,7 @@ impl Daemon {
                 pool,
                 address,
             } => self.backend_request(action, &pool, &address),
+            Request::Announce { action } => self.announce_request(action).await,
             Request::Reload => match self.reload().await {
                 Ok(report) => Response::ok(Reply::Reload(report)),
                 Err(e) => {
@@ -43,5 +44,24 @@ impl Daemon {
             Ok(b) => Response::ok(Reply::Backend(b)),
             Err(e) => Response::error(e.to_string()),
         }
+    }
+}
+
+impl Daemon {
+    /// `tandem ctl announce [withdraw|restore]`: the operator's drain of the node, and
+    /// the state after it.
+    async fn announce_request(&self, action: AnnounceAction) -> Response {
+        let Some(part) = &self.shared.announce else {
+            return match action {
+                AnnounceAction::Status => Response::ok(Reply::Announce(None)),
+                _ => Response::error("no [announce] section: this node announces nothing"),
+            };
+        };
+        let snapshot = match action {
+            AnnounceAction::Status => part.snapshot(),
+            AnnounceAction::Withdraw => part.set_operator(self, true).await,
+            AnnounceAction::Restore => part.set_operator(self, false).await,
+        };
+        Response::ok(Reply::Announce(Some(snapshot)))
     }
 }

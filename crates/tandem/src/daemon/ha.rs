@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::Daemon;
 use super::tasks::{Tasks, Until};
-use crate::readiness::{Gate, Verdict};
+use crate::readiness::{self, Gate};
 
 /// Why `[ha]` cannot become VRRP settings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,52 +111,22 @@ pub(super) fn start(daemon: &Daemon, tasks: &Tasks, vrrp: &Arc<Vrrp>, gate: Opti
 /// checks of the served and tracked pools decided, or their bound passed), then logs
 /// what it waited for and lets preemption go.
 async fn hold_until_ready(
-    mut gate: Gate,
+    gate: Gate,
     vrrp: Arc<Vrrp>,
-    mut synced: Option<tokio::sync::watch::Receiver<bool>>,
+    synced: Option<tokio::sync::watch::Receiver<bool>>,
     health: Arc<HealthBoard>,
     started: Instant,
     stop: CancellationToken,
 ) {
-    let mut decisions = health.decisions();
-    loop {
-        let now = started.elapsed();
-        let is_synced = synced.as_mut().is_none_or(|s| *s.borrow_and_update());
-        let recheck_at = match gate.judge(now, is_synced, |pool| health.decided(pool)) {
-            Verdict::Ready(ready) => {
-                if ready.undecided.is_empty() {
-                    info!(target: "tandem::vrrp", "{ready}: VRRP may preempt");
-                } else {
-                    warn!(target: "tandem::vrrp", "{ready}: VRRP may preempt");
-                }
-                vrrp.hold_preempt(false).await;
-                return;
-            }
-            Verdict::Wait { recheck_at } => recheck_at,
-        };
-        let sync_changed = async {
-            match synced.as_mut() {
-                Some(s) => {
-                    if s.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let bound = async {
-            match recheck_at {
-                Some(at) => tokio::time::sleep_until((started + at).into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = sync_changed => {}
-            r = decisions.changed() => if r.is_err() { return },
-            () = bound => {}
-        }
+    let Some(ready) = readiness::wait(gate, synced, health, started, stop).await else {
+        return;
+    };
+    if ready.undecided.is_empty() {
+        info!(target: "tandem::vrrp", "{ready}: VRRP may preempt");
+    } else {
+        warn!(target: "tandem::vrrp", "{ready}: VRRP may preempt");
     }
+    vrrp.hold_preempt(false).await;
 }
 
 /// Demotes the VRRP priority while a tracked pool has no healthy backend.

@@ -8,8 +8,10 @@
 //! against the running one ([`plan_reload`], pure) and applies it; [`status`] maps the
 //! running state to the control protocol's snapshots; [`control`] answers the control
 //! socket; [`sync_store`] adapts the pools' sticky tables to sync; [`ha`] wires VRRP to
-//! the pools and the readiness gate; [`sticky`] saves, restores and sweeps the tables.
+//! the pools and the readiness gate; [`sticky`] saves, restores and sweeps the tables;
+//! [`announce`] holds the service addresses BIRD announces while the node can serve.
 
+mod announce;
 mod build;
 mod control;
 mod ha;
@@ -85,6 +87,7 @@ struct Shared {
     sync: Option<Arc<SyncNode>>,
     redirect: Option<Arc<RedirectPlane>>,
     live: live::Live,
+    announce: Option<Arc<announce::Announcing>>,
 }
 
 /// What reloads change: the listeners, the services and the health checks.
@@ -226,9 +229,26 @@ impl Daemon {
     /// Stops accepting (listeners close, new connections are refused), lets open
     /// connections finish until `deadline`, then closes what is left; then ends the
     /// background tasks (waiting a bounded time) and the parts. With VRRP, the node
-    /// first leaves (priority 0), so the backup takes over at once.
+    /// first leaves (priority 0), so the backup takes over at once. With `[announce]`,
+    /// before anything else, the node withdraws its routes and keeps accepting for
+    /// `announce.stop_delay` while the routers move new flows elsewhere.
     pub async fn shutdown(self, deadline: Duration) -> DrainReport {
         let shared = &self.shared;
+        if let Some(announce) = &shared.announce {
+            // Withdraw first: the routers move new flows to the other nodes while
+            // this one still accepts what is on its way.
+            announce.stop(&self).await;
+            let delay = shared
+                .config
+                .load()
+                .announce
+                .as_ref()
+                .map_or(Duration::ZERO, |a| a.stop_delay);
+            info!(
+                "announcements withdrawn; accepting for {delay:?} more while the routers converge"
+            );
+            tokio::time::sleep(delay).await;
+        }
         if let Some(vrrp) = &shared.vrrp {
             vrrp.shutdown().await;
         }

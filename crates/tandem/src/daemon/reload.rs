@@ -155,6 +155,11 @@ pub fn plan_reload(old: &Config, new: &Config) -> ReloadPlan {
         (old.ha != new.ha, "ha"),
         (old.sync != new.sync, "sync"),
         (o.user != n.user || o.group != n.group, "global.user"),
+        (
+            old.announce.as_ref().map(|a| &a.interface)
+                != new.announce.as_ref().map(|a| &a.interface),
+            "announce.interface",
+        ),
     ] {
         if changed {
             plan.needs_restart.push(key.into());

@@ -19,6 +19,7 @@ use super::build::{Built, node_max_conns};
 use super::reload::ListenKey;
 use super::tasks::{Tasks, Until};
 use super::{Daemon, Inner, RunningListener, RunningService, Shared, ha, live, sticky};
+use crate::readiness::Gate;
 
 impl Built {
     /// Serves what was built: accept loops, control socket, admin port, and the
@@ -39,6 +40,7 @@ impl Built {
             takeovers,
             vrrp,
             gate,
+            announce,
         } = self;
         let tasks = Tasks::default();
         let life = Lifecycle {
@@ -73,6 +75,7 @@ impl Built {
             sync,
             redirect,
             live: Default::default(),
+            announce: announce.clone(),
         });
         let daemon = Daemon { shared };
         let stop = tasks.stop().clone();
@@ -109,6 +112,9 @@ impl Built {
         }
         if let Some(vrrp) = daemon.vrrp() {
             ha::start(&daemon, &tasks, &vrrp, gate);
+        }
+        if let Some(part) = &announce {
+            super::announce::start(&daemon, &tasks, part, Gate::for_config(&config));
         }
         if let Some((path, l)) = control {
             daemon.serve_control(&tasks, l);

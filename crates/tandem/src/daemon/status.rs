@@ -105,6 +105,7 @@ impl Daemon {
             pools,
             ha: self.vrrp().map(|v| ha_snapshot(&v.status())),
             redirect: self.redirect().map(|p| redirect_summary(&p)),
+            announce: self.shared.announce.as_ref().map(|a| a.snapshot()),
             sync: self
                 .sync()
                 .map(|s| {

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod announce;
 mod cli;
 mod conformance;
 mod control;
