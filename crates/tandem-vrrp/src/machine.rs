@@ -4,7 +4,7 @@
 //! origin) and one [`Input`], and returns the [`Action`]s to carry out. Timers are
 //! deadlines; [`Instance::next_deadline`] says when to feed [`Input::Tick`] next.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::packet::{Advertisement, Centis};
@@ -388,6 +388,7 @@ impl Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

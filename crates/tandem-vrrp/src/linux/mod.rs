@@ -169,7 +169,22 @@ impl Vrrp {
             .ok_or_else(|| VrrpError::NoInterface(settings.interface.clone()))?;
         let ipv6 = family_of(&settings)?;
         let vips: Vec<IpAddr> = settings.virtual_ips.iter().map(|(ip, _)| *ip).collect();
-        let addresses = netlink.addresses(link.index).await?;
+        let mut addresses = netlink.addresses(link.index).await?;
+        // A link-local address still in duplicate address detection (an interface just
+        // up, at boot) is usable within a second or two: wait for it rather than fail.
+        for _ in 0..30 {
+            let tentative = |(ip, _, unusable): &(IpAddr, u8, bool)| {
+                *unusable && is_link_local(*ip) && !vips.contains(ip)
+            };
+            let usable = |(ip, _, unusable): &(IpAddr, u8, bool)| {
+                !*unusable && is_link_local(*ip) && !vips.contains(ip)
+            };
+            if !ipv6 || addresses.iter().any(usable) || !addresses.iter().any(tentative) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            addresses = netlink.addresses(link.index).await?;
+        }
         let primary = if ipv6 {
             // RFC 5798 section 5.1.2.1: from the interface's link-local address.
             addresses

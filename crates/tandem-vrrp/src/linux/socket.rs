@@ -31,6 +31,8 @@ pub struct VrrpSocket {
     fd: AsyncFd<Socket>,
     /// IPv6: the link-local source and the interface index, as IPV6_PKTINFO.
     pktinfo: Option<Vec<u8>>,
+    /// The interface (scope of link-local destinations).
+    ifindex: u32,
 }
 
 /// What the kernel says of a received IPv6 message.
@@ -99,14 +101,18 @@ impl VrrpSocket {
         // SAFETY: `socket` owns its descriptor and moves into the AsyncFd, which keeps it
         // open and unchanged until it is dropped.
         let fd = unsafe { AsyncFd::register(socket) }.map_err(io::Error::from)?;
-        Ok(VrrpSocket { fd, pktinfo })
+        Ok(VrrpSocket {
+            fd,
+            pktinfo,
+            ifindex,
+        })
     }
 
     /// Sends a VRRP message (the kernel adds the IP header) to `destination`.
     pub fn send(&self, message: &[u8], destination: IpAddr) -> io::Result<()> {
         match (destination, &self.pktinfo) {
             (IpAddr::V6(ip), Some(pktinfo)) => {
-                let to = SockAddr::from(SocketAddrV6::new(ip, 0, 0, 0));
+                let to = SockAddr::from(SocketAddrV6::new(ip, 0, 0, self.ifindex));
                 let buffers = [IoSlice::new(message)];
                 let msg = MsgHdr::new()
                     .with_addr(&to)
