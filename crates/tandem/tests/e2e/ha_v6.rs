@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV6, TcpStream};
 use std::time::{Duration, Instant};
 
+use super::ha::{keepalived, spawn_keepalived};
 use lab::Lab;
 use support::Running;
 use tandem_vrrp::packet::{Advertisement, Centis, MULTICAST_V4, MULTICAST_V6};
@@ -95,10 +96,6 @@ fn client_neighbour(lab: &Lab) -> Option<String> {
     out.get(at..at + 17).map(str::to_string)
 }
 
-fn kill(node: &Running, signal: rustix::process::Signal) {
-    node.signal(signal);
-}
-
 #[test]
 fn ipv6_master_killed_the_backup_serves_within_a_second_and_the_neighbour_entry_follows() {
     let Some(lab) = lab6("v6") else { return };
@@ -134,7 +131,7 @@ fn ipv6_master_killed_the_backup_serves_within_a_second_and_the_neighbour_entry_
         // SIGKILL: no priority 0, lb1's kernel even keeps the address; lb2 must notice
         // the silence and its neighbour advertisement must turn the client to it.
         let killed = Instant::now();
-        kill(&lb1, rustix::process::Signal::KILL);
+        lb1.signal(rustix::process::Signal::KILL);
         let (served_at, body) = client.wait_answer_after(killed, Duration::from_secs(5));
         let failover = served_at.duration_since(killed);
         assert!(body == "be1\n" || body == "be2\n", "{body:?}");
@@ -178,41 +175,16 @@ fn ipv6_master_killed_the_backup_serves_within_a_second_and_the_neighbour_entry_
     }
 }
 
-fn keepalived() -> Option<&'static str> {
-    ["/usr/sbin/keepalived", "/sbin/keepalived"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-}
-
 /// keepalived 2.x as an IPv6 VRRPv3 router for the same two addresses.
 fn start_keepalived6(lab: &Lab, name: &str, priority: u8) -> Running {
-    let dir = lab.dir.path().display();
-    let conf = lab.dir.path().join(format!("{name}-keepalived.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n\
-vrrp_instance VI_6 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 0.1\n  native_ipv6\n  \
+    spawn_keepalived(
+        lab,
+        name,
+        &format!(
+            "vrrp_instance VI_6 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 0.1\n  native_ipv6\n  \
 virtual_ipaddress {{\n    {LL_VIP}/64 dev eth0\n    {VIP6}/64 dev eth0\n  }}\n}}\n"
         ),
     )
-    .unwrap();
-    let conf = conf.display().to_string();
-    let args = [
-        "--dont-fork",
-        "--log-console",
-        "--log-detail",
-        "--vrrp",
-        "-f",
-        conf.as_str(),
-        "-p",
-        &format!("{dir}/{name}-keepalived.pid"),
-        "-r",
-        &format!("{dir}/{name}-vrrp.pid"),
-    ]
-    .map(|s| s.to_string());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    lab.spawn(name, keepalived().unwrap(), &args)
 }
 
 #[test]
@@ -239,7 +211,7 @@ fn interoperates_with_keepalived_over_ipv6_in_both_directions() {
         kp.drain_lines()
     );
     // tandem leaves (priority 0): keepalived takes over.
-    kill(&tandem, rustix::process::Signal::TERM);
+    tandem.signal(rustix::process::Signal::TERM);
     assert_eq!(tandem.wait_exit(Duration::from_secs(5)), 0);
     let took = lab.wait(
         "keepalived took over from tandem",
