@@ -1761,7 +1761,8 @@ impl Validator<'_> {
     }
 
     /// A VRRP router is IPv4 or IPv6 (RFC 5798), as its first virtual address says;
-    /// an IPv6 one's first address is its link-local address, the others global.
+    /// an IPv6 one's first address is its link-local address, the others global, and
+    /// its unicast peers are link-local (where its adverts come from).
     fn ha_family(&mut self, h: &raw::RawHa) {
         let vips: Vec<_> = h
             .virtual_ips
@@ -1826,6 +1827,13 @@ impl Validator<'_> {
                     key,
                     format!("{ip} is link-local: only the first IPv6 virtual address is"),
                     "list global addresses after the link-local one",
+                ));
+            } else if key == "ha.unicast_peers" && ip.is_ipv6() && !link_local(&ip) {
+                wrong.push((
+                    span,
+                    key,
+                    format!("{ip} is not link-local: IPv6 adverts come from the peers' link-local addresses (RFC 5798)"),
+                    "list each peer's link-local address on ha.interface, e.g. \"fe80::2\"",
                 ));
             }
         }

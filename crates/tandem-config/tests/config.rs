@@ -584,6 +584,19 @@ fn a_router_mixing_families_or_without_link_local_first_is_refused() {
         "ha.unicast_peers",
         "fe80::2 is IPv6, but this router is IPv4",
     );
+    // IPv6 adverts come from link-local addresses: a global peer would never match.
+    let text = format!(
+        "{BASE}\n[ha]\ninterface = \"eth0\"\nvrid = 5\nvirtual_ips = [\"fe80::10/64\"]\nunicast_peers = [\"fe80::2\", \"2001:db8::2\"]\n"
+    );
+    let e = errors(&text);
+    assert_error(
+        &e,
+        15,
+        29,
+        "ha.unicast_peers",
+        "2001:db8::2 is not link-local",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
 }
 
 #[test]
