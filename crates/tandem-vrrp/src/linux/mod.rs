@@ -173,13 +173,7 @@ impl Vrrp {
         // A link-local address still in duplicate address detection (an interface just
         // up, at boot) is usable within a second or two: wait for it rather than fail.
         for _ in 0..30 {
-            let tentative = |(ip, _, unusable): &(IpAddr, u8, bool)| {
-                *unusable && is_link_local(*ip) && !vips.contains(ip)
-            };
-            let usable = |(ip, _, unusable): &(IpAddr, u8, bool)| {
-                !*unusable && is_link_local(*ip) && !vips.contains(ip)
-            };
-            if !ipv6 || addresses.iter().any(usable) || !addresses.iter().any(tentative) {
+            if !ipv6 || !matches!(own_link_local(&addresses, &vips), (None, true)) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -187,10 +181,8 @@ impl Vrrp {
         }
         let primary = if ipv6 {
             // RFC 5798 section 5.1.2.1: from the interface's link-local address.
-            addresses
-                .iter()
-                .find(|(ip, _, unusable)| !unusable && is_link_local(*ip) && !vips.contains(ip))
-                .map(|(ip, _, _)| *ip)
+            own_link_local(&addresses, &vips)
+                .0
                 .ok_or_else(|| VrrpError::NoLinkLocal(settings.interface.clone()))?
         } else {
             let own: Vec<_> = addresses
@@ -315,6 +307,20 @@ fn family_of(settings: &HaSettings) -> Result<bool, VrrpError> {
         Some(ip) => Err(VrrpError::MixedFamilies(ip.to_string())),
         None => Ok(ipv6),
     }
+}
+
+/// The interface's own usable link-local address among `addresses` (not a virtual
+/// one), and whether one is still tentative.
+fn own_link_local(addresses: &[(IpAddr, u8, bool)], vips: &[IpAddr]) -> (Option<IpAddr>, bool) {
+    let own = || {
+        addresses
+            .iter()
+            .filter(|(ip, _, _)| is_link_local(*ip) && !vips.contains(ip))
+    };
+    let usable = own()
+        .find(|(_, _, unusable)| !unusable)
+        .map(|(ip, _, _)| *ip);
+    (usable, own().any(|(_, _, unusable)| *unusable))
 }
 
 /// fe80::/10.
@@ -818,6 +824,23 @@ mod tests {
         assert!(is_link_local("febf::1".parse().unwrap()));
         assert!(!is_link_local("fec0::1".parse().unwrap()));
         assert!(!is_link_local("192.0.2.1".parse().unwrap()));
+        let a = |ip: &str, unusable| (ip.parse::<IpAddr>().unwrap(), 64, unusable);
+        let vips = ["fe80::10".parse().unwrap()];
+        let ll = "fe80::1".parse().ok();
+        // The virtual link-local address and global ones are not the router's own.
+        let addresses = [
+            a("fe80::10", false),
+            a("2001:db8::1", false),
+            a("fe80::1", true),
+        ];
+        assert_eq!(own_link_local(&addresses, &vips), (None, true));
+        let addresses = [
+            a("fe80::10", false),
+            a("fe80::2", true),
+            a("fe80::1", false),
+        ];
+        assert_eq!(own_link_local(&addresses, &vips), (ll, true));
+        assert_eq!(own_link_local(&addresses[..1], &vips), (None, false));
     }
 
     #[test]
