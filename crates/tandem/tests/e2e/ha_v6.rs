@@ -480,7 +480,23 @@ fn rogue_sender(v6: bool) {
 
     const EACH: usize = 5;
     send_forgeries(&lab, vip, source, EACH);
-    std::thread::sleep(Duration::from_millis(300));
+    // Until both nodes counted them all (or a bound passes: then the asserts say what
+    // is missing), and a little longer, so that a count over the mark would show.
+    let total = |name: &str, ha: &serde_json::Value| -> u64 {
+        let (now, was) = (dropped(&ha_of(&lab, name)), dropped(ha));
+        Forgery::ALL
+            .iter()
+            .map(|f| now.get(f.label()).unwrap_or(&0) - was.get(f.label()).unwrap_or(&0))
+            .sum()
+    };
+    let expected = (EACH * Forgery::ALL.len()) as u64;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while (total("lb1", &before[0]) < expected || total("lb2", &before[1]) < expected)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
 
     let after = [ha_of(&lab, "lb1"), ha_of(&lab, "lb2")];
     let metrics_after = dropped_metrics(&lab, "lb1");
