@@ -309,6 +309,25 @@ fn family_of(settings: &HaSettings) -> Result<bool, VrrpError> {
     }
 }
 
+/// The checks of a decoded packet that need the router's settings: not our own, our
+/// VRID, and with unicast peers, from one of them (whatever its priority).
+fn check_sender(
+    rx: Received,
+    primary: IpAddr,
+    vrid: u8,
+    unicast_peers: &[IpAddr],
+) -> Result<Received, DropReason> {
+    if rx.source == primary {
+        Err(DropReason::Own)
+    } else if rx.advertisement.vrid != vrid {
+        Err(DropReason::Vrid)
+    } else if !unicast_peers.is_empty() && !unicast_peers.contains(&rx.source) {
+        Err(DropReason::UnknownPeer)
+    } else {
+        Ok(rx)
+    }
+}
+
 /// The interface's own usable link-local address among `addresses` (not a virtual
 /// one), and whether one is still tentative.
 fn own_link_local(addresses: &[(IpAddr, u8, bool)], vips: &[IpAddr]) -> (Option<IpAddr>, bool) {
@@ -561,17 +580,12 @@ impl Runner {
             Some(m) => decode_ipv6(packet, m.source, m.destination, m.hop_limit),
         };
         let result = decoded.and_then(|rx| {
-            if rx.source == self.primary {
-                Err(DropReason::Own)
-            } else if rx.advertisement.vrid != self.settings.vrid {
-                Err(DropReason::Vrid)
-            } else if !self.settings.unicast_peers.is_empty()
-                && !self.settings.unicast_peers.contains(&rx.source)
-            {
-                Err(DropReason::UnknownPeer)
-            } else {
-                Ok(rx)
-            }
+            check_sender(
+                rx,
+                self.primary,
+                self.settings.vrid,
+                &self.settings.unicast_peers,
+            )
         });
         match result {
             Ok(rx) => {
@@ -841,6 +855,34 @@ mod tests {
         ];
         assert_eq!(own_link_local(&addresses, &vips), (ll, true));
         assert_eq!(own_link_local(&addresses[..1], &vips), (None, false));
+    }
+
+    #[test]
+    fn own_packets_other_vrids_and_unknown_peers_are_dropped() {
+        let rx = |from: &str, vrid: u8| Received {
+            source: from.parse().unwrap(),
+            destination: crate::packet::MULTICAST_V6.into(),
+            advertisement: crate::packet::Advertisement {
+                vrid,
+                priority: 255,
+                interval: Centis::new(10).unwrap(),
+                addresses: vec!["fe80::10".parse().unwrap()],
+            },
+        };
+        let me: IpAddr = "fe80::1".parse().unwrap();
+        let peers = ["fe80::2".parse().unwrap()];
+        let check = |from, vrid, peers: &[IpAddr]| {
+            check_sender(rx(from, vrid), me, 51, peers).map(|r| r.source)
+        };
+        assert_eq!(check("fe80::1", 51, &[]), Err(DropReason::Own));
+        assert_eq!(check("fe80::2", 52, &peers), Err(DropReason::Vrid));
+        assert_eq!(check("fe80::66", 51, &peers), Err(DropReason::UnknownPeer));
+        assert_eq!(check("fe80::2", 51, &peers), Ok(peers[0]));
+        assert_eq!(
+            check("fe80::66", 51, &[]),
+            Ok("fe80::66".parse().unwrap()),
+            "multicast: anyone"
+        );
     }
 
     #[test]
