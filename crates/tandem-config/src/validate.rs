@@ -1734,6 +1734,7 @@ impl Validator<'_> {
                 ),
             }
         }
+        self.ha_family(h);
         Ha {
             interface: h.interface.get_ref().clone(),
             vrid,
@@ -1763,6 +1764,88 @@ impl Validator<'_> {
             }),
             checksum_pseudo_header: h.checksum_pseudo_header.unwrap_or(true),
             group: h.group.iter().map(|g| self.ha_group(g)).collect(),
+        }
+    }
+
+    /// A VRRP router is IPv4 or IPv6 (RFC 5798), as its first virtual address says;
+    /// an IPv6 one's first address is its link-local address, the others global, and
+    /// its unicast peers are link-local (where its adverts come from).
+    fn ha_family(&mut self, h: &raw::RawHa) {
+        let vips: Vec<_> = h
+            .virtual_ips
+            .get_ref()
+            .iter()
+            .filter_map(|ip| parse_cidr(ip.get_ref()).ok().map(|(a, _)| (a, ip.span())))
+            .collect();
+        let Some((first, first_span)) = vips.first().cloned() else {
+            return;
+        };
+        let family = |ip: &IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        let hint = "a VRRP router is of one family (RFC 5798): give the other family's addresses a router of their own";
+        let link_local =
+            |ip: &IpAddr| matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+        if first.is_ipv6() && !link_local(&first) {
+            self.error(
+                first_span,
+                "ha.virtual_ips",
+                format!("{first} is not link-local: an IPv6 router's first virtual address is its link-local address (RFC 5798)"),
+                "start with a link-local address, e.g. [\"fe80::10/64\", \"2001:db8::10/64\"]",
+            );
+        }
+        let others = vips
+            .iter()
+            .skip(1)
+            .map(|(ip, span)| (ip, span.clone(), "ha.virtual_ips"));
+        let groups = h
+            .group
+            .iter()
+            .flat_map(|g| g.get_ref().virtual_ips.get_ref().iter());
+        let groups = groups.filter_map(|ip| {
+            parse_cidr(ip.get_ref())
+                .ok()
+                .map(|(a, _)| (a, ip.span(), "ha.group.virtual_ips"))
+        });
+        let peers = h.unicast_peers.iter().filter_map(|p| {
+            p.get_ref()
+                .parse::<IpAddr>()
+                .ok()
+                .map(|a| (a, p.span(), "ha.unicast_peers"))
+        });
+        let mut wrong = Vec::new();
+        for (ip, span, key) in others
+            .map(|(ip, s, k)| (*ip, s, k))
+            .chain(groups)
+            .chain(peers)
+        {
+            if ip.is_ipv4() != first.is_ipv4() {
+                wrong.push((
+                    span,
+                    key,
+                    format!(
+                        "{ip} is {}, but this router is {} (its first virtual address is {first})",
+                        family(&ip),
+                        family(&first)
+                    ),
+                    hint,
+                ));
+            } else if key == "ha.virtual_ips" && link_local(&ip) {
+                wrong.push((
+                    span,
+                    key,
+                    format!("{ip} is link-local: only the first IPv6 virtual address is"),
+                    "list global addresses after the link-local one",
+                ));
+            } else if key == "ha.unicast_peers" && ip.is_ipv6() && !link_local(&ip) {
+                wrong.push((
+                    span,
+                    key,
+                    format!("{ip} is not link-local: IPv6 adverts come from the peers' link-local addresses (RFC 5798)"),
+                    "list each peer's link-local address on ha.interface, e.g. \"fe80::2\"",
+                ));
+            }
+        }
+        for (span, key, message, hint) in wrong {
+            self.error(span, key, message, hint);
         }
     }
 

@@ -127,7 +127,7 @@ priority = 100
 advert_interval = "100ms"
 preempt = true
 preempt_delay = "2s"
-virtual_ips = ["192.0.2.10/24", "2001:db8::10"]
+virtual_ips = ["192.0.2.10/24", "192.0.2.11"]
 unicast_peers = ["192.0.2.2"]
 track_pools = { web = 50 }
 
@@ -175,7 +175,7 @@ key_file = "sync.key"
     let ha = c.ha.as_ref().unwrap();
     assert_eq!(ha.vrid, 51);
     assert_eq!(ha.advert_interval, Duration::from_millis(100));
-    assert_eq!(ha.virtual_ips[1], ("2001:db8::10".parse().unwrap(), 128));
+    assert_eq!(ha.virtual_ips[1], ("192.0.2.11".parse().unwrap(), 32));
     assert_eq!(ha.track_pools.get("web"), Some(&50));
     assert!(ha.checksum_pseudo_header);
     let sync = c.sync.as_ref().unwrap();
@@ -526,6 +526,77 @@ fn accept_proxy_and_its_sources_go_together() {
         "service.accept_proxy",
         "does not apply to mode = \"redirect\"",
     );
+}
+
+#[test]
+fn an_ipv6_router_starts_with_its_link_local_address() {
+    let text = format!(
+        "{BASE}\n[ha]\ninterface = \"eth0\"\nvrid = 5\nvirtual_ips = [\"fe80::10/64\", \"2001:db8::10\"]\nunicast_peers = [\"fe80::2\"]\n"
+    );
+    let c = Config::parse(&text, "t.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    let ha = c.ha.unwrap();
+    assert_eq!(ha.virtual_ips[0], ("fe80::10".parse().unwrap(), 64));
+    assert_eq!(ha.virtual_ips[1], ("2001:db8::10".parse().unwrap(), 128));
+    assert_eq!(
+        ha.unicast_peers,
+        vec!["fe80::2".parse::<std::net::IpAddr>().unwrap()]
+    );
+}
+
+#[test]
+fn a_router_mixing_families_or_without_link_local_first_is_refused() {
+    let text = format!(
+        "{BASE}\n[ha]\ninterface = \"eth0\"\nvrid = 5\nvirtual_ips = [\"2001:db8::10/64\", \"192.0.2.10/24\", \"fe80::11/64\"]\nunicast_peers = [\"10.0.0.2\"]\n\n[[ha.group]]\ninterface = \"eth1\"\nvirtual_ips = [\"10.1.0.1/24\"]\n"
+    );
+    let e = errors(&text);
+    assert_error(
+        &e,
+        14,
+        16,
+        "ha.virtual_ips",
+        "2001:db8::10 is not link-local",
+    );
+    assert_error(
+        &e,
+        14,
+        35,
+        "ha.virtual_ips",
+        "192.0.2.10 is IPv4, but this router is IPv6",
+    );
+    assert_error(
+        &e,
+        14,
+        52,
+        "ha.virtual_ips",
+        "fe80::11 is link-local: only the first",
+    );
+    assert_error(&e, 15, 18, "ha.unicast_peers", "10.0.0.2 is IPv4");
+    assert_error(&e, 19, 16, "ha.group.virtual_ips", "10.1.0.1 is IPv4");
+    assert_eq!(e.len(), 5, "{e:?}");
+    // An IPv4 router with an IPv6 peer.
+    let text = format!(
+        "{BASE}\n[ha]\ninterface = \"eth0\"\nvrid = 5\nvirtual_ips = [\"192.0.2.10/24\"]\nunicast_peers = [\"fe80::2\"]\n"
+    );
+    assert_error(
+        &errors(&text),
+        15,
+        18,
+        "ha.unicast_peers",
+        "fe80::2 is IPv6, but this router is IPv4",
+    );
+    // IPv6 adverts come from link-local addresses: a global peer would never match.
+    let text = format!(
+        "{BASE}\n[ha]\ninterface = \"eth0\"\nvrid = 5\nvirtual_ips = [\"fe80::10/64\"]\nunicast_peers = [\"fe80::2\", \"2001:db8::2\"]\n"
+    );
+    let e = errors(&text);
+    assert_error(
+        &e,
+        15,
+        29,
+        "ha.unicast_peers",
+        "2001:db8::2 is not link-local",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
 }
 
 #[test]

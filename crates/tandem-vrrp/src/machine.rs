@@ -4,7 +4,7 @@
 //! origin) and one [`Input`], and returns the [`Action`]s to carry out. Timers are
 //! deadlines; [`Instance::next_deadline`] says when to feed [`Input::Tick`] next.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::packet::{Advertisement, Centis};
@@ -22,10 +22,11 @@ pub struct Settings {
     pub preempt: bool,
     /// After start, wait this long before preempting.
     pub preempt_delay: Duration,
-    /// Our primary address on the interface (breaks priority ties).
-    pub primary: Ipv4Addr,
-    /// The virtual addresses.
-    pub addresses: Vec<Ipv4Addr>,
+    /// Our primary address on the interface (breaks priority ties): IPv4, or the
+    /// interface's IPv6 link-local address.
+    pub primary: IpAddr,
+    /// The virtual addresses, all of `primary`'s family.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// The three states of RFC 5798.
@@ -62,7 +63,7 @@ pub enum Input<'a> {
     /// An advertisement for our VRID arrived from `from`.
     Advert {
         /// Sender's IP address.
-        from: Ipv4Addr,
+        from: IpAddr,
         /// The advertisement.
         advert: &'a Advertisement,
     },
@@ -119,7 +120,7 @@ pub struct Instance {
     advert_at: Option<Duration>,
     started_at: Duration,
     hold_preempt: bool,
-    master: Option<Ipv4Addr>,
+    master: Option<IpAddr>,
     master_left: bool,
     peer_exited: bool,
     transitions: u64,
@@ -160,7 +161,7 @@ impl Instance {
     }
 
     /// The master as last heard (ourselves when master).
-    pub fn master(&self) -> Option<Ipv4Addr> {
+    pub fn master(&self) -> Option<IpAddr> {
         self.master
     }
 
@@ -344,8 +345,7 @@ impl Instance {
                     });
                     self.advert_at = Some(now + self.settings.interval.to_duration());
                 } else if advert.priority > self.priority
-                    || (advert.priority == self.priority
-                        && u32::from(from) > u32::from(self.settings.primary))
+                    || (advert.priority == self.priority && from > self.settings.primary)
                 {
                     let reason = format!(
                         "advertisement from {from} with priority {} (ours {})",
@@ -388,6 +388,7 @@ impl Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -400,8 +401,8 @@ mod tests {
             interval: Centis::new(100).unwrap(), // 1 s
             preempt: true,
             preempt_delay: Duration::ZERO,
-            primary: Ipv4Addr::from(primary),
-            addresses: vec![Ipv4Addr::new(192, 0, 2, 10)],
+            primary: Ipv4Addr::from(primary).into(),
+            addresses: vec![Ipv4Addr::new(192, 0, 2, 10).into()],
         }
     }
 
@@ -410,11 +411,11 @@ mod tests {
             vrid: 51,
             priority,
             interval: Centis::new(100).unwrap(),
-            addresses: vec![Ipv4Addr::new(192, 0, 2, 10)],
+            addresses: vec![Ipv4Addr::new(192, 0, 2, 10).into()],
         }
     }
 
-    const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
 
     fn transitions(actions: &[Action]) -> Vec<(State, State)> {
         actions
@@ -649,7 +650,7 @@ mod tests {
         let a = low.handle(
             ms(3700),
             Input::Advert {
-                from: Ipv4Addr::new(192, 0, 2, 2),
+                from: Ipv4Addr::new(192, 0, 2, 2).into(),
                 advert: &adv,
             },
         );
@@ -657,11 +658,49 @@ mod tests {
         let a = high.handle(
             ms(3700),
             Input::Advert {
-                from: Ipv4Addr::new(192, 0, 2, 1),
+                from: Ipv4Addr::new(192, 0, 2, 1).into(),
                 advert: &adv,
             },
         );
         assert!(a.is_empty(), "the higher address stays master");
+    }
+
+    #[test]
+    fn ipv6_ties_are_broken_by_the_higher_link_local_address() {
+        let v6 = |primary: &str| Settings {
+            primary: primary.parse().unwrap(),
+            addresses: vec!["fe80::10".parse().unwrap()],
+            ..settings(100, [0, 0, 0, 0])
+        };
+        let mut low = Instance::new(v6("fe80::1"));
+        let mut high = Instance::new(v6("fe80::1:0"));
+        for r in [&mut low, &mut high] {
+            r.handle(ms(0), Input::Startup);
+            r.handle(ms(3600), Input::Tick);
+            assert_eq!(r.state(), State::Master);
+        }
+        let adv = Advertisement {
+            addresses: vec!["fe80::10".parse().unwrap()],
+            ..advert(100)
+        };
+        let a = low.handle(
+            ms(3700),
+            Input::Advert {
+                from: "fe80::1:0".parse().unwrap(),
+                advert: &adv,
+            },
+        );
+        assert_eq!(transitions(&a), vec![(State::Master, State::Backup)]);
+        assert_eq!(low.master(), Some("fe80::1:0".parse().unwrap()));
+        let a = high.handle(
+            ms(3700),
+            Input::Advert {
+                from: "fe80::1".parse().unwrap(),
+                advert: &adv,
+            },
+        );
+        assert!(a.is_empty(), "the higher address stays master");
+        assert_eq!(high.advertisement(100), adv);
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! VRRPv3 advertisements for IPv4 (RFC 5798 section 5): encode, decode, checksum.
+//! VRRPv3 advertisements for IPv4 and IPv6 (RFC 5798 section 5): encode, decode,
+//! checksum. An advertisement's addresses are all of one family, the family of the
+//! packet that carries it (4 bytes each in IPv4, 16 in IPv6).
 //!
 //! ```text
 //!  0                   1                   2                   3
@@ -9,14 +11,16 @@
 //! ```
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// IP protocol number of VRRP.
 pub const IPPROTO_VRRP: u8 = 112;
 /// The IPv4 multicast group of VRRP.
 pub const MULTICAST_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
-/// The only TTL a VRRP packet may arrive with.
+/// The IPv6 multicast group of VRRP (ff02::12).
+pub const MULTICAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+/// The only TTL (IPv4) or hop limit (IPv6) a VRRP packet may arrive with.
 pub const TTL: u8 = 255;
 const VERSION: u8 = 3;
 const TYPE_ADVERTISEMENT: u8 = 1;
@@ -66,8 +70,8 @@ pub struct Advertisement {
     pub priority: u8,
     /// Sender's advertisement interval.
     pub interval: Centis,
-    /// The virtual addresses.
-    pub addresses: Vec<Ipv4Addr>,
+    /// The virtual addresses, all of the packet's family.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// Why a received packet was dropped (RFC 5798 section 7.1), one variant per check.
@@ -76,11 +80,11 @@ pub enum DropReason {
     /// Shorter than its headers.
     #[error("packet too short")]
     TooShort,
-    /// Not IPv4 with protocol 112.
+    /// Not IPv4 with protocol 112 (or source and destination of different families).
     #[error("not an IPv4 VRRP packet")]
     NotVrrp,
-    /// IP TTL is not 255 (it crossed a router).
-    #[error("IP TTL is not 255")]
+    /// IPv4 TTL or IPv6 hop limit is not 255 (it crossed a router).
+    #[error("IP TTL or hop limit is not 255")]
     Ttl,
     /// Version field is not 3.
     #[error("VRRP version is not 3")]
@@ -142,45 +146,69 @@ impl DropReason {
     }
 }
 
-/// A received IPv4 packet: the fields of its IP header that VRRP checks, and the
+/// A received packet: the fields of its IP header that VRRP checks, and the
 /// advertisement it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
     /// IP source.
-    pub source: Ipv4Addr,
+    pub source: IpAddr,
     /// IP destination.
-    pub destination: Ipv4Addr,
+    pub destination: IpAddr,
     /// The advertisement.
     pub advertisement: Advertisement,
 }
 
 impl Advertisement {
     /// The VRRP message (no IP header), with its checksum for `source` -> `destination`.
-    /// `pseudo_header` says whether the checksum covers the IPv4 pseudo-header (as
-    /// RFC 5798 and keepalived do) or only the VRRP message (as some others do).
-    pub fn encode(&self, source: Ipv4Addr, destination: Ipv4Addr, pseudo_header: bool) -> Vec<u8> {
-        let mut b = Vec::with_capacity(HEADER_LEN + 4 * self.addresses.len());
+    /// For IPv4, `pseudo_header` says whether the checksum covers the IPv4 pseudo-header
+    /// (as RFC 5798 and keepalived do) or only the VRRP message (as some others do); an
+    /// IPv6 checksum always covers the IPv6 pseudo-header. Addresses of the other family
+    /// than `source` are left out (the settings never mix families).
+    pub fn encode(
+        &self,
+        source: impl Into<IpAddr>,
+        destination: impl Into<IpAddr>,
+        pseudo_header: bool,
+    ) -> Vec<u8> {
+        let (source, destination) = (source.into(), destination.into());
+        let addresses: Vec<&IpAddr> = self
+            .addresses
+            .iter()
+            .filter(|a| a.is_ipv4() == source.is_ipv4())
+            .take(255)
+            .collect();
+        debug_assert_eq!(addresses.len(), self.addresses.len(), "mixed families");
+        let mut b = Vec::with_capacity(HEADER_LEN + address_len(source) * addresses.len());
         b.push((VERSION << 4) | TYPE_ADVERTISEMENT);
         b.push(self.vrid);
         b.push(self.priority);
-        b.push(self.addresses.len().min(255) as u8);
+        b.push(addresses.len() as u8);
         b.extend_from_slice(&(self.interval.get() & 0x0fff).to_be_bytes());
         b.extend_from_slice(&[0, 0]);
-        for a in self.addresses.iter().take(255) {
-            b.extend_from_slice(&a.octets());
+        for a in addresses {
+            match a {
+                IpAddr::V4(a) => b.extend_from_slice(&a.octets()),
+                IpAddr::V6(a) => b.extend_from_slice(&a.octets()),
+            }
         }
-        let sum = checksum(&b, pseudo_header.then_some((source, destination)));
+        let sum = checksum(&b, pseudo(source, destination, pseudo_header));
         b[6..8].copy_from_slice(&sum.to_be_bytes());
         b
     }
 
-    /// Decodes a VRRP message (no IP header) sent from `source` to `destination`.
+    /// Decodes a VRRP message (no IP header) sent from `source` to `destination`; the
+    /// family of `source` says how long an address is. `pseudo_header` as for
+    /// [`Advertisement::encode`].
     pub fn decode(
         message: &[u8],
-        source: Ipv4Addr,
-        destination: Ipv4Addr,
+        source: impl Into<IpAddr>,
+        destination: impl Into<IpAddr>,
         pseudo_header: bool,
     ) -> Result<Advertisement, DropReason> {
+        let (source, destination) = (source.into(), destination.into());
+        if source.is_ipv4() != destination.is_ipv4() {
+            return Err(DropReason::NotVrrp);
+        }
         if message.len() < HEADER_LEN {
             return Err(DropReason::TooShort);
         }
@@ -191,17 +219,26 @@ impl Advertisement {
             return Err(DropReason::Type);
         }
         let count = usize::from(message[3]);
-        if message.len() != HEADER_LEN + 4 * count {
+        let width = address_len(source);
+        if message.len() != HEADER_LEN + width * count {
             return Err(DropReason::Length);
         }
-        if checksum(message, pseudo_header.then_some((source, destination))) != 0 {
+        if checksum(message, pseudo(source, destination, pseudo_header)) != 0 {
             return Err(DropReason::Checksum);
         }
         let interval = u16::from_be_bytes([message[4], message[5]]) & 0x0fff;
         let interval = Centis::new(interval).ok_or(DropReason::Interval)?;
         let addresses = message[HEADER_LEN..]
-            .chunks_exact(4)
-            .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+            .chunks_exact(width)
+            .map(|c| {
+                let mut octets = [0u8; 16];
+                octets[..width].copy_from_slice(c);
+                if width == 4 {
+                    IpAddr::from([c[0], c[1], c[2], c[3]])
+                } else {
+                    IpAddr::from(octets)
+                }
+            })
             .collect();
         Ok(Advertisement {
             vrid: message[1],
@@ -229,8 +266,8 @@ pub fn decode_ipv4(packet: &[u8], pseudo_header: bool) -> Result<Received, DropR
     if packet[8] != TTL {
         return Err(DropReason::Ttl);
     }
-    let source = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-    let destination = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    let source = IpAddr::from([packet[12], packet[13], packet[14], packet[15]]);
+    let destination = IpAddr::from([packet[16], packet[17], packet[18], packet[19]]);
     let advertisement = Advertisement::decode(
         &packet[header_len..total],
         source,
@@ -244,10 +281,48 @@ pub fn decode_ipv4(packet: &[u8], pseudo_header: bool) -> Result<Received, DropR
     })
 }
 
-/// Internet checksum (RFC 1071) of `data`, preceded by the IPv4 pseudo-header of a
-/// VRRP packet from `.0` to `.1` when given. Over data whose checksum field holds the
-/// right value, the result is 0.
-pub fn checksum(data: &[u8], pseudo: Option<(Ipv4Addr, Ipv4Addr)>) -> u16 {
+/// Parses an IPv6 VRRP message as a raw IPv6 socket delivers it (no IP header: the
+/// kernel gives the source, and the destination and hop limit as ancillary data).
+pub fn decode_ipv6(
+    message: &[u8],
+    source: Ipv6Addr,
+    destination: Ipv6Addr,
+    hop_limit: u8,
+) -> Result<Received, DropReason> {
+    if hop_limit != TTL {
+        return Err(DropReason::Ttl);
+    }
+    let advertisement = Advertisement::decode(message, source, destination, true)?;
+    Ok(Received {
+        source: source.into(),
+        destination: destination.into(),
+        advertisement,
+    })
+}
+
+/// Bytes of one address of `ip`'s family.
+fn address_len(ip: IpAddr) -> usize {
+    if ip.is_ipv4() { 4 } else { 16 }
+}
+
+/// The pseudo-header to checksum: IPv6 always has one, IPv4 when asked.
+fn pseudo(source: IpAddr, destination: IpAddr, pseudo_header: bool) -> Option<(IpAddr, IpAddr)> {
+    (pseudo_header || source.is_ipv6()).then_some((source, destination))
+}
+
+/// Internet checksum (RFC 1071) of `data`, preceded by the pseudo-header of a VRRP
+/// packet from `.0` to `.1` when given (IPv4's of RFC 768, IPv6's of RFC 8200 section
+/// 8.1). Over data whose checksum field holds the right value, the result is 0.
+pub fn checksum(data: &[u8], pseudo: Option<(IpAddr, IpAddr)>) -> u16 {
+    upper_layer_checksum(data, pseudo, IPPROTO_VRRP)
+}
+
+/// [`checksum`] for any upper-layer protocol `next_header` (ICMPv6 is 58).
+pub(crate) fn upper_layer_checksum(
+    data: &[u8],
+    pseudo: Option<(IpAddr, IpAddr)>,
+    next_header: u8,
+) -> u16 {
     let mut sum: u32 = 0;
     let mut add = |bytes: &[u8]| {
         for pair in bytes.chunks(2) {
@@ -255,17 +330,33 @@ pub fn checksum(data: &[u8], pseudo: Option<(Ipv4Addr, Ipv4Addr)>) -> u16 {
             sum += u32::from(word);
         }
     };
-    if let Some((src, dst)) = pseudo {
-        add(&src.octets());
-        add(&dst.octets());
-        add(&[0, IPPROTO_VRRP]);
-        add(&(data.len() as u16).to_be_bytes());
+    match pseudo {
+        Some((IpAddr::V4(src), IpAddr::V4(dst))) => {
+            add(&src.octets());
+            add(&dst.octets());
+            add(&[0, next_header]);
+            add(&(data.len() as u16).to_be_bytes());
+        }
+        Some((src, dst)) => {
+            add(&v6(src).octets());
+            add(&v6(dst).octets());
+            add(&(data.len() as u32).to_be_bytes());
+            add(&[0, 0, 0, next_header]);
+        }
+        None => {}
     }
     add(data);
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+fn v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+        IpAddr::V6(ip) => ip,
+    }
 }
 
 #[cfg(test)]
@@ -279,7 +370,7 @@ mod tests {
             vrid: 51,
             priority: 100,
             interval: Centis::new(100).unwrap(),
-            addresses: vec![Ipv4Addr::new(192, 168, 1, 10)],
+            addresses: vec![Ipv4Addr::new(192, 168, 1, 10).into()],
         }
     }
 
@@ -376,6 +467,82 @@ mod tests {
         );
     }
 
+    const LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+    fn advert_v6() -> Advertisement {
+        Advertisement {
+            vrid: 51,
+            priority: 100,
+            interval: Centis::new(100).unwrap(),
+            addresses: vec!["fe80::10".parse().unwrap(), "2001:db8::10".parse().unwrap()],
+        }
+    }
+
+    /// Bytes worked out by hand from RFC 5798 section 5, RFC 8200 section 8.1 and RFC 1071.
+    #[test]
+    fn encodes_known_ipv6_bytes_with_the_ipv6_pseudo_header() {
+        // The IPv4 flag does not matter: IPv6 always checksums the pseudo-header.
+        for flag in [true, false] {
+            let b = advert_v6().encode(LL, MULTICAST_V6, flag);
+            assert_eq!(b.len(), 8 + 2 * 16);
+            assert_eq!(&b[..6], &[0x31, 51, 100, 2, 0x00, 0x64]);
+            assert_eq!(&b[8..10], &[0xfe, 0x80]);
+            assert_eq!(&b[22..24], &[0x00, 0x10]);
+            assert_eq!(&b[24..28], &[0x20, 0x01, 0x0d, 0xb8]);
+            // Pseudo-header fe80 0001 (source), ff02 0012 (destination), 0000 0028
+            // (length 40), 0000 0070 (next header 112): 0x1_fe2d. Message 3133 6402 0064
+            // 0000, fe80 0010, 2001 0db8 0010: 0x1_c1f2. 0x3_c01f folds to 0xc022, !0xc022.
+            assert_eq!(u16::from_be_bytes([b[6], b[7]]), 0x3fdd);
+            assert_eq!(
+                Advertisement::decode(&b, LL, MULTICAST_V6, flag),
+                Ok(advert_v6())
+            );
+        }
+    }
+
+    #[test]
+    fn each_ipv6_receive_check_has_its_reason() {
+        let good = advert_v6().encode(LL, MULTICAST_V6, true);
+        let rx = decode_ipv6(&good, LL, MULTICAST_V6, 255).unwrap();
+        assert_eq!(rx.source, IpAddr::V6(LL));
+        assert_eq!(rx.advertisement, advert_v6());
+        assert_eq!(
+            decode_ipv6(&good, LL, MULTICAST_V6, 254),
+            Err(DropReason::Ttl)
+        );
+        assert_eq!(
+            decode_ipv6(&good[..7], LL, MULTICAST_V6, 255),
+            Err(DropReason::TooShort)
+        );
+        // An address cut short, or counted as IPv4 addresses.
+        assert_eq!(
+            decode_ipv6(&good[..30], LL, MULTICAST_V6, 255),
+            Err(DropReason::Length)
+        );
+        let mut v2 = good.clone();
+        v2[0] = 0x21;
+        assert_eq!(
+            decode_ipv6(&v2, LL, MULTICAST_V6, 255),
+            Err(DropReason::Version)
+        );
+        let mut sum = good.clone();
+        sum[7] ^= 1;
+        assert_eq!(
+            decode_ipv6(&sum, LL, MULTICAST_V6, 255),
+            Err(DropReason::Checksum)
+        );
+        // The checksum covers the source: another sender's bytes do not pass as ours.
+        let other: Ipv6Addr = "fe80::2".parse().unwrap();
+        assert_eq!(
+            decode_ipv6(&good, other, MULTICAST_V6, 255),
+            Err(DropReason::Checksum)
+        );
+        assert_eq!(
+            Advertisement::decode(&good, LL, MULTICAST_V4, true),
+            Err(DropReason::NotVrrp)
+        );
+    }
+
     #[test]
     fn centiseconds() {
         assert_eq!(Centis::from_duration(Duration::from_millis(100)).get(), 10);
@@ -394,6 +561,8 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
 
+    const LL_ANY: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 7);
+
     proptest! {
         #[test]
         fn encode_then_decode_is_identity(
@@ -409,7 +578,7 @@ mod properties {
                 vrid,
                 priority,
                 interval: Centis::new(interval).unwrap(),
-                addresses: addresses.into_iter().map(Ipv4Addr::from).collect(),
+                addresses: addresses.into_iter().map(|a| Ipv4Addr::from(a).into()).collect(),
             };
             let (src, dst) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
             let bytes = a.encode(src, dst, pseudo);
@@ -422,12 +591,36 @@ mod properties {
                 vrid: 7,
                 priority: 100,
                 interval: Centis::new(100).unwrap(),
-                addresses: vec![Ipv4Addr::new(10, 0, 0, 1)],
+                addresses: vec![Ipv4Addr::new(10, 0, 0, 1).into()],
             };
             let src = Ipv4Addr::new(10, 0, 0, 2);
             let mut bytes = a.encode(src, MULTICAST_V4, pseudo);
             bytes[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(Advertisement::decode(&bytes, src, MULTICAST_V4, pseudo).is_err());
+        }
+
+        #[test]
+        fn ipv6_encode_then_decode_is_identity(
+            vrid in 1u8..=255,
+            priority in any::<u8>(),
+            interval in 1u16..=4095,
+            addresses in prop::collection::vec(any::<u128>(), 0..20),
+            src in any::<u128>(),
+        ) {
+            let a = Advertisement {
+                vrid,
+                priority,
+                interval: Centis::new(interval).unwrap(),
+                addresses: addresses.into_iter().map(|a| Ipv6Addr::from(a).into()).collect(),
+            };
+            let src = Ipv6Addr::from(src);
+            let bytes = a.encode(src, MULTICAST_V6, false);
+            prop_assert_eq!(decode_ipv6(&bytes, src, MULTICAST_V6, 255).map(|r| r.advertisement), Ok(a));
+        }
+
+        #[test]
+        fn arbitrary_ipv6_messages_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200), hops in any::<u8>()) {
+            let _ = decode_ipv6(&bytes, LL_ANY, MULTICAST_V6, hops);
         }
 
         #[test]

@@ -32,7 +32,8 @@ pub fn frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 60] {
     f
 }
 
-/// A socket that sends raw Ethernet frames on interface `ifindex`.
+/// A socket that sends raw Ethernet frames on interface `ifindex`: gratuitous ARP, or
+/// (opened with [`ArpSender::open_for`]) IPv6 neighbour advertisements.
 #[derive(Debug)]
 pub struct ArpSender {
     socket: Socket,
@@ -42,17 +43,26 @@ pub struct ArpSender {
 impl ArpSender {
     /// Opens the socket (needs CAP_NET_RAW).
     pub fn open(ifindex: u32) -> io::Result<ArpSender> {
+        ArpSender::open_with(ifindex, ETH_P_ARP, ETH_P_ARP)
+    }
+
+    /// Opens a socket that sends frames of Ethernet type `ethertype` and receives none.
+    pub fn open_for(ifindex: u32, ethertype: u16) -> io::Result<ArpSender> {
+        ArpSender::open_with(ifindex, ethertype, 0)
+    }
+
+    fn open_with(ifindex: u32, ethertype: u16, receive: u16) -> io::Result<ArpSender> {
         let socket = Socket::new(
             Domain::PACKET,
             Type::RAW,
-            Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))),
+            Some(Protocol::from(i32::from(receive.to_be()))),
         )?;
         let mut storage = SockAddrStorage::zeroed();
         // SAFETY: sockaddr_ll is a sockaddr type of this platform and fits in the storage
         // (view_as asserts the size); every field is plain data written below.
         let ll = unsafe { storage.view_as::<libc::sockaddr_ll>() };
         ll.sll_family = libc::AF_PACKET as u16;
-        ll.sll_protocol = ETH_P_ARP.to_be();
+        ll.sll_protocol = ethertype.to_be();
         ll.sll_ifindex = ifindex as i32;
         ll.sll_halen = 6;
         ll.sll_addr[..6].copy_from_slice(&BROADCAST);

@@ -2,11 +2,12 @@
 //! packets, fires timers, follows the interface, and carries out the machine's actions.
 
 pub mod arp;
+pub mod nd;
 pub mod netlink;
 pub mod socket;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,17 +18,21 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::machine::{Action, Input, Instance, Settings, State};
-use crate::packet::{Centis, DropReason, MULTICAST_V4, Received, decode_ipv4};
+use crate::packet::{
+    Centis, DropReason, MULTICAST_V4, MULTICAST_V6, Received, decode_ipv4, decode_ipv6,
+};
 use arp::ArpSender;
 use netlink::Netlink;
-use socket::VrrpSocket;
+use socket::{Datagram, VrrpSocket};
 
 /// How often the interface's state is read.
 const LINK_POLL: Duration = Duration::from_millis(200);
 /// When gratuitous ARPs go out after the first advertisement as master (ms after it).
 const GARP_SCHEDULE_MS: [u64; 5] = [0, 100, 300, 1000, 2000];
 
-/// What a virtual router needs: the daemon builds it from its `[ha]` section.
+/// What a virtual router needs: the daemon builds it from its `[ha]` section. A router
+/// is IPv4 or IPv6 (RFC 5798 runs one per family): every address here is of the
+/// family of the first virtual address; for IPv6 that one is link-local.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HaSettings {
     /// Interface.
@@ -42,10 +47,10 @@ pub struct HaSettings {
     pub preempt: bool,
     /// Wait after start before preempting.
     pub preempt_delay: Duration,
-    /// Virtual IPv4 addresses with prefix length.
-    pub virtual_ips: Vec<(Ipv4Addr, u8)>,
+    /// Virtual addresses with prefix length.
+    pub virtual_ips: Vec<(IpAddr, u8)>,
     /// Unicast peers; empty = multicast.
-    pub unicast_peers: Vec<Ipv4Addr>,
+    pub unicast_peers: Vec<IpAddr>,
     /// Program run with the new state.
     pub notify: Option<PathBuf>,
     /// Checksum over the IPv4 pseudo-header.
@@ -59,8 +64,8 @@ pub struct HaSettings {
 pub struct GroupSettings {
     /// Interface.
     pub interface: String,
-    /// Virtual IPv4 addresses with prefix length.
-    pub virtual_ips: Vec<(Ipv4Addr, u8)>,
+    /// Virtual addresses with prefix length.
+    pub virtual_ips: Vec<(IpAddr, u8)>,
 }
 
 /// Sent just before this node takes the virtual addresses; the router waits for the
@@ -82,6 +87,14 @@ pub enum VrrpError {
         "interface {0} has no IPv4 address of its own to send VRRP from (the virtual addresses do not count)"
     )]
     NoAddress(String),
+    /// The interface has no usable IPv6 link-local address to send from.
+    #[error(
+        "interface {0} has no IPv6 link-local address of its own to send VRRP from (the virtual addresses do not count; a tentative one is not usable before duplicate address detection ends)"
+    )]
+    NoLinkLocal(String),
+    /// The settings mix IPv4 and IPv6 (or list no virtual address).
+    #[error("{0}: a VRRP router is IPv4 or IPv6, not both (its first virtual address says which)")]
+    MixedFamilies(String),
     /// Netlink failed.
     #[error(transparent)]
     Netlink(#[from] netlink::NetlinkError),
@@ -106,13 +119,13 @@ pub struct Status {
     /// Active demotions: (reason, amount).
     pub demotions: Vec<(String, u8)>,
     /// The master as last heard.
-    pub master: Option<Ipv4Addr>,
+    pub master: Option<IpAddr>,
     /// State changes.
     pub transitions: u64,
     /// Dropped packets by reason.
     pub dropped: BTreeMap<DropReason, u64>,
     /// Virtual addresses.
-    pub virtual_ips: Vec<(Ipv4Addr, u8)>,
+    pub virtual_ips: Vec<(IpAddr, u8)>,
 }
 
 enum Command {
@@ -154,14 +167,34 @@ impl Vrrp {
             .link(&settings.interface)
             .await?
             .ok_or_else(|| VrrpError::NoInterface(settings.interface.clone()))?;
-        let vips: Vec<Ipv4Addr> = settings.virtual_ips.iter().map(|(ip, _)| *ip).collect();
-        let addresses = netlink.addresses(link.index).await?;
-        let primary = addresses
-            .iter()
-            .find(|(ip, _, secondary)| !secondary && !vips.contains(ip))
-            .or_else(|| addresses.iter().find(|(ip, _, _)| !vips.contains(ip)))
-            .map(|(ip, _, _)| *ip)
-            .ok_or_else(|| VrrpError::NoAddress(settings.interface.clone()))?;
+        let ipv6 = family_of(&settings)?;
+        let vips: Vec<IpAddr> = settings.virtual_ips.iter().map(|(ip, _)| *ip).collect();
+        let mut addresses = netlink.addresses(link.index).await?;
+        // A link-local address still in duplicate address detection (an interface just
+        // up, at boot) is usable within a second or two: wait for it rather than fail.
+        for _ in 0..30 {
+            if !ipv6 || !matches!(own_link_local(&addresses, &vips), (None, true)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            addresses = netlink.addresses(link.index).await?;
+        }
+        let primary = if ipv6 {
+            // RFC 5798 section 5.1.2.1: from the interface's link-local address.
+            own_link_local(&addresses, &vips)
+                .0
+                .ok_or_else(|| VrrpError::NoLinkLocal(settings.interface.clone()))?
+        } else {
+            let own: Vec<_> = addresses
+                .iter()
+                .filter(|(ip, _, _)| ip.is_ipv4() && !vips.contains(ip))
+                .collect();
+            own.iter()
+                .find(|(_, _, secondary)| !secondary)
+                .or_else(|| own.first())
+                .map(|(ip, _, _)| *ip)
+                .ok_or_else(|| VrrpError::NoAddress(settings.interface.clone()))?
+        };
         // The main interface first, then the group's.
         let mut holders =
             vec![AddressHolder::open(&netlink, &settings.interface, &settings.virtual_ips).await?];
@@ -207,6 +240,7 @@ impl Vrrp {
             origin: Instant::now(),
             interface_down: false,
             takeover,
+            drop_log: DropLog::default(),
         };
         let task = tokio::spawn(runner.run(rx));
         Ok(Vrrp {
@@ -256,6 +290,63 @@ impl Vrrp {
     }
 }
 
+/// Whether the router is IPv6; an error names the first address of the other family.
+fn family_of(settings: &HaSettings) -> Result<bool, VrrpError> {
+    let Some((first, _)) = settings.virtual_ips.first() else {
+        return Err(VrrpError::MixedFamilies("no virtual address".into()));
+    };
+    let ipv6 = first.is_ipv6();
+    let other = settings
+        .virtual_ips
+        .iter()
+        .chain(settings.group.iter().flat_map(|g| g.virtual_ips.iter()))
+        .map(|(ip, _)| ip)
+        .chain(settings.unicast_peers.iter())
+        .find(|ip| ip.is_ipv6() != ipv6);
+    match other {
+        Some(ip) => Err(VrrpError::MixedFamilies(ip.to_string())),
+        None => Ok(ipv6),
+    }
+}
+
+/// The checks of a decoded packet that need the router's settings: not our own, our
+/// VRID, and with unicast peers, from one of them (whatever its priority).
+fn check_sender(
+    rx: Received,
+    primary: IpAddr,
+    vrid: u8,
+    unicast_peers: &[IpAddr],
+) -> Result<Received, DropReason> {
+    if rx.source == primary {
+        Err(DropReason::Own)
+    } else if rx.advertisement.vrid != vrid {
+        Err(DropReason::Vrid)
+    } else if !unicast_peers.is_empty() && !unicast_peers.contains(&rx.source) {
+        Err(DropReason::UnknownPeer)
+    } else {
+        Ok(rx)
+    }
+}
+
+/// The interface's own usable link-local address among `addresses` (not a virtual
+/// one), and whether one is still tentative.
+fn own_link_local(addresses: &[(IpAddr, u8, bool)], vips: &[IpAddr]) -> (Option<IpAddr>, bool) {
+    let own = || {
+        addresses
+            .iter()
+            .filter(|(ip, _, _)| is_link_local(*ip) && !vips.contains(ip))
+    };
+    let usable = own()
+        .find(|(_, _, unusable)| !unusable)
+        .map(|(ip, _, _)| *ip);
+    (usable, own().any(|(_, _, unusable)| *unusable))
+}
+
+/// fe80::/10.
+fn is_link_local(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
 /// The effective priority: the configured one less the demotions, at least 1.
 pub fn effective_priority(priority: u8, demotions: &[(String, u8)]) -> u8 {
     let total: u32 = demotions.iter().map(|(_, d)| u32::from(*d)).sum();
@@ -265,10 +356,42 @@ pub fn effective_priority(priority: u8, demotions: &[(String, u8)]) -> u8 {
     (i64::from(priority.min(254)) - i64::from(total)).clamp(1, 254) as u8
 }
 
+/// At most one log line per drop reason every [`DropLog::EVERY`]: a flood of forged
+/// packets must not flood the log. Counted in full in the status all the same.
+#[derive(Debug, Default)]
+struct DropLog {
+    /// Per reason: when its last line went out, and drops since then.
+    last: BTreeMap<DropReason, (Duration, u64)>,
+}
+
+impl DropLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts a drop at `now`; `Some(drops since the last line, this one included)` when
+    /// a line is due.
+    fn due(&mut self, reason: DropReason, now: Duration) -> Option<u64> {
+        match self.last.get_mut(&reason) {
+            Some((at, since)) if now < *at + Self::EVERY => {
+                *since += 1;
+                None
+            }
+            Some((at, since)) => {
+                let n = *since + 1;
+                (*at, *since) = (now, 0);
+                Some(n)
+            }
+            None => {
+                self.last.insert(reason, (now, 0));
+                Some(1)
+            }
+        }
+    }
+}
+
 struct Runner {
     settings: HaSettings,
     netlink: Netlink,
-    primary: Ipv4Addr,
+    primary: IpAddr,
     socket: VrrpSocket,
     /// Where the virtual addresses go: the main interface, then the group's.
     holders: Arc<Vec<AddressHolder>>,
@@ -278,6 +401,8 @@ struct Runner {
     origin: Instant,
     interface_down: bool,
     takeover: Option<mpsc::Sender<Takeover>>,
+    /// Rate limit of the log lines of dropped packets.
+    drop_log: DropLog,
 }
 
 /// An interface that holds virtual addresses while this router is master.
@@ -285,9 +410,10 @@ struct AddressHolder {
     interface: String,
     index: u32,
     arp: ArpSender,
-    virtual_ips: Vec<(Ipv4Addr, u8)>,
-    /// The gratuitous ARP of each virtual address, built once.
-    frames: Vec<[u8; 60]>,
+    virtual_ips: Vec<(IpAddr, u8)>,
+    /// The gratuitous ARP (IPv4) or unsolicited neighbour advertisement (IPv6) of each
+    /// virtual address, built once.
+    frames: Vec<Vec<u8>>,
 }
 
 impl AddressHolder {
@@ -307,13 +433,13 @@ impl AddressHolder {
     async fn open(
         netlink: &Netlink,
         interface: &str,
-        virtual_ips: &[(Ipv4Addr, u8)],
+        virtual_ips: &[(IpAddr, u8)],
     ) -> Result<AddressHolder, VrrpError> {
         let link = netlink
             .link(interface)
             .await?
             .ok_or_else(|| VrrpError::NoInterface(interface.to_string()))?;
-        let ips: Vec<Ipv4Addr> = virtual_ips.iter().map(|(ip, _)| *ip).collect();
+        let ips: Vec<IpAddr> = virtual_ips.iter().map(|(ip, _)| *ip).collect();
         for (ip, _, _) in netlink
             .addresses(link.index)
             .await?
@@ -323,12 +449,23 @@ impl AddressHolder {
             warn!(target: "tandem::vrrp", interface, address = %ip, "removing a virtual address left from an earlier run");
             netlink.remove_address(link.index, *ip).await?;
         }
+        let arp = if ips.iter().any(IpAddr::is_ipv6) {
+            ArpSender::open_for(link.index, nd::ETH_P_IPV6)?
+        } else {
+            ArpSender::open(link.index)?
+        };
         Ok(AddressHolder {
             interface: interface.to_string(),
             index: link.index,
-            arp: ArpSender::open(link.index)?,
+            arp,
             virtual_ips: virtual_ips.to_vec(),
-            frames: ips.iter().map(|ip| arp::frame(link.mac, *ip)).collect(),
+            frames: ips
+                .iter()
+                .map(|ip| match ip {
+                    IpAddr::V4(ip) => arp::frame(link.mac, *ip).to_vec(),
+                    IpAddr::V6(ip) => nd::frame(link.mac, *ip).to_vec(),
+                })
+                .collect(),
         })
     }
 }
@@ -349,8 +486,8 @@ impl Runner {
             let mut packet = None;
             let input = tokio::select! {
                 received = self.socket.recv(&mut buf) => match received {
-                    Ok(n) => {
-                        packet = self.receive(&buf[..n]);
+                    Ok(d) => {
+                        packet = self.receive(&buf, d);
                         None
                     }
                     Err(e) => {
@@ -421,10 +558,10 @@ impl Runner {
     /// that arrived in time, or a backup would take over from a live master.
     async fn drain_queued(&mut self, buf: &mut [u8]) {
         for _ in 0..64 {
-            let Ok(Some(n)) = self.socket.try_recv(buf) else {
+            let Ok(Some(d)) = self.socket.try_recv(buf) else {
                 return;
             };
-            if let Some(rx) = self.receive(&buf[..n]) {
+            if let Some(rx) = self.receive(buf, d) {
                 let input = Input::Advert {
                     from: rx.source,
                     advert: &rx.advertisement,
@@ -436,19 +573,19 @@ impl Runner {
     }
 
     /// Checks a packet as RFC 5798 section 7.1 asks; returns it when kept.
-    fn receive(&mut self, packet: &[u8]) -> Option<Received> {
-        let result = decode_ipv4(packet, self.settings.pseudo_header).and_then(|rx| {
-            if rx.source == self.primary {
-                Err(DropReason::Own)
-            } else if rx.advertisement.vrid != self.settings.vrid {
-                Err(DropReason::Vrid)
-            } else if !self.settings.unicast_peers.is_empty()
-                && !self.settings.unicast_peers.contains(&rx.source)
-            {
-                Err(DropReason::UnknownPeer)
-            } else {
-                Ok(rx)
-            }
+    fn receive(&mut self, buf: &[u8], d: Datagram) -> Option<Received> {
+        let packet = &buf[..d.len.min(buf.len())];
+        let decoded = match d.meta {
+            None => decode_ipv4(packet, self.settings.pseudo_header),
+            Some(m) => decode_ipv6(packet, m.source, m.destination, m.hop_limit),
+        };
+        let result = decoded.and_then(|rx| {
+            check_sender(
+                rx,
+                self.primary,
+                self.settings.vrid,
+                &self.settings.unicast_peers,
+            )
         });
         match result {
             Ok(rx) => {
@@ -460,13 +597,28 @@ impl Runner {
                 Some(rx)
             }
             Err(reason) => {
-                let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                *s.dropped.entry(reason).or_default() += 1;
-                if matches!(
-                    reason,
-                    DropReason::Checksum | DropReason::Ttl | DropReason::Version
-                ) {
-                    debug!(target: "tandem::vrrp", %reason, "VRRP packet dropped");
+                let total = {
+                    let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                    let n = s.dropped.entry(reason).or_default();
+                    *n += 1;
+                    *n
+                };
+                let from = match d.meta {
+                    Some(m) => IpAddr::V6(m.source),
+                    None if packet.len() >= 16 => {
+                        IpAddr::from([packet[12], packet[13], packet[14], packet[15]])
+                    }
+                    None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                };
+                if let Some(since) = self.drop_log.due(reason, self.now()) {
+                    // Other routers' VRIDs and our own looped packets are normal on a
+                    // shared segment; the rest is misconfiguration or an attack.
+                    if matches!(reason, DropReason::Vrid | DropReason::Own) {
+                        debug!(target: "tandem::vrrp", %reason, %from, total, "VRRP packet dropped");
+                    } else {
+                        warn!(target: "tandem::vrrp", %reason, %from, total, dropped_since_last_line = since,
+                            "VRRP packet dropped: {reason} (one line per reason every {}s at most)", DropLog::EVERY.as_secs());
+                    }
                 }
                 None
             }
@@ -530,10 +682,12 @@ impl Runner {
 
     fn send(&self, priority: u8) {
         let advert = self.machine.advertisement(priority);
-        let destinations: Vec<Ipv4Addr> = if self.settings.unicast_peers.is_empty() {
-            vec![MULTICAST_V4]
-        } else {
+        let destinations: Vec<IpAddr> = if !self.settings.unicast_peers.is_empty() {
             self.settings.unicast_peers.clone()
+        } else if self.primary.is_ipv6() {
+            vec![MULTICAST_V6.into()]
+        } else {
+            vec![MULTICAST_V4.into()]
         };
         for to in destinations {
             let bytes = advert.encode(self.primary, to, self.settings.pseudo_header);
@@ -627,6 +781,109 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropped_packets_are_logged_once_per_reason_and_interval() {
+        let mut log = DropLog::default();
+        let s = Duration::from_secs;
+        assert_eq!(log.due(DropReason::Ttl, s(0)), Some(1));
+        assert_eq!(
+            log.due(DropReason::Checksum, s(1)),
+            Some(1),
+            "each reason its own"
+        );
+        for t in 1..10 {
+            assert_eq!(log.due(DropReason::Ttl, s(t)), None);
+        }
+        // The next line tells how many went unlogged in between.
+        assert_eq!(log.due(DropReason::Ttl, s(10)), Some(10));
+        assert_eq!(log.due(DropReason::Ttl, s(11)), None);
+        assert_eq!(log.due(DropReason::Ttl, s(25)), Some(2));
+    }
+
+    fn ha(virtual_ips: &[&str], peers: &[&str]) -> HaSettings {
+        HaSettings {
+            interface: "eth0".into(),
+            vrid: 1,
+            priority: 100,
+            interval: Duration::from_secs(1),
+            preempt: true,
+            preempt_delay: Duration::ZERO,
+            virtual_ips: virtual_ips
+                .iter()
+                .map(|ip| (ip.parse().unwrap(), 64))
+                .collect(),
+            unicast_peers: peers.iter().map(|ip| ip.parse().unwrap()).collect(),
+            notify: None,
+            pseudo_header: true,
+            group: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_router_is_of_one_family() {
+        assert!(!family_of(&ha(&["192.0.2.10"], &["192.0.2.2"])).unwrap());
+        assert!(family_of(&ha(&["fe80::10", "2001:db8::10"], &["fe80::2"])).unwrap());
+        let e = family_of(&ha(&["fe80::10", "192.0.2.10"], &[])).unwrap_err();
+        assert!(e.to_string().starts_with("192.0.2.10: "), "{e}");
+        assert!(family_of(&ha(&["192.0.2.10"], &["fe80::2"])).is_err());
+        let mut group = ha(&["192.0.2.10"], &[]);
+        group.group.push(GroupSettings {
+            interface: "eth1".into(),
+            virtual_ips: vec![("2001:db8::1".parse().unwrap(), 64)],
+        });
+        assert!(family_of(&group).is_err());
+        assert!(family_of(&ha(&[], &[])).is_err());
+        assert!(is_link_local("fe80::1".parse().unwrap()));
+        assert!(is_link_local("febf::1".parse().unwrap()));
+        assert!(!is_link_local("fec0::1".parse().unwrap()));
+        assert!(!is_link_local("192.0.2.1".parse().unwrap()));
+        let a = |ip: &str, unusable| (ip.parse::<IpAddr>().unwrap(), 64, unusable);
+        let vips = ["fe80::10".parse().unwrap()];
+        let ll = "fe80::1".parse().ok();
+        // The virtual link-local address and global ones are not the router's own.
+        let addresses = [
+            a("fe80::10", false),
+            a("2001:db8::1", false),
+            a("fe80::1", true),
+        ];
+        assert_eq!(own_link_local(&addresses, &vips), (None, true));
+        let addresses = [
+            a("fe80::10", false),
+            a("fe80::2", true),
+            a("fe80::1", false),
+        ];
+        assert_eq!(own_link_local(&addresses, &vips), (ll, true));
+        assert_eq!(own_link_local(&addresses[..1], &vips), (None, false));
+    }
+
+    #[test]
+    fn own_packets_other_vrids_and_unknown_peers_are_dropped() {
+        let rx = |from: &str, vrid: u8| Received {
+            source: from.parse().unwrap(),
+            destination: crate::packet::MULTICAST_V6.into(),
+            advertisement: crate::packet::Advertisement {
+                vrid,
+                priority: 255,
+                interval: Centis::new(10).unwrap(),
+                addresses: vec!["fe80::10".parse().unwrap()],
+            },
+        };
+        let me: IpAddr = "fe80::1".parse().unwrap();
+        let peers = ["fe80::2".parse().unwrap()];
+        let check = |from, vrid, peers: &[IpAddr]| {
+            check_sender(rx(from, vrid), me, 51, peers).map(|r| r.source)
+        };
+        assert_eq!(check("fe80::1", 51, &[]), Err(DropReason::Own));
+        assert_eq!(check("fe80::2", 52, &peers), Err(DropReason::Vrid));
+        assert_eq!(check("fe80::66", 51, &peers), Err(DropReason::UnknownPeer));
+        assert_eq!(check("fe80::2", 51, &peers), Ok(peers[0]));
+        assert_eq!(
+            check("fe80::66", 51, &[]),
+            Ok("fe80::66".parse().unwrap()),
+            "multicast: anyone"
+        );
+    }
 
     #[test]
     fn demotions_lower_the_priority_but_never_below_one() {

@@ -1,7 +1,7 @@
 //! What VRRP needs of rtnetlink, behind a small type so that crate's frequent API
 //! changes stay in this file.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
@@ -80,8 +80,10 @@ impl Netlink {
         }))
     }
 
-    /// IPv4 addresses on interface `index`, with prefix and whether each is secondary.
-    pub async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8, bool)>, NetlinkError> {
+    /// Addresses (IPv4 and IPv6) on interface `index`, with prefix and whether each is
+    /// secondary (IPv4) or not yet usable (IPv6: tentative or failed duplicate address
+    /// detection).
+    pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8, bool)>, NetlinkError> {
         let mut stream = self
             .handle
             .address()
@@ -94,43 +96,55 @@ impl Netlink {
             .await
             .map_err(failed("listing addresses"))?
         {
-            let secondary = msg.header.flags.contains(AddressHeaderFlags::Secondary);
-            for a in &msg.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(ip)) = a {
-                    out.push((*ip, msg.header.prefix_len, secondary));
-                }
+            let flags = msg.header.flags;
+            let secondary = flags.contains(AddressHeaderFlags::Secondary)
+                || flags.contains(AddressHeaderFlags::Tentative)
+                || flags.contains(AddressHeaderFlags::Dadfailed);
+            // IPv4 addresses come as IFA_LOCAL, IPv6 ones as IFA_ADDRESS only.
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let ip = ip.or_else(|| {
+                msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip @ IpAddr::V6(_)) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = ip {
+                out.push((ip, msg.header.prefix_len, secondary));
             }
         }
         Ok(out)
     }
 
-    /// Adds `ip/prefix` to interface `index`; already present is fine.
+    /// Adds `ip/prefix` to interface `index`; already present is fine. An IPv6
+    /// address skips duplicate address detection (IFA_F_NODAD): a takeover must not
+    /// wait for it, and the address is the group's, not this node's.
     pub async fn add_address(
         &self,
         index: u32,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         prefix: u8,
     ) -> Result<(), NetlinkError> {
-        match self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(ip), prefix)
-            .execute()
-            .await
-        {
+        let mut request = self.handle.address().add(index, ip, prefix);
+        if ip.is_ipv6() {
+            request.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        }
+        match request.execute().await {
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
             other => other.map_err(failed(format!("adding {ip}/{prefix}"))),
         }
     }
 
     /// Removes `ip` from interface `index`; already absent is fine.
-    pub async fn remove_address(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+    pub async fn remove_address(&self, index: u32, ip: IpAddr) -> Result<(), NetlinkError> {
         let mut stream = self
             .handle
             .address()
             .get()
             .set_link_index_filter(index)
-            .set_address_filter(IpAddr::V4(ip))
+            .set_address_filter(ip)
             .execute();
         while let Some(msg) = stream
             .try_next()

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::Daemon;
 use super::announce::{self, Announcing};
-use super::ha::{self, HaSettingsError};
+use super::ha;
 use super::reload::{ListenKey, relayed};
 use super::sticky;
 use super::sync_store::{self, PoolStore};
@@ -73,9 +73,6 @@ pub enum BuildError {
     /// The redirect data plane cannot run on this host.
     #[error("{0:#}")]
     Redirect(anyhow::Error),
-    /// `[ha]` asks for something VRRP cannot do.
-    #[error(transparent)]
-    HaSettings(#[from] HaSettingsError),
     /// VRRP cannot start on the interface.
     #[error("starting VRRP: {0}")]
     Vrrp(#[from] VrrpError),
@@ -272,7 +269,7 @@ async fn build_ha(
     let Some(ha) = &config.ha else {
         return Ok((None, None, None));
     };
-    let settings = ha::settings(ha)?;
+    let settings = ha::settings(ha);
     let (hook, takeovers) = match redirect {
         Some(plane) => match plane
             .start_state_sync(config)

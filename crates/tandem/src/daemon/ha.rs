@@ -2,7 +2,6 @@
 //! pools (tracked pools demote it), to the readiness gate (no preemption before the
 //! node is ready), to sync (a peer's exit) and to the redirect plane (conntrackd).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,47 +14,29 @@ use super::Daemon;
 use super::tasks::{Tasks, Until};
 use crate::readiness::{self, Gate};
 
-/// Why `[ha]` cannot become VRRP settings.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HaSettingsError {
-    /// An IPv6 address: VRRPv3 for IPv6 is not built.
-    #[error("{0}: VRRP for IPv6 is not supported yet")]
-    Ipv6(Ipv6Addr),
-}
-
-/// The VRRP settings of `[ha]`; IPv6 addresses are refused.
-pub(super) fn settings(ha: &tandem_config::Ha) -> Result<HaSettings, HaSettingsError> {
-    fn v4(ip: &IpAddr) -> Result<Ipv4Addr, HaSettingsError> {
-        match ip {
-            IpAddr::V4(v4) => Ok(*v4),
-            IpAddr::V6(v6) => Err(HaSettingsError::Ipv6(*v6)),
-        }
-    }
-    fn v4_prefixed(ips: &[(IpAddr, u8)]) -> Result<Vec<(Ipv4Addr, u8)>, HaSettingsError> {
-        ips.iter().map(|(ip, p)| Ok((v4(ip)?, *p))).collect()
-    }
-    Ok(HaSettings {
+/// The VRRP settings of `[ha]`, IPv4 or IPv6 (the validator keeps a router to one
+/// family; the router refuses a mix too).
+pub(super) fn settings(ha: &tandem_config::Ha) -> HaSettings {
+    HaSettings {
         interface: ha.interface.clone(),
         vrid: ha.vrid,
         priority: ha.priority,
         interval: ha.advert_interval,
         preempt: ha.preempt,
         preempt_delay: ha.preempt_delay,
-        virtual_ips: v4_prefixed(&ha.virtual_ips)?,
-        unicast_peers: ha.unicast_peers.iter().map(v4).collect::<Result<_, _>>()?,
+        virtual_ips: ha.virtual_ips.clone(),
+        unicast_peers: ha.unicast_peers.clone(),
         notify: ha.notify.clone(),
         pseudo_header: ha.checksum_pseudo_header,
         group: ha
             .group
             .iter()
-            .map(|g| {
-                Ok(GroupSettings {
-                    interface: g.interface.clone(),
-                    virtual_ips: v4_prefixed(&g.virtual_ips)?,
-                })
+            .map(|g| GroupSettings {
+                interface: g.interface.clone(),
+                virtual_ips: g.virtual_ips.clone(),
             })
-            .collect::<Result<_, HaSettingsError>>()?,
-    })
+            .collect(),
+    }
 }
 
 /// Spawns the tasks that tie `vrrp` to the rest of `daemon`; `gate` when preemption
@@ -160,6 +141,8 @@ async fn track_pools(daemon: Daemon, vrrp: Arc<Vrrp>, stop: CancellationToken) {
 mod tests {
     use std::path::Path;
 
+    use std::net::Ipv4Addr;
+
     use tandem_config::Config;
 
     use super::*;
@@ -182,8 +165,7 @@ advert_interval = \"200ms\"\npreempt = false\npreempt_delay = \"3s\"\n\
 virtual_ips = [\"10.0.0.100/24\", \"10.0.0.101/32\"]\nunicast_peers = [\"10.0.0.2\"]\n\
 notify = \"/bin/true\"\nchecksum_pseudo_header = false\n\n\
 [[ha.group]]\ninterface = \"eth1\"\nvirtual_ips = [\"10.1.0.1/24\"]\n",
-        ))
-        .unwrap();
+        ));
         assert_eq!(
             settings,
             HaSettings {
@@ -194,37 +176,30 @@ notify = \"/bin/true\"\nchecksum_pseudo_header = false\n\n\
                 preempt: false,
                 preempt_delay: Duration::from_secs(3),
                 virtual_ips: vec![
-                    (Ipv4Addr::new(10, 0, 0, 100), 24),
-                    (Ipv4Addr::new(10, 0, 0, 101), 32)
+                    (Ipv4Addr::new(10, 0, 0, 100).into(), 24),
+                    (Ipv4Addr::new(10, 0, 0, 101).into(), 32)
                 ],
-                unicast_peers: vec![Ipv4Addr::new(10, 0, 0, 2)],
+                unicast_peers: vec![Ipv4Addr::new(10, 0, 0, 2).into()],
                 notify: Some("/bin/true".into()),
                 pseudo_header: false,
                 group: vec![GroupSettings {
                     interface: "eth1".into(),
-                    virtual_ips: vec![(Ipv4Addr::new(10, 1, 0, 1), 24)],
+                    virtual_ips: vec![(Ipv4Addr::new(10, 1, 0, 1).into(), 24)],
                 }],
             }
         );
     }
 
     #[test]
-    fn ipv6_addresses_are_refused_by_name() {
-        let mut section = ha(
-            "[ha]\ninterface = \"eth0\"\nvrid = 51\npriority = 100\nvirtual_ips = [\"10.0.0.100/24\"]\n",
-        );
-        let v6: Ipv6Addr = "2001:db8::100".parse().unwrap();
-        section.virtual_ips.push((IpAddr::V6(v6), 64));
-        let e = settings(&section).unwrap_err();
-        assert_eq!(e, HaSettingsError::Ipv6(v6));
+    fn an_ipv6_router_reaches_the_router_as_ipv6() {
+        let settings = settings(&ha(
+            "[ha]\ninterface = \"eth0\"\nvrid = 51\nvirtual_ips = [\"fe80::10/64\", \"2001:db8::10/64\"]\nunicast_peers = [\"fe80::2\"]\n",
+        ));
+        let v6 = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
         assert_eq!(
-            e.to_string(),
-            "2001:db8::100: VRRP for IPv6 is not supported yet"
+            settings.virtual_ips,
+            vec![(v6("fe80::10"), 64), (v6("2001:db8::10"), 64)]
         );
-        let mut peers = ha(
-            "[ha]\ninterface = \"eth0\"\nvrid = 51\npriority = 100\nvirtual_ips = [\"10.0.0.100/24\"]\n",
-        );
-        peers.unicast_peers.push(IpAddr::V6(v6));
-        assert!(settings(&peers).is_err());
+        assert_eq!(settings.unicast_peers, vec![v6("fe80::2")]);
     }
 }

@@ -264,21 +264,31 @@ fn a_tracked_pool_without_healthy_backends_demotes_the_master() {
     drop(lb1);
 }
 
-fn keepalived() -> Option<&'static str> {
+pub(crate) fn keepalived() -> Option<&'static str> {
     ["/usr/sbin/keepalived", "/sbin/keepalived"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
 }
 
 fn start_keepalived(lab: &Lab, name: &str, priority: u8) -> Running {
+    spawn_keepalived(
+        lab,
+        name,
+        &format!(
+            "vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 0.1\n  \
+virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n}}\n"
+        ),
+    )
+}
+
+/// keepalived (VRRPv3) in host `name` with `instance` (its `vrrp_instance` block).
+pub(crate) fn spawn_keepalived(lab: &Lab, name: &str, instance: &str) -> Running {
     let dir = lab.dir.path().display();
     let conf = lab.dir.path().join(format!("{name}-keepalived.conf"));
     std::fs::write(
         &conf,
         format!(
-            "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n\
-vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 0.1\n  \
-virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n}}\n"
+            "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n{instance}"
         ),
     )
     .unwrap();

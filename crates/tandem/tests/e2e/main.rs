@@ -10,6 +10,7 @@ mod cli;
 mod conformance;
 mod control;
 mod ha;
+mod ha_v6;
 mod health;
 mod http;
 mod matrix;
