@@ -101,8 +101,7 @@ impl Selector {
             .iter()
             .copied()
             .filter(|&i| {
-                let s = &backends[i as usize].state;
-                s.is_healthy() && s.is_enabled()
+                backends[i as usize].state.is_selectable()
             })
             .collect();
         let sequence: Arc<[u32]> = if live.is_empty() {

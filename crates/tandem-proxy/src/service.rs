@@ -80,6 +80,8 @@ pub struct Service {
     warn_backend: RateLimited,
     warn_client: RateLimited,
     clients: Arc<ClientTable>,
+    /// Its tcp mode connections open now, for `tandem ctl connections`.
+    pub connections: crate::connections::Connections,
 }
 
 /// What the accept loop and connections need to stop.
@@ -143,6 +145,7 @@ impl Service {
             warn_backend: RateLimited::new(WARN_EVERY),
             warn_client: RateLimited::new(WARN_EVERY),
             clients: ClientTable::new(CLIENT_TABLE_CAPACITY),
+            connections: Default::default(),
         })
     }
 
@@ -449,12 +452,20 @@ impl Service {
             return;
         };
         let state = pick.lease.state.clone();
+        // Listed for `tandem ctl connections` until it ends; closing it from there
+        // cancels its own token (a child of close_all).
+        let registered = self
+            .connections
+            .register(peer, pick.lease.address, &pick.pool.name, close_all);
+        let entry = registered.connection.clone();
+        let close_all = registered.connection.close_token();
         let meter = move |to_backend: bool, n: u64| {
             if to_backend {
                 state.record_bytes(n, 0);
             } else {
                 state.record_bytes(0, n);
             }
+            entry.record(to_backend, n);
         };
         let header_error = match &header {
             Some(h) => Box::pin(backend.write_all(h)).await.err(),
@@ -463,6 +474,7 @@ impl Service {
         let header_error = match header_error {
             None if !hello.is_empty() => {
                 pick.lease.state.record_bytes(hello.len() as u64, 0);
+                registered.connection.record(true, hello.len() as u64);
                 Box::pin(backend.write_all(&hello)).await.err()
             }
             other => other,
@@ -502,6 +514,7 @@ impl Service {
             end = %outcome.end,
             "connection"
         );
+        drop(registered);
     }
 
     /// Picks and connects, trying up to `retries` other backends when a connect fails.
