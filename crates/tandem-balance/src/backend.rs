@@ -75,7 +75,11 @@ impl Agent {
     /// when it is not 100%.
     pub fn describe(self) -> String {
         let mut words: Vec<String> = Vec::new();
-        for (on, word) in [(self.down, "down"), (self.drain, "drain"), (self.maint, "maint")] {
+        for (on, word) in [
+            (self.down, "down"),
+            (self.drain, "drain"),
+            (self.maint, "maint"),
+        ] {
             if on {
                 words.push(word.into());
             }
@@ -254,8 +258,7 @@ pub struct Backend {
 impl Backend {
     /// Whether it may take a new connection now: healthy, enabled and under its limit.
     pub fn is_usable(&self) -> bool {
-        self.state.is_selectable()
-            && (self.max_conns == 0 || self.state.active() < self.max_conns)
+        self.state.is_selectable() && (self.max_conns == 0 || self.state.active() < self.max_conns)
     }
 
     /// Takes a connection slot; the slot is freed when the lease drops.

@@ -100,9 +100,7 @@ impl Selector {
             .members
             .iter()
             .copied()
-            .filter(|&i| {
-                backends[i as usize].state.is_selectable()
-            })
+            .filter(|&i| backends[i as usize].state.is_selectable())
             .collect();
         let sequence: Arc<[u32]> = if live.is_empty() {
             self.sequence.clone().into()

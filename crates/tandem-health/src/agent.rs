@@ -117,7 +117,9 @@ mod tests {
     use super::*;
 
     fn said(text: &str) -> Agent {
-        parse(text).unwrap_or_else(|| panic!("{text:?} says nothing")).agent
+        parse(text)
+            .unwrap_or_else(|| panic!("{text:?} says nothing"))
+            .agent
     }
 
     #[test]
@@ -130,7 +132,10 @@ mod tests {
         assert!(said("maint").maint);
         assert_eq!(said("75%").weight_pct, 75);
         assert_eq!(said("0%").weight_pct, 0);
-        assert!(!said("0%").allows_new(), "weight 0 takes no new connections");
+        assert!(
+            !said("0%").allows_new(),
+            "weight 0 takes no new connections"
+        );
         assert!(!said("drain").down, "drain: healthy, no new connections");
     }
 

@@ -194,7 +194,14 @@ impl HealthBoard {
                 }
                 AgentSeen {
                     agent: answer.agent,
-                    said: asked.as_deref().unwrap_or_default().lines().next().unwrap_or_default().trim().to_string(),
+                    said: asked
+                        .as_deref()
+                        .unwrap_or_default()
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
                     failed: false,
                     at: now,
                 }

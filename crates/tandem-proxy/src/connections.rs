@@ -193,7 +193,10 @@ mod tests {
         assert!(!registry.close(gone), "an ended connection is not found");
         assert_eq!(registry.len(), 1);
         parent.cancel();
-        assert!(a.connection.close_token().is_cancelled(), "the drain deadline closes it");
+        assert!(
+            a.connection.close_token().is_cancelled(),
+            "the drain deadline closes it"
+        );
         drop(a);
         assert!(registry.is_empty());
     }

@@ -454,9 +454,9 @@ impl Service {
         let state = pick.lease.state.clone();
         // Listed for `tandem ctl connections` until it ends; closing it from there
         // cancels its own token (a child of close_all).
-        let registered = self
-            .connections
-            .register(peer, pick.lease.address, &pick.pool.name, close_all);
+        let registered =
+            self.connections
+                .register(peer, pick.lease.address, &pick.pool.name, close_all);
         let entry = registered.connection.clone();
         let close_all = registered.connection.close_token();
         let meter = move |to_backend: bool, n: u64| {

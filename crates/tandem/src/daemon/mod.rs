@@ -15,6 +15,7 @@ mod control;
 mod ha;
 mod live;
 mod reload;
+mod runtime;
 mod start;
 mod status;
 mod sticky;
@@ -44,6 +45,7 @@ use tracing::info;
 
 pub use build::{BuildError, Built, Options};
 pub use reload::{ListenKey, ReloadError, ReloadPlan, plan_reload};
+pub use runtime::{RuntimeError, UNTIL_RELOAD};
 pub use tandem_control::ReloadReply as ReloadReport;
 
 use crate::redirect::RedirectPlane;
@@ -85,6 +87,9 @@ struct Shared {
     sync: Option<Arc<SyncNode>>,
     redirect: Option<Arc<RedirectPlane>>,
     live: live::Live,
+    /// The pools as changed at run time (`tandem ctl backend weight/add/remove`), until
+    /// the next reload; none: as configured.
+    runtime_pools: std::sync::Mutex<Option<Vec<tandem_config::Pool>>>,
 }
 
 /// What reloads change: the listeners, the services and the health checks.
