@@ -16,6 +16,7 @@ mod package;
 mod redirect;
 mod relay;
 mod routes;
+mod runtime;
 mod site;
 mod soak;
 mod status_page;
