@@ -431,3 +431,58 @@ async fn an_agent_drains_restores_and_halves_its_backend() {
         .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_sticky_entries_reaches_the_sync_peer() {
+    use crate::sync::{client_ip, free_addr, node_text, table};
+    raise_fd_limit();
+    let (x, y) = (name_server("x", false).await, name_server("y", false).await);
+    let backends = backends_toml(&[x, y], &[1, 1]);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("sync.key");
+    std::fs::write(&key, "c2VjcmV0IHNoYXJlZCBieSBhIGFuZCBiIG9ubHk=\n").unwrap();
+    let (a_sync, b_sync) = (free_addr(), free_addr());
+    let a = start(&node_text("node-a", &backends, a_sync, b_sync, &key)).await;
+    let b = start(&node_text("node-b", &backends, b_sync, a_sync, &key)).await;
+    wait_until("peers connected", Duration::from_secs(5), || {
+        a.snapshot().sync.iter().all(|p| p.connected)
+            && b.snapshot().sync.iter().all(|p| p.connected)
+    })
+    .await;
+    let to = addr_of(&a, "www");
+    for n in 0..20 {
+        name_via(to, Some(client_ip(n))).await;
+    }
+    let tb = table(&b);
+    wait_until("B has the 20 pins", Duration::from_secs(5), || {
+        tb.len() == 20
+    })
+    .await;
+    let one = tandem_control::StickyFilter {
+        client: Some(client_ip(3).to_string()),
+        ..Default::default()
+    };
+    let r = a.clear_sticky(&one).unwrap();
+    assert_eq!((r.cleared, r.synced), (1, true));
+    let took = wait_until("B forgot the client", Duration::from_secs(5), || {
+        tb.len() == 19 && tb.get(&client_ip(3), tandem_balance::now_ms()).is_none()
+    })
+    .await;
+    println!("the peer forgot the cleared client {took:?} after the clear");
+    let on_x = tandem_control::StickyFilter {
+        backend: Some(x.to_string()),
+        ..Default::default()
+    };
+    let r = a.clear_sticky(&on_x).unwrap();
+    assert!(r.cleared > 0);
+    wait_until("B forgot the clients of x", Duration::from_secs(5), || {
+        tb.entries().iter().all(|(_, e)| e.backend == y) && tb.len() == 19 - r.cleared as usize
+    })
+    .await;
+    a.clear_sticky(&Default::default()).unwrap();
+    wait_until("B's table is empty", Duration::from_secs(5), || {
+        tb.is_empty()
+    })
+    .await;
+    assert!(table(&a).is_empty());
+}

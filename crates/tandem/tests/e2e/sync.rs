@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use support::*;
 use tandem::daemon::Daemon;
 
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
 }
 
-fn node_text(
+pub(crate) fn node_text(
     name: &str,
     backends: &str,
     listen: SocketAddr,
@@ -34,12 +34,12 @@ sticky = {{ key = \"source-ip\", ttl = \"10m\" }}\n\n\
     )
 }
 
-fn client_ip(n: u32) -> IpAddr {
+pub(crate) fn client_ip(n: u32) -> IpAddr {
     // 127.1.0.1 onwards: every 127.x.y.z is local on Linux.
     IpAddr::V4(Ipv4Addr::from(0x7f01_0000 + n + 1))
 }
 
-fn table(d: &Daemon) -> Arc<tandem_balance::StickyTable> {
+pub(crate) fn table(d: &Daemon) -> Arc<tandem_balance::StickyTable> {
     d.pools().get("web").unwrap().sticky.clone().unwrap()
 }
 
