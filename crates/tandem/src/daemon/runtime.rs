@@ -89,13 +89,7 @@ impl Daemon {
             .parse()
             .map_err(|_| BackendError::BadAddress(address.to_string()))?;
         let mut inner = self.shared.inner.lock().await;
-        let mut configs = self
-            .shared
-            .runtime_pools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or_else(|| self.config().pools.clone());
+        let mut configs = self.current_pools();
         let p = configs
             .iter_mut()
             .find(|p| p.name == pool)
@@ -216,6 +210,17 @@ impl Daemon {
         address: &str,
     ) -> Result<BackendChangeReply, RuntimeError> {
         self.edit_backend(pool, address, Edit::Remove).await
+    }
+
+    /// The pools as they run: as configured, with the runtime changes since the last
+    /// reload.
+    fn current_pools(&self) -> Vec<tandem_config::Pool> {
+        self.shared
+            .runtime_pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.config().pools.clone())
     }
 
     /// Forgets the runtime changes (a reload built the pools from the file).
@@ -423,13 +428,7 @@ pub(super) async fn follow_agent_weights(daemon: Daemon, stop: CancellationToken
             r = changes.changed() => if r.is_err() { return },
         }
         let inner = daemon.shared.inner.lock().await;
-        let configs = daemon
-            .shared
-            .runtime_pools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or_else(|| daemon.config().pools.clone());
+        let configs = daemon.current_pools();
         let pools = PoolSet::build(&configs, Some(&daemon.shared.pools.load()));
         daemon.shared.pools.store(Arc::new(pools));
         drop(inner);

@@ -434,21 +434,10 @@ async fn an_agent_drains_restores_and_halves_its_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clearing_sticky_entries_reaches_the_sync_peer() {
-    use crate::sync::{client_ip, free_addr, node_text, table};
+    use crate::sync::{Pair, client_ip, table};
     raise_fd_limit();
     let (x, y) = (name_server("x", false).await, name_server("y", false).await);
-    let backends = backends_toml(&[x, y], &[1, 1]);
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("sync.key");
-    std::fs::write(&key, "c2VjcmV0IHNoYXJlZCBieSBhIGFuZCBiIG9ubHk=\n").unwrap();
-    let (a_sync, b_sync) = (free_addr(), free_addr());
-    let a = start(&node_text("node-a", &backends, a_sync, b_sync, &key)).await;
-    let b = start(&node_text("node-b", &backends, b_sync, a_sync, &key)).await;
-    wait_until("peers connected", Duration::from_secs(5), || {
-        a.snapshot().sync.iter().all(|p| p.connected)
-            && b.snapshot().sync.iter().all(|p| p.connected)
-    })
-    .await;
+    let Pair { a, b, _dir, .. } = Pair::start(&backends_toml(&[x, y], &[1, 1])).await;
     let to = addr_of(&a, "www");
     for n in 0..20 {
         name_via(to, Some(client_ip(n))).await;
