@@ -453,12 +453,12 @@ impl Service {
         };
         let state = pick.lease.state.clone();
         // Listed for `tandem ctl connections` until it ends; closing it from there
-        // cancels its own token (a child of close_all).
-        let registered =
-            self.connections
-                .register(peer, pick.lease.address, &pick.pool.name, close_all);
+        // cancels its own token, which the relay watches (close_all cancels it too).
+        let registered = self
+            .connections
+            .register(peer, pick.lease.address, &pick.pool.name);
         let entry = registered.connection.clone();
-        let close_all = registered.connection.close_token();
+        let own = registered.connection.close_token();
         let meter = move |to_backend: bool, n: u64| {
             if to_backend {
                 state.record_bytes(n, 0);
@@ -480,27 +480,30 @@ impl Service {
             other => other,
         };
         drop(hello);
-        let outcome = match (header_error, client) {
-            // One plain relay call site, so the task holds one relay's state.
-            (None, Client::Plain(client)) => {
-                relay::relay(&client, &backend, config.idle_timeout, close_all, &meter).await
+        let relaying = async {
+            match (header_error, client) {
+                // One plain relay call site, so the task holds one relay's state.
+                (None, Client::Plain(client)) => {
+                    relay::relay(&client, &backend, config.idle_timeout, own, &meter).await
+                }
+                (None, Client::Tls(tls)) => {
+                    Box::pin(relay::relay_stream(
+                        tls,
+                        &mut backend,
+                        config.idle_timeout,
+                        own,
+                        &meter,
+                    ))
+                    .await
+                }
+                (Some(e), _) => relay::Outcome {
+                    to_backend: 0,
+                    to_client: 0,
+                    end: End::BackendError(format!("sending PROXY header: {e}")),
+                },
             }
-            (None, Client::Tls(tls)) => {
-                Box::pin(relay::relay_stream(
-                    tls,
-                    &mut backend,
-                    config.idle_timeout,
-                    close_all,
-                    &meter,
-                ))
-                .await
-            }
-            (Some(e), _) => relay::Outcome {
-                to_backend: 0,
-                to_client: 0,
-                end: End::BackendError(format!("sending PROXY header: {e}")),
-            },
         };
+        let outcome = relay::closing_with(relaying, close_all, own).await;
         info!(
             target: "tandem::conn",
             service = %config.name,
