@@ -69,8 +69,8 @@ pub enum Command {
             value_name = "PATH"
         )]
         socket: PathBuf,
-        /// Print the JSON answer instead of tables.
-        #[arg(long)]
+        /// Print the JSON answer instead of tables (before or after the command).
+        #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
         command: CtlCommand,
@@ -388,6 +388,45 @@ mod tests {
         assert_eq!(
             CtlCommand::Reload.render(&reply),
             "reloaded\n  services added: www, api\n  listeners opened: 127.0.0.1:8080\n"
+        );
+    }
+
+    #[test]
+    fn json_may_follow_the_command() {
+        use clap::Parser;
+        for args in [
+            ["tandem", "ctl", "--json", "monitor"],
+            ["tandem", "ctl", "monitor", "--json"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Ctl { json, command, .. } = cli.command else {
+                panic!("not ctl")
+            };
+            assert!(json);
+            assert!(matches!(command.request(), Request::Monitor));
+        }
+        let cli = Cli::try_parse_from([
+            "tandem",
+            "ctl",
+            "sticky",
+            "clear",
+            "--client",
+            "192.0.2.7",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Ctl { json, command, .. } = cli.command else {
+            panic!("not ctl")
+        };
+        assert!(json);
+        assert_eq!(
+            command.request(),
+            Request::StickyClear {
+                filter: StickyFilter {
+                    client: Some("192.0.2.7".into()),
+                    ..StickyFilter::default()
+                }
+            }
         );
     }
 
