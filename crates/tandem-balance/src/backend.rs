@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use crate::latency::ResponseTimes;
 
@@ -28,6 +28,70 @@ pub struct BackendState {
     bytes_to_backend: AtomicU64,
     bytes_to_client: AtomicU64,
     response_times: ResponseTimes,
+    /// What the backend's agent said last ([`Agent`] bits; 0: nothing against it).
+    agent: AtomicU8,
+    /// The agent's weight, in percent of the configured one (100 without an agent).
+    agent_weight_pct: AtomicU32,
+}
+
+/// What a backend's agent (the agent check) says of it, as tandem acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Agent {
+    /// "down" or "stopped": counts as down whatever the health check says.
+    pub down: bool,
+    /// "drain": healthy, but no new connections.
+    pub drain: bool,
+    /// "maint": in maintenance, no new connections.
+    pub maint: bool,
+    /// The weight in percent of the configured one (100: as configured; 0: no new
+    /// connections, as HAProxy's weight 0).
+    pub weight_pct: u32,
+}
+
+impl Agent {
+    /// Nothing said against the backend: up, ready, full weight.
+    pub const READY: Agent = Agent {
+        down: false,
+        drain: false,
+        maint: false,
+        weight_pct: 100,
+    };
+
+    fn bits(self) -> u8 {
+        u8::from(self.down) | u8::from(self.drain) << 1 | u8::from(self.maint) << 2
+    }
+
+    /// Whether the agent lets the backend take new connections.
+    pub fn allows_new(self) -> bool {
+        self.bits() == 0 && self.weight_pct > 0
+    }
+
+    /// `weight` scaled by the agent's percentage (at least 1).
+    pub fn scale(self, weight: u32) -> u32 {
+        ((u64::from(weight) * u64::from(self.weight_pct) / 100) as u32).max(1)
+    }
+
+    /// How the status shows it: "ready", "drain", "maint", "down", with the weight
+    /// when it is not 100%.
+    pub fn describe(self) -> String {
+        let mut words: Vec<String> = Vec::new();
+        for (on, word) in [
+            (self.down, "down"),
+            (self.drain, "drain"),
+            (self.maint, "maint"),
+        ] {
+            if on {
+                words.push(word.into());
+            }
+        }
+        if words.is_empty() {
+            words.push("ready".into());
+        }
+        if self.weight_pct != 100 {
+            words.push(format!("{}%", self.weight_pct));
+        }
+        words.join(" ")
+    }
 }
 
 impl BackendState {
@@ -51,7 +115,38 @@ impl BackendState {
             bytes_to_backend: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             response_times: ResponseTimes::default(),
+            agent: AtomicU8::new(0),
+            agent_weight_pct: AtomicU32::new(100),
         }
+    }
+
+    /// What the backend's agent said last ([`Agent::READY`] without an agent).
+    pub fn agent(&self) -> Agent {
+        let bits = self.agent.load(Relaxed);
+        Agent {
+            down: bits & 1 != 0,
+            drain: bits & 2 != 0,
+            maint: bits & 4 != 0,
+            weight_pct: self.agent_weight_pct.load(Relaxed),
+        }
+    }
+
+    /// Records what the agent says; returns whether its weight changed (the pool's
+    /// selectors then need a new generation, which the daemon builds).
+    pub fn set_agent(&self, agent: Agent) -> bool {
+        let old = self.agent();
+        self.agent.store(agent.bits(), Relaxed);
+        self.agent_weight_pct.store(agent.weight_pct, Relaxed);
+        if old.allows_new() != agent.allows_new() || old.down != agent.down {
+            STATE_EPOCH.fetch_add(1, Relaxed);
+        }
+        old.weight_pct != agent.weight_pct
+    }
+
+    /// Whether it may be chosen for new connections as far as health, the operator
+    /// and the agent go (connection limits aside).
+    pub fn is_selectable(&self) -> bool {
+        self.is_healthy() && self.is_enabled() && self.agent().allows_new()
     }
 
     /// Whether health checks say the backend is up.
@@ -163,9 +258,7 @@ pub struct Backend {
 impl Backend {
     /// Whether it may take a new connection now: healthy, enabled and under its limit.
     pub fn is_usable(&self) -> bool {
-        self.state.is_healthy()
-            && self.state.is_enabled()
-            && (self.max_conns == 0 || self.state.active() < self.max_conns)
+        self.state.is_selectable() && (self.max_conns == 0 || self.state.active() < self.max_conns)
     }
 
     /// Takes a connection slot; the slot is freed when the lease drops.

@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-pub use backend::{Backend, BackendState, Lease, state_epoch};
+pub use backend::{Agent, Backend, BackendState, Lease, state_epoch};
 pub use latency::{RESPONSE_BUCKETS, ResponseTimes, ResponseTimesRead};
 pub use select::{HASH_SEED, Selector, ip_bytes};
 pub use sticky::{StickyChange, StickyEntry, StickyObserver, StickyTable, unix_ms};
@@ -71,12 +71,8 @@ impl Pool {
         let backends: Vec<Backend> = config
             .backends
             .iter()
-            .map(|b| Backend {
-                address: b.address,
-                weight: b.weight.max(1),
-                max_conns: b.max_conns,
-                backup: b.backup,
-                state: previous
+            .map(|b| {
+                let state = previous
                     .and_then(|p| p.backend(&b.address))
                     .map(|old| old.state.clone())
                     .unwrap_or_else(|| {
@@ -85,7 +81,15 @@ impl Pool {
                         } else {
                             BackendState::new(true)
                         })
-                    }),
+                    });
+                Backend {
+                    address: b.address,
+                    // An agent's percentage scales the configured weight.
+                    weight: state.agent().scale(b.weight.max(1)),
+                    max_conns: b.max_conns,
+                    backup: b.backup,
+                    state,
+                }
             })
             .collect();
         let members = |backup: bool| {
@@ -173,6 +177,7 @@ impl Pool {
             let b = &self.backends[i];
             let unchecked = !b.state.is_decided() && b.state.is_enabled();
             let open = b.state.is_enabled()
+                && b.state.agent().allows_new()
                 && (b.max_conns == 0 || b.state.active() < b.max_conns)
                 && !tried.contains(&b.address);
             if (usable(i) || (unchecked && open))
@@ -208,7 +213,7 @@ impl Pool {
         let live = |backup: bool| -> Vec<&Backend> {
             self.backends
                 .iter()
-                .filter(|b| b.backup == backup && b.state.is_healthy() && b.state.is_enabled())
+                .filter(|b| b.backup == backup && b.state.is_selectable())
                 .collect()
         };
         let primaries = live(false);

@@ -100,10 +100,7 @@ impl Selector {
             .members
             .iter()
             .copied()
-            .filter(|&i| {
-                let s = &backends[i as usize].state;
-                s.is_healthy() && s.is_enabled()
-            })
+            .filter(|&i| backends[i as usize].state.is_selectable())
             .collect();
         let sequence: Arc<[u32]> = if live.is_empty() {
             self.sequence.clone().into()

@@ -30,6 +30,7 @@ fn pool_config(name: &str, balance: Balance, weights: &[u32]) -> PoolConfig {
         sticky: None,
         fallback: None,
         check: None,
+        agent: None,
     }
 }
 

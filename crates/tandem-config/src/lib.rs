@@ -131,6 +131,31 @@ pub struct Pool {
     pub fallback: Option<String>,
     /// Health check, when configured (no check: always up).
     pub check: Option<Check>,
+    /// Agent check, in addition to the health check: each backend's agent says
+    /// up/down/drain/maint or a weight percentage (HAProxy's agent-check protocol).
+    pub agent: Option<AgentCheck>,
+}
+
+/// An agent check (`agent = { port = .. }` of a pool): every `interval` tandem
+/// connects to the backend's address on `port`, sends `send` (if any), reads the
+/// agent's one-line answer until it closes, and acts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCheck {
+    /// The agent's TCP port, on each backend's address.
+    pub port: u16,
+    /// Time between two asks of one backend's agent.
+    pub interval: Duration,
+    /// Time one ask may take.
+    pub timeout: Duration,
+    /// Bytes sent once connected (HAProxy's agent-send), none by default.
+    pub send: Option<String>,
+}
+
+impl AgentCheck {
+    /// Default interval between two asks.
+    pub const INTERVAL: Duration = Duration::from_secs(2);
+    /// Default time an ask may take.
+    pub const TIMEOUT: Duration = Duration::from_secs(1);
 }
 
 /// Backend selection algorithm.

@@ -46,6 +46,16 @@ pub(crate) struct RawPool {
     pub sticky: Option<S<RawSticky>>,
     pub fallback: Option<S<String>>,
     pub check: Option<S<RawCheck>>,
+    pub agent: Option<S<RawAgent>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAgent {
+    pub port: S<i64>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub send: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

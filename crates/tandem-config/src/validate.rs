@@ -384,6 +384,7 @@ impl Validator<'_> {
             }
         });
         let check = p.check.as_ref().map(|c| self.check(c));
+        let agent = p.agent.as_ref().map(|a| self.agent(a));
         Pool {
             name: p.name.get_ref().clone(),
             balance: p.balance.as_ref().map(|b| *b.get_ref()).unwrap_or_default(),
@@ -391,6 +392,51 @@ impl Validator<'_> {
             sticky,
             fallback: p.fallback.as_ref().map(|f| f.get_ref().clone()),
             check,
+            agent,
+        }
+    }
+
+    /// A pool's `agent = { port = .. }`.
+    fn agent(&mut self, a: &S<raw::RawAgent>) -> AgentCheck {
+        let whole = a.span();
+        let a = a.get_ref();
+        let port = match *a.port.get_ref() {
+            p @ 1..=65535 => p as u16,
+            p => {
+                self.error(
+                    a.port.span(),
+                    "pool.agent.port",
+                    format!("{p} is not a TCP port"),
+                    "the port the backends' agents listen on, 1 to 65535",
+                );
+                1
+            }
+        };
+        let interval = self.duration(
+            &a.interval,
+            "pool.agent.interval",
+            AgentCheck::INTERVAL,
+            true,
+        );
+        let timeout = self.duration(&a.timeout, "pool.agent.timeout", AgentCheck::TIMEOUT, true);
+        if timeout >= interval {
+            let span = a.timeout.as_ref().map_or(whole, |t| t.span());
+            self.error(
+                span,
+                "pool.agent.timeout",
+                format!(
+                    "{} is not shorter than the interval {}",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+                "an ask must end before the next one starts: make timeout < interval",
+            );
+        }
+        AgentCheck {
+            port,
+            interval,
+            timeout,
+            send: a.send.as_ref().map(|s| s.get_ref().clone()),
         }
     }
 

@@ -990,3 +990,58 @@ fn admin_actions_are_off_by_default_and_loopback_only_when_on() {
             .contains("has no effect without global.admin_listen")
     );
 }
+
+#[test]
+fn an_agent_check_comes_beside_the_health_check_with_its_defaults() {
+    let text = BASE.replace(
+        "backends = [{ address = \"127.0.0.1:8001\" }]\n",
+        "backends = [{ address = \"127.0.0.1:8001\" }]\ncheck = { type = \"tcp\" }\nagent = { port = 9777 }\n",
+    );
+    let c = Config::parse(&text, "t.toml", Path::new(".")).unwrap();
+    let p = &c.pools[0];
+    assert_eq!(p.check.as_ref().unwrap().kind, CheckKind::Tcp);
+    assert_eq!(
+        p.agent,
+        Some(AgentCheck {
+            port: 9777,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            send: None,
+        })
+    );
+    let table = BASE.replace(
+        "backends = [{ address = \"127.0.0.1:8001\" }]\n",
+        "backends = [{ address = \"127.0.0.1:8001\" }]\n\n[pool.agent]\nport = 9777\ninterval = \"500ms\"\ntimeout = \"200ms\"\nsend = \"status\\n\"\n",
+    );
+    let a = Config::parse(&table, "t.toml", Path::new("."))
+        .unwrap()
+        .pools[0]
+        .agent
+        .clone()
+        .unwrap();
+    assert_eq!(a.interval, Duration::from_millis(500));
+    assert_eq!(a.send.as_deref(), Some("status\n"));
+}
+
+#[test]
+fn agent_errors_name_their_position() {
+    let text = BASE.replace(
+        "backends = [{ address = \"127.0.0.1:8001\" }]\n",
+        "backends = [{ address = \"127.0.0.1:8001\" }]\nagent = { port = 70000, interval = \"1s\", timeout = \"2s\" }\n",
+    );
+    let e = errors(&text);
+    assert_error(&e, 5, 18, "pool.agent.port", "70000 is not a TCP port");
+    assert_error(
+        &e,
+        5,
+        52,
+        "pool.agent.timeout",
+        "is not shorter than the interval",
+    );
+    let missing = BASE.replace(
+        "backends = [{ address = \"127.0.0.1:8001\" }]\n",
+        "backends = [{ address = \"127.0.0.1:8001\" }]\nagent = { interval = \"1s\" }\n",
+    );
+    let e = errors(&missing);
+    assert!(e.iter().any(|l| l.contains("port")), "{e:?}");
+}

@@ -29,6 +29,10 @@ key = "source-ip"
 type = "https"
 @check@
 
+[pool.agent]
+port = 9777
+@agent@
+
 [[service]]
 name = "www"
 listen = ["127.0.0.1:8080"]
@@ -85,6 +89,7 @@ fn section(heading: &str) -> Option<&'static str> {
         ("### Backends", "backends"),
         ("### `sticky`", "sticky"),
         ("### `check`", "check"),
+        ("### `agent`", "agent"),
         ("## `[[service]]`", "service"),
         ("### HTTP mode", "http"),
         ("### Redirect mode", "redirect"),

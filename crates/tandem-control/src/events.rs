@@ -209,6 +209,21 @@ pub fn changes(before: &Snapshot, now: &Snapshot) -> Vec<(EventKind, String, Str
             if was.health != b.health {
                 out.push((EventKind::Health, subject.clone(), health_text(was, b)));
             }
+            // What the agent says, without its last answer's text: "drain", "ready 50%".
+            let agent = |x: &BackendSnapshot| {
+                x.agent
+                    .as_deref()
+                    .map(|a| a.split(':').next().unwrap_or_default().to_string())
+            };
+            if let (Some(then), Some(now)) = (agent(was), agent(b))
+                && then != now
+            {
+                out.push((
+                    EventKind::Health,
+                    subject.clone(),
+                    format!("agent: {then} -> {now}"),
+                ));
+            }
             if was.enabled != b.enabled {
                 let text = if b.enabled {
                     "enabled"
@@ -437,5 +452,35 @@ mod tests {
         let e = rx.recv().await.unwrap();
         assert_eq!(e.text, "backup -> master");
         assert_eq!(e.kind, EventKind::Vrrp);
+    }
+
+    #[test]
+    fn what_an_agent_says_is_an_event_once_it_changes() {
+        let with_agent = |agent: &str| {
+            let mut s = Snapshot::default();
+            s.pools.push(crate::protocol::PoolSnapshot {
+                name: "web".into(),
+                backends: vec![BackendSnapshot {
+                    address: "10.0.0.1:80".into(),
+                    health: "up".into(),
+                    enabled: true,
+                    agent: Some(agent.into()),
+                    ..BackendSnapshot::default()
+                }],
+                ..Default::default()
+            });
+            s
+        };
+        let ready = with_agent("ready: said up");
+        let drain = with_agent("drain: said drain");
+        assert_eq!(
+            changes(&ready, &drain),
+            vec![(
+                EventKind::Health,
+                "web/10.0.0.1:80".to_string(),
+                "agent: ready -> drain".to_string()
+            )]
+        );
+        assert!(changes(&drain, &with_agent("drain: last ask failed: refused")).is_empty());
     }
 }

@@ -37,6 +37,69 @@ pub enum Request {
         /// What to do.
         action: AnnounceAction,
     },
+    /// Set a backend's weight until the next reload.
+    BackendWeight {
+        /// The pool.
+        pool: String,
+        /// The backend's address.
+        address: String,
+        /// The new weight, 1 to 256.
+        weight: u32,
+    },
+    /// Add a backend to a pool until the next reload.
+    BackendAdd {
+        /// The pool.
+        pool: String,
+        /// The new backend's address.
+        address: String,
+        /// Its weight (default 1).
+        #[serde(default)]
+        weight: Option<u32>,
+        /// Serves only when no primary can.
+        #[serde(default)]
+        backup: bool,
+        /// Its connection limit (0 = none).
+        #[serde(default)]
+        max_conns: u32,
+    },
+    /// Remove a backend from a pool until the next reload; its connections finish.
+    BackendRemove {
+        /// The pool.
+        pool: String,
+        /// The backend's address.
+        address: String,
+    },
+    /// The sticky entries that match every filter given.
+    StickyShow {
+        /// Filters.
+        #[serde(flatten)]
+        filter: StickyFilter,
+    },
+    /// Remove the sticky entries that match every filter given (here and on the sync
+    /// peer).
+    StickyClear {
+        /// Filters.
+        #[serde(flatten)]
+        filter: StickyFilter,
+    },
+    /// The relayed (tcp mode) connections open now.
+    Connections {
+        /// Only this service's.
+        #[serde(default)]
+        service: Option<String>,
+    },
+    /// Close one relayed connection.
+    ConnectionClose {
+        /// Its number, as `connections` lists it.
+        id: u64,
+    },
+    /// Follow the event log: the answer is followed by one event per line, as they
+    /// happen, until the client closes the connection.
+    Monitor,
+    /// Hand VRRP master over for maintenance: priority 1, a priority-0 advertisement.
+    HaDemote,
+    /// End the maintenance: the configured priority again.
+    HaRestore,
 }
 
 /// What to do with the node's announcements.
@@ -49,6 +112,20 @@ pub enum AnnounceAction {
     Withdraw,
     /// End the operator's withdraw: announce again what the node can serve.
     Restore,
+}
+
+/// Which sticky entries a command is about: all when no filter is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StickyFilter {
+    /// Only this pool's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Only this client address's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Only those pinned to this backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 /// What to do with a backend.
@@ -72,6 +149,16 @@ impl Request {
             Request::Ha => "ha",
             Request::Redirect => "redirect",
             Request::Announce { .. } => "announce",
+            Request::BackendWeight { .. } => "backend-weight",
+            Request::BackendAdd { .. } => "backend-add",
+            Request::BackendRemove { .. } => "backend-remove",
+            Request::StickyShow { .. } => "sticky-show",
+            Request::StickyClear { .. } => "sticky-clear",
+            Request::Connections { .. } => "connections",
+            Request::ConnectionClose { .. } => "connection-close",
+            Request::Monitor => "monitor",
+            Request::HaDemote => "ha-demote",
+            Request::HaRestore => "ha-restore",
         }
     }
 }
@@ -95,6 +182,85 @@ pub enum Reply {
     /// To [`Request::Announce`]: the announcements after the action, when
     /// `[announce]` is configured.
     Announce(Option<AnnounceSnapshot>),
+    /// To [`Request::BackendWeight`], [`Request::BackendAdd`] and
+    /// [`Request::BackendRemove`]: what changed.
+    BackendChange(BackendChangeReply),
+    /// To [`Request::StickyShow`]: the matching entries.
+    Sticky(Vec<StickySnapshot>),
+    /// To [`Request::StickyClear`]: what was removed.
+    StickyCleared(StickyClearReply),
+    /// To [`Request::Connections`]: the open connections, oldest first.
+    Connections(Vec<ConnectionSnapshot>),
+    /// To [`Request::ConnectionClose`]: the connection closed.
+    ConnectionClosed(ConnectionSnapshot),
+    /// To [`Request::Monitor`]: the kept events (oldest first); new ones follow, one
+    /// [`crate::events::Event`] per line.
+    Monitor(Vec<crate::events::Event>),
+    /// To [`Request::HaDemote`] and [`Request::HaRestore`]: the VRRP state after it.
+    HaMaintenance(Option<HaSnapshot>),
+}
+
+/// What a runtime change of a pool's backends did. Such changes last until the next
+/// reload, which builds the pools from the configuration file again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackendChangeReply {
+    /// The pool.
+    pub pool: String,
+    /// The backend's address.
+    pub address: String,
+    /// What was done: "weight 1 -> 5", "added", "removed".
+    pub change: String,
+    /// The backend now (none once removed).
+    pub backend: Option<BackendSnapshot>,
+    /// Connections still open on a removed backend (they finish).
+    pub draining: u64,
+    /// How long it lasts, for a person.
+    pub lasts: String,
+}
+
+/// One sticky entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StickySnapshot {
+    /// Pool.
+    pub pool: String,
+    /// Client address.
+    pub client: String,
+    /// The backend it is pinned to.
+    pub backend: String,
+    /// Seconds until it expires unless used.
+    pub expires_in_secs: u64,
+    /// Seconds since the pin was decided.
+    pub pinned_secs_ago: u64,
+}
+
+/// What `sticky clear` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StickyClearReply {
+    /// Entries removed here.
+    pub cleared: u64,
+    /// Whether the removals were sent to the sync peers.
+    pub synced: bool,
+}
+
+/// One relayed connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionSnapshot {
+    /// Its number (for `connections close`).
+    pub id: u64,
+    /// Service.
+    pub service: String,
+    /// Client address.
+    pub client: String,
+    /// Pool.
+    pub pool: String,
+    /// Backend address.
+    pub backend: String,
+    /// Seconds open.
+    pub age_secs: u64,
+    /// Bytes client to backend.
+    pub bytes_to_backend: u64,
+    /// Bytes backend to client.
+    pub bytes_to_client: u64,
 }
 
 impl Reply {
@@ -109,6 +275,15 @@ impl Reply {
             Request::Ha => Reply::Ha(from_value(data)?),
             Request::Redirect => Reply::Redirect(from_value(data)?),
             Request::Announce { .. } => Reply::Announce(from_value(data)?),
+            Request::BackendWeight { .. }
+            | Request::BackendAdd { .. }
+            | Request::BackendRemove { .. } => Reply::BackendChange(from_value(data)?),
+            Request::StickyShow { .. } => Reply::Sticky(from_value(data)?),
+            Request::StickyClear { .. } => Reply::StickyCleared(from_value(data)?),
+            Request::Connections { .. } => Reply::Connections(from_value(data)?),
+            Request::ConnectionClose { .. } => Reply::ConnectionClosed(from_value(data)?),
+            Request::Monitor => Reply::Monitor(from_value(data)?),
+            Request::HaDemote | Request::HaRestore => Reply::HaMaintenance(from_value(data)?),
         })
     }
 }
@@ -361,6 +536,11 @@ pub struct BackendSnapshot {
     /// In HTTP mode: response times of the requests it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_times: Option<ResponseTimesSnapshot>,
+    /// What its agent (agent check) says, when its pool has one: the states tandem
+    /// acts on ("ready", "drain", "maint", "down", a weight percentage), then the
+    /// answer as read or why asking failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// The last health check of a backend.
@@ -525,6 +705,49 @@ mod tests {
                 Request::Redirect,
                 Reply::Redirect(Some(Box::new(RedirectSnapshot::default()))),
             ),
+            (
+                Request::BackendAdd {
+                    pool: "web".into(),
+                    address: "10.0.0.2:80".into(),
+                    weight: Some(3),
+                    backup: false,
+                    max_conns: 0,
+                },
+                Reply::BackendChange(BackendChangeReply {
+                    pool: "web".into(),
+                    change: "added".into(),
+                    backend: Some(snapshot.pools[0].backends[0].clone()),
+                    ..BackendChangeReply::default()
+                }),
+            ),
+            (
+                Request::StickyShow {
+                    filter: StickyFilter::default(),
+                },
+                Reply::Sticky(vec![StickySnapshot::default()]),
+            ),
+            (
+                Request::StickyClear {
+                    filter: StickyFilter {
+                        client: Some("192.0.2.1".into()),
+                        ..StickyFilter::default()
+                    },
+                },
+                Reply::StickyCleared(StickyClearReply {
+                    cleared: 1,
+                    synced: true,
+                }),
+            ),
+            (
+                Request::Connections { service: None },
+                Reply::Connections(vec![ConnectionSnapshot::default()]),
+            ),
+            (
+                Request::ConnectionClose { id: 7 },
+                Reply::ConnectionClosed(ConnectionSnapshot::default()),
+            ),
+            (Request::Monitor, Reply::Monitor(Vec::new())),
+            (Request::HaDemote, Reply::HaMaintenance(None)),
         ] {
             assert_eq!(round_trip(&request, reply.clone()), reply);
         }
@@ -584,6 +807,39 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn new_requests_read_as_scripts_write_them() {
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"sticky-clear","client":"192.0.2.1","pool":"web"}"#)
+                .unwrap();
+        assert_eq!(
+            r,
+            Request::StickyClear {
+                filter: StickyFilter {
+                    pool: Some("web".into()),
+                    client: Some("192.0.2.1".into()),
+                    backend: None,
+                }
+            }
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"backend-add","pool":"web","address":"10.0.0.9:80"}"#)
+                .unwrap();
+        assert!(matches!(
+            r,
+            Request::BackendAdd {
+                weight: None,
+                backup: false,
+                max_conns: 0,
+                ..
+            }
+        ));
+        assert_eq!(
+            serde_json::to_string(&Request::HaDemote).unwrap(),
+            r#"{"cmd":"ha-demote"}"#
+        );
     }
 
     #[test]

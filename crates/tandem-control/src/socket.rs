@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::events::Event;
 use crate::protocol::{Request, Response};
 
 /// Longest request line accepted.
@@ -19,6 +20,9 @@ const MAX_LINE: usize = 64 * 1024;
 
 /// A request with the channel to answer it on.
 pub type Command = (Request, oneshot::Sender<Response>);
+
+/// Subscribes to the event log, for `monitor` sessions.
+pub type Follow = std::sync::Arc<dyn Fn() -> tokio::sync::broadcast::Receiver<Event> + Send + Sync>;
 
 /// Errors of the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +87,17 @@ pub async fn serve(
     commands: mpsc::Sender<Command>,
     stop: CancellationToken,
 ) {
+    serve_following(listener, commands, stop, None).await;
+}
+
+/// As [`serve`]; a `monitor` request is then followed, on its connection, by every
+/// event from `follow` (one JSON [`Event`] per line) until the client closes.
+pub async fn serve_following(
+    listener: UnixListener,
+    commands: mpsc::Sender<Command>,
+    stop: CancellationToken,
+    follow: Option<Follow>,
+) {
     let own_uid = rustix::process::geteuid().as_raw();
     let sessions = TaskTracker::new();
     loop {
@@ -114,9 +129,10 @@ pub async fn serve(
         }
         let commands = commands.clone();
         let stop = stop.clone();
+        let follow = follow.clone();
         sessions.spawn(async move {
             tokio::select! {
-                r = session(stream, commands) => if let Err(e) = r {
+                r = session(stream, commands, follow) => if let Err(e) = r {
                     debug!(error = %e, "control session ended");
                 },
                 () = stop.cancelled() => {}
@@ -127,7 +143,11 @@ pub async fn serve(
     sessions.wait().await;
 }
 
-async fn session(stream: UnixStream, commands: mpsc::Sender<Command>) -> io::Result<()> {
+async fn session(
+    stream: UnixStream,
+    commands: mpsc::Sender<Command>,
+    follow: Option<Follow>,
+) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = String::new();
@@ -140,7 +160,17 @@ async fn session(stream: UnixStream, commands: mpsc::Sender<Command>) -> io::Res
         if n == 0 {
             return Ok(());
         }
-        let response = match serde_json::from_str::<Request>(line.trim()) {
+        let request = serde_json::from_str::<Request>(line.trim());
+        // Subscribed before the daemon answers, so no event falls between its answer
+        // (the latest kept events) and the stream.
+        let events = match (&request, &follow) {
+            (Ok(Request::Monitor), Some(f)) => Some(f()),
+            _ => None,
+        };
+        let response = match request {
+            Ok(Request::Monitor) if follow.is_none() => {
+                Response::error("this tandem cannot stream events here")
+            }
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
                 if commands.send((request, tx)).await.is_err() {
@@ -158,12 +188,112 @@ async fn session(stream: UnixStream, commands: mpsc::Sender<Command>) -> io::Res
         let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
         out.push(b'\n');
         write.write_all(&out).await?;
+        if let (Some(events), true) = (events, response.ok) {
+            let sent: Vec<(u64, u64)> = serde_json::from_value::<Vec<Event>>(response.data)
+                .unwrap_or_default()
+                .iter()
+                .map(|e| (e.seq, e.repeats))
+                .collect();
+            return stream_events(lines, write, events, sent).await;
+        }
+    }
+}
+
+/// Writes each event of `events` as a JSON line (but those already `sent` in the
+/// answer) until the client closes its side or the log ends.
+async fn stream_events(
+    mut from_client: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    sent: Vec<(u64, u64)>,
+) -> io::Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut scratch = [0u8; 256];
+    loop {
+        let event = tokio::select! {
+            r = from_client.read(&mut scratch) => match r {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            },
+            e = events.recv() => e,
+        };
+        let event = match event {
+            Ok(e) if sent.contains(&(e.seq, e.repeats)) => continue,
+            Ok(e) => e,
+            Err(RecvError::Lagged(n)) => {
+                debug!(missed = n, "control socket: a monitor client fell behind");
+                continue;
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        };
+        let mut out = serde_json::to_vec(&event).map_err(io::Error::other)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+}
+
+/// Sends `request` (a `monitor`) to the tandem at `path` and calls `each` with the
+/// kept events of its answer, then with every event as it comes, until `each` returns
+/// false or tandem closes the connection. A refusal is returned as the response.
+pub async fn follow(
+    path: &Path,
+    request: &Request,
+    mut each: impl FnMut(Event) -> bool,
+) -> Result<Response, ControlError> {
+    let stream = connect(path).await?;
+    let (read, mut write) = stream.into_split();
+    let mut out = serde_json::to_vec(request).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    let mut lines = BufReader::new(read);
+    let mut line = String::new();
+    lines.read_line(&mut line).await?;
+    let response: Response =
+        serde_json::from_str(&line).map_err(|e| ControlError::Io(io::Error::other(e)))?;
+    if !response.ok {
+        return Ok(response);
+    }
+    let kept: Vec<Event> = serde_json::from_value(response.data.clone())
+        .map_err(|e| ControlError::Io(io::Error::other(e)))?;
+    for e in kept {
+        if !each(e) {
+            return Ok(response);
+        }
+    }
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await? == 0 {
+            return Ok(response);
+        }
+        let event: Event =
+            serde_json::from_str(&line).map_err(|e| ControlError::Io(io::Error::other(e)))?;
+        if !each(event) {
+            return Ok(response);
+        }
     }
 }
 
 /// Sends one request to the tandem listening at `path` and returns its response.
 pub async fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
-    let stream = UnixStream::connect(path).await.map_err(|e| {
+    let stream = connect(path).await?;
+    let (read, mut write) = stream.into_split();
+    let mut out = serde_json::to_vec(request).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    if line.is_empty() {
+        return Err(ControlError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "tandem closed the connection without answering",
+        )));
+    }
+    serde_json::from_str(&line).map_err(|e| ControlError::Io(io::Error::other(e)))
+}
+
+/// Connects to the control socket at `path`, with a hint on failure.
+async fn connect(path: &Path) -> Result<UnixStream, ControlError> {
+    UnixStream::connect(path).await.map_err(|e| {
         let reason = match e.kind() {
             io::ErrorKind::NotFound => {
                 format!("{e} (is tandem running? is this its global.control_socket?)")
@@ -180,18 +310,5 @@ pub async fn request(path: &Path, request: &Request) -> Result<Response, Control
             path: path.to_path_buf(),
             reason,
         }
-    })?;
-    let (read, mut write) = stream.into_split();
-    let mut out = serde_json::to_vec(request).map_err(io::Error::other)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    if line.is_empty() {
-        return Err(ControlError::Io(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "tandem closed the connection without answering",
-        )));
-    }
-    serde_json::from_str(&line).map_err(|e| ControlError::Io(io::Error::other(e)))
+    })
 }

@@ -150,6 +150,13 @@ pub fn pools(s: &Snapshot) -> String {
     }
     let mut out = columns(&rows);
     for p in &s.pools {
+        for b in &p.backends {
+            if let Some(agent) = &b.agent {
+                out += &format!("pool {} {}: agent {agent}\n", p.name, b.address);
+            }
+        }
+    }
+    for p in &s.pools {
         if let Some(n) = p.sticky_entries {
             out += &format!("pool {}: {} sticky entries\n", p.name, n);
         }
@@ -245,4 +252,157 @@ pub fn announce(a: Option<&crate::protocol::AnnounceSnapshot>) -> String {
         out += &format!("last error: {e}\n");
     }
     out
+}
+/// `tandem ctl backend weight/add/remove`: what changed, and for how long.
+pub fn backend_change(r: &crate::protocol::BackendChangeReply) -> String {
+    let mut out = format!("{} {}: {}\n", r.pool, r.address, r.change);
+    if let Some(b) = &r.backend {
+        out += &format!(
+            "  weight {}{}  max_conns {}  health {}\n",
+            b.weight,
+            if b.backup { " (backup)" } else { "" },
+            b.max_conns,
+            b.health
+        );
+    } else if r.draining > 0 {
+        out += &format!(
+            "  {} open connection(s) finish on it; no new ones\n",
+            r.draining
+        );
+    }
+    out += &format!("  kept {}\n", r.lasts);
+    out
+}
+
+/// `tandem ctl sticky show`.
+pub fn sticky(entries: &[crate::protocol::StickySnapshot]) -> String {
+    if entries.is_empty() {
+        return "no sticky entries\n".into();
+    }
+    let mut rows = vec![
+        ["POOL", "CLIENT", "BACKEND", "EXPIRES IN", "PINNED"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for e in entries {
+        rows.push(vec![
+            e.pool.clone(),
+            e.client.clone(),
+            e.backend.clone(),
+            ago(e.expires_in_secs),
+            format!("{} ago", ago(e.pinned_secs_ago)),
+        ]);
+    }
+    let mut out = columns(&rows);
+    out += &format!("{} entries\n", entries.len());
+    out
+}
+
+/// `tandem ctl sticky clear`.
+pub fn sticky_cleared(r: &crate::protocol::StickyClearReply) -> String {
+    format!(
+        "{} sticky entries cleared{}\n",
+        r.cleared,
+        if r.synced {
+            " (and on the sync peers)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// `tandem ctl connections`.
+pub fn connections(list: &[crate::protocol::ConnectionSnapshot]) -> String {
+    if list.is_empty() {
+        return "no open connections\n".into();
+    }
+    let mut rows = vec![
+        ["ID", "SERVICE", "CLIENT", "BACKEND", "AGE", "IN", "OUT"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for c in list {
+        rows.push(vec![
+            c.id.to_string(),
+            c.service.clone(),
+            c.client.clone(),
+            format!("{}/{}", c.pool, c.backend),
+            ago(c.age_secs),
+            bytes(c.bytes_to_backend),
+            bytes(c.bytes_to_client),
+        ]);
+    }
+    columns(&rows)
+}
+
+/// One event of `tandem ctl monitor`: time (UTC), kind, subject, text.
+pub fn event(e: &crate::events::Event) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms);
+    let kind = serde_json::to_value(e.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    let repeats = if e.repeats > 0 {
+        format!(" (x{})", e.repeats + 1)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} {kind} {}: {}{repeats}\n",
+        humantime::format_rfc3339_seconds(at),
+        e.subject,
+        e.text
+    )
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use super::*;
+    use crate::events::{Event, EventKind};
+    use crate::protocol::{ConnectionSnapshot, StickySnapshot};
+
+    #[test]
+    fn an_event_line_has_time_kind_subject_and_text() {
+        let e = Event {
+            seq: 3,
+            at_ms: 1_796_000_000_000,
+            kind: EventKind::Health,
+            subject: "web/127.0.0.1:8001".into(),
+            text: "down: connect: Connection refused".into(),
+            repeats: 2,
+        };
+        assert_eq!(
+            event(&e),
+            "2026-11-30T00:53:20Z health web/127.0.0.1:8001: down: connect: Connection refused (x3)\n"
+        );
+    }
+
+    #[test]
+    fn tables_list_connections_and_entries() {
+        let c = connections(&[ConnectionSnapshot {
+            id: 12,
+            service: "www".into(),
+            client: "127.0.0.1:5000".into(),
+            pool: "web".into(),
+            backend: "127.0.0.1:8001".into(),
+            age_secs: 65,
+            bytes_to_backend: 10,
+            bytes_to_client: 2048,
+        }]);
+        assert!(c.starts_with("ID  SERVICE"), "{c}");
+        assert!(
+            c.contains("12  www      127.0.0.1:5000  web/127.0.0.1:8001  1m 5s"),
+            "{c}"
+        );
+        assert_eq!(connections(&[]), "no open connections\n");
+        let s = sticky(&[StickySnapshot {
+            pool: "web".into(),
+            client: "192.0.2.7".into(),
+            backend: "127.0.0.1:8001".into(),
+            expires_in_secs: 1800,
+            pinned_secs_ago: 3,
+        }]);
+        assert!(s.contains("192.0.2.7"), "{s}");
+        assert!(s.ends_with("1 entries\n"), "{s}");
+    }
 }

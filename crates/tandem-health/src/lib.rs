@@ -10,12 +10,13 @@
 //! checks take their client configuration from `tandem_net::tls`; this crate does not
 //! link the data plane.
 
+pub mod agent;
 mod machine;
 mod monitor;
 mod probe;
 
 pub use machine::{Change, Probe, RiseFall};
-pub use monitor::{BackendHealth, Checker, HealthBoard, LastCheck, Monitor, Transition};
+pub use monitor::{AgentSeen, BackendHealth, Checker, HealthBoard, LastCheck, Monitor, Transition};
 pub use probe::{
     MAX_ANSWER, Prober, answer_end, fmt_days, fmt_duration, judge_answer, local_proxy_header,
 };

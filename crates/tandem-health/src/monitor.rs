@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use tandem_balance::{BackendState, PoolSet};
+use tandem_balance::{Agent, BackendState, PoolSet};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -96,6 +96,23 @@ pub struct HealthBoard {
     changes: broadcast::Sender<Transition>,
     /// Counts backends whose checks reached their first decision.
     decisions: watch::Sender<u64>,
+    /// The last answer of each backend's agent (agent checks).
+    agents: RwLock<HashMap<(String, SocketAddr), AgentSeen>>,
+    /// Counts agent answers that changed a backend's weight.
+    weights: watch::Sender<u64>,
+}
+
+/// What a backend's agent said last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSeen {
+    /// The states it set.
+    pub agent: Agent,
+    /// Its answer as read (first line, trimmed), or why asking failed.
+    pub said: String,
+    /// Whether the last ask failed (the states of the last answer stay).
+    pub failed: bool,
+    /// When.
+    pub at: SystemTime,
 }
 
 impl Default for HealthBoard {
@@ -104,6 +121,8 @@ impl Default for HealthBoard {
             backends: RwLock::default(),
             changes: broadcast::channel(1024).0,
             decisions: watch::channel(0).0,
+            agents: RwLock::default(),
+            weights: watch::channel(0).0,
         }
     }
 }
@@ -140,6 +159,82 @@ impl HealthBoard {
     /// A receiver of every transition from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
         self.changes.subscribe()
+    }
+
+    /// What the agent of `backend` in `pool` said last, when its pool has an agent.
+    pub fn agent(&self, pool: &str, backend: SocketAddr) -> Option<AgentSeen> {
+        self.agents
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(pool.to_string(), backend))
+            .cloned()
+    }
+
+    /// Changes each time an agent's answer changes a backend's weight: the pools'
+    /// selectors then need a new generation (the daemon builds it).
+    pub fn weight_changes(&self) -> watch::Receiver<u64> {
+        self.weights.subscribe()
+    }
+
+    /// Records one ask of an agent: an answer sets the backend's agent states, a
+    /// failure keeps them; changes are logged once.
+    fn record_agent(
+        &self,
+        pool: &str,
+        backend: SocketAddr,
+        state: &BackendState,
+        asked: Result<String, String>,
+    ) {
+        let now = SystemTime::now();
+        let before = state.agent();
+        let seen = match asked.as_deref().map(crate::agent::parse) {
+            Ok(Some(answer)) => {
+                if !answer.ignored.is_empty() {
+                    tracing::debug!(target: "tandem::health", pool, backend = %backend, ignored = ?answer.ignored, "agent words ignored");
+                }
+                AgentSeen {
+                    agent: answer.agent,
+                    said: asked
+                        .as_deref()
+                        .unwrap_or_default()
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                    failed: false,
+                    at: now,
+                }
+            }
+            Ok(None) => AgentSeen {
+                agent: before,
+                said: "empty answer".into(),
+                failed: true,
+                at: now,
+            },
+            Err(e) => AgentSeen {
+                agent: before,
+                said: e.clone(),
+                failed: true,
+                at: now,
+            },
+        };
+        let previous = self
+            .agents
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((pool.to_string(), backend), seen.clone());
+        if seen.agent != before {
+            if state.set_agent(seen.agent) {
+                self.weights.send_modify(|n| *n += 1);
+            }
+            info!(target: "tandem::health", pool, backend = %backend, agent = %seen.said,
+                "{pool} {backend}: agent says {} (was {})", seen.agent.describe(), before.describe());
+        }
+        let failed_before = previous.as_ref().is_some_and(|p| p.failed);
+        if seen.failed && !failed_before {
+            warn!(target: "tandem::health", pool, backend = %backend, "{pool} {backend}: {}; its last answer stays", seen.said);
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, SocketAddr), BackendHealth>> {
@@ -231,6 +326,20 @@ impl HealthBoard {
 pub struct Monitor {
     board: Arc<HealthBoard>,
     tasks: HashMap<(String, SocketAddr), Watch>,
+    agents: HashMap<(String, SocketAddr), AgentWatch>,
+}
+
+#[derive(Debug)]
+struct AgentWatch {
+    check: tandem_config::AgentCheck,
+    state: Arc<BackendState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AgentWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[derive(Debug)]
@@ -342,12 +451,69 @@ impl Monitor {
         }
         self.tasks.retain(|k, _| wanted.contains_key(k));
         self.board.write().retain(|k, _| wanted.contains_key(k));
+        self.apply_agents(pools, configs);
         Ok(())
+    }
+
+    /// Makes the running agent checks match `pools`: a backend whose pool no longer
+    /// has an agent goes back to ready and full weight.
+    fn apply_agents(&mut self, pools: &PoolSet, configs: &[tandem_config::Pool]) {
+        let mut wanted: HashMap<(String, SocketAddr), ()> = HashMap::new();
+        for config in configs {
+            let (Some(pool), Some(agent)) = (pools.get(&config.name), &config.agent) else {
+                continue;
+            };
+            let n = pool.backends.len();
+            for (i, b) in pool.backends.iter().enumerate() {
+                let key = (config.name.clone(), b.address);
+                wanted.insert(key.clone(), ());
+                if self
+                    .agents
+                    .get(&key)
+                    .is_some_and(|w| &w.check == agent && Arc::ptr_eq(&w.state, &b.state))
+                {
+                    continue;
+                }
+                let task = tokio::spawn(ask_agent(
+                    self.board.clone(),
+                    config.name.clone(),
+                    b.address,
+                    b.state.clone(),
+                    agent.clone(),
+                    crate::agent::phase(agent.interval, i, n),
+                ));
+                self.agents.insert(
+                    key,
+                    AgentWatch {
+                        check: agent.clone(),
+                        state: b.state.clone(),
+                        task,
+                    },
+                );
+            }
+        }
+        let mut weights_changed = false;
+        self.agents.retain(|k, w| {
+            let keep = wanted.contains_key(k);
+            if !keep {
+                weights_changed |= w.state.set_agent(Agent::READY);
+            }
+            keep
+        });
+        self.board
+            .agents
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| wanted.contains_key(k));
+        if weights_changed {
+            self.board.weights.send_modify(|n| *n += 1);
+        }
     }
 
     /// Stops every check.
     pub fn stop(&mut self) {
         self.tasks.clear();
+        self.agents.clear();
     }
 }
 
@@ -356,6 +522,28 @@ struct Timing {
     interval: Duration,
     first: Duration,
     warn_expiry: Option<Duration>,
+}
+
+/// Asks one backend's agent every `check.interval`, from `first` on.
+async fn ask_agent(
+    board: Arc<HealthBoard>,
+    pool: String,
+    backend: SocketAddr,
+    state: Arc<BackendState>,
+    check: tandem_config::AgentCheck,
+    first: Duration,
+) {
+    let mut next = Instant::now() + first;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let asked = crate::agent::ask(&check, backend).await;
+        board.record_agent(&pool, backend, &state, asked);
+        next += check.interval;
+        let now = Instant::now();
+        if next < now {
+            next = now + check.interval;
+        }
+    }
 }
 
 async fn watch(

@@ -79,6 +79,7 @@ fn pool(backends: &[u8], initial: InitialHealth) -> Pool {
             .collect(),
         sticky: None,
         fallback: None,
+        agent: None,
         check: Some(Check {
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(500),

@@ -14,6 +14,7 @@
 //! counters ([`ServiceStats`], backend state) and one log line per connection (target
 //! `tandem::conn`).
 
+pub mod connections;
 pub mod framing;
 pub mod http;
 pub mod limits;

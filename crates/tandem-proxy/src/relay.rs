@@ -142,6 +142,24 @@ pub async fn relay(
     moved.run(up, down, idle, cancel).await
 }
 
+/// Runs `relaying`, a relay that ends when `own` is cancelled, and cancels `own`
+/// when `close_all` fires (the drain deadline): a connection's own token closes it
+/// alone (`tandem ctl connections close`), the node's closes every one.
+pub async fn closing_with<F: Future>(
+    relaying: F,
+    close_all: &CancellationToken,
+    own: &CancellationToken,
+) -> F::Output {
+    let mut relaying = std::pin::pin!(relaying);
+    tokio::select! {
+        out = &mut relaying => out,
+        () = close_all.cancelled() => {
+            own.cancel();
+            relaying.await
+        }
+    }
+}
+
 /// As [`relay`], for a client whose bytes tandem must see in user space (a TLS
 /// session it terminated): both directions copy through the thread's scratch buffer
 /// (no splice), and an ended direction shuts the other side's write half down (for

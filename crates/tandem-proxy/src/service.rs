@@ -80,6 +80,8 @@ pub struct Service {
     warn_backend: RateLimited,
     warn_client: RateLimited,
     clients: Arc<ClientTable>,
+    /// Its tcp mode connections open now, for `tandem ctl connections`.
+    pub connections: crate::connections::Connections,
 }
 
 /// What the accept loop and connections need to stop.
@@ -143,6 +145,7 @@ impl Service {
             warn_backend: RateLimited::new(WARN_EVERY),
             warn_client: RateLimited::new(WARN_EVERY),
             clients: ClientTable::new(CLIENT_TABLE_CAPACITY),
+            connections: Default::default(),
         })
     }
 
@@ -449,12 +452,20 @@ impl Service {
             return;
         };
         let state = pick.lease.state.clone();
+        // Listed for `tandem ctl connections` until it ends; closing it from there
+        // cancels its own token, which the relay watches (close_all cancels it too).
+        let registered = self
+            .connections
+            .register(peer, pick.lease.address, &pick.pool.name);
+        let entry = registered.connection.clone();
+        let own = registered.connection.close_token();
         let meter = move |to_backend: bool, n: u64| {
             if to_backend {
                 state.record_bytes(n, 0);
             } else {
                 state.record_bytes(0, n);
             }
+            entry.record(to_backend, n);
         };
         let header_error = match &header {
             Some(h) => Box::pin(backend.write_all(h)).await.err(),
@@ -463,32 +474,36 @@ impl Service {
         let header_error = match header_error {
             None if !hello.is_empty() => {
                 pick.lease.state.record_bytes(hello.len() as u64, 0);
+                registered.connection.record(true, hello.len() as u64);
                 Box::pin(backend.write_all(&hello)).await.err()
             }
             other => other,
         };
         drop(hello);
-        let outcome = match (header_error, client) {
-            // One plain relay call site, so the task holds one relay's state.
-            (None, Client::Plain(client)) => {
-                relay::relay(&client, &backend, config.idle_timeout, close_all, &meter).await
+        let relaying = async {
+            match (header_error, client) {
+                // One plain relay call site, so the task holds one relay's state.
+                (None, Client::Plain(client)) => {
+                    relay::relay(&client, &backend, config.idle_timeout, own, &meter).await
+                }
+                (None, Client::Tls(tls)) => {
+                    Box::pin(relay::relay_stream(
+                        tls,
+                        &mut backend,
+                        config.idle_timeout,
+                        own,
+                        &meter,
+                    ))
+                    .await
+                }
+                (Some(e), _) => relay::Outcome {
+                    to_backend: 0,
+                    to_client: 0,
+                    end: End::BackendError(format!("sending PROXY header: {e}")),
+                },
             }
-            (None, Client::Tls(tls)) => {
-                Box::pin(relay::relay_stream(
-                    tls,
-                    &mut backend,
-                    config.idle_timeout,
-                    close_all,
-                    &meter,
-                ))
-                .await
-            }
-            (Some(e), _) => relay::Outcome {
-                to_backend: 0,
-                to_client: 0,
-                end: End::BackendError(format!("sending PROXY header: {e}")),
-            },
         };
+        let outcome = relay::closing_with(relaying, close_all, own).await;
         info!(
             target: "tandem::conn",
             service = %config.name,
@@ -502,6 +517,7 @@ impl Service {
             end = %outcome.end,
             "connection"
         );
+        drop(registered);
     }
 
     /// Picks and connects, trying up to `retries` other backends when a connect fails.

@@ -78,6 +78,11 @@ pub enum Input<'a> {
     /// within one interval: a backup waits for that one only (plus half an interval and
     /// its skew time) instead of three.
     PeerExited,
+    /// Hand master over (maintenance): a master advertises priority 0, as RFC 5798's
+    /// shutdown does, and becomes backup, so the backup takes over after its skew time;
+    /// in another state, nothing happens. The caller lowers the priority first, so that
+    /// this router does not preempt back.
+    Resign,
 }
 
 /// What the IO layer must do.
@@ -380,6 +385,18 @@ impl Instance {
                 }
             }
             (_, Input::PeerExited) => {}
+            (State::Master, Input::Resign) => {
+                actions.push(Action::Send { priority: 0 });
+                self.master = None;
+                let interval = self.settings.interval;
+                self.become_backup(
+                    now,
+                    interval,
+                    "handing over for maintenance: priority 0 sent".into(),
+                    &mut actions,
+                );
+            }
+            (_, Input::Resign) => {}
         }
         actions
     }
@@ -575,6 +592,71 @@ mod tests {
         // 3 * 100 ms + (156 * 10 / 256 = 6 cs) = 360 ms.
         assert_eq!(i.master_interval().get(), 10);
         assert_eq!(i.next_deadline(), Some(ms(100 + 360)));
+    }
+
+    #[test]
+    fn a_resigning_master_hands_over_and_stays_backup_while_demoted_then_preempts_back() {
+        // Node a (priority 200) is master; b (100) is its backup.
+        let mut a = Instance::new(settings(200, [10, 0, 0, 1]));
+        let mut b = Instance::new(settings(100, [10, 0, 0, 2]));
+        a.handle(ms(0), Input::Startup);
+        a.handle(ms(3300), Input::Tick);
+        assert_eq!(a.state(), State::Master);
+        b.handle(ms(0), Input::Startup);
+        // ha demote: a lowers its priority to 1, then resigns.
+        let lowered = a.handle(ms(5000), Input::Priority(1));
+        assert_eq!(lowered, vec![Action::Send { priority: 1 }]);
+        let resigned = a.handle(ms(5000), Input::Resign);
+        assert_eq!(resigned[0], Action::Send { priority: 0 });
+        assert!(resigned.contains(&Action::ReleaseAddresses));
+        assert_eq!(a.state(), State::Backup);
+        // b hears priority 0 and takes over after its skew time.
+        let zero = Advertisement {
+            priority: 0,
+            ..a.advertisement(0)
+        };
+        b.handle(
+            ms(5000),
+            Input::Advert {
+                from: Ipv4Addr::new(10, 0, 0, 1),
+                advert: &zero,
+            },
+        );
+        let taken = b.handle(ms(5000) + b.skew_time(), Input::Tick);
+        assert!(taken.contains(&Action::TakeAddresses), "{taken:?}");
+        assert_eq!(b.state(), State::Master);
+        // a, demoted, follows b's adverts and stays backup.
+        let from_b = b.advertisement(100);
+        for t in (6000..12_000).step_by(1000) {
+            a.handle(
+                ms(t),
+                Input::Advert {
+                    from: Ipv4Addr::new(10, 0, 0, 2),
+                    advert: &from_b,
+                },
+            );
+            a.handle(ms(t), Input::Tick);
+            assert_eq!(a.state(), State::Backup, "at {t} ms");
+        }
+        // ha restore: priority 200 again; a ignores b's lower adverts and preempts
+        // when its master-down timer runs out.
+        a.handle(ms(12_000), Input::Priority(200));
+        a.handle(
+            ms(12_000),
+            Input::Advert {
+                from: Ipv4Addr::new(10, 0, 0, 2),
+                advert: &from_b,
+            },
+        );
+        let back = a.handle(ms(12_000) + a.master_down_interval(), Input::Tick);
+        assert!(back.contains(&Action::TakeAddresses), "{back:?}");
+        assert_eq!(a.state(), State::Master);
+        // Resign means nothing to a backup.
+        assert!(b.handle(ms(20_000), Input::Priority(1)).len() == 1);
+        let mut c = Instance::new(settings(100, [10, 0, 0, 3]));
+        c.handle(ms(0), Input::Startup);
+        assert!(c.handle(ms(1), Input::Resign).is_empty());
+        assert_eq!(c.state(), State::Backup);
     }
 
     #[test]

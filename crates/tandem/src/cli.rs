@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use tandem_control::{AnnounceAction, BackendAction, Reply, Request, table};
+use tandem_control::{AnnounceAction, BackendAction, Reply, Request, StickyFilter, table};
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -54,10 +54,12 @@ pub enum Command {
         #[arg(short, long, env = "TANDEM_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
-    /// Ask a running tandem: status, pools, backend enable/disable, reload, ha, announce.
+    /// Ask a running tandem: status, pools, backends, sticky entries, connections,
+    /// events, reload, ha, announce.
     ///
     /// Talks to the control socket (global.control_socket). Prints tables, or JSON with
     /// --json. Exit code 1 when tandem cannot be reached or refuses the command.
+    /// Changes to backends (weight, add, remove) last until the next reload.
     Ctl {
         /// The control socket of the running tandem.
         #[arg(
@@ -67,8 +69,8 @@ pub enum Command {
             value_name = "PATH"
         )]
         socket: PathBuf,
-        /// Print the JSON answer instead of tables.
-        #[arg(long)]
+        /// Print the JSON answer instead of tables (before or after the command).
+        #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
         command: CtlCommand,
@@ -96,20 +98,18 @@ pub enum CtlCommand {
     Status,
     /// Every pool and backend: health, last check, enabled, connections, bytes.
     Pools,
-    /// Enable a backend, or disable it (drain: no new connections, established ones finish).
+    /// Change a backend: enable, disable (drain), weight, add, remove.
     Backend {
-        /// enable or disable.
-        #[arg(value_parser = ["enable", "disable"])]
-        action: String,
-        /// The pool's name.
-        pool: String,
-        /// The backend's address as in the configuration, e.g. 10.1.0.12:80.
-        address: String,
+        #[command(subcommand)]
+        action: BackendCommand,
     },
     /// Reload the configuration file; an invalid one is refused and the old one stays.
     Reload,
-    /// VRRP state, priority with its demotions, and why.
-    Ha,
+    /// VRRP state, priority with its demotions, and why; or demote/restore.
+    Ha {
+        #[command(subcommand)]
+        action: Option<HaCommand>,
+    },
     /// Redirect services: the live kernel rules and the sync of connection states.
     Redirect,
     /// Route announcement: each address, announced or withdrawn, and why; `withdraw`
@@ -118,6 +118,134 @@ pub enum CtlCommand {
         /// withdraw or restore; none: show the state.
         #[arg(value_parser = ["withdraw", "restore"])]
         action: Option<String>,
+    },
+    /// Sticky entries: show or clear them (all, one pool, one client, one backend).
+    Sticky {
+        #[command(subcommand)]
+        action: StickyCommand,
+    },
+    /// Open relayed (tcp mode) connections: client, service, backend, age, bytes; or
+    /// close one.
+    Connections {
+        /// Only this service's connections.
+        #[arg(long, value_name = "SERVICE")]
+        service: Option<String>,
+        #[command(subcommand)]
+        action: Option<ConnectionsCommand>,
+    },
+    /// Follow the event log until interrupted: health transitions, VRRP, sync peers,
+    /// reloads, limits, operator actions; one line (or JSON object) per event.
+    ///
+    /// Starts with the last few kept events.
+    Monitor,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Take new connections again.
+    Enable {
+        /// The pool's name.
+        pool: String,
+        /// The backend's address as in the configuration, e.g. 10.1.0.12:80.
+        address: String,
+    },
+    /// Drain: no new connections, established ones finish.
+    Disable {
+        /// The pool's name.
+        pool: String,
+        /// The backend's address as in the configuration, e.g. 10.1.0.12:80.
+        address: String,
+    },
+    /// Set the backend's weight (1 to 256) until the next reload.
+    Weight {
+        /// The pool's name.
+        pool: String,
+        /// The backend's address, e.g. 10.1.0.12:80.
+        address: String,
+        /// The new weight.
+        weight: u32,
+    },
+    /// Add a backend to the pool until the next reload; it is health-checked like the
+    /// others.
+    Add {
+        /// The pool's name.
+        pool: String,
+        /// The new backend's address, e.g. 10.1.0.13:80.
+        address: String,
+        /// Its weight, 1 to 256.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        weight: u32,
+        /// Serve only when no primary backend can.
+        #[arg(long)]
+        backup: bool,
+        /// Its connection limit (0 = none).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        max_conns: u32,
+    },
+    /// Remove a backend from the pool until the next reload: no new connections,
+    /// established ones finish.
+    Remove {
+        /// The pool's name.
+        pool: String,
+        /// The backend's address, e.g. 10.1.0.12:80.
+        address: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HaCommand {
+    /// Hand master over for maintenance without stopping: priority 1, and a master
+    /// sends a priority-0 advertisement so the peer takes over at once.
+    Demote,
+    /// End the maintenance: the configured priority again (with preempt, this node
+    /// takes master back).
+    Restore,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StickyCommand {
+    /// List sticky entries (those matching every filter given).
+    Show {
+        #[command(flatten)]
+        filter: StickyArgs,
+    },
+    /// Remove sticky entries (those matching every filter given; all without one),
+    /// here and on the sync peer: their clients are balanced anew.
+    Clear {
+        #[command(flatten)]
+        filter: StickyArgs,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StickyArgs {
+    /// Only this pool's entries.
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+    /// Only this client's entry, e.g. 192.0.2.7.
+    #[arg(long, value_name = "IP")]
+    pub client: Option<String>,
+    /// Only entries pinned to this backend, e.g. 10.1.0.12:80.
+    #[arg(long, value_name = "ADDR")]
+    pub backend: Option<String>,
+}
+
+impl StickyArgs {
+    fn filter(&self) -> StickyFilter {
+        StickyFilter {
+            pool: self.pool.clone(),
+            client: self.client.clone(),
+            backend: self.backend.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCommand {
+    /// Close one connection (the client sees the connection end).
+    Close {
+        /// The connection's ID, as listed.
+        id: u64,
     },
 }
 
@@ -128,7 +256,13 @@ impl CtlCommand {
             CtlCommand::Status => Request::Status,
             CtlCommand::Pools => Request::Pools,
             CtlCommand::Reload => Request::Reload,
-            CtlCommand::Ha => Request::Ha,
+            CtlCommand::Ha { action: None } => Request::Ha,
+            CtlCommand::Ha {
+                action: Some(HaCommand::Demote),
+            } => Request::HaDemote,
+            CtlCommand::Ha {
+                action: Some(HaCommand::Restore),
+            } => Request::HaRestore,
             CtlCommand::Redirect => Request::Redirect,
             CtlCommand::Announce { action } => Request::Announce {
                 action: match action.as_deref() {
@@ -137,19 +271,65 @@ impl CtlCommand {
                     _ => AnnounceAction::Status,
                 },
             },
-            CtlCommand::Backend {
-                action,
-                pool,
-                address,
-            } => Request::Backend {
-                action: if action == "enable" {
-                    BackendAction::Enable
-                } else {
-                    BackendAction::Disable
+            CtlCommand::Backend { action } => match action {
+                BackendCommand::Enable { pool, address } => Request::Backend {
+                    action: BackendAction::Enable,
+                    pool: pool.clone(),
+                    address: address.clone(),
                 },
-                pool: pool.clone(),
-                address: address.clone(),
+                BackendCommand::Disable { pool, address } => Request::Backend {
+                    action: BackendAction::Disable,
+                    pool: pool.clone(),
+                    address: address.clone(),
+                },
+                BackendCommand::Weight {
+                    pool,
+                    address,
+                    weight,
+                } => Request::BackendWeight {
+                    pool: pool.clone(),
+                    address: address.clone(),
+                    weight: *weight,
+                },
+                BackendCommand::Add {
+                    pool,
+                    address,
+                    weight,
+                    backup,
+                    max_conns,
+                } => Request::BackendAdd {
+                    pool: pool.clone(),
+                    address: address.clone(),
+                    weight: Some(*weight),
+                    backup: *backup,
+                    max_conns: *max_conns,
+                },
+                BackendCommand::Remove { pool, address } => Request::BackendRemove {
+                    pool: pool.clone(),
+                    address: address.clone(),
+                },
             },
+            CtlCommand::Sticky {
+                action: StickyCommand::Show { filter },
+            } => Request::StickyShow {
+                filter: filter.filter(),
+            },
+            CtlCommand::Sticky {
+                action: StickyCommand::Clear { filter },
+            } => Request::StickyClear {
+                filter: filter.filter(),
+            },
+            CtlCommand::Connections {
+                action: Some(ConnectionsCommand::Close { id }),
+                ..
+            } => Request::ConnectionClose { id: *id },
+            CtlCommand::Connections {
+                service,
+                action: None,
+            } => Request::Connections {
+                service: service.clone(),
+            },
+            CtlCommand::Monitor => Request::Monitor,
         }
     }
 
@@ -163,10 +343,11 @@ impl CtlCommand {
             Reply::Announce(a) => table::announce(a.as_ref()),
             Reply::Backend(b) => match self {
                 CtlCommand::Backend {
-                    action,
-                    pool,
-                    address,
-                } => format!("{pool} {address}: {action}d\n"),
+                    action: BackendCommand::Enable { pool, address },
+                } => format!("{pool} {address}: enabled\n"),
+                CtlCommand::Backend {
+                    action: BackendCommand::Disable { pool, address },
+                } => format!("{pool} {address}: disabled\n"),
                 _ => format!(
                     "{}: {}\n",
                     b.address,
@@ -188,6 +369,20 @@ impl CtlCommand {
                 }
                 out
             }
+            Reply::BackendChange(r) => table::backend_change(r),
+            Reply::Sticky(entries) => table::sticky(entries),
+            Reply::StickyCleared(r) => table::sticky_cleared(r),
+            Reply::Connections(list) => table::connections(list),
+            Reply::ConnectionClosed(c) => format!(
+                "connection {} closed ({} -> {}/{}, {} open)\n",
+                c.id,
+                c.client,
+                c.pool,
+                c.backend,
+                tandem_control::page::ago(c.age_secs)
+            ),
+            Reply::Monitor(events) => events.iter().map(table::event).collect(),
+            Reply::HaMaintenance(ha) => table::ha(ha.as_ref()),
         }
     }
 }
@@ -212,11 +407,51 @@ mod tests {
     }
 
     #[test]
+    fn json_may_follow_the_command() {
+        use clap::Parser;
+        for args in [
+            ["tandem", "ctl", "--json", "monitor"],
+            ["tandem", "ctl", "monitor", "--json"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Ctl { json, command, .. } = cli.command else {
+                panic!("not ctl")
+            };
+            assert!(json);
+            assert!(matches!(command.request(), Request::Monitor));
+        }
+        let cli = Cli::try_parse_from([
+            "tandem",
+            "ctl",
+            "sticky",
+            "clear",
+            "--client",
+            "192.0.2.7",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Ctl { json, command, .. } = cli.command else {
+            panic!("not ctl")
+        };
+        assert!(json);
+        assert_eq!(
+            command.request(),
+            Request::StickyClear {
+                filter: StickyFilter {
+                    client: Some("192.0.2.7".into()),
+                    ..StickyFilter::default()
+                }
+            }
+        );
+    }
+
+    #[test]
     fn a_backend_command_echoes_what_was_done() {
         let command = CtlCommand::Backend {
-            action: "disable".into(),
-            pool: "web".into(),
-            address: "10.0.0.1:80".into(),
+            action: BackendCommand::Disable {
+                pool: "web".into(),
+                address: "10.0.0.1:80".into(),
+            },
         };
         assert!(matches!(
             command.request(),

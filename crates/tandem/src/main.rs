@@ -221,6 +221,9 @@ async fn demo(listen: SocketAddr, flap: Flap) -> ExitCode {
 
 async fn ctl(socket: &Path, json: bool, command: CtlCommand) -> ExitCode {
     let request = command.request();
+    if matches!(command, CtlCommand::Monitor) {
+        return monitor(socket, json, &request).await;
+    }
     let response = match tandem_control::socket::request(socket, &request).await {
         Ok(r) => r,
         Err(e) => {
@@ -251,4 +254,34 @@ async fn ctl(socket: &Path, json: bool, command: CtlCommand) -> ExitCode {
         print!("{}", command.render(&reply));
     }
     ExitCode::SUCCESS
+}
+
+/// `tandem ctl monitor`: prints each event as it comes (a line, or a JSON object per
+/// line with --json) until tandem closes the connection or the output is gone.
+async fn monitor(socket: &Path, json: bool, request: &tandem_control::Request) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let followed = tandem_control::socket::follow(socket, request, |event| {
+        let line = if json {
+            serde_json::to_string(&event).unwrap_or_default() + "\n"
+        } else {
+            tandem_control::table::event(&event)
+        };
+        // A closed pipe (monitor | head) ends the stream.
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .is_ok()
+    })
+    .await;
+    match followed {
+        Ok(r) if r.ok => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("tandem ctl: {}", r.error.unwrap_or_default());
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Err(e) => {
+            eprintln!("tandem ctl: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }

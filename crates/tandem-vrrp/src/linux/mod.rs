@@ -133,6 +133,7 @@ enum Command {
     HoldPreempt(bool),
     PeerExited,
     Shutdown(oneshot::Sender<()>),
+    Maintenance(bool),
 }
 
 /// A running virtual router.
@@ -241,6 +242,8 @@ impl Vrrp {
             interface_down: false,
             takeover,
             drop_log: DropLog::default(),
+            tracked: Vec::new(),
+            maintenance: false,
         };
         let task = tokio::spawn(runner.run(rx));
         Ok(Vrrp {
@@ -278,6 +281,15 @@ impl Vrrp {
     /// whose master it was takes over after one missed advertisement instead of three.
     pub async fn peer_exited(&self) {
         let _ = self.commands.send(Command::PeerExited).await;
+    }
+
+    /// Maintenance (`tandem ctl ha demote`) or not (`ha restore`): on, the priority
+    /// drops to 1 and a master hands over (priority 0 advertisement, as at shutdown),
+    /// so the peer takes over while this node keeps running; off, the priority is the
+    /// configured one less the tracked demotions again (with preemption, this node
+    /// takes master back).
+    pub async fn set_maintenance(&self, on: bool) {
+        let _ = self.commands.send(Command::Maintenance(on)).await;
     }
 
     /// Leaves gracefully: a master advertises priority 0 (the backup takes over after
@@ -403,7 +415,14 @@ struct Runner {
     takeover: Option<mpsc::Sender<Takeover>>,
     /// Rate limit of the log lines of dropped packets.
     drop_log: DropLog,
+    /// The tracked pools' demotions, as last set.
+    tracked: Vec<(String, u8)>,
+    /// In maintenance (`tandem ctl ha demote`): priority 1.
+    maintenance: bool,
 }
+
+/// Why the priority is 1 in maintenance, as the status lists it.
+const MAINTENANCE: &str = "maintenance (tandem ctl ha demote)";
 
 /// An interface that holds virtual addresses while this router is master.
 struct AddressHolder {
@@ -504,17 +523,25 @@ impl Runner {
                 } => Some(Input::Tick),
                 command = commands.recv() => match command {
                     Some(Command::Demote(demotions)) => {
-                        let p = effective_priority(self.settings.priority, &demotions);
-                        let changed = p != self.machine.priority();
-                        {
-                            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                            s.demotions = demotions.clone();
-                            s.effective_priority = p;
+                        self.tracked = demotions;
+                        self.reprioritize()
+                    }
+                    Some(Command::Maintenance(on)) => {
+                        let was = std::mem::replace(&mut self.maintenance, on);
+                        let input = self.reprioritize();
+                        if on && !was {
+                            info!(target: "tandem::vrrp", "maintenance: priority 1, handing master over");
+                            if let Some(input) = input {
+                                let actions = self.machine.handle(self.now(), input);
+                                self.carry_out(actions).await;
+                            }
+                            Some(Input::Resign)
+                        } else {
+                            if was && !on {
+                                info!(target: "tandem::vrrp", "maintenance over: priority {} again", self.machine_priority_wanted());
+                            }
+                            input
                         }
-                        if changed {
-                            info!(target: "tandem::vrrp", priority = p, demotions = ?demotions, "VRRP priority changed");
-                        }
-                        changed.then_some(Input::Priority(p))
                     }
                     Some(Command::HoldPreempt(hold)) => Some(Input::HoldPreempt(hold)),
                     Some(Command::PeerExited) => {
@@ -551,6 +578,36 @@ impl Runner {
                 self.carry_out(actions).await;
             }
         }
+    }
+
+    /// The priority wanted now: 1 in maintenance, else the configured one less the
+    /// tracked demotions.
+    fn machine_priority_wanted(&self) -> u8 {
+        if self.maintenance {
+            1
+        } else {
+            effective_priority(self.settings.priority, &self.tracked)
+        }
+    }
+
+    /// Shows the demotions and the priority wanted; the machine's input when it changed.
+    fn reprioritize(&mut self) -> Option<Input<'static>> {
+        let p = self.machine_priority_wanted();
+        let changed = p != self.machine.priority();
+        let mut demotions = self.tracked.clone();
+        if self.maintenance {
+            let configured = effective_priority(self.settings.priority, &self.tracked);
+            demotions.push((MAINTENANCE.into(), configured.saturating_sub(1)));
+        }
+        {
+            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            s.demotions = demotions.clone();
+            s.effective_priority = p;
+        }
+        if changed {
+            info!(target: "tandem::vrrp", priority = p, demotions = ?demotions, "VRRP priority changed");
+        }
+        changed.then_some(Input::Priority(p))
     }
 
     /// Feeds the machine the advertisements waiting in the socket: a timer that fires

@@ -21,6 +21,48 @@ impl Daemon {
                 address,
             } => self.backend_request(action, &pool, &address),
             Request::Announce { action } => self.announce_request(action).await,
+            Request::BackendWeight {
+                pool,
+                address,
+                weight,
+            } => answer(
+                self.set_backend_weight(&pool, &address, weight)
+                    .await
+                    .map(Reply::BackendChange),
+            ),
+            Request::BackendAdd {
+                pool,
+                address,
+                weight,
+                backup,
+                max_conns,
+            } => answer(
+                self.add_backend(&pool, &address, weight, backup, max_conns)
+                    .await
+                    .map(Reply::BackendChange),
+            ),
+            Request::BackendRemove { pool, address } => answer(
+                self.remove_backend(&pool, &address)
+                    .await
+                    .map(Reply::BackendChange),
+            ),
+            Request::StickyShow { filter } => {
+                answer(self.sticky_entries(&filter).map(Reply::Sticky))
+            }
+            Request::StickyClear { filter } => {
+                answer(self.clear_sticky(&filter).map(Reply::StickyCleared))
+            }
+            Request::Connections { service } => {
+                Response::ok(Reply::Connections(self.connections(service.as_deref())))
+            }
+            Request::ConnectionClose { id } => {
+                answer(self.close_connection(id).map(Reply::ConnectionClosed))
+            }
+            Request::Monitor => Response::ok(Reply::Monitor(self.recent_events())),
+            Request::HaDemote => answer(self.ha_maintenance(true).await.map(Reply::HaMaintenance)),
+            Request::HaRestore => {
+                answer(self.ha_maintenance(false).await.map(Reply::HaMaintenance))
+            }
             Request::Reload => match self.reload().await {
                 Ok(report) => Response::ok(Reply::Reload(report)),
                 Err(e) => {
@@ -63,5 +105,13 @@ impl Daemon {
             AnnounceAction::Restore => part.set_operator(self, false).await,
         };
         Response::ok(Reply::Announce(Some(snapshot)))
+    }
+}
+
+/// A reply, or the refusal's reason.
+fn answer(result: Result<Reply, super::RuntimeError>) -> Response {
+    match result {
+        Ok(reply) => Response::ok(reply),
+        Err(e) => Response::error(e.to_string()),
     }
 }

@@ -17,6 +17,7 @@ mod control;
 mod ha;
 mod live;
 mod reload;
+mod runtime;
 mod start;
 mod status;
 mod sticky;
@@ -46,6 +47,7 @@ use tracing::info;
 
 pub use build::{BuildError, Built, Options};
 pub use reload::{ListenKey, ReloadError, ReloadPlan, plan_reload};
+pub use runtime::{RuntimeError, UNTIL_RELOAD};
 pub use tandem_control::ReloadReply as ReloadReport;
 
 use crate::redirect::RedirectPlane;
@@ -88,6 +90,9 @@ struct Shared {
     redirect: Option<Arc<RedirectPlane>>,
     live: live::Live,
     announce: Option<Arc<announce::Announcing>>,
+    /// The pools as changed at run time (`tandem ctl backend weight/add/remove`), until
+    /// the next reload; none: as configured.
+    runtime_pools: std::sync::Mutex<Option<Vec<tandem_config::Pool>>>,
 }
 
 /// What reloads change: the listeners, the services and the health checks.

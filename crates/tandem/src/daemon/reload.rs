@@ -236,6 +236,7 @@ impl Daemon {
             .apply(&pools, &config.pools)
             .map_err(ReloadError::Health)?;
         self.shared.pools.store(Arc::new(pools));
+        self.forget_runtime_changes();
         if let Some(sync) = self.sync() {
             sync_store::observe_sticky_tables(&sync, &self.pools(), &config.global.name);
         }

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::build::{Built, node_max_conns};
 use super::reload::ListenKey;
 use super::tasks::{Tasks, Until};
-use super::{Daemon, Inner, RunningListener, RunningService, Shared, ha, live, sticky};
+use super::{Daemon, Inner, RunningListener, RunningService, Shared, ha, live, runtime, sticky};
 use crate::readiness::Gate;
 
 impl Built {
@@ -76,6 +76,7 @@ impl Built {
             redirect,
             live: Default::default(),
             announce: announce.clone(),
+            runtime_pools: Default::default(),
         });
         let daemon = Daemon { shared };
         let stop = tasks.stop().clone();
@@ -116,6 +117,19 @@ impl Built {
         if let Some(part) = &announce {
             super::announce::start(&daemon, &tasks, part, Gate::for_config(&config));
         }
+        tasks.spawn(
+            "agent weights",
+            Until::Shutdown,
+            runtime::follow_agent_weights(daemon.clone(), stop.clone()),
+        );
+        // The event log feeds the status page and `tandem ctl monitor`.
+        if admin.is_some() || control.is_some() {
+            tasks.spawn(
+                "status history",
+                Until::Shutdown,
+                live::follow(daemon.clone(), stop.clone()),
+            );
+        }
         if let Some((path, l)) = control {
             daemon.serve_control(&tasks, l);
             info!(socket = %path.display(), "control socket ready");
@@ -126,11 +140,6 @@ impl Built {
                 write: config.global.admin_write,
                 allow: config.global.admin_allow.clone(),
             };
-            tasks.spawn(
-                "status history",
-                Until::Shutdown,
-                live::follow(daemon.clone(), stop.clone()),
-            );
             tasks.spawn(
                 "admin port",
                 Until::Shutdown,
@@ -159,10 +168,12 @@ impl Daemon {
     fn serve_control(&self, tasks: &Tasks, listener: tokio::net::UnixListener) {
         let (tx, mut rx) = mpsc::channel::<tandem_control::socket::Command>(64);
         let stop = tasks.stop().clone();
+        let events = self.clone();
+        let follow: tandem_control::socket::Follow = Arc::new(move || events.follow_events());
         tasks.spawn(
             "control socket",
             Until::Shutdown,
-            tandem_control::socket::serve(listener, tx, stop.clone()),
+            tandem_control::socket::serve_following(listener, tx, stop.clone(), Some(follow)),
         );
         let daemon = self.clone();
         tasks.spawn("control requests", Until::Shutdown, async move {

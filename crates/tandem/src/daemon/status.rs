@@ -184,6 +184,18 @@ impl Daemon {
             // Only backends that answered HTTP requests have response times.
             response_times: Some(response_times(b.state.response_times()))
                 .filter(|t| t.count() > 0),
+            agent: self.shared.health.agent(pool, b.address).map(|a| {
+                format!(
+                    "{}: {}{}",
+                    a.agent.describe(),
+                    if a.failed {
+                        "last ask failed: "
+                    } else {
+                        "said "
+                    },
+                    a.said
+                )
+            }),
         }
     }
 }

@@ -12,7 +12,7 @@ use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-fn backend<'a>(
+pub(crate) fn backend<'a>(
     pools: &'a serde_json::Value,
     pool: &str,
     address: SocketAddr,
@@ -30,10 +30,12 @@ fn backend<'a>(
         .unwrap()
 }
 
-struct Node {
-    dir: tempfile::TempDir,
-    tandem: Running,
-    socket: std::path::PathBuf,
+/// A tandem process started from a file in a temporary directory, with its control
+/// socket (shared with `runtime`).
+pub(crate) struct Node {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) tandem: Running,
+    pub(crate) socket: std::path::PathBuf,
 }
 
 impl Node {
@@ -44,11 +46,11 @@ impl Node {
         )
     }
 
-    fn write(&self, body: &str) {
+    pub(crate) fn write(&self, body: &str) {
         write_config(self.dir.path(), &self.config(body));
     }
 
-    fn start(body: &str) -> Node {
+    pub(crate) fn start(body: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("tandem.sock");
         let path = dir.path().join("tandem.toml");
@@ -66,7 +68,7 @@ impl Node {
         }
     }
 
-    fn listen(&self, service: &str) -> SocketAddr {
+    pub(crate) fn listen(&self, service: &str) -> SocketAddr {
         let status = ctl_json(&self.socket, &["status"]);
         let s = status["services"]
             .as_array()

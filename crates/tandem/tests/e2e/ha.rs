@@ -954,3 +954,49 @@ fn a_backup_that_was_not_scheduled_for_a_while_hears_the_queued_adverts_before_i
     );
     assert!(lab.has_address("lb1", VIP) && !lab.has_address("lb2", VIP));
 }
+
+/// `tandem ctl ha demote` hands master to the peer without stopping (priority 1 and a
+/// priority-0 advertisement); `ha restore` takes it back (preemption).
+#[test]
+fn ha_demote_hands_master_to_the_peer_and_restore_takes_it_back() {
+    let Some(lab) = lab("dm") else { return };
+    let lb1 = start_node(&lab, "lb1", 150, "");
+    let mut lb2 = start_node(&lab, "lb2", 100, "");
+    lab.wait("lb1 master", Duration::from_secs(5), || {
+        lab.has_address("lb1", VIP)
+    });
+    lb2.wait_for("VRRP INIT -> BACKUP");
+    let client = answered_client(&lab);
+    let demoted_at = Instant::now();
+    let (code, out, err) = support::ctl(&lab.socket("lb1"), &["ha", "demote"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("priority 1 (configured 150)"), "{out}");
+    assert!(out.contains("maintenance (tandem ctl ha demote)"), "{out}");
+    let took = lab.wait("lb2 master", Duration::from_secs(5), || {
+        lab.has_address("lb2", VIP)
+    });
+    assert!(!lab.has_address("lb1", VIP), "lb1 let the address go");
+    // lb1 stays backup while demoted, and keeps running.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(lab.has_address("lb2", VIP) && !lab.has_address("lb1", VIP));
+    let (ok, failed) = client.counts_after(demoted_at);
+    println!(
+        "demote: lb2 master {} ms after the command; requests since: {ok} answered, {failed} failed",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(1), "hand-over took {took:?}");
+    let (code, out, err) = support::ctl(&lab.socket("lb1"), &["--json", "ha", "restore"]);
+    assert_eq!(code, 0, "{err}");
+    let ha: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(ha["effective_priority"], 150, "{ha}");
+    let restored_at = Instant::now();
+    let back = lab.wait("lb1 master again", Duration::from_secs(5), || {
+        lab.has_address("lb1", VIP) && !lab.has_address("lb2", VIP)
+    });
+    let (ok, failed) = client.counts_after(restored_at);
+    println!(
+        "restore: lb1 master {} ms after the command; requests since: {ok} answered, {failed} failed",
+        back.as_millis()
+    );
+    drop(lb1);
+}

@@ -18,6 +18,7 @@ mod package;
 mod redirect;
 mod relay;
 mod routes;
+mod runtime;
 mod site;
 mod soak;
 mod status_page;

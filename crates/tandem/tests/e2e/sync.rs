@@ -34,13 +34,49 @@ sticky = {{ key = \"source-ip\", ttl = \"10m\" }}\n\n\
     )
 }
 
-fn client_ip(n: u32) -> IpAddr {
+pub(crate) fn client_ip(n: u32) -> IpAddr {
     // 127.1.0.1 onwards: every 127.x.y.z is local on Linux.
     IpAddr::V4(Ipv4Addr::from(0x7f01_0000 + n + 1))
 }
 
-fn table(d: &Daemon) -> Arc<tandem_balance::StickyTable> {
+pub(crate) fn table(d: &Daemon) -> Arc<tandem_balance::StickyTable> {
     d.pools().get("web").unwrap().sticky.clone().unwrap()
+}
+
+/// Two nodes syncing their sticky tables over loopback, connected.
+pub(crate) struct Pair {
+    pub(crate) a: Daemon,
+    pub(crate) b: Daemon,
+    pub(crate) key: std::path::PathBuf,
+    pub(crate) a_sync: SocketAddr,
+    pub(crate) b_sync: SocketAddr,
+    pub(crate) _dir: tempfile::TempDir,
+}
+
+impl Pair {
+    /// Starts node-a and node-b with `backends` and a shared key; returns once each
+    /// is connected to the other.
+    pub(crate) async fn start(backends: &str) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("sync.key");
+        std::fs::write(&key, "c2VjcmV0IHNoYXJlZCBieSBhIGFuZCBiIG9ubHk=\n").unwrap();
+        let (a_sync, b_sync) = (free_addr(), free_addr());
+        let a = start(&node_text("node-a", backends, a_sync, b_sync, &key)).await;
+        let b = start(&node_text("node-b", backends, b_sync, a_sync, &key)).await;
+        wait_until("peers connected", Duration::from_secs(5), || {
+            a.snapshot().sync.iter().all(|p| p.connected)
+                && b.snapshot().sync.iter().all(|p| p.connected)
+        })
+        .await;
+        Pair {
+            a,
+            b,
+            key,
+            a_sync,
+            b_sync,
+            _dir: dir,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,17 +88,14 @@ async fn ten_thousand_clients_pinned_on_a_are_pinned_alike_on_b() {
         name_server("c", false).await,
     ];
     let backends = backends_toml(&backends, &[1, 1, 1]);
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("sync.key");
-    std::fs::write(&key, "c2VjcmV0IHNoYXJlZCBieSBhIGFuZCBiIG9ubHk=\n").unwrap();
-    let (a_sync, b_sync) = (free_addr(), free_addr());
-    let a = start(&node_text("node-a", &backends, a_sync, b_sync, &key)).await;
-    let b = start(&node_text("node-b", &backends, b_sync, a_sync, &key)).await;
-    wait_until("peers connected", Duration::from_secs(5), || {
-        a.snapshot().sync.iter().all(|p| p.connected)
-            && b.snapshot().sync.iter().all(|p| p.connected)
-    })
-    .await;
+    let Pair {
+        a,
+        b,
+        key,
+        a_sync,
+        b_sync,
+        _dir,
+    } = Pair::start(&backends).await;
     let to = addr_of(&a, "www");
     const CLIENTS: u32 = 10_000;
     let started = Instant::now();
