@@ -618,7 +618,7 @@ mod tests {
         b.handle(
             ms(5000),
             Input::Advert {
-                from: Ipv4Addr::new(10, 0, 0, 1),
+                from: Ipv4Addr::new(10, 0, 0, 1).into(),
                 advert: &zero,
             },
         );
@@ -631,7 +631,7 @@ mod tests {
             a.handle(
                 ms(t),
                 Input::Advert {
-                    from: Ipv4Addr::new(10, 0, 0, 2),
+                    from: Ipv4Addr::new(10, 0, 0, 2).into(),
                     advert: &from_b,
                 },
             );
@@ -644,7 +644,7 @@ mod tests {
         a.handle(
             ms(12_000),
             Input::Advert {
-                from: Ipv4Addr::new(10, 0, 0, 2),
+                from: Ipv4Addr::new(10, 0, 0, 2).into(),
                 advert: &from_b,
             },
         );
