@@ -31,6 +31,13 @@ pub enum Request {
     Ha,
     /// The kernel rules of redirect services and the sync of connection states.
     Redirect,
+    /// Start a new binary that takes over the listening sockets and the sticky tables;
+    /// this process then stops accepting, drains and exits.
+    Upgrade {
+        /// The new binary (absolute path); none: the running one's path.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<String>,
+    },
 }
 
 /// What to do with a backend.
@@ -53,6 +60,7 @@ impl Request {
             Request::Reload => "reload",
             Request::Ha => "ha",
             Request::Redirect => "redirect",
+            Request::Upgrade { .. } => "upgrade",
         }
     }
 }
@@ -73,6 +81,8 @@ pub enum Reply {
     Ha(Option<HaSnapshot>),
     /// To [`Request::Redirect`]: the redirect services, when configured.
     Redirect(Option<Box<RedirectSnapshot>>),
+    /// To [`Request::Upgrade`]: the new process serves.
+    Upgrade(UpgradeReply),
 }
 
 impl Reply {
@@ -86,6 +96,7 @@ impl Reply {
             Request::Reload => Reply::Reload(from_value(data)?),
             Request::Ha => Reply::Ha(from_value(data)?),
             Request::Redirect => Reply::Redirect(from_value(data)?),
+            Request::Upgrade { .. } => Reply::Upgrade(from_value(data)?),
         })
     }
 }
@@ -449,6 +460,26 @@ pub struct ReloadReply {
     pub needs_restart: Vec<String>,
 }
 
+/// The answer to `upgrade`: the new process serves; the old one drains.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReply {
+    /// The process that answered, now draining.
+    pub old_pid: u32,
+    /// The new process, now serving and answering the control socket.
+    pub new_pid: u32,
+    /// The binary started.
+    pub binary: String,
+    /// Milliseconds from the request to the new process accepting.
+    pub ready_ms: u64,
+    /// Listening sockets handed over.
+    pub sockets: u64,
+    /// Sticky pins handed over.
+    pub pins: u64,
+    /// Connections the old process still holds (it exits when they end, or at
+    /// `drain_timeout`).
+    pub draining: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,6 +529,15 @@ mod tests {
             (
                 Request::Redirect,
                 Reply::Redirect(Some(Box::new(RedirectSnapshot::default()))),
+            ),
+            (
+                Request::Upgrade { binary: None },
+                Reply::Upgrade(UpgradeReply {
+                    old_pid: 7,
+                    new_pid: 8,
+                    ready_ms: 40,
+                    ..UpgradeReply::default()
+                }),
             ),
         ] {
             assert_eq!(round_trip(&request, reply.clone()), reply);

@@ -83,11 +83,23 @@ pub async fn serve(
     commands: mpsc::Sender<Command>,
     stop: CancellationToken,
 ) {
+    serve_until(listener, commands, stop.clone(), stop).await
+}
+
+/// As [`serve`], but accepting ends at `stop_accepting` (the listener is closed; open
+/// sessions go on answering until `stop`): an upgraded tandem leaves the socket to its
+/// successor while it answers the request that started it.
+pub async fn serve_until(
+    listener: UnixListener,
+    commands: mpsc::Sender<Command>,
+    stop_accepting: CancellationToken,
+    stop: CancellationToken,
+) {
     let own_uid = rustix::process::geteuid().as_raw();
     let sessions = TaskTracker::new();
     loop {
         let stream = tokio::select! {
-            () = stop.cancelled() => break,
+            () = stop_accepting.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -123,6 +135,7 @@ pub async fn serve(
             }
         });
     }
+    drop(listener);
     sessions.close();
     sessions.wait().await;
 }

@@ -88,6 +88,29 @@ pub enum Command {
         #[arg(long, default_value_t = 15, value_name = "SECS", hide = true)]
         flap_for: u64,
     },
+    /// Replace the running tandem's binary without refusing a connection.
+    ///
+    /// The running tandem starts BINARY (by default this tandem's own path) with its own
+    /// arguments and hands it the listening sockets and the sticky tables; once the new
+    /// process accepts, the old one stops accepting, finishes its connections (until
+    /// global.drain_timeout) and exits. Exit code 1, with the reason, when the new
+    /// binary cannot start: the running tandem then serves on.
+    Upgrade {
+        /// The control socket of the running tandem.
+        #[arg(
+            long,
+            env = "TANDEM_SOCKET",
+            default_value = tandem_config::DEFAULT_CONTROL_SOCKET,
+            value_name = "PATH"
+        )]
+        socket: PathBuf,
+        /// The new binary (default: the path of this `tandem`).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +169,7 @@ impl CtlCommand {
             Reply::Pools(s) => table::pools(s),
             Reply::Ha(ha) => table::ha(ha.as_ref()),
             Reply::Redirect(r) => table::redirect(r.as_deref()),
+            Reply::Upgrade(u) => upgraded(u),
             Reply::Backend(b) => match self {
                 CtlCommand::Backend {
                     action,
@@ -175,6 +199,14 @@ impl CtlCommand {
             }
         }
     }
+}
+
+/// What `tandem upgrade` prints.
+pub fn upgraded(u: &tandem_control::UpgradeReply) -> String {
+    format!(
+        "upgraded: pid {} ({}) serves since {} ms after the request, with {} sockets and {} sticky pins; pid {} drains {} connections and exits\n",
+        u.new_pid, u.binary, u.ready_ms, u.sockets, u.pins, u.old_pid, u.draining
+    )
 }
 
 #[cfg(test)]

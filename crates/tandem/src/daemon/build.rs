@@ -1,6 +1,6 @@
 //! Building a daemon: everything that can fail, done before anything is served.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,8 +22,10 @@ use super::ha::{self, HaSettingsError};
 use super::reload::{ListenKey, relayed};
 use super::sticky;
 use super::sync_store::{self, PoolStore};
+use super::upgrade::Inherited;
 use crate::readiness::Gate;
 use crate::redirect::RedirectPlane;
+use tracing::info;
 
 /// What to run besides the services of the configuration.
 #[derive(Debug, Clone, Default)]
@@ -120,6 +122,17 @@ impl Daemon {
     /// every listener (all or nothing), the control socket and admin port, sync, the
     /// redirect table and VRRP. Sticky tables saved in `state_dir` are loaded first.
     pub async fn build(config: Config, options: Options) -> Result<Built, BuildError> {
+        Daemon::build_inheriting(config, options, Inherited::default()).await
+    }
+
+    /// As [`Daemon::build`], taking the listening sockets (services, admin port,
+    /// control socket) from `inherited` where it has them, matched by service and
+    /// configured address, and merging its sticky pins after the state file's.
+    pub async fn build_inheriting(
+        config: Config,
+        options: Options,
+        mut inherited: Inherited,
+    ) -> Result<Built, BuildError> {
         let started = Instant::now();
         let pools = Arc::new(ArcSwap::from_pointee(PoolSet::build(&config.pools, None)));
         let mut monitor = Monitor::new();
@@ -130,7 +143,10 @@ impl Daemon {
         if let Some(dir) = &config.global.state_dir {
             sticky::restore(dir, &pools.load());
         }
-        let listeners = bind_new(&config, |_| false)?;
+        inherited.restore_sticky(&pools.load());
+        let mut listeners = take_inherited(&config, &mut inherited)?;
+        let taken: HashSet<ListenKey> = listeners.iter().map(|(k, _, _)| k.clone()).collect();
+        listeners.extend(bind_new(&config, |k| taken.contains(k))?);
         let mut services = HashMap::new();
         for s in relayed(&config) {
             let prepared = Service::prepare(s.clone()).map_err(BuildError::Service)?;
@@ -139,14 +155,27 @@ impl Daemon {
         let admin = match config.global.admin_listen {
             Some(address) => {
                 let admin_error = |source| BuildError::Admin { address, source };
-                let l = listener::bind(address).map_err(admin_error)?;
+                let l = match inherited.take_admin(address) {
+                    Some(l) => l.map_err(admin_error)?,
+                    None => listener::bind(address).map_err(admin_error)?,
+                };
                 Some((l.local_addr().map_err(admin_error)?, l))
             }
             None => None,
         };
+        let mut control_inherited = false;
         let control = if options.control_socket {
             let path = config.global.control_socket.clone();
-            let l = tandem_control::socket::bind(&path)?;
+            let l = match inherited.take_control(&path) {
+                Some(l) => {
+                    control_inherited = true;
+                    l.map_err(|source| ControlError::Bind {
+                        path: path.clone(),
+                        source,
+                    })?
+                }
+                None => tandem_control::socket::bind(&path)?,
+            };
             Some((path, l))
         } else {
             None
@@ -160,8 +189,9 @@ impl Daemon {
         } = match build_parts(&config, &pools).await {
             Ok(parts) => parts,
             Err(e) => {
-                // No stale socket file for the next start to find.
-                if let Some((path, _)) = &control {
+                // No stale socket file for the next start to find (a handed over one
+                // is the predecessor's, serving on).
+                if let Some((path, _)) = control.as_ref().filter(|_| !control_inherited) {
                     let _ = std::fs::remove_file(path);
                 }
                 return Err(e);
@@ -288,6 +318,29 @@ async fn build_ha(
         None
     };
     Ok((Some(vrrp), takeovers, gate))
+}
+
+/// The listeners of `config` that `inherited` holds, as received.
+fn take_inherited(
+    config: &Config,
+    inherited: &mut Inherited,
+) -> Result<Vec<(ListenKey, String, TcpListener)>, BindError> {
+    let mut taken = Vec::new();
+    for s in relayed(config) {
+        for &address in &s.listen {
+            let key = ListenKey::new(&s.name, address);
+            if let Some(l) = inherited.take_service(&key) {
+                let l = l.map_err(|source| BindError {
+                    service: s.name.clone(),
+                    address,
+                    source,
+                })?;
+                info!(service = %s.name, listen = %address, from = inherited.from_pid(), "listener taken over");
+                taken.push((key, s.name.clone(), l));
+            }
+        }
+    }
+    Ok(taken)
 }
 
 /// Binds every listening address of `config` for which `is_open` says no. All or

@@ -20,6 +20,7 @@ mod status;
 mod sticky;
 mod sync_store;
 mod tasks;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,6 +46,7 @@ use tracing::info;
 pub use build::{BuildError, Built, Options};
 pub use reload::{ListenKey, ReloadError, ReloadPlan, plan_reload};
 pub use tandem_control::ReloadReply as ReloadReport;
+pub use upgrade::{Inherited, Successor, UpgradeError};
 
 use crate::redirect::RedirectPlane;
 use tasks::Tasks;
@@ -85,6 +87,7 @@ struct Shared {
     sync: Option<Arc<SyncNode>>,
     redirect: Option<Arc<RedirectPlane>>,
     live: live::Live,
+    handoff: upgrade::Handoff,
 }
 
 /// What reloads change: the listeners, the services and the health checks.
@@ -103,6 +106,8 @@ struct RunningListener {
     bound: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<TcpListener>,
+    /// A copy of the listener's descriptor, to hand over at an upgrade.
+    fd: Option<std::os::fd::OwnedFd>,
 }
 
 /// What a drain did.
@@ -259,7 +264,16 @@ impl Daemon {
                 }
             };
         shared.tasks.shutdown(TASKS_STOP_WITHIN).await;
-        if let Some(dir) = &shared.config.load().global.state_dir {
+        // After an upgrade the state file and the control socket are the successor's.
+        let retired = self.has_retired();
+        if let Some(dir) = shared
+            .config
+            .load()
+            .global
+            .state_dir
+            .as_ref()
+            .filter(|_| !retired)
+        {
             sticky::save(dir, &shared.pools.load(), &shared.config.load().global.name);
         }
         shared.inner.lock().await.monitor.stop();
@@ -269,7 +283,7 @@ impl Daemon {
         if let Some(plane) = &shared.redirect {
             plane.stop().await;
         }
-        if let Some(path) = &shared.control_socket {
+        if let Some(path) = shared.control_socket.as_ref().filter(|_| !retired) {
             let _ = std::fs::remove_file(path);
         }
         DrainReport {
