@@ -390,6 +390,7 @@ async fn systemd_follows_the_new_process_and_the_old_one_ends_at_drain_timeout()
     let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
     let _new = KillOnDrop(new_pid);
     assert_eq!(reply["draining"], 1, "{reply}");
+    assert_eq!(reply["old_pid"], old_pid);
 
     let began = Instant::now();
     let code = s.tandem.wait_exit(Duration::from_secs(10));
