@@ -127,11 +127,8 @@ pub async fn serve_until(
         let commands = commands.clone();
         let stop = stop.clone();
         sessions.spawn(async move {
-            tokio::select! {
-                r = session(stream, commands) => if let Err(e) = r {
-                    debug!(error = %e, "control session ended");
-                },
-                () = stop.cancelled() => {}
+            if let Err(e) = session(stream, commands, stop).await {
+                debug!(error = %e, "control session ended");
             }
         });
     }
@@ -140,16 +137,24 @@ pub async fn serve_until(
     sessions.wait().await;
 }
 
-async fn session(stream: UnixStream, commands: mpsc::Sender<Command>) -> io::Result<()> {
+/// Answers one client's requests; ends at `stop` while waiting for a request, but a
+/// request read is answered (its handler sees `stop` too): the answer to `upgrade` is
+/// written while its process shuts down.
+async fn session(
+    stream: UnixStream,
+    commands: mpsc::Sender<Command>,
+    stop: CancellationToken,
+) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = String::new();
     loop {
         line.clear();
-        let n = (&mut lines)
-            .take(MAX_LINE as u64)
-            .read_line(&mut line)
-            .await?;
+        let mut limited = (&mut lines).take(MAX_LINE as u64);
+        let n = tokio::select! {
+            n = limited.read_line(&mut line) => n?,
+            () = stop.cancelled() => return Ok(()),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -207,4 +212,46 @@ pub async fn request(path: &Path, request: &Request) -> Result<Response, Control
         )));
     }
     serde_json::from_str(&line).map_err(|e| ControlError::Io(io::Error::other(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Reply, UpgradeReply};
+
+    /// The answer to a request whose handling stops the server (an upgrade) still
+    /// reaches the client; accepting has ended by then.
+    #[tokio::test]
+    async fn a_request_read_is_answered_though_its_handler_stops_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sock");
+        let listener = bind(&path).unwrap();
+        let (tx, mut rx) = mpsc::channel::<Command>(1);
+        let stop = CancellationToken::new();
+        let accepting = stop.child_token();
+        let server = tokio::spawn(serve_until(listener, tx, accepting.clone(), stop.clone()));
+        let handler = tokio::spawn(async move {
+            let (_, reply) = rx.recv().await.unwrap();
+            accepting.cancel();
+            stop.cancel();
+            tokio::task::yield_now().await;
+            let _ = reply.send(Response::ok(Reply::Upgrade(UpgradeReply {
+                new_pid: 9,
+                ..UpgradeReply::default()
+            })));
+        });
+        let response = request(&path, &Request::Upgrade { binary: None })
+            .await
+            .unwrap();
+        assert!(response.ok, "{response:?}");
+        handler.await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .expect("the server ends once the session has answered")
+            .unwrap();
+        assert!(
+            UnixStream::connect(&path).await.is_err(),
+            "no longer accepting"
+        );
+    }
 }
