@@ -57,8 +57,10 @@ fn main() -> ExitCode {
             for w in &config.warnings {
                 tracing::warn!("{}", w.render(&path.display().to_string(), "warning: "));
             }
-            // Before any thread exists: credentials are per thread.
-            if let Err(e) = tandem::privileges::drop_root(&config, allow_root) {
+            // Before any thread exists: credentials are per thread. A successor started
+            // by a tandem that already runs as global.user has nothing to drop.
+            let already_dropped = successor.is_some() && !rustix::process::geteuid().is_root();
+            if !already_dropped && let Err(e) = tandem::privileges::drop_root(&config, allow_root) {
                 error!("{e}");
                 if let Some(s) = successor {
                     s.failed(&e.to_string());

@@ -330,10 +330,11 @@ async fn accept_from(
     }
 }
 
-/// Makes sure a failed successor is gone (it exits by itself after saying why), and
-/// returns `reason` with how it ended.
+/// Makes sure a failed successor is gone (it exits by itself after saying why; one
+/// that does not within a second, stuck or slow, is killed), and returns `reason` with
+/// how it ended.
 async fn end_child(mut child: Child, reason: String) -> String {
-    let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+    let status = match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
         Ok(status) => status.ok(),
         Err(_) => {
             let _ = child.start_kill();

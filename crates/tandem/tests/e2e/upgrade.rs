@@ -339,6 +339,29 @@ async fn a_new_binary_that_cannot_start_leaves_the_old_one_serving() {
     assert_eq!(ctl_json(&s.socket, &["status"])["pid"], old_pid);
     assert!(!name_via(s.listen, None).await.is_empty());
 
+    // A binary that never asks for the sockets: given up after 10 s, and killed.
+    let script = s.dir.path().join("stuck");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let socket = s.socket.clone();
+    let stuck = script.to_str().unwrap().to_string();
+    let (code, _, err, took) =
+        tokio::task::spawn_blocking(move || upgrade_cmd(&socket, &["--binary", &stuck]))
+            .await
+            .unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("did not ask for the sockets within 10s"),
+        "{err}"
+    );
+    assert!(
+        err.contains("signal: 9"),
+        "the stuck process was killed: {err}"
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(ctl_json(&s.socket, &["status"])["pid"], old_pid);
+    assert!(!name_via(s.listen, None).await.is_empty());
+
     // And after all that, a good upgrade still works.
     let socket = s.socket.clone();
     let (code, out, err, _) =
