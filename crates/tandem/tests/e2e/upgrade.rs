@@ -444,3 +444,46 @@ async fn systemd_follows_the_new_process_and_the_old_one_ends_at_drain_timeout()
         "upgrade: the old process ended {drained:?} after the upgrade, at drain_timeout (1 s)"
     );
 }
+
+/// What an upgrade cannot carry yet ([ha], [sync], redirect services) is refused up
+/// front, by name, and the running process serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_refuses_what_it_cannot_carry_yet() {
+    let a = conversation_server("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("tandem.sock");
+    let key = dir.path().join("sync.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let peer = dead_address().await;
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[global]\nname = \"node-a\"\ncontrol_socket = \"{}\"\n\n\
+             [[pool]]\nname = \"p\"\nbackends = {}\n\n\
+             [[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:0\"]\npool = \"p\"\n\n\
+             [sync]\nlisten = \"127.0.0.1:{}\"\npeers = [\"{peer}\"]\nkey_file = \"{}\"\n",
+            socket.display(),
+            backends(&[a]),
+            free_port(),
+            key.display(),
+        ),
+    );
+    let mut tandem = Running::spawn(&["run", "--config", &path]);
+    let listen = listen_addr(&tandem.wait_for("service ready"));
+    tandem.wait_for("tandem running");
+    let at = socket.clone();
+    let (code, _, err, _) = tokio::task::spawn_blocking(move || upgrade_cmd(&at, &[]))
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("does not carry [sync]"),
+        "the refusal names what is missing: {err}"
+    );
+    assert_eq!(
+        ctl_json(&socket, &["status"])["pid"],
+        tandem.child.id(),
+        "no process was started"
+    );
+    assert!(!name_via(listen, None).await.is_empty());
+}
