@@ -124,6 +124,7 @@ impl Daemon {
             Some(b) => b,
             None => std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
         };
+        trusted_binary(&binary)?;
         let control = self.shared.control_socket.clone().unwrap_or_default();
         let meet = meeting_path(&control);
         let listener = tandem_control::socket::bind(&meet).map_err(|e| e.to_string())?;
@@ -279,6 +280,29 @@ impl Daemon {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
     }
+}
+
+/// Refuses a binary that a user other than root could have written, when running it
+/// would give that user more than it has: tandem's capabilities (under systemd,
+/// CAP_NET_ADMIN and the others of the unit), or root. A tandem without capabilities
+/// may also run a binary of its own user's, as that user can anyway.
+fn trusted_binary(binary: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(binary).map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    let powerless =
+        me != 0 && caps::read(None, caps::CapSet::Permitted).is_ok_and(|c| c.is_empty());
+    let owner_ok = meta.uid() == 0 || (powerless && meta.uid() == me);
+    if !owner_ok || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is owned by uid {} with mode {:o}: tandem runs only a binary owned by root (or by its own user when it holds no capabilities) that neither group nor others may write",
+            binary.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// Where the old process waits for its successor: beside the control socket.
@@ -485,5 +509,37 @@ impl Successor {
             .map_err(std::io::Error::other)??;
         merge_pins(&daemon.pools(), &late, "made during the handover");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_binary_others_may_write_is_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tandem");
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let me = rustix::process::geteuid().as_raw();
+        let powerless = me != 0
+            && caps::read(None, caps::CapSet::Permitted)
+                .unwrap()
+                .is_empty();
+        if me == 0 || powerless {
+            assert_eq!(trusted_binary(&path), Ok(()));
+        }
+        for mode in [0o775, 0o757] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let refused = trusted_binary(&path).unwrap_err();
+            assert!(
+                refused.contains("neither group nor others may write"),
+                "{refused}"
+            );
+        }
+        let missing = trusted_binary(&dir.path().join("nope")).unwrap_err();
+        assert!(missing.starts_with("cannot start"), "{missing}");
     }
 }
