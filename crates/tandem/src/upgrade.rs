@@ -67,6 +67,10 @@ pub struct Header {
     pub pid: u32,
     /// The sockets, one per descriptor, in order.
     pub sockets: Vec<Socket>,
+    /// The VRRP state the new process starts in (`MASTER` or `BACKUP`), when `[ha]`
+    /// runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vrrp: Option<String>,
 }
 
 /// The new process's answer.
@@ -89,6 +93,7 @@ pub enum Outcome {
 pub fn send(
     stream: &UnixStream,
     pid: u32,
+    vrrp: Option<String>,
     sockets: &[(Socket, BorrowedFd<'_>)],
     sticky: &[u8],
 ) -> io::Result<()> {
@@ -101,6 +106,7 @@ pub fn send(
     let header = Header {
         pid,
         sockets: sockets.iter().map(|(s, _)| s.clone()).collect(),
+        vrrp,
     };
     let json = serde_json::to_vec(&header).map_err(io::Error::other)?;
     let mut prefix = [0u8; 8];
@@ -255,7 +261,7 @@ mod tests {
         ];
         let sticky = vec![7u8; 100_000];
         let sender = std::thread::scope(|s| {
-            let h = s.spawn(|| send(&old, 42, &sockets, &sticky));
+            let h = s.spawn(|| send(&old, 42, Some("MASTER".into()), &sockets, &sticky));
             let got = receive(&new).unwrap();
             h.join().unwrap().unwrap();
             got
@@ -266,6 +272,7 @@ mod tests {
             sticky: table,
         } = sender;
         assert_eq!(header.pid, 42);
+        assert_eq!(header.vrrp.as_deref(), Some("MASTER"));
         assert_eq!(table, sticky);
         assert_eq!(fds.len(), 2);
         assert_eq!(fds[0].0, sockets[0].0);

@@ -120,6 +120,7 @@ enum Command {
     HoldPreempt(bool),
     PeerExited,
     Shutdown(oneshot::Sender<()>),
+    Quiet(oneshot::Sender<()>),
 }
 
 /// A running virtual router.
@@ -149,6 +150,27 @@ impl Vrrp {
         settings: HaSettings,
         takeover: Option<mpsc::Sender<Takeover>>,
     ) -> Result<Vrrp, VrrpError> {
+        Vrrp::open(settings, takeover, None).await
+    }
+
+    /// As [`Vrrp::start_with_takeover`], in the state `state` of the process this one
+    /// replaces (an upgrade in place, see [`Input::Resume`]): virtual addresses on the
+    /// interface are kept, and a master advertises at once.
+    pub async fn resume_with_takeover(
+        settings: HaSettings,
+        takeover: Option<mpsc::Sender<Takeover>>,
+        state: State,
+    ) -> Result<Vrrp, VrrpError> {
+        Vrrp::open(settings, takeover, Some(state)).await
+    }
+
+    async fn open(
+        settings: HaSettings,
+        takeover: Option<mpsc::Sender<Takeover>>,
+        resume: Option<State>,
+    ) -> Result<Vrrp, VrrpError> {
+        // A master resumed keeps the addresses it finds: they are its predecessor's.
+        let keep = resume == Some(State::Master);
         let netlink = Netlink::open()?;
         let link = netlink
             .link(&settings.interface)
@@ -163,10 +185,11 @@ impl Vrrp {
             .map(|(ip, _, _)| *ip)
             .ok_or_else(|| VrrpError::NoAddress(settings.interface.clone()))?;
         // The main interface first, then the group's.
-        let mut holders =
-            vec![AddressHolder::open(&netlink, &settings.interface, &settings.virtual_ips).await?];
+        let mut holders = vec![
+            AddressHolder::open(&netlink, &settings.interface, &settings.virtual_ips, keep).await?,
+        ];
         for g in &settings.group {
-            holders.push(AddressHolder::open(&netlink, &g.interface, &g.virtual_ips).await?);
+            holders.push(AddressHolder::open(&netlink, &g.interface, &g.virtual_ips, keep).await?);
         }
         let socket = VrrpSocket::open(&settings.interface, link.index, primary)?;
         let machine = Instance::new(Settings {
@@ -207,6 +230,7 @@ impl Vrrp {
             origin: Instant::now(),
             interface_down: false,
             takeover,
+            resume,
         };
         let task = tokio::spawn(runner.run(rx));
         Ok(Vrrp {
@@ -246,6 +270,16 @@ impl Vrrp {
         let _ = self.commands.send(Command::PeerExited).await;
     }
 
+    /// Stops without a word: no priority 0, the addresses stay where they are. For the
+    /// process an upgrade replaced, once its successor resumed its state. Returns once
+    /// done.
+    pub async fn quiet(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Quiet(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Leaves gracefully: a master advertises priority 0 (the backup takes over after
     /// its skew time) and removes the virtual addresses. Returns once done.
     pub async fn shutdown(&self) {
@@ -278,6 +312,8 @@ struct Runner {
     origin: Instant,
     interface_down: bool,
     takeover: Option<mpsc::Sender<Takeover>>,
+    /// The state of the process this one replaces, to start in.
+    resume: Option<State>,
 }
 
 /// An interface that holds virtual addresses while this router is master.
@@ -303,11 +339,13 @@ impl AddressHolder {
 
 impl AddressHolder {
     /// Opens `interface` to hold `virtual_ips`, first removing any of them left there by
-    /// an earlier run that died.
+    /// an earlier run that died (unless `keep`: the addresses of the master this process
+    /// replaces).
     async fn open(
         netlink: &Netlink,
         interface: &str,
         virtual_ips: &[(Ipv4Addr, u8)],
+        keep: bool,
     ) -> Result<AddressHolder, VrrpError> {
         let link = netlink
             .link(interface)
@@ -318,7 +356,7 @@ impl AddressHolder {
             .addresses(link.index)
             .await?
             .iter()
-            .filter(|(ip, _, _)| ips.contains(ip))
+            .filter(|(ip, _, _)| !keep && ips.contains(ip))
         {
             warn!(target: "tandem::vrrp", interface, address = %ip, "removing a virtual address left from an earlier run");
             netlink.remove_address(link.index, *ip).await?;
@@ -339,7 +377,11 @@ impl Runner {
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let actions = self.machine.handle(self.now(), Input::Startup);
+        let first = match self.resume {
+            Some(state) => Input::Resume(state),
+            None => Input::Startup,
+        };
+        let actions = self.machine.handle(self.now(), first);
         self.carry_out(actions).await;
         let mut buf = vec![0u8; 2048];
         let mut link_poll = tokio::time::interval(LINK_POLL);
@@ -383,6 +425,11 @@ impl Runner {
                     Some(Command::PeerExited) => {
                         debug!(target: "tandem::vrrp", now_ms = self.now().as_millis() as u64, master_down_ms = ?self.machine.next_deadline().map(|d| d.as_millis()), "peer exited");
                         Some(Input::PeerExited)
+                    }
+                    Some(Command::Quiet(done)) => {
+                        info!(target: "tandem::vrrp", "VRRP handed over: no longer advertising, addresses left to the new process");
+                        let _ = done.send(());
+                        return;
                     }
                     Some(Command::Shutdown(done)) => {
                         let actions = self.machine.handle(self.now(), Input::Shutdown);

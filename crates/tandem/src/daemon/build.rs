@@ -13,6 +13,7 @@ use tandem_control::socket::ControlError;
 use tandem_health::Monitor;
 use tandem_proxy::{Service, listener};
 use tandem_sync::{SyncNode, SyncSettings};
+use tandem_vrrp::State;
 use tandem_vrrp::linux::{Takeover, Vrrp, VrrpError};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
@@ -186,7 +187,7 @@ impl Daemon {
             takeovers,
             vrrp,
             gate,
-        } = match build_parts(&config, &pools).await {
+        } = match build_parts(&config, &pools, inherited.vrrp()).await {
             Ok(parts) => parts,
             Err(e) => {
                 // No stale socket file for the next start to find (a handed over one
@@ -227,7 +228,11 @@ struct Parts {
 
 /// Sync, the redirect table and VRRP, in this order; on failure the redirect table is
 /// removed again (the other parts end when dropped).
-async fn build_parts(config: &Config, pools: &Arc<ArcSwap<PoolSet>>) -> Result<Parts, BuildError> {
+async fn build_parts(
+    config: &Config,
+    pools: &Arc<ArcSwap<PoolSet>>,
+    resume: Option<State>,
+) -> Result<Parts, BuildError> {
     let sync = match &config.sync {
         Some(sync) => {
             let secret = std::fs::read(&sync.key_file).map_err(|source| BuildError::SyncKey {
@@ -261,7 +266,7 @@ async fn build_parts(config: &Config, pools: &Arc<ArcSwap<PoolSet>>) -> Result<P
     } else {
         None
     };
-    match build_ha(config, redirect.as_ref()).await {
+    match build_ha(config, redirect.as_ref(), resume).await {
         Ok((vrrp, takeovers, gate)) => Ok(Parts {
             sync,
             redirect,
@@ -280,10 +285,12 @@ async fn build_parts(config: &Config, pools: &Arc<ArcSwap<PoolSet>>) -> Result<P
 }
 
 /// VRRP for `[ha]`, with the redirect plane's takeover hook (conntrackd) when it has
-/// one, and its preemption held when the readiness gate waits.
+/// one, and its preemption held when the readiness gate waits; in state `resume` when
+/// it replaces a process (upgrade).
 async fn build_ha(
     config: &Config,
     redirect: Option<&Arc<RedirectPlane>>,
+    resume: Option<State>,
 ) -> Result<
     (
         Option<Arc<Vrrp>>,
@@ -307,11 +314,15 @@ async fn build_ha(
         },
         None => (None, None),
     };
-    let vrrp = Arc::new(Vrrp::start_with_takeover(settings, hook).await?);
+    let vrrp = Arc::new(match resume {
+        Some(state) => Vrrp::resume_with_takeover(settings, hook, state).await?,
+        None => Vrrp::start_with_takeover(settings, hook).await?,
+    });
     // Like pfsync's demotion during bulk update: never take over from a live master
-    // with an empty table, nor with checks that have not decided.
+    // with an empty table, nor with checks that have not decided. (A master resumed
+    // from its predecessor has its table and serves already.)
     let gate = Gate::for_config(config);
-    let gate = if gate.waits() {
+    let gate = if gate.waits() && resume != Some(State::Master) {
         vrrp.hold_preempt(true).await;
         Some(gate)
     } else {

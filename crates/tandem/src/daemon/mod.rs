@@ -234,7 +234,8 @@ impl Daemon {
     /// first leaves (priority 0), so the backup takes over at once.
     pub async fn shutdown(self, deadline: Duration) -> DrainReport {
         let shared = &self.shared;
-        if let Some(vrrp) = &shared.vrrp {
+        // After an upgrade the successor holds the addresses and advertises.
+        if let Some(vrrp) = shared.vrrp.as_ref().filter(|_| !self.has_retired()) {
             vrrp.shutdown().await;
         }
         shared.life.stop_accepting.cancel();

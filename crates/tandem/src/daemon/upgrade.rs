@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tandem_balance::{PoolSet, now_ms, unix_ms};
 use tandem_control::UpgradeReply;
+use tandem_vrrp::State;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
@@ -94,7 +95,6 @@ impl Daemon {
     /// What this configuration has that an upgrade cannot carry yet.
     fn upgrade_unsupported(&self) -> Option<String> {
         let parts = [
-            (self.shared.vrrp.is_some(), "[ha] (VRRP state)"),
             (self.shared.sync.is_some(), "[sync] (the sync sessions)"),
             (
                 self.shared.redirect.is_some(),
@@ -149,6 +149,14 @@ impl Daemon {
         let saved = state_file::snapshot(&pools, &node, now_ms(), unix_ms());
         let pins = saved.entries.len() as u64;
         let table = state_file::encode(&saved);
+        // The successor starts in this VRRP state (an interface that is down: as usual).
+        let vrrp = self
+            .shared
+            .vrrp
+            .as_ref()
+            .map(|v| v.status().state)
+            .filter(|s| *s != State::Initialize)
+            .map(|s| s.name().to_string());
         let exchange = tokio::task::spawn_blocking(move || {
             stream.set_read_timeout(Some(READY_WITHIN))?;
             stream.set_write_timeout(Some(READY_WITHIN))?;
@@ -156,7 +164,7 @@ impl Daemon {
                 .iter()
                 .map(|(s, fd)| (s.clone(), fd.as_fd()))
                 .collect();
-            upgrade::send(&stream, std::process::id(), &fds, &table)?;
+            upgrade::send(&stream, std::process::id(), vrrp, &fds, &table)?;
             drop(fds);
             drop(sockets);
             let outcome = upgrade::receive_outcome(&stream);
@@ -268,6 +276,11 @@ impl Daemon {
     /// the successor, which accepts what is queued.
     async fn retire(&self) {
         let handoff = &self.shared.handoff;
+        // The successor advertises already (each process ignores the other's
+        // advertisements: they come from its own address).
+        if let Some(vrrp) = &self.shared.vrrp {
+            vrrp.quiet().await;
+        }
         handoff.accepting.cancel();
         self.shared.life.stop_accepting.cancel();
         let mut inner = self.shared.inner.lock().await;
@@ -381,6 +394,7 @@ pub struct Inherited {
     admin: HashMap<SocketAddr, OwnedFd>,
     control: HashMap<PathBuf, OwnedFd>,
     sticky: Vec<u8>,
+    vrrp: Option<State>,
 }
 
 impl Inherited {
@@ -405,6 +419,11 @@ impl Inherited {
             }
         }
         me
+    }
+
+    /// The VRRP state to start in: the predecessor's.
+    pub fn vrrp(&self) -> Option<State> {
+        self.vrrp
     }
 
     /// The predecessor's pid (0: none).
@@ -479,7 +498,12 @@ impl Successor {
         stream.set_read_timeout(Some(CONNECT_WITHIN))?;
         let received = upgrade::receive(&stream)?;
         stream.set_read_timeout(None)?;
-        let inherited = Inherited::new(received.header.pid, received.sockets, received.sticky);
+        let mut inherited = Inherited::new(received.header.pid, received.sockets, received.sticky);
+        inherited.vrrp = match received.header.vrrp.as_deref() {
+            Some("MASTER") => Some(State::Master),
+            Some("BACKUP") => Some(State::Backup),
+            _ => None,
+        };
         Ok((Successor { stream }, inherited))
     }
 

@@ -944,3 +944,77 @@ fn a_backup_that_was_not_scheduled_for_a_while_hears_the_queued_adverts_before_i
     );
     assert!(lab.has_address("lb1", VIP) && !lab.has_address("lb2", VIP));
 }
+
+/// `tandem upgrade` of the master: the new process starts as master with the address
+/// already held and advertises at once, the old one stops advertising without priority
+/// 0 and leaves the address; the backup sees no change of master and the client no
+/// refused request.
+#[test]
+fn an_upgrade_of_the_master_is_not_seen_by_the_backup() {
+    let Some(lab) = lab("hu") else { return };
+    let mut lb1 = start_node(&lab, "lb1", 150, "");
+    let mut lb2 = start_node(&lab, "lb2", 100, "");
+    lab.wait(
+        "lb1 master with the address",
+        Duration::from_secs(5),
+        || lab.has_address("lb1", VIP),
+    );
+    lb1.wait_for("VRRP BACKUP -> MASTER");
+    lb2.wait_for("VRRP INIT -> BACKUP");
+    let client = answered_client(&lab);
+    let before = support::ctl_json(&lab.socket("lb2"), &["ha"]);
+    assert_eq!(before["state"], "BACKUP", "{before}");
+
+    let began = Instant::now();
+    let out = std::process::Command::new(support::TANDEM)
+        .arg("upgrade")
+        .arg("--socket")
+        .arg(lab.socket("lb1"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let took = began.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lb1.drain_lines()
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
+    let _new = crate::upgrade::KillOnDrop(new_pid);
+    lb1.wait_for("VRRP INIT -> MASTER: taken over from the previous process (upgrade)");
+    lb1.wait_for("VRRP handed over: no longer advertising");
+    let status = support::ctl_json(&lab.socket("lb1"), &["status"]);
+    assert_eq!(status["pid"], new_pid, "the new process answers");
+    assert_eq!(status["ha"]["state"], "MASTER", "{status}");
+
+    // The old process exits (drain_timeout 1 s) and leaves the address.
+    assert_eq!(lb1.wait_exit(Duration::from_secs(5)), 0);
+    // Long enough for the backup to take over several times over (3.6 intervals of
+    // 100 ms without an advertisement) had the new master not advertised.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(lab.has_address("lb1", VIP), "the address stays on lb1");
+    assert!(!lab.has_address("lb2", VIP));
+    let after = support::ctl_json(&lab.socket("lb2"), &["ha"]);
+    assert_eq!(after["state"], "BACKUP", "{after}");
+    assert_eq!(
+        after["transitions"], before["transitions"],
+        "the backup saw no change: {before} then {after}"
+    );
+    let lb2_log = lb2.drain_lines();
+    assert!(
+        !lb2_log.contains("-> MASTER"),
+        "the backup never took over:\n{lb2_log}"
+    );
+    let (ok, failed) = client.counts_after(began);
+    println!(
+        "upgrade of the master: `tandem upgrade` took {} ms (new process ready after {} ms); client: {ok} answered, {failed} failed; the backup's transitions: {} before, {} after",
+        took.as_millis(),
+        reply["ready_ms"],
+        before["transitions"],
+        after["transitions"]
+    );
+    assert_eq!(failed, 0, "no request failed across the upgrade");
+    assert!(ok > 50, "the client ran: {ok}");
+}

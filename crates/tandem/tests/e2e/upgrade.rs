@@ -43,7 +43,7 @@ async fn conversation_server(name: &'static str) -> SocketAddr {
 }
 
 /// Kills a process by pid when dropped (the new tandem is not the test's child).
-struct KillOnDrop(u32);
+pub(crate) struct KillOnDrop(pub(crate) u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
