@@ -91,10 +91,11 @@ pub enum Command {
     /// Replace the running tandem's binary without refusing a connection.
     ///
     /// The running tandem starts BINARY (by default this tandem's own path) with its own
-    /// arguments and hands it the listening sockets and the sticky tables; once the new
-    /// process accepts, the old one stops accepting, finishes its connections (until
-    /// global.drain_timeout) and exits. Exit code 1, with the reason, when the new
-    /// binary cannot start: the running tandem then serves on.
+    /// arguments and hands it the listening sockets, the sticky tables and the VRRP
+    /// state; once the new process accepts, the old one stops accepting, finishes its
+    /// connections (until global.drain_timeout) and exits. Not with [sync] or redirect
+    /// services yet. Exit code 1, with the reason, when the new binary cannot start:
+    /// the running tandem then serves on.
     Upgrade {
         /// The control socket of the running tandem.
         #[arg(

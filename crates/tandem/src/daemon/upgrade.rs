@@ -1,10 +1,11 @@
 //! Upgrade in place, both sides (the wire is [`crate::upgrade`]).
 //!
 //! The old side, [`Daemon::upgrade`]: starts the new binary with the same arguments,
-//! hands it the listening sockets (services, admin port, control socket) and the sticky
-//! tables, waits for it to accept, then retires: stops accepting (the new process
-//! accepts from the same sockets, so nothing queued is lost), sends the pins made
-//! meanwhile, tells systemd the new main pid, and lets `run` drain and exit.
+//! hands it the listening sockets (services, admin port, control socket), the sticky
+//! tables and the VRRP state, waits for it to accept, then retires: stops advertising
+//! (no priority 0, the addresses stay), stops accepting (the new process accepts from
+//! the same sockets, so nothing queued is lost), sends the pins made meanwhile, tells
+//! systemd the new main pid, and lets `run` drain and exit.
 //!
 //! The new side, [`Inherited`]: the sockets received, matched to the configuration by
 //! service and configured address when the daemon is built; the tables merged like a
