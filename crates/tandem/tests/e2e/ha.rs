@@ -964,6 +964,11 @@ fn an_upgrade_of_the_master_is_not_seen_by_the_backup() {
     let client = answered_client(&lab);
     let before = support::ctl_json(&lab.socket("lb2"), &["ha"]);
     assert_eq!(before["state"], "BACKUP", "{before}");
+    // What the backup hears: lb1's advertisements through the upgrade and after (once
+    // the gratuitous ARPs lb1 repeats for 2 s after its takeover are done).
+    std::thread::sleep(Duration::from_millis(2200));
+    let frames = capture(&lab, "lb2", Duration::from_secs(4));
+    std::thread::sleep(Duration::from_millis(300));
 
     let began = Instant::now();
     let out = std::process::Command::new(support::TANDEM)
@@ -1017,4 +1022,39 @@ fn an_upgrade_of_the_master_is_not_seen_by_the_backup() {
     );
     assert_eq!(failed, 0, "no request failed across the upgrade");
     assert!(ok > 50, "the client ran: {ok}");
+
+    let seen = frames.join().unwrap();
+    let lb1: std::net::Ipv4Addr = "10.99.0.1".parse().unwrap();
+    let adverts: Vec<(Duration, u8)> = seen
+        .iter()
+        .filter_map(|(at, s)| match s {
+            Seen::Advert { from, priority, .. } if *from == lb1 => Some((*at, *priority)),
+            _ => None,
+        })
+        .collect();
+    assert!(adverts.len() > 20, "{} advertisements heard", adverts.len());
+    assert!(
+        adverts.iter().all(|(_, p)| *p == 150),
+        "no priority 0, no other priority: {adverts:?}"
+    );
+    assert!(
+        !seen.iter().any(|(_, s)| matches!(s, Seen::Garp { .. })),
+        "no gratuitous ARP: nothing moved"
+    );
+    let longest = adverts
+        .windows(2)
+        .map(|w| w[1].0.saturating_sub(w[0].0))
+        .max()
+        .unwrap();
+    println!(
+        "upgrade of the master: {} advertisements heard by the backup, the longest gap {} ms (interval 100 ms)",
+        adverts.len(),
+        longest.as_millis()
+    );
+    // One interval, with room for a loaded machine's timer (the backup would take
+    // over after 3.6).
+    assert!(
+        longest < Duration::from_millis(180),
+        "an advertisement gap of {longest:?}"
+    );
 }
