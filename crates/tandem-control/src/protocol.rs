@@ -100,6 +100,13 @@ pub enum Request {
     HaDemote,
     /// End the maintenance: the configured priority again.
     HaRestore,
+    /// Start a new binary that takes over the listening sockets and the sticky tables;
+    /// this process then stops accepting, drains and exits.
+    Upgrade {
+        /// The new binary (absolute path); none: the running one's path.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<String>,
+    },
 }
 
 /// What to do with the node's announcements.
@@ -159,6 +166,7 @@ impl Request {
             Request::Monitor => "monitor",
             Request::HaDemote => "ha-demote",
             Request::HaRestore => "ha-restore",
+            Request::Upgrade { .. } => "upgrade",
         }
     }
 }
@@ -198,6 +206,8 @@ pub enum Reply {
     Monitor(Vec<crate::events::Event>),
     /// To [`Request::HaDemote`] and [`Request::HaRestore`]: the VRRP state after it.
     HaMaintenance(Option<HaSnapshot>),
+    /// To [`Request::Upgrade`]: the new process serves.
+    Upgrade(UpgradeReply),
 }
 
 /// What a runtime change of a pool's backends did. Such changes last until the next
@@ -284,6 +294,7 @@ impl Reply {
             Request::ConnectionClose { .. } => Reply::ConnectionClosed(from_value(data)?),
             Request::Monitor => Reply::Monitor(from_value(data)?),
             Request::HaDemote | Request::HaRestore => Reply::HaMaintenance(from_value(data)?),
+            Request::Upgrade { .. } => Reply::Upgrade(from_value(data)?),
         })
     }
 }
@@ -655,6 +666,26 @@ pub struct ReloadReply {
     pub needs_restart: Vec<String>,
 }
 
+/// The answer to `upgrade`: the new process serves; the old one drains.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReply {
+    /// The process that answered, now draining.
+    pub old_pid: u32,
+    /// The new process, now serving and answering the control socket.
+    pub new_pid: u32,
+    /// The binary started.
+    pub binary: String,
+    /// Milliseconds from the request to the new process accepting.
+    pub ready_ms: u64,
+    /// Listening sockets handed over.
+    pub sockets: u64,
+    /// Sticky pins handed over.
+    pub pins: u64,
+    /// Connections the old process still holds (it exits when they end, or at
+    /// `drain_timeout`).
+    pub draining: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,6 +779,15 @@ mod tests {
             ),
             (Request::Monitor, Reply::Monitor(Vec::new())),
             (Request::HaDemote, Reply::HaMaintenance(None)),
+            (
+                Request::Upgrade { binary: None },
+                Reply::Upgrade(UpgradeReply {
+                    old_pid: 7,
+                    new_pid: 8,
+                    ready_ms: 40,
+                    ..UpgradeReply::default()
+                }),
+            ),
         ] {
             assert_eq!(round_trip(&request, reply.clone()), reply);
         }

@@ -87,14 +87,18 @@ pub async fn serve(
     commands: mpsc::Sender<Command>,
     stop: CancellationToken,
 ) {
-    serve_following(listener, commands, stop, None).await;
+    serve_until(listener, commands, stop.clone(), stop, None).await
 }
 
-/// As [`serve`]; a `monitor` request is then followed, on its connection, by every
-/// event from `follow` (one JSON [`Event`] per line) until the client closes.
-pub async fn serve_following(
+/// As [`serve`], but accepting ends at `stop_accepting` (the listener is closed; open
+/// sessions go on answering until `stop`): an upgraded tandem leaves the socket to its
+/// successor while it answers the request that started it. With `follow`, a `monitor`
+/// request is followed, on its connection, by every event (one JSON [`Event`] per line)
+/// until the client closes or `stop`.
+pub async fn serve_until(
     listener: UnixListener,
     commands: mpsc::Sender<Command>,
+    stop_accepting: CancellationToken,
     stop: CancellationToken,
     follow: Option<Follow>,
 ) {
@@ -102,7 +106,7 @@ pub async fn serve_following(
     let sessions = TaskTracker::new();
     loop {
         let stream = tokio::select! {
-            () = stop.cancelled() => break,
+            () = stop_accepting.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -131,21 +135,23 @@ pub async fn serve_following(
         let stop = stop.clone();
         let follow = follow.clone();
         sessions.spawn(async move {
-            tokio::select! {
-                r = session(stream, commands, follow) => if let Err(e) = r {
-                    debug!(error = %e, "control session ended");
-                },
-                () = stop.cancelled() => {}
+            if let Err(e) = session(stream, commands, stop, follow).await {
+                debug!(error = %e, "control session ended");
             }
         });
     }
+    drop(listener);
     sessions.close();
     sessions.wait().await;
 }
 
+/// Answers one client's requests; ends at `stop` while waiting for a request, but a
+/// request read is answered (its handler sees `stop` too): the answer to `upgrade` is
+/// written while its process shuts down.
 async fn session(
     stream: UnixStream,
     commands: mpsc::Sender<Command>,
+    stop: CancellationToken,
     follow: Option<Follow>,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -153,10 +159,11 @@ async fn session(
     let mut line = String::new();
     loop {
         line.clear();
-        let n = (&mut lines)
-            .take(MAX_LINE as u64)
-            .read_line(&mut line)
-            .await?;
+        let mut limited = (&mut lines).take(MAX_LINE as u64);
+        let n = tokio::select! {
+            n = limited.read_line(&mut line) => n?,
+            () = stop.cancelled() => return Ok(()),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -194,18 +201,19 @@ async fn session(
                 .iter()
                 .map(|e| (e.seq, e.repeats))
                 .collect();
-            return stream_events(lines, write, events, sent).await;
+            return stream_events(lines, write, events, sent, stop).await;
         }
     }
 }
 
 /// Writes each event of `events` as a JSON line (but those already `sent` in the
-/// answer) until the client closes its side or the log ends.
+/// answer) until the client closes its side, the log ends or `stop`.
 async fn stream_events(
     mut from_client: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut write: tokio::net::unix::OwnedWriteHalf,
     mut events: tokio::sync::broadcast::Receiver<Event>,
     sent: Vec<(u64, u64)>,
+    stop: CancellationToken,
 ) -> io::Result<()> {
     use tokio::sync::broadcast::error::RecvError;
     let mut scratch = [0u8; 256];
@@ -216,6 +224,7 @@ async fn stream_events(
                 Ok(_) => continue,
             },
             e = events.recv() => e,
+            () = stop.cancelled() => return Ok(()),
         };
         let event = match event {
             Ok(e) if sent.contains(&(e.seq, e.repeats)) => continue,
@@ -311,4 +320,52 @@ async fn connect(path: &Path) -> Result<UnixStream, ControlError> {
             reason,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Reply, UpgradeReply};
+
+    /// The answer to a request whose handling stops the server (an upgrade) still
+    /// reaches the client; accepting has ended by then.
+    #[tokio::test]
+    async fn a_request_read_is_answered_though_its_handler_stops_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sock");
+        let listener = bind(&path).unwrap();
+        let (tx, mut rx) = mpsc::channel::<Command>(1);
+        let stop = CancellationToken::new();
+        let accepting = stop.child_token();
+        let server = tokio::spawn(serve_until(
+            listener,
+            tx,
+            accepting.clone(),
+            stop.clone(),
+            None,
+        ));
+        let handler = tokio::spawn(async move {
+            let (_, reply) = rx.recv().await.unwrap();
+            accepting.cancel();
+            stop.cancel();
+            tokio::task::yield_now().await;
+            let _ = reply.send(Response::ok(Reply::Upgrade(UpgradeReply {
+                new_pid: 9,
+                ..UpgradeReply::default()
+            })));
+        });
+        let response = request(&path, &Request::Upgrade { binary: None })
+            .await
+            .unwrap();
+        assert!(response.ok, "{response:?}");
+        handler.await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .expect("the server ends once the session has answered")
+            .unwrap();
+        assert!(
+            UnixStream::connect(&path).await.is_err(),
+            "no longer accepting"
+        );
+    }
 }

@@ -83,6 +83,11 @@ pub enum Input<'a> {
     /// in another state, nothing happens. The caller lowers the priority first, so that
     /// this router does not preempt back.
     Resign,
+    /// The router starts in the state its predecessor (the process it replaces in an
+    /// upgrade) was in: as master it advertises at once and keeps the addresses it
+    /// finds held (no takeover, no gratuitous ARP: nothing moved); as backup it
+    /// listens as after [`Input::Startup`]. The peers see no change.
+    Resume(State),
 }
 
 /// What the IO layer must do.
@@ -280,6 +285,33 @@ impl Instance {
                 }
             }
             (_, Input::Startup) => {}
+            (State::Initialize, Input::Resume(State::Master)) => {
+                self.started_at = now;
+                actions.push(Action::Send {
+                    priority: self.priority,
+                });
+                self.master_down_at = None;
+                self.advert_at = Some(now + self.settings.interval.to_duration());
+                self.master_interval = self.settings.interval;
+                self.master = Some(self.settings.primary);
+                self.go(
+                    State::Master,
+                    "taken over from the previous process (upgrade)".into(),
+                    &mut actions,
+                );
+            }
+            (State::Initialize, Input::Resume(_)) => {
+                self.started_at = now;
+                self.master_interval = self.settings.interval;
+                self.master_down_at = Some(now + self.master_down_interval());
+                self.master = None;
+                self.go(
+                    State::Backup,
+                    "taken over from the previous process (upgrade)".into(),
+                    &mut actions,
+                );
+            }
+            (_, Input::Resume(_)) => {}
             (State::Master, Input::Shutdown) => {
                 self.advert_at = None;
                 actions.push(Action::Send { priority: 0 });
@@ -542,6 +574,42 @@ mod tests {
             i.handle(ms(4600), Input::Tick),
             vec![Action::Send { priority: 100 }]
         );
+    }
+
+    #[test]
+    fn a_resumed_master_advertises_at_once_and_moves_nothing() {
+        let mut i = Instance::new(settings(100, [192, 0, 2, 1]));
+        let a = i.handle(ms(5000), Input::Resume(State::Master));
+        // No takeover: the addresses are held already and nobody must re-learn them.
+        assert_eq!(a[0], Action::Send { priority: 100 });
+        assert!(!a.contains(&Action::TakeAddresses) && !a.contains(&Action::Announce));
+        assert_eq!(transitions(&a), vec![(State::Initialize, State::Master)]);
+        assert_eq!(i.state(), State::Master);
+        assert_eq!(i.next_deadline(), Some(ms(6000)));
+        assert_eq!(
+            i.handle(ms(6000), Input::Tick),
+            vec![Action::Send { priority: 100 }]
+        );
+        // A lower-priority peer's advertisement does not move it.
+        let a = i.handle(
+            ms(6100),
+            Input::Advert {
+                from: Ipv4Addr::new(192, 0, 2, 2).into(),
+                advert: &advert(90),
+            },
+        );
+        assert!(transitions(&a).is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn a_resumed_backup_listens_and_takes_over_only_after_silence() {
+        let mut i = Instance::new(settings(100, [192, 0, 2, 1]));
+        let a = i.handle(ms(0), Input::Resume(State::Backup));
+        assert_eq!(transitions(&a), vec![(State::Initialize, State::Backup)]);
+        assert!(a.iter().all(|x| matches!(x, Action::Transition { .. })));
+        assert_eq!(i.next_deadline(), Some(ms(3600)));
+        // Once running, a second resume changes nothing.
+        assert!(i.handle(ms(10), Input::Resume(State::Master)).is_empty());
     }
 
     #[test]

@@ -90,6 +90,30 @@ pub enum Command {
         #[arg(long, default_value_t = 15, value_name = "SECS", hide = true)]
         flap_for: u64,
     },
+    /// Replace the running tandem's binary without refusing a connection.
+    ///
+    /// The running tandem starts BINARY (by default this tandem's own path) with its own
+    /// arguments and hands it the listening sockets, the sticky tables and the VRRP
+    /// state; once the new process accepts, the old one stops accepting, finishes its
+    /// connections (until global.drain_timeout) and exits. Not with [sync] or redirect
+    /// services yet. Exit code 1, with the reason, when the new binary cannot start:
+    /// the running tandem then serves on.
+    Upgrade {
+        /// The control socket of the running tandem.
+        #[arg(
+            long,
+            env = "TANDEM_SOCKET",
+            default_value = tandem_config::DEFAULT_CONTROL_SOCKET,
+            value_name = "PATH"
+        )]
+        socket: PathBuf,
+        /// The new binary (default: the path of this `tandem`).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -341,6 +365,7 @@ impl CtlCommand {
             Reply::Ha(ha) => table::ha(ha.as_ref()),
             Reply::Redirect(r) => table::redirect(r.as_deref()),
             Reply::Announce(a) => table::announce(a.as_ref()),
+            Reply::Upgrade(u) => upgraded(u),
             Reply::Backend(b) => match self {
                 CtlCommand::Backend {
                     action: BackendCommand::Enable { pool, address },
@@ -385,6 +410,14 @@ impl CtlCommand {
             Reply::HaMaintenance(ha) => table::ha(ha.as_ref()),
         }
     }
+}
+
+/// What `tandem upgrade` prints.
+pub fn upgraded(u: &tandem_control::UpgradeReply) -> String {
+    format!(
+        "upgraded: pid {} ({}) serves since {} ms after the request, with {} sockets and {} sticky pins; pid {} drains {} connections and exits\n",
+        u.new_pid, u.binary, u.ready_ms, u.sockets, u.pins, u.old_pid, u.draining
+    )
 }
 
 #[cfg(test)]

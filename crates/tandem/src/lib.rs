@@ -6,7 +6,8 @@
 //! [`daemon::Daemon`] handle, which reloads, answers the control socket and drains on
 //! shutdown. [`readiness`], [`state_file`], [`redirect`] and [`privileges`] are parts
 //! it uses, [`cli`] and [`logging`] serve the command line, and [`demo`] is
-//! `tandem demo`. The command line (`main.rs`) and the integration tests both drive
+//! `tandem demo`; [`upgrade`] is what a running tandem and its successor say when
+//! the binary is replaced in place. The command line (`main.rs`) and the integration tests both drive
 //! it; the crates below it never depend on it.
 
 pub mod cli;
@@ -17,3 +18,4 @@ pub mod privileges;
 pub mod readiness;
 pub mod redirect;
 pub mod state_file;
+pub mod upgrade;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::time::Duration;
 use tandem::cli::{Cli, Command, CtlCommand};
-use tandem::daemon::{Daemon, Options};
+use tandem::daemon::{Daemon, Inherited, Options, Successor};
 
 use tandem::demo::{Demo, Flap};
 use tandem_config::{Config, LogFormat};
@@ -27,26 +27,62 @@ fn main() -> ExitCode {
             config: path,
             allow_root,
         } => {
-            let config = match load(&path) {
+            // Started by `tandem upgrade`: take the predecessor's sockets first, so that
+            // whatever goes wrong from here can be told to it (it serves on meanwhile).
+            let successor = match std::env::var_os(tandem::upgrade::ENV) {
+                Some(from) => match Successor::connect(Path::new(&from)) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        eprintln!(
+                            "tandem: taking over from {}: {e}",
+                            Path::new(&from).display()
+                        );
+                        return ExitCode::from(EXIT_RUNTIME);
+                    }
+                },
+                None => None,
+            };
+            let (successor, inherited) = successor.unzip();
+            let config = match load_or_say(&path) {
                 Ok(c) => c,
-                Err(code) => return code,
+                Err(why) => {
+                    eprintln!("{why}");
+                    if let Some(s) = successor {
+                        s.failed(&why);
+                    }
+                    return ExitCode::from(EXIT_CONFIG);
+                }
             };
             tandem::logging::init(config.global.log_format);
             for w in &config.warnings {
                 tracing::warn!("{}", w.render(&path.display().to_string(), "warning: "));
             }
-            // Before any thread exists: credentials are per thread.
-            if let Err(e) = tandem::privileges::drop_root(&config, allow_root) {
+            // Before any thread exists: credentials are per thread. A successor started
+            // by a tandem that already runs as global.user has nothing to drop.
+            let already_dropped = successor.is_some() && !rustix::process::geteuid().is_root();
+            if !already_dropped && let Err(e) = tandem::privileges::drop_root(&config, allow_root) {
                 error!("{e}");
+                if let Some(s) = successor {
+                    s.failed(&e.to_string());
+                }
                 return ExitCode::from(EXIT_CONFIG);
             }
-            runtime_with(config.global.threads).block_on(run(config, path))
+            runtime_with(config.global.threads).block_on(run(
+                config,
+                path,
+                successor.zip(inherited),
+            ))
         }
         Command::Ctl {
             socket,
             json,
             command,
         } => runtime().block_on(ctl(&socket, json, command)),
+        Command::Upgrade {
+            socket,
+            binary,
+            json,
+        } => runtime().block_on(upgrade(&socket, binary, json)),
         Command::Demo {
             listen,
             flap_after,
@@ -86,14 +122,20 @@ fn runtime_with(threads: usize) -> tokio::runtime::Runtime {
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
+    load_or_say(path).map_err(|why| {
+        eprintln!("{why}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// The configuration at `path`, or every error in it as tandem prints them.
+fn load_or_say(path: &Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| {
-        eprintln!("{e}");
-        eprintln!(
-            "{}: {} error(s); nothing was started",
+        format!(
+            "{e}\n{}: {} error(s); nothing was started",
             path.display(),
             e.diagnostics.len()
-        );
-        ExitCode::from(EXIT_CONFIG)
+        )
     })
 }
 
@@ -123,7 +165,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-async fn run(config: Config, path: PathBuf) -> ExitCode {
+async fn run(config: Config, path: PathBuf, successor: Option<(Successor, Inherited)>) -> ExitCode {
     let drain = config.global.drain_timeout;
     // Handlers first: a SIGHUP or SIGTERM that arrives as soon as systemd hears READY (or
     // while starting) must reload or stop tandem, not kill it with the default action.
@@ -139,17 +181,31 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         config_path: Some(path),
         control_socket: true,
     };
-    let daemon = match Daemon::build(config, options).await {
+    let (successor, inherited) = successor.unzip();
+    let built = Daemon::build_inheriting(config, options, inherited.unwrap_or_default()).await;
+    let daemon = match built {
         Ok(built) => built.start(),
         Err(e) => {
             error!("{e}");
+            if let Some(s) = successor {
+                s.failed(&e.to_string());
+            }
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    info!(node = %daemon.config().global.name, version = env!("CARGO_PKG_VERSION"), "tandem running");
-    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    info!(node = %daemon.config().global.name, version = env!("CARGO_PKG_VERSION"), pid = std::process::id(), "tandem running");
+    match successor {
+        // systemd hears the new main pid from the predecessor.
+        Some(s) => {
+            if let Err(e) = s.ready(&daemon).await {
+                tracing::warn!("upgrade: the predecessor did not finish the handover: {e}");
+            }
+        }
+        None => notify_systemd(&[sd_notify::NotifyState::Ready]),
+    }
     let name = loop {
         tokio::select! {
+            () = daemon.retired() => break "upgrade",
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
             _ = hup.recv() => {
@@ -162,11 +218,20 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
             }
         }
     };
-    info!(
-        signal = name,
-        "stopping: no new connections; established ones may finish within {drain:?}"
-    );
-    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    if daemon.has_retired() {
+        info!(
+            "handed over: the new tandem accepts; the connections held here may finish within {drain:?}"
+        );
+    } else {
+        info!(
+            signal = name,
+            "stopping: no new connections; established ones may finish within {drain:?}"
+        );
+    }
+    // After an upgrade the unit is the successor's: it is not stopping.
+    if !daemon.has_retired() {
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    }
     let report = tokio::select! {
         r = daemon.shutdown(drain) => Some(r),
         _ = term.recv() => None,
@@ -217,6 +282,45 @@ async fn demo(listen: SocketAddr, flap: Flap) -> ExitCode {
     println!("stopping the demo");
     demo.stop().await;
     ExitCode::SUCCESS
+}
+
+async fn upgrade(socket: &Path, binary: Option<PathBuf>, json: bool) -> ExitCode {
+    // The running tandem starts the binary: an absolute path, as it has its own cwd.
+    let binary = match binary
+        .map(std::path::absolute)
+        .unwrap_or_else(std::env::current_exe)
+    {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("tandem upgrade: cannot find the new binary: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let request = tandem_control::Request::Upgrade {
+        binary: Some(binary.display().to_string()),
+    };
+    let reply = match tandem_control::socket::request(socket, &request).await {
+        Ok(response) => response.into_reply(&request).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match reply {
+        Ok(tandem_control::Reply::Upgrade(u)) if json => {
+            println!("{}", serde_json::to_string_pretty(&u).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(tandem_control::Reply::Upgrade(u)) => {
+            print!("{}", tandem::cli::upgraded(&u));
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            eprintln!("tandem upgrade: an answer that is not an upgrade's");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Err(e) => {
+            eprintln!("tandem upgrade: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }
 
 async fn ctl(socket: &Path, json: bool, command: CtlCommand) -> ExitCode {

@@ -134,6 +134,7 @@ enum Command {
     PeerExited,
     Shutdown(oneshot::Sender<()>),
     Maintenance(bool),
+    Quiet(oneshot::Sender<()>),
 }
 
 /// A running virtual router.
@@ -163,6 +164,27 @@ impl Vrrp {
         settings: HaSettings,
         takeover: Option<mpsc::Sender<Takeover>>,
     ) -> Result<Vrrp, VrrpError> {
+        Vrrp::open(settings, takeover, None).await
+    }
+
+    /// As [`Vrrp::start_with_takeover`], in the state `state` of the process this one
+    /// replaces (an upgrade in place, see [`Input::Resume`]): virtual addresses on the
+    /// interface are kept, and a master advertises at once.
+    pub async fn resume_with_takeover(
+        settings: HaSettings,
+        takeover: Option<mpsc::Sender<Takeover>>,
+        state: State,
+    ) -> Result<Vrrp, VrrpError> {
+        Vrrp::open(settings, takeover, Some(state)).await
+    }
+
+    async fn open(
+        settings: HaSettings,
+        takeover: Option<mpsc::Sender<Takeover>>,
+        resume: Option<State>,
+    ) -> Result<Vrrp, VrrpError> {
+        // A master resumed keeps the addresses it finds: they are its predecessor's.
+        let keep = resume == Some(State::Master);
         let netlink = Netlink::open()?;
         let link = netlink
             .link(&settings.interface)
@@ -197,10 +219,11 @@ impl Vrrp {
                 .ok_or_else(|| VrrpError::NoAddress(settings.interface.clone()))?
         };
         // The main interface first, then the group's.
-        let mut holders =
-            vec![AddressHolder::open(&netlink, &settings.interface, &settings.virtual_ips).await?];
+        let mut holders = vec![
+            AddressHolder::open(&netlink, &settings.interface, &settings.virtual_ips, keep).await?,
+        ];
         for g in &settings.group {
-            holders.push(AddressHolder::open(&netlink, &g.interface, &g.virtual_ips).await?);
+            holders.push(AddressHolder::open(&netlink, &g.interface, &g.virtual_ips, keep).await?);
         }
         let socket = VrrpSocket::open(&settings.interface, link.index, primary)?;
         let machine = Instance::new(Settings {
@@ -244,6 +267,7 @@ impl Vrrp {
             drop_log: DropLog::default(),
             tracked: Vec::new(),
             maintenance: false,
+            resume,
         };
         let task = tokio::spawn(runner.run(rx));
         Ok(Vrrp {
@@ -290,6 +314,16 @@ impl Vrrp {
     /// takes master back).
     pub async fn set_maintenance(&self, on: bool) {
         let _ = self.commands.send(Command::Maintenance(on)).await;
+    }
+
+    /// Stops without a word: no priority 0, the addresses stay where they are. For the
+    /// process an upgrade replaced, once its successor resumed its state. Returns once
+    /// done.
+    pub async fn quiet(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Quiet(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Leaves gracefully: a master advertises priority 0 (the backup takes over after
@@ -419,6 +453,8 @@ struct Runner {
     tracked: Vec<(String, u8)>,
     /// In maintenance (`tandem ctl ha demote`): priority 1.
     maintenance: bool,
+    /// The state of the process this one replaces, to start in.
+    resume: Option<State>,
 }
 
 /// Why the priority is 1 in maintenance, as the status lists it.
@@ -448,11 +484,13 @@ impl AddressHolder {
 
 impl AddressHolder {
     /// Opens `interface` to hold `virtual_ips`, first removing any of them left there by
-    /// an earlier run that died.
+    /// an earlier run that died (unless `keep`: the addresses of the master this process
+    /// replaces).
     async fn open(
         netlink: &Netlink,
         interface: &str,
         virtual_ips: &[(IpAddr, u8)],
+        keep: bool,
     ) -> Result<AddressHolder, VrrpError> {
         let link = netlink
             .link(interface)
@@ -463,7 +501,7 @@ impl AddressHolder {
             .addresses(link.index)
             .await?
             .iter()
-            .filter(|(ip, _, _)| ips.contains(ip))
+            .filter(|(ip, _, _)| !keep && ips.contains(ip))
         {
             warn!(target: "tandem::vrrp", interface, address = %ip, "removing a virtual address left from an earlier run");
             netlink.remove_address(link.index, *ip).await?;
@@ -495,7 +533,11 @@ impl Runner {
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let actions = self.machine.handle(self.now(), Input::Startup);
+        let first = match self.resume {
+            Some(state) => Input::Resume(state),
+            None => Input::Startup,
+        };
+        let actions = self.machine.handle(self.now(), first);
         self.carry_out(actions).await;
         let mut buf = vec![0u8; 2048];
         let mut link_poll = tokio::time::interval(LINK_POLL);
@@ -547,6 +589,11 @@ impl Runner {
                     Some(Command::PeerExited) => {
                         debug!(target: "tandem::vrrp", now_ms = self.now().as_millis() as u64, master_down_ms = ?self.machine.next_deadline().map(|d| d.as_millis()), "peer exited");
                         Some(Input::PeerExited)
+                    }
+                    Some(Command::Quiet(done)) => {
+                        info!(target: "tandem::vrrp", "VRRP handed over: no longer advertising, addresses left to the new process");
+                        let _ = done.send(());
+                        return;
                     }
                     Some(Command::Shutdown(done)) => {
                         let actions = self.machine.handle(self.now(), Input::Shutdown);

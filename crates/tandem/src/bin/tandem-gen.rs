@@ -65,7 +65,7 @@ fn man(dir: &Path) -> std::io::Result<()> {
     )
 }
 
-const SEE_ALSO: &str = ".SH \"SEE ALSO\"\n\\fBtandem.toml\\fR(5), \\fBtandem\\-run\\fR(8), \\fBtandem\\-check\\fR(8), \\fBtandem\\-ctl\\fR(8), \\fBsystemctl\\fR(1)\n.PP\n/usr/share/doc/tandem/ holds the operations guide and example configurations.\n";
+const SEE_ALSO: &str = ".SH \"SEE ALSO\"\n\\fBtandem.toml\\fR(5), \\fBtandem\\-run\\fR(8), \\fBtandem\\-check\\fR(8), \\fBtandem\\-ctl\\fR(8), \\fBtandem\\-upgrade\\fR(8), \\fBsystemctl\\fR(1)\n.PP\n/usr/share/doc/tandem/ holds the operations guide and example configurations.\n";
 
 fn completions(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;

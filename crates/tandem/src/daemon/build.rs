@@ -1,6 +1,6 @@
 //! Building a daemon: everything that can fail, done before anything is served.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use tandem_control::socket::ControlError;
 use tandem_health::Monitor;
 use tandem_proxy::{Service, listener};
 use tandem_sync::{SyncNode, SyncSettings};
+use tandem_vrrp::State;
 use tandem_vrrp::linux::{Takeover, Vrrp, VrrpError};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
@@ -23,8 +24,10 @@ use super::ha;
 use super::reload::{ListenKey, relayed};
 use super::sticky;
 use super::sync_store::{self, PoolStore};
+use super::upgrade::Inherited;
 use crate::readiness::Gate;
 use crate::redirect::RedirectPlane;
+use tracing::info;
 
 /// What to run besides the services of the configuration.
 #[derive(Debug, Clone, Default)]
@@ -123,6 +126,17 @@ impl Daemon {
     /// every listener (all or nothing), the control socket and admin port, sync, the
     /// redirect table and VRRP. Sticky tables saved in `state_dir` are loaded first.
     pub async fn build(config: Config, options: Options) -> Result<Built, BuildError> {
+        Daemon::build_inheriting(config, options, Inherited::default()).await
+    }
+
+    /// As [`Daemon::build`], taking the listening sockets (services, admin port,
+    /// control socket) from `inherited` where it has them, matched by service and
+    /// configured address, and merging its sticky pins after the state file's.
+    pub async fn build_inheriting(
+        config: Config,
+        options: Options,
+        mut inherited: Inherited,
+    ) -> Result<Built, BuildError> {
         let started = Instant::now();
         let pools = Arc::new(ArcSwap::from_pointee(PoolSet::build(&config.pools, None)));
         let mut monitor = Monitor::new();
@@ -133,7 +147,10 @@ impl Daemon {
         if let Some(dir) = &config.global.state_dir {
             sticky::restore(dir, &pools.load());
         }
-        let listeners = bind_new(&config, |_| false)?;
+        inherited.restore_sticky(&pools.load());
+        let mut listeners = take_inherited(&config, &mut inherited)?;
+        let taken: HashSet<ListenKey> = listeners.iter().map(|(k, _, _)| k.clone()).collect();
+        listeners.extend(bind_new(&config, |k| taken.contains(k))?);
         let mut services = HashMap::new();
         for s in relayed(&config) {
             let prepared = Service::prepare(s.clone()).map_err(BuildError::Service)?;
@@ -142,21 +159,35 @@ impl Daemon {
         let admin = match config.global.admin_listen {
             Some(address) => {
                 let admin_error = |source| BuildError::Admin { address, source };
-                let l = listener::bind(address).map_err(admin_error)?;
+                let l = match inherited.take_admin(address) {
+                    Some(l) => l.map_err(admin_error)?,
+                    None => listener::bind(address).map_err(admin_error)?,
+                };
                 Some((l.local_addr().map_err(admin_error)?, l))
             }
             None => None,
         };
+        let mut control_inherited = false;
         let control = if options.control_socket {
             let path = config.global.control_socket.clone();
-            let l = tandem_control::socket::bind(&path)?;
+            let l = match inherited.take_control(&path) {
+                Some(l) => {
+                    control_inherited = true;
+                    l.map_err(|source| ControlError::Bind {
+                        path: path.clone(),
+                        source,
+                    })?
+                }
+                None => tandem_control::socket::bind(&path)?,
+            };
             Some((path, l))
         } else {
             None
         };
-        // No stale socket file for the next start to find.
+        // No stale socket file for the next start to find (a handed over one is the
+        // predecessor's, serving on).
         let unbind = |e: BuildError| {
-            if let Some((path, _)) = &control {
+            if let Some((path, _)) = control.as_ref().filter(|_| !control_inherited) {
                 let _ = std::fs::remove_file(path);
             }
             e
@@ -169,7 +200,10 @@ impl Daemon {
             takeovers,
             vrrp,
             gate,
-        } = build_parts(&config, &pools).await.map_err(unbind)?;
+        } = match build_parts(&config, &pools, inherited.vrrp()).await {
+            Ok(parts) => parts,
+            Err(e) => return Err(unbind(e)),
+        };
         Ok(Built {
             started,
             config,
@@ -201,7 +235,11 @@ struct Parts {
 
 /// Sync, the redirect table and VRRP, in this order; on failure the redirect table is
 /// removed again (the other parts end when dropped).
-async fn build_parts(config: &Config, pools: &Arc<ArcSwap<PoolSet>>) -> Result<Parts, BuildError> {
+async fn build_parts(
+    config: &Config,
+    pools: &Arc<ArcSwap<PoolSet>>,
+    resume: Option<State>,
+) -> Result<Parts, BuildError> {
     let sync = match &config.sync {
         Some(sync) => {
             let secret = std::fs::read(&sync.key_file).map_err(|source| BuildError::SyncKey {
@@ -235,7 +273,7 @@ async fn build_parts(config: &Config, pools: &Arc<ArcSwap<PoolSet>>) -> Result<P
     } else {
         None
     };
-    match build_ha(config, redirect.as_ref()).await {
+    match build_ha(config, redirect.as_ref(), resume).await {
         Ok((vrrp, takeovers, gate)) => Ok(Parts {
             sync,
             redirect,
@@ -254,10 +292,12 @@ async fn build_parts(config: &Config, pools: &Arc<ArcSwap<PoolSet>>) -> Result<P
 }
 
 /// VRRP for `[ha]`, with the redirect plane's takeover hook (conntrackd) when it has
-/// one, and its preemption held when the readiness gate waits.
+/// one, and its preemption held when the readiness gate waits; in state `resume` when
+/// it replaces a process (upgrade).
 async fn build_ha(
     config: &Config,
     redirect: Option<&Arc<RedirectPlane>>,
+    resume: Option<State>,
 ) -> Result<
     (
         Option<Arc<Vrrp>>,
@@ -281,17 +321,44 @@ async fn build_ha(
         },
         None => (None, None),
     };
-    let vrrp = Arc::new(Vrrp::start_with_takeover(settings, hook).await?);
+    let vrrp = Arc::new(match resume {
+        Some(state) => Vrrp::resume_with_takeover(settings, hook, state).await?,
+        None => Vrrp::start_with_takeover(settings, hook).await?,
+    });
     // Like pfsync's demotion during bulk update: never take over from a live master
-    // with an empty table, nor with checks that have not decided.
+    // with an empty table, nor with checks that have not decided. (A master resumed
+    // from its predecessor has its table and serves already.)
     let gate = Gate::for_config(config);
-    let gate = if gate.waits() {
+    let gate = if gate.waits() && resume != Some(State::Master) {
         vrrp.hold_preempt(true).await;
         Some(gate)
     } else {
         None
     };
     Ok((Some(vrrp), takeovers, gate))
+}
+
+/// The listeners of `config` that `inherited` holds, as received.
+fn take_inherited(
+    config: &Config,
+    inherited: &mut Inherited,
+) -> Result<Vec<(ListenKey, String, TcpListener)>, BindError> {
+    let mut taken = Vec::new();
+    for s in relayed(config) {
+        for &address in &s.listen {
+            let key = ListenKey::new(&s.name, address);
+            if let Some(l) = inherited.take_service(&key) {
+                let l = l.map_err(|source| BindError {
+                    service: s.name.clone(),
+                    address,
+                    source,
+                })?;
+                info!(service = %s.name, listen = %address, from = inherited.from_pid(), "listener taken over");
+                taken.push((key, s.name.clone(), l));
+            }
+        }
+    }
+    Ok(taken)
 }
 
 /// Binds every listening address of `config` for which `is_open` says no. All or

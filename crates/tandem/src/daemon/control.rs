@@ -72,6 +72,10 @@ impl Daemon {
                     ))
                 }
             },
+            Request::Upgrade { binary } => match self.upgrade(binary.map(Into::into)).await {
+                Ok(reply) => Response::ok(Reply::Upgrade(reply)),
+                Err(e) => Response::error(e.to_string()),
+            },
         }
     }
 

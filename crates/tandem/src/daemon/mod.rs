@@ -23,6 +23,7 @@ mod status;
 mod sticky;
 mod sync_store;
 mod tasks;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,6 +50,7 @@ pub use build::{BuildError, Built, Options};
 pub use reload::{ListenKey, ReloadError, ReloadPlan, plan_reload};
 pub use runtime::{RuntimeError, UNTIL_RELOAD};
 pub use tandem_control::ReloadReply as ReloadReport;
+pub use upgrade::{Inherited, Successor, UpgradeError};
 
 use crate::redirect::RedirectPlane;
 use tasks::Tasks;
@@ -93,6 +95,7 @@ struct Shared {
     /// The pools as changed at run time (`tandem ctl backend weight/add/remove`), until
     /// the next reload; none: as configured.
     runtime_pools: std::sync::Mutex<Option<Vec<tandem_config::Pool>>>,
+    handoff: upgrade::Handoff,
 }
 
 /// What reloads change: the listeners, the services and the health checks.
@@ -111,6 +114,8 @@ struct RunningListener {
     bound: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<TcpListener>,
+    /// A copy of the listener's descriptor, to hand over at an upgrade.
+    fd: Option<std::os::fd::OwnedFd>,
 }
 
 /// What a drain did.
@@ -254,7 +259,8 @@ impl Daemon {
             );
             tokio::time::sleep(delay).await;
         }
-        if let Some(vrrp) = &shared.vrrp {
+        // After an upgrade the successor holds the addresses and advertises.
+        if let Some(vrrp) = shared.vrrp.as_ref().filter(|_| !self.has_retired()) {
             vrrp.shutdown().await;
         }
         shared.life.stop_accepting.cancel();
@@ -284,7 +290,16 @@ impl Daemon {
                 }
             };
         shared.tasks.shutdown(TASKS_STOP_WITHIN).await;
-        if let Some(dir) = &shared.config.load().global.state_dir {
+        // After an upgrade the state file and the control socket are the successor's.
+        let retired = self.has_retired();
+        if let Some(dir) = shared
+            .config
+            .load()
+            .global
+            .state_dir
+            .as_ref()
+            .filter(|_| !retired)
+        {
             sticky::save(dir, &shared.pools.load(), &shared.config.load().global.name);
         }
         shared.inner.lock().await.monitor.stop();
@@ -294,7 +309,7 @@ impl Daemon {
         if let Some(plane) = &shared.redirect {
             plane.stop().await;
         }
-        if let Some(path) = &shared.control_socket {
+        if let Some(path) = shared.control_socket.as_ref().filter(|_| !retired) {
             let _ = std::fs::remove_file(path);
         }
         DrainReport {

@@ -2,6 +2,7 @@
 //! task, each tracked by name.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -18,8 +19,11 @@ use tracing::{info, warn};
 use super::build::{Built, node_max_conns};
 use super::reload::ListenKey;
 use super::tasks::{Tasks, Until};
-use super::{Daemon, Inner, RunningListener, RunningService, Shared, ha, live, runtime, sticky};
+use super::{
+    Daemon, Inner, RunningListener, RunningService, Shared, ha, live, runtime, sticky, upgrade,
+};
 use crate::readiness::Gate;
+use crate::upgrade::Socket;
 
 impl Built {
     /// Serves what was built: accept loops, control socket, admin port, and the
@@ -77,6 +81,10 @@ impl Built {
             live: Default::default(),
             announce: announce.clone(),
             runtime_pools: Default::default(),
+            handoff: upgrade::Handoff {
+                accepting: tasks.stop().child_token(),
+                ..Default::default()
+            },
         });
         let daemon = Daemon { shared };
         let stop = tasks.stop().clone();
@@ -131,8 +139,12 @@ impl Built {
             );
         }
         if let Some((path, l)) = control {
+            daemon.keep_for_upgrade(Socket::Control { path: path.clone() }, l.as_fd());
             daemon.serve_control(&tasks, l);
             info!(socket = %path.display(), "control socket ready");
+        }
+        if let (Some((_, l)), Some(address)) = (&admin, config.global.admin_listen) {
+            daemon.keep_for_upgrade(Socket::Admin { address }, l.as_fd());
         }
         if let Some((bound, l)) = admin {
             let source: Arc<dyn StateSource> = Arc::new(daemon.clone());
@@ -142,8 +154,13 @@ impl Built {
             };
             tasks.spawn(
                 "admin port",
-                Until::Shutdown,
-                tandem_control::admin::serve_with(l, source, access.clone(), stop.clone()),
+                Until::Done,
+                tandem_control::admin::serve_with(
+                    l,
+                    source,
+                    access.clone(),
+                    daemon.shared.handoff.accepting.clone(),
+                ),
             );
             if !bound.ip().is_loopback() {
                 warn!(admin = %bound, "the admin port is not on loopback: metrics and status are readable from the network");
@@ -170,10 +187,17 @@ impl Daemon {
         let stop = tasks.stop().clone();
         let events = self.clone();
         let follow: tandem_control::socket::Follow = Arc::new(move || events.follow_events());
+        // Ends at shutdown, or when an upgrade's successor takes the socket over.
         tasks.spawn(
             "control socket",
-            Until::Shutdown,
-            tandem_control::socket::serve_following(listener, tx, stop.clone(), Some(follow)),
+            Until::Done,
+            tandem_control::socket::serve_until(
+                listener,
+                tx,
+                self.shared.handoff.accepting.clone(),
+                stop.clone(),
+                Some(follow),
+            ),
         );
         let daemon = self.clone();
         tasks.spawn("control requests", Until::Shutdown, async move {
@@ -184,6 +208,24 @@ impl Daemon {
                 let _ = reply.send(daemon.handle(request).await);
             }
         });
+    }
+
+    /// Keeps a copy of `fd` (the admin port's or control socket's) to hand over at an
+    /// upgrade.
+    fn keep_for_upgrade(&self, socket: Socket, fd: BorrowedFd<'_>) {
+        match fd.try_clone_to_owned() {
+            Ok(fd) => self
+                .shared
+                .handoff
+                .sockets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((socket, fd)),
+            Err(e) => warn!(
+                ?socket,
+                "cannot keep a copy to hand over at an upgrade: {e}"
+            ),
+        }
     }
 }
 
@@ -202,6 +244,7 @@ pub(super) fn spawn_listener(
         stop_accepting: stop.clone(),
         ..life.clone()
     };
+    let fd = l.as_fd().try_clone_to_owned().ok();
     let task = tokio::spawn(svc.serve(l, life));
     inner.listeners.insert(
         key,
@@ -210,6 +253,7 @@ pub(super) fn spawn_listener(
             bound,
             stop,
             task,
+            fd,
         },
     );
 }

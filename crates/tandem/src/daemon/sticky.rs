@@ -57,6 +57,10 @@ pub(super) async fn save_every(daemon: Daemon, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if daemon.has_retired() {
+            // The successor writes the file now.
+            return;
+        }
         let config = daemon.config();
         let Some(dir) = config.global.state_dir.clone() else {
             continue;

@@ -1000,3 +1000,117 @@ fn ha_demote_hands_master_to_the_peer_and_restore_takes_it_back() {
     );
     drop(lb1);
 }
+
+/// `tandem upgrade` of the master: the new process starts as master with the address
+/// already held and advertises at once, the old one stops advertising without priority
+/// 0 and leaves the address; the backup sees no change of master and the client no
+/// refused request.
+#[test]
+fn an_upgrade_of_the_master_is_not_seen_by_the_backup() {
+    let Some(lab) = lab("hu") else { return };
+    let mut lb1 = start_node(&lab, "lb1", 150, "");
+    let mut lb2 = start_node(&lab, "lb2", 100, "");
+    lab.wait(
+        "lb1 master with the address",
+        Duration::from_secs(5),
+        || lab.has_address("lb1", VIP),
+    );
+    lb1.wait_for("VRRP BACKUP -> MASTER");
+    lb2.wait_for("VRRP INIT -> BACKUP");
+    let client = answered_client(&lab);
+    let before = support::ctl_json(&lab.socket("lb2"), &["ha"]);
+    assert_eq!(before["state"], "BACKUP", "{before}");
+    // What the backup hears: lb1's advertisements through the upgrade and after (once
+    // the gratuitous ARPs lb1 repeats for 2 s after its takeover are done).
+    std::thread::sleep(Duration::from_millis(2200));
+    let frames = capture(&lab, "lb2", Duration::from_secs(4));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let began = Instant::now();
+    let out = std::process::Command::new(support::TANDEM)
+        .arg("upgrade")
+        .arg("--socket")
+        .arg(lab.socket("lb1"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let took = began.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lb1.drain_lines()
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
+    let _new = crate::upgrade::KillOnDrop(new_pid);
+    lb1.wait_for("VRRP INIT -> MASTER: taken over from the previous process (upgrade)");
+    lb1.wait_for("VRRP handed over: no longer advertising");
+    let status = support::ctl_json(&lab.socket("lb1"), &["status"]);
+    assert_eq!(status["pid"], new_pid, "the new process answers");
+    assert_eq!(status["ha"]["state"], "MASTER", "{status}");
+
+    // The old process exits (drain_timeout 1 s) and leaves the address.
+    assert_eq!(lb1.wait_exit(Duration::from_secs(5)), 0);
+    // Long enough for the backup to take over several times over (3.6 intervals of
+    // 100 ms without an advertisement) had the new master not advertised.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(lab.has_address("lb1", VIP), "the address stays on lb1");
+    assert!(!lab.has_address("lb2", VIP));
+    let after = support::ctl_json(&lab.socket("lb2"), &["ha"]);
+    assert_eq!(after["state"], "BACKUP", "{after}");
+    assert_eq!(
+        after["transitions"], before["transitions"],
+        "the backup saw no change: {before} then {after}"
+    );
+    let lb2_log = lb2.drain_lines();
+    assert!(
+        !lb2_log.contains("-> MASTER"),
+        "the backup never took over:\n{lb2_log}"
+    );
+    let (ok, failed) = client.counts_after(began);
+    println!(
+        "upgrade of the master: `tandem upgrade` took {} ms (new process ready after {} ms); client: {ok} answered, {failed} failed; the backup's transitions: {} before, {} after",
+        took.as_millis(),
+        reply["ready_ms"],
+        before["transitions"],
+        after["transitions"]
+    );
+    assert_eq!(failed, 0, "no request failed across the upgrade");
+    assert!(ok > 50, "the client ran: {ok}");
+
+    let seen = frames.join().unwrap();
+    let lb1: std::net::Ipv4Addr = "10.99.0.1".parse().unwrap();
+    let adverts: Vec<(Duration, u8)> = seen
+        .iter()
+        .filter_map(|(at, s)| match s {
+            Seen::Advert { from, priority, .. } if *from == lb1 => Some((*at, *priority)),
+            _ => None,
+        })
+        .collect();
+    assert!(adverts.len() > 20, "{} advertisements heard", adverts.len());
+    assert!(
+        adverts.iter().all(|(_, p)| *p == 150),
+        "no priority 0, no other priority: {adverts:?}"
+    );
+    assert!(
+        !seen.iter().any(|(_, s)| matches!(s, Seen::Garp { .. })),
+        "no gratuitous ARP: nothing moved"
+    );
+    let longest = adverts
+        .windows(2)
+        .map(|w| w[1].0.saturating_sub(w[0].0))
+        .max()
+        .unwrap();
+    println!(
+        "upgrade of the master: {} advertisements heard by the backup, the longest gap {} ms (interval 100 ms)",
+        adverts.len(),
+        longest.as_millis()
+    );
+    // One interval, with room for a loaded machine's timer (the backup would take
+    // over after 3.6).
+    assert!(
+        longest < Duration::from_millis(180),
+        "an advertisement gap of {longest:?}"
+    );
+}

@@ -23,3 +23,4 @@ mod site;
 mod soak;
 mod status_page;
 mod sync;
+mod upgrade;

@@ -26,8 +26,14 @@ impl Running {
 
     /// Starts `program` with `args`, as [`Running::spawn`] does tandem.
     pub fn spawn_program(program: &str, args: &[&str]) -> Running {
+        Running::spawn_with_env(program, args, &[])
+    }
+
+    /// As [`Running::spawn_program`], with `env` added to the environment.
+    pub fn spawn_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("TANDEM_TEST_LOG").unwrap_or("info".into()),

@@ -1,0 +1,570 @@
+//! Upgrade in place, both sides (the wire is [`crate::upgrade`]).
+//!
+//! The old side, [`Daemon::upgrade`]: starts the new binary with the same arguments,
+//! hands it the listening sockets (services, admin port, control socket), the sticky
+//! tables and the VRRP state, waits for it to accept, then retires: stops advertising
+//! (no priority 0, the addresses stay), stops accepting (the new process accepts from
+//! the same sockets, so nothing queued is lost), sends the pins made meanwhile, tells
+//! systemd the new main pid, and lets `run` drain and exit.
+//!
+//! The new side, [`Inherited`]: the sockets received, matched to the configuration by
+//! service and configured address when the daemon is built; the tables merged like a
+//! state file's.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tandem_balance::{PoolSet, now_ms, unix_ms};
+use tandem_control::UpgradeReply;
+use tandem_vrrp::State;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Daemon;
+use super::reload::ListenKey;
+use crate::state_file;
+use crate::upgrade::{self, Outcome, Socket};
+
+/// How long the new binary may take to connect for its sockets.
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+/// How long it may take from connecting to accepting (health checks, TLS, sync...).
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// The old side's state: what it hands over and whether it has.
+#[derive(Debug, Default)]
+pub(super) struct Handoff {
+    /// Copies of the admin port's and control socket's descriptors (their listeners
+    /// live in their tasks).
+    pub(super) sockets: Mutex<Vec<(Socket, OwnedFd)>>,
+    /// An upgrade is under way.
+    pub(super) busy: AtomicBool,
+    /// Cancelled when the control socket and admin port stop accepting (at retiring,
+    /// or at shutdown: a child of the tasks' token).
+    pub(super) accepting: CancellationToken,
+    /// Cancelled once a successor serves: `run` then drains and exits.
+    pub(super) retired: CancellationToken,
+}
+
+/// Why an upgrade did not happen; the running process serves on.
+#[derive(Debug, thiserror::Error)]
+#[error("upgrade refused, this tandem (pid {pid}) serves on: {reason}")]
+pub struct UpgradeError {
+    pid: u32,
+    reason: String,
+}
+
+impl Daemon {
+    /// Starts `binary` (none: this process's own) with this process's arguments, hands
+    /// it the listeners and sticky tables, and once it accepts, retires: see the module.
+    pub async fn upgrade(&self, binary: Option<PathBuf>) -> Result<UpgradeReply, UpgradeError> {
+        let handoff = &self.shared.handoff;
+        let fail = |reason: String| UpgradeError {
+            pid: std::process::id(),
+            reason,
+        };
+        if let Some(why) = self.upgrade_unsupported() {
+            return Err(fail(why));
+        }
+        if handoff.busy.swap(true, Ordering::SeqCst) {
+            return Err(fail("another upgrade is under way".into()));
+        }
+        let result = self.hand_over(binary).await;
+        if result.is_err() {
+            handoff.busy.store(false, Ordering::SeqCst);
+        }
+        result.map_err(fail)
+    }
+
+    /// A future that ends once a successor serves (never without an upgrade).
+    pub async fn retired(&self) {
+        self.shared.handoff.retired.cancelled().await
+    }
+
+    /// Whether a successor serves.
+    pub fn has_retired(&self) -> bool {
+        self.shared.handoff.retired.is_cancelled()
+    }
+
+    /// What this configuration has that an upgrade cannot carry yet.
+    fn upgrade_unsupported(&self) -> Option<String> {
+        let parts = [
+            (self.shared.sync.is_some(), "[sync] (the sync sessions)"),
+            (
+                self.shared.redirect.is_some(),
+                "redirect services (the kernel's table)",
+            ),
+        ];
+        let missing: Vec<&str> = parts
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        if !missing.is_empty() {
+            return Some(format!(
+                "upgrade in place does not carry {} yet; restart instead (with [ha], the backup takes over meanwhile)",
+                missing.join(", ")
+            ));
+        }
+        if self.shared.control_socket.is_none() {
+            return Some("no control socket to hand over".into());
+        }
+        None
+    }
+
+    async fn hand_over(&self, binary: Option<PathBuf>) -> Result<UpgradeReply, String> {
+        let began = Instant::now();
+        let binary = match binary {
+            Some(b) => b,
+            None => std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
+        };
+        trusted_binary(&binary)?;
+        let control = self.shared.control_socket.clone().unwrap_or_default();
+        let meet = meeting_path(&control);
+        let listener = tandem_control::socket::bind(&meet).map_err(|e| e.to_string())?;
+        let _remove = RemoveOnDrop(meet.clone());
+        let mut child = tokio::process::Command::new(&binary)
+            .args(std::env::args_os().skip(1))
+            .env(upgrade::ENV, &meet)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let pid = child.id().unwrap_or_default();
+        info!(binary = %binary.display(), pid, "upgrade: started the new binary, handing over");
+        let stream = match accept_from(&listener, &mut child, pid).await {
+            Ok(s) => s,
+            Err(e) => return Err(end_child(child, e).await),
+        };
+        drop(listener);
+        let sockets = self.sockets_to_hand_over().await;
+        let count = sockets.len() as u64;
+        let node = self.config().global.name.clone();
+        let pools = self.pools();
+        let saved = state_file::snapshot(&pools, &node, now_ms(), unix_ms());
+        let pins = saved.entries.len() as u64;
+        let table = state_file::encode(&saved);
+        // The successor starts in this VRRP state (an interface that is down: as usual).
+        let vrrp = self
+            .shared
+            .vrrp
+            .as_ref()
+            .map(|v| v.status().state)
+            .filter(|s| *s != State::Initialize)
+            .map(|s| s.name().to_string());
+        let exchange = tokio::task::spawn_blocking(move || {
+            stream.set_read_timeout(Some(READY_WITHIN))?;
+            stream.set_write_timeout(Some(READY_WITHIN))?;
+            let fds: Vec<(Socket, std::os::fd::BorrowedFd<'_>)> = sockets
+                .iter()
+                .map(|(s, fd)| (s.clone(), fd.as_fd()))
+                .collect();
+            upgrade::send(&stream, std::process::id(), vrrp, &fds, &table)?;
+            drop(fds);
+            drop(sockets);
+            let outcome = upgrade::receive_outcome(&stream);
+            outcome.map(|o| (o, stream))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let stream = match exchange {
+            Ok((Outcome::Ready { .. }, stream)) => stream,
+            Ok((Outcome::Failed { reason }, _)) => {
+                return Err(
+                    end_child(child, format!("the new tandem could not start: {reason}")).await,
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(
+                    end_child(child, "the new tandem ended before it was ready".into()).await,
+                );
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(end_child(
+                    child,
+                    format!("the new tandem was not ready within {READY_WITHIN:?}"),
+                )
+                .await);
+            }
+            Err(e) => {
+                return Err(end_child(child, format!("handing over to the new tandem: {e}")).await);
+            }
+        };
+        let ready_ms = began.elapsed().as_millis() as u64;
+        self.retire().await;
+        // Pins made between the snapshot and now; the new one merges them (newer wins).
+        let late = state_file::encode(&state_file::snapshot(
+            &self.pools(),
+            &node,
+            now_ms(),
+            unix_ms(),
+        ));
+        let sent = tokio::task::spawn_blocking(move || upgrade::send_table(&stream, &late)).await;
+        if let Ok(Err(e)) | Err(e) = sent.map_err(std::io::Error::other) {
+            warn!("upgrade: the pins made during the handover were not sent: {e}");
+        }
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::MainPid(pid)]) {
+            warn!(error = %e, "cannot tell systemd the new main pid");
+        }
+        let draining = self.open_connections();
+        info!(
+            pid,
+            ready_ms,
+            sockets = count,
+            pins,
+            draining,
+            "upgrade: the new tandem (pid {pid}) serves; this one stopped accepting and exits when its {draining} connections end"
+        );
+        self.shared.handoff.retired.cancel();
+        Ok(UpgradeReply {
+            old_pid: std::process::id(),
+            new_pid: pid,
+            binary: binary.display().to_string(),
+            ready_ms,
+            sockets: count,
+            pins,
+            draining,
+        })
+    }
+
+    /// Copies of every listening socket's descriptor, described.
+    async fn sockets_to_hand_over(&self) -> Vec<(Socket, OwnedFd)> {
+        let mut out = Vec::new();
+        for (key, l) in self.shared.inner.lock().await.listeners.iter() {
+            match l.fd.as_ref().map(OwnedFd::try_clone) {
+                Some(Ok(fd)) => out.push((
+                    Socket::Service {
+                        service: l.service.clone(),
+                        address: key.address,
+                    },
+                    fd,
+                )),
+                Some(Err(e)) => {
+                    warn!(listen = %l.bound, "upgrade: cannot hand over a listener: {e}")
+                }
+                None => {
+                    warn!(listen = %l.bound, "upgrade: cannot hand over a listener: no copy of its descriptor")
+                }
+            }
+        }
+        for (s, fd) in self
+            .shared
+            .handoff
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if let Ok(fd) = fd.try_clone() {
+                out.push((s.clone(), fd));
+            }
+        }
+        out
+    }
+
+    /// Stops accepting: services, control socket, admin port. The sockets stay open in
+    /// the successor, which accepts what is queued.
+    async fn retire(&self) {
+        let handoff = &self.shared.handoff;
+        // The successor advertises already (each process ignores the other's
+        // advertisements: they come from its own address).
+        if let Some(vrrp) = &self.shared.vrrp {
+            vrrp.quiet().await;
+        }
+        handoff.accepting.cancel();
+        self.shared.life.stop_accepting.cancel();
+        let mut inner = self.shared.inner.lock().await;
+        for (_, l) in inner.listeners.drain() {
+            drop(l.task.await);
+        }
+        handoff
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// Refuses a binary that a user other than root could have written, when running it
+/// would give that user more than it has: tandem's capabilities (under systemd,
+/// CAP_NET_ADMIN and the others of the unit), or root. A tandem without capabilities
+/// may also run a binary of its own user's, as that user can anyway.
+fn trusted_binary(binary: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(binary).map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    let powerless =
+        me != 0 && caps::read(None, caps::CapSet::Permitted).is_ok_and(|c| c.is_empty());
+    let owner_ok = meta.uid() == 0 || (powerless && meta.uid() == me);
+    if !owner_ok || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is owned by uid {} with mode {:o}: tandem runs only a binary owned by root (or by its own user when it holds no capabilities) that neither group nor others may write",
+            binary.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Where the old process waits for its successor: beside the control socket.
+fn meeting_path(control: &Path) -> PathBuf {
+    let mut name = control.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".upgrade-{}", std::process::id()));
+    control.with_file_name(name)
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The successor's connection, checked to come from `pid`.
+async fn accept_from(
+    listener: &UnixListener,
+    child: &mut Child,
+    pid: u32,
+) -> Result<UnixStream, String> {
+    let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted.map_err(|e| format!("waiting for the new tandem: {e}"))?,
+            status = child.wait() => {
+                return Err(match status {
+                    Ok(s) => format!("the new tandem exited ({s}) before taking the sockets; its log says why"),
+                    Err(e) => format!("the new tandem: {e}"),
+                });
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(format!("the new tandem did not ask for the sockets within {CONNECT_WITHIN:?}"));
+            }
+        };
+        match stream.peer_cred() {
+            Ok(cred) if cred.pid() == Some(pid as i32) => {
+                let stream = stream.into_std().map_err(|e| e.to_string())?;
+                stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+                return Ok(stream);
+            }
+            other => warn!(
+                ?other,
+                "upgrade: a connection that is not the new tandem's, ignored"
+            ),
+        }
+    }
+}
+
+/// Makes sure a failed successor is gone (it exits by itself after saying why; one
+/// that does not within a second, stuck or slow, is killed), and returns `reason` with
+/// how it ended.
+async fn end_child(mut child: Child, reason: String) -> String {
+    let status = match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            let _ = child.start_kill();
+            child.wait().await.ok()
+        }
+    };
+    warn!("upgrade failed, serving on: {reason}");
+    match status {
+        Some(s) => format!("{reason} (new process: {s})"),
+        None => reason,
+    }
+}
+
+/// What a new process received from its predecessor: listening sockets, consumed as
+/// the daemon is built, and the sticky tables.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    from: u32,
+    services: HashMap<ListenKey, OwnedFd>,
+    admin: HashMap<SocketAddr, OwnedFd>,
+    control: HashMap<PathBuf, OwnedFd>,
+    sticky: Vec<u8>,
+    vrrp: Option<State>,
+}
+
+impl Inherited {
+    /// Sorts what [`upgrade::receive`] returned.
+    pub fn new(from: u32, sockets: Vec<(Socket, OwnedFd)>, sticky: Vec<u8>) -> Inherited {
+        let mut me = Inherited {
+            from,
+            sticky,
+            ..Inherited::default()
+        };
+        for (s, fd) in sockets {
+            match s {
+                Socket::Service { service, address } => {
+                    me.services.insert(ListenKey::new(&service, address), fd);
+                }
+                Socket::Admin { address } => {
+                    me.admin.insert(address, fd);
+                }
+                Socket::Control { path } => {
+                    me.control.insert(path, fd);
+                }
+            }
+        }
+        me
+    }
+
+    /// The VRRP state to start in: the predecessor's.
+    pub fn vrrp(&self) -> Option<State> {
+        self.vrrp
+    }
+
+    /// The predecessor's pid (0: none).
+    pub fn from_pid(&self) -> u32 {
+        self.from
+    }
+
+    /// The service listener for `key`, when handed over.
+    pub(super) fn take_service(&mut self, key: &ListenKey) -> Option<std::io::Result<TcpListener>> {
+        self.services.remove(key).map(tcp_listener)
+    }
+
+    /// The admin port configured at `address`, when handed over.
+    pub(super) fn take_admin(
+        &mut self,
+        address: SocketAddr,
+    ) -> Option<std::io::Result<TcpListener>> {
+        self.admin.remove(&address).map(tcp_listener)
+    }
+
+    /// The control socket at `path`, when handed over.
+    pub(super) fn take_control(&mut self, path: &Path) -> Option<std::io::Result<UnixListener>> {
+        self.control.remove(path).map(|fd| {
+            let l = std::os::unix::net::UnixListener::from(fd);
+            l.set_nonblocking(true)?;
+            UnixListener::from_std(l)
+        })
+    }
+
+    /// Merges the predecessor's pins into `pools` (newer pin wins).
+    pub(super) fn restore_sticky(&self, pools: &PoolSet) {
+        if self.from == 0 {
+            return;
+        }
+        merge_pins(pools, &self.sticky, "handed over");
+    }
+}
+
+/// Merges a table in the state file's form into `pools`.
+pub(super) fn merge_pins(pools: &PoolSet, bytes: &[u8], what: &str) {
+    match state_file::decode(bytes) {
+        Ok(saved) => {
+            let done = state_file::restore(pools, &saved, now_ms(), unix_ms());
+            info!(
+                loaded = done.loaded,
+                expired = done.expired,
+                unknown_pool = done.unknown_pool,
+                "sticky pins {what} by the previous tandem: {}",
+                done.loaded
+            );
+        }
+        Err(e) => warn!("sticky pins {what} by the previous tandem refused: {e}"),
+    }
+}
+
+fn tcp_listener(fd: OwnedFd) -> std::io::Result<TcpListener> {
+    let l = std::net::TcpListener::from(fd);
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
+}
+
+/// The new process's side of the wire, from connecting to the end of the handover.
+#[derive(Debug)]
+pub struct Successor {
+    stream: UnixStream,
+}
+
+impl Successor {
+    /// Connects to the predecessor waiting at `path` and receives what it hands over.
+    pub fn connect(path: &Path) -> std::io::Result<(Successor, Inherited)> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(CONNECT_WITHIN))?;
+        let received = upgrade::receive(&stream)?;
+        stream.set_read_timeout(None)?;
+        let mut inherited = Inherited::new(received.header.pid, received.sockets, received.sticky);
+        inherited.vrrp = match received.header.vrrp.as_deref() {
+            Some("MASTER") => Some(State::Master),
+            Some("BACKUP") => Some(State::Backup),
+            _ => None,
+        };
+        Ok((Successor { stream }, inherited))
+    }
+
+    /// Tells the predecessor why this process cannot start (it serves on).
+    pub fn failed(self, reason: &str) {
+        let _ = upgrade::send_outcome(
+            &self.stream,
+            &Outcome::Failed {
+                reason: reason.to_string(),
+            },
+        );
+    }
+
+    /// Tells the predecessor this process serves, and merges the pins it made until
+    /// it stopped accepting.
+    pub async fn ready(self, daemon: &Daemon) -> std::io::Result<()> {
+        upgrade::send_outcome(
+            &self.stream,
+            &Outcome::Ready {
+                pid: std::process::id(),
+            },
+        )?;
+        let stream = self.stream;
+        stream.set_read_timeout(Some(CONNECT_WITHIN))?;
+        let late = tokio::task::spawn_blocking(move || upgrade::receive_table(&stream))
+            .await
+            .map_err(std::io::Error::other)??;
+        merge_pins(&daemon.pools(), &late, "made during the handover");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_binary_others_may_write_is_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tandem");
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let me = rustix::process::geteuid().as_raw();
+        let powerless = me != 0
+            && caps::read(None, caps::CapSet::Permitted)
+                .unwrap()
+                .is_empty();
+        if me == 0 || powerless {
+            assert_eq!(trusted_binary(&path), Ok(()));
+        }
+        for mode in [0o775, 0o757] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let refused = trusted_binary(&path).unwrap_err();
+            assert!(
+                refused.contains("neither group nor others may write"),
+                "{refused}"
+            );
+        }
+        let missing = trusted_binary(&dir.path().join("nope")).unwrap_err();
+        assert!(missing.starts_with("cannot start"), "{missing}");
+    }
+}
