@@ -77,7 +77,7 @@ pub enum TlsError {
 }
 
 /// The one crypto provider of every TLS configuration of tandem.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -87,13 +87,39 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, pem::E
 }
 
 /// Picks the certificate whose names cover the client's SNI; the first one otherwise.
+/// Names of `tls.acme` take ACME's certificate once it is issued (a file's until
+/// then); a TLS-ALPN-01 validation (ALPN `acme-tls/1`) gets the challenge
+/// certificate of its name.
 #[derive(Debug)]
 struct SniResolver {
     keys: Vec<Arc<CertifiedKey>>,
+    /// The names of `tls.acme`, lower case.
+    acme: Vec<String>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if !self.acme.is_empty() {
+            let sni = hello
+                .server_name()
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+            let store = crate::acme::store();
+            let validation = hello
+                .alpn()
+                .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN));
+            if validation {
+                return sni.and_then(|n| store.challenge_certificate(&n));
+            }
+            if let Some(key) = sni
+                .filter(|n| self.acme.contains(n))
+                .and_then(|n| store.issued(&n))
+            {
+                return Some(key);
+            }
+            if self.keys.is_empty() {
+                return store.issued(&self.acme[0]);
+            }
+        }
         let wanted = hello
             .server_name()
             .and_then(|n| ServerName::try_from(n.to_string()).ok());
@@ -150,8 +176,9 @@ fn certified_key(
 }
 
 /// An acceptor for `tls`: TLS 1.2 and 1.3, offering the ALPN protocols `alpn` (none
-/// for a TCP service: a client's ALPN list is then ignored). Reads the files now, so a
-/// reload picks up renewed certificates.
+/// for a TCP service: a client's ALPN list is then ignored; `acme-tls/1` added with
+/// `tls.acme`). Reads the files now, so a reload picks up renewed certificates; ACME's
+/// are read from [`crate::acme::store`] at each handshake.
 pub fn acceptor(tls: &Tls, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
     let provider = provider();
     let keys = tls
@@ -162,8 +189,21 @@ pub fn acceptor(tls: &Tls, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { keys }));
+        .with_cert_resolver(Arc::new(SniResolver {
+            keys,
+            acme: tls
+                .acme
+                .as_ref()
+                .map(|a| a.domains.clone())
+                .unwrap_or_default(),
+        }));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    if tls.acme.is_some() {
+        // Offered last: only a validator asks for it, and only it.
+        config
+            .alpn_protocols
+            .push(crate::acme::ACME_TLS_ALPN.to_vec());
+    }
     // The server's cipher suite order wins (rustls follows the client's by default):
     // AES-256-GCM, AES-128-GCM, then ChaCha20-Poly1305, forward secret only.
     config.ignore_client_order = true;
@@ -299,7 +339,13 @@ mod tests {
 
     /// Why an acceptor for the one certificate `pair` cannot be built.
     fn refused(pair: CertPair) -> TlsError {
-        match acceptor(&Tls { certs: vec![pair] }, &[]) {
+        match acceptor(
+            &Tls {
+                certs: vec![pair],
+                acme: None,
+            },
+            &[],
+        ) {
             Ok(_) => panic!("the certificate is accepted"),
             Err(e) => e,
         }
@@ -316,6 +362,7 @@ mod tests {
         let b = self_signed(dir.path(), "b.test");
         let tls = Tls {
             certs: vec![a.clone(), b.clone()],
+            acme: None,
         };
         let server = acceptor(&tls, &[]).unwrap();
         let any = || client_config(false, None).unwrap();
@@ -332,6 +379,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tls = Tls {
             certs: vec![self_signed(dir.path(), "a.test")],
+            acme: None,
         };
         let mut client = client_config(false, None).unwrap();
         client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -350,6 +398,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tls = Tls {
             certs: vec![self_signed(dir.path(), "a.test")],
+            acme: None,
         };
         let chacha_first = CryptoProvider {
             cipher_suites: vec![
@@ -381,6 +430,7 @@ mod tests {
             acceptor(
                 &Tls {
                     certs: vec![a.clone()],
+                    acme: None,
                 },
                 &[],
             )

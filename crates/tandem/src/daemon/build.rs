@@ -113,6 +113,8 @@ pub struct Built {
     pub(super) vrrp: Option<Arc<Vrrp>>,
     /// What VRRP preemption waits for, when it waits.
     pub(super) gate: Option<Gate>,
+    /// ACME's state (with `global.state_dir`).
+    pub(super) acme: Option<Arc<crate::acme::AcmeState>>,
 }
 
 impl Daemon {
@@ -130,6 +132,19 @@ impl Daemon {
         if let Some(dir) = &config.global.state_dir {
             sticky::restore(dir, &pools.load());
         }
+        // ACME's certificates from disk, before the first client too.
+        let acme = config.global.state_dir.as_deref().map(|dir| {
+            let state = Arc::new(crate::acme::AcmeState::new(dir));
+            let configs: Vec<&tandem_config::Acme> = config
+                .services
+                .iter()
+                .filter_map(|s| s.tls.as_ref()?.acme.as_ref())
+                .collect();
+            for problem in state.load(&configs) {
+                tracing::warn!("acme: {problem}");
+            }
+            state
+        });
         let listeners = bind_new(&config, |_| false)?;
         let mut services = HashMap::new();
         for s in relayed(&config) {
@@ -157,7 +172,7 @@ impl Daemon {
             takeovers,
             vrrp,
             gate,
-        } = match build_parts(&config, &pools).await {
+        } = match build_parts(&config, &pools, acme.clone()).await {
             Ok(parts) => parts,
             Err(e) => {
                 // No stale socket file for the next start to find.
@@ -182,6 +197,7 @@ impl Daemon {
             takeovers,
             vrrp,
             gate,
+            acme,
         })
     }
 }
@@ -197,7 +213,11 @@ struct Parts {
 
 /// Sync, the redirect table and VRRP, in this order; on failure the redirect table is
 /// removed again (the other parts end when dropped).
-async fn build_parts(config: &Config, pools: &Arc<ArcSwap<PoolSet>>) -> Result<Parts, BuildError> {
+async fn build_parts(
+    config: &Config,
+    pools: &Arc<ArcSwap<PoolSet>>,
+    acme: Option<Arc<crate::acme::AcmeState>>,
+) -> Result<Parts, BuildError> {
     let sync = match &config.sync {
         Some(sync) => {
             let secret = std::fs::read(&sync.key_file).map_err(|source| BuildError::SyncKey {
@@ -211,7 +231,7 @@ async fn build_parts(config: &Config, pools: &Arc<ArcSwap<PoolSet>>) -> Result<P
                 secret: sync_store::trim_ascii(&secret).to_vec(),
                 pools_digest: sync_store::pools_digest(config),
             };
-            let store = Arc::new(PoolStore(pools.clone()));
+            let store = Arc::new(PoolStore(pools.clone(), acme));
             let node = SyncNode::start(settings, store)
                 .await
                 .map_err(BuildError::Sync)?;

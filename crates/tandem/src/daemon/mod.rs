@@ -10,6 +10,7 @@
 //! socket; [`sync_store`] adapts the pools' sticky tables to sync; [`ha`] wires VRRP to
 //! the pools and the readiness gate; [`sticky`] saves, restores and sweeps the tables.
 
+mod acme;
 mod build;
 mod control;
 mod ha;

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::build::{Built, node_max_conns};
 use super::reload::ListenKey;
 use super::tasks::{Tasks, Until};
-use super::{Daemon, Inner, RunningListener, RunningService, Shared, ha, live, sticky};
+use super::{Daemon, Inner, RunningListener, RunningService, Shared, acme, ha, live, sticky};
 
 impl Built {
     /// Serves what was built: accept loops, control socket, admin port, and the
@@ -39,6 +39,7 @@ impl Built {
             takeovers,
             vrrp,
             gate,
+            acme: acme_state,
         } = self;
         let tasks = Tasks::default();
         let life = Lifecycle {
@@ -109,6 +110,13 @@ impl Built {
         }
         if let Some(vrrp) = daemon.vrrp() {
             ha::start(&daemon, &tasks, &vrrp, gate);
+        }
+        if let Some(state) = acme_state {
+            tasks.spawn(
+                "acme",
+                Until::Shutdown,
+                acme::run(daemon.clone(), state, stop.clone()),
+            );
         }
         if let Some((path, l)) = control {
             daemon.serve_control(&tasks, l);

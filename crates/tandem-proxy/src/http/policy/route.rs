@@ -52,6 +52,19 @@ where
     H: Fn() -> I,
     I: Iterator<Item = (&'h str, &'h [u8])>,
 {
+    // ACME's HTTP-01 validation, before any route: tandem answers its own tokens.
+    if req.target.starts_with(tandem_net::acme::HTTP01_PREFIX)
+        && let Some(key_authorization) = tandem_net::acme::store().http_answer(req.target)
+    {
+        return (
+            None,
+            Decision::Answer(Answer {
+                status: 200,
+                fields: own_fields(Some("application/octet-stream")),
+                body: key_authorization,
+            }),
+        );
+    }
     if routes.is_empty() {
         return (None, Decision::Pool(default_pool));
     }
