@@ -36,6 +36,12 @@ fn full_snapshot() -> Snapshot {
             mode: "http".into(),
             pool: "web".into(),
             proxy_refused: [("no_header".to_string(), 1)].into(),
+            certificates: vec![tandem_control::CertificateSnapshot {
+                name: "www.example.org".into(),
+                source: "acme".into(),
+                not_after: 1_800_000_000,
+                seconds_left: 86_400,
+            }],
             ..Default::default()
         }],
         pools: vec![PoolSnapshot {

@@ -175,6 +175,55 @@ fn certified_key(
     Ok(certified)
 }
 
+/// A name a TLS configuration serves, and its certificate's end of validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedName {
+    /// The DNS name (lower case).
+    pub name: String,
+    /// `"acme"` for a certificate ACME issued, `"file"` for one of `tls.certs`.
+    pub source: &'static str,
+    /// notAfter (Unix seconds).
+    pub not_after: i64,
+}
+
+/// The names `tls` serves now, with their certificates' expiry, as the resolver
+/// chooses: ACME's certificate for its names once issued, the files' for the rest.
+/// Files are read again (a file that cannot be read is left out).
+pub fn served_names(tls: &Tls) -> Vec<ServedName> {
+    let mut out: Vec<ServedName> = Vec::new();
+    let store = crate::acme::store();
+    for name in tls.acme.iter().flat_map(|a| &a.domains) {
+        if let Some(v) = store
+            .issued(name)
+            .and_then(|k| crate::acme::validity(k.cert.first()?.as_ref()))
+        {
+            out.push(ServedName {
+                name: name.clone(),
+                source: "acme",
+                not_after: v.not_after,
+            });
+        }
+    }
+    for pair in &tls.certs {
+        let Some(v) = read_certificates(&pair.cert)
+            .ok()
+            .and_then(|c| crate::acme::validity(c.first()?.as_ref()))
+        else {
+            continue;
+        };
+        for name in v.names {
+            if !out.iter().any(|s| s.name == name) {
+                out.push(ServedName {
+                    name,
+                    source: "file",
+                    not_after: v.not_after,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// An acceptor for `tls`: TLS 1.2 and 1.3, offering the ALPN protocols `alpn` (none
 /// for a TCP service: a client's ALPN list is then ignored; `acme-tls/1` added with
 /// `tls.acme`). Reads the files now, so a reload picks up renewed certificates; ACME's
@@ -447,6 +496,37 @@ mod tests {
         );
         let any = client_config(false, None).unwrap();
         handshake(server(), any, "a.test").await.unwrap();
+    }
+
+    #[test]
+    fn served_names_come_from_acme_first_then_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = self_signed(dir.path(), "served-a.test");
+        let tls = Tls {
+            certs: vec![a],
+            acme: Some(tandem_config::Acme {
+                directory: "https://ca.test/dir".into(),
+                contact: vec![],
+                domains: vec!["served-a.test".into(), "served-b.test".into()],
+                challenge: Default::default(),
+                ca_file: "/nonexistent".into(),
+            }),
+        };
+        let names = served_names(&tls);
+        assert_eq!(names.len(), 1);
+        assert_eq!(
+            (names[0].name.as_str(), names[0].source),
+            ("served-a.test", "file")
+        );
+        let issued = rcgen::generate_simple_self_signed(vec!["served-a.test".into()]).unwrap();
+        let key =
+            crate::acme::certified_key(&issued.cert.pem(), &issued.signing_key.serialize_pem())
+                .unwrap();
+        crate::acme::store().set_issued(&["served-a.test".into()], Arc::new(key));
+        let names = served_names(&tls);
+        assert_eq!(names.len(), 1);
+        assert_eq!(names[0].source, "acme");
+        assert!(names[0].not_after > 0);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod acme;
 mod cli;
 mod conformance;
 mod control;
