@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Running, which};
+use crate::support::{Running, lab::Lab, which};
 
 /// What the tests need installed; `None` (with a SKIPPED line) when something is missing.
 fn tools(test: &str) -> Option<()> {
@@ -447,5 +447,148 @@ fn single_node_issues_by_http01_and_tls_alpn01_and_renews_without_a_failed_reque
             && l.contains("path=/.well-known/acme-challenge/")
             && l.contains("status=200")),
         "no HTTP-01 validation answered by the port-80 service"
+    );
+}
+
+const VIP: &str = "10.99.0.100";
+
+/// The configuration of pair node `name` (own address `me`, peer `peer`): port 80 and
+/// 443 on the virtual address, 443 on its own address too (to see what the backup
+/// serves), VRRP and sync.
+fn pair_config(
+    lab: &Lab,
+    pebble: &Pebble,
+    name: &str,
+    me: &str,
+    peer: &str,
+    priority: u8,
+) -> String {
+    let dir = lab.dir.path().display();
+    let key = lab.dir.path().join("sync.key");
+    std::fs::write(&key, "a shared key for the lab, 32 b!!").unwrap();
+    let text = format!(
+        "[global]\nname = \"{name}\"\ncontrol_socket = \"{dir}/{name}.sock\"\nstate_dir = \"{dir}/{name}-state\"\ndrain_timeout = \"1s\"\n\n\
+[[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.99.0.11:80\" }}]\n\n\
+[[service]]\nname = \"web\"\nlisten = [\"{VIP}:80\"]\npool = \"web\"\nmode = \"http\"\n\n\
+[[service]]\nname = \"www\"\nlisten = [\"{VIP}:443\", \"{me}:443\"]\npool = \"web\"\nmode = \"http\"\n\
+[service.tls.acme]\ndirectory = \"{}\"\ncontact = [\"mailto:ops@pair.test\"]\ndomains = [\"www.pair.test\"]\nca_file = \"{}\"\n\n\
+[ha]\ninterface = \"eth0\"\nvrid = 57\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n\n\
+[sync]\nlisten = \"{me}:7946\"\npeers = [\"{peer}:7946\"]\nkey_file = \"{}\"\n",
+        pebble.directory,
+        pebble.api_ca.display(),
+        key.display()
+    );
+    lab.write_config(name, &text)
+}
+
+#[test]
+fn pair_master_killed_during_a_renewal_the_backup_finishes_it_with_the_same_account() {
+    if tools("acme pair lab").is_none() {
+        return;
+    }
+    let Some(mut lab) = Lab::new("ac") else {
+        return;
+    };
+    lab.host("lb1", "10.99.0.1/24");
+    lab.host("lb2", "10.99.0.2/24");
+    lab.host("be1", "10.99.0.11/24");
+    lab.host("client", "10.99.0.50/24");
+    lab.http_backend("be1", "10.99.0.11:80".parse().unwrap(), "be1\n");
+    let client = lab.ns("client");
+    let lifetime = 30;
+    let pebble = Pebble::start(
+        lab.dir.path(),
+        Some(&client),
+        "10.99.0.50",
+        VIP,
+        80,
+        443,
+        lifetime,
+    );
+    let c1 = pair_config(&lab, &pebble, "lb1", "10.99.0.1", "10.99.0.2", 150);
+    let c2 = pair_config(&lab, &pebble, "lb2", "10.99.0.2", "10.99.0.1", 100);
+    let mut lb1 = lab.run_tandem("lb1", &c1);
+    let mut lb2 = lab.run_tandem("lb2", &c2);
+    lab.wait("lb1 master", Duration::from_secs(5), || {
+        lab.has_address("lb1", VIP)
+    });
+    lb1.wait_for("certificate issued and served");
+    lb2.wait_for("certificate from the peer installed");
+    let (vip443, lb2_443): (SocketAddr, SocketAddr) = (
+        format!("{VIP}:443").parse().unwrap(),
+        "10.99.0.2:443".parse().unwrap(),
+    );
+    let first = fingerprint(Some(&client), vip443, "www.pair.test");
+    let backup = fingerprint(Some(&client), lb2_443, "www.pair.test");
+    println!("issued by the master: {first}\nserved by the backup: {backup}");
+    assert_eq!(first, backup, "the backup serves the master's certificate");
+    let root = pebble.root(lab.dir.path());
+    assert_eq!(
+        curl(Some(&client), vip443, "www.pair.test", &root)
+            .unwrap()
+            .0,
+        200
+    );
+
+    // The renewal starts at two thirds of the lifetime: the master dies in it.
+    let renewal = lb1.wait_for_nth("reason=Renewal", 1);
+    let killed = Instant::now();
+    lb1.signal(rustix::process::Signal::KILL);
+    println!("{renewal}");
+    let lb1_lines = lb1.drain_lines();
+    assert_eq!(
+        lb1_lines.matches("certificate issued and served").count(),
+        1,
+        "the master finished its renewal before the kill:\n{lb1_lines}"
+    );
+    let taken = lb2.wait_for("reason=Renewal");
+    let done = lb2.wait_for("certificate issued and served");
+    let finished = killed.elapsed();
+    println!("{taken}\n{done}");
+    println!(
+        "backup finished the renewal {} ms after the master's SIGKILL",
+        finished.as_millis()
+    );
+    let renewed = fingerprint(Some(&client), vip443, "www.pair.test");
+    assert_ne!(renewed, first, "the certificate was renewed");
+    assert_eq!(
+        curl(Some(&client), vip443, "www.pair.test", &root)
+            .unwrap()
+            .0,
+        200
+    );
+    // With the account the master made: the backup made none of its own.
+    let accounts = |node: &str| -> Vec<Vec<u8>> {
+        std::fs::read_dir(lab.dir.path().join(format!("{node}-state/acme")))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("account-"))
+            .map(|e| std::fs::read(e.path()).unwrap())
+            .collect()
+    };
+    let (a1, a2) = (accounts("lb1"), accounts("lb2"));
+    assert_eq!(a1.len(), 1);
+    assert_eq!(a1, a2, "the backup uses the synced account");
+
+    // The old master returns, gets the renewed certificate in its bulk transfer, takes
+    // the address back, and a client sees the same certificate as from the backup.
+    let mut lb1 = lab.run_tandem("lb1", &c1);
+    lb1.wait_for("certificate from the peer installed");
+    lab.wait("lb1 master again", Duration::from_secs(10), || {
+        lab.has_address("lb1", VIP) && !lab.has_address("lb2", VIP)
+    });
+    let after = fingerprint(Some(&client), vip443, "www.pair.test");
+    println!("after failing back to lb1: {after}");
+    assert_eq!(after, renewed, "the same certificate after the failover");
+    assert_eq!(
+        curl(Some(&client), vip443, "www.pair.test", &root)
+            .unwrap()
+            .0,
+        200
+    );
+    let lb1_lines = lb1.drain_lines();
+    assert!(
+        !lb1_lines.contains("ordering a certificate"),
+        "the returning node ordered again:\n{lb1_lines}"
     );
 }
