@@ -268,6 +268,30 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_acme_token_is_answered_before_any_route() {
+        let routes = vec![Route {
+            path_prefix: Some("/".into()),
+            ..route(pool("www"))
+        }];
+        let path = "/.well-known/acme-challenge/route-test-token";
+        assert_eq!(go(&routes, "GET", "a.test", path, &[]), "www");
+        tandem_net::acme::store().add_http_token("route-test-token", "route-test-token.thumb");
+        assert_eq!(
+            go(&routes, "GET", "a.test", path, &[]),
+            "200 route-test-token.thumb"
+        );
+        assert_eq!(
+            go(&[], "GET", "a.test", path, &[]),
+            "200 route-test-token.thumb"
+        );
+        // Another token, or the prefix alone, goes on to the routes.
+        let other = "/.well-known/acme-challenge/other";
+        assert_eq!(go(&routes, "GET", "a.test", other, &[]), "www");
+        tandem_net::acme::store().remove_http_token("route-test-token");
+        assert_eq!(go(&routes, "GET", "a.test", path, &[]), "www");
+    }
+
+    #[test]
     fn hosts_exact_wildcard_and_default() {
         let routes = vec![
             Route {
