@@ -99,17 +99,28 @@ struct SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validation = !self.acme.is_empty()
+            && hello
+                .alpn()
+                .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN));
+        if validation {
+            let sni = hello
+                .server_name()
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+            return sni.and_then(|n| crate::acme::store().challenge_certificate(&n));
+        }
+        // With its OCSP response when one is held and current.
+        self.choose(&hello).map(crate::ocsp::staple)
+    }
+}
+
+impl SniResolver {
+    fn choose(&self, hello: &ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         if !self.acme.is_empty() {
             let sni = hello
                 .server_name()
                 .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
             let store = crate::acme::store();
-            let validation = hello
-                .alpn()
-                .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN));
-            if validation {
-                return sni.and_then(|n| store.challenge_certificate(&n));
-            }
             if let Some(key) = sni
                 .filter(|n| self.acme.contains(n))
                 .and_then(|n| store.issued(&n))
@@ -219,6 +230,24 @@ pub fn served_names(tls: &Tls) -> Vec<ServedName> {
                     not_after: v.not_after,
                 });
             }
+        }
+    }
+    out
+}
+
+/// The chain and key of every certificate `tls` serves (files, and ACME's issued
+/// ones), for OCSP stapling; a file that cannot be read is left out.
+pub fn served_chains(tls: &Tls) -> Vec<Vec<CertificateDer<'static>>> {
+    let mut out: Vec<Vec<CertificateDer<'static>>> = tls
+        .certs
+        .iter()
+        .filter_map(|pair| read_certificates(&pair.cert).ok())
+        .collect();
+    for name in tls.acme.iter().flat_map(|a| &a.domains) {
+        if let Some(key) = crate::acme::store().issued(name)
+            && !out.contains(&key.cert)
+        {
+            out.push(key.cert.clone());
         }
     }
     out
@@ -527,6 +556,93 @@ mod tests {
         assert_eq!(names.len(), 1);
         assert_eq!(names[0].source, "acme");
         assert!(names[0].not_after > 0);
+    }
+
+    /// Accepts any certificate and keeps the OCSP response the server stapled.
+    #[derive(Debug)]
+    struct SeesStaple(std::sync::Mutex<Option<Vec<u8>>>, WebPkiSupportedAlgorithms);
+
+    impl ServerCertVerifier for SeesStaple {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            *self.0.lock().unwrap() = (!ocsp_response.is_empty()).then(|| ocsp_response.to_vec());
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(message, cert, dss, &self.1)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(message, cert, dss, &self.1)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.1.supported_schemes()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_current_ocsp_response_is_stapled_and_a_stale_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = self_signed(dir.path(), "staple.test");
+        let tls = Tls {
+            certs: vec![pair.clone()],
+            acme: None,
+        };
+        let seen = || async {
+            let verifier = Arc::new(SeesStaple(
+                Default::default(),
+                provider().signature_verification_algorithms,
+            ));
+            let client = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone())
+                .with_no_client_auth();
+            handshake(acceptor(&tls, &[]).unwrap(), client, "staple.test")
+                .await
+                .unwrap();
+            verifier.0.lock().unwrap().take()
+        };
+        assert_eq!(seen().await, None, "nothing held: nothing stapled");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let leaf = der(&pair);
+        crate::ocsp::set_staple(
+            leaf.as_ref(),
+            crate::ocsp::Staple {
+                response: b"current".to_vec(),
+                this_update: now - 10,
+                next_update: Some(now + 60),
+            },
+        );
+        assert_eq!(seen().await.as_deref(), Some(&b"current"[..]));
+        crate::ocsp::set_staple(
+            leaf.as_ref(),
+            crate::ocsp::Staple {
+                response: b"stale".to_vec(),
+                this_update: now - 120,
+                next_update: Some(now - 1),
+            },
+        );
+        assert_eq!(seen().await, None, "past its nextUpdate: not stapled");
     }
 
     #[test]

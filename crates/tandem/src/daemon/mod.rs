@@ -15,6 +15,7 @@ mod build;
 mod control;
 mod ha;
 mod live;
+mod ocsp;
 mod reload;
 mod start;
 mod status;

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::build::{Built, node_max_conns};
 use super::reload::ListenKey;
 use super::tasks::{Tasks, Until};
-use super::{Daemon, Inner, RunningListener, RunningService, Shared, acme, ha, live, sticky};
+use super::{Daemon, Inner, RunningListener, RunningService, Shared, acme, ha, live, ocsp, sticky};
 
 impl Built {
     /// Serves what was built: accept loops, control socket, admin port, and the
@@ -111,6 +111,11 @@ impl Built {
         if let Some(vrrp) = daemon.vrrp() {
             ha::start(&daemon, &tasks, &vrrp, gate);
         }
+        tasks.spawn(
+            "ocsp",
+            Until::Shutdown,
+            ocsp::run(daemon.clone(), stop.clone()),
+        );
         if let Some(state) = acme_state {
             tasks.spawn(
                 "acme",
