@@ -267,6 +267,15 @@ pub fn set_staple(leaf: &[u8], staple: Staple) {
     });
 }
 
+/// Staples nothing to `leaf` any more (its certificate was found revoked).
+pub fn remove_staple(leaf: &[u8]) {
+    staples().rcu(|old| {
+        let mut map = Staples::clone(old);
+        map.remove(leaf);
+        map
+    });
+}
+
 /// The staple held for `leaf`, current or not.
 pub fn staple_of(leaf: &[u8]) -> Option<Arc<Staple>> {
     staples().load().get(leaf).cloned()

@@ -66,9 +66,17 @@ pub(super) async fn run(daemon: Daemon, stop: CancellationToken) {
                     () = stop.cancelled() => return,
                     r = fetch(&client, &url, body) => r,
                 };
-                match fetched
-                    .and_then(|bytes| ocsp::parse(&bytes, &serial).map_err(|e| e.to_string()))
-                {
+                let parsed = fetched.and_then(|bytes| {
+                    ocsp::parse(&bytes, &serial).map_err(|e| {
+                        if matches!(e, ocsp::OcspError::NotGood(_)) {
+                            // Revoked or unknown: the response held before is
+                            // not stapled any more either.
+                            ocsp::remove_staple(leaf.as_ref());
+                        }
+                        e.to_string()
+                    })
+                });
+                match parsed {
                     Ok(staple) => {
                         info!(responder = %url, this_update = staple.this_update, next_update = ?staple.next_update, refresh_at = ocsp::refresh_at(&staple), "ocsp: response fetched, stapled while current");
                         ocsp::set_staple(leaf.as_ref(), staple);

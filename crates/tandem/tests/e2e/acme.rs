@@ -592,3 +592,136 @@ fn pair_master_killed_during_a_renewal_the_backup_finishes_it_with_the_same_acco
         "the returning node ordered again:\n{lb1_lines}"
     );
 }
+
+/// OCSP stapling against `openssl ocsp` as the responder, in a namespace: a test CA
+/// (openssl) issues a certificate whose AIA names the responder; tandem fetches a
+/// response and `openssl s_client -status` shows it stapled. (That a stale response is
+/// not stapled is tandem-net's tls test, with a real handshake.)
+#[test]
+fn ocsp_response_from_openssl_ocsp_is_stapled() {
+    if tools("ocsp lab").is_none() {
+        return;
+    }
+    let Some(mut lab) = Lab::new("oc") else {
+        return;
+    };
+    let ns = lab.host("h", "10.99.0.1/24");
+    let dir = lab.dir.path().to_path_buf();
+    let p = |f: &str| dir.join(f).display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let (ca_key, ca) = (p("ocsp-ca.key"), p("ocsp-ca.pem"));
+    let mut args = vec!["req", "-x509"];
+    args.extend_from_slice(&ec);
+    args.extend_from_slice(&[
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tandem test OCSP CA",
+    ]);
+    run_in(None, "openssl", &args);
+    let (key, csr, leaf) = (p("leaf.key"), p("leaf.csr"), p("leaf.pem"));
+    let mut args = vec!["req"];
+    args.extend_from_slice(&ec);
+    args.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", "/CN=ocsp.test"]);
+    run_in(None, "openssl", &args);
+    let ext = p("leaf.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:ocsp.test\nauthorityInfoAccess=OCSP;URI:http://10.99.0.1:8888\n",
+    )
+    .unwrap();
+    run_in(
+        None,
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &leaf,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+    );
+    let chain = p("chain.pem");
+    std::fs::write(
+        &chain,
+        std::fs::read_to_string(&leaf).unwrap() + &std::fs::read_to_string(&ca).unwrap(),
+    )
+    .unwrap();
+    let serial = run_in(
+        None,
+        "openssl",
+        &["x509", "-in", &leaf, "-noout", "-serial"],
+    );
+    let serial = serial.trim().trim_start_matches("serial=").to_string();
+    let index = p("index.txt");
+    std::fs::write(
+        &index,
+        format!("V\t301231000000Z\t\t{serial}\tunknown\t/CN=ocsp.test\n"),
+    )
+    .unwrap();
+    // nextUpdate a minute after thisUpdate: tandem fetches again after 30 s.
+    let mut responder = lab.spawn(
+        "h",
+        "openssl",
+        &[
+            "ocsp", "-index", &index, "-port", "8888", "-rsigner", &ca, "-rkey", &ca_key, "-CA",
+            &ca, "-nmin", "1",
+        ],
+    );
+    responder.wait_for("ACCEPT");
+    let config = format!(
+        "[global]\nname = \"o1\"\ncontrol_socket = \"{}\"\n\n[[pool]]\nname = \"app\"\nbackends = [{{ address = \"10.99.0.1:9\" }}]\n\n\
+[[service]]\nname = \"www\"\nlisten = [\"10.99.0.1:443\"]\npool = \"app\"\nmode = \"http\"\ntls = {{ cert = \"{chain}\", key = \"{key}\" }}\n",
+        p("o1.sock")
+    );
+    let mut node = lab.run_tandem("h", &lab.write_config("o1", &config));
+    let fetched = node.wait_for("ocsp: response fetched");
+    println!("{fetched}");
+    let status = || {
+        run_in(
+            Some(&ns),
+            "sh",
+            &[
+                "-c",
+                "openssl s_client -connect 10.99.0.1:443 -servername ocsp.test -status </dev/null 2>/dev/null",
+            ],
+        )
+    };
+    let shown = status();
+    let stapled: Vec<&str> = shown
+        .lines()
+        .skip_while(|l| !l.starts_with("OCSP response"))
+        .take(20)
+        .collect();
+    println!("{}", stapled.join("\n"));
+    assert!(
+        shown.contains("OCSP Response Status: successful"),
+        "{shown}"
+    );
+    assert!(shown.contains("Cert Status: good"), "{shown}");
+    assert!(
+        shown.contains(&format!("Serial Number: {serial}")),
+        "{shown}"
+    );
+    assert!(shown.contains("Next Update:"), "{shown}");
+}
