@@ -109,6 +109,25 @@ impl AcmeState {
         all.into_iter().map(|(_, r)| r).collect()
     }
 
+    /// The withdrawals of every challenge pending here (one the peer published before
+    /// it died, say), to apply before this node orders.
+    pub fn stale_challenges(&self) -> Vec<Record> {
+        lock(&self.current)
+            .values()
+            .filter_map(|r| match r {
+                Record::Http01 { token, .. } => Some(Record::Http01 {
+                    token: token.clone(),
+                    key_authorization: None,
+                }),
+                Record::TlsAlpn01 { name, .. } => Some(Record::TlsAlpn01 {
+                    name: name.clone(),
+                    digest: None,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn remember(&self, record: &Record) {
         let mut current = lock(&self.current);
         match record {
@@ -374,8 +393,13 @@ mod tests {
                 .as_deref(),
             Some("tok.thumb")
         );
+        // Before the peer orders, it withdraws what the first node left pending.
+        assert_eq!(peer.stale_challenges(), [token(None)]);
         state.apply(&token(None)).unwrap();
-        peer.apply(&token(None)).unwrap();
+        for r in peer.stale_challenges() {
+            peer.apply(&r).unwrap();
+        }
+        assert!(peer.stale_challenges().is_empty());
         assert!(state.records().is_empty());
         assert_eq!(store.http_answer("/.well-known/acme-challenge/tok"), None);
     }

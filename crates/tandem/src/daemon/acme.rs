@@ -136,6 +136,11 @@ async fn order_one(
             account
         }
     };
+    // Challenges left pending by an order that did not end here (the peer's, before
+    // it died) are withdrawn on both nodes first.
+    for withdrawn in state.stale_challenges() {
+        record(daemon, state, withdrawn);
+    }
     let apply = |r: Record| record(daemon, state, r);
     let (chain, key) = order::order(&account, acme, &apply).await?;
     let cert = Record::Certificate {
