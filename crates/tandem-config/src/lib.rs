@@ -553,6 +553,8 @@ pub struct Http {
     pub request_headers: HeaderRules,
     /// Rules applied to responses before they go to the client.
     pub response_headers: HeaderRules,
+    /// The Strict-Transport-Security value added to responses over TLS.
+    pub hsts: Option<String>,
 }
 
 impl Default for Http {
@@ -571,6 +573,7 @@ impl Default for Http {
             backend_ca_file: None,
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
+            hsts: None,
         }
     }
 }
@@ -641,7 +644,37 @@ pub enum ProxyProtocol {
 pub struct Tls {
     /// Certificate chain and key files; the first is the default.
     pub certs: Vec<CertPair>,
+    /// Certificates ordered by ACME (`tls.acme`), beside or instead of `certs`.
+    pub acme: Option<Acme>,
 }
+
+/// `tls.acme`: names whose certificates tandem orders from an ACME CA (RFC 8555).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    /// The CA's directory URL (https).
+    pub directory: String,
+    /// Contact URLs of the account (`mailto:...`).
+    pub contact: Vec<String>,
+    /// The names of the certificate (its first is the subject), lower case.
+    pub domains: Vec<String>,
+    /// How the CA validates the names.
+    pub challenge: AcmeChallenge,
+    /// Trust anchors for the directory's HTTPS (default: the system's bundle).
+    pub ca_file: PathBuf,
+}
+
+/// The ACME challenge type tandem answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AcmeChallenge {
+    /// HTTP-01: `/.well-known/acme-challenge/TOKEN` on port 80 (any HTTP service).
+    #[default]
+    Http01,
+    /// TLS-ALPN-01: a handshake with ALPN `acme-tls/1` on port 443 (this service).
+    TlsAlpn01,
+}
+
+/// The CA bundle `tls.acme.ca_file` defaults to (Debian's).
+pub const DEFAULT_ACME_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// A certificate chain file and its private key file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -189,6 +189,7 @@ pub(crate) struct RawHttp {
     pub backend_ca_file: Option<S<String>>,
     pub request_headers: Option<S<RawHeaderRules>>,
     pub response_headers: Option<S<RawHeaderRules>>,
+    pub hsts: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +209,17 @@ pub(crate) struct RawTls {
     pub cert: Option<S<String>>,
     pub key: Option<S<String>>,
     pub certs: Option<Vec<S<RawCertPair>>>,
+    pub acme: Option<S<RawAcme>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAcme {
+    pub directory: S<String>,
+    pub contact: Option<Vec<S<String>>>,
+    pub domains: Vec<S<String>>,
+    pub challenge: Option<S<String>>,
+    pub ca_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

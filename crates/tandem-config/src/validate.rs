@@ -175,6 +175,19 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: raw::RawConfig) -> Config {
         let global = self.global(raw.global);
+        if global.state_dir.is_none()
+            && let Some(a) = raw
+                .service
+                .iter()
+                .find_map(|s| s.get_ref().tls.as_ref()?.get_ref().acme.as_ref())
+        {
+            self.error(
+                a.span(),
+                "service.tls.acme",
+                "needs global.state_dir (the account and certificates are kept there)".into(),
+                "set global.state_dir = \"/var/lib/tandem\"",
+            );
+        }
         let mut pools: Vec<Pool> = raw.pool.iter().map(|p| self.pool(p)).collect();
         self.pool_names(&raw.pool);
         let services: Vec<Service> = raw.service.iter().map(|s| self.service(s)).collect();
@@ -937,6 +950,32 @@ impl Validator<'_> {
                 "the kernel forwards redirect services' packets untouched: remove tls, or use mode = \"tcp\"",
             );
         }
+        if let Some(a) = s
+            .tls
+            .as_ref()
+            .and_then(|t| t.get_ref().acme.as_ref())
+            .filter(|_| mode != Mode::Http)
+        {
+            self.error(
+                a.span(),
+                "service.tls.acme",
+                "ACME certificates are served by http services".into(),
+                "use mode = \"http\" for this service, or give cert and key files",
+            );
+        }
+        if let Some(h) = s
+            .http
+            .as_ref()
+            .and_then(|h| h.get_ref().hsts.as_ref())
+            .filter(|_| s.tls.is_none())
+        {
+            self.error(
+                h.span(),
+                "service.http.hsts",
+                "is sent over TLS only, and this service has no tls".into(),
+                "move hsts to the service that terminates TLS (port 443)",
+            );
+        }
         let (accept_proxy, accept_proxy_from) = self.accept_proxy(s, mode);
         let routes = self.routes(s, mode);
         Service {
@@ -963,8 +1002,18 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|p| *p.get_ref())
                 .unwrap_or_default(),
+            http: {
+                let mut http = self.http(s.http.as_ref(), mode);
+                // HSTS is a response field of TLS services (validation refuses it
+                // elsewhere): one more `set` rule, replacing a backend's own.
+                if let (Some(v), Some(_)) = (&http.hsts, &tls) {
+                    http.response_headers
+                        .set
+                        .push(("strict-transport-security".into(), v.clone()));
+                }
+                http
+            },
             tls,
-            http: self.http(s.http.as_ref(), mode),
             return_path: s
                 .return_path
                 .as_ref()
@@ -1464,6 +1513,128 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|r| self.header_rules(r, "service.http.response_headers"))
                 .unwrap_or_default(),
+            hsts: h.hsts.as_ref().and_then(|v| self.hsts(v)),
+        }
+    }
+
+    /// `service.http.hsts`: a Strict-Transport-Security value (`max-age=SECONDS`
+    /// and its directives), or a duration that becomes its max-age.
+    fn hsts(&mut self, v: &S<String>) -> Option<String> {
+        let text = v.get_ref().trim();
+        if let Ok(d) = parse_duration(text) {
+            return Some(format!("max-age={}", d.as_secs()));
+        }
+        let mut parts = text.split(';').map(str::trim);
+        let max_age_ok = parts
+            .next()
+            .and_then(|p| p.strip_prefix("max-age="))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let rest_ok = parts.all(|p| {
+            p.eq_ignore_ascii_case("includeSubDomains") || p.eq_ignore_ascii_case("preload")
+        });
+        if max_age_ok && rest_ok {
+            Some(text.to_string())
+        } else {
+            self.error(
+                v.span(),
+                "service.http.hsts",
+                format!("{text:?} is not a Strict-Transport-Security value"),
+                "write \"max-age=31536000; includeSubDomains\" (directives: includeSubDomains, preload), or a duration such as \"365d\"",
+            );
+            None
+        }
+    }
+
+    fn acme(&mut self, a: &S<raw::RawAcme>) -> Acme {
+        let whole = a.span();
+        let a = a.get_ref();
+        let directory = a.directory.get_ref().clone();
+        if !directory.starts_with("https://") {
+            self.error(
+                a.directory.span(),
+                "service.tls.acme.directory",
+                format!("{directory:?} is not an https URL"),
+                "the CA's directory URL, e.g. \"https://acme-v02.api.letsencrypt.org/directory\"",
+            );
+        }
+        let contact = a
+            .contact
+            .iter()
+            .flatten()
+            .map(|c| {
+                if !c.get_ref().starts_with("mailto:") || c.get_ref().len() <= "mailto:".len() {
+                    self.error(
+                        c.span(),
+                        "service.tls.acme.contact",
+                        format!("{:?} is not a mailto: URL", c.get_ref()),
+                        "write contact = [\"mailto:ops@example.org\"]",
+                    );
+                }
+                c.get_ref().clone()
+            })
+            .collect();
+        let mut domains: Vec<String> = Vec::new();
+        for d in &a.domains {
+            let name = d.get_ref().trim_end_matches('.').to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').count() >= 2
+                && name.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !valid {
+                self.error(
+                    d.span(),
+                    "service.tls.acme.domains",
+                    format!("{:?} is not a DNS name tandem can order", d.get_ref()),
+                    "give full names such as \"www.example.org\" (no wildcards: they need DNS-01)",
+                );
+            } else if domains.contains(&name) {
+                self.error(
+                    d.span(),
+                    "service.tls.acme.domains",
+                    format!("{name:?} is listed twice"),
+                    "list each name once",
+                );
+            } else {
+                domains.push(name);
+            }
+        }
+        if a.domains.is_empty() {
+            self.error(
+                whole,
+                "service.tls.acme.domains",
+                "is empty".into(),
+                "domains = [\"www.example.org\"]",
+            );
+        }
+        let challenge = match a.challenge.as_ref().map(|c| (c, c.get_ref().as_str())) {
+            None | Some((_, "http-01")) => AcmeChallenge::Http01,
+            Some((_, "tls-alpn-01")) => AcmeChallenge::TlsAlpn01,
+            Some((c, other)) => {
+                self.error(
+                    c.span(),
+                    "service.tls.acme.challenge",
+                    format!("{other:?} is not a challenge tandem answers"),
+                    "use \"http-01\" (port 80) or \"tls-alpn-01\" (port 443)",
+                );
+                AcmeChallenge::Http01
+            }
+        };
+        let ca_file = match &a.ca_file {
+            Some(f) => self.readable_file(f, "service.tls.acme.ca_file"),
+            None => PathBuf::from(DEFAULT_ACME_CA_FILE),
+        };
+        Acme {
+            directory,
+            contact,
+            domains,
+            challenge,
+            ca_file,
         }
     }
 
@@ -1567,10 +1738,11 @@ impl Validator<'_> {
                 key: self.readable_file(&pair.key, "service.tls.certs.key"),
             });
         }
-        if certs.is_empty() {
-            self.error(whole, "service.tls", "names no certificate".into(), "tls = { cert = \"cert.pem\", key = \"key.pem\" }, or certs = [{ cert, key }, ...] for several names");
+        let acme = t.acme.as_ref().map(|a| self.acme(a));
+        if certs.is_empty() && acme.is_none() {
+            self.error(whole, "service.tls", "names no certificate".into(), "tls = { cert = \"cert.pem\", key = \"key.pem\" }, or certs = [{ cert, key }, ...] for several names, or acme = { directory, contact, domains }");
         }
-        Tls { certs }
+        Tls { certs, acme }
     }
 
     fn service_cross_checks(

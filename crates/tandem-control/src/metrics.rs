@@ -29,6 +29,12 @@ struct ServiceReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    service: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     pool: String,
     backend: String,
@@ -258,6 +264,24 @@ pub fn encode(snapshot: &Snapshot) -> String {
         accept_errors.get_or_create(&l).inc_by(s.accept_errors);
         client_limited.get_or_create(&l).inc_by(s.client_limited);
         node_limited.get_or_create(&l).inc_by(s.node_limited);
+    }
+
+    let cert_expiry = Gauges::<CertificateLabels>::default();
+    registry.register_with_unit(
+        "certificate_expiry",
+        "Time until the certificate a TLS service serves for the name expires (negative once expired)",
+        Unit::Seconds,
+        cert_expiry.clone(),
+    );
+    for s in &snapshot.services {
+        for c in &s.certificates {
+            cert_expiry
+                .get_or_create(&CertificateLabels {
+                    service: s.name.clone(),
+                    name: c.name.clone(),
+                })
+                .set(c.seconds_left);
+        }
     }
 
     let b_active = gauge::<BackendLabels>(

@@ -437,6 +437,22 @@ pub struct ServiceSnapshot {
     /// In HTTP mode: response times of the requests its backends answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_times: Option<ResponseTimesSnapshot>,
+    /// Certificates it serves (TLS services), one per name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateSnapshot>,
+}
+
+/// A name a TLS service serves and its certificate's expiry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateSnapshot {
+    /// The name (a DNS name of the certificate).
+    pub name: String,
+    /// Where the certificate comes from: `file` or `acme`.
+    pub source: String,
+    /// Its notAfter (Unix seconds).
+    pub not_after: i64,
+    /// Seconds from the snapshot to notAfter (negative once expired).
+    pub seconds_left: i64,
 }
 
 /// Response times counted into buckets (a histogram): the time from a request's head

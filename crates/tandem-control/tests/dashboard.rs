@@ -46,6 +46,12 @@ fn full_snapshot() -> Snapshot {
             pool: "web".into(),
             proxy_refused: [("no_header".to_string(), 1)].into(),
             response_times: Some(response_times()),
+            certificates: vec![tandem_control::CertificateSnapshot {
+                name: "www.example.org".into(),
+                source: "acme".into(),
+                not_after: 1_800_000_000,
+                seconds_left: 86_400,
+            }],
             ..Default::default()
         }],
         pools: vec![PoolSnapshot {

@@ -10,7 +10,11 @@
 //! [`tls::TlsError`] that names the file at fault. This crate accepts, relays and
 //! checks nothing: that is `tandem-proxy`'s work (which binds listeners and terminates
 //! TLS) and `tandem-health`'s (whose TLS checks use the client side), and neither needs
-//! the other for what is here.
+//! the other for what is here. [`acme`] holds what ACME issued and the challenges
+//! pending, which the acceptors and HTTP services answer; [`ocsp`] the OCSP responses
+//! stapled.
 
+pub mod acme;
 pub mod listener;
+pub mod ocsp;
 pub mod tls;

@@ -77,7 +77,7 @@ pub enum TlsError {
 }
 
 /// The one crypto provider of every TLS configuration of tandem.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -87,13 +87,50 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, pem::E
 }
 
 /// Picks the certificate whose names cover the client's SNI; the first one otherwise.
+/// Names of `tls.acme` take ACME's certificate once it is issued (a file's until
+/// then); a TLS-ALPN-01 validation (ALPN `acme-tls/1`) gets the challenge
+/// certificate of its name.
 #[derive(Debug)]
 struct SniResolver {
     keys: Vec<Arc<CertifiedKey>>,
+    /// The names of `tls.acme`, lower case.
+    acme: Vec<String>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validation = !self.acme.is_empty()
+            && hello
+                .alpn()
+                .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN));
+        if validation {
+            let sni = hello
+                .server_name()
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+            return sni.and_then(|n| crate::acme::store().challenge_certificate(&n));
+        }
+        // With its OCSP response when one is held and current.
+        self.choose(&hello).map(crate::ocsp::staple)
+    }
+}
+
+impl SniResolver {
+    fn choose(&self, hello: &ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if !self.acme.is_empty() {
+            let sni = hello
+                .server_name()
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+            let store = crate::acme::store();
+            if let Some(key) = sni
+                .filter(|n| self.acme.contains(n))
+                .and_then(|n| store.issued(&n))
+            {
+                return Some(key);
+            }
+            if self.keys.is_empty() {
+                return store.issued(&self.acme[0]);
+            }
+        }
         let wanted = hello
             .server_name()
             .and_then(|n| ServerName::try_from(n.to_string()).ok());
@@ -149,9 +186,77 @@ fn certified_key(
     Ok(certified)
 }
 
+/// A name a TLS configuration serves, and its certificate's end of validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedName {
+    /// The DNS name (lower case).
+    pub name: String,
+    /// `"acme"` for a certificate ACME issued, `"file"` for one of `tls.certs`.
+    pub source: &'static str,
+    /// notAfter (Unix seconds).
+    pub not_after: i64,
+}
+
+/// The names `tls` serves now, with their certificates' expiry, as the resolver
+/// chooses: ACME's certificate for its names once issued, the files' for the rest.
+/// Files are read again (a file that cannot be read is left out).
+pub fn served_names(tls: &Tls) -> Vec<ServedName> {
+    let mut out: Vec<ServedName> = Vec::new();
+    let store = crate::acme::store();
+    for name in tls.acme.iter().flat_map(|a| &a.domains) {
+        if let Some(v) = store
+            .issued(name)
+            .and_then(|k| crate::acme::validity(k.cert.first()?.as_ref()))
+        {
+            out.push(ServedName {
+                name: name.clone(),
+                source: "acme",
+                not_after: v.not_after,
+            });
+        }
+    }
+    for pair in &tls.certs {
+        let Some(v) = read_certificates(&pair.cert)
+            .ok()
+            .and_then(|c| crate::acme::validity(c.first()?.as_ref()))
+        else {
+            continue;
+        };
+        for name in v.names {
+            if !out.iter().any(|s| s.name == name) {
+                out.push(ServedName {
+                    name,
+                    source: "file",
+                    not_after: v.not_after,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The chain and key of every certificate `tls` serves (files, and ACME's issued
+/// ones), for OCSP stapling; a file that cannot be read is left out.
+pub fn served_chains(tls: &Tls) -> Vec<Vec<CertificateDer<'static>>> {
+    let mut out: Vec<Vec<CertificateDer<'static>>> = tls
+        .certs
+        .iter()
+        .filter_map(|pair| read_certificates(&pair.cert).ok())
+        .collect();
+    for name in tls.acme.iter().flat_map(|a| &a.domains) {
+        if let Some(key) = crate::acme::store().issued(name)
+            && !out.contains(&key.cert)
+        {
+            out.push(key.cert.clone());
+        }
+    }
+    out
+}
+
 /// An acceptor for `tls`: TLS 1.2 and 1.3, offering the ALPN protocols `alpn` (none
-/// for a TCP service: a client's ALPN list is then ignored). Reads the files now, so a
-/// reload picks up renewed certificates.
+/// for a TCP service: a client's ALPN list is then ignored; `acme-tls/1` added with
+/// `tls.acme`). Reads the files now, so a reload picks up renewed certificates; ACME's
+/// are read from [`crate::acme::store`] at each handshake.
 pub fn acceptor(tls: &Tls, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
     let provider = provider();
     let keys = tls
@@ -162,8 +267,21 @@ pub fn acceptor(tls: &Tls, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { keys }));
+        .with_cert_resolver(Arc::new(SniResolver {
+            keys,
+            acme: tls
+                .acme
+                .as_ref()
+                .map(|a| a.domains.clone())
+                .unwrap_or_default(),
+        }));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    if tls.acme.is_some() {
+        // Offered last: only a validator asks for it, and only it.
+        config
+            .alpn_protocols
+            .push(crate::acme::ACME_TLS_ALPN.to_vec());
+    }
     // The server's cipher suite order wins (rustls follows the client's by default):
     // AES-256-GCM, AES-128-GCM, then ChaCha20-Poly1305, forward secret only.
     config.ignore_client_order = true;
@@ -299,7 +417,13 @@ mod tests {
 
     /// Why an acceptor for the one certificate `pair` cannot be built.
     fn refused(pair: CertPair) -> TlsError {
-        match acceptor(&Tls { certs: vec![pair] }, &[]) {
+        match acceptor(
+            &Tls {
+                certs: vec![pair],
+                acme: None,
+            },
+            &[],
+        ) {
             Ok(_) => panic!("the certificate is accepted"),
             Err(e) => e,
         }
@@ -316,6 +440,7 @@ mod tests {
         let b = self_signed(dir.path(), "b.test");
         let tls = Tls {
             certs: vec![a.clone(), b.clone()],
+            acme: None,
         };
         let server = acceptor(&tls, &[]).unwrap();
         let any = || client_config(false, None).unwrap();
@@ -332,6 +457,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tls = Tls {
             certs: vec![self_signed(dir.path(), "a.test")],
+            acme: None,
         };
         let mut client = client_config(false, None).unwrap();
         client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -350,6 +476,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tls = Tls {
             certs: vec![self_signed(dir.path(), "a.test")],
+            acme: None,
         };
         let chacha_first = CryptoProvider {
             cipher_suites: vec![
@@ -381,6 +508,7 @@ mod tests {
             acceptor(
                 &Tls {
                     certs: vec![a.clone()],
+                    acme: None,
                 },
                 &[],
             )
@@ -397,6 +525,124 @@ mod tests {
         );
         let any = client_config(false, None).unwrap();
         handshake(server(), any, "a.test").await.unwrap();
+    }
+
+    #[test]
+    fn served_names_come_from_acme_first_then_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = self_signed(dir.path(), "served-a.test");
+        let tls = Tls {
+            certs: vec![a],
+            acme: Some(tandem_config::Acme {
+                directory: "https://ca.test/dir".into(),
+                contact: vec![],
+                domains: vec!["served-a.test".into(), "served-b.test".into()],
+                challenge: Default::default(),
+                ca_file: "/nonexistent".into(),
+            }),
+        };
+        let names = served_names(&tls);
+        assert_eq!(names.len(), 1);
+        assert_eq!(
+            (names[0].name.as_str(), names[0].source),
+            ("served-a.test", "file")
+        );
+        let issued = rcgen::generate_simple_self_signed(vec!["served-a.test".into()]).unwrap();
+        let key =
+            crate::acme::certified_key(&issued.cert.pem(), &issued.signing_key.serialize_pem())
+                .unwrap();
+        crate::acme::store().set_issued(&["served-a.test".into()], Arc::new(key));
+        let names = served_names(&tls);
+        assert_eq!(names.len(), 1);
+        assert_eq!(names[0].source, "acme");
+        assert!(names[0].not_after > 0);
+    }
+
+    /// Accepts any certificate and keeps the OCSP response the server stapled.
+    #[derive(Debug)]
+    struct SeesStaple(std::sync::Mutex<Option<Vec<u8>>>, WebPkiSupportedAlgorithms);
+
+    impl ServerCertVerifier for SeesStaple {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            *self.0.lock().unwrap() = (!ocsp_response.is_empty()).then(|| ocsp_response.to_vec());
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(message, cert, dss, &self.1)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(message, cert, dss, &self.1)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.1.supported_schemes()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_current_ocsp_response_is_stapled_and_a_stale_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = self_signed(dir.path(), "staple.test");
+        let tls = Tls {
+            certs: vec![pair.clone()],
+            acme: None,
+        };
+        let seen = || async {
+            let verifier = Arc::new(SeesStaple(
+                Default::default(),
+                provider().signature_verification_algorithms,
+            ));
+            let client = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone())
+                .with_no_client_auth();
+            handshake(acceptor(&tls, &[]).unwrap(), client, "staple.test")
+                .await
+                .unwrap();
+            verifier.0.lock().unwrap().take()
+        };
+        assert_eq!(seen().await, None, "nothing held: nothing stapled");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let leaf = der(&pair);
+        crate::ocsp::set_staple(
+            leaf.as_ref(),
+            crate::ocsp::Staple {
+                response: b"current".to_vec(),
+                this_update: now - 10,
+                next_update: Some(now + 60),
+            },
+        );
+        assert_eq!(seen().await.as_deref(), Some(&b"current"[..]));
+        crate::ocsp::set_staple(
+            leaf.as_ref(),
+            crate::ocsp::Staple {
+                response: b"stale".to_vec(),
+                this_update: now - 120,
+                next_update: Some(now - 1),
+            },
+        );
+        assert_eq!(seen().await, None, "past its nextUpdate: not stapled");
     }
 
     #[test]

@@ -140,7 +140,12 @@ pub(crate) async fn serve(
                     return service.tls_failed(&config.name, peer, &why);
                 }
             };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let alpn = tls.get_ref().1.alpn_protocol();
+            if alpn == Some(tandem_net::acme::ACME_TLS_ALPN) {
+                // A TLS-ALPN-01 validation: the handshake was the answer.
+                return;
+            }
+            let h2 = alpn == Some(b"h2");
             serve_stream(conn, &config, tls, state.fast && !h2).await;
         }
         None => serve_stream(conn, &config, stream, state.fast).await,

@@ -75,6 +75,9 @@ pub enum Message {
     },
     /// Nothing to say; the link is alive.
     Heartbeat,
+    /// An ACME record (the account, a challenge, a certificate), encoded by the
+    /// daemon: a bulk transfer carries the current ones, a change the new one.
+    Acme(Vec<u8>),
 }
 
 /// Why a frame was refused.

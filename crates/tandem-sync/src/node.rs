@@ -52,6 +52,13 @@ pub trait Store: Send + Sync + 'static {
     fn delete(&self, keys: &[(String, IpAddr)]);
     /// An operator's enable/disable from a peer.
     fn set_backend(&self, pool: &str, address: SocketAddr, enabled: bool);
+    /// The ACME records a bulk transfer carries (account, pending challenges,
+    /// certificates); none by default.
+    fn acme_records(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+    /// An ACME record from a peer; ignored by default.
+    fn apply_acme(&self, _record: &[u8]) {}
 }
 
 /// A local change to send to the peers.
@@ -70,6 +77,8 @@ pub enum Change {
         /// New flag.
         enabled: bool,
     },
+    /// An ACME record (see [`Message::Acme`]).
+    Acme(Vec<u8>),
 }
 
 /// What is known of one peer.
@@ -276,6 +285,7 @@ async fn batcher(
                 address,
                 enabled,
             }),
+            Change::Acme(record) => messages.push(Message::Acme(record)),
         };
         take(first, &mut entries);
         let deadline = tokio::time::Instant::now() + BATCH_DELAY;
@@ -472,6 +482,9 @@ async fn connection(
                             let m = Message::Entries { bulk: true, entries: chunk.to_vec() };
                             send_frame(&mut framed, session.seal(&m, now())).await.map_err(|e| e.to_string())?;
                         }
+                        for record in shared.store.acme_records() {
+                            send_frame(&mut framed, session.seal(&Message::Acme(record), now())).await.map_err(|e| e.to_string())?;
+                        }
                         send_frame(&mut framed, session.seal(&Message::BulkEnd, now())).await.map_err(|e| e.to_string())?;
                         shared.peer(address, |p| p.sent += count as u64);
                         info!(target: "tandem::sync", peer = address, entries = count, "bulk transfer sent");
@@ -484,6 +497,7 @@ async fn connection(
                     Message::Deletes(keys) => shared.store.delete(&keys),
                     Message::Backend { pool, address: backend, enabled } => shared.store.set_backend(&pool, backend, enabled),
                     Message::Heartbeat => {}
+                    Message::Acme(record) => shared.store.apply_acme(&record),
                     Message::Hello { .. } => return Err("a second hello".into()),
                 }
             }

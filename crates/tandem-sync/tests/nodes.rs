@@ -12,6 +12,7 @@ use tandem_sync::{Change, Store, SyncNode, SyncSettings, WireEntry};
 struct Memory {
     entries: Mutex<HashMap<(String, IpAddr), WireEntry>>,
     backends: Mutex<Vec<(String, SocketAddr, bool)>>,
+    acme: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Store for Memory {
@@ -35,6 +36,12 @@ impl Store for Memory {
             .lock()
             .unwrap()
             .push((pool.to_string(), address, enabled));
+    }
+    fn acme_records(&self) -> Vec<Vec<u8>> {
+        self.acme.lock().unwrap().clone()
+    }
+    fn apply_acme(&self, record: &[u8]) {
+        self.acme.lock().unwrap().push(record.to_vec());
     }
 }
 
@@ -284,5 +291,39 @@ async fn a_mesh_of_three_shares_every_pin_and_a_restarted_node_gets_the_bulk() {
     assert_eq!(
         *fresh.entries.lock().unwrap(),
         *stores[0].entries.lock().unwrap()
+    );
+}
+
+/// ACME records: those in force go in the bulk transfer, a new one as a change; a
+/// peer without the key gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_records_travel_in_the_bulk_and_as_changes() {
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a_store = Arc::new(Memory::default());
+    a_store.apply_acme(b"account");
+    a_store.apply_acme(b"certificate");
+    let b_store = Arc::new(Memory::default());
+    let a = SyncNode::start(settings("a", a_addr, b_addr, KEY), a_store.clone())
+        .await
+        .unwrap();
+    let _b = SyncNode::start(settings("b", b_addr, a_addr, KEY), b_store.clone())
+        .await
+        .unwrap();
+    until("bulk with the ACME records", Duration::from_secs(5), || {
+        b_store.acme.lock().unwrap().len() == 2
+    })
+    .await;
+    a.publish(Change::Acme(b"challenge".to_vec()));
+    until("the change", Duration::from_secs(5), || {
+        b_store.acme.lock().unwrap().len() == 3
+    })
+    .await;
+    assert_eq!(
+        *b_store.acme.lock().unwrap(),
+        [
+            b"account".to_vec(),
+            b"certificate".to_vec(),
+            b"challenge".to_vec()
+        ]
     );
 }

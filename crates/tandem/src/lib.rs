@@ -10,6 +10,7 @@
 //! the binary is replaced in place. The command line (`main.rs`) and the integration tests both drive
 //! it; the crates below it never depend on it.
 
+pub mod acme;
 pub mod cli;
 pub mod daemon;
 pub mod demo;

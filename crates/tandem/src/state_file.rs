@@ -163,14 +163,28 @@ pub fn path(dir: &Path) -> PathBuf {
 /// Writes `saved` to `dir` atomically: whoever reads the file sees the old one or
 /// the new one, whole, also after a power cut.
 pub fn save(dir: &Path, saved: &Saved) -> Result<(), StateError> {
+    write_atomic(dir, FILE_NAME, &encode(saved), 0o644)?;
+    Ok(())
+}
+
+/// Writes `bytes` as `dir/name` atomically (a temporary file with permissions `mode`,
+/// fsync, rename, fsync of the folder): a reader sees the old file or the new one,
+/// whole, also after a power cut. `dir` is made when missing.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let tmp = dir.join(format!("{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
     {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&encode(saved))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path(dir))?;
+    std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }

@@ -119,6 +119,8 @@ pub struct Built {
     pub(super) gate: Option<Gate>,
     /// The announcement interface, when `[announce]` is configured.
     pub(super) announce: Option<Arc<Announcing>>,
+    /// ACME's state (with `global.state_dir`).
+    pub(super) acme: Option<Arc<crate::acme::AcmeState>>,
 }
 
 impl Daemon {
@@ -147,6 +149,19 @@ impl Daemon {
         if let Some(dir) = &config.global.state_dir {
             sticky::restore(dir, &pools.load());
         }
+        // ACME's certificates from disk, before the first client too.
+        let acme = config.global.state_dir.as_deref().map(|dir| {
+            let state = Arc::new(crate::acme::AcmeState::new(dir));
+            let configs: Vec<&tandem_config::Acme> = config
+                .services
+                .iter()
+                .filter_map(|s| s.tls.as_ref()?.acme.as_ref())
+                .collect();
+            for problem in state.load(&configs) {
+                tracing::warn!("acme: {problem}");
+            }
+            state
+        });
         inherited.restore_sticky(&pools.load());
         let mut listeners = take_inherited(&config, &mut inherited)?;
         let taken: HashSet<ListenKey> = listeners.iter().map(|(k, _, _)| k.clone()).collect();
@@ -200,7 +215,7 @@ impl Daemon {
             takeovers,
             vrrp,
             gate,
-        } = match build_parts(&config, &pools, inherited.vrrp()).await {
+        } = match build_parts(&config, &pools, inherited.vrrp(), acme.clone()).await {
             Ok(parts) => parts,
             Err(e) => return Err(unbind(e)),
         };
@@ -220,6 +235,7 @@ impl Daemon {
             vrrp,
             gate,
             announce,
+            acme,
         })
     }
 }
@@ -239,6 +255,7 @@ async fn build_parts(
     config: &Config,
     pools: &Arc<ArcSwap<PoolSet>>,
     resume: Option<State>,
+    acme: Option<Arc<crate::acme::AcmeState>>,
 ) -> Result<Parts, BuildError> {
     let sync = match &config.sync {
         Some(sync) => {
@@ -253,7 +270,7 @@ async fn build_parts(
                 secret: sync_store::trim_ascii(&secret).to_vec(),
                 pools_digest: sync_store::pools_digest(config),
             };
-            let store = Arc::new(PoolStore(pools.clone()));
+            let store = Arc::new(PoolStore(pools.clone(), acme));
             let node = SyncNode::start(settings, store)
                 .await
                 .map_err(BuildError::Sync)?;

@@ -11,11 +11,13 @@
 //! the pools and the readiness gate; [`sticky`] saves, restores and sweeps the tables;
 //! [`announce`] holds the service addresses BIRD announces while the node can serve.
 
+mod acme;
 mod announce;
 mod build;
 mod control;
 mod ha;
 mod live;
+mod ocsp;
 mod reload;
 mod runtime;
 mod start;

@@ -20,7 +20,8 @@ use super::build::{Built, node_max_conns};
 use super::reload::ListenKey;
 use super::tasks::{Tasks, Until};
 use super::{
-    Daemon, Inner, RunningListener, RunningService, Shared, ha, live, runtime, sticky, upgrade,
+    Daemon, Inner, RunningListener, RunningService, Shared, acme, ha, live, ocsp, runtime, sticky,
+    upgrade,
 };
 use crate::readiness::Gate;
 use crate::upgrade::Socket;
@@ -45,6 +46,7 @@ impl Built {
             vrrp,
             gate,
             announce,
+            acme: acme_state,
         } = self;
         let tasks = Tasks::default();
         let life = Lifecycle {
@@ -136,6 +138,18 @@ impl Built {
                 "status history",
                 Until::Shutdown,
                 live::follow(daemon.clone(), stop.clone()),
+            );
+        }
+        tasks.spawn(
+            "ocsp",
+            Until::Shutdown,
+            ocsp::run(daemon.clone(), stop.clone()),
+        );
+        if let Some(state) = acme_state {
+            tasks.spawn(
+                "acme",
+                Until::Shutdown,
+                acme::run(daemon.clone(), state, stop.clone()),
             );
         }
         if let Some((path, l)) = control {

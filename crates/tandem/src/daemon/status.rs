@@ -56,6 +56,7 @@ impl Daemon {
                     },
                     response_times: (c.mode == Mode::Http)
                         .then(|| response_times(&st.response_times)),
+                    certificates: c.tls.as_ref().map(certificates).unwrap_or_default(),
                 }
             })
             .chain(
@@ -287,4 +288,20 @@ fn redirect_summary(plane: &RedirectPlane) -> tandem_control::RedirectSnapshot {
                 role: c.role,
             }),
     }
+}
+
+/// The names a TLS service serves and how long their certificates have left.
+fn certificates(tls: &tandem_config::Tls) -> Vec<tandem_control::CertificateSnapshot> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    tandem_net::tls::served_names(tls)
+        .into_iter()
+        .map(|s| tandem_control::CertificateSnapshot {
+            name: s.name,
+            source: s.source.to_string(),
+            not_after: s.not_after,
+            seconds_left: s.not_after - now,
+        })
+        .collect()
 }

@@ -8,10 +8,14 @@ use arc_swap::ArcSwap;
 use tandem_balance::{PoolSet, StickyChange, now_ms};
 use tandem_config::Config;
 use tandem_sync::{Change, Store, SyncNode, WireEntry};
-use tracing::info;
+use tracing::{info, warn};
 
-/// The sticky tables of the current pools, as sync sees them.
-pub(super) struct PoolStore(pub(super) Arc<ArcSwap<PoolSet>>);
+/// The sticky tables of the current pools, as sync sees them (and the ACME state,
+/// when `tls.acme` is configured).
+pub(super) struct PoolStore(
+    pub(super) Arc<ArcSwap<PoolSet>>,
+    pub(super) Option<Arc<crate::acme::AcmeState>>,
+);
 
 impl Store for PoolStore {
     fn entries(&self) -> Vec<WireEntry> {
@@ -66,6 +70,29 @@ impl Store for PoolStore {
         {
             b.state.set_enabled(enabled);
             info!(pool, backend = %address, "backend {} by a peer's operator", if enabled { "enabled" } else { "disabled" });
+        }
+    }
+
+    fn acme_records(&self) -> Vec<Vec<u8>> {
+        self.1
+            .as_ref()
+            .map(|state| state.records().iter().map(crate::acme::encode).collect())
+            .unwrap_or_default()
+    }
+
+    fn apply_acme(&self, record: &[u8]) {
+        let Some(state) = &self.1 else {
+            return;
+        };
+        match crate::acme::decode(record).and_then(|r| {
+            state.apply(&r)?;
+            Ok(r)
+        }) {
+            Ok(crate::acme::Record::Certificate { names, .. }) => {
+                info!(names = ?names, "acme: certificate from the peer installed");
+            }
+            Ok(_) => {}
+            Err(e) => warn!("acme: a record from the peer: {e:#}"),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod acme;
 mod announce;
 mod cli;
 mod conformance;

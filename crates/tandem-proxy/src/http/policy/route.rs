@@ -52,6 +52,19 @@ where
     H: Fn() -> I,
     I: Iterator<Item = (&'h str, &'h [u8])>,
 {
+    // ACME's HTTP-01 validation, before any route: tandem answers its own tokens.
+    if req.target.starts_with(tandem_net::acme::HTTP01_PREFIX)
+        && let Some(key_authorization) = tandem_net::acme::store().http_answer(req.target)
+    {
+        return (
+            None,
+            Decision::Answer(Answer {
+                status: 200,
+                fields: own_fields(Some("application/octet-stream")),
+                body: key_authorization,
+            }),
+        );
+    }
     if routes.is_empty() {
         return (None, Decision::Pool(default_pool));
     }
@@ -252,6 +265,30 @@ mod tests {
                 )
             }
         }
+    }
+
+    #[test]
+    fn a_pending_acme_token_is_answered_before_any_route() {
+        let routes = vec![Route {
+            path_prefix: Some("/".into()),
+            ..route(pool("www"))
+        }];
+        let path = "/.well-known/acme-challenge/route-test-token";
+        assert_eq!(go(&routes, "GET", "a.test", path, &[]), "www");
+        tandem_net::acme::store().add_http_token("route-test-token", "route-test-token.thumb");
+        assert_eq!(
+            go(&routes, "GET", "a.test", path, &[]),
+            "200 route-test-token.thumb"
+        );
+        assert_eq!(
+            go(&[], "GET", "a.test", path, &[]),
+            "200 route-test-token.thumb"
+        );
+        // Another token, or the prefix alone, goes on to the routes.
+        let other = "/.well-known/acme-challenge/other";
+        assert_eq!(go(&routes, "GET", "a.test", other, &[]), "www");
+        tandem_net::acme::store().remove_http_token("route-test-token");
+        assert_eq!(go(&routes, "GET", "a.test", path, &[]), "www");
     }
 
     #[test]
