@@ -34,8 +34,9 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// Front-end services, in file order.
     pub services: Vec<Service>,
-    /// VRRPv3 high availability, when configured.
-    pub ha: Option<Ha>,
+    /// VRRPv3 instances: none without `[ha]`, one for `[ha]` with its own keys, one
+    /// per `[[ha.instance]]` otherwise, in file order.
+    pub ha: Vec<Ha>,
     /// State synchronisation between nodes, when configured.
     pub sync: Option<Sync>,
     /// What is allowed but probably not meant, each located like an error.
@@ -59,6 +60,11 @@ impl Config {
     /// Validates `text`; `origin` names it in errors, relative paths resolve against `base_dir`.
     pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
         validate::parse(text, origin, base_dir)
+    }
+
+    /// The VRRP instance whose virtual addresses include `ip`.
+    pub fn ha_instance_of(&self, ip: IpAddr) -> Option<&Ha> {
+        self.ha.iter().find(|h| h.holds(ip))
     }
 
     /// The pool called `name`.
@@ -625,7 +631,7 @@ pub struct CertPair {
     pub key: PathBuf,
 }
 
-/// VRRPv3 settings (`[ha]`).
+/// One VRRPv3 instance (`[ha]` or a `[[ha.instance]]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ha {
     /// Interface VRRP runs on.
@@ -653,6 +659,24 @@ pub struct Ha {
     /// Addresses on other interfaces that move with `virtual_ips` (one election): the
     /// backends' gateway on the private network for redirect services.
     pub group: Vec<HaGroup>,
+    /// While master, announce the virtual addresses again at this interval
+    /// (gratuitous ARP); none: only on takeover and after a healed split brain.
+    pub garp_refresh: Option<Duration>,
+}
+
+impl Ha {
+    /// How operators, logs and metrics name the instance: `eth0 vrid 51`.
+    pub fn label(&self) -> String {
+        format!("{} vrid {}", self.interface, self.vrid)
+    }
+
+    /// Whether `ip` is one of the instance's virtual addresses (groups included).
+    pub fn holds(&self, ip: IpAddr) -> bool {
+        self.virtual_ips
+            .iter()
+            .chain(self.group.iter().flat_map(|g| &g.virtual_ips))
+            .any(|(a, _)| *a == ip)
+    }
 }
 
 /// Virtual addresses on another interface that follow the master (`[[ha.group]]`).

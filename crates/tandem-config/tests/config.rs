@@ -172,7 +172,7 @@ key_file = "sync.key"
         www.tls.as_ref().unwrap().certs[1].cert,
         dir.path().join("a.pem")
     );
-    let ha = c.ha.as_ref().unwrap();
+    let ha = c.ha.first().unwrap();
     assert_eq!(ha.vrid, 51);
     assert_eq!(ha.advert_interval, Duration::from_millis(100));
     assert_eq!(ha.virtual_ips[1], ("2001:db8::10".parse().unwrap(), 128));
@@ -585,7 +585,7 @@ fn redirect_service_with_its_gateway_address_is_accepted() {
     let c = Config::parse(REDIRECT, "t.toml", Path::new(".")).unwrap();
     assert!(c.has_redirect());
     assert_eq!(c.services[0].return_path, ReturnPath::Vip);
-    let group = &c.ha.as_ref().unwrap().group;
+    let group = &c.ha.first().unwrap().group;
     assert_eq!(group[0].interface, "eth1");
     assert_eq!(
         group[0].virtual_ips,

@@ -40,13 +40,15 @@ pub fn status(s: &Snapshot) -> String {
     if let Some(p) = &s.config_path {
         out += &format!("config {p}\n");
     }
-    out += &match &s.ha {
-        Some(ha) => format!(
+    for ha in s.ha.iter() {
+        out += &format!(
             "ha {} on {} vrid {}  priority {} (configured {})\n",
             ha.state, ha.interface, ha.vrid, ha.effective_priority, ha.priority
-        ),
-        None => "ha not configured\n".into(),
-    };
+        );
+    }
+    if s.ha.is_empty() {
+        out += "ha not configured\n";
+    }
     if s.sync.is_empty() {
         out += "sync not configured\n";
     } else {
@@ -143,11 +145,16 @@ pub fn pools(s: &Snapshot) -> String {
     out
 }
 
-/// `tandem ctl ha`.
-pub fn ha(ha: Option<&HaSnapshot>) -> String {
-    let Some(ha) = ha else {
+/// `tandem ctl ha`: each instance, a blank line between two.
+pub fn ha(instances: &[HaSnapshot]) -> String {
+    if instances.is_empty() {
         return "ha not configured (no [ha] section)\n".into();
-    };
+    }
+    let blocks: Vec<String> = instances.iter().map(ha_instance).collect();
+    blocks.join("\n")
+}
+
+fn ha_instance(ha: &HaSnapshot) -> String {
     let mut out = format!(
         "state {}\ninterface {}  vrid {}\npriority {} (configured {})\n",
         ha.state, ha.interface, ha.vrid, ha.effective_priority, ha.priority

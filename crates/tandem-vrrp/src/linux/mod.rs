@@ -52,6 +52,8 @@ pub struct HaSettings {
     pub pseudo_header: bool,
     /// Addresses on other interfaces that follow this router's state.
     pub group: Vec<GroupSettings>,
+    /// While master, announce the addresses again this often (`garp_refresh`).
+    pub garp_refresh: Option<Duration>,
 }
 
 /// Virtual addresses on another interface, taken and released with the main ones.
@@ -177,6 +179,7 @@ impl Vrrp {
             preempt_delay: settings.preempt_delay,
             primary,
             addresses: vips,
+            announce_every: settings.garp_refresh,
         });
         let status = Arc::new(Mutex::new(Status {
             state: State::Initialize,
@@ -587,7 +590,7 @@ impl Runner {
     }
 
     fn transition(&self, from: State, to: State, reason: String) {
-        info!(target: "tandem::vrrp", from = from.name(), to = to.name(), "VRRP {} -> {}: {reason}", from.name(), to.name());
+        info!(target: "tandem::vrrp", from = from.name(), to = to.name(), "VRRP {} -> {} ({} vrid {}): {reason}", from.name(), to.name(), self.settings.interface, self.settings.vrid);
         {
             let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
             s.state = to;

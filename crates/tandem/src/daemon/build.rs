@@ -110,7 +110,8 @@ pub struct Built {
     pub(super) redirect: Option<Arc<RedirectPlane>>,
     /// VRRP's takeover hook, answered by the redirect plane once started.
     pub(super) takeovers: Option<mpsc::Receiver<Takeover>>,
-    pub(super) vrrp: Option<Arc<Vrrp>>,
+    /// One VRRP router per instance, in configuration order.
+    pub(super) vrrp: Vec<Arc<Vrrp>>,
     /// What VRRP preemption waits for, when it waits.
     pub(super) gate: Option<Gate>,
 }
@@ -191,7 +192,7 @@ struct Parts {
     sync: Option<Arc<SyncNode>>,
     redirect: Option<Arc<RedirectPlane>>,
     takeovers: Option<mpsc::Receiver<Takeover>>,
-    vrrp: Option<Arc<Vrrp>>,
+    vrrp: Vec<Arc<Vrrp>>,
     gate: Option<Gate>,
 }
 
@@ -249,24 +250,29 @@ async fn build_parts(config: &Config, pools: &Arc<ArcSwap<PoolSet>>) -> Result<P
     }
 }
 
-/// VRRP for `[ha]`, with the redirect plane's takeover hook (conntrackd) when it has
-/// one, and its preemption held when the readiness gate waits.
+/// A VRRP router per instance, the redirect plane's takeover hook (conntrackd) on the
+/// instance the redirect plane follows, and every instance's preemption held when the
+/// readiness gate waits. Routers started before a failing one are shut down again.
 async fn build_ha(
     config: &Config,
     redirect: Option<&Arc<RedirectPlane>>,
 ) -> Result<
     (
-        Option<Arc<Vrrp>>,
+        Vec<Arc<Vrrp>>,
         Option<mpsc::Receiver<Takeover>>,
         Option<Gate>,
     ),
     BuildError,
 > {
-    let Some(ha) = &config.ha else {
-        return Ok((None, None, None));
-    };
-    let settings = ha::settings(ha)?;
-    let (hook, takeovers) = match redirect {
+    if config.ha.is_empty() {
+        return Ok((Vec::new(), None, None));
+    }
+    let settings = config
+        .ha
+        .iter()
+        .map(ha::settings)
+        .collect::<Result<Vec<_>, _>>()?;
+    let (mut hook, takeovers) = match redirect {
         Some(plane) => match plane
             .start_state_sync(config)
             .await
@@ -277,17 +283,36 @@ async fn build_ha(
         },
         None => (None, None),
     };
-    let vrrp = Arc::new(Vrrp::start_with_takeover(settings, hook).await?);
+    let followed = ha::redirect_instance(config);
+    let mut routers = Vec::new();
+    for (i, settings) in settings.into_iter().enumerate() {
+        let hook = if Some(i) == followed {
+            hook.take()
+        } else {
+            None
+        };
+        match Vrrp::start_with_takeover(settings, hook).await {
+            Ok(v) => routers.push(Arc::new(v)),
+            Err(e) => {
+                for v in &routers {
+                    v.shutdown().await;
+                }
+                return Err(e.into());
+            }
+        }
+    }
     // Like pfsync's demotion during bulk update: never take over from a live master
     // with an empty table, nor with checks that have not decided.
     let gate = Gate::for_config(config);
     let gate = if gate.waits() {
-        vrrp.hold_preempt(true).await;
+        for v in &routers {
+            v.hold_preempt(true).await;
+        }
         Some(gate)
     } else {
         None
     };
-    Ok((Some(vrrp), takeovers, gate))
+    Ok((routers, takeovers, gate))
 }
 
 /// Binds every listening address of `config` for which `is_open` says no. All or

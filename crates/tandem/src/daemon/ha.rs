@@ -55,14 +55,48 @@ pub(super) fn settings(ha: &tandem_config::Ha) -> Result<HaSettings, HaSettingsE
                 })
             })
             .collect::<Result<_, HaSettingsError>>()?,
+        garp_refresh: ha.garp_refresh,
     })
 }
 
-/// Spawns the tasks that tie `vrrp` to the rest of `daemon`; `gate` when preemption
-/// is held until the node is ready.
-pub(super) fn start(daemon: &Daemon, tasks: &Tasks, vrrp: &Arc<Vrrp>, gate: Option<Gate>) {
+/// The instance whose state the redirect plane (conntrackd's primary/backup role)
+/// follows: the one holding the first redirect service's address (in file order),
+/// else the first instance. conntrackd is one process per node, so one instance
+/// leads it; redirect services are best kept on that instance's addresses.
+pub(super) fn redirect_instance(config: &tandem_config::Config) -> Option<usize> {
+    if config.ha.is_empty() {
+        return None;
+    }
+    let holder = config
+        .services
+        .iter()
+        .filter(|s| s.mode == tandem_config::Mode::Redirect)
+        .flat_map(|s| s.listen.iter())
+        .find_map(|a| config.ha.iter().position(|h| h.holds(a.ip())));
+    Some(holder.unwrap_or(0))
+}
+
+/// Spawns, for each VRRP instance of `daemon`, the tasks that tie its router to the
+/// rest of the daemon; `gate`, when preemption is held until the node is ready,
+/// releases each instance.
+pub(super) fn start(daemon: &Daemon, tasks: &Tasks, gate: Option<Gate>) {
+    let followed = redirect_instance(&daemon.config());
+    for (i, vrrp) in daemon.vrrp().iter().enumerate() {
+        start_instance(daemon, tasks, i, vrrp, gate.clone(), Some(i) == followed);
+    }
+}
+
+/// The tasks of instance `index` (the redirect plane follows it when `leads_redirect`).
+fn start_instance(
+    daemon: &Daemon,
+    tasks: &Tasks,
+    index: usize,
+    vrrp: &Arc<Vrrp>,
+    gate: Option<Gate>,
+    leads_redirect: bool,
+) {
     let stop = tasks.stop().clone();
-    if let Some(plane) = daemon.redirect() {
+    if leads_redirect && let Some(plane) = daemon.redirect() {
         tasks.spawn(
             "conntrackd follows VRRP",
             Until::Shutdown,
@@ -103,7 +137,7 @@ pub(super) fn start(daemon: &Daemon, tasks: &Tasks, vrrp: &Arc<Vrrp>, gate: Opti
     tasks.spawn(
         "VRRP tracks pools",
         Until::Shutdown,
-        track_pools(daemon.clone(), vrrp.clone(), stop),
+        track_pools(daemon.clone(), index, vrrp.clone(), stop),
     );
 }
 
@@ -124,10 +158,12 @@ async fn hold_until_ready(
         let is_synced = synced.as_mut().is_none_or(|s| *s.borrow_and_update());
         let recheck_at = match gate.judge(now, is_synced, |pool| health.decided(pool)) {
             Verdict::Ready(ready) => {
+                let status = vrrp.status();
+                let instance = format!("{} vrid {}", status.interface, status.vrid);
                 if ready.undecided.is_empty() {
-                    info!(target: "tandem::vrrp", "{ready}: VRRP may preempt");
+                    info!(target: "tandem::vrrp", "{ready}: VRRP {instance} may preempt");
                 } else {
-                    warn!(target: "tandem::vrrp", "{ready}: VRRP may preempt");
+                    warn!(target: "tandem::vrrp", "{ready}: VRRP {instance} may preempt");
                 }
                 vrrp.hold_preempt(false).await;
                 return;
@@ -159,15 +195,17 @@ async fn hold_until_ready(
     }
 }
 
-/// Demotes the VRRP priority while a tracked pool has no healthy backend.
-async fn track_pools(daemon: Daemon, vrrp: Arc<Vrrp>, stop: CancellationToken) {
+/// Demotes the VRRP priority of instance `index` while a pool it tracks has no
+/// healthy backend.
+async fn track_pools(daemon: Daemon, index: usize, vrrp: Arc<Vrrp>, stop: CancellationToken) {
     let mut changes = daemon.health().subscribe();
     loop {
         let config = daemon.config();
         let pools = daemon.pools();
         let demotions: Vec<(String, u8)> = config
             .ha
-            .iter()
+            .get(index)
+            .into_iter()
             .flat_map(|ha| ha.track_pools.iter())
             .filter(|(name, _)| {
                 pools
@@ -201,7 +239,7 @@ mod tests {
         );
         let config =
             Config::parse(&text, "<test>", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
-        config.ha.expect("[ha]")
+        config.ha.into_iter().next().expect("[ha]")
     }
 
     #[test]
@@ -210,7 +248,7 @@ mod tests {
             "[ha]\ninterface = \"eth0\"\nvrid = 51\npriority = 150\n\
 advert_interval = \"200ms\"\npreempt = false\npreempt_delay = \"3s\"\n\
 virtual_ips = [\"10.0.0.100/24\", \"10.0.0.101/32\"]\nunicast_peers = [\"10.0.0.2\"]\n\
-notify = \"/bin/true\"\nchecksum_pseudo_header = false\n\n\
+notify = \"/bin/true\"\nchecksum_pseudo_header = false\ngarp_refresh = \"30s\"\n\n\
 [[ha.group]]\ninterface = \"eth1\"\nvirtual_ips = [\"10.1.0.1/24\"]\n",
         ))
         .unwrap();
@@ -234,6 +272,7 @@ notify = \"/bin/true\"\nchecksum_pseudo_header = false\n\n\
                     interface: "eth1".into(),
                     virtual_ips: vec![(Ipv4Addr::new(10, 1, 0, 1), 24)],
                 }],
+                garp_refresh: Some(Duration::from_secs(30)),
             }
         );
     }

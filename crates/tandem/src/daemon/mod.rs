@@ -81,7 +81,7 @@ struct Shared {
     reloads: AtomicU64,
     admin: Option<SocketAddr>,
     control_socket: Option<PathBuf>,
-    vrrp: Option<Arc<Vrrp>>,
+    vrrp: Vec<Arc<Vrrp>>,
     sync: Option<Arc<SyncNode>>,
     redirect: Option<Arc<RedirectPlane>>,
     live: live::Live,
@@ -183,9 +183,9 @@ impl Daemon {
         self.shared.redirect.clone()
     }
 
-    /// The VRRP router, when `[ha]` is configured.
-    pub fn vrrp(&self) -> Option<Arc<Vrrp>> {
-        self.shared.vrrp.clone()
+    /// The VRRP routers, one per instance of `[ha]`, in configuration order.
+    pub fn vrrp(&self) -> &[Arc<Vrrp>] {
+        &self.shared.vrrp
     }
 
     /// The sync node, when `[sync]` is configured.
@@ -229,7 +229,7 @@ impl Daemon {
     /// first leaves (priority 0), so the backup takes over at once.
     pub async fn shutdown(self, deadline: Duration) -> DrainReport {
         let shared = &self.shared;
-        if let Some(vrrp) = &shared.vrrp {
+        for vrrp in &shared.vrrp {
             vrrp.shutdown().await;
         }
         shared.life.stop_accepting.cancel();

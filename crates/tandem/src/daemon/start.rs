@@ -107,9 +107,7 @@ impl Built {
                 );
             }
         }
-        if let Some(vrrp) = daemon.vrrp() {
-            ha::start(&daemon, &tasks, &vrrp, gate);
-        }
+        ha::start(&daemon, &tasks, gate);
         if let Some((path, l)) = control {
             daemon.serve_control(&tasks, l);
             info!(socket = %path.display(), "control socket ready");

@@ -103,7 +103,12 @@ impl Daemon {
             reloads: self.shared.reloads.load(Relaxed),
             services,
             pools,
-            ha: self.vrrp().map(|v| ha_snapshot(&v.status())),
+            ha: tandem_control::HaInstances(
+                self.vrrp()
+                    .iter()
+                    .map(|v| ha_snapshot(&v.status()))
+                    .collect(),
+            ),
             redirect: self.redirect().map(|p| redirect_summary(&p)),
             sync: self
                 .sync()

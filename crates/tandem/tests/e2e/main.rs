@@ -9,6 +9,7 @@ mod cli;
 mod conformance;
 mod control;
 mod ha;
+mod ha_aa;
 mod health;
 mod http;
 mod matrix;
