@@ -144,7 +144,7 @@ impl CtlCommand {
         match reply {
             Reply::Status(s) => table::status(s),
             Reply::Pools(s) => table::pools(s),
-            Reply::Ha(ha) => table::ha(&ha),
+            Reply::Ha(ha) => table::ha(&ha.0),
             Reply::Redirect(r) => table::redirect(r.as_deref()),
             Reply::Backend(b) => match self {
                 CtlCommand::Backend {

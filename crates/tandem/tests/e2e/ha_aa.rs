@@ -347,9 +347,15 @@ fn each_node_serves_its_address_takes_the_other_at_a_kill_and_gives_it_back() {
             ("lb1 killed, until it is back", killed, back),
             ("after lb1's return", back, Instant::now()),
         ] {
-            let sent: Vec<_> = l.iter().filter(|(at, _, _)| *at >= from && *at < to).collect();
+            let sent: Vec<_> = l
+                .iter()
+                .filter(|(at, _, _)| *at >= from && *at < to)
+                .collect();
             let failed = sent.iter().filter(|(_, _, a)| a.is_none()).count();
-            println!("clients of {name}, {phase}: {} requests, {failed} failed", sent.len());
+            println!(
+                "clients of {name}, {phase}: {} requests, {failed} failed",
+                sent.len()
+            );
         }
     }
 }
