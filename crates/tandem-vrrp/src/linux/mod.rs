@@ -54,6 +54,9 @@ pub struct HaSettings {
     pub group: Vec<GroupSettings>,
     /// While master, announce the addresses again this often (`garp_refresh`).
     pub garp_refresh: Option<Duration>,
+    /// The vrids of this node's other instances on the interface: their adverts are
+    /// ignored, not counted as dropped.
+    pub sibling_vrids: Vec<u8>,
 }
 
 /// Virtual addresses on another interface, taken and released with the main ones.
@@ -444,17 +447,23 @@ impl Runner {
             if rx.source == self.primary {
                 Err(DropReason::Own)
             } else if rx.advertisement.vrid != self.settings.vrid {
-                Err(DropReason::Vrid)
+                // Another instance of this node hears those: not a stranger's packet.
+                if self.settings.sibling_vrids.contains(&rx.advertisement.vrid) {
+                    Ok(None)
+                } else {
+                    Err(DropReason::Vrid)
+                }
             } else if !self.settings.unicast_peers.is_empty()
                 && !self.settings.unicast_peers.contains(&rx.source)
             {
                 Err(DropReason::UnknownPeer)
             } else {
-                Ok(rx)
+                Ok(Some(rx))
             }
         });
         match result {
-            Ok(rx) => {
+            Ok(None) => None,
+            Ok(Some(rx)) => {
                 let ours = &self.machine.settings().addresses;
                 if rx.advertisement.priority != 0 && &rx.advertisement.addresses != ours {
                     debug!(target: "tandem::vrrp", from = %rx.source, theirs = ?rx.advertisement.addresses, ours = ?ours,

@@ -267,11 +267,7 @@ async fn build_ha(
     if config.ha.is_empty() {
         return Ok((Vec::new(), None, None));
     }
-    let settings = config
-        .ha
-        .iter()
-        .map(ha::settings)
-        .collect::<Result<Vec<_>, _>>()?;
+    let settings = ha::all_settings(config)?;
     let (mut hook, takeovers) = match redirect {
         Some(plane) => match plane
             .start_state_sync(config)

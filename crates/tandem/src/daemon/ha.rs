@@ -23,7 +23,27 @@ pub enum HaSettingsError {
     Ipv6(Ipv6Addr),
 }
 
-/// The VRRP settings of `[ha]`; IPv6 addresses are refused.
+/// The VRRP settings of each instance of `[ha]`, in order; IPv6 addresses are refused.
+pub(super) fn all_settings(
+    config: &tandem_config::Config,
+) -> Result<Vec<HaSettings>, HaSettingsError> {
+    config
+        .ha
+        .iter()
+        .map(|ha| {
+            let mut s = settings(ha)?;
+            s.sibling_vrids = config
+                .ha
+                .iter()
+                .filter(|o| o.interface == ha.interface && o.vrid != ha.vrid)
+                .map(|o| o.vrid)
+                .collect();
+            Ok(s)
+        })
+        .collect()
+}
+
+/// The VRRP settings of one instance; IPv6 addresses are refused.
 pub(super) fn settings(ha: &tandem_config::Ha) -> Result<HaSettings, HaSettingsError> {
     fn v4(ip: &IpAddr) -> Result<Ipv4Addr, HaSettingsError> {
         match ip {
@@ -56,6 +76,7 @@ pub(super) fn settings(ha: &tandem_config::Ha) -> Result<HaSettings, HaSettingsE
             })
             .collect::<Result<_, HaSettingsError>>()?,
         garp_refresh: ha.garp_refresh,
+        sibling_vrids: Vec::new(),
     })
 }
 
@@ -273,8 +294,49 @@ notify = \"/bin/true\"\nchecksum_pseudo_header = false\ngarp_refresh = \"30s\"\n
                     virtual_ips: vec![(Ipv4Addr::new(10, 1, 0, 1), 24)],
                 }],
                 garp_refresh: Some(Duration::from_secs(30)),
+                sibling_vrids: Vec::new(),
             }
         );
+    }
+
+    fn config(services: &str, section: &str) -> Config {
+        let text = format!(
+            "[[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.1.0.5:80\" }}]\n\n{services}\n{section}"
+        );
+        Config::parse(&text, "<test>", Path::new(".")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const THREE: &str = "[ha]\n\n\
+[[ha.instance]]\ninterface = \"eth0\"\nvrid = 51\nvirtual_ips = [\"10.0.0.100/24\"]\n\n\
+[[ha.instance]]\ninterface = \"eth0\"\nvrid = 52\nvirtual_ips = [\"10.0.0.101/24\"]\n\n\
+[[ha.instance]]\ninterface = \"eth1\"\nvrid = 51\nvirtual_ips = [\"10.9.0.100/24\"]\n\n\
+[[ha.instance.group]]\ninterface = \"eth2\"\nvirtual_ips = [\"10.1.0.1/24\"]\n";
+
+    #[test]
+    fn each_instance_ignores_its_siblings_on_the_same_interface() {
+        let www = "[[service]]\nname = \"www\"\nlisten = [\"10.0.0.100:80\"]\npool = \"web\"\n";
+        let all = all_settings(&config(www, THREE)).unwrap();
+        let siblings: Vec<(u8, Vec<u8>)> = all
+            .iter()
+            .map(|s| (s.vrid, s.sibling_vrids.clone()))
+            .collect();
+        assert_eq!(siblings, vec![(51, vec![52]), (52, vec![51]), (51, vec![])]);
+    }
+
+    #[test]
+    fn the_redirect_plane_follows_the_instance_of_the_first_redirect_address() {
+        let tcp = "[[service]]\nname = \"www\"\nlisten = [\"10.0.0.100:80\"]\npool = \"web\"\n";
+        assert_eq!(
+            redirect_instance(&config(tcp, THREE)),
+            Some(0),
+            "none: the first"
+        );
+        let redirect = format!(
+            "{tcp}\n[[service]]\nname = \"smtp\"\nlisten = [\"10.9.0.100:25\"]\nmode = \"redirect\"\npool = \"web\"\n"
+        );
+        assert_eq!(redirect_instance(&config(&redirect, THREE)), Some(2));
+        let no_ha = config(tcp, "");
+        assert_eq!(redirect_instance(&no_ha), None);
     }
 
     #[test]

@@ -260,6 +260,10 @@ fn each_node_serves_its_address_takes_the_other_at_a_kill_and_gives_it_back() {
             && report.contains("state BACKUP\ninterface eth0  vrid 52"),
         "{report}"
     );
+    assert!(
+        !report.contains("packet(s): vrid"),
+        "each instance hears the other's adverts without counting them as dropped: {report}"
+    );
 
     // SIGKILL lb1: A moves to lb2, B stays where it is.
     let killed = Instant::now();
