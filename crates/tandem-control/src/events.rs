@@ -428,6 +428,15 @@ mod tests {
             .map(|(k, s, t)| format!("{k:?} {s}: {t}"))
             .collect();
         assert!(back.contains(&"Sync 10.9.0.2:7400: left: connection reset".to_string()));
+        // Active/active: the second instance's change is its own event, named so.
+        let mut c = b.clone();
+        c.ha.0[1].state = "Backup".into();
+        c.ha.0[1].effective_priority = 40;
+        let got: Vec<String> = changes(&b, &c)
+            .into_iter()
+            .map(|(k, s, t)| format!("{k:?} {s}: {t}"))
+            .collect();
+        assert_eq!(got, ["Vrrp eth0 vrid 52: master -> backup"]);
         assert!(back.contains(&"Health web/10.0.0.1:80: down -> up".to_string()));
     }
 

@@ -199,3 +199,38 @@ pub fn redirect(r: Option<&crate::protocol::RedirectSnapshot>) -> String {
     out += &r.table;
     out
 }
+
+#[cfg(test)]
+mod ha_tests {
+    use super::*;
+
+    #[test]
+    fn ctl_ha_lists_every_instance() {
+        assert_eq!(ha(&[]), "ha not configured (no [ha] section)\n");
+        let one = HaSnapshot {
+            state: "MASTER".into(),
+            interface: "eth0".into(),
+            vrid: 51,
+            priority: 150,
+            effective_priority: 150,
+            virtual_ips: vec!["192.0.2.10/24".into()],
+            ..Default::default()
+        };
+        let single = ha(std::slice::from_ref(&one));
+        assert_eq!(
+            single,
+            "state MASTER\ninterface eth0  vrid 51\npriority 150 (configured 150)\nvirtual addresses 192.0.2.10/24\ntransitions 0\n"
+        );
+        let two = HaSnapshot {
+            state: "BACKUP".into(),
+            vrid: 52,
+            ..one.clone()
+        };
+        let both = ha(&[one, two]);
+        assert!(both.starts_with(&single), "{both}");
+        assert!(
+            both[single.len()..].starts_with("\nstate BACKUP\ninterface eth0  vrid 52\n"),
+            "{both}"
+        );
+    }
+}
