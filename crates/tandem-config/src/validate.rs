@@ -1674,7 +1674,7 @@ impl Validator<'_> {
             );
             &one
         });
-        let no_ips = S::new(0..0, vec![S::new(0..0, "0.0.0.0/32".to_string())]);
+        let no_ips = S::new(0..0, Vec::new());
         let virtual_ips = h.virtual_ips.as_ref().unwrap_or_else(|| {
             missing(
                 self,
@@ -1739,7 +1739,7 @@ impl Validator<'_> {
             }
         }
         let mut ips = Vec::new();
-        if virtual_ips.get_ref().is_empty() {
+        if virtual_ips.get_ref().is_empty() && h.virtual_ips.is_some() {
             self.error(
                 virtual_ips.span(),
                 &key("virtual_ips"),

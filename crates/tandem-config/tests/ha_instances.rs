@@ -155,6 +155,16 @@ fn an_instance_missing_a_required_key_is_named() {
                 && l.contains("ha.instance.vrid: missing field `vrid`")),
         "{e:?}"
     );
+    assert_eq!(e.len(), 1, "only what is missing: {e:?}");
+    let e = errors(&format!("{BASE}\n[ha]\npriority = 120\n"));
+    for key in ["interface", "vrid", "virtual_ips"] {
+        assert!(
+            e.iter().any(|l| l.starts_with("t.toml:11:1: ")
+                && l.contains(&format!("ha.{key}: missing field `{key}`"))),
+            "{e:?}"
+        );
+    }
+    assert_eq!(e.len(), 3, "{e:?}");
 }
 
 #[test]
