@@ -327,6 +327,9 @@ fn each_node_serves_its_address_takes_the_other_at_a_kill_and_gives_it_back() {
     );
     wait_all_answered(&ca, back, Duration::from_secs(5));
     wait_all_answered(&cb, back, Duration::from_secs(5));
+    // The lab's end stops the backends too: what was sent in its last moments may
+    // fail, so the count ends a little before.
+    let end = Instant::now() - Duration::from_millis(300);
     lab.stopped().store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(700));
 
@@ -349,7 +352,7 @@ fn each_node_serves_its_address_takes_the_other_at_a_kill_and_gives_it_back() {
         for (phase, from, to) in [
             ("both serving", serving, killed),
             ("lb1 killed, until it is back", killed, back),
-            ("after lb1's return", back, Instant::now()),
+            ("after lb1's return", back, end),
         ] {
             let sent: Vec<_> = l
                 .iter()
@@ -360,6 +363,10 @@ fn each_node_serves_its_address_takes_the_other_at_a_kill_and_gives_it_back() {
                 "clients of {name}, {phase}: {} requests, {failed} failed",
                 sent.len()
             );
+            // B never moves: served throughout. A fails only while it moves.
+            if name == "B" || phase != "lb1 killed, until it is back" {
+                assert_eq!(failed, 0, "clients of {name}, {phase}");
+            }
         }
     }
 }
