@@ -439,3 +439,35 @@ pub fn encode(snapshot: &Snapshot) -> String {
         .expect("writing to a String cannot fail");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{HaInstances, HaSnapshot};
+
+    #[test]
+    fn vrrp_metrics_are_per_instance() {
+        let instance = |vrid: u8, state: &str| HaSnapshot {
+            state: state.into(),
+            interface: "eth0".into(),
+            vrid,
+            effective_priority: vrid,
+            transitions: u64::from(vrid),
+            ..Default::default()
+        };
+        let snapshot = Snapshot {
+            ha: HaInstances(vec![instance(51, "MASTER"), instance(52, "BACKUP")]),
+            ..Default::default()
+        };
+        let text = encode(&snapshot);
+        for line in [
+            r#"tandem_vrrp_state{interface="eth0",vrid="51",state="master"} 1"#,
+            r#"tandem_vrrp_state{interface="eth0",vrid="52",state="master"} 0"#,
+            r#"tandem_vrrp_state{interface="eth0",vrid="52",state="backup"} 1"#,
+            r#"tandem_vrrp_priority{interface="eth0",vrid="52"} 52"#,
+            r#"tandem_vrrp_transitions_total{interface="eth0",vrid="51"} 51"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+        }
+    }
+}
