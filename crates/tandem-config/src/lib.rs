@@ -62,11 +62,6 @@ impl Config {
         validate::parse(text, origin, base_dir)
     }
 
-    /// The VRRP instance whose virtual addresses include `ip`.
-    pub fn ha_instance_of(&self, ip: IpAddr) -> Option<&Ha> {
-        self.ha.iter().find(|h| h.holds(ip))
-    }
-
     /// The pool called `name`.
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.iter().find(|p| p.name == name)
@@ -665,11 +660,6 @@ pub struct Ha {
 }
 
 impl Ha {
-    /// How operators, logs and metrics name the instance: `eth0 vrid 51`.
-    pub fn label(&self) -> String {
-        format!("{} vrid {}", self.interface, self.vrid)
-    }
-
     /// Whether `ip` is one of the instance's virtual addresses (groups included).
     pub fn holds(&self, ip: IpAddr) -> bool {
         self.virtual_ips
