@@ -222,7 +222,7 @@ fn holds(lab: &Lab, node: &str, a: &str) -> bool {
 #[test]
 fn each_node_serves_its_address_takes_the_other_at_a_kill_and_gives_it_back() {
     let Some(lab) = lab("aa") else { return };
-    let lb1 = start(&lab, "lb1");
+    let mut lb1 = start(&lab, "lb1");
     let mut lb2 = start(&lab, "lb2");
     lab.wait(
         "lb1 holds A, lb2 holds B, each only its own",
@@ -234,6 +234,10 @@ fn each_node_serves_its_address_takes_the_other_at_a_kill_and_gives_it_back() {
                 && !holds(&lab, "lb2", A)
         },
     );
+    // Pins are made from here on: with both backends up on both nodes (their checks
+    // decided: the readiness line), so that the clients spread over both.
+    lb1.wait_for("VRRP eth0 vrid 51 may preempt");
+    lb2.wait_for("VRRP eth0 vrid 52 may preempt");
     let started = Instant::now();
     let ca = clients(&lab, "ca", 50, format!("{A}:80").parse().unwrap());
     let cb = clients(&lab, "cb", 60, format!("{B}:80").parse().unwrap());
@@ -341,6 +345,11 @@ fn each_node_serves_its_address_takes_the_other_at_a_kill_and_gives_it_back() {
         let spread: std::collections::BTreeSet<_> =
             by_source.values().flat_map(|b| b.iter()).collect();
         println!("clients of {name} use {} backend(s)", spread.len());
+        assert_eq!(
+            spread.len(),
+            2,
+            "the clients of {name} spread over both backends"
+        );
         for (source, backends) in &by_source {
             assert_eq!(
                 backends.len(),
