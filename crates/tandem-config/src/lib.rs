@@ -34,8 +34,9 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// Front-end services, in file order.
     pub services: Vec<Service>,
-    /// VRRPv3 high availability, when configured.
-    pub ha: Option<Ha>,
+    /// VRRPv3 instances: none without `[ha]`, one for `[ha]` with its own keys, one
+    /// per `[[ha.instance]]` otherwise, in file order.
+    pub ha: Vec<Ha>,
     /// State synchronisation between nodes, when configured.
     pub sync: Option<Sync>,
     /// Route announcement through the node's BGP speaker, when configured.
@@ -685,7 +686,7 @@ pub struct CertPair {
     pub key: PathBuf,
 }
 
-/// VRRPv3 settings (`[ha]`).
+/// One VRRPv3 instance (`[ha]` or a `[[ha.instance]]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ha {
     /// Interface VRRP runs on.
@@ -713,6 +714,19 @@ pub struct Ha {
     /// Addresses on other interfaces that move with `virtual_ips` (one election): the
     /// backends' gateway on the private network for redirect services.
     pub group: Vec<HaGroup>,
+    /// While master, announce the virtual addresses again at this interval
+    /// (gratuitous ARP); none: only on takeover and after a healed split brain.
+    pub garp_refresh: Option<Duration>,
+}
+
+impl Ha {
+    /// Whether `ip` is one of the instance's virtual addresses (groups included).
+    pub fn holds(&self, ip: IpAddr) -> bool {
+        self.virtual_ips
+            .iter()
+            .chain(self.group.iter().flat_map(|g| &g.virtual_ips))
+            .any(|(a, _)| *a == ip)
+    }
 }
 
 /// Virtual addresses on another interface that follow the master (`[[ha.group]]`).

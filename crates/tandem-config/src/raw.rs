@@ -229,24 +229,31 @@ pub(crate) struct RawCertPair {
     pub key: S<String>,
 }
 
+/// `[ha]` and each `[[ha.instance]]`: one VRRP instance. The keys an instance needs
+/// are optional here so that `[ha]` may instead hold only `[[ha.instance]]` tables;
+/// validation asks for them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHa {
-    pub interface: S<String>,
-    pub vrid: S<i64>,
+    pub interface: Option<S<String>>,
+    pub vrid: Option<S<i64>>,
     pub priority: Option<S<i64>>,
     pub advert_interval: Option<S<String>>,
-    pub preempt: Option<bool>,
+    pub preempt: Option<S<bool>>,
     pub preempt_delay: Option<S<String>>,
-    pub virtual_ips: S<Vec<S<String>>>,
+    pub virtual_ips: Option<S<Vec<S<String>>>>,
     #[serde(default)]
     pub unicast_peers: Vec<S<String>>,
     #[serde(default)]
     pub track_pools: std::collections::BTreeMap<S<String>, S<i64>>,
     pub notify: Option<S<String>>,
-    pub checksum_pseudo_header: Option<bool>,
+    pub checksum_pseudo_header: Option<S<bool>>,
     #[serde(default)]
     pub group: Vec<S<RawHaGroup>>,
+    pub garp_refresh: Option<S<String>>,
+    /// `[[ha.instance]]`: several instances (then `[ha]` holds nothing else).
+    #[serde(default)]
+    pub instance: Vec<S<RawHa>>,
 }
 
 #[derive(Debug, Deserialize)]

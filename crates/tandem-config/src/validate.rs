@@ -76,6 +76,16 @@ fn syntax_diagnostic(text: &str, e: &toml::de::Error) -> Diagnostic {
     } else {
         "check the TOML syntax here"
     };
+    // A required key is missing from the table whose header the span points at.
+    let key = match message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+    {
+        Some(field) if !key.is_empty() && !key.ends_with(&format!(".{field}")) => {
+            format!("{key}.{field}")
+        }
+        _ => key,
+    };
     let mut d = Diagnostic::new(key, message).hint(hint);
     if let Some(span) = span {
         d = d.at(span);
@@ -98,6 +108,12 @@ fn key_at(text: &str, start: usize, end: usize, names_key: bool) -> String {
     };
     let (start, end) = (floor(start), floor(end.max(start)));
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    // A span in a table header (`[[service.rout]]`, `[[pool]]` missing a key): the path
+    // is the header's own, not the section above it.
+    let this_line = text[line_start..].lines().next().unwrap_or("").trim_start();
+    if this_line.starts_with('[') {
+        return header_path(this_line);
+    }
     let before = &text[line_start..start];
     let is_ident = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
     let word = |s: &str| s.trim().trim_matches(|c: char| !is_ident(c)).to_string();
@@ -116,7 +132,7 @@ fn key_at(text: &str, start: usize, end: usize, names_key: bool) -> String {
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+        .map(header_path);
     let own = word(text.get(start..end.min(text.len())).unwrap_or(""));
     let key = if names_key && !own.is_empty() {
         own.clone()
@@ -144,17 +160,26 @@ fn key_at(text: &str, start: usize, end: usize, names_key: bool) -> String {
         _ => None,
     };
     let mut parts: Vec<String> = Vec::new();
-    let header_line = before.trim_start().starts_with('[');
-    if let Some(s) = section {
-        parts.push(s);
-    }
-    if !header_line {
-        parts.extend(parent);
-        if !key.is_empty() {
-            parts.push(key);
-        }
+    parts.extend(section);
+    parts.extend(parent);
+    if !key.is_empty() {
+        parts.push(key);
     }
     parts.join(".")
+}
+
+/// The dotted path a table header line names: `ha.instance` for `[[ha.instance]]`,
+/// whatever follows the closing brackets (a comment) left out.
+fn header_path(line: &str) -> String {
+    let inner = line.trim_start().trim_start_matches('[');
+    inner
+        .split(']')
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map(|p| p.trim().trim_matches('"'))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 struct Validator<'a> {
@@ -194,13 +219,17 @@ impl Validator<'_> {
         self.service_cross_checks(&raw.service, &raw.pool, &pools);
         self.check_proxy_headers(&raw.pool, &mut pools, &services);
         self.fallbacks(&raw.pool);
-        let ha = raw.ha.as_ref().map(|h| self.ha(h, &pools));
+        let ha = raw
+            .ha
+            .as_ref()
+            .map(|h| self.ha_instances(h, &pools))
+            .unwrap_or_default();
         let sync = raw.sync.as_ref().map(|s| self.sync(s));
         let announce = raw
             .announce
             .as_ref()
-            .map(|a| self.announce(a, &raw.service, ha.as_ref()));
-        self.redirect_checks(&raw.service, &pools, ha.as_ref());
+            .map(|a| self.announce(a, &raw.service, &ha));
+        self.redirect_checks(&raw.service, &pools, &ha);
         if raw.service.is_empty() {
             self.diags.push(
                 Diagnostic::new(
@@ -1841,22 +1870,58 @@ impl Validator<'_> {
         }
     }
 
-    fn ha(&mut self, h: &S<raw::RawHa>, pools: &[Pool]) -> Ha {
-        let h = h.get_ref();
-        if h.interface.get_ref().trim().is_empty() {
+    fn ha(&mut self, table: &S<raw::RawHa>, prefix: &str, pools: &[Pool]) -> Ha {
+        let h = table.get_ref();
+        let key = |name: &str| format!("{prefix}.{name}");
+        let missing = |v: &mut Self, name: &str, hint: &str| {
+            v.error(
+                table.span(),
+                &key(name),
+                format!("missing field `{name}`"),
+                hint,
+            );
+        };
+        let empty_name = S::new(0..0, String::new());
+        let interface = h.interface.as_ref().unwrap_or_else(|| {
+            missing(
+                self,
+                "interface",
+                "name the interface VRRP runs on, e.g. \"eth0\"",
+            );
+            &empty_name
+        });
+        let one = S::new(0..0, 1);
+        let vrid = h.vrid.as_ref().unwrap_or_else(|| {
+            missing(
+                self,
+                "vrid",
+                "a virtual router id is 1 to 255, the same on every node of the pair",
+            );
+            &one
+        });
+        let no_ips = S::new(0..0, Vec::new());
+        let virtual_ips = h.virtual_ips.as_ref().unwrap_or_else(|| {
+            missing(
+                self,
+                "virtual_ips",
+                "list the shared addresses, e.g. [\"192.0.2.10/24\"]",
+            );
+            &no_ips
+        });
+        if interface.get_ref().trim().is_empty() && h.interface.is_some() {
             self.error(
-                h.interface.span(),
-                "ha.interface",
+                interface.span(),
+                &key("interface"),
                 "is empty".into(),
                 "name the interface VRRP runs on, e.g. \"eth0\"",
             );
         }
-        let vrid = match h.vrid.get_ref() {
+        let vrid = match vrid.get_ref() {
             v @ 1..=255 => *v as u8,
             v => {
                 self.error(
-                    h.vrid.span(),
-                    "ha.vrid",
+                    vrid.span(),
+                    &key("vrid"),
                     format!("{v} is out of range"),
                     "a virtual router id is 1 to 255, the same on every node of the pair",
                 );
@@ -1870,7 +1935,7 @@ impl Validator<'_> {
                 v => {
                     self.error(
                         p.span(),
-                        "ha.priority",
+                        &key("priority"),
                         format!("{v} is out of range"),
                         "priority is 1 to 254, or 255 for the address owner",
                     );
@@ -1880,7 +1945,7 @@ impl Validator<'_> {
         };
         let advert_interval = self.duration(
             &h.advert_interval,
-            "ha.advert_interval",
+            &key("advert_interval"),
             Duration::from_secs(1),
             true,
         );
@@ -1889,7 +1954,7 @@ impl Validator<'_> {
             if !ms.is_multiple_of(10) || !(10..=40_950).contains(&ms) {
                 self.error(
                     a.span(),
-                    "ha.advert_interval",
+                    &key("advert_interval"),
                     format!(
                         "{} is not a VRRPv3 interval",
                         humantime::format_duration(advert_interval)
@@ -1898,21 +1963,21 @@ impl Validator<'_> {
                 );
             }
         }
-        let mut virtual_ips = Vec::new();
-        if h.virtual_ips.get_ref().is_empty() {
+        let mut ips = Vec::new();
+        if virtual_ips.get_ref().is_empty() && h.virtual_ips.is_some() {
             self.error(
-                h.virtual_ips.span(),
-                "ha.virtual_ips",
+                virtual_ips.span(),
+                &key("virtual_ips"),
                 "is empty".into(),
                 "list the shared addresses, e.g. [\"192.0.2.10/24\"]",
             );
         }
-        for ip in h.virtual_ips.get_ref() {
+        for ip in virtual_ips.get_ref() {
             match parse_cidr(ip.get_ref()) {
-                Ok(v) => virtual_ips.push(v),
+                Ok(v) => ips.push(v),
                 Err(e) => self.error(
                     ip.span(),
-                    "ha.virtual_ips",
+                    &key("virtual_ips"),
                     e,
                     "write address/prefix, e.g. \"192.0.2.10/24\"",
                 ),
@@ -1924,7 +1989,7 @@ impl Validator<'_> {
                 Ok(a) => unicast_peers.push(a),
                 Err(_) => self.error(
                     p.span(),
-                    "ha.unicast_peers",
+                    &key("unicast_peers"),
                     format!("{:?} is not an IP address", p.get_ref()),
                     "write the peer's address without port, e.g. \"10.0.0.2\"",
                 ),
@@ -1935,7 +2000,7 @@ impl Validator<'_> {
             if !pools.iter().any(|p| &p.name == name.get_ref()) {
                 self.error(
                     name.span(),
-                    "ha.track_pools",
+                    &key("track_pools"),
                     format!("no pool is named {:?}", name.get_ref()),
                     "track a pool defined by a [[pool]]",
                 );
@@ -1946,26 +2011,26 @@ impl Validator<'_> {
                 }
                 w => self.error(
                     weight.span(),
-                    "ha.track_pools",
+                    &key("track_pools"),
                     format!("weight {w} is out of range"),
                     "the priority drop is 1 to 254",
                 ),
             }
         }
-        self.ha_family(h);
+        self.ha_family(h, prefix);
         Ha {
-            interface: h.interface.get_ref().clone(),
+            interface: interface.get_ref().clone(),
             vrid,
             priority,
             advert_interval,
-            preempt: h.preempt.unwrap_or(true),
+            preempt: h.preempt.as_ref().is_none_or(|p| *p.get_ref()),
             preempt_delay: self.duration(
                 &h.preempt_delay,
-                "ha.preempt_delay",
+                &key("preempt_delay"),
                 Duration::ZERO,
                 false,
             ),
-            virtual_ips,
+            virtual_ips: ips,
             unicast_peers,
             track_pools,
             notify: h.notify.as_ref().map(|n| {
@@ -1973,31 +2038,38 @@ impl Validator<'_> {
                 if !is_executable(&path) {
                     self.error(
                         n.span(),
-                        "ha.notify",
+                        &key("notify"),
                         format!("{} is not an executable file", path.display()),
                         "give the full path of a program to run on state changes",
                     );
                 }
                 path
             }),
-            checksum_pseudo_header: h.checksum_pseudo_header.unwrap_or(true),
-            group: h.group.iter().map(|g| self.ha_group(g)).collect(),
+            checksum_pseudo_header: h
+                .checksum_pseudo_header
+                .as_ref()
+                .is_none_or(|c| *c.get_ref()),
+            group: h.group.iter().map(|g| self.ha_group(g, prefix)).collect(),
+            garp_refresh: self.garp_refresh(h.garp_refresh.as_ref(), &key("garp_refresh")),
         }
     }
 
     /// A VRRP router is IPv4 or IPv6 (RFC 5798), as its first virtual address says;
     /// an IPv6 one's first address is its link-local address, the others global, and
     /// its unicast peers are link-local (where its adverts come from).
-    fn ha_family(&mut self, h: &raw::RawHa) {
+    fn ha_family(&mut self, h: &raw::RawHa, prefix: &str) {
         let vips: Vec<_> = h
             .virtual_ips
-            .get_ref()
             .iter()
+            .flat_map(|v| v.get_ref())
             .filter_map(|ip| parse_cidr(ip.get_ref()).ok().map(|(a, _)| (a, ip.span())))
             .collect();
         let Some((first, first_span)) = vips.first().cloned() else {
             return;
         };
+        let virtual_ips_key = format!("{prefix}.virtual_ips");
+        let group_key = format!("{prefix}.group.virtual_ips");
+        let peers_key = format!("{prefix}.unicast_peers");
         let family = |ip: &IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
         let hint = "a VRRP router is of one family (RFC 5798): give the other family's addresses a router of their own";
         let link_local =
@@ -2005,7 +2077,7 @@ impl Validator<'_> {
         if first.is_ipv6() && !link_local(&first) {
             self.error(
                 first_span,
-                "ha.virtual_ips",
+                &virtual_ips_key,
                 format!("{first} is not link-local: an IPv6 router's first virtual address is its link-local address (RFC 5798)"),
                 "start with a link-local address, e.g. [\"fe80::10/64\", \"2001:db8::10/64\"]",
             );
@@ -2013,7 +2085,7 @@ impl Validator<'_> {
         let others = vips
             .iter()
             .skip(1)
-            .map(|(ip, span)| (ip, span.clone(), "ha.virtual_ips"));
+            .map(|(ip, span)| (ip, span.clone(), &virtual_ips_key));
         let groups = h
             .group
             .iter()
@@ -2021,13 +2093,13 @@ impl Validator<'_> {
         let groups = groups.filter_map(|ip| {
             parse_cidr(ip.get_ref())
                 .ok()
-                .map(|(a, _)| (a, ip.span(), "ha.group.virtual_ips"))
+                .map(|(a, _)| (a, ip.span(), &group_key))
         });
         let peers = h.unicast_peers.iter().filter_map(|p| {
             p.get_ref()
                 .parse::<IpAddr>()
                 .ok()
-                .map(|a| (a, p.span(), "ha.unicast_peers"))
+                .map(|a| (a, p.span(), &peers_key))
         });
         let mut wrong = Vec::new();
         for (ip, span, key) in others
@@ -2046,14 +2118,14 @@ impl Validator<'_> {
                     ),
                     hint,
                 ));
-            } else if key == "ha.virtual_ips" && link_local(&ip) {
+            } else if key == &virtual_ips_key && link_local(&ip) {
                 wrong.push((
                     span,
                     key,
                     format!("{ip} is link-local: only the first IPv6 virtual address is"),
                     "list global addresses after the link-local one",
                 ));
-            } else if key == "ha.unicast_peers" && ip.is_ipv6() && !link_local(&ip) {
+            } else if key == &peers_key && ip.is_ipv6() && !link_local(&ip) {
                 wrong.push((
                     span,
                     key,
@@ -2067,12 +2139,128 @@ impl Validator<'_> {
         }
     }
 
-    fn ha_group(&mut self, g: &S<raw::RawHaGroup>) -> HaGroup {
+    /// `garp_refresh`: off when absent or zero, at least a second otherwise (each
+    /// announcement is a burst of gratuitous ARPs over two seconds).
+    fn garp_refresh(&mut self, value: Option<&S<String>>, key: &str) -> Option<Duration> {
+        let v = value?;
+        let d = self.duration(&Some(v.clone()), key, Duration::ZERO, false);
+        if !d.is_zero() && d < Duration::from_secs(1) {
+            self.error(
+                v.span(),
+                key,
+                format!("{} is too short", humantime::format_duration(d)),
+                "announce at most every second; tens of seconds are plenty for ARP caches",
+            );
+        }
+        (!d.is_zero()).then_some(d)
+    }
+
+    /// `[ha]`: one instance of its own keys, or one per `[[ha.instance]]`; never both
+    /// (a key beside the tables would leave unclear which instance it belongs to).
+    /// Across instances, a vrid is used once per interface and an address by one
+    /// instance only.
+    fn ha_instances(&mut self, table: &S<raw::RawHa>, pools: &[Pool]) -> Vec<Ha> {
+        let top = table.get_ref();
+        if top.instance.is_empty() {
+            return vec![self.ha(table, "ha", pools)];
+        }
+        let beside: [(&str, Option<std::ops::Range<usize>>); 13] = [
+            ("interface", top.interface.as_ref().map(|v| v.span())),
+            ("vrid", top.vrid.as_ref().map(|v| v.span())),
+            ("priority", top.priority.as_ref().map(|v| v.span())),
+            (
+                "advert_interval",
+                top.advert_interval.as_ref().map(|v| v.span()),
+            ),
+            ("preempt", top.preempt.as_ref().map(|v| v.span())),
+            (
+                "preempt_delay",
+                top.preempt_delay.as_ref().map(|v| v.span()),
+            ),
+            ("virtual_ips", top.virtual_ips.as_ref().map(|v| v.span())),
+            ("unicast_peers", top.unicast_peers.first().map(|v| v.span())),
+            (
+                "track_pools",
+                top.track_pools.keys().next().map(|v| v.span()),
+            ),
+            ("notify", top.notify.as_ref().map(|v| v.span())),
+            (
+                "checksum_pseudo_header",
+                top.checksum_pseudo_header.as_ref().map(|v| v.span()),
+            ),
+            ("group", top.group.first().map(|v| v.span())),
+            ("garp_refresh", top.garp_refresh.as_ref().map(|v| v.span())),
+        ];
+        for (name, span) in beside {
+            if let Some(span) = span {
+                self.error(
+                    span,
+                    &format!("ha.{name}"),
+                    "is set in [ha] beside [[ha.instance]] tables: no instance would own it".into(),
+                    &format!("move {name} into each [[ha.instance]] it applies to (an [[ha.group]] becomes [[ha.instance.group]])"),
+                );
+            }
+        }
+        let mut instances = Vec::new();
+        let mut vrids: HashSet<(String, u8)> = HashSet::new();
+        let mut addresses: HashSet<IpAddr> = HashSet::new();
+        for raw in &top.instance {
+            if let Some(nested) = raw.get_ref().instance.first() {
+                self.error(
+                    nested.span(),
+                    "ha.instance.instance",
+                    "instances do not nest".into(),
+                    "write each instance as its own [[ha.instance]] table",
+                );
+            }
+            let ha = self.ha(raw, "ha.instance", pools);
+            let r = raw.get_ref();
+            if let Some(v) = &r.vrid
+                && !vrids.insert((ha.interface.clone(), ha.vrid))
+            {
+                self.error(
+                    v.span(),
+                    "ha.instance.vrid",
+                    format!("vrid {} is used twice on {}", ha.vrid, ha.interface),
+                    "each instance on one interface needs its own vrid (1 to 255), the same on both nodes",
+                );
+            }
+            let written = r
+                .virtual_ips
+                .iter()
+                .flat_map(|v| v.get_ref())
+                .map(|ip| ("ha.instance.virtual_ips", ip))
+                .chain(r.group.iter().flat_map(|g| {
+                    g.get_ref()
+                        .virtual_ips
+                        .get_ref()
+                        .iter()
+                        .map(|ip| ("ha.instance.group.virtual_ips", ip))
+                }));
+            for (key, ip) in written {
+                if let Ok((addr, _)) = parse_cidr(ip.get_ref())
+                    && !addresses.insert(addr)
+                {
+                    self.error(
+                        ip.span(),
+                        key,
+                        format!("{addr} belongs to another instance already"),
+                        "an address moves with one election: keep it in one instance",
+                    );
+                }
+            }
+            instances.push(ha);
+        }
+        instances
+    }
+
+    fn ha_group(&mut self, g: &S<raw::RawHaGroup>, prefix: &str) -> HaGroup {
         let g = g.get_ref();
+        let key = |name: &str| format!("{prefix}.group.{name}");
         if g.interface.get_ref().trim().is_empty() {
             self.error(
                 g.interface.span(),
-                "ha.group.interface",
+                &key("interface"),
                 "is empty".into(),
                 "name the interface that holds these addresses, e.g. \"eth1\"",
             );
@@ -2080,7 +2268,7 @@ impl Validator<'_> {
         if g.virtual_ips.get_ref().is_empty() {
             self.error(
                 g.virtual_ips.span(),
-                "ha.group.virtual_ips",
+                &key("virtual_ips"),
                 "is empty".into(),
                 "list the addresses that move with the master, e.g. [\"10.1.0.1/24\"]",
             );
@@ -2091,7 +2279,7 @@ impl Validator<'_> {
                 Ok(v) => virtual_ips.push(v),
                 Err(e) => self.error(
                     ip.span(),
-                    "ha.group.virtual_ips",
+                    &key("virtual_ips"),
                     e,
                     "write address/prefix, e.g. \"10.1.0.1/24\"",
                 ),
@@ -2105,12 +2293,7 @@ impl Validator<'_> {
 
     /// What a redirect (kernel DNAT) service needs: an address to match, a spread the
     /// kernel can do, backends of the same family, and a way back for the replies.
-    fn redirect_checks(
-        &mut self,
-        services: &[S<raw::RawService>],
-        pools: &[Pool],
-        ha: Option<&Ha>,
-    ) {
+    fn redirect_checks(&mut self, services: &[S<raw::RawService>], pools: &[Pool], ha: &[Ha]) {
         for s in services {
             let s = s.get_ref();
             let mode = s.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
@@ -2190,7 +2373,7 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|r| *r.get_ref())
                 .unwrap_or_default();
-            if return_path == ReturnPath::Vip && ha.is_none_or(|h| h.group.is_empty()) {
+            if return_path == ReturnPath::Vip && ha.iter().all(|h| h.group.is_empty()) {
                 let span = s
                     .return_path
                     .as_ref()

@@ -172,7 +172,7 @@ key_file = "sync.key"
         www.tls.as_ref().unwrap().certs[1].cert,
         dir.path().join("a.pem")
     );
-    let ha = c.ha.as_ref().unwrap();
+    let ha = c.ha.first().unwrap();
     assert_eq!(ha.vrid, 51);
     assert_eq!(ha.advert_interval, Duration::from_millis(100));
     assert_eq!(ha.virtual_ips[1], ("192.0.2.11".parse().unwrap(), 32));
@@ -534,7 +534,7 @@ fn an_ipv6_router_starts_with_its_link_local_address() {
         "{BASE}\n[ha]\ninterface = \"eth0\"\nvrid = 5\nvirtual_ips = [\"fe80::10/64\", \"2001:db8::10\"]\nunicast_peers = [\"fe80::2\"]\n"
     );
     let c = Config::parse(&text, "t.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
-    let ha = c.ha.unwrap();
+    let ha = c.ha.into_iter().next().unwrap();
     assert_eq!(ha.virtual_ips[0], ("fe80::10".parse().unwrap(), 64));
     assert_eq!(ha.virtual_ips[1], ("2001:db8::10".parse().unwrap(), 128));
     assert_eq!(
@@ -656,7 +656,7 @@ fn redirect_service_with_its_gateway_address_is_accepted() {
     let c = Config::parse(REDIRECT, "t.toml", Path::new(".")).unwrap();
     assert!(c.has_redirect());
     assert_eq!(c.services[0].return_path, ReturnPath::Vip);
-    let group = &c.ha.as_ref().unwrap().group;
+    let group = &c.ha.first().unwrap().group;
     assert_eq!(group[0].interface, "eth1");
     assert_eq!(
         group[0].virtual_ips,

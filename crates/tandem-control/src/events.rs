@@ -182,21 +182,31 @@ pub fn changes(before: &Snapshot, now: &Snapshot) -> Vec<(EventKind, String, Str
         let path = now.config_path.as_deref().unwrap_or("the configuration");
         out.push((EventKind::Reload, path.to_string(), "reloaded".to_string()));
     }
-    match (&before.ha, &now.ha) {
-        (Some(b), Some(n)) if !b.state.eq_ignore_ascii_case(&n.state) => out.push((
-            EventKind::Vrrp,
-            format!("{} vrid {}", n.interface, n.vrid),
-            format!("{} -> {}", b.state.to_lowercase(), n.state.to_lowercase()),
-        )),
-        (Some(b), Some(n)) if b.effective_priority != n.effective_priority => out.push((
-            EventKind::Vrrp,
-            format!("{} vrid {}", n.interface, n.vrid),
-            format!(
-                "priority {} -> {}",
-                b.effective_priority, n.effective_priority
-            ),
-        )),
-        _ => {}
+    for n in now.ha.iter() {
+        let Some(b) = before
+            .ha
+            .iter()
+            .find(|b| b.interface == n.interface && b.vrid == n.vrid)
+        else {
+            continue;
+        };
+        let subject = format!("{} vrid {}", n.interface, n.vrid);
+        if !b.state.eq_ignore_ascii_case(&n.state) {
+            out.push((
+                EventKind::Vrrp,
+                subject,
+                format!("{} -> {}", b.state.to_lowercase(), n.state.to_lowercase()),
+            ));
+        } else if b.effective_priority != n.effective_priority {
+            out.push((
+                EventKind::Vrrp,
+                subject,
+                format!(
+                    "priority {} -> {}",
+                    b.effective_priority, n.effective_priority
+                ),
+            ));
+        }
     }
     for p in &now.pools {
         let old = before.pools.iter().find(|o| o.name == p.name);
@@ -397,12 +407,20 @@ mod tests {
                 rejected,
                 ..Default::default()
             }],
-            ha: Some(HaSnapshot {
-                state: state.into(),
-                interface: "eth0".into(),
-                vrid: 51,
-                ..Default::default()
-            }),
+            ha: HaInstances(vec![
+                HaSnapshot {
+                    state: state.into(),
+                    interface: "eth0".into(),
+                    vrid: 51,
+                    ..Default::default()
+                },
+                HaSnapshot {
+                    state: "Master".into(),
+                    interface: "eth0".into(),
+                    vrid: 52,
+                    ..Default::default()
+                },
+            ]),
             sync: vec![PeerSnapshot {
                 address: "10.9.0.2:7400".into(),
                 connected: peer,
@@ -441,6 +459,15 @@ mod tests {
             .map(|(k, s, t)| format!("{k:?} {s}: {t}"))
             .collect();
         assert!(back.contains(&"Sync 10.9.0.2:7400: left: connection reset".to_string()));
+        // Active/active: the second instance's change is its own event, named so.
+        let mut c = b.clone();
+        c.ha.0[1].state = "Backup".into();
+        c.ha.0[1].effective_priority = 40;
+        let got: Vec<String> = changes(&b, &c)
+            .into_iter()
+            .map(|(k, s, t)| format!("{k:?} {s}: {t}"))
+            .collect();
+        assert_eq!(got, ["Vrrp eth0 vrid 52: master -> backup"]);
         assert!(back.contains(&"Health web/10.0.0.1:80: down -> up".to_string()));
     }
 

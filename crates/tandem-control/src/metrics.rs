@@ -60,11 +60,22 @@ struct InfoLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HaLabels {
+    interface: String,
+    vrid: String,
     state: String,
 }
 
+/// One VRRP instance (not `instance`: Prometheus names the scrape target so).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
+struct VridLabels {
+    interface: String,
+    vrid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VridReasonLabels {
+    interface: String,
+    vrid: String,
     reason: String,
 }
 
@@ -389,38 +400,52 @@ pub fn encode(snapshot: &Snapshot) -> String {
         }
     }
 
-    if let Some(ha) = &snapshot.ha {
-        let state = gauge::<HaLabels>(&mut registry, "vrrp_state", "1 for the current VRRP state");
-        for s in ["initialize", "backup", "master"] {
-            state
-                .get_or_create(&HaLabels { state: s.into() })
-                .set(i64::from(ha.state.eq_ignore_ascii_case(s)));
-        }
-        let prio = Gauge::<i64>::default();
-        registry.register(
+    if !snapshot.ha.is_empty() {
+        let state = gauge::<HaLabels>(
+            &mut registry,
+            "vrrp_state",
+            "1 for the current VRRP state, per instance",
+        );
+        let prio = gauge::<VridLabels>(
+            &mut registry,
             "vrrp_priority",
-            "VRRP priority after demotions",
-            prio.clone(),
+            "VRRP priority after demotions, per instance",
         );
-        prio.set(i64::from(ha.effective_priority));
-        let transitions = Counter::<u64>::default();
-        registry.register(
+        let transitions = counter::<VridLabels>(
+            &mut registry,
             "vrrp_transitions",
-            "VRRP state changes",
-            transitions.clone(),
+            "VRRP state changes, per instance",
         );
-        transitions.inc_by(ha.transitions);
-        let dropped = counter::<ReasonLabels>(
+        let dropped = counter::<VridReasonLabels>(
             &mut registry,
             "vrrp_dropped_packets",
-            "VRRP packets dropped, by reason",
+            "VRRP packets dropped, per instance and reason",
         );
-        for (reason, n) in &ha.dropped {
-            dropped
-                .get_or_create(&ReasonLabels {
-                    reason: reason.clone(),
-                })
-                .inc_by(*n);
+        for ha in snapshot.ha.iter() {
+            let l = VridLabels {
+                interface: ha.interface.clone(),
+                vrid: ha.vrid.to_string(),
+            };
+            for s in ["initialize", "backup", "master"] {
+                state
+                    .get_or_create(&HaLabels {
+                        interface: l.interface.clone(),
+                        vrid: l.vrid.clone(),
+                        state: s.into(),
+                    })
+                    .set(i64::from(ha.state.eq_ignore_ascii_case(s)));
+            }
+            prio.get_or_create(&l).set(i64::from(ha.effective_priority));
+            transitions.get_or_create(&l).inc_by(ha.transitions);
+            for (reason, n) in &ha.dropped {
+                dropped
+                    .get_or_create(&VridReasonLabels {
+                        interface: l.interface.clone(),
+                        vrid: l.vrid.clone(),
+                        reason: reason.clone(),
+                    })
+                    .inc_by(*n);
+            }
         }
     }
     if !snapshot.sync.is_empty() {
@@ -526,7 +551,7 @@ pub fn encode(snapshot: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ServiceSnapshot;
+    use crate::protocol::{HaInstances, HaSnapshot, ServiceSnapshot};
 
     #[test]
     fn response_times_are_a_histogram_with_cumulative_buckets() {
@@ -552,6 +577,32 @@ mod tests {
             "tandem_service_http_response_seconds_bucket{le=\"+Inf\",service=\"www\"} 5",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn vrrp_metrics_are_per_instance() {
+        let instance = |vrid: u8, state: &str| HaSnapshot {
+            state: state.into(),
+            interface: "eth0".into(),
+            vrid,
+            effective_priority: vrid,
+            transitions: u64::from(vrid),
+            ..Default::default()
+        };
+        let snapshot = Snapshot {
+            ha: HaInstances(vec![instance(51, "MASTER"), instance(52, "BACKUP")]),
+            ..Default::default()
+        };
+        let text = encode(&snapshot);
+        for line in [
+            r#"tandem_vrrp_state{interface="eth0",vrid="51",state="master"} 1"#,
+            r#"tandem_vrrp_state{interface="eth0",vrid="52",state="master"} 0"#,
+            r#"tandem_vrrp_state{interface="eth0",vrid="52",state="backup"} 1"#,
+            r#"tandem_vrrp_priority{interface="eth0",vrid="52"} 52"#,
+            r#"tandem_vrrp_transitions_total{interface="eth0",vrid="51"} 51"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
         }
     }
 }

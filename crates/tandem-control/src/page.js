@@ -138,12 +138,16 @@
 
   function ha(s) {
     const out = [el("h2", {}, "High availability")];
-    if (!s.ha) return out.concat(el("p", { id: "ha" }, "not configured"));
-    const st = s.ha.state.toLowerCase();
-    const cls = st === "master" ? "master" : st === "backup" ? "backup" : "unchecked";
-    return out.concat(el("p", { id: "ha" }, "role ", badge(s.ha.state, cls),
-      ` \u00b7 ${s.ha.interface} vrid ${s.ha.vrid} \u00b7 priority ${s.ha.effective_priority} (configured ${s.ha.priority})` +
-      (s.ha.master ? ` \u00b7 master ${s.ha.master}` : "") + ` \u00b7 ${s.ha.virtual_ips.join(", ")}`));
+    // One instance is an object, several an array (see HaInstances).
+    const list = !s.ha ? [] : Array.isArray(s.ha) ? s.ha : [s.ha];
+    if (!list.length) return out.concat(el("p", { id: "ha" }, "not configured"));
+    return out.concat(list.map((h, i) => {
+      const st = h.state.toLowerCase();
+      const cls = st === "master" ? "master" : st === "backup" ? "backup" : "unchecked";
+      return el("p", { id: i === 0 ? "ha" : `ha-${h.interface}-${h.vrid}` }, "role ", badge(h.state, cls),
+        ` \u00b7 ${h.interface} vrid ${h.vrid} \u00b7 priority ${h.effective_priority} (configured ${h.priority})` +
+        (h.master ? ` \u00b7 master ${h.master}` : "") + ` \u00b7 ${h.virtual_ips.join(", ")}`);
+    }));
   }
 
   function seriesOf(list, match) {

@@ -183,8 +183,8 @@ pub enum Reply {
     Backend(BackendSnapshot),
     /// To [`Request::Reload`]: what changed.
     Reload(ReloadReply),
-    /// To [`Request::Ha`]: the VRRP state, when `[ha]` is configured.
-    Ha(Option<HaSnapshot>),
+    /// To [`Request::Ha`]: the VRRP state of each instance of `[ha]`.
+    Ha(HaInstances),
     /// To [`Request::Redirect`]: the redirect services, when configured.
     Redirect(Option<Box<RedirectSnapshot>>),
     /// To [`Request::Announce`]: the announcements after the action, when
@@ -205,7 +205,7 @@ pub enum Reply {
     /// [`crate::events::Event`] per line.
     Monitor(Vec<crate::events::Event>),
     /// To [`Request::HaDemote`] and [`Request::HaRestore`]: the VRRP state after it.
-    HaMaintenance(Option<HaSnapshot>),
+    HaMaintenance(HaInstances),
     /// To [`Request::Upgrade`]: the new process serves.
     Upgrade(UpgradeReply),
 }
@@ -382,8 +382,9 @@ pub struct Snapshot {
     pub services: Vec<ServiceSnapshot>,
     /// Pools.
     pub pools: Vec<PoolSnapshot>,
-    /// VRRP state, when configured.
-    pub ha: Option<HaSnapshot>,
+    /// VRRP state, per instance.
+    #[serde(default)]
+    pub ha: HaInstances,
     /// Sync peers, when configured.
     pub sync: Vec<PeerSnapshot>,
     /// Redirect services, when configured (without the kernel's table).
@@ -623,7 +624,47 @@ pub struct ConntrackSnapshot {
     pub role: String,
 }
 
-/// VRRP state.
+/// The VRRP instances of a node, in configuration order. On the wire: `null` without
+/// `[ha]`, the instance's object when there is one (the form from before there were
+/// several, which scripts read), an array of them when there are several.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HaInstances(pub Vec<HaSnapshot>);
+
+impl std::ops::Deref for HaInstances {
+    type Target = [HaSnapshot];
+
+    fn deref(&self) -> &[HaSnapshot] {
+        &self.0
+    }
+}
+
+impl Serialize for HaInstances {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [] => s.serialize_none(),
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HaInstances {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<HaInstances, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            One(Box<HaSnapshot>),
+            Many(Vec<HaSnapshot>),
+        }
+        Ok(HaInstances(match Option::<Wire>::deserialize(d)? {
+            None => Vec::new(),
+            Some(Wire::One(one)) => vec![*one],
+            Some(Wire::Many(many)) => many,
+        }))
+    }
+}
+
+/// VRRP state of one instance.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HaSnapshot {
     /// Initialize, Backup or Master.
@@ -745,8 +786,21 @@ mod tests {
                 Reply::Backend(snapshot.pools[0].backends[0].clone()),
             ),
             (Request::Reload, Reply::Reload(reload)),
-            (Request::Ha, Reply::Ha(None)),
-            (Request::Ha, Reply::Ha(Some(HaSnapshot::default()))),
+            (Request::Ha, Reply::Ha(HaInstances::default())),
+            (
+                Request::Ha,
+                Reply::Ha(HaInstances(vec![HaSnapshot::default()])),
+            ),
+            (
+                Request::Ha,
+                Reply::Ha(HaInstances(vec![
+                    HaSnapshot::default(),
+                    HaSnapshot {
+                        vrid: 52,
+                        ..HaSnapshot::default()
+                    },
+                ])),
+            ),
             (Request::Redirect, Reply::Redirect(None)),
             (
                 Request::Redirect,
@@ -794,7 +848,10 @@ mod tests {
                 Reply::ConnectionClosed(ConnectionSnapshot::default()),
             ),
             (Request::Monitor, Reply::Monitor(Vec::new())),
-            (Request::HaDemote, Reply::HaMaintenance(None)),
+            (
+                Request::HaDemote,
+                Reply::HaMaintenance(HaInstances::default()),
+            ),
             (
                 Request::Upgrade { binary: None },
                 Reply::Upgrade(UpgradeReply {
@@ -821,8 +878,30 @@ mod tests {
             r#"{"ok":true,"data":{"listeners_closed":[],"listeners_opened":["127.0.0.1:8080"],"needs_restart":[],"services_added":[],"services_removed":[]}}"#
         );
         assert_eq!(
-            serde_json::to_string(&Response::ok(Reply::Ha(None))).unwrap(),
+            serde_json::to_string(&Response::ok(Reply::Ha(HaInstances::default()))).unwrap(),
             r#"{"ok":true}"#
+        );
+        // One instance: the object itself, as before several instances existed.
+        let one = HaSnapshot {
+            state: "Master".into(),
+            vrid: 51,
+            ..HaSnapshot::default()
+        };
+        let line = serde_json::to_string(&Response::ok(Reply::Ha(HaInstances(vec![one.clone()]))))
+            .unwrap();
+        assert!(
+            line.starts_with(r#"{"ok":true,"data":{"demotions":[],"#)
+                && line.contains(r#""vrid":51}"#),
+            "{line}"
+        );
+        let two = serde_json::to_string(&Response::ok(Reply::Ha(HaInstances(vec![
+            one.clone(),
+            one,
+        ]))))
+        .unwrap();
+        assert!(
+            two.starts_with(r#"{"ok":true,"data":[{"demotions":[],"#) && two.ends_with("}]}"),
+            "{two}"
         );
         assert_eq!(
             serde_json::to_string(&Response::error("no pool is named \"x\"")).unwrap(),

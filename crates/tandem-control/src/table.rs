@@ -40,13 +40,15 @@ pub fn status(s: &Snapshot) -> String {
     if let Some(p) = &s.config_path {
         out += &format!("config {p}\n");
     }
-    out += &match &s.ha {
-        Some(ha) => format!(
+    for ha in s.ha.iter() {
+        out += &format!(
             "ha {} on {} vrid {}  priority {} (configured {})\n",
             ha.state, ha.interface, ha.vrid, ha.effective_priority, ha.priority
-        ),
-        None => "ha not configured\n".into(),
-    };
+        );
+    }
+    if s.ha.is_empty() {
+        out += "ha not configured\n";
+    }
     if s.sync.is_empty() {
         out += "sync not configured\n";
     } else {
@@ -164,11 +166,16 @@ pub fn pools(s: &Snapshot) -> String {
     out
 }
 
-/// `tandem ctl ha`.
-pub fn ha(ha: Option<&HaSnapshot>) -> String {
-    let Some(ha) = ha else {
+/// `tandem ctl ha`: each instance, a blank line between two.
+pub fn ha(instances: &[HaSnapshot]) -> String {
+    if instances.is_empty() {
         return "ha not configured (no [ha] section)\n".into();
-    };
+    }
+    let blocks: Vec<String> = instances.iter().map(ha_instance).collect();
+    blocks.join("\n")
+}
+
+fn ha_instance(ha: &HaSnapshot) -> String {
     let mut out = format!(
         "state {}\ninterface {}  vrid {}\npriority {} (configured {})\n",
         ha.state, ha.interface, ha.vrid, ha.effective_priority, ha.priority
@@ -404,5 +411,40 @@ mod runtime_tests {
         }]);
         assert!(s.contains("192.0.2.7"), "{s}");
         assert!(s.ends_with("1 entries\n"), "{s}");
+    }
+}
+
+#[cfg(test)]
+mod ha_tests {
+    use super::*;
+
+    #[test]
+    fn ctl_ha_lists_every_instance() {
+        assert_eq!(ha(&[]), "ha not configured (no [ha] section)\n");
+        let one = HaSnapshot {
+            state: "MASTER".into(),
+            interface: "eth0".into(),
+            vrid: 51,
+            priority: 150,
+            effective_priority: 150,
+            virtual_ips: vec!["192.0.2.10/24".into()],
+            ..Default::default()
+        };
+        let single = ha(std::slice::from_ref(&one));
+        assert_eq!(
+            single,
+            "state MASTER\ninterface eth0  vrid 51\npriority 150 (configured 150)\nvirtual addresses 192.0.2.10/24\ntransitions 0\n"
+        );
+        let two = HaSnapshot {
+            state: "BACKUP".into(),
+            vrid: 52,
+            ..one.clone()
+        };
+        let both = ha(&[one, two]);
+        assert!(both.starts_with(&single), "{both}");
+        assert!(
+            both[single.len()..].starts_with("\nstate BACKUP\ninterface eth0  vrid 52\n"),
+            "{both}"
+        );
     }
 }

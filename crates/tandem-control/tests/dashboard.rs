@@ -69,11 +69,11 @@ fn full_snapshot() -> Snapshot {
             }],
             ..Default::default()
         }],
-        ha: Some(HaSnapshot {
+        ha: HaInstances(vec![HaSnapshot {
             state: "master".into(),
             dropped: vec![("checksum".into(), 1)],
             ..Default::default()
-        }),
+        }]),
         sync: vec![PeerSnapshot {
             address: "10.9.0.2:7400".into(),
             ..Default::default()

@@ -27,6 +27,9 @@ pub struct Settings {
     pub primary: IpAddr,
     /// The virtual addresses, all of `primary`'s family.
     pub addresses: Vec<IpAddr>,
+    /// While master, announce the addresses again this often (none: only on
+    /// takeover and when a lower-priority master is heard).
+    pub announce_every: Option<Duration>,
 }
 
 /// The three states of RFC 5798.
@@ -104,7 +107,9 @@ pub enum Action {
     /// Announce the virtual addresses (gratuitous ARP), right after the advertisement
     /// that follows [`Action::TakeAddresses`]: with nothing slow between the two, the
     /// gap in which clients still send to the old master, which no longer holds the
-    /// addresses, stays as short as two system calls.
+    /// addresses, stays as short as two system calls. A master also announces every
+    /// [`Settings::announce_every`], and at once when it hears a lower-priority
+    /// master (a healed split brain: neighbours may have learnt the other's address).
     Announce,
     /// Remove the virtual addresses.
     ReleaseAddresses,
@@ -128,6 +133,7 @@ pub struct Instance {
     master_interval: Centis,
     master_down_at: Option<Duration>,
     advert_at: Option<Duration>,
+    announce_at: Option<Duration>,
     started_at: Duration,
     hold_preempt: bool,
     master: Option<IpAddr>,
@@ -145,6 +151,7 @@ impl Instance {
             state: State::Initialize,
             master_down_at: None,
             advert_at: None,
+            announce_at: None,
             started_at: Duration::ZERO,
             hold_preempt: false,
             master: None,
@@ -198,10 +205,10 @@ impl Instance {
 
     /// The earliest pending deadline.
     pub fn next_deadline(&self) -> Option<Duration> {
-        match (self.master_down_at, self.advert_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.master_down_at, self.advert_at, self.announce_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The advertisement this router sends with `priority`.
@@ -236,6 +243,7 @@ impl Instance {
         actions.push(Action::Announce);
         self.master_down_at = None;
         self.advert_at = Some(now + self.settings.interval.to_duration());
+        self.announce_at = self.settings.announce_every.map(|every| now + every);
         self.master_interval = self.settings.interval;
         self.master = Some(self.settings.primary);
         self.go(State::Master, reason, actions);
@@ -250,9 +258,16 @@ impl Instance {
     ) {
         let was_master = self.state == State::Master;
         self.advert_at = None;
+        self.announce_at = None;
         self.master_interval = master_interval;
         self.master_down_at = Some(now + self.master_down_interval());
         if was_master {
+            // One last advertisement at our priority: when the higher master's reached
+            // us first (a healed split brain), this is how it learns that neighbours
+            // may hold our MAC for the addresses, and it announces them again.
+            actions.push(Action::Send {
+                priority: self.priority,
+            });
             actions.push(Action::ReleaseAddresses);
         }
         self.go(State::Backup, reason, actions);
@@ -314,6 +329,7 @@ impl Instance {
             (_, Input::Resume(_)) => {}
             (State::Master, Input::Shutdown) => {
                 self.advert_at = None;
+                self.announce_at = None;
                 actions.push(Action::Send { priority: 0 });
                 actions.push(Action::ReleaseAddresses);
                 self.master = None;
@@ -329,6 +345,7 @@ impl Instance {
             }
             (State::Master, Input::InterfaceDown) => {
                 self.advert_at = None;
+                self.announce_at = None;
                 actions.push(Action::ReleaseAddresses);
                 self.master = None;
                 self.go(State::Initialize, "interface down".into(), &mut actions);
@@ -354,11 +371,20 @@ impl Instance {
                     self.master_left = false;
                     self.peer_exited = false;
                     self.become_master(now, reason, &mut actions);
-                } else if state == State::Master && self.advert_at.is_some_and(|t| now >= t) {
-                    actions.push(Action::Send {
-                        priority: self.priority,
-                    });
-                    self.advert_at = Some(now + self.settings.interval.to_duration());
+                } else if state == State::Master {
+                    if self.advert_at.is_some_and(|t| now >= t) {
+                        actions.push(Action::Send {
+                            priority: self.priority,
+                        });
+                        self.advert_at = Some(now + self.settings.interval.to_duration());
+                    }
+                    if let (Some(at), Some(every)) =
+                        (self.announce_at, self.settings.announce_every)
+                        && now >= at
+                    {
+                        actions.push(Action::Announce);
+                        self.announce_at = Some(now + every);
+                    }
                 }
             }
             (State::Backup, Input::Advert { from, advert }) => {
@@ -390,6 +416,16 @@ impl Instance {
                     );
                     self.master = Some(from);
                     self.become_backup(now, advert.interval, reason, &mut actions);
+                } else {
+                    // Another master, below us: a split brain has healed (RFC 5798
+                    // 6.4.3: we stay master). It yields on our next advertisement, sent
+                    // now; the announcement points neighbours that learnt its MAC for
+                    // the addresses back to us.
+                    actions.push(Action::Send {
+                        priority: self.priority,
+                    });
+                    actions.push(Action::Announce);
+                    self.advert_at = Some(now + self.settings.interval.to_duration());
                 }
             }
             (State::Initialize, Input::Advert { .. }) => {}
@@ -452,6 +488,7 @@ mod tests {
             preempt_delay: Duration::ZERO,
             primary: Ipv4Addr::from(primary).into(),
             addresses: vec![Ipv4Addr::new(192, 0, 2, 10).into()],
+            announce_every: None,
         }
     }
 
@@ -757,22 +794,24 @@ mod tests {
     }
 
     #[test]
-    fn a_master_yields_to_a_higher_priority_and_ignores_a_lower_one() {
+    fn a_master_yields_to_a_higher_priority_and_outshouts_a_lower_one() {
         let mut i = Instance::new(settings(200, [192, 0, 2, 1]));
         i.handle(ms(0), Input::Startup);
         i.handle(ms(3600), Input::Tick);
         assert_eq!(i.state(), State::Master);
         let lower = advert(100);
-        assert!(
+        assert_eq!(
             i.handle(
                 ms(4000),
                 Input::Advert {
                     from: PEER,
                     advert: &lower
                 }
-            )
-            .is_empty()
+            ),
+            vec![Action::Send { priority: 200 }, Action::Announce],
+            "stays master, advertises and announces at once"
         );
+        assert_eq!(i.state(), State::Master);
         let higher = advert(250);
         let a = i.handle(
             ms(4100),
@@ -781,7 +820,11 @@ mod tests {
                 advert: &higher,
             },
         );
-        assert_eq!(a[0], Action::ReleaseAddresses);
+        assert_eq!(
+            a[..2],
+            [Action::Send { priority: 200 }, Action::ReleaseAddresses],
+            "one last advertisement at our priority (the new master announces on it)"
+        );
         assert_eq!(transitions(&a), vec![(State::Master, State::Backup)]);
         assert_eq!(i.master(), Some(PEER));
     }
@@ -812,7 +855,12 @@ mod tests {
                 advert: &adv,
             },
         );
-        assert!(a.is_empty(), "the higher address stays master");
+        assert_eq!(
+            a,
+            vec![Action::Send { priority: 100 }, Action::Announce],
+            "the higher address stays master and announces"
+        );
+        assert_eq!(high.state(), State::Master);
     }
 
     #[test]
@@ -996,5 +1044,163 @@ mod tests {
         assert_eq!(i.state(), State::Initialize);
         let a = i.handle(ms(5000), Input::Startup);
         assert_eq!(transitions(&a), vec![(State::Initialize, State::Backup)]);
+    }
+
+    /// Delivers every advertisement in `actions` of `from` (at `primary`) to `to`;
+    /// returns `to`'s actions.
+    fn deliver(
+        now: Duration,
+        from: &Instance,
+        actions: &[Action],
+        to: &mut Instance,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        for a in actions {
+            if let Action::Send { priority } = a {
+                let ad = from.advertisement(*priority);
+                out.extend(to.handle(
+                    now,
+                    Input::Advert {
+                        from: from.settings().primary,
+                        advert: &ad,
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_master_repeats_its_announcement_every_garp_refresh() {
+        let mut s = settings(200, [192, 0, 2, 1]);
+        s.announce_every = Some(ms(5000));
+        let mut i = Instance::new(s);
+        i.handle(ms(0), Input::Startup);
+        let a = i.handle(ms(3600), Input::Tick);
+        assert!(a.contains(&Action::Announce), "on takeover: {a:?}");
+        let mut announced = Vec::new();
+        let mut now = ms(3600);
+        // 20 simulated seconds, tick by tick at each deadline.
+        for _ in 0..100 {
+            now = i.next_deadline().expect("a master has deadlines");
+            if now > ms(23_600) {
+                break;
+            }
+            let a = i.handle(now, Input::Tick);
+            if a.contains(&Action::Announce) {
+                announced.push(now);
+            }
+        }
+        assert_eq!(
+            announced,
+            vec![ms(8600), ms(13_600), ms(18_600), ms(23_600)],
+            "every 5 s after the takeover, until {now:?}"
+        );
+        // A backup does not announce, and nothing is left scheduled to do so.
+        let higher = advert(250);
+        i.handle(
+            ms(24_000),
+            Input::Advert {
+                from: PEER,
+                advert: &higher,
+            },
+        );
+        assert_eq!(i.state(), State::Backup);
+        assert_eq!(
+            i.next_deadline(),
+            Some(ms(24_000) + i.master_down_interval()),
+            "only the master-down timer"
+        );
+        let a = i.handle(ms(26_000), Input::Tick);
+        assert!(a.is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn without_garp_refresh_a_master_announces_only_on_takeover() {
+        let mut i = Instance::new(settings(200, [192, 0, 2, 1]));
+        i.handle(ms(0), Input::Startup);
+        i.handle(ms(3600), Input::Tick);
+        for n in 1..=30u64 {
+            let now = ms(3600 + n * 1000);
+            assert_eq!(
+                i.next_deadline(),
+                Some(now),
+                "only the advertisement is due"
+            );
+            let a = i.handle(now, Input::Tick);
+            assert_eq!(a, vec![Action::Send { priority: 200 }]);
+        }
+    }
+
+    #[test]
+    fn a_healed_split_brain_leaves_the_higher_master_within_one_interval_announced() {
+        let mut high = Instance::new(settings(200, [192, 0, 2, 1]));
+        let mut low = Instance::new(settings(100, [192, 0, 2, 2]));
+        high.handle(ms(0), Input::Startup);
+        low.handle(ms(0), Input::Startup);
+        // The link is cut: neither hears the other, both become master.
+        for t in (100..=5000).step_by(100) {
+            high.handle(ms(t), Input::Tick);
+            low.handle(ms(t), Input::Tick);
+        }
+        assert_eq!((high.state(), low.state()), (State::Master, State::Master));
+        // Healed at 5.05 s. Whichever advertisement crosses first (the high one's at
+        // its next interval, or the low one's when it is due first): both orders end
+        // with one master, which has announced the addresses.
+        for low_first in [false, true] {
+            let (mut h, mut l) = (high.clone(), low.clone());
+            if low_first {
+                // Shift the low one's timer before the high one's.
+                l.advert_at = h.advert_at.map(|t| t - ms(50));
+            }
+            let healed = ms(5050);
+            let mut now = healed;
+            let mut announced_at = None;
+            let mut yielded_at = None;
+            for _ in 0..20 {
+                now = [h.next_deadline(), l.next_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap()
+                    .max(now);
+                let mut from_h = h.handle(now, Input::Tick);
+                let mut from_l = l.handle(now, Input::Tick);
+                // Deliver both ways until nothing more is sent (bounded).
+                for _ in 0..5 {
+                    if from_h.iter().chain(&from_l).any(|a| *a == Action::Announce)
+                        && h.state() == State::Master
+                    {
+                        announced_at.get_or_insert(now);
+                    }
+                    let to_l = deliver(now, &h, &from_h, &mut l);
+                    let to_h = deliver(now, &l, &from_l, &mut h);
+                    if to_l.contains(&Action::ReleaseAddresses) {
+                        yielded_at.get_or_insert(now);
+                    }
+                    if to_h.contains(&Action::Announce) {
+                        announced_at.get_or_insert(now);
+                    }
+                    (from_h, from_l) = (to_h, to_l);
+                }
+                if l.state() == State::Backup && announced_at.is_some() {
+                    break;
+                }
+            }
+            assert_eq!(h.state(), State::Master, "low first: {low_first}");
+            assert_eq!(l.state(), State::Backup, "low first: {low_first}");
+            let yielded = yielded_at.expect("the low master released its addresses");
+            assert!(
+                yielded - healed <= ms(1000),
+                "one master within one interval (1 s): took {:?}",
+                yielded - healed
+            );
+            let announced = announced_at.expect("the remaining master announced");
+            assert!(
+                announced >= healed && announced - healed <= ms(1000),
+                "announced {:?} after the heal (low first: {low_first})",
+                announced - healed
+            );
+        }
     }
 }

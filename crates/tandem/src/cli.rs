@@ -362,7 +362,7 @@ impl CtlCommand {
         match reply {
             Reply::Status(s) => table::status(s),
             Reply::Pools(s) => table::pools(s),
-            Reply::Ha(ha) => table::ha(ha.as_ref()),
+            Reply::Ha(ha) => table::ha(&ha.0),
             Reply::Redirect(r) => table::redirect(r.as_deref()),
             Reply::Announce(a) => table::announce(a.as_ref()),
             Reply::Upgrade(u) => upgraded(u),
@@ -407,7 +407,7 @@ impl CtlCommand {
                 tandem_control::page::ago(c.age_secs)
             ),
             Reply::Monitor(events) => events.iter().map(table::event).collect(),
-            Reply::HaMaintenance(ha) => table::ha(ha.as_ref()),
+            Reply::HaMaintenance(ha) => table::ha(ha),
         }
     }
 }

@@ -24,7 +24,7 @@ pub fn needed(config: &Config) -> CapsHashSet {
     if low_port {
         set.insert(Capability::CAP_NET_BIND_SERVICE);
     }
-    if config.ha.is_some() || config.has_redirect() {
+    if !config.ha.is_empty() || config.has_redirect() {
         // Raw VRRP and ARP sockets, virtual addresses, nftables and conntrack.
         set.insert(Capability::CAP_NET_RAW);
         set.insert(Capability::CAP_NET_ADMIN);

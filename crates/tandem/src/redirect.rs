@@ -303,7 +303,7 @@ impl RedirectPlane {
 
 /// conntrackd runs where redirect services, [ha] and [sync] meet.
 pub fn conntrackd_program(config: &Config) -> Option<PathBuf> {
-    (config.has_redirect() && config.ha.is_some())
+    (config.has_redirect() && !config.ha.is_empty())
         .then(|| {
             config
                 .sync
@@ -315,7 +315,7 @@ pub fn conntrackd_program(config: &Config) -> Option<PathBuf> {
 
 fn conntrack_settings(config: &Config) -> anyhow::Result<Option<ConntrackSettings>> {
     let Some(program) = conntrackd_program(config) else {
-        if config.has_redirect() && config.ha.is_some() {
+        if config.has_redirect() && !config.ha.is_empty() {
             warn!(target: "tandem::redirect", "no [sync]: established redirect connections will not survive a failover");
         }
         return Ok(None);

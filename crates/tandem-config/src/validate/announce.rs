@@ -17,7 +17,7 @@ impl Validator<'_> {
         &mut self,
         a: &S<raw::RawAnnounce>,
         services: &[S<raw::RawService>],
-        ha: Option<&Ha>,
+        ha: &[Ha],
     ) -> Announce {
         let section = a.span();
         let a = a.get_ref();
@@ -102,9 +102,12 @@ impl Validator<'_> {
                 }
             }
         }
-        if let Some(ha) = ha {
+        {
             for ip in &addresses {
-                if ha.virtual_ips.iter().any(|(v, _)| v == ip) {
+                if ha
+                    .iter()
+                    .any(|h| h.virtual_ips.iter().any(|(v, _)| v == ip))
+                {
                     let span = a.addresses.as_ref().map_or(section.clone(), |l| l.span());
                     self.warn(
                         span,

@@ -57,6 +57,11 @@ pub struct HaSettings {
     pub pseudo_header: bool,
     /// Addresses on other interfaces that follow this router's state.
     pub group: Vec<GroupSettings>,
+    /// While master, announce the addresses again this often (`garp_refresh`).
+    pub garp_refresh: Option<Duration>,
+    /// The vrids of this node's other instances on the interface: their adverts are
+    /// ignored, not counted as dropped.
+    pub sibling_vrids: Vec<u8>,
 }
 
 /// Virtual addresses on another interface, taken and released with the main ones.
@@ -234,6 +239,7 @@ impl Vrrp {
             preempt_delay: settings.preempt_delay,
             primary,
             addresses: vips,
+            announce_every: settings.garp_refresh,
         });
         let status = Arc::new(Mutex::new(Status {
             state: State::Initialize,
@@ -684,15 +690,23 @@ impl Runner {
             Some(m) => decode_ipv6(packet, m.source, m.destination, m.hop_limit),
         };
         let result = decoded.and_then(|rx| {
+            // Another instance of this node hears those: not a stranger's packet.
+            if rx.advertisement.vrid != self.settings.vrid
+                && self.settings.sibling_vrids.contains(&rx.advertisement.vrid)
+            {
+                return Ok(None);
+            }
             check_sender(
                 rx,
                 self.primary,
                 self.settings.vrid,
                 &self.settings.unicast_peers,
             )
+            .map(Some)
         });
         match result {
-            Ok(rx) => {
+            Ok(None) => None,
+            Ok(Some(rx)) => {
                 let ours = &self.machine.settings().addresses;
                 if rx.advertisement.priority != 0 && &rx.advertisement.addresses != ours {
                     debug!(target: "tandem::vrrp", from = %rx.source, theirs = ?rx.advertisement.addresses, ours = ?ours,
@@ -845,7 +859,7 @@ impl Runner {
     }
 
     fn transition(&self, from: State, to: State, reason: String) {
-        info!(target: "tandem::vrrp", from = from.name(), to = to.name(), "VRRP {} -> {}: {reason}", from.name(), to.name());
+        info!(target: "tandem::vrrp", from = from.name(), to = to.name(), "VRRP {} -> {} ({} vrid {}): {reason}", from.name(), to.name(), self.settings.interface, self.settings.vrid);
         {
             let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
             s.state = to;
@@ -921,6 +935,8 @@ mod tests {
             notify: None,
             pseudo_header: true,
             group: Vec::new(),
+            garp_refresh: None,
+            sibling_vrids: Vec::new(),
         }
     }
 

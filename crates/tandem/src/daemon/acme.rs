@@ -18,9 +18,10 @@ use crate::acme::{AcmeState, Record, order};
 const TICK: Duration = Duration::from_secs(1);
 
 /// Whether this node orders certificates: a single node does; of a pair, the VRRP
-/// master only (the backup gets them over sync).
+/// master only (the backup gets them over sync): with several instances, the master
+/// of the first one, so that one node of an active/active pair orders.
 pub(super) fn orders_here(daemon: &Daemon) -> bool {
-    match daemon.vrrp() {
+    match daemon.vrrp().first() {
         None => true,
         Some(vrrp) => vrrp.status().state == tandem_vrrp::State::Master,
     }

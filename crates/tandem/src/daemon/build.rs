@@ -114,7 +114,8 @@ pub struct Built {
     pub(super) redirect: Option<Arc<RedirectPlane>>,
     /// VRRP's takeover hook, answered by the redirect plane once started.
     pub(super) takeovers: Option<mpsc::Receiver<Takeover>>,
-    pub(super) vrrp: Option<Arc<Vrrp>>,
+    /// One VRRP router per instance, in configuration order.
+    pub(super) vrrp: Vec<Arc<Vrrp>>,
     /// What VRRP preemption waits for, when it waits.
     pub(super) gate: Option<Gate>,
     /// The announcement interface, when `[announce]` is configured.
@@ -245,7 +246,7 @@ struct Parts {
     sync: Option<Arc<SyncNode>>,
     redirect: Option<Arc<RedirectPlane>>,
     takeovers: Option<mpsc::Receiver<Takeover>>,
-    vrrp: Option<Arc<Vrrp>>,
+    vrrp: Vec<Arc<Vrrp>>,
     gate: Option<Gate>,
 }
 
@@ -308,26 +309,27 @@ async fn build_parts(
     }
 }
 
-/// VRRP for `[ha]`, with the redirect plane's takeover hook (conntrackd) when it has
-/// one, and its preemption held when the readiness gate waits; in state `resume` when
-/// it replaces a process (upgrade).
+/// A VRRP router per instance, the redirect plane's takeover hook (conntrackd) on the
+/// instance the redirect plane follows, and every instance's preemption held when the
+/// readiness gate waits; in state `resume` when it replaces a process (upgrade: one
+/// instance only). Routers started before a failing one are shut down again.
 async fn build_ha(
     config: &Config,
     redirect: Option<&Arc<RedirectPlane>>,
     resume: Option<State>,
 ) -> Result<
     (
-        Option<Arc<Vrrp>>,
+        Vec<Arc<Vrrp>>,
         Option<mpsc::Receiver<Takeover>>,
         Option<Gate>,
     ),
     BuildError,
 > {
-    let Some(ha) = &config.ha else {
-        return Ok((None, None, None));
-    };
-    let settings = ha::settings(ha);
-    let (hook, takeovers) = match redirect {
+    if config.ha.is_empty() {
+        return Ok((Vec::new(), None, None));
+    }
+    let settings = ha::all_settings(config);
+    let (mut hook, takeovers) = match redirect {
         Some(plane) => match plane
             .start_state_sync(config)
             .await
@@ -338,21 +340,41 @@ async fn build_ha(
         },
         None => (None, None),
     };
-    let vrrp = Arc::new(match resume {
-        Some(state) => Vrrp::resume_with_takeover(settings, hook, state).await?,
-        None => Vrrp::start_with_takeover(settings, hook).await?,
-    });
+    let followed = ha::redirect_instance(config);
+    let mut routers = Vec::new();
+    for (i, settings) in settings.into_iter().enumerate() {
+        let hook = if Some(i) == followed {
+            hook.take()
+        } else {
+            None
+        };
+        let started = match resume {
+            Some(state) => Vrrp::resume_with_takeover(settings, hook, state).await,
+            None => Vrrp::start_with_takeover(settings, hook).await,
+        };
+        match started {
+            Ok(v) => routers.push(Arc::new(v)),
+            Err(e) => {
+                for v in &routers {
+                    v.shutdown().await;
+                }
+                return Err(e.into());
+            }
+        }
+    }
     // Like pfsync's demotion during bulk update: never take over from a live master
     // with an empty table, nor with checks that have not decided. (A master resumed
     // from its predecessor has its table and serves already.)
     let gate = Gate::for_config(config);
     let gate = if gate.waits() && resume != Some(State::Master) {
-        vrrp.hold_preempt(true).await;
+        for v in &routers {
+            v.hold_preempt(true).await;
+        }
         Some(gate)
     } else {
         None
     };
-    Ok((Some(vrrp), takeovers, gate))
+    Ok((routers, takeovers, gate))
 }
 
 /// The listeners of `config` that `inherited` holds, as received.

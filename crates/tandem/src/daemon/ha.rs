@@ -14,8 +14,26 @@ use super::Daemon;
 use super::tasks::{Tasks, Until};
 use crate::readiness::{self, Gate};
 
-/// The VRRP settings of `[ha]`, IPv4 or IPv6 (the validator keeps a router to one
-/// family; the router refuses a mix too).
+/// The VRRP settings of each instance of `[ha]`, in order.
+pub(super) fn all_settings(config: &tandem_config::Config) -> Vec<HaSettings> {
+    config
+        .ha
+        .iter()
+        .map(|ha| {
+            let mut s = settings(ha);
+            s.sibling_vrids = config
+                .ha
+                .iter()
+                .filter(|o| o.interface == ha.interface && o.vrid != ha.vrid)
+                .map(|o| o.vrid)
+                .collect();
+            s
+        })
+        .collect()
+}
+
+/// The VRRP settings of one instance, IPv4 or IPv6 (the validator keeps a router to
+/// one family; the router refuses a mix too).
 pub(super) fn settings(ha: &tandem_config::Ha) -> HaSettings {
     HaSettings {
         interface: ha.interface.clone(),
@@ -36,14 +54,49 @@ pub(super) fn settings(ha: &tandem_config::Ha) -> HaSettings {
                 virtual_ips: g.virtual_ips.clone(),
             })
             .collect(),
+        garp_refresh: ha.garp_refresh,
+        sibling_vrids: Vec::new(),
     }
 }
 
-/// Spawns the tasks that tie `vrrp` to the rest of `daemon`; `gate` when preemption
-/// is held until the node is ready.
-pub(super) fn start(daemon: &Daemon, tasks: &Tasks, vrrp: &Arc<Vrrp>, gate: Option<Gate>) {
+/// The instance whose state the redirect plane (conntrackd's primary/backup role)
+/// follows: the one holding the first redirect service's address (in file order),
+/// else the first instance. conntrackd is one process per node, so one instance
+/// leads it; redirect services are best kept on that instance's addresses.
+pub(super) fn redirect_instance(config: &tandem_config::Config) -> Option<usize> {
+    if config.ha.is_empty() {
+        return None;
+    }
+    let holder = config
+        .services
+        .iter()
+        .filter(|s| s.mode == tandem_config::Mode::Redirect)
+        .flat_map(|s| s.listen.iter())
+        .find_map(|a| config.ha.iter().position(|h| h.holds(a.ip())));
+    Some(holder.unwrap_or(0))
+}
+
+/// Spawns, for each VRRP instance of `daemon`, the tasks that tie its router to the
+/// rest of the daemon; `gate`, when preemption is held until the node is ready,
+/// releases each instance.
+pub(super) fn start(daemon: &Daemon, tasks: &Tasks, gate: Option<Gate>) {
+    let followed = redirect_instance(&daemon.config());
+    for (i, vrrp) in daemon.vrrp().iter().enumerate() {
+        start_instance(daemon, tasks, i, vrrp, gate.clone(), Some(i) == followed);
+    }
+}
+
+/// The tasks of instance `index` (the redirect plane follows it when `leads_redirect`).
+fn start_instance(
+    daemon: &Daemon,
+    tasks: &Tasks,
+    index: usize,
+    vrrp: &Arc<Vrrp>,
+    gate: Option<Gate>,
+    leads_redirect: bool,
+) {
     let stop = tasks.stop().clone();
-    if let Some(plane) = daemon.redirect() {
+    if leads_redirect && let Some(plane) = daemon.redirect() {
         tasks.spawn(
             "conntrackd follows VRRP",
             Until::Shutdown,
@@ -84,7 +137,7 @@ pub(super) fn start(daemon: &Daemon, tasks: &Tasks, vrrp: &Arc<Vrrp>, gate: Opti
     tasks.spawn(
         "VRRP tracks pools",
         Until::Shutdown,
-        track_pools(daemon.clone(), vrrp.clone(), stop),
+        track_pools(daemon.clone(), index, vrrp.clone(), stop),
     );
 }
 
@@ -102,23 +155,27 @@ async fn hold_until_ready(
     let Some(ready) = readiness::wait(gate, synced, health, started, stop).await else {
         return;
     };
+    let status = vrrp.status();
+    let instance = format!("{} vrid {}", status.interface, status.vrid);
     if ready.undecided.is_empty() {
-        info!(target: "tandem::vrrp", "{ready}: VRRP may preempt");
+        info!(target: "tandem::vrrp", "{ready}: VRRP {instance} may preempt");
     } else {
-        warn!(target: "tandem::vrrp", "{ready}: VRRP may preempt");
+        warn!(target: "tandem::vrrp", "{ready}: VRRP {instance} may preempt");
     }
     vrrp.hold_preempt(false).await;
 }
 
-/// Demotes the VRRP priority while a tracked pool has no healthy backend.
-async fn track_pools(daemon: Daemon, vrrp: Arc<Vrrp>, stop: CancellationToken) {
+/// Demotes the VRRP priority of instance `index` while a pool it tracks has no
+/// healthy backend.
+async fn track_pools(daemon: Daemon, index: usize, vrrp: Arc<Vrrp>, stop: CancellationToken) {
     let mut changes = daemon.health().subscribe();
     loop {
         let config = daemon.config();
         let pools = daemon.pools();
         let demotions: Vec<(String, u8)> = config
             .ha
-            .iter()
+            .get(index)
+            .into_iter()
             .flat_map(|ha| ha.track_pools.iter())
             .filter(|(name, _)| {
                 pools
@@ -154,7 +211,7 @@ mod tests {
         );
         let config =
             Config::parse(&text, "<test>", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
-        config.ha.expect("[ha]")
+        config.ha.into_iter().next().expect("[ha]")
     }
 
     #[test]
@@ -163,7 +220,7 @@ mod tests {
             "[ha]\ninterface = \"eth0\"\nvrid = 51\npriority = 150\n\
 advert_interval = \"200ms\"\npreempt = false\npreempt_delay = \"3s\"\n\
 virtual_ips = [\"10.0.0.100/24\", \"10.0.0.101/32\"]\nunicast_peers = [\"10.0.0.2\"]\n\
-notify = \"/bin/true\"\nchecksum_pseudo_header = false\n\n\
+notify = \"/bin/true\"\nchecksum_pseudo_header = false\ngarp_refresh = \"30s\"\n\n\
 [[ha.group]]\ninterface = \"eth1\"\nvirtual_ips = [\"10.1.0.1/24\"]\n",
         ));
         assert_eq!(
@@ -186,8 +243,50 @@ notify = \"/bin/true\"\nchecksum_pseudo_header = false\n\n\
                     interface: "eth1".into(),
                     virtual_ips: vec![(Ipv4Addr::new(10, 1, 0, 1).into(), 24)],
                 }],
+                garp_refresh: Some(Duration::from_secs(30)),
+                sibling_vrids: Vec::new(),
             }
         );
+    }
+
+    fn config(services: &str, section: &str) -> Config {
+        let text = format!(
+            "[[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.1.0.5:80\" }}]\n\n{services}\n{section}"
+        );
+        Config::parse(&text, "<test>", Path::new(".")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const THREE: &str = "[ha]\n\n\
+[[ha.instance]]\ninterface = \"eth0\"\nvrid = 51\nvirtual_ips = [\"10.0.0.100/24\"]\n\n\
+[[ha.instance]]\ninterface = \"eth0\"\nvrid = 52\nvirtual_ips = [\"10.0.0.101/24\"]\n\n\
+[[ha.instance]]\ninterface = \"eth1\"\nvrid = 51\nvirtual_ips = [\"10.9.0.100/24\"]\n\n\
+[[ha.instance.group]]\ninterface = \"eth2\"\nvirtual_ips = [\"10.1.0.1/24\"]\n";
+
+    #[test]
+    fn each_instance_ignores_its_siblings_on_the_same_interface() {
+        let www = "[[service]]\nname = \"www\"\nlisten = [\"10.0.0.100:80\"]\npool = \"web\"\n";
+        let all = all_settings(&config(www, THREE));
+        let siblings: Vec<(u8, Vec<u8>)> = all
+            .iter()
+            .map(|s| (s.vrid, s.sibling_vrids.clone()))
+            .collect();
+        assert_eq!(siblings, vec![(51, vec![52]), (52, vec![51]), (51, vec![])]);
+    }
+
+    #[test]
+    fn the_redirect_plane_follows_the_instance_of_the_first_redirect_address() {
+        let tcp = "[[service]]\nname = \"www\"\nlisten = [\"10.0.0.100:80\"]\npool = \"web\"\n";
+        assert_eq!(
+            redirect_instance(&config(tcp, THREE)),
+            Some(0),
+            "none: the first"
+        );
+        let redirect = format!(
+            "{tcp}\n[[service]]\nname = \"smtp\"\nlisten = [\"10.9.0.100:25\"]\nmode = \"redirect\"\npool = \"web\"\n"
+        );
+        assert_eq!(redirect_instance(&config(&redirect, THREE)), Some(2));
+        let no_ha = config(tcp, "");
+        assert_eq!(redirect_instance(&no_ha), None);
     }
 
     #[test]

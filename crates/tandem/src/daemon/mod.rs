@@ -89,7 +89,7 @@ struct Shared {
     reloads: AtomicU64,
     admin: Option<SocketAddr>,
     control_socket: Option<PathBuf>,
-    vrrp: Option<Arc<Vrrp>>,
+    vrrp: Vec<Arc<Vrrp>>,
     sync: Option<Arc<SyncNode>>,
     redirect: Option<Arc<RedirectPlane>>,
     live: live::Live,
@@ -198,9 +198,9 @@ impl Daemon {
         self.shared.redirect.clone()
     }
 
-    /// The VRRP router, when `[ha]` is configured.
-    pub fn vrrp(&self) -> Option<Arc<Vrrp>> {
-        self.shared.vrrp.clone()
+    /// The VRRP routers, one per instance of `[ha]`, in configuration order.
+    pub fn vrrp(&self) -> &[Arc<Vrrp>] {
+        &self.shared.vrrp
     }
 
     /// The sync node, when `[sync]` is configured.
@@ -262,7 +262,7 @@ impl Daemon {
             tokio::time::sleep(delay).await;
         }
         // After an upgrade the successor holds the addresses and advertises.
-        if let Some(vrrp) = shared.vrrp.as_ref().filter(|_| !self.has_retired()) {
+        for vrrp in shared.vrrp.iter().filter(|_| !self.has_retired()) {
             vrrp.shutdown().await;
         }
         shared.life.stop_accepting.cancel();

@@ -12,7 +12,7 @@ use tandem_balance::{PoolSet, now_ms, unix_ms};
 use tandem_config::BackendConfig;
 use tandem_control::events::EventKind;
 use tandem_control::{
-    BackendChangeReply, ConnectionSnapshot, HaSnapshot, StickyClearReply, StickyFilter,
+    BackendChangeReply, ConnectionSnapshot, HaInstances, StickyClearReply, StickyFilter,
     StickySnapshot,
 };
 use tandem_sync::Change;
@@ -356,16 +356,22 @@ impl Daemon {
     /// `ha demote` (maintenance on) or `ha restore`: for every virtual router of this
     /// node; returns the VRRP state once the router took the new priority (or after a
     /// second).
-    pub async fn ha_maintenance(&self, on: bool) -> Result<Option<HaSnapshot>, RuntimeError> {
-        let vrrp = self.vrrp().ok_or(RuntimeError::NoHa)?;
-        vrrp.set_maintenance(on).await;
+    pub async fn ha_maintenance(&self, on: bool) -> Result<HaInstances, RuntimeError> {
+        let routers = self.vrrp();
+        if routers.is_empty() {
+            return Err(RuntimeError::NoHa);
+        }
+        for vrrp in routers {
+            vrrp.set_maintenance(on).await;
+        }
         for _ in 0..20 {
-            let s = vrrp.status();
-            let in_maintenance = s.effective_priority == 1
-                && s.demotions
-                    .iter()
-                    .any(|(why, _)| why.starts_with("maintenance"));
-            if in_maintenance == on {
+            let in_maintenance = |s: tandem_vrrp::linux::Status| {
+                s.effective_priority == 1
+                    && s.demotions
+                        .iter()
+                        .any(|(why, _)| why.starts_with("maintenance"))
+            };
+            if routers.iter().all(|v| in_maintenance(v.status()) == on) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -121,9 +121,7 @@ impl Built {
                 );
             }
         }
-        if let Some(vrrp) = daemon.vrrp() {
-            ha::start(&daemon, &tasks, &vrrp, gate);
-        }
+        ha::start(&daemon, &tasks, gate);
         if let Some(part) = &announce {
             super::announce::start(&daemon, &tasks, part, Gate::for_config(&config));
         }

@@ -104,7 +104,12 @@ impl Daemon {
             reloads: self.shared.reloads.load(Relaxed),
             services,
             pools,
-            ha: self.vrrp().map(|v| ha_snapshot(&v.status())),
+            ha: tandem_control::HaInstances(
+                self.vrrp()
+                    .iter()
+                    .map(|v| ha_snapshot(&v.status()))
+                    .collect(),
+            ),
             redirect: self.redirect().map(|p| redirect_summary(&p)),
             announce: self.shared.announce.as_ref().map(|a| a.snapshot()),
             sync: self

@@ -98,6 +98,10 @@ impl Daemon {
         let parts = [
             (self.shared.sync.is_some(), "[sync] (the sync sessions)"),
             (
+                self.shared.vrrp.len() > 1,
+                "several [[ha.instance]] (one VRRP state is handed over)",
+            ),
+            (
                 self.shared.redirect.is_some(),
                 "redirect services (the kernel's table)",
             ),
@@ -154,7 +158,7 @@ impl Daemon {
         let vrrp = self
             .shared
             .vrrp
-            .as_ref()
+            .first()
             .map(|v| v.status().state)
             .filter(|s| *s != State::Initialize)
             .map(|s| s.name().to_string());
@@ -279,7 +283,7 @@ impl Daemon {
         let handoff = &self.shared.handoff;
         // The successor advertises already (each process ignores the other's
         // advertisements: they come from its own address).
-        if let Some(vrrp) = &self.shared.vrrp {
+        for vrrp in &self.shared.vrrp {
             vrrp.quiet().await;
         }
         handoff.accepting.cancel();

@@ -11,6 +11,7 @@ mod cli;
 mod conformance;
 mod control;
 mod ha;
+mod ha_aa;
 mod ha_v6;
 mod health;
 mod http;
