@@ -897,7 +897,12 @@ mod tests {
                 advert: &adv,
             },
         );
-        assert!(a.is_empty(), "the higher address stays master");
+        assert_eq!(
+            a,
+            vec![Action::Send { priority: 100 }, Action::Announce],
+            "the higher address stays master and announces"
+        );
+        assert_eq!(high.state(), State::Master);
         assert_eq!(high.advertisement(100), adv);
     }
 

@@ -401,7 +401,8 @@ fn send_forgeries(lab: &Lab, vip: IpAddr, source: IpAddr, count: usize) {
     });
 }
 
-/// `tandem_vrrp_dropped_packets_total` by reason, from the admin port of host `name`.
+/// `tandem_vrrp_dropped_packets_total` by reason (the one router's), from the admin
+/// port of host `name`.
 fn dropped_metrics(lab: &Lab, name: &str) -> std::collections::BTreeMap<String, u64> {
     let body = lab.in_ns(name, || {
         let mut s = TcpStream::connect("127.0.0.1:9100").unwrap();
@@ -410,10 +411,13 @@ fn dropped_metrics(lab: &Lab, name: &str) -> std::collections::BTreeMap<String, 
         s.read_to_string(&mut out).unwrap();
         out
     });
+    // tandem_vrrp_dropped_packets_total{interface="eth0",vrid="51",reason="ttl"} 5
     body.lines()
-        .filter_map(|l| l.strip_prefix("tandem_vrrp_dropped_packets_total{reason=\""))
+        .filter(|l| l.starts_with("tandem_vrrp_dropped_packets_total{"))
         .filter_map(|l| {
-            let (reason, n) = l.split_once("\"} ")?;
+            let (_, rest) = l.split_once("reason=\"")?;
+            let (reason, rest) = rest.split_once('"')?;
+            let (_, n) = rest.rsplit_once(' ')?;
             Some((reason.to_string(), n.trim().parse().ok()?))
         })
         .collect()
