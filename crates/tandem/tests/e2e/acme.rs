@@ -6,8 +6,9 @@
 //! `single_node_*` runs on loopback: a name through HTTP-01 and one through TLS-ALPN-01,
 //! both renewed while curl requests every 200 ms without a failure. `pair_*` is a
 //! namespace lab: two nodes with VRRP and sync; the master is SIGKILLed during a
-//! renewal and the backup finishes it with the synced account; the backup served the
-//! same certificate before.
+//! renewal and the backup finishes it with the synced account; the CA validates one
+//! name at the backup's own address, which answers from the token the master synced;
+//! the backup served the same certificate before.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -114,6 +115,8 @@ struct Pebble {
     api_ca: PathBuf,
     /// Pebble's management address (roots of the issued chains).
     management: SocketAddr,
+    /// The DNS server's management address (records of their own for some names).
+    dns_management: SocketAddr,
     ns: Option<String>,
 }
 
@@ -204,8 +207,26 @@ impl Pebble {
             directory: format!("https://{ip}:{api}/dir"),
             api_ca,
             management: format!("{ip}:{management}").parse().unwrap(),
+            dns_management: format!("{ip}:{dns_management}").parse().unwrap(),
             ns: ns.map(str::to_string),
         }
+    }
+
+    /// Makes the DNS answer `host` with `address` (instead of the default answer): the
+    /// CA then validates that name's challenges there.
+    fn resolve(&self, host: &str, address: &str) {
+        run_in(
+            self.ns.as_deref(),
+            "curl",
+            &[
+                "-sSf",
+                "-X",
+                "POST",
+                "-d",
+                &format!(r#"{{"host":"{host}","addresses":["{address}"]}}"#),
+                &format!("http://{}/add-a", self.dns_management),
+            ],
+        );
     }
 
     /// Pebble's root of the issued chains, written to `dir/pebble-root.pem`.
@@ -453,8 +474,8 @@ fn single_node_issues_by_http01_and_tls_alpn01_and_renews_without_a_failed_reque
 const VIP: &str = "10.99.0.100";
 
 /// The configuration of pair node `name` (own address `me`, peer `peer`): port 80 and
-/// 443 on the virtual address, 443 on its own address too (to see what the backup
-/// serves), VRRP and sync.
+/// 443 on the virtual address and on its own address too (to see what the backup
+/// serves, and to answer the challenges the CA sends to it), VRRP and sync.
 fn pair_config(
     lab: &Lab,
     pebble: &Pebble,
@@ -469,9 +490,9 @@ fn pair_config(
     let text = format!(
         "[global]\nname = \"{name}\"\ncontrol_socket = \"{dir}/{name}.sock\"\nstate_dir = \"{dir}/{name}-state\"\ndrain_timeout = \"1s\"\n\n\
 [[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.99.0.11:80\" }}]\n\n\
-[[service]]\nname = \"web\"\nlisten = [\"{VIP}:80\"]\npool = \"web\"\nmode = \"http\"\n\n\
+[[service]]\nname = \"web\"\nlisten = [\"{VIP}:80\", \"{me}:80\"]\npool = \"web\"\nmode = \"http\"\n\n\
 [[service]]\nname = \"www\"\nlisten = [\"{VIP}:443\", \"{me}:443\"]\npool = \"web\"\nmode = \"http\"\n\
-[service.tls.acme]\ndirectory = \"{}\"\ncontact = [\"mailto:ops@pair.test\"]\ndomains = [\"www.pair.test\"]\nca_file = \"{}\"\n\n\
+[service.tls.acme]\ndirectory = \"{}\"\ncontact = [\"mailto:ops@pair.test\"]\ndomains = [\"www.pair.test\", \"backup.pair.test\"]\nca_file = \"{}\"\n\n\
 [ha]\ninterface = \"eth0\"\nvrid = 57\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n\n\
 [sync]\nlisten = \"{me}:7946\"\npeers = [\"{peer}:7946\"]\nkey_file = \"{}\"\n",
         pebble.directory,
@@ -505,6 +526,9 @@ fn pair_master_killed_during_a_renewal_the_backup_finishes_it_with_the_same_acco
         443,
         lifetime,
     );
+    // The CA validates backup.pair.test at the backup's own address (as after a
+    // failover, or through ECMP): only the token the master synced can answer it.
+    pebble.resolve("backup.pair.test", "10.99.0.2");
     let c1 = pair_config(&lab, &pebble, "lb1", "10.99.0.1", "10.99.0.2", 150);
     let c2 = pair_config(&lab, &pebble, "lb2", "10.99.0.2", "10.99.0.1", 100);
     let mut lb1 = lab.run_tandem("lb1", &c1);
@@ -512,8 +536,21 @@ fn pair_master_killed_during_a_renewal_the_backup_finishes_it_with_the_same_acco
     lab.wait("lb1 master", Duration::from_secs(5), || {
         lab.has_address("lb1", VIP)
     });
-    lb1.wait_for("certificate issued and served");
+    let issued = lb1.wait_for("certificate issued and served");
+    assert!(issued.contains("backup.pair.test"), "{issued}");
     lb2.wait_for("certificate from the peer installed");
+    // The backup answered the CA's request for the master's order: Pebble compared its
+    // body with the key authorization of the order (else no certificate).
+    let answered = lb2.wait_for("path=/.well-known/acme-challenge/");
+    println!("the backup answered the CA: {answered}");
+    assert!(
+        answered.contains("service=web") && answered.contains("status=200"),
+        "{answered}"
+    );
+    assert!(
+        !lb2.drain_lines().contains("ordering a certificate"),
+        "the backup ordered"
+    );
     let (vip443, lb2_443): (SocketAddr, SocketAddr) = (
         format!("{VIP}:443").parse().unwrap(),
         "10.99.0.2:443".parse().unwrap(),
