@@ -632,8 +632,10 @@ fn pair_master_killed_during_a_renewal_the_backup_finishes_it_with_the_same_acco
 
 /// OCSP stapling against `openssl ocsp` as the responder, in a namespace: a test CA
 /// (openssl) issues a certificate whose AIA names the responder; tandem fetches a
-/// response and `openssl s_client -status` shows it stapled. (That a stale response is
-/// not stapled is tandem-net's tls test, with a real handshake.)
+/// response and `openssl s_client -status` shows it stapled; a second certificate's
+/// responder signs with a key the CA never certified, and its response is not stapled
+/// (logged). (That a stale response is not stapled is tandem-net's tls test, with a
+/// real handshake.)
 #[test]
 fn ocsp_response_from_openssl_ocsp_is_stapled() {
     if tools("ocsp lab").is_none() {
@@ -666,56 +668,97 @@ fn ocsp_response_from_openssl_ocsp_is_stapled() {
         "/CN=tandem test OCSP CA",
     ]);
     run_in(None, "openssl", &args);
-    let (key, csr, leaf) = (p("leaf.key"), p("leaf.csr"), p("leaf.pem"));
-    let mut args = vec!["req"];
-    args.extend_from_slice(&ec);
-    args.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", "/CN=ocsp.test"]);
-    run_in(None, "openssl", &args);
-    let ext = p("leaf.ext");
-    std::fs::write(
-        &ext,
-        "subjectAltName=DNS:ocsp.test\nauthorityInfoAccess=OCSP;URI:http://10.99.0.1:8888\n",
-    )
-    .unwrap();
-    run_in(
-        None,
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &leaf,
-            "-days",
-            "2",
-            "-extfile",
+    // A leaf for `name` whose AIA names the responder on `port`, and its chain file.
+    let issue = |name: &str, port: u16| {
+        let (key, csr, leaf) = (
+            p(&format!("{name}.key")),
+            p(&format!("{name}.csr")),
+            p(&format!("{name}.pem")),
+        );
+        let mut args = vec!["req"];
+        args.extend_from_slice(&ec);
+        let subject = format!("/CN={name}");
+        args.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", &subject]);
+        run_in(None, "openssl", &args);
+        let ext = p(&format!("{name}.ext"));
+        std::fs::write(
             &ext,
-        ],
-    );
-    let chain = p("chain.pem");
-    std::fs::write(
-        &chain,
-        std::fs::read_to_string(&leaf).unwrap() + &std::fs::read_to_string(&ca).unwrap(),
-    )
-    .unwrap();
-    let serial = run_in(
-        None,
-        "openssl",
-        &["x509", "-in", &leaf, "-noout", "-serial"],
-    );
-    let serial = serial.trim().trim_start_matches("serial=").to_string();
+            format!(
+                "subjectAltName=DNS:{name}\nauthorityInfoAccess=OCSP;URI:http://10.99.0.1:{port}\n"
+            ),
+        )
+        .unwrap();
+        run_in(
+            None,
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &leaf,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+        let chain = p(&format!("{name}-chain.pem"));
+        std::fs::write(
+            &chain,
+            std::fs::read_to_string(&leaf).unwrap() + &std::fs::read_to_string(&ca).unwrap(),
+        )
+        .unwrap();
+        (leaf, key, chain)
+    };
+    let serial_of = |leaf: &str| {
+        let serial = run_in(None, "openssl", &["x509", "-in", leaf, "-noout", "-serial"]);
+        serial.trim().trim_start_matches("serial=").to_string()
+    };
+    let (leaf, key, chain) = issue("ocsp.test", 8888);
+    let serial = serial_of(&leaf);
+    // A second certificate, whose responder signs with a key of its own (same name as
+    // the CA, another key): its responses are not stapled.
+    let (forged_leaf, forged_key, forged_chain) = issue("forged.test", 8889);
+    let forged_serial = serial_of(&forged_leaf);
+    let (rogue_key, rogue) = (p("rogue.key"), p("rogue.pem"));
+    let mut args = vec!["req", "-x509"];
+    args.extend_from_slice(&ec);
+    args.extend_from_slice(&[
+        "-keyout",
+        &rogue_key,
+        "-out",
+        &rogue,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tandem test OCSP CA",
+    ]);
+    run_in(None, "openssl", &args);
     let index = p("index.txt");
     std::fs::write(
         &index,
-        format!("V\t301231000000Z\t\t{serial}\tunknown\t/CN=ocsp.test\n"),
+        format!(
+            "V\t301231000000Z\t\t{serial}\tunknown\t/CN=ocsp.test\n\
+V\t301231000000Z\t\t{forged_serial}\tunknown\t/CN=forged.test\n"
+        ),
     )
     .unwrap();
+    let mut rogue_responder = lab.spawn(
+        "h",
+        "openssl",
+        &[
+            "ocsp", "-index", &index, "-port", "8889", "-rsigner", &rogue, "-rkey", &rogue_key,
+            "-CA", &ca, "-nmin", "1",
+        ],
+    );
+    rogue_responder.wait_for("ACCEPT");
     // nextUpdate a minute after thisUpdate: tandem fetches again after 30 s.
     let mut responder = lab.spawn(
         "h",
@@ -728,23 +771,37 @@ fn ocsp_response_from_openssl_ocsp_is_stapled() {
     responder.wait_for("ACCEPT");
     let config = format!(
         "[global]\nname = \"o1\"\ncontrol_socket = \"{}\"\n\n[[pool]]\nname = \"app\"\nbackends = [{{ address = \"10.99.0.1:9\" }}]\n\n\
-[[service]]\nname = \"www\"\nlisten = [\"10.99.0.1:443\"]\npool = \"app\"\nmode = \"http\"\ntls = {{ cert = \"{chain}\", key = \"{key}\" }}\n",
+[[service]]\nname = \"www\"\nlisten = [\"10.99.0.1:443\"]\npool = \"app\"\nmode = \"http\"\ntls = {{ cert = \"{chain}\", key = \"{key}\" }}\n\n\
+[[service]]\nname = \"forged\"\nlisten = [\"10.99.0.1:8443\"]\npool = \"app\"\nmode = \"http\"\ntls = {{ cert = \"{forged_chain}\", key = \"{forged_key}\" }}\n",
         p("o1.sock")
     );
     let mut node = lab.run_tandem("h", &lab.write_config("o1", &config));
     let fetched = node.wait_for("ocsp: response fetched");
     println!("{fetched}");
-    let status = || {
+    let refused = node.wait_for("ocsp: no response to staple");
+    println!("{refused}");
+    assert!(
+        refused.contains(":8889") && refused.contains("signature does not verify"),
+        "{refused}"
+    );
+    let status = |port: u16, name: &str| {
         run_in(
             Some(&ns),
             "sh",
             &[
                 "-c",
-                "openssl s_client -connect 10.99.0.1:443 -servername ocsp.test -status </dev/null 2>/dev/null",
+                &format!(
+                    "openssl s_client -connect 10.99.0.1:{port} -servername {name} -status </dev/null 2>/dev/null"
+                ),
             ],
         )
     };
-    let shown = status();
+    let forged = status(8443, "forged.test");
+    assert!(
+        forged.contains("OCSP response: no response sent"),
+        "{forged}"
+    );
+    let shown = status(443, "ocsp.test");
     let stapled: Vec<&str> = shown
         .lines()
         .skip_while(|l| !l.starts_with("OCSP response"))
