@@ -393,6 +393,9 @@ pub struct Route {
     pub sni: Option<NamePattern>,
     /// What a match leads to.
     pub action: RouteAction,
+    /// Strict-Transport-Security value of the responses relayed for this route, over
+    /// TLS only (`hsts`, http mode), replacing the service's `http.hsts`.
+    pub hsts: Option<String>,
 }
 
 /// A host or server name to match, lower case, without a trailing dot.

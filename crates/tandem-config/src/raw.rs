@@ -147,6 +147,7 @@ pub(crate) struct RawRoute {
     pub pool: Option<S<String>>,
     pub redirect: Option<S<RawRedirect>>,
     pub respond: Option<S<RawRespond>>,
+    pub hsts: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

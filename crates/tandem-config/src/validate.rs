@@ -1090,6 +1090,7 @@ impl Validator<'_> {
                 ("header", r.header.as_ref().map(|v| v.span())),
                 ("redirect", r.redirect.as_ref().map(|v| v.span())),
                 ("respond", r.respond.as_ref().map(|v| v.span())),
+                ("hsts", r.hsts.as_ref().map(|v| v.span())),
             ];
             if mode == Mode::Tcp {
                 for (key, at) in http_keys {
@@ -1169,6 +1170,25 @@ impl Validator<'_> {
                 }
             }
             let header = r.header.as_ref().and_then(|h| self.header_match(h));
+            let hsts = r.hsts.as_ref().and_then(|v| {
+                if mode == Mode::Http && s.tls.is_none() {
+                    self.error(
+                        v.span(),
+                        "service.route.hsts",
+                        "is sent over TLS only, and this service has no tls".into(),
+                        "move the route to the service that terminates TLS (port 443)",
+                    );
+                }
+                if r.pool.is_none() {
+                    self.error(
+                        v.span(),
+                        "service.route.hsts",
+                        "is written on responses relayed from a pool, and this route answers itself".into(),
+                        "remove hsts here, or give it to a route with pool",
+                    );
+                }
+                self.hsts(v, "service.route.hsts")
+            });
             let action = self.route_action(r, span.clone());
             // A route with a wrong condition is left out (also of the shadowing check,
             // where a missing condition would read as "any").
@@ -1181,6 +1201,7 @@ impl Validator<'_> {
                         header,
                         sni,
                         action,
+                        hsts,
                     },
                     span,
                 ));
@@ -1542,13 +1563,16 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|r| self.header_rules(r, "service.http.response_headers"))
                 .unwrap_or_default(),
-            hsts: h.hsts.as_ref().and_then(|v| self.hsts(v)),
+            hsts: h
+                .hsts
+                .as_ref()
+                .and_then(|v| self.hsts(v, "service.http.hsts")),
         }
     }
 
-    /// `service.http.hsts`: a Strict-Transport-Security value (`max-age=SECONDS`
-    /// and its directives), or a duration that becomes its max-age.
-    fn hsts(&mut self, v: &S<String>) -> Option<String> {
+    /// `service.http.hsts` or `service.route.hsts` (`key`): a Strict-Transport-Security
+    /// value (`max-age=SECONDS` and its directives), or a duration that becomes its max-age.
+    fn hsts(&mut self, v: &S<String>, key: &str) -> Option<String> {
         let text = v.get_ref().trim();
         if let Ok(d) = parse_duration(text) {
             return Some(format!("max-age={}", d.as_secs()));
@@ -1566,7 +1590,7 @@ impl Validator<'_> {
         } else {
             self.error(
                 v.span(),
-                "service.http.hsts",
+                key,
                 format!("{text:?} is not a Strict-Transport-Security value"),
                 "write \"max-age=31536000; includeSubDomains\" (directives: includeSubDomains, preload), or a duration such as \"365d\"",
             );

@@ -147,3 +147,71 @@ fn acme_needs_http_mode_and_hsts_needs_tls() {
         "not a Strict-Transport-Security value",
     );
 }
+
+#[test]
+fn route_hsts_parses_and_needs_tls_and_a_pool() {
+    let tls =
+        "[service.tls.acme]\ndirectory = \"https://ca.test/dir\"\ndomains = [\"a.example.org\"]";
+    let routes = "[[service.route]]\npath_prefix = \"/a/\"\npool = \"web\"\nhsts = \"2h\"\n\n\
+[[service.route]]\npath_prefix = \"/b/\"\npool = \"web\"\nhsts = \"max-age=60; includeSubDomains\"\n\n\
+[[service.route]]\npath_prefix = \"/c/\"\npool = \"web\"\n";
+    let text = service(STATE, "http", tls, routes);
+    let config = Config::parse(&text, "t.toml", Path::new(".")).unwrap();
+    let hsts: Vec<_> = config.services[0]
+        .routes
+        .iter()
+        .map(|r| r.hsts.as_deref())
+        .collect();
+    assert_eq!(
+        hsts,
+        [
+            Some("max-age=7200"),
+            Some("max-age=60; includeSubDomains"),
+            None
+        ]
+    );
+
+    let text = service(
+        STATE,
+        "http",
+        "",
+        "[[service.route]]\npool = \"web\"\nhsts = \"1d\"",
+    );
+    assert_error(
+        &errors(&text),
+        at(&text, "\"1d\""),
+        "service.route.hsts",
+        "no tls",
+    );
+    let text = service(
+        STATE,
+        "http",
+        tls,
+        "[[service.route]]\npath_prefix = \"/x\"\nhsts = \"max-age=1x\"\n[service.route.respond]\nstatus = 503\n",
+    );
+    let e = errors(&text);
+    assert_error(
+        &e,
+        at(&text, "\"max-age=1x\""),
+        "service.route.hsts",
+        "not a Strict-Transport-Security value",
+    );
+    assert_error(
+        &e,
+        at(&text, "\"max-age=1x\""),
+        "service.route.hsts",
+        "answers itself",
+    );
+    let text = service(
+        STATE,
+        "tcp",
+        "",
+        "[[service.route]]\nsni = \"a.test\"\npool = \"web\"\nhsts = \"1d\"",
+    );
+    assert_error(
+        &errors(&text),
+        at(&text, "\"1d\""),
+        "service.route.hsts",
+        "applies to mode = \"http\"",
+    );
+}

@@ -92,6 +92,7 @@ respond = { status = 503, body = "<h1>back soon</h1>", content_type = "text/html
             }),
             sni: None,
             action: RouteAction::Pool("wiki".into()),
+            hsts: None,
         }
     );
     assert_eq!(
@@ -324,11 +325,11 @@ pool = "web"
     );
     // Unknown keys are the parser's: the first one stops it.
     let e = errors(&http(
-        "[[service.route]]\nhost = \"g\"\npool = \"web\"\nhsts = true\n",
+        "[[service.route]]\nhost = \"g\"\npool = \"web\"\nweight = 2\n",
     ));
     assert!(
         e.iter()
-            .any(|l| l.contains("service.route.hsts") && l.contains("unknown field")),
+            .any(|l| l.contains("service.route.weight") && l.contains("unknown field")),
         "{e:?}"
     );
 }

@@ -2,10 +2,9 @@
 //! (built by hand in DER: SHA-1 CertID, as every responder accepts), the reading of a
 //! response (its status for that serial, thisUpdate and nextUpdate), when to fetch
 //! again, and the process's staples, which every SNI resolver attaches to the
-//! certificate it serves ([`staple`]). A response past its nextUpdate, or for another
-//! certificate, or not `good`, is never stapled. The response's signature is the
-//! client's to check (as with any stapled response); tandem checks what it staples
-//! answers for the certificate it serves and is current.
+//! certificate it serves ([`staple`]). A response whose signature is not the
+//! issuer's (or that of a delegated responder the issuer certified for OCSP signing),
+//! or past its nextUpdate, or for another certificate, or not `good`, is never stapled.
 //!
 //! The fetching itself (HTTP POST to the certificate's AIA responder) is the daemon's.
 
@@ -44,6 +43,11 @@ pub enum OcspError {
     /// The certificate is revoked or unknown to the responder.
     #[error("the certificate's status is {0}")]
     NotGood(&'static str),
+    /// The signature is neither the issuer's nor a delegated responder's.
+    #[error(
+        "the response's signature does not verify against the issuer, nor against a certificate in it that the issuer issued for OCSP signing"
+    )]
+    BadSignature,
 }
 
 /// A response without nextUpdate is used this long after its thisUpdate.
@@ -157,8 +161,9 @@ fn read(input: &[u8]) -> Result<(u8, &[u8], &[u8]), OcspError> {
     Ok((tag, &rest[..len], &rest[len..]))
 }
 
-/// Reads `response` (DER OCSPResponse) for the certificate of serial `serial`.
-pub fn parse(response: &[u8], serial: &[u8]) -> Result<Staple, OcspError> {
+/// Reads `response` (DER OCSPResponse) for the certificate of serial `serial` issued
+/// by `issuer` (DER), once its signature verifies (see [`check_signature`]).
+pub fn parse(response: &[u8], serial: &[u8], issuer: &[u8]) -> Result<Staple, OcspError> {
     let (_, ocsp, _) = expect(response, 0x30)?;
     let (tag, status, rest) = read(ocsp)?;
     if tag != 0x0a || status.len() != 1 {
@@ -175,6 +180,7 @@ pub fn parse(response: &[u8], serial: &[u8]) -> Result<Staple, OcspError> {
     }
     let (_, basic, _) = expect(rest, 0x04)?;
     let (_, basic, _) = expect(basic, 0x30)?;
+    check_signature(basic, issuer)?;
     let (_, tbs, _) = expect(basic, 0x30)?;
     let mut rest = tbs;
     // version [0], responderID [1] or [2], producedAt, then the responses.
@@ -219,6 +225,61 @@ pub fn parse(response: &[u8], serial: &[u8]) -> Result<Staple, OcspError> {
         });
     }
     Err(OcspError::OtherCertificate)
+}
+
+/// Checks the signature of a BasicOCSPResponse (`basic`, its contents: tbsResponseData,
+/// signatureAlgorithm, signature, [0] certs) against the key of `issuer` (DER), or
+/// of a certificate in `certs` that `issuer` signed, with the id-kp-OCSPSigning
+/// extended key usage and within its validity (RFC 6960 4.2.2.2).
+fn check_signature(basic: &[u8], issuer: &[u8]) -> Result<(), OcspError> {
+    use x509_parser::asn1_rs::BitString;
+    use x509_parser::prelude::{AlgorithmIdentifier, FromDer, X509Certificate};
+    use x509_parser::verify::verify_signature;
+
+    /// The whole TLV `element` that `all` starts with, `rest` following it.
+    fn whole<'a>(all: &'a [u8], rest: &[u8]) -> &'a [u8] {
+        &all[..all.len() - rest.len()]
+    }
+    let (_, _, after_tbs) = expect(basic, 0x30)?;
+    let tbs = whole(basic, after_tbs);
+    let (_, _, after_algorithm) = expect(after_tbs, 0x30)?;
+    let (_, algorithm) = AlgorithmIdentifier::from_der(whole(after_tbs, after_algorithm))
+        .map_err(|_| OcspError::Malformed("signatureAlgorithm"))?;
+    let (_, _, after_signature) = expect(after_algorithm, 0x03)?;
+    let (_, signature) = BitString::from_der(whole(after_algorithm, after_signature))
+        .map_err(|_| OcspError::Malformed("signature"))?;
+    let (_, issuer) = X509Certificate::from_der(issuer).map_err(|_| OcspError::BadSignature)?;
+    let signed_by =
+        |cert: &X509Certificate| verify_signature(cert.public_key(), &algorithm, &signature, tbs);
+    if signed_by(&issuer).is_ok() {
+        return Ok(());
+    }
+    let mut certs = match read(after_signature) {
+        Ok((0xa0, inner, _)) => expect(inner, 0x30)?.1,
+        _ => &[][..],
+    };
+    while !certs.is_empty() {
+        let (_, _, after) = expect(certs, 0x30)?;
+        let der = whole(certs, after);
+        certs = after;
+        let Ok((_, responder)) = X509Certificate::from_der(der) else {
+            continue;
+        };
+        let delegated = responder.issuer() == issuer.subject()
+            && responder
+                .verify_signature(Some(issuer.public_key()))
+                .is_ok()
+            && responder.validity().is_valid()
+            && responder
+                .extended_key_usage()
+                .ok()
+                .flatten()
+                .is_some_and(|e| e.value.ocsp_signing);
+        if delegated && signed_by(&responder).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(OcspError::BadSignature)
 }
 
 fn expect(input: &[u8], tag: u8) -> Result<(u8, &[u8], &[u8]), OcspError> {
@@ -364,5 +425,153 @@ mod tests {
         }
         assert!(read(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_err());
         assert!(read(&[0x30, 0x05, 1]).is_err());
+    }
+
+    /// A CA (its certificate and key) and a leaf it issued.
+    struct Pki {
+        ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+        leaf: Vec<u8>,
+    }
+
+    fn new_pki() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "tandem test OCSP CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["ocsp.test".into()])
+            .unwrap()
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &ca)
+            .unwrap();
+        Pki {
+            ca,
+            leaf: leaf.der().to_vec(),
+        }
+    }
+
+    /// A certificate for `key` that `ca` issued, for OCSP signing or not.
+    fn responder(ca: &Pki, key: &rcgen::KeyPair, ocsp_signing: bool) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "tandem test OCSP responder");
+        if ocsp_signing {
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::OcspSigning];
+        }
+        params.signed_by(key, &ca.ca).unwrap().der().to_vec()
+    }
+
+    /// A `good` OCSP response for `serial`, signed by `signer` (ECDSA P-256 SHA-256),
+    /// with `certs` in it.
+    fn response(serial: &[u8], signer: &rcgen::KeyPair, certs: &[&[u8]]) -> Vec<u8> {
+        use rcgen::SigningKey;
+        let time = |t: &str| tlv(0x18, &[t.as_bytes()]);
+        let cert_id = tlv(
+            0x30,
+            &[
+                tlv(0x30, &[tlv(0x06, &[&SHA1_OID[..]]), vec![0x05, 0x00]]),
+                tlv(0x04, &[[0u8; 20]]),
+                tlv(0x04, &[[0u8; 20]]),
+                tlv(0x02, &[serial]),
+            ],
+        );
+        let single = tlv(
+            0x30,
+            &[
+                cert_id,
+                vec![0x80, 0x00],
+                time("20261207150000Z"),
+                tlv(0xa0, &[time("20261208150000Z")]),
+            ],
+        );
+        let tbs = tlv(
+            0x30,
+            &[
+                tlv(0xa2, &[tlv(0x04, &[[0u8; 20]])]),
+                time("20261207150000Z"),
+                tlv(0x30, &[single]),
+            ],
+        );
+        // ecdsa-with-SHA256, 1.2.840.10045.4.3.2
+        let algorithm = tlv(
+            0x30,
+            &[tlv(
+                0x06,
+                &[[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]],
+            )],
+        );
+        let signature = signer.sign(&tbs).unwrap();
+        let mut basic = vec![tbs, algorithm, tlv(0x03, &[&[0u8][..], &signature])];
+        if !certs.is_empty() {
+            basic.push(tlv(0xa0, &[tlv(0x30, certs)]));
+        }
+        let basic = tlv(0x30, &basic);
+        tlv(
+            0x30,
+            &[
+                vec![0x0a, 0x01, 0x00],
+                tlv(
+                    0xa0,
+                    &[tlv(
+                        0x30,
+                        &[tlv(0x06, &[&BASIC_OID[..]]), tlv(0x04, &[basic])],
+                    )],
+                ),
+            ],
+        )
+    }
+
+    fn serial_of(der: &[u8]) -> Vec<u8> {
+        x509_parser::parse_x509_certificate(der)
+            .unwrap()
+            .1
+            .raw_serial()
+            .to_vec()
+    }
+
+    #[test]
+    fn only_a_response_the_issuer_or_its_delegated_responder_signed_is_read() {
+        let pki = new_pki();
+        let serial = serial_of(&pki.leaf);
+        let issuer = pki.ca.der().to_vec();
+        let read = |r: &[u8]| parse(r, &serial, &issuer).map(|s| s.this_update);
+
+        // Signed by the issuer.
+        let good = response(&serial, pki.ca.key(), &[]);
+        assert_eq!(read(&good), Ok(1_796_655_600));
+        // Signed by another key: refused.
+        let other = rcgen::KeyPair::generate().unwrap();
+        assert_eq!(
+            read(&response(&serial, &other, &[])),
+            Err(OcspError::BadSignature)
+        );
+        // The issuer's signature over other bytes: refused.
+        let mut tampered = good.clone();
+        let at = tampered
+            .windows(15)
+            .position(|w| w == b"20261208150000Z")
+            .unwrap();
+        tampered[at + 3] = b'7';
+        assert_eq!(read(&tampered), Err(OcspError::BadSignature));
+        // A delegated responder: a certificate the issuer issued with OCSPSigning.
+        let delegated = responder(&pki, &other, true);
+        assert_eq!(
+            read(&response(&serial, &other, &[&delegated])),
+            Ok(1_796_655_600)
+        );
+        // Without the OCSPSigning key usage: refused.
+        let plain = responder(&pki, &other, false);
+        assert_eq!(
+            read(&response(&serial, &other, &[&plain])),
+            Err(OcspError::BadSignature)
+        );
+        // Issued by another CA of the same name (with the usage): refused.
+        let stranger = responder(&new_pki(), &other, true);
+        assert_eq!(
+            read(&response(&serial, &other, &[&stranger])),
+            Err(OcspError::BadSignature)
+        );
     }
 }

@@ -634,7 +634,7 @@ impl Connection {
                             config.idle_timeout,
                         );
                     }
-                    let rules = &config.http.response_headers;
+                    let rules = &*policy::route::response_rules(config, route);
                     drop_ruled_out(&mut rparts.headers, rules);
                     policy::response_fields(
                         config.http.via,

@@ -1086,7 +1086,7 @@ fn rewrite_response(
             None => Framing::UntilClose,
         }
     };
-    let rules = &config.http.response_headers;
+    let rules = &*policy::route::response_rules(config, head.route);
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(&[

@@ -102,17 +102,20 @@ pub async fn account(
 }
 
 /// Orders a certificate for `acme.domains`, answering its challenges through
-/// `record`; returns the chain and its new private key (PEM). Challenges are withdrawn
-/// at the end, issued or not.
+/// `record`; returns the chain and its new private key (PEM). Each challenge's answer
+/// is recorded `settle` before the CA is told to validate it (time for the peer to
+/// get it: the CA's request may reach the peer). Challenges are withdrawn at the end,
+/// issued or not.
 pub async fn order(
     account: &Account,
     acme: &Acme,
     record: &(dyn Fn(Record) + Sync),
+    settle: Duration,
 ) -> anyhow::Result<(String, String)> {
     let mut withdraw = Vec::new();
     let result = tokio::time::timeout(
         ORDER_WITHIN,
-        order_inner(account, acme, record, &mut withdraw),
+        order_inner(account, acme, record, settle, &mut withdraw),
     )
     .await
     .unwrap_or_else(|_| Err(anyhow!("no certificate within {ORDER_WITHIN:?}")));
@@ -126,6 +129,7 @@ async fn order_inner(
     account: &Account,
     acme: &Acme,
     record: &(dyn Fn(Record) + Sync),
+    settle: Duration,
     withdraw: &mut Vec<Record>,
 ) -> anyhow::Result<(String, String)> {
     let identifiers: Vec<Identifier> = acme
@@ -175,6 +179,9 @@ async fn order_inner(
         };
         record(answer);
         withdraw.push(withdrawn);
+        if !settle.is_zero() {
+            tokio::time::sleep(settle).await;
+        }
         challenge.set_ready().await.context("challenge ready")?;
     }
     let retries = RetryPolicy::new()

@@ -54,6 +54,11 @@ pub(super) fn record(daemon: &Daemon, state: &AcmeState, r: Record) {
 }
 
 /// Runs until `stop`.
+/// How long a challenge's answer has to reach the peer over sync (its batching, 20 ms,
+/// and a LAN round trip, with room) before the CA is told to validate it. Sync has no
+/// acknowledgement of single records: this is a wait, not a confirmation.
+const PEER_SETTLE: Duration = Duration::from_millis(250);
+
 pub(super) async fn run(daemon: Daemon, state: Arc<AcmeState>, stop: CancellationToken) {
     let mut failures: HashMap<String, Failures> = HashMap::new();
     let mut accounts: HashMap<String, instant_acme::Account> = HashMap::new();
@@ -143,7 +148,14 @@ async fn order_one(
         record(daemon, state, withdrawn);
     }
     let apply = |r: Record| record(daemon, state, r);
-    let (chain, key) = order::order(&account, acme, &apply).await?;
+    // With a peer, its copy of each answer gets a moment to arrive before the CA
+    // validates (its request may reach the peer, e.g. right after a failover).
+    let settle = if daemon.sync().is_some() {
+        PEER_SETTLE
+    } else {
+        Duration::ZERO
+    };
+    let (chain, key) = order::order(&account, acme, &apply, settle).await?;
     let cert = Record::Certificate {
         names: acme.domains.clone(),
         chain,

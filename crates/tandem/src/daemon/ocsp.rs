@@ -67,7 +67,7 @@ pub(super) async fn run(daemon: Daemon, stop: CancellationToken) {
                     r = fetch(&client, &url, body) => r,
                 };
                 let parsed = fetched.and_then(|bytes| {
-                    ocsp::parse(&bytes, &serial).map_err(|e| {
+                    ocsp::parse(&bytes, &serial, issuer.as_ref()).map_err(|e| {
                         if matches!(e, ocsp::OcspError::NotGood(_)) {
                             // Revoked or unknown: the response held before is
                             // not stapled any more either.

@@ -6,8 +6,9 @@
 //! `single_node_*` runs on loopback: a name through HTTP-01 and one through TLS-ALPN-01,
 //! both renewed while curl requests every 200 ms without a failure. `pair_*` is a
 //! namespace lab: two nodes with VRRP and sync; the master is SIGKILLed during a
-//! renewal and the backup finishes it with the synced account; the backup served the
-//! same certificate before.
+//! renewal and the backup finishes it with the synced account; the CA validates one
+//! name at the backup's own address, which answers from the token the master synced;
+//! the backup served the same certificate before.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -114,6 +115,8 @@ struct Pebble {
     api_ca: PathBuf,
     /// Pebble's management address (roots of the issued chains).
     management: SocketAddr,
+    /// The DNS server's management address (records of their own for some names).
+    dns_management: SocketAddr,
     ns: Option<String>,
 }
 
@@ -204,8 +207,26 @@ impl Pebble {
             directory: format!("https://{ip}:{api}/dir"),
             api_ca,
             management: format!("{ip}:{management}").parse().unwrap(),
+            dns_management: format!("{ip}:{dns_management}").parse().unwrap(),
             ns: ns.map(str::to_string),
         }
+    }
+
+    /// Makes the DNS answer `host` with `address` (instead of the default answer): the
+    /// CA then validates that name's challenges there.
+    fn resolve(&self, host: &str, address: &str) {
+        run_in(
+            self.ns.as_deref(),
+            "curl",
+            &[
+                "-sSf",
+                "-X",
+                "POST",
+                "-d",
+                &format!(r#"{{"host":"{host}","addresses":["{address}"]}}"#),
+                &format!("http://{}/add-a", self.dns_management),
+            ],
+        );
     }
 
     /// Pebble's root of the issued chains, written to `dir/pebble-root.pem`.
@@ -453,8 +474,8 @@ fn single_node_issues_by_http01_and_tls_alpn01_and_renews_without_a_failed_reque
 const VIP: &str = "10.99.0.100";
 
 /// The configuration of pair node `name` (own address `me`, peer `peer`): port 80 and
-/// 443 on the virtual address, 443 on its own address too (to see what the backup
-/// serves), VRRP and sync.
+/// 443 on the virtual address and on its own address too (to see what the backup
+/// serves, and to answer the challenges the CA sends to it), VRRP and sync.
 fn pair_config(
     lab: &Lab,
     pebble: &Pebble,
@@ -469,9 +490,9 @@ fn pair_config(
     let text = format!(
         "[global]\nname = \"{name}\"\ncontrol_socket = \"{dir}/{name}.sock\"\nstate_dir = \"{dir}/{name}-state\"\ndrain_timeout = \"1s\"\n\n\
 [[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.99.0.11:80\" }}]\n\n\
-[[service]]\nname = \"web\"\nlisten = [\"{VIP}:80\"]\npool = \"web\"\nmode = \"http\"\n\n\
+[[service]]\nname = \"web\"\nlisten = [\"{VIP}:80\", \"{me}:80\"]\npool = \"web\"\nmode = \"http\"\n\n\
 [[service]]\nname = \"www\"\nlisten = [\"{VIP}:443\", \"{me}:443\"]\npool = \"web\"\nmode = \"http\"\n\
-[service.tls.acme]\ndirectory = \"{}\"\ncontact = [\"mailto:ops@pair.test\"]\ndomains = [\"www.pair.test\"]\nca_file = \"{}\"\n\n\
+[service.tls.acme]\ndirectory = \"{}\"\ncontact = [\"mailto:ops@pair.test\"]\ndomains = [\"www.pair.test\", \"backup.pair.test\"]\nca_file = \"{}\"\n\n\
 [ha]\ninterface = \"eth0\"\nvrid = 57\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n\n\
 [sync]\nlisten = \"{me}:7946\"\npeers = [\"{peer}:7946\"]\nkey_file = \"{}\"\n",
         pebble.directory,
@@ -505,6 +526,9 @@ fn pair_master_killed_during_a_renewal_the_backup_finishes_it_with_the_same_acco
         443,
         lifetime,
     );
+    // The CA validates backup.pair.test at the backup's own address (as after a
+    // failover, or through ECMP): only the token the master synced can answer it.
+    pebble.resolve("backup.pair.test", "10.99.0.2");
     let c1 = pair_config(&lab, &pebble, "lb1", "10.99.0.1", "10.99.0.2", 150);
     let c2 = pair_config(&lab, &pebble, "lb2", "10.99.0.2", "10.99.0.1", 100);
     let mut lb1 = lab.run_tandem("lb1", &c1);
@@ -512,8 +536,21 @@ fn pair_master_killed_during_a_renewal_the_backup_finishes_it_with_the_same_acco
     lab.wait("lb1 master", Duration::from_secs(5), || {
         lab.has_address("lb1", VIP)
     });
-    lb1.wait_for("certificate issued and served");
+    let issued = lb1.wait_for("certificate issued and served");
+    assert!(issued.contains("backup.pair.test"), "{issued}");
     lb2.wait_for("certificate from the peer installed");
+    // The backup answered the CA's request for the master's order: Pebble compared its
+    // body with the key authorization of the order (else no certificate).
+    let answered = lb2.wait_for("path=/.well-known/acme-challenge/");
+    println!("the backup answered the CA: {answered}");
+    assert!(
+        answered.contains("service=web") && answered.contains("status=200"),
+        "{answered}"
+    );
+    assert!(
+        !lb2.drain_lines().contains("ordering a certificate"),
+        "the backup ordered"
+    );
     let (vip443, lb2_443): (SocketAddr, SocketAddr) = (
         format!("{VIP}:443").parse().unwrap(),
         "10.99.0.2:443".parse().unwrap(),
@@ -595,8 +632,10 @@ fn pair_master_killed_during_a_renewal_the_backup_finishes_it_with_the_same_acco
 
 /// OCSP stapling against `openssl ocsp` as the responder, in a namespace: a test CA
 /// (openssl) issues a certificate whose AIA names the responder; tandem fetches a
-/// response and `openssl s_client -status` shows it stapled. (That a stale response is
-/// not stapled is tandem-net's tls test, with a real handshake.)
+/// response and `openssl s_client -status` shows it stapled; a second certificate's
+/// responder signs with a key the CA never certified, and its response is not stapled
+/// (logged). (That a stale response is not stapled is tandem-net's tls test, with a
+/// real handshake.)
 #[test]
 fn ocsp_response_from_openssl_ocsp_is_stapled() {
     if tools("ocsp lab").is_none() {
@@ -629,56 +668,97 @@ fn ocsp_response_from_openssl_ocsp_is_stapled() {
         "/CN=tandem test OCSP CA",
     ]);
     run_in(None, "openssl", &args);
-    let (key, csr, leaf) = (p("leaf.key"), p("leaf.csr"), p("leaf.pem"));
-    let mut args = vec!["req"];
-    args.extend_from_slice(&ec);
-    args.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", "/CN=ocsp.test"]);
-    run_in(None, "openssl", &args);
-    let ext = p("leaf.ext");
-    std::fs::write(
-        &ext,
-        "subjectAltName=DNS:ocsp.test\nauthorityInfoAccess=OCSP;URI:http://10.99.0.1:8888\n",
-    )
-    .unwrap();
-    run_in(
-        None,
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &leaf,
-            "-days",
-            "2",
-            "-extfile",
+    // A leaf for `name` whose AIA names the responder on `port`, and its chain file.
+    let issue = |name: &str, port: u16| {
+        let (key, csr, leaf) = (
+            p(&format!("{name}.key")),
+            p(&format!("{name}.csr")),
+            p(&format!("{name}.pem")),
+        );
+        let mut args = vec!["req"];
+        args.extend_from_slice(&ec);
+        let subject = format!("/CN={name}");
+        args.extend_from_slice(&["-keyout", &key, "-out", &csr, "-subj", &subject]);
+        run_in(None, "openssl", &args);
+        let ext = p(&format!("{name}.ext"));
+        std::fs::write(
             &ext,
-        ],
-    );
-    let chain = p("chain.pem");
-    std::fs::write(
-        &chain,
-        std::fs::read_to_string(&leaf).unwrap() + &std::fs::read_to_string(&ca).unwrap(),
-    )
-    .unwrap();
-    let serial = run_in(
-        None,
-        "openssl",
-        &["x509", "-in", &leaf, "-noout", "-serial"],
-    );
-    let serial = serial.trim().trim_start_matches("serial=").to_string();
+            format!(
+                "subjectAltName=DNS:{name}\nauthorityInfoAccess=OCSP;URI:http://10.99.0.1:{port}\n"
+            ),
+        )
+        .unwrap();
+        run_in(
+            None,
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &leaf,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+        let chain = p(&format!("{name}-chain.pem"));
+        std::fs::write(
+            &chain,
+            std::fs::read_to_string(&leaf).unwrap() + &std::fs::read_to_string(&ca).unwrap(),
+        )
+        .unwrap();
+        (leaf, key, chain)
+    };
+    let serial_of = |leaf: &str| {
+        let serial = run_in(None, "openssl", &["x509", "-in", leaf, "-noout", "-serial"]);
+        serial.trim().trim_start_matches("serial=").to_string()
+    };
+    let (leaf, key, chain) = issue("ocsp.test", 8888);
+    let serial = serial_of(&leaf);
+    // A second certificate, whose responder signs with a key of its own (same name as
+    // the CA, another key): its responses are not stapled.
+    let (forged_leaf, forged_key, forged_chain) = issue("forged.test", 8889);
+    let forged_serial = serial_of(&forged_leaf);
+    let (rogue_key, rogue) = (p("rogue.key"), p("rogue.pem"));
+    let mut args = vec!["req", "-x509"];
+    args.extend_from_slice(&ec);
+    args.extend_from_slice(&[
+        "-keyout",
+        &rogue_key,
+        "-out",
+        &rogue,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tandem test OCSP CA",
+    ]);
+    run_in(None, "openssl", &args);
     let index = p("index.txt");
     std::fs::write(
         &index,
-        format!("V\t301231000000Z\t\t{serial}\tunknown\t/CN=ocsp.test\n"),
+        format!(
+            "V\t301231000000Z\t\t{serial}\tunknown\t/CN=ocsp.test\n\
+V\t301231000000Z\t\t{forged_serial}\tunknown\t/CN=forged.test\n"
+        ),
     )
     .unwrap();
+    let mut rogue_responder = lab.spawn(
+        "h",
+        "openssl",
+        &[
+            "ocsp", "-index", &index, "-port", "8889", "-rsigner", &rogue, "-rkey", &rogue_key,
+            "-CA", &ca, "-nmin", "1",
+        ],
+    );
+    rogue_responder.wait_for("ACCEPT");
     // nextUpdate a minute after thisUpdate: tandem fetches again after 30 s.
     let mut responder = lab.spawn(
         "h",
@@ -691,23 +771,37 @@ fn ocsp_response_from_openssl_ocsp_is_stapled() {
     responder.wait_for("ACCEPT");
     let config = format!(
         "[global]\nname = \"o1\"\ncontrol_socket = \"{}\"\n\n[[pool]]\nname = \"app\"\nbackends = [{{ address = \"10.99.0.1:9\" }}]\n\n\
-[[service]]\nname = \"www\"\nlisten = [\"10.99.0.1:443\"]\npool = \"app\"\nmode = \"http\"\ntls = {{ cert = \"{chain}\", key = \"{key}\" }}\n",
+[[service]]\nname = \"www\"\nlisten = [\"10.99.0.1:443\"]\npool = \"app\"\nmode = \"http\"\ntls = {{ cert = \"{chain}\", key = \"{key}\" }}\n\n\
+[[service]]\nname = \"forged\"\nlisten = [\"10.99.0.1:8443\"]\npool = \"app\"\nmode = \"http\"\ntls = {{ cert = \"{forged_chain}\", key = \"{forged_key}\" }}\n",
         p("o1.sock")
     );
     let mut node = lab.run_tandem("h", &lab.write_config("o1", &config));
     let fetched = node.wait_for("ocsp: response fetched");
     println!("{fetched}");
-    let status = || {
+    let refused = node.wait_for("ocsp: no response to staple");
+    println!("{refused}");
+    assert!(
+        refused.contains(":8889") && refused.contains("signature does not verify"),
+        "{refused}"
+    );
+    let status = |port: u16, name: &str| {
         run_in(
             Some(&ns),
             "sh",
             &[
                 "-c",
-                "openssl s_client -connect 10.99.0.1:443 -servername ocsp.test -status </dev/null 2>/dev/null",
+                &format!(
+                    "openssl s_client -connect 10.99.0.1:{port} -servername {name} -status </dev/null 2>/dev/null"
+                ),
             ],
         )
     };
-    let shown = status();
+    let forged = status(8443, "forged.test");
+    assert!(
+        forged.contains("OCSP response: no response sent"),
+        "{forged}"
+    );
+    let shown = status(443, "ocsp.test");
     let stapled: Vec<&str> = shown
         .lines()
         .skip_while(|l| !l.starts_with("OCSP response"))

@@ -2,7 +2,8 @@
 //! services choose a pool by host (exact, wildcard, default), path prefix, method and
 //! header on the fast path, the general path (HTTP/1.0) and h2c alike; redirect and
 //! respond routes answer themselves; a tcp service passes TLS through to the backend
-//! the ClientHello's server name chooses; a reload changes the routes of new requests.
+//! the ClientHello's server name chooses; a reload changes the routes of new requests;
+//! a route's `hsts` is sent over TLS (HTTP/1.1 and h2) and replaces the service's.
 
 use crate::support;
 
@@ -493,6 +494,95 @@ async fn h2_over_tls_routes_by_its_authority() {
         ])
         .await;
         assert_eq!(out, format!("{want}2"), "{name}");
+    }
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
+
+/// The Strict-Transport-Security value of a curl `-D -` response head, if any.
+fn sts_of(head: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("strict-transport-security")
+            .then(|| value.trim().to_string())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_is_a_route_option_sent_over_tls_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = support::self_signed(dir.path(), "www.example.test");
+    let mut text = pool("www", http_backend("www").await);
+    let routes = "[[service.route]]\npath_prefix = \"/strict/\"\npool = \"www\"\nhsts = \"max-age=60; includeSubDomains\"\n\
+[[service.route]]\npath_prefix = \"/plain/\"\npool = \"www\"\n";
+    text.push_str(&format!(
+        "[[service]]\nname = \"tls\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"www\"\n\
+tls = {{ cert = \"{cert}\", key = \"{key}\" }}\n{routes}\n\
+[[service]]\nname = \"tls-service-hsts\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"www\"\n\
+tls = {{ cert = \"{cert}\", key = \"{key}\" }}\nhttp = {{ hsts = \"300s\" }}\n{routes}\n\
+[[service]]\nname = \"plain\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"www\"\n\
+[[service.route]]\npath_prefix = \"/strict/\"\npool = \"www\"\n"
+    ));
+    let daemon = support::start(&text).await;
+    let tls = support::addr_of(&daemon, "tls").port();
+    let both = support::addr_of(&daemon, "tls-service-hsts").port();
+    let plain = support::addr_of(&daemon, "plain");
+    let strict = Some("max-age=60; includeSubDomains".to_string());
+    let service = Some("max-age=300".to_string());
+    // HTTP/1.1 over TLS is the fast path; h2 (ALPN) the hyper path.
+    for (path_name, version, want_version) in
+        [("fast path", "--http1.1", "1.1"), ("h2", "--http2", "2")]
+    {
+        for (port, path, want) in [
+            (tls, "/strict/a", strict.clone()),
+            (tls, "/plain/a", None),
+            (tls, "/", None),
+            (both, "/strict/a", strict.clone()),
+            (both, "/plain/a", service.clone()),
+            (both, "/", service.clone()),
+        ] {
+            let head = curl(&[
+                version,
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "-w",
+                "version=%{http_version}",
+                "--cacert",
+                &cert,
+                "--resolve",
+                &format!("www.example.test:{port}:127.0.0.1"),
+                &format!("https://www.example.test:{port}{path}"),
+            ])
+            .await;
+            assert!(
+                head.ends_with(&format!("version={want_version}")),
+                "{path_name}: {head}"
+            );
+            assert_eq!(
+                sts_of(&head),
+                want,
+                "{path_name} port {port} {path}: {head}"
+            );
+            let hsts = sts_of(&head);
+            println!("{path_name} :{port}{path}: strict-transport-security {hsts:?}");
+        }
+        // Plain HTTP never carries it.
+        let head = curl(&[
+            if version == "--http2" {
+                "--http2-prior-knowledge"
+            } else {
+                version
+            },
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            &format!("http://{plain}/strict/a"),
+        ])
+        .await;
+        assert!(head.starts_with("HTTP/"), "{head}");
+        assert_eq!(sts_of(&head), None, "plain {path_name}: {head}");
     }
     daemon.shutdown(Duration::from_secs(1)).await;
 }

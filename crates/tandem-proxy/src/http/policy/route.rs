@@ -3,7 +3,9 @@
 //! HTTP paths (and HTTP/2) ask [`decide`] with what they parsed; a tcp service asks
 //! [`by_name`] with the ClientHello's server name.
 
-use tandem_config::{HeaderTest, Route, RouteAction};
+use std::borrow::Cow;
+
+use tandem_config::{HeaderRules, HeaderTest, Route, RouteAction, Service};
 
 use super::answers::{ANSWER_FIELDS, answer_text};
 
@@ -99,6 +101,30 @@ where
     }
     (None, Decision::Pool(default_pool))
 }
+
+/// The response header rules for a request that took `route` (as [`decide`] gave
+/// it): the service's, except that a route's `hsts` sets Strict-Transport-Security
+/// instead of the service's `http.hsts` (one of its `set` rules) and of a backend's
+/// own. Only over TLS (a service with `tls` serves TLS only): plain HTTP never gets
+/// a route's HSTS (RFC 6797 7.2).
+pub fn response_rules(service: &Service, route: Option<usize>) -> Cow<'_, HeaderRules> {
+    let rules = &service.http.response_headers;
+    let hsts = route
+        .and_then(|i| service.routes.get(i))
+        .and_then(|r| r.hsts.as_ref())
+        .filter(|_| service.tls.is_some());
+    let Some(hsts) = hsts else {
+        return Cow::Borrowed(rules);
+    };
+    let mut rules = rules.clone();
+    rules
+        .set
+        .retain(|(name, _)| !name.eq_ignore_ascii_case(STS));
+    rules.set.push((STS.to_string(), hsts.clone()));
+    Cow::Owned(rules)
+}
+
+const STS: &str = "strict-transport-security";
 
 /// The pool a connection whose TLS ClientHello names `server_name` goes to (the
 /// first `sni` route it matches, else the service's pool).
@@ -225,6 +251,7 @@ mod tests {
             header: None,
             sni: None,
             action,
+            hsts: None,
         }
     }
 
@@ -429,5 +456,51 @@ mod tests {
         );
         assert_eq!(by_name(&routes, "d", Some("example.org")), (None, "d"));
         assert_eq!(by_name(&routes, "d", None), (None, "d"));
+    }
+
+    /// The Strict-Transport-Security values of a service's response rules for `route`.
+    fn sts(service: &Service, route: Option<usize>) -> Vec<String> {
+        response_rules(service, route)
+            .set
+            .iter()
+            .filter(|(n, _)| n == STS)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_route_hsts_replaces_the_service_one_over_tls_only() {
+        let text = |service_hsts: &str| {
+            format!(
+                "[global]\nstate_dir = \"/tmp\"\n[[pool]]\nname = \"web\"\n\
+backends = [{{ address = \"127.0.0.1:8001\" }}]\n[[service]]\nname = \"www\"\n\
+listen = [\"127.0.0.1:8443\"]\nmode = \"http\"\npool = \"web\"\n\
+[service.tls.acme]\ndirectory = \"https://ca.test/dir\"\ndomains = [\"a.test\"]\n\
+[service.http]\n{service_hsts}\n\
+[[service.route]]\npath_prefix = \"/a\"\npool = \"web\"\nhsts = \"max-age=60; preload\"\n\
+[[service.route]]\npath_prefix = \"/b\"\npool = \"web\"\n"
+            )
+        };
+        let parse = |t: String| {
+            tandem_config::Config::parse(&t, "t.toml", std::path::Path::new("."))
+                .unwrap()
+                .services
+                .remove(0)
+        };
+        let with = parse(text("hsts = \"1d\""));
+        assert_eq!(sts(&with, Some(0)), ["max-age=60; preload"]);
+        assert_eq!(sts(&with, Some(1)), ["max-age=86400"]);
+        assert_eq!(sts(&with, None), ["max-age=86400"]);
+        let without = parse(text(""));
+        assert_eq!(sts(&without, Some(0)), ["max-age=60; preload"]);
+        assert!(sts(&without, Some(1)).is_empty());
+        assert!(matches!(
+            response_rules(&without, Some(1)),
+            Cow::Borrowed(_)
+        ));
+        // Plain HTTP (validation refuses such a service; the policy still holds).
+        let mut plain = without.clone();
+        plain.tls = None;
+        assert!(sts(&plain, Some(0)).is_empty());
     }
 }
