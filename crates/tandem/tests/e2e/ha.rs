@@ -1044,7 +1044,9 @@ fn an_upgrade_of_the_master_is_not_seen_by_the_backup() {
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
     let _new = crate::upgrade::KillOnDrop(new_pid);
-    lb1.wait_for("VRRP INIT -> MASTER: taken over from the previous process (upgrade)");
+    lb1.wait_for(
+        "VRRP INIT -> MASTER (eth0 vrid 51): taken over from the previous process (upgrade)",
+    );
     lb1.wait_for("VRRP handed over: no longer advertising");
     let status = support::ctl_json(&lab.socket("lb1"), &["status"]);
     assert_eq!(status["pid"], new_pid, "the new process answers");
