@@ -625,14 +625,16 @@ mod tests {
     fn each_router_resumes_in_its_own_state_by_interface_vrid_and_family() {
         let v4: Vec<(IpAddr, u8)> = vec![("192.0.2.10".parse().unwrap(), 24)];
         let v6: Vec<(IpAddr, u8)> = vec![("2001:db8::10".parse().unwrap(), 64)];
-        let mut inherited = Inherited::default();
-        inherited.routers = [
-            (("eth0".to_string(), 51, false), State::Master),
-            (("eth0".to_string(), 52, false), State::Backup),
-            (("eth0".to_string(), 51, true), State::Backup),
-        ]
-        .into_iter()
-        .collect();
+        let inherited = Inherited {
+            routers: [
+                (("eth0".to_string(), 51, false), State::Master),
+                (("eth0".to_string(), 52, false), State::Backup),
+                (("eth0".to_string(), 51, true), State::Backup),
+            ]
+            .into_iter()
+            .collect(),
+            ..Inherited::default()
+        };
         assert_eq!(inherited.vrrp("eth0", 51, &v4, 3), Some(State::Master));
         assert_eq!(inherited.vrrp("eth0", 52, &v4, 3), Some(State::Backup));
         assert_eq!(inherited.vrrp("eth0", 51, &v6, 3), Some(State::Backup));
@@ -642,8 +644,10 @@ mod tests {
 
         // A predecessor that sent one state (no `routers`): it had one router, and
         // its state goes to this configuration's router only if it has one too.
-        let mut older = Inherited::default();
-        older.vrrp = Some(State::Master);
+        let older = Inherited {
+            vrrp: Some(State::Master),
+            ..Inherited::default()
+        };
         assert_eq!(older.vrrp("eth0", 51, &v4, 1), Some(State::Master));
         assert_eq!(older.vrrp("eth0", 51, &v4, 2), None);
         assert_eq!(state_named("MASTER"), Some(State::Master));
