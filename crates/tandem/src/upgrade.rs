@@ -58,6 +58,11 @@ pub enum Socket {
         /// `global.control_socket`.
         path: PathBuf,
     },
+    /// The sync listener (`sync.listen`).
+    Sync {
+        /// The configured address.
+        address: SocketAddr,
+    },
 }
 
 /// What the old process sends first.

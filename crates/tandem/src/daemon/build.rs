@@ -217,7 +217,7 @@ impl Daemon {
             takeovers,
             vrrp,
             gate,
-        } = match build_parts(&config, &pools, &inherited, acme.clone()).await {
+        } = match build_parts(&config, &pools, &mut inherited, acme.clone()).await {
             Ok(parts) => parts,
             Err(e) => return Err(unbind(e)),
         };
@@ -256,7 +256,7 @@ struct Parts {
 async fn build_parts(
     config: &Config,
     pools: &Arc<ArcSwap<PoolSet>>,
-    inherited: &Inherited,
+    inherited: &mut Inherited,
     acme: Option<Arc<crate::acme::AcmeState>>,
 ) -> Result<Parts, BuildError> {
     let sync = match &config.sync {
@@ -273,9 +273,12 @@ async fn build_parts(
                 pools_digest: sync_store::pools_digest(config),
             };
             let store = Arc::new(PoolStore(pools.clone(), acme));
-            let node = SyncNode::start(settings, store)
-                .await
-                .map_err(BuildError::Sync)?;
+            // After an upgrade: on the predecessor's listener, with its table.
+            let node = match inherited.take_sync(sync.listen) {
+                Some(listener) => SyncNode::resume(settings, store, listener).await,
+                None => SyncNode::start(settings, store).await,
+            }
+            .map_err(BuildError::Sync)?;
             Some(Arc::new(node))
         }
         None => None,

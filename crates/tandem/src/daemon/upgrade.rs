@@ -2,7 +2,7 @@
 //!
 //! The old side, [`Daemon::upgrade`]: starts the new binary with the same arguments,
 //! hands it the listening sockets (services, admin port, control socket), the sticky
-//! tables, each VRRP router's state and the backends' decided health, waits for it to accept, then retires: stops advertising
+//! tables, the sync listener, each VRRP router's state and the backends' decided health, waits for it to accept, then retires: stops advertising
 //! (no priority 0, the addresses stay), stops accepting (the new process accepts from
 //! the same sockets, so nothing queued is lost), sends the pins made meanwhile, tells
 //! systemd the new main pid, and lets `run` drain and exit.
@@ -96,7 +96,6 @@ impl Daemon {
     /// What this configuration has that an upgrade cannot carry yet.
     fn upgrade_unsupported(&self) -> Option<String> {
         let parts = [
-            (self.shared.sync.is_some(), "[sync] (the sync sessions)"),
             (
                 self.shared.redirect.is_some(),
                 "redirect services (the kernel's table)",
@@ -283,6 +282,17 @@ impl Daemon {
                 }
             }
         }
+        if let (Some(sync), Some(conf)) = (&self.shared.sync, &self.config().sync) {
+            match sync.listener() {
+                Ok(fd) => out.push((
+                    Socket::Sync {
+                        address: conf.listen,
+                    },
+                    fd,
+                )),
+                Err(e) => warn!("upgrade: cannot hand over the sync listener: {e}"),
+            }
+        }
         for (s, fd) in self
             .shared
             .handoff
@@ -419,6 +429,7 @@ pub struct Inherited {
     services: HashMap<ListenKey, OwnedFd>,
     admin: HashMap<SocketAddr, OwnedFd>,
     control: HashMap<PathBuf, OwnedFd>,
+    sync: HashMap<SocketAddr, OwnedFd>,
     sticky: Vec<u8>,
     /// The single router's state, from a predecessor that sent no `routers`.
     vrrp: Option<State>,
@@ -446,6 +457,9 @@ impl Inherited {
                 }
                 Socket::Control { path } => {
                     me.control.insert(path, fd);
+                }
+                Socket::Sync { address } => {
+                    me.sync.insert(address, fd);
                 }
             }
         }
@@ -486,6 +500,11 @@ impl Inherited {
         address: SocketAddr,
     ) -> Option<std::io::Result<TcpListener>> {
         self.admin.remove(&address).map(tcp_listener)
+    }
+
+    /// The sync listener configured at `address`, when handed over.
+    pub(super) fn take_sync(&mut self, address: SocketAddr) -> Option<std::net::TcpListener> {
+        self.sync.remove(&address).map(std::net::TcpListener::from)
     }
 
     /// The control socket at `path`, when handed over.
