@@ -123,6 +123,7 @@ pub struct SyncNode {
     stop: CancellationToken,
     local: SocketAddr,
     listener_fd: std::os::fd::OwnedFd,
+    accepting: CancellationToken,
 }
 
 impl SyncNode {
@@ -185,7 +186,8 @@ impl SyncNode {
             resumed,
         });
         tokio::spawn(batcher(rx, batches, stop.clone()));
-        tokio::spawn(accept(listener, shared.clone(), stop.clone()));
+        let accepting = stop.child_token();
+        tokio::spawn(accept(listener, shared.clone(), accepting.clone()));
         for peer in &settings.peers {
             // One connection per pair: the node with the lower address dials.
             if settings.listen < *peer {
@@ -213,6 +215,7 @@ impl SyncNode {
         info!(target: "tandem::sync", listen = %local, peers = ?settings.peers, resumed, "sync ready");
         Ok(SyncNode {
             listener_fd,
+            accepting,
             changes,
             peers,
             synced,
@@ -232,6 +235,12 @@ impl SyncNode {
     /// The listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Stops accepting sessions (the sessions up run on): a successor process accepts
+    /// from the same listener.
+    pub fn stop_accepting(&self) {
+        self.accepting.cancel();
     }
 
     /// A copy of the listening socket's descriptor, to hand to a successor process.

@@ -334,9 +334,21 @@ async fn acme_records_travel_in_the_bulk_and_as_changes() {
 /// changes flow both ways on the new session, and the successor's own exit is one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_resumed_in_place_needs_no_bulk_and_its_predecessors_end_is_not_an_exit() {
+    resumed_in_place(true).await;
+}
+
+/// The same with the resumed node the one its peer dials: it connects once itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_its_peer_dials_connects_itself_when_resumed() {
+    resumed_in_place(false).await;
+}
+
+/// Node a is replaced in place; it dials b when `a_dials` (it has the lower address).
+async fn resumed_in_place(a_dials: bool) {
     let secret = b"0123456789abcdef0123456789abcdef";
     let (x, y) = (free_addr(), free_addr());
-    let (la, lb) = if x < y { (x, y) } else { (y, x) };
+    let (low, high) = if x < y { (x, y) } else { (y, x) };
+    let (la, lb) = if a_dials { (low, high) } else { (high, low) };
     let store_a = Arc::new(Memory::default());
     let store_b = Arc::new(Memory::default());
     store_b.apply(&(0..100).map(entry).collect::<Vec<_>>());

@@ -1,11 +1,12 @@
 //! Upgrade in place, both sides (the wire is [`crate::upgrade`]).
 //!
 //! The old side, [`Daemon::upgrade`]: starts the new binary with the same arguments,
-//! hands it the listening sockets (services, admin port, control socket), the sticky
-//! tables, the sync listener, each VRRP router's state and the backends' decided health, waits for it to accept, then retires: stops advertising
-//! (no priority 0, the addresses stay), stops accepting (the new process accepts from
-//! the same sockets, so nothing queued is lost), sends the pins made meanwhile, tells
-//! systemd the new main pid, and lets `run` drain and exit.
+//! hands it the listening sockets (services, admin port, control socket, sync), the
+//! sticky tables, each VRRP router's state and the backends' decided health, waits for
+//! it to accept, then retires: stops advertising (no priority 0, the addresses stay),
+//! stops accepting (the new process accepts from the same sockets, so nothing queued
+//! is lost; sync sessions up run on until the exit), sends the pins made meanwhile,
+//! tells systemd the new main pid, and lets `run` drain and exit.
 //!
 //! The new side, [`Inherited`]: the sockets received, matched to the configuration by
 //! service and configured address when the daemon is built; the tables merged like a
@@ -319,6 +320,10 @@ impl Daemon {
         }
         handoff.accepting.cancel();
         self.shared.life.stop_accepting.cancel();
+        // Sessions a peer opens from now on are the successor's.
+        if let Some(sync) = &self.shared.sync {
+            sync.stop_accepting();
+        }
         let mut inner = self.shared.inner.lock().await;
         for (_, l) in inner.listeners.drain() {
             drop(l.task.await);
