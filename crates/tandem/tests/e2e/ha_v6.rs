@@ -410,10 +410,13 @@ fn dropped_metrics(lab: &Lab, name: &str) -> std::collections::BTreeMap<String, 
         s.read_to_string(&mut out).unwrap();
         out
     });
+    // One instance per node: its counters by reason (the labels are interface, vrid,
+    // reason).
     body.lines()
-        .filter_map(|l| l.strip_prefix("tandem_vrrp_dropped_packets_total{reason=\""))
+        .filter_map(|l| l.strip_prefix("tandem_vrrp_dropped_packets_total{"))
         .filter_map(|l| {
-            let (reason, n) = l.split_once("\"} ")?;
+            let (_, rest) = l.split_once("reason=\"")?;
+            let (reason, n) = rest.split_once("\"} ")?;
             Some((reason.to_string(), n.trim().parse().ok()?))
         })
         .collect()
