@@ -230,6 +230,18 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_hello_tells_the_peer() {
+        let (a, mut b) = pair(b"shared secret 16", b"shared secret 16");
+        let mut a = a.resumed(true);
+        let ha = a.hello(s(0));
+        let hb = b.hello(s(0));
+        deliver(&mut b, &ha, s(0)).unwrap();
+        deliver(&mut a, &hb, s(0)).unwrap();
+        assert!(b.peer().unwrap().resumed, "b hears that a resumed");
+        assert!(!a.peer().unwrap().resumed, "b did not");
+    }
+
+    #[test]
     fn hellos_establish_and_frames_flow_both_ways() {
         let (mut a, mut b) = pair(b"shared secret 16", b"shared secret 16");
         let ha = a.hello(s(0));
