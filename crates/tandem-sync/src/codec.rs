@@ -50,6 +50,12 @@ pub enum Message {
         nonce: [u8; 32],
         /// Digest of the pool configuration, to report mismatched peers.
         pools_digest: u64,
+        /// This node's process took over from its predecessor (`tandem upgrade`) with
+        /// its table, and this is its first session with the peer: no bulk transfer is
+        /// due either way, and the predecessor's session ending is not the node's exit.
+        /// Sent last: a node that predates it ignores the trailing byte (postcard reads
+        /// what it knows), and its hello, without the byte, reads as `false`.
+        resumed: bool,
     },
     /// Please send the whole table.
     BulkRequest,
@@ -195,7 +201,37 @@ pub fn open(
     if seq != expected {
         return Err(FrameError::Sequence { expected, got: seq });
     }
-    postcard::from_bytes(payload).map_err(|e| FrameError::Decode(e.to_string()))
+    postcard::from_bytes(payload)
+        .or_else(|e| earlier_hello(payload).ok_or(e))
+        .map_err(|e| FrameError::Decode(e.to_string()))
+}
+
+/// The hello of a node from before [`Message::Hello`]'s `resumed`: the same fields
+/// without it, read as `resumed: false`.
+fn earlier_hello(payload: &[u8]) -> Option<Message> {
+    #[derive(Deserialize)]
+    enum Earlier {
+        Hello {
+            version: u16,
+            node: String,
+            nonce: [u8; 32],
+            pools_digest: u64,
+        },
+    }
+    match postcard::from_bytes(payload).ok()? {
+        Earlier::Hello {
+            version,
+            node,
+            nonce,
+            pools_digest,
+        } => Some(Message::Hello {
+            version,
+            node,
+            nonce,
+            pools_digest,
+            resumed: false,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -294,6 +330,56 @@ mod tests {
 }
 
 #[cfg(test)]
+mod compatibility {
+    use super::*;
+
+    /// The hello as nodes before `resumed` encoded it.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    enum Earlier {
+        Hello {
+            version: u16,
+            node: String,
+            nonce: [u8; 32],
+            pools_digest: u64,
+        },
+    }
+
+    #[test]
+    fn hellos_with_and_without_resumed_are_read_by_both_generations() {
+        let key = FrameKey::from_secret(b"key-key-key-key!");
+        let earlier = Earlier::Hello {
+            version: VERSION,
+            node: "lb2".into(),
+            nonce: [7; 32],
+            pools_digest: 9,
+        };
+        // An earlier node's hello reads as not resumed.
+        let payload = postcard::to_allocvec(&earlier).unwrap();
+        let frame = seal_payload(&key, Direction::FromInitiator, 0, &payload);
+        assert_eq!(
+            open(&key, Direction::FromInitiator, 0, &frame[4..]),
+            Ok(Message::Hello {
+                version: VERSION,
+                node: "lb2".into(),
+                nonce: [7; 32],
+                pools_digest: 9,
+                resumed: false,
+            })
+        );
+        // A resumed hello reads, for an earlier node, as its plain hello.
+        let now = Message::Hello {
+            version: VERSION,
+            node: "lb2".into(),
+            nonce: [7; 32],
+            pools_digest: 9,
+            resumed: true,
+        };
+        let bytes = postcard::to_allocvec(&now).unwrap();
+        assert_eq!(postcard::from_bytes::<Earlier>(&bytes).unwrap(), earlier);
+    }
+}
+
+#[cfg(test)]
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -302,7 +388,7 @@ mod properties {
         #[test]
         fn round_trip(node in "[a-z0-9-]{0,20}", nonce in any::<[u8; 32]>(), digest in any::<u64>(), seq in any::<u64>()) {
             let key = FrameKey::from_secret(b"key-key-key-key!");
-            let msg = Message::Hello { version: VERSION, node, nonce, pools_digest: digest };
+            let msg = Message::Hello { version: VERSION, node, nonce, pools_digest: digest, resumed: seq % 2 == 0 };
             let frame = seal(&key, Direction::FromResponder, seq, &msg);
             prop_assert_eq!(open(&key, Direction::FromResponder, seq, &frame[4..]), Ok(msg));
         }

@@ -102,6 +102,12 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     /// Its pool configuration differs from ours.
     pub config_mismatch: bool,
+    /// Sessions established with it by this process.
+    pub sessions: u64,
+    /// Sessions with it up now: more than one while a peer's process is replaced in
+    /// place (`tandem upgrade`: the successor connects before its predecessor
+    /// exits); only the end of the last one is the peer's exit.
+    pub live: u32,
 }
 
 type Peers = Arc<Mutex<Vec<PeerStatus>>>;
@@ -116,17 +122,47 @@ pub struct SyncNode {
     dropped: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
     local: SocketAddr,
+    listener_fd: std::os::fd::OwnedFd,
+    accepting: CancellationToken,
 }
 
 impl SyncNode {
     /// Binds the listener and starts dialing peers.
     pub async fn start(settings: SyncSettings, store: Arc<dyn Store>) -> std::io::Result<SyncNode> {
         let listener = TcpListener::bind(settings.listen).await?;
+        SyncNode::start_on(settings, store, listener, false)
+    }
+
+    /// Starts a node that takes over from its predecessor process (`tandem upgrade`):
+    /// on the predecessor's `listener`, synced from the start (it has the table), and
+    /// its first session with each peer says so in its hello, so that neither side
+    /// asks for a bulk transfer and the peer takes the predecessor's session ending
+    /// for what it is.
+    pub async fn resume(
+        settings: SyncSettings,
+        store: Arc<dyn Store>,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<SyncNode> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        SyncNode::start_on(settings, store, listener, true)
+    }
+
+    fn start_on(
+        settings: SyncSettings,
+        store: Arc<dyn Store>,
+        listener: TcpListener,
+        resumed: bool,
+    ) -> std::io::Result<SyncNode> {
         let local = listener.local_addr()?;
+        let listener_fd = {
+            use std::os::fd::AsFd;
+            listener.as_fd().try_clone_to_owned()?
+        };
         let stop = CancellationToken::new();
         let (changes, rx) = mpsc::channel(65_536);
         let (batches, _) = broadcast::channel::<Arc<Vec<Message>>>(1024);
-        let (synced_tx, synced) = watch::channel(false);
+        let (synced_tx, synced) = watch::channel(resumed);
         let (ended_tx, sessions_ended) = watch::channel(0);
         let peers: Peers = Arc::new(Mutex::new(
             settings
@@ -147,13 +183,20 @@ impl SyncNode {
             synced: synced_tx,
             sessions_ended: ended_tx,
             started: Instant::now(),
+            resumed,
         });
         tokio::spawn(batcher(rx, batches, stop.clone()));
-        tokio::spawn(accept(listener, shared.clone(), stop.clone()));
+        let accepting = stop.child_token();
+        tokio::spawn(accept(listener, shared.clone(), accepting.clone()));
         for peer in &settings.peers {
             // One connection per pair: the node with the lower address dials.
             if settings.listen < *peer {
                 tokio::spawn(dial(*peer, shared.clone(), stop.clone()));
+            } else if resumed {
+                // The peer dials this node, but its session is with the predecessor:
+                // connect once now, so that a session with this process is up before
+                // the predecessor's ends.
+                tokio::spawn(dial_once(*peer, shared.clone(), stop.clone()));
             }
         }
         let grace = shared.clone();
@@ -169,8 +212,10 @@ impl SyncNode {
                 }
             }
         });
-        info!(target: "tandem::sync", listen = %local, peers = ?settings.peers, "sync ready");
+        info!(target: "tandem::sync", listen = %local, peers = ?settings.peers, resumed, "sync ready");
         Ok(SyncNode {
+            listener_fd,
+            accepting,
             changes,
             peers,
             synced,
@@ -190,6 +235,17 @@ impl SyncNode {
     /// The listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Stops accepting sessions (the sessions up run on): a successor process accepts
+    /// from the same listener.
+    pub fn stop_accepting(&self) {
+        self.accepting.cancel();
+    }
+
+    /// A copy of the listening socket's descriptor, to hand to a successor process.
+    pub fn listener(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.listener_fd.try_clone()
     }
 
     /// Queues a local change for every peer. Never blocks: when the queue is full the
@@ -234,6 +290,7 @@ struct Shared {
     /// Sessions that were up and ended (the peer exited, or the link broke).
     sessions_ended: watch::Sender<u64>,
     started: Instant,
+    resumed: bool,
 }
 
 impl Shared {
@@ -332,8 +389,10 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, stop: CancellationTo
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let result = connection(stream, Role::Responder, &address, &shared, &stop).await;
-            finish(&shared, &address, result);
+            let mut up = false;
+            let result =
+                connection(stream, Role::Responder, &address, &shared, &stop, &mut up).await;
+            finish(&shared, &address, up, result);
         });
     }
 }
@@ -349,8 +408,10 @@ async fn dial(peer: SocketAddr, shared: Arc<Shared>, stop: CancellationToken) {
         match attempt {
             Ok(Ok(stream)) => {
                 let started = Instant::now();
-                let result = connection(stream, Role::Initiator, &address, &shared, &stop).await;
-                finish(&shared, &address, result);
+                let mut up = false;
+                let result =
+                    connection(stream, Role::Initiator, &address, &shared, &stop, &mut up).await;
+                finish(&shared, &address, up, result);
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff = BACKOFF_MIN;
                 }
@@ -371,7 +432,36 @@ async fn dial(peer: SocketAddr, shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-fn finish(shared: &Shared, address: &str, result: Result<(), String>) {
+/// One attempt at a session with `peer` (a resumed node's, to a peer that dials).
+async fn dial_once(peer: SocketAddr, shared: Arc<Shared>, stop: CancellationToken) {
+    let address = peer.to_string();
+    match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(peer)).await {
+        Ok(Ok(stream)) => {
+            let mut up = false;
+            let result =
+                connection(stream, Role::Initiator, &address, &shared, &stop, &mut up).await;
+            finish(&shared, &address, up, result);
+        }
+        Ok(Err(e)) => shared.peer(&address, |p| p.last_error = Some(format!("connect: {e}"))),
+        Err(_) => shared.peer(&address, |p| {
+            p.last_error = Some("connect: timed out".into())
+        }),
+    }
+}
+
+/// Ends a session with the peer at `address` (`up`: it was established). While
+/// another session with the peer is up (its process was replaced in place and
+/// connected anew), the peer stays connected: no exit is signalled.
+fn finish(shared: &Shared, address: &str, up: bool, result: Result<(), String>) {
+    let others = up
+        && shared.peer(address, |p| {
+            p.live = p.live.saturating_sub(1);
+            p.live
+        }) > 0;
+    if others {
+        info!(target: "tandem::sync", peer = address, "a sync session with this peer ended; another one is up");
+        return;
+    }
     let mut was_up = false;
     shared.peer(address, |p| {
         was_up = p.connected;
@@ -409,6 +499,7 @@ async fn connection(
     address: &str,
     shared: &Shared,
     stop: &CancellationToken,
+    up: &mut bool,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let codec = LengthDelimitedCodec::builder()
@@ -421,6 +512,8 @@ async fn connection(
         .fill(&mut nonce)
         .map_err(|_| "no random bytes".to_string())?;
     let now = || shared.started.elapsed();
+    // The first session of a process that took over from its predecessor.
+    let we_resumed = shared.resumed && shared.peer(address, |p| p.sessions == 0);
     let mut session = Session::new(
         role,
         shared.secret.clone(),
@@ -428,7 +521,8 @@ async fn connection(
         nonce,
         shared.settings.pools_digest,
         now(),
-    );
+    )
+    .resumed(we_resumed);
     let hello = session.hello(now());
     send_frame(&mut framed, hello)
         .await
@@ -447,18 +541,29 @@ async fn connection(
     if mismatch {
         warn!(target: "tandem::sync", peer = address, node = %peer.node, "peer's pools differ from ours: entries of pools it lacks are ignored there");
     }
+    // A resumed session (either side) continues the table its predecessor synced; one
+    // beside a synced session with the peer has the table too.
+    let mut continued = we_resumed || peer.resumed;
     shared.peer(address, |p| {
+        continued |= p.live > 0 && p.synced;
+        p.sessions += 1;
+        p.live += 1;
+        *up = true;
         p.connected = true;
-        p.synced = false;
+        p.synced = continued;
         p.name = Some(peer.node.clone());
         p.last_error = None;
         p.config_mismatch = mismatch;
     });
-    info!(target: "tandem::sync", peer = address, node = %peer.node, "sync session up");
     let mut batches = shared.batches.subscribe();
-    send_frame(&mut framed, session.seal(&Message::BulkRequest, now()))
-        .await
-        .map_err(|e| e.to_string())?;
+    if continued {
+        info!(target: "tandem::sync", peer = address, node = %peer.node, we_resumed, peer_resumed = peer.resumed, "sync session up, continuing a process's table after an upgrade in place: no bulk transfer");
+    } else {
+        info!(target: "tandem::sync", peer = address, node = %peer.node, "sync session up");
+        send_frame(&mut framed, session.seal(&Message::BulkRequest, now()))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
@@ -472,8 +577,8 @@ async fn connection(
                 let message = session.receive(&body, now()).map_err(|e: SessionError| e.to_string())?;
                 match message {
                     Message::Entries { entries, .. } => {
-                        shared.store.apply(&entries);
                         shared.peer(address, |p| p.received += entries.len() as u64);
+                        shared.store.apply(&entries);
                     }
                     Message::BulkRequest => {
                         let entries = shared.store.entries();

@@ -26,6 +26,9 @@ pub struct Peer {
     pub node: String,
     /// Its pool configuration digest.
     pub pools_digest: u64,
+    /// Its process took over from its predecessor with the table (see
+    /// [`Message::Hello`]).
+    pub resumed: bool,
 }
 
 /// Why a session ended.
@@ -56,6 +59,7 @@ pub struct Session {
     recv_seq: u64,
     last_rx: Duration,
     last_tx: Duration,
+    resumed: bool,
 }
 
 impl Session {
@@ -80,7 +84,15 @@ impl Session {
             recv_seq: 0,
             last_rx: now,
             last_tx: now,
+            resumed: false,
         }
+    }
+
+    /// Says in our hello that this process took over from its predecessor with the
+    /// table (see [`Message::Hello`]).
+    pub fn resumed(mut self, resumed: bool) -> Session {
+        self.resumed = resumed;
+        self
     }
 
     fn out(&self) -> Direction {
@@ -106,6 +118,7 @@ impl Session {
             node: self.node.clone(),
             nonce: self.nonce,
             pools_digest: self.pools_digest,
+            resumed: self.resumed,
         };
         codec::seal(&self.secret, self.out(), 0, &hello)
     }
@@ -132,6 +145,7 @@ impl Session {
                     node,
                     nonce,
                     pools_digest,
+                    resumed,
                 } = &message
                 else {
                     return Err(SessionError::Handshake(format!("{message:?}")));
@@ -147,6 +161,7 @@ impl Session {
                 self.peer = Some(Peer {
                     node: node.clone(),
                     pools_digest: *pools_digest,
+                    resumed: *resumed,
                 });
                 message
             }
@@ -212,6 +227,18 @@ mod tests {
     /// Delivers a whole frame (length included) to `to`.
     fn deliver(to: &mut Session, frame: &[u8], now: Duration) -> Result<Message, SessionError> {
         to.receive(&frame[4..], now)
+    }
+
+    #[test]
+    fn a_resumed_hello_tells_the_peer() {
+        let (a, mut b) = pair(b"shared secret 16", b"shared secret 16");
+        let mut a = a.resumed(true);
+        let ha = a.hello(s(0));
+        let hb = b.hello(s(0));
+        deliver(&mut b, &ha, s(0)).unwrap();
+        deliver(&mut a, &hb, s(0)).unwrap();
+        assert!(b.peer().unwrap().resumed, "b hears that a resumed");
+        assert!(!a.peer().unwrap().resumed, "b did not");
     }
 
     #[test]

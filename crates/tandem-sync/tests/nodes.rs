@@ -327,3 +327,97 @@ async fn acme_records_travel_in_the_bulk_and_as_changes() {
         ]
     );
 }
+
+/// A node's process replaced in place (`SyncNode::resume` on its predecessor's
+/// listener, as `tandem upgrade` does): its session comes up without a bulk transfer
+/// either way, the predecessor's session ending is not taken for the node's exit,
+/// changes flow both ways on the new session, and the successor's own exit is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_resumed_in_place_needs_no_bulk_and_its_predecessors_end_is_not_an_exit() {
+    resumed_in_place(true).await;
+}
+
+/// The same with the resumed node the one its peer dials: it connects once itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_its_peer_dials_connects_itself_when_resumed() {
+    resumed_in_place(false).await;
+}
+
+/// Node a is replaced in place; it dials b when `a_dials` (it has the lower address).
+async fn resumed_in_place(a_dials: bool) {
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let (x, y) = (free_addr(), free_addr());
+    let (low, high) = if x < y { (x, y) } else { (y, x) };
+    let (la, lb) = if a_dials { (low, high) } else { (high, low) };
+    let store_a = Arc::new(Memory::default());
+    let store_b = Arc::new(Memory::default());
+    store_b.apply(&(0..100).map(entry).collect::<Vec<_>>());
+    let a = SyncNode::start(settings("a", la, lb, secret), store_a.clone())
+        .await
+        .unwrap();
+    let b = SyncNode::start(settings("b", lb, la, secret), store_b.clone())
+        .await
+        .unwrap();
+    until("a has b's table", Duration::from_secs(5), || {
+        store_a.entries().len() == 100
+    })
+    .await;
+    until("both synced", Duration::from_secs(5), || {
+        a.peers()[0].synced && b.peers()[0].synced
+    })
+    .await;
+    let sent_before = b.peers()[0].sent;
+    assert_eq!(sent_before, 100, "the first session's bulk transfer");
+    let mut ended = b.sessions_ended();
+    ended.borrow_and_update();
+
+    // The successor: the same settings, the predecessor's listener and table.
+    let store_a2 = Arc::new(Memory::default());
+    store_a2.apply(&store_a.entries());
+    let listener = std::net::TcpListener::from(a.listener().unwrap());
+    let a2 = SyncNode::resume(settings("a", la, lb, secret), store_a2.clone(), listener)
+        .await
+        .unwrap();
+    assert!(
+        *a2.synced().borrow(),
+        "synced from the start: it has the table"
+    );
+    until(
+        "b has a second session with a",
+        Duration::from_secs(5),
+        || b.peers()[0].sessions == 2,
+    )
+    .await;
+    a.stop();
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !ended.has_changed().unwrap(),
+        "the predecessor's session ending is not the node's exit"
+    );
+    let peer = b.peers()[0].clone();
+    assert!(peer.connected && peer.synced, "{peer:?}");
+    assert_eq!(peer.sent, sent_before, "no bulk transfer to the successor");
+    assert_eq!(a2.peers()[0].received, 0, "no bulk transfer from b");
+    assert!(a2.peers()[0].synced);
+
+    b.publish(Change::Entry(entry(500)));
+    until("a2 has b's new pin", Duration::from_secs(5), || {
+        store_a2.entries().iter().any(|e| *e == entry(500))
+    })
+    .await;
+    a2.publish(Change::Entry(entry(600)));
+    until("b has a2's new pin", Duration::from_secs(5), || {
+        store_b.entries().iter().any(|e| *e == entry(600))
+    })
+    .await;
+
+    // The successor's own exit is one.
+    a2.stop();
+    drop(a2);
+    until("b hears the exit", Duration::from_secs(5), || {
+        ended.has_changed().unwrap()
+    })
+    .await;
+    assert!(!b.peers()[0].connected);
+}

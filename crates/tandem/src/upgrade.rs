@@ -58,6 +58,11 @@ pub enum Socket {
         /// `global.control_socket`.
         path: PathBuf,
     },
+    /// The sync listener (`sync.listen`).
+    Sync {
+        /// The configured address.
+        address: SocketAddr,
+    },
 }
 
 /// What the old process sends first.
@@ -71,6 +76,38 @@ pub struct Header {
     /// runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vrrp: Option<String>,
+    /// Each VRRP router's state, by interface, vrid and family (a successor that
+    /// knows only `vrrp` reads that, sent when there is one router).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routers: Vec<RouterState>,
+    /// Each checked backend's health, so that the successor neither serves a backend
+    /// known down nor demotes a router for a pool known up while its checks start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<BackendState>,
+}
+
+/// One backend's health as its pool's checks last decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendState {
+    /// The pool.
+    pub pool: String,
+    /// The backend's address.
+    pub address: SocketAddr,
+    /// Up.
+    pub up: bool,
+}
+
+/// One VRRP router's state, handed over so that its successor resumes in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterState {
+    /// The interface it runs on.
+    pub interface: String,
+    /// Its virtual router id.
+    pub vrid: u8,
+    /// An IPv6 router (VRRPv3 keeps a vrid per family).
+    pub ipv6: bool,
+    /// `MASTER` or `BACKUP`.
+    pub state: String,
 }
 
 /// The new process's answer.
@@ -93,7 +130,8 @@ pub enum Outcome {
 pub fn send(
     stream: &UnixStream,
     pid: u32,
-    vrrp: Option<String>,
+    routers: Vec<RouterState>,
+    health: Vec<BackendState>,
     sockets: &[(Socket, BorrowedFd<'_>)],
     sticky: &[u8],
 ) -> io::Result<()> {
@@ -106,7 +144,12 @@ pub fn send(
     let header = Header {
         pid,
         sockets: sockets.iter().map(|(s, _)| s.clone()).collect(),
-        vrrp,
+        vrrp: match routers.as_slice() {
+            [one] => Some(one.state.clone()),
+            _ => None,
+        },
+        routers,
+        health,
     };
     let json = serde_json::to_vec(&header).map_err(io::Error::other)?;
     let mut prefix = [0u8; 8];
@@ -260,8 +303,27 @@ mod tests {
             ),
         ];
         let sticky = vec![7u8; 100_000];
+        let routers = vec![
+            RouterState {
+                interface: "eth0".into(),
+                vrid: 51,
+                ipv6: false,
+                state: "MASTER".into(),
+            },
+            RouterState {
+                interface: "eth0".into(),
+                vrid: 52,
+                ipv6: false,
+                state: "BACKUP".into(),
+            },
+        ];
+        let health = vec![BackendState {
+            pool: "web".into(),
+            address: "10.0.0.1:80".parse().unwrap(),
+            up: true,
+        }];
         let sender = std::thread::scope(|s| {
-            let h = s.spawn(|| send(&old, 42, Some("MASTER".into()), &sockets, &sticky));
+            let h = s.spawn(|| send(&old, 42, routers.clone(), health.clone(), &sockets, &sticky));
             let got = receive(&new).unwrap();
             h.join().unwrap().unwrap();
             got
@@ -272,7 +334,9 @@ mod tests {
             sticky: table,
         } = sender;
         assert_eq!(header.pid, 42);
-        assert_eq!(header.vrrp.as_deref(), Some("MASTER"));
+        assert_eq!(header.vrrp, None, "several routers: no single state");
+        assert_eq!(header.routers, routers);
+        assert_eq!(header.health, health);
         assert_eq!(table, sticky);
         assert_eq!(fds.len(), 2);
         assert_eq!(fds[0].0, sockets[0].0);

@@ -142,6 +142,7 @@ impl Daemon {
     ) -> Result<Built, BuildError> {
         let started = Instant::now();
         let pools = Arc::new(ArcSwap::from_pointee(PoolSet::build(&config.pools, None)));
+        inherited.restore_health(&pools.load());
         let mut monitor = Monitor::new();
         monitor
             .apply(&pools.load(), &config.pools)
@@ -216,7 +217,7 @@ impl Daemon {
             takeovers,
             vrrp,
             gate,
-        } = match build_parts(&config, &pools, inherited.vrrp(), acme.clone()).await {
+        } = match build_parts(&config, &pools, &mut inherited, acme.clone()).await {
             Ok(parts) => parts,
             Err(e) => return Err(unbind(e)),
         };
@@ -255,7 +256,7 @@ struct Parts {
 async fn build_parts(
     config: &Config,
     pools: &Arc<ArcSwap<PoolSet>>,
-    resume: Option<State>,
+    inherited: &mut Inherited,
     acme: Option<Arc<crate::acme::AcmeState>>,
 ) -> Result<Parts, BuildError> {
     let sync = match &config.sync {
@@ -272,9 +273,12 @@ async fn build_parts(
                 pools_digest: sync_store::pools_digest(config),
             };
             let store = Arc::new(PoolStore(pools.clone(), acme));
-            let node = SyncNode::start(settings, store)
-                .await
-                .map_err(BuildError::Sync)?;
+            // After an upgrade: on the predecessor's listener, with its table.
+            let node = match inherited.take_sync(sync.listen) {
+                Some(listener) => SyncNode::resume(settings, store, listener).await,
+                None => SyncNode::start(settings, store).await,
+            }
+            .map_err(BuildError::Sync)?;
             Some(Arc::new(node))
         }
         None => None,
@@ -291,7 +295,7 @@ async fn build_parts(
     } else {
         None
     };
-    match build_ha(config, redirect.as_ref(), resume).await {
+    match build_ha(config, redirect.as_ref(), inherited).await {
         Ok((vrrp, takeovers, gate)) => Ok(Parts {
             sync,
             redirect,
@@ -311,12 +315,12 @@ async fn build_parts(
 
 /// A VRRP router per instance, the redirect plane's takeover hook (conntrackd) on the
 /// instance the redirect plane follows, and every instance's preemption held when the
-/// readiness gate waits; in state `resume` when it replaces a process (upgrade: one
-/// instance only). Routers started before a failing one are shut down again.
+/// readiness gate waits; each in its predecessor's state when it replaces a process
+/// (upgrade). Routers started before a failing one are shut down again.
 async fn build_ha(
     config: &Config,
     redirect: Option<&Arc<RedirectPlane>>,
-    resume: Option<State>,
+    inherited: &Inherited,
 ) -> Result<
     (
         Vec<Arc<Vrrp>>,
@@ -342,12 +346,21 @@ async fn build_ha(
     };
     let followed = ha::redirect_instance(config);
     let mut routers = Vec::new();
+    let count = settings.len();
+    let mut masters = Vec::new();
     for (i, settings) in settings.into_iter().enumerate() {
         let hook = if Some(i) == followed {
             hook.take()
         } else {
             None
         };
+        let resume = inherited.vrrp(
+            &settings.interface,
+            settings.vrid,
+            &settings.virtual_ips,
+            count,
+        );
+        masters.push(resume == Some(State::Master));
         let started = match resume {
             Some(state) => Vrrp::resume_with_takeover(settings, hook, state).await,
             None => Vrrp::start_with_takeover(settings, hook).await,
@@ -366,8 +379,8 @@ async fn build_ha(
     // with an empty table, nor with checks that have not decided. (A master resumed
     // from its predecessor has its table and serves already.)
     let gate = Gate::for_config(config);
-    let gate = if gate.waits() && resume != Some(State::Master) {
-        for v in &routers {
+    let gate = if gate.waits() && masters.iter().any(|m| !m) {
+        for (v, _) in routers.iter().zip(&masters).filter(|(_, m)| !**m) {
             v.hold_preempt(true).await;
         }
         Some(gate)

@@ -1,18 +1,19 @@
 //! Upgrade in place, both sides (the wire is [`crate::upgrade`]).
 //!
 //! The old side, [`Daemon::upgrade`]: starts the new binary with the same arguments,
-//! hands it the listening sockets (services, admin port, control socket), the sticky
-//! tables and the VRRP state, waits for it to accept, then retires: stops advertising
-//! (no priority 0, the addresses stay), stops accepting (the new process accepts from
-//! the same sockets, so nothing queued is lost), sends the pins made meanwhile, tells
-//! systemd the new main pid, and lets `run` drain and exit.
+//! hands it the listening sockets (services, admin port, control socket, sync), the
+//! sticky tables, each VRRP router's state and the backends' decided health, waits for
+//! it to accept, then retires: stops advertising (no priority 0, the addresses stay),
+//! stops accepting (the new process accepts from the same sockets, so nothing queued
+//! is lost; sync sessions up run on until the exit), sends the pins made meanwhile,
+//! tells systemd the new main pid, and lets `run` drain and exit.
 //!
 //! The new side, [`Inherited`]: the sockets received, matched to the configuration by
 //! service and configured address when the daemon is built; the tables merged like a
 //! state file's.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,7 @@ use tracing::{info, warn};
 use super::Daemon;
 use super::reload::ListenKey;
 use crate::state_file;
-use crate::upgrade::{self, Outcome, Socket};
+use crate::upgrade::{self, BackendState, Outcome, RouterState, Socket};
 
 /// How long the new binary may take to connect for its sockets.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
@@ -96,14 +97,13 @@ impl Daemon {
     /// What this configuration has that an upgrade cannot carry yet.
     fn upgrade_unsupported(&self) -> Option<String> {
         let parts = [
-            (self.shared.sync.is_some(), "[sync] (the sync sessions)"),
-            (
-                self.shared.vrrp.len() > 1,
-                "several [[ha.instance]] (one VRRP state is handed over)",
-            ),
             (
                 self.shared.redirect.is_some(),
                 "redirect services (the kernel's table)",
+            ),
+            (
+                self.shared.announce.is_some(),
+                "[announce] (the interface BIRD exports would go with the old process)",
             ),
         ];
         let missing: Vec<&str> = parts
@@ -154,14 +154,35 @@ impl Daemon {
         let saved = state_file::snapshot(&pools, &node, now_ms(), unix_ms());
         let pins = saved.entries.len() as u64;
         let table = state_file::encode(&saved);
-        // The successor starts in this VRRP state (an interface that is down: as usual).
-        let vrrp = self
+        // Each router's successor starts in its state (an interface that is down: as
+        // usual).
+        let routers: Vec<RouterState> = self
             .shared
             .vrrp
-            .first()
-            .map(|v| v.status().state)
-            .filter(|s| *s != State::Initialize)
-            .map(|s| s.name().to_string());
+            .iter()
+            .map(|v| v.status())
+            .filter(|s| s.state != State::Initialize)
+            .map(|s| RouterState {
+                ipv6: is_ipv6(&s.virtual_ips),
+                interface: s.interface,
+                vrid: s.vrid,
+                state: s.state.name().to_string(),
+            })
+            .collect();
+        // Decided health only: a guess is the successor's to make again.
+        let health: Vec<BackendState> = pools
+            .iter()
+            .flat_map(|p| {
+                p.backends
+                    .iter()
+                    .filter(|b| b.state.is_decided())
+                    .map(|b| BackendState {
+                        pool: p.name.clone(),
+                        address: b.address,
+                        up: b.state.is_healthy(),
+                    })
+            })
+            .collect();
         let exchange = tokio::task::spawn_blocking(move || {
             stream.set_read_timeout(Some(READY_WITHIN))?;
             stream.set_write_timeout(Some(READY_WITHIN))?;
@@ -169,7 +190,7 @@ impl Daemon {
                 .iter()
                 .map(|(s, fd)| (s.clone(), fd.as_fd()))
                 .collect();
-            upgrade::send(&stream, std::process::id(), vrrp, &fds, &table)?;
+            upgrade::send(&stream, std::process::id(), routers, health, &fds, &table)?;
             drop(fds);
             drop(sockets);
             let outcome = upgrade::receive_outcome(&stream);
@@ -262,6 +283,17 @@ impl Daemon {
                 }
             }
         }
+        if let (Some(sync), Some(conf)) = (&self.shared.sync, &self.config().sync) {
+            match sync.listener() {
+                Ok(fd) => out.push((
+                    Socket::Sync {
+                        address: conf.listen,
+                    },
+                    fd,
+                )),
+                Err(e) => warn!("upgrade: cannot hand over the sync listener: {e}"),
+            }
+        }
         for (s, fd) in self
             .shared
             .handoff
@@ -288,6 +320,10 @@ impl Daemon {
         }
         handoff.accepting.cancel();
         self.shared.life.stop_accepting.cancel();
+        // Sessions a peer opens from now on are the successor's.
+        if let Some(sync) = &self.shared.sync {
+            sync.stop_accepting();
+        }
         let mut inner = self.shared.inner.lock().await;
         for (_, l) in inner.listeners.drain() {
             drop(l.task.await);
@@ -398,8 +434,14 @@ pub struct Inherited {
     services: HashMap<ListenKey, OwnedFd>,
     admin: HashMap<SocketAddr, OwnedFd>,
     control: HashMap<PathBuf, OwnedFd>,
+    sync: HashMap<SocketAddr, OwnedFd>,
     sticky: Vec<u8>,
+    /// The single router's state, from a predecessor that sent no `routers`.
     vrrp: Option<State>,
+    /// Each router's state by interface, vrid and family.
+    routers: HashMap<(String, u8, bool), State>,
+    /// Backends' decided health.
+    health: Vec<BackendState>,
 }
 
 impl Inherited {
@@ -421,14 +463,30 @@ impl Inherited {
                 Socket::Control { path } => {
                     me.control.insert(path, fd);
                 }
+                Socket::Sync { address } => {
+                    me.sync.insert(address, fd);
+                }
             }
         }
         me
     }
 
-    /// The VRRP state to start in: the predecessor's.
-    pub fn vrrp(&self) -> Option<State> {
-        self.vrrp
+    /// The state the router on `interface` with `vrid` (of the family of
+    /// `virtual_ips`) starts in: its predecessor's; `routers` is how many this
+    /// configuration has (a predecessor that sent one state had one router).
+    pub fn vrrp(
+        &self,
+        interface: &str,
+        vrid: u8,
+        virtual_ips: &[(IpAddr, u8)],
+        routers: usize,
+    ) -> Option<State> {
+        let key = (interface.to_string(), vrid, is_ipv6(virtual_ips));
+        match self.routers.get(&key) {
+            Some(s) => Some(*s),
+            None if self.routers.is_empty() && routers == 1 => self.vrrp,
+            None => None,
+        }
     }
 
     /// The predecessor's pid (0: none).
@@ -449,6 +507,11 @@ impl Inherited {
         self.admin.remove(&address).map(tcp_listener)
     }
 
+    /// The sync listener configured at `address`, when handed over.
+    pub(super) fn take_sync(&mut self, address: SocketAddr) -> Option<std::net::TcpListener> {
+        self.sync.remove(&address).map(std::net::TcpListener::from)
+    }
+
     /// The control socket at `path`, when handed over.
     pub(super) fn take_control(&mut self, path: &Path) -> Option<std::io::Result<UnixListener>> {
         self.control.remove(path).map(|fd| {
@@ -456,6 +519,20 @@ impl Inherited {
             l.set_nonblocking(true)?;
             UnixListener::from_std(l)
         })
+    }
+
+    /// Gives the backends of `pools` their health as the predecessor's checks decided
+    /// it (before the checks start: they go on from there).
+    pub(super) fn restore_health(&self, pools: &PoolSet) {
+        for h in &self.health {
+            if let Some(b) = pools
+                .get(&h.pool)
+                .and_then(|p| p.backends.iter().find(|b| b.address == h.address))
+            {
+                b.state.set_healthy(h.up);
+                b.state.set_decided();
+            }
+        }
     }
 
     /// Merges the predecessor's pins into `pools` (newer pin wins).
@@ -484,6 +561,20 @@ pub(super) fn merge_pins(pools: &PoolSet, bytes: &[u8], what: &str) {
     }
 }
 
+/// A state as [`State::name`] writes it; only those a router resumes in.
+fn state_named(name: &str) -> Option<State> {
+    match name {
+        "MASTER" => Some(State::Master),
+        "BACKUP" => Some(State::Backup),
+        _ => None,
+    }
+}
+
+/// A router's family: its first virtual address's.
+fn is_ipv6(virtual_ips: &[(IpAddr, u8)]) -> bool {
+    virtual_ips.first().is_some_and(|(ip, _)| ip.is_ipv6())
+}
+
 fn tcp_listener(fd: OwnedFd) -> std::io::Result<TcpListener> {
     let l = std::net::TcpListener::from(fd);
     l.set_nonblocking(true)?;
@@ -504,11 +595,19 @@ impl Successor {
         let received = upgrade::receive(&stream)?;
         stream.set_read_timeout(None)?;
         let mut inherited = Inherited::new(received.header.pid, received.sockets, received.sticky);
-        inherited.vrrp = match received.header.vrrp.as_deref() {
-            Some("MASTER") => Some(State::Master),
-            Some("BACKUP") => Some(State::Backup),
-            _ => None,
-        };
+        inherited.vrrp = received.header.vrrp.as_deref().and_then(state_named);
+        inherited.routers = received
+            .header
+            .routers
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    (r.interface.clone(), r.vrid, r.ipv6),
+                    state_named(&r.state)?,
+                ))
+            })
+            .collect();
+        inherited.health = received.header.health;
         Ok((Successor { stream }, inherited))
     }
 
@@ -545,6 +644,39 @@ impl Successor {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn each_router_resumes_in_its_own_state_by_interface_vrid_and_family() {
+        let v4: Vec<(IpAddr, u8)> = vec![("192.0.2.10".parse().unwrap(), 24)];
+        let v6: Vec<(IpAddr, u8)> = vec![("2001:db8::10".parse().unwrap(), 64)];
+        let inherited = Inherited {
+            routers: [
+                (("eth0".to_string(), 51, false), State::Master),
+                (("eth0".to_string(), 52, false), State::Backup),
+                (("eth0".to_string(), 51, true), State::Backup),
+            ]
+            .into_iter()
+            .collect(),
+            ..Inherited::default()
+        };
+        assert_eq!(inherited.vrrp("eth0", 51, &v4, 3), Some(State::Master));
+        assert_eq!(inherited.vrrp("eth0", 52, &v4, 3), Some(State::Backup));
+        assert_eq!(inherited.vrrp("eth0", 51, &v6, 3), Some(State::Backup));
+        // A router the predecessor did not have starts as at any start.
+        assert_eq!(inherited.vrrp("eth1", 51, &v4, 3), None);
+        assert_eq!(inherited.vrrp("eth0", 53, &v4, 3), None);
+
+        // A predecessor that sent one state (no `routers`): it had one router, and
+        // its state goes to this configuration's router only if it has one too.
+        let older = Inherited {
+            vrrp: Some(State::Master),
+            ..Inherited::default()
+        };
+        assert_eq!(older.vrrp("eth0", 51, &v4, 1), Some(State::Master));
+        assert_eq!(older.vrrp("eth0", 51, &v4, 2), None);
+        assert_eq!(state_named("MASTER"), Some(State::Master));
+        assert_eq!(state_named("INIT"), None);
+    }
 
     #[test]
     fn a_binary_others_may_write_is_not_run() {

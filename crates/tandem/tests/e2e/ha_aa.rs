@@ -492,3 +492,213 @@ fn a_healed_split_brain_leaves_one_master_and_the_clients_pointing_at_it() {
     );
     wait_all_answered(&ca, Instant::now(), Duration::from_secs(5));
 }
+
+/// Node `name` of the example (without its `[sync]` unless `sync`), with a short
+/// drain.
+fn start_for_upgrade(lab: &Lab, name: &str, sync: bool) -> Running {
+    let mut text = std::fs::read_to_string(node_config(lab, name)).unwrap();
+    if !sync {
+        let (head, _) = text.split_once("\n[sync]").expect("the example has [sync]");
+        text = head.to_string();
+    }
+    let text = replace_once(&text, "[global]\n", "[global]\ndrain_timeout = \"1s\"\n");
+    lab.run_tandem(name, &lab.write_config(name, &text))
+}
+
+/// How many of `node`'s log lines so far contain `needle`.
+fn count_lines(node: &mut Running, needle: &str) -> usize {
+    node.lines_now()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Bulk transfers `node` logged so far, sent or received.
+fn bulks(node: &mut Running) -> usize {
+    count_lines(node, "bulk transfer sent") + count_lines(node, "bulk transfer received")
+}
+
+/// Whether tandem `node` has a pin for `client`.
+fn pinned(lab: &Lab, node: &str, client: &str) -> bool {
+    let entries = support::ctl_json(&lab.socket(node), &["sticky", "show", "--client", client]);
+    entries.as_array().is_some_and(|e| !e.is_empty())
+}
+
+/// One request to A from `source` (an address of host ca), answered.
+fn request_a_from(lab: &Lab, source: &str) {
+    let from: IpAddr = source.parse().unwrap();
+    let target: SocketAddr = format!("{A}:80").parse().unwrap();
+    let answer = lab
+        .thread_in("ca", move || lab::request_from(from, target))
+        .join()
+        .unwrap();
+    assert!(answer.is_some(), "a request from {source} to A answered");
+}
+
+/// `tandem upgrade` of lb1, master of A and backup of B: each router resumes in its
+/// predecessor's state (keyed by interface and vrid); lb2 sees no transition on either
+/// instance, the addresses stay where they are, and every request to either is
+/// answered. With `[sync]`: the new process resumes the sync session (no bulk transfer
+/// either way, lb2 does not take the old session's end for lb1's exit) and pins made
+/// just before and just after the upgrade reach lb2.
+fn upgrade_lb1(tag: &str, sync: bool) {
+    let Some(lab) = lab(tag) else { return };
+    // Sources for the pins made around the upgrade.
+    lab::add_addresses(
+        &lab,
+        "ca",
+        &["10.99.0.71/24".into(), "10.99.0.72/24".into()],
+    );
+    let mut lb1 = start_for_upgrade(&lab, "lb1", sync);
+    let mut lb2 = start_for_upgrade(&lab, "lb2", sync);
+    lab.wait(
+        "lb1 holds A, lb2 holds B, each only its own",
+        Duration::from_secs(20),
+        || {
+            holds(&lab, "lb1", A)
+                && holds(&lab, "lb2", B)
+                && !holds(&lab, "lb1", B)
+                && !holds(&lab, "lb2", A)
+        },
+    );
+    lb1.wait_for("VRRP eth0 vrid 51 may preempt");
+    lb2.wait_for("VRRP eth0 vrid 52 may preempt");
+    let started = Instant::now();
+    let ca = clients(&lab, "ca", 50, format!("{A}:80").parse().unwrap());
+    let cb = clients(&lab, "cb", 60, format!("{B}:80").parse().unwrap());
+    wait_all_answered(&ca, started, Duration::from_secs(10));
+    wait_all_answered(&cb, started, Duration::from_secs(10));
+    if sync {
+        until_pinned(&lab, "10.99.0.71", "before");
+    }
+    let bulks_before = (bulks(&mut lb1), bulks(&mut lb2));
+    let before = support::ctl_json(&lab.socket("lb2"), &["ha"]);
+    assert_eq!(before[0]["state"], "BACKUP", "{before}");
+    assert_eq!(before[1]["state"], "MASTER", "{before}");
+
+    let began = Instant::now();
+    let out = Command::new(support::TANDEM)
+        .arg("upgrade")
+        .arg("--socket")
+        .arg(lab.socket("lb1"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let took = began.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lb1.drain_lines()
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
+    let _new = crate::upgrade::KillOnDrop(new_pid);
+    lb1.wait_for("INIT -> MASTER (eth0 vrid 51): taken over from the previous process");
+    lb1.wait_for("INIT -> BACKUP (eth0 vrid 52): taken over from the previous process");
+    if sync {
+        until_pinned(&lab, "10.99.0.72", "after");
+    }
+    let mine = support::ctl_json(&lab.socket("lb1"), &["ha"]);
+    assert_eq!(mine[0]["state"], "MASTER", "{mine}");
+    assert_eq!(mine[1]["state"], "BACKUP", "{mine}");
+    assert_eq!(
+        lb1.wait_exit(Duration::from_secs(5)),
+        0,
+        "the old process ends"
+    );
+    // Long enough for lb2 to take A over several times (3.6 intervals of 100 ms) had
+    // the new process not advertised it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = support::ctl_json(&lab.socket("lb2"), &["ha"]);
+    for i in 0..2 {
+        assert_eq!(after[i]["state"], before[i]["state"], "{after}");
+        assert_eq!(
+            after[i]["transitions"], before[i]["transitions"],
+            "lb2 saw no change on instance {i}: {before} then {after}"
+        );
+    }
+    assert!(holds(&lab, "lb1", A) && !holds(&lab, "lb2", A));
+    assert!(holds(&lab, "lb2", B) && !holds(&lab, "lb1", B));
+    let failed = |log: &Log| {
+        let log = log.lock().unwrap();
+        let after: Vec<_> = log.iter().filter(|(at, _, _)| *at >= began).collect();
+        (
+            after.iter().filter(|(_, _, a)| a.is_some()).count(),
+            after.iter().filter(|(_, _, a)| a.is_none()).count(),
+        )
+    };
+    let ((a_ok, a_failed), (b_ok, b_failed)) = (failed(&ca), failed(&cb));
+    println!(
+        "upgrade of lb1 (two instances): `tandem upgrade` took {} ms (new process ready after {} ms); lb2's transitions {} then {}; A: {a_ok} answered, {a_failed} failed; B: {b_ok} answered, {b_failed} failed",
+        took.as_millis(),
+        reply["ready_ms"],
+        before
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["transitions"].to_string())
+            .collect::<Vec<_>>()
+            .join("/"),
+        after
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["transitions"].to_string())
+            .collect::<Vec<_>>()
+            .join("/"),
+    );
+    assert_eq!(a_failed, 0, "no request to A failed");
+    assert_eq!(b_failed, 0, "no request to B failed");
+    assert!(a_ok > 50 && b_ok > 50, "the clients ran: {a_ok}, {b_ok}");
+    if sync {
+        let bulks = (
+            bulks(&mut lb1) - bulks_before.0,
+            bulks(&mut lb2) - bulks_before.1,
+        );
+        let handed = count_lines(
+            &mut lb2,
+            "a sync session with this peer ended; another one is up",
+        );
+        println!(
+            "upgrade of lb1 with [sync]: bulk transfers sent or received since the upgrade: {} on lb1, {} on lb2; lb2 logged the old session's end beside the new one {handed} time(s)",
+            bulks.0, bulks.1
+        );
+        assert_eq!(
+            bulks,
+            (0, 0),
+            "no bulk transfer either way: {:#?}",
+            lb2.lines_now()
+                .iter()
+                .filter(|l| l.contains("bulk transfer") || l.contains("sync session"))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(handed, 1, "lb2 took the old session's end for what it is");
+    }
+}
+
+/// Pins a new client (`source`) on lb1 through A, then waits until the pin reaches
+/// lb2 (`when`: before or after the upgrade).
+fn until_pinned(lab: &Lab, source: &str, when: &str) {
+    request_a_from(lab, source);
+    let t = Instant::now();
+    lab.wait(
+        &format!("the pin made {when} the upgrade ({source}) on lb2"),
+        Duration::from_secs(5),
+        || pinned(lab, "lb2", source),
+    );
+    println!(
+        "the pin made {when} the upgrade reached lb2 after {} ms",
+        t.elapsed().as_millis()
+    );
+}
+
+#[test]
+fn an_upgrade_of_a_node_with_two_instances_is_not_seen_by_the_peer() {
+    upgrade_lb1("aau", false);
+}
+
+#[test]
+fn an_upgrade_with_sync_is_not_seen_by_the_peer_and_needs_no_bulk() {
+    upgrade_lb1("aus", true);
+}

@@ -102,6 +102,15 @@ impl Running {
         self.seen.join("\n")
     }
 
+    /// Every line read so far plus what has arrived, without waiting for more (for a
+    /// process that logs on and on).
+    pub fn lines_now(&mut self) -> Vec<String> {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        self.seen.clone()
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
