@@ -221,10 +221,10 @@ mod tests {
         let own = r.connection.close_token().clone();
         let close_all = CancellationToken::new();
         // A stand-in relay: ends when its token is cancelled, then says how.
-        let relaying = async {
+        let relaying = std::pin::pin!(async {
             own.cancelled().await;
             "ended by its token"
-        };
+        });
         let closer = close_all.clone();
         tokio::spawn(async move { closer.cancel() });
         let out =

@@ -480,30 +480,32 @@ impl Service {
             other => other,
         };
         drop(hello);
-        let relaying = async {
-            match (header_error, client) {
-                // One plain relay call site, so the task holds one relay's state.
-                (None, Client::Plain(client)) => {
-                    relay::relay(&client, &backend, config.idle_timeout, own, &meter).await
+        let outcome = {
+            let relaying = std::pin::pin!(async {
+                match (header_error, client) {
+                    // One plain relay call site, so the task holds one relay's state.
+                    (None, Client::Plain(client)) => {
+                        relay::relay(&client, &backend, config.idle_timeout, own, &meter).await
+                    }
+                    (None, Client::Tls(tls)) => {
+                        Box::pin(relay::relay_stream(
+                            tls,
+                            &mut backend,
+                            config.idle_timeout,
+                            own,
+                            &meter,
+                        ))
+                        .await
+                    }
+                    (Some(e), _) => relay::Outcome {
+                        to_backend: 0,
+                        to_client: 0,
+                        end: End::BackendError(format!("sending PROXY header: {e}")),
+                    },
                 }
-                (None, Client::Tls(tls)) => {
-                    Box::pin(relay::relay_stream(
-                        tls,
-                        &mut backend,
-                        config.idle_timeout,
-                        own,
-                        &meter,
-                    ))
-                    .await
-                }
-                (Some(e), _) => relay::Outcome {
-                    to_backend: 0,
-                    to_client: 0,
-                    end: End::BackendError(format!("sending PROXY header: {e}")),
-                },
-            }
+            });
+            relay::closing_with(relaying, close_all, own).await
         };
-        let outcome = relay::closing_with(relaying, close_all, own).await;
         info!(
             target: "tandem::conn",
             service = %config.name,
