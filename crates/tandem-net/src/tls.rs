@@ -558,21 +558,23 @@ mod tests {
         assert!(names[0].not_after > 0);
     }
 
-    /// Accepts any certificate and keeps the OCSP response the server stapled.
+    /// Accepts any certificate (as `verify = false` does) and keeps the OCSP response
+    /// the server stapled.
     #[derive(Debug)]
-    struct SeesStaple(std::sync::Mutex<Option<Vec<u8>>>, WebPkiSupportedAlgorithms);
+    struct SeesStaple(std::sync::Mutex<Option<Vec<u8>>>, AcceptAnyCertificate);
 
     impl ServerCertVerifier for SeesStaple {
         fn verify_server_cert(
             &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
             ocsp_response: &[u8],
-            _now: UnixTime,
+            now: UnixTime,
         ) -> Result<ServerCertVerified, rustls::Error> {
             *self.0.lock().unwrap() = (!ocsp_response.is_empty()).then(|| ocsp_response.to_vec());
-            Ok(ServerCertVerified::assertion())
+            self.1
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
         }
         fn verify_tls12_signature(
             &self,
@@ -580,7 +582,7 @@ mod tests {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls12_signature(message, cert, dss, &self.1)
+            self.1.verify_tls12_signature(message, cert, dss)
         }
         fn verify_tls13_signature(
             &self,
@@ -588,10 +590,10 @@ mod tests {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls13_signature(message, cert, dss, &self.1)
+            self.1.verify_tls13_signature(message, cert, dss)
         }
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.1.supported_schemes()
+            self.1.supported_verify_schemes()
         }
     }
 
@@ -606,7 +608,7 @@ mod tests {
         let seen = || async {
             let verifier = Arc::new(SeesStaple(
                 Default::default(),
-                provider().signature_verification_algorithms,
+                AcceptAnyCertificate(provider().signature_verification_algorithms),
             ));
             let client = rustls::ClientConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
