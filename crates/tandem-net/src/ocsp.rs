@@ -342,6 +342,14 @@ pub fn staple_of(leaf: &[u8]) -> Option<Arc<Staple>> {
     staples().load().get(leaf).cloned()
 }
 
+/// Seconds since the Unix epoch: the time base of staples, certificate validity and
+/// ACME's schedule.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// `key` with the response held for its certificate attached when that is usable
 /// now, else `key` without one.
 pub fn staple(key: Arc<CertifiedKey>) -> Arc<CertifiedKey> {
@@ -349,9 +357,7 @@ pub fn staple(key: Arc<CertifiedKey>) -> Arc<CertifiedKey> {
     if map.is_empty() {
         return key;
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = unix_now();
     let found = key
         .cert
         .first()

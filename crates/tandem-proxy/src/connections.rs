@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -33,8 +33,6 @@ pub struct Connection {
     pub backend: SocketAddr,
     /// The pool the backend was chosen from.
     pub pool: String,
-    /// When the backend was connected.
-    pub since: SystemTime,
     started: Instant,
     to_backend: AtomicU64,
     to_client: AtomicU64,
@@ -106,7 +104,6 @@ impl Connections {
             client,
             backend,
             pool: pool.to_string(),
-            since: SystemTime::now(),
             started: Instant::now(),
             to_backend: AtomicU64::new(0),
             to_client: AtomicU64::new(0),

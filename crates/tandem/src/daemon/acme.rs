@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use tandem_net::ocsp::unix_now;
 
 use tandem_config::Acme;
 use tokio_util::sync::CancellationToken;
@@ -37,19 +39,18 @@ fn configured(daemon: &Daemon) -> Vec<Acme> {
         .collect()
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Applies `record` here and sends it to the peer.
 pub(super) fn record(daemon: &Daemon, state: &AcmeState, r: Record) {
     if let Err(e) = state.apply(&r) {
         warn!("acme: {e:#}");
     }
+    publish(daemon, &r);
+}
+
+/// Sends `record` to the peer.
+fn publish(daemon: &Daemon, r: &Record) {
     if let Some(sync) = daemon.sync() {
-        sync.publish(tandem_sync::Change::Acme(crate::acme::encode(&r)));
+        sync.publish(tandem_sync::Change::Acme(crate::acme::encode(r)));
     }
 }
 
@@ -162,8 +163,6 @@ async fn order_one(
         key,
     };
     state.apply(&cert)?;
-    if let Some(sync) = daemon.sync() {
-        sync.publish(tandem_sync::Change::Acme(crate::acme::encode(&cert)));
-    }
+    publish(daemon, &cert);
     Ok(())
 }

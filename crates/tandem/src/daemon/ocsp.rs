@@ -4,7 +4,9 @@
 //! to [`tandem_net::ocsp`], whose resolvers staple it while it is current.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use tandem_net::ocsp::unix_now;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -23,12 +25,6 @@ const TICK: Duration = Duration::from_secs(2);
 const RETRY_AFTER: i64 = 30;
 /// The longest a responder may take.
 const FETCH_WITHIN: Duration = Duration::from_secs(10);
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 /// Runs until `stop`.
 pub(super) async fn run(daemon: Daemon, stop: CancellationToken) {

@@ -297,9 +297,7 @@ fn redirect_summary(plane: &RedirectPlane) -> tandem_control::RedirectSnapshot {
 
 /// The names a TLS service serves and how long their certificates have left.
 fn certificates(tls: &tandem_config::Tls) -> Vec<tandem_control::CertificateSnapshot> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = tandem_net::ocsp::unix_now();
     tandem_net::tls::served_names(tls)
         .into_iter()
         .map(|s| tandem_control::CertificateSnapshot {
