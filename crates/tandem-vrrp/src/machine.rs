@@ -236,17 +236,36 @@ impl Instance {
 
     /// Hold the addresses, advertise, announce: in this order, one step.
     fn become_master(&mut self, now: Duration, reason: String, actions: &mut Vec<Action>) {
-        actions.push(Action::TakeAddresses);
+        self.master_as(now, reason, true, actions);
+    }
+
+    /// Master from `now`: advertise at once; with `take`, first hold the addresses and
+    /// then announce them (a takeover); without, they are held already and nothing
+    /// moved (an upgrade's successor).
+    fn master_as(&mut self, now: Duration, reason: String, take: bool, actions: &mut Vec<Action>) {
+        if take {
+            actions.push(Action::TakeAddresses);
+        }
         actions.push(Action::Send {
             priority: self.priority,
         });
-        actions.push(Action::Announce);
+        if take {
+            actions.push(Action::Announce);
+        }
         self.master_down_at = None;
         self.advert_at = Some(now + self.settings.interval.to_duration());
         self.announce_at = self.settings.announce_every.map(|every| now + every);
         self.master_interval = self.settings.interval;
         self.master = Some(self.settings.primary);
         self.go(State::Master, reason, actions);
+    }
+
+    /// Backup from start: waits a master-down interval for a master.
+    fn start_backup(&mut self, now: Duration, reason: String, actions: &mut Vec<Action>) {
+        self.master_interval = self.settings.interval;
+        self.master_down_at = Some(now + self.master_down_interval());
+        self.master = None;
+        self.go(State::Backup, reason, actions);
     }
 
     fn become_backup(
@@ -293,35 +312,23 @@ impl Instance {
                         &mut actions,
                     );
                 } else {
-                    self.master_interval = self.settings.interval;
-                    self.master_down_at = Some(now + self.master_down_interval());
-                    self.master = None;
-                    self.go(State::Backup, "starting".into(), &mut actions);
+                    self.start_backup(now, "starting".into(), &mut actions);
                 }
             }
             (_, Input::Startup) => {}
             (State::Initialize, Input::Resume(State::Master)) => {
                 self.started_at = now;
-                actions.push(Action::Send {
-                    priority: self.priority,
-                });
-                self.master_down_at = None;
-                self.advert_at = Some(now + self.settings.interval.to_duration());
-                self.master_interval = self.settings.interval;
-                self.master = Some(self.settings.primary);
-                self.go(
-                    State::Master,
+                self.master_as(
+                    now,
                     "taken over from the previous process (upgrade)".into(),
+                    false,
                     &mut actions,
                 );
             }
             (State::Initialize, Input::Resume(_)) => {
                 self.started_at = now;
-                self.master_interval = self.settings.interval;
-                self.master_down_at = Some(now + self.master_down_interval());
-                self.master = None;
-                self.go(
-                    State::Backup,
+                self.start_backup(
+                    now,
                     "taken over from the previous process (upgrade)".into(),
                     &mut actions,
                 );
@@ -1073,6 +1080,27 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_resumed_master_keeps_its_garp_refresh() {
+        let mut s = settings(200, [192, 0, 2, 1]);
+        s.announce_every = Some(ms(5000));
+        let mut i = Instance::new(s);
+        let a = i.handle(ms(0), Input::Resume(State::Master));
+        assert!(!a.contains(&Action::Announce), "nothing moved: {a:?}");
+        let mut announced = Vec::new();
+        let mut now = ms(0);
+        for _ in 0..100 {
+            now = i.next_deadline().expect("a master has deadlines");
+            if now > ms(10_000) {
+                break;
+            }
+            if i.handle(now, Input::Tick).contains(&Action::Announce) {
+                announced.push(now);
+            }
+        }
+        assert_eq!(announced, vec![ms(5000), ms(10_000)], "until {now:?}");
     }
 
     #[test]
