@@ -133,17 +133,12 @@ impl Connections {
         all
     }
 
-    /// Closes connection `id` (its relay ends, both sockets close); false when it is
-    /// not open here.
-    pub fn close(&self, id: u64) -> bool {
-        let found = self.shard(id).get(&id).cloned();
-        match found {
-            Some(c) => {
-                c.close.cancel();
-                true
-            }
-            None => false,
-        }
+    /// Closes connection `id` (its relay ends, both sockets close) and returns it;
+    /// none when it is not open here.
+    pub fn close(&self, id: u64) -> Option<Arc<Connection>> {
+        let found = self.shard(id).get(&id).cloned()?;
+        found.close.cancel();
+        Some(found)
     }
 
     /// How many are open.
@@ -177,12 +172,15 @@ mod tests {
         assert_eq!(listed.len(), 2);
         assert!(listed[0].id < listed[1].id);
         assert_eq!(listed[0].bytes(), (5, 7));
-        assert!(registry.close(b.connection.id));
+        assert!(registry.close(b.connection.id).is_some());
         assert!(b.connection.close_token().is_cancelled());
         assert!(!a.connection.close_token().is_cancelled());
         let gone = b.connection.id;
         drop(b);
-        assert!(!registry.close(gone), "an ended connection is not found");
+        assert!(
+            registry.close(gone).is_none(),
+            "an ended connection is not found"
+        );
         assert_eq!(registry.len(), 1);
         drop(a);
         assert!(registry.is_empty());

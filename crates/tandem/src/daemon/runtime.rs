@@ -323,11 +323,9 @@ impl Daemon {
     /// Closes connection `id`: its relay ends and both sockets close.
     pub fn close_connection(&self, id: u64) -> Result<ConnectionSnapshot, RuntimeError> {
         for s in self.services().iter() {
-            let registry = &s.service.connections;
-            let Some(c) = registry.list().into_iter().find(|c| c.id == id) else {
+            let Some(c) = s.service.connections.close(id) else {
                 continue;
             };
-            registry.close(id);
             let name = s.service.config.load().name.clone();
             info!(service = %name, client = %c.client, backend = %c.backend, id, "connection closed by the operator");
             self.shared.live.note(
