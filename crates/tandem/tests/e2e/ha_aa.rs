@@ -135,8 +135,8 @@ fn start(lab: &Lab, name: &str) -> Running {
     lab.run_tandem(name, &node_config(lab, name))
 }
 
-/// (sent at, source, answer) of each request.
-type Log = Arc<Mutex<Vec<(Instant, IpAddr, Option<String>)>>>;
+/// (sent at, source, answer, ended at) of each request.
+type Log = Arc<Mutex<Vec<(Instant, IpAddr, Option<String>, Instant)>>>;
 
 /// Requests from host `name` to `target` every 10 ms, taking its sources in turn,
 /// until the lab ends or a minute passes.
@@ -154,7 +154,10 @@ fn clients(lab: &Lab, name: &str, first: u8, target: SocketAddr) -> Log {
             let record = record.clone();
             std::thread::spawn(move || {
                 let answer = lab::request_from(from, target);
-                record.lock().unwrap().push((at, from, answer));
+                record
+                    .lock()
+                    .unwrap()
+                    .push((at, from, answer, Instant::now()));
             });
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -170,8 +173,8 @@ fn wait_all_answered(log: &Log, t: Instant, within: Duration) {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(at, _, a)| *at >= t && a.is_some())
-            .map(|(_, from, _)| *from)
+            .filter(|(at, _, a, _)| *at >= t && a.is_some())
+            .map(|(_, from, _, _)| *from)
             .collect::<std::collections::BTreeSet<_>>()
             .len();
         if answered == usize::from(SOURCES) {
@@ -190,13 +193,13 @@ fn gap_around(log: &Log, t: Instant) -> Option<Duration> {
     let log = log.lock().unwrap();
     let last = log
         .iter()
-        .filter(|(at, _, a)| *at < t && a.is_some())
-        .map(|(at, _, _)| *at)
+        .filter(|(at, _, a, _)| *at < t && a.is_some())
+        .map(|(at, _, _, _)| *at)
         .max()?;
     let first = log
         .iter()
-        .filter(|(at, _, a)| *at >= t && a.is_some())
-        .map(|(at, _, _)| *at)
+        .filter(|(at, _, a, _)| *at >= t && a.is_some())
+        .map(|(at, _, _, _)| *at)
         .min()?;
     Some(first - last)
 }
@@ -204,7 +207,7 @@ fn gap_around(log: &Log, t: Instant) -> Option<Duration> {
 /// Each source's backends over the run, in order of first use.
 fn backends_by_source(log: &Log) -> BTreeMap<IpAddr, Vec<String>> {
     let mut out: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-    for (_, from, answer) in log.lock().unwrap().iter() {
+    for (_, from, answer, _) in log.lock().unwrap().iter() {
         if let Some(a) = answer {
             let seen = out.entry(*from).or_default();
             if !seen.contains(a) {
@@ -280,8 +283,8 @@ fn each_node_serves_its_address_takes_the_other_at_a_kill_and_gives_it_back() {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|(at, _, a)| *at >= killed && a.is_some())
-                .map(|(at, _, a)| (*at, a.clone()))
+                .filter(|(at, _, a, _)| *at >= killed && a.is_some())
+                .map(|(at, _, a, _)| (*at, a.clone()))
                 .min_by_key(|(at, _)| *at);
             if let Some(f) = first {
                 break f;
@@ -363,11 +366,23 @@ fn each_node_serves_its_address_takes_the_other_at_a_kill_and_gives_it_back() {
             ("lb1 killed, until it is back", killed, back),
             ("after lb1's return", back, end),
         ] {
+            // A request belongs to the phase it was sent in, except one still in
+            // flight at the kill: the kill cut it, so it counts with the move.
+            let phase_of = |at: Instant, ended: Instant| {
+                if at < killed && ended >= killed {
+                    killed
+                } else {
+                    at
+                }
+            };
             let sent: Vec<_> = l
                 .iter()
-                .filter(|(at, _, _)| *at >= from && *at < to)
+                .filter(|(at, _, _, ended)| {
+                    let t = phase_of(*at, *ended);
+                    t >= from && t < to
+                })
                 .collect();
-            let failed = sent.iter().filter(|(_, _, a)| a.is_none()).count();
+            let failed = sent.iter().filter(|(_, _, a, _)| a.is_none()).count();
             println!(
                 "clients of {name}, {phase}: {} requests, {failed} failed",
                 sent.len()
@@ -622,10 +637,10 @@ fn upgrade_lb1(tag: &str, sync: bool) {
     assert!(holds(&lab, "lb2", B) && !holds(&lab, "lb1", B));
     let failed = |log: &Log| {
         let log = log.lock().unwrap();
-        let after: Vec<_> = log.iter().filter(|(at, _, _)| *at >= began).collect();
+        let after: Vec<_> = log.iter().filter(|(at, _, _, _)| *at >= began).collect();
         (
-            after.iter().filter(|(_, _, a)| a.is_some()).count(),
-            after.iter().filter(|(_, _, a)| a.is_none()).count(),
+            after.iter().filter(|(_, _, a, _)| a.is_some()).count(),
+            after.iter().filter(|(_, _, a, _)| a.is_none()).count(),
         )
     };
     let ((a_ok, a_failed), (b_ok, b_failed)) = (failed(&ca), failed(&cb));
