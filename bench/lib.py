@@ -63,37 +63,65 @@ def rss(pids):
     print(total)
 
 
-ROWS = [
-    ("bulk1", "L4 bulk throughput, 1 stream (Gbit/s)", True),
-    ("bulk8", "L4 bulk throughput, 8 streams (Gbit/s)", True),
-    ("conn_rps", "L4 connection rate (connections/s)", True),
-    ("conn_p99", "L4 connection p99 latency (ms)", False),
-    ("conn_cpu", "L4 connection: proxy core busy time per connection (us)", False),
-    ("l7_rps", "L7 keep-alive (requests/s)", True),
-    ("l7_p50", "L7 keep-alive p50 latency (ms)", False),
-    ("l7_p99", "L7 keep-alive p99 latency (ms)", False),
-    ("l7_cpu", "L7 keep-alive: proxy core busy time per request (us)", False),
-    ("mem_kib", "Memory per idle relayed connection (KiB)", False),
-    ("failover_ms", "Failover: master SIGKILLed to first served request (ms); HAProxy column = keepalived + HAProxy, advert 100 ms", False),
+# The report's tables: each section names its contenders (columns, in order), the
+# contender whose ratios it shows (subject) and its rows as (key, label, higher is
+# better). A section file of bench/run records "CONTENDER KEY VALUE" lines; a table is
+# printed when any of its rows has a value.
+SECTIONS = [
+    {
+        "title": "Plain TCP and HTTP/1.1, one thread per proxy",
+        "contenders": ["direct", "tandem", "haproxy", "nginx"],
+        "subject": "tandem",
+        "rows": [
+            ("bulk1", "L4 bulk throughput, 1 stream (Gbit/s)", True),
+            ("bulk8", "L4 bulk throughput, 8 streams (Gbit/s)", True),
+            ("conn_rps", "L4 connection rate (connections/s)", True),
+            ("conn_p99", "L4 connection p99 latency (ms)", False),
+            ("conn_cpu", "L4 connection: proxy core busy time per connection (us)", False),
+            ("l7_rps", "L7 keep-alive (requests/s)", True),
+            ("l7_p50", "L7 keep-alive p50 latency (ms)", False),
+            ("l7_p99", "L7 keep-alive p99 latency (ms)", False),
+            ("l7_cpu", "L7 keep-alive: proxy core busy time per request (us)", False),
+            ("mem_kib", "Memory per idle relayed connection (KiB)", False),
+        ],
+    },
+    {
+        "title": "At the defaults: one thread per CPU, nothing pinned",
+        "contenders": ["direct", "tandem", "haproxy", "nginx"],
+        "subject": "tandem",
+        "rows": [
+            ("def_conn_rps", "L4 connection rate (connections/s)", True),
+            ("def_l4ka_rps", "Keep-alive through L4 (requests/s)", True),
+            ("def_l7_rps", "L7 keep-alive (requests/s)", True),
+        ],
+    },
+    {
+        "title": "Failover (network-namespace lab; HAProxy column = keepalived + HAProxy, advert 100 ms)",
+        "contenders": ["tandem", "haproxy"],
+        "subject": "tandem",
+        "rows": [
+            ("failover_ms", "Failover: master SIGKILLed to first served request (ms)", False),
+        ],
+    },
 ]
-CONTENDERS = ["direct", "tandem", "haproxy", "nginx"]
 
 
-def report(results, out, machine):
-    values = {}
-    for line in open(results):
-        contender, row, value = line.split()
-        values.setdefault((contender, row), []).append(float(value))
-    med = {k: statistics.median(v) for k, v in values.items()}
+def table(section, med):
+    contenders, subject = section["contenders"], section["subject"]
+    # Ratios against the other proxies first, against no proxy last.
+    others = sorted((c for c in contenders if c != subject), key=lambda c: c == "direct")
+    if not any((c, key) in med for key, _, _ in section["rows"] for c in contenders):
+        return []
     lines = [
-        f"Machine: {machine}",
+        f"### {section['title']}",
         "",
-        "| scenario | better | " + " | ".join(CONTENDERS) + " | tandem/HAProxy | tandem/nginx | tandem/direct |",
-        "|---|---|" + "---|" * len(CONTENDERS) + "---|---|---|",
+        "| scenario | better | " + " | ".join(contenders) + " | "
+        + " | ".join(f"{subject}/{o}" for o in others) + " |",
+        "|---|---|" + "---|" * (len(contenders) + len(others)),
     ]
-    for key, label, higher in ROWS:
-        cells = [f"{med[(c, key)]:.2f}" if (c, key) in med else "-" for c in CONTENDERS]
-        t = med.get(("tandem", key))
+    for key, label, higher in section["rows"]:
+        cells = [f"{med[(c, key)]:.2f}" if (c, key) in med else "-" for c in contenders]
+        t = med.get((subject, key))
 
         def ratio(other):
             o = med.get((other, key))
@@ -103,10 +131,21 @@ def report(results, out, machine):
 
         lines.append(
             f"| {label} | {'higher' if higher else 'lower'} | " + " | ".join(cells)
-            + f" | {ratio('haproxy')} | {ratio('nginx')} | {ratio('direct')} |"
+            + " | " + " | ".join(ratio(o) for o in others) + " |"
         )
-    lines.append("")
-    lines.append("Ratios divide tandem's figure by the other's: above 1 is better for a")
+    return lines + [""]
+
+
+def report(results, out, machine):
+    values = {}
+    for line in open(results):
+        contender, row, value = line.split()
+        values.setdefault((contender, row), []).append(float(value))
+    med = {k: statistics.median(v) for k, v in values.items()}
+    lines = [f"Machine: {machine}", ""]
+    for section in SECTIONS:
+        lines += table(section, med)
+    lines.append("Ratios divide the subject's figure by the other's: above 1 is better for a")
     lines.append("'higher' row, below 1 is better for a 'lower' row. Each cell is the median of the runs.")
     text = "\n".join(lines) + "\n"
     open(out, "w").write(text)
