@@ -235,16 +235,25 @@ pub fn served_names(tls: &Tls) -> Vec<ServedName> {
     out
 }
 
-/// The chain and key of every certificate `tls` serves (files, and ACME's issued
-/// ones), for OCSP stapling; a file that cannot be read is left out.
-pub fn served_chains(tls: &Tls) -> Vec<Vec<CertificateDer<'static>>> {
-    let mut out: Vec<Vec<CertificateDer<'static>>> = tls
-        .certs
+/// A certificate chain, leaf first.
+pub type Chain = Vec<CertificateDer<'static>>;
+
+/// The chains of the certificate files `tls` serves, for OCSP stapling; a file that
+/// cannot be read is left out. Reads the files: call it once per configuration.
+pub fn file_chains(tls: &Tls) -> Vec<Chain> {
+    tls.certs
         .iter()
         .filter_map(|pair| read_certificates(&pair.cert).ok())
-        .collect();
+        .collect()
+}
+
+/// The chains ACME has issued for `tls`'s names and that are not in `files` already
+/// (see [`file_chains`]): read from [`crate::acme::store`], in memory.
+pub fn acme_chains(tls: &Tls, files: &[Chain]) -> Vec<Chain> {
+    let mut out: Vec<Chain> = Vec::new();
     for name in tls.acme.iter().flat_map(|a| &a.domains) {
         if let Some(key) = crate::acme::store().issued(name)
+            && !files.contains(&key.cert)
             && !out.contains(&key.cert)
         {
             out.push(key.cert.clone());

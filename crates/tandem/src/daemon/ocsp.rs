@@ -4,7 +4,10 @@
 //! to [`tandem_net::ocsp`], whose resolvers staple it while it is current.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tandem_config::{Config, Tls};
 
 use tandem_net::ocsp::unix_now;
 
@@ -26,6 +29,11 @@ const RETRY_AFTER: i64 = 30;
 /// The longest a responder may take.
 const FETCH_WITHIN: Duration = Duration::from_secs(10);
 
+/// The TLS settings of the services that terminate TLS, in the configuration's order.
+fn tls_services(config: &Config) -> impl Iterator<Item = &Tls> {
+    config.services.iter().filter_map(|s| s.tls.as_ref())
+}
+
 /// Runs until `stop`.
 pub(super) async fn run(daemon: Daemon, stop: CancellationToken) {
     let mut http = HttpConnector::new();
@@ -35,10 +43,24 @@ pub(super) async fn run(daemon: Daemon, stop: CancellationToken) {
     // Per certificate (leaf DER): when to try again after a failure, or never (no
     // responder named).
     let mut not_before: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
+    // The certificate files' chains of each TLS service, read once per configuration
+    // (a reload brings a new one), not at every tick.
+    let mut files_of: Option<Arc<Config>> = None;
+    let mut file_chains: Vec<Vec<tandem_net::tls::Chain>> = Vec::new();
     loop {
         let config = daemon.config();
-        for tls in config.services.iter().filter_map(|s| s.tls.as_ref()) {
-            for chain in tandem_net::tls::served_chains(tls) {
+        if !files_of
+            .as_ref()
+            .is_some_and(|read| Arc::ptr_eq(read, &config))
+        {
+            file_chains = tls_services(&config)
+                .map(tandem_net::tls::file_chains)
+                .collect();
+            files_of = Some(config.clone());
+        }
+        for (tls, from_files) in tls_services(&config).zip(&file_chains) {
+            let from_acme = tandem_net::tls::acme_chains(tls, from_files);
+            for chain in from_files.iter().chain(&from_acme) {
                 let (Some(leaf), Some(issuer)) = (chain.first(), chain.get(1)) else {
                     continue;
                 };
