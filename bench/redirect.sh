@@ -197,8 +197,6 @@ EOF
         # Nothing of a contender may stay behind for the next one: tandem removes its
         # table at exit; a killed one would leave it.
         in_ns lb nft delete table inet tandem 2>/dev/null || true
-        # Conntrack entries of this contender's connections go with it.
-        in_ns lb sh -c 'command -v conntrack >/dev/null && conntrack -F' >/dev/null 2>&1 || true
         sleep 0.3
     }
     rd_measure() {
