@@ -148,7 +148,7 @@ EOF
         case $who in
             tandem-redirect)
                 rd_tandem redirect "$who"
-                # The table is in place once `ctl redirect` lists the rules.
+                # The table is in place once the kernel lists its DNAT rules.
                 for _ in $(seq 100); do
                     in_ns lb nft list table inet tandem 2>/dev/null | grep -q dnat && break
                     sleep 0.05
