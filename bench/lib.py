@@ -96,6 +96,17 @@ SECTIONS = [
         ],
     },
     {
+        "title": "Redirect mode: kernel forwarding in a namespace lab (client, balancer, backend)",
+        "contenders": ["tandem-redirect", "ipvs", "tandem", "haproxy", "direct"],
+        "subject": "tandem-redirect",
+        "rows": [
+            ("rd_bulk1", "Bulk through the balancer, 1 stream (Gbit/s)", True),
+            ("rd_bulk8", "Bulk through the balancer, 8 streams (Gbit/s)", True),
+            ("rd_conn_rps", "Connection rate through the balancer (connections/s)", True),
+            ("rd_conn_p99", "Connection p99 latency (ms)", False),
+        ],
+    },
+    {
         "title": "Failover (network-namespace lab; HAProxy column = keepalived + HAProxy, advert 100 ms)",
         "contenders": ["tandem", "haproxy"],
         "subject": "tandem",
