@@ -602,31 +602,11 @@ fn n_balancers_behind_ecmp_announce_withdraw_and_agree_on_backends() {
     );
 }
 
-/// `ip monitor OBJECT` in host `name`, its lines collected until the returned child
-/// is killed.
-fn monitor(
-    lab: &Lab,
-    name: &str,
-    object: &str,
-) -> (
-    std::process::Child,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
-    let mut child = Command::new("ip")
-        .args(["-n", &lab.ns(name), "monitor", object])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let out = child.stdout.take().unwrap();
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            sink.lock().unwrap().push(line);
-        }
-    });
-    (child, lines)
+/// `ip monitor OBJECT` in host `name`; its lines are the returned process's (killed
+/// when dropped, also when the test fails).
+fn monitor(lab: &Lab, name: &str, object: &str) -> Running {
+    let ns = lab.ns(name);
+    Running::spawn_program("ip", &["-n", &ns, "monitor", object])
 }
 
 /// `tandem upgrade` of an announcing node: the new process takes the device BIRD
@@ -672,8 +652,8 @@ check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, 
     wait_hops(&lab, &["n1"], Duration::from_secs(20));
 
     // Watch the route at the router and the address on the node's device.
-    let (mut routes, route_events) = monitor(&lab, "router", "route");
-    let (mut addresses, address_events) = monitor(&lab, "n1", "address");
+    let mut routes = monitor(&lab, "router", "route");
+    let mut addresses = monitor(&lab, "n1", "address");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poll_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poll_stopped = poll_stop.clone();
@@ -748,15 +728,10 @@ check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, 
     std::thread::sleep(Duration::from_millis(500));
     poll_stop.store(true, Ordering::Relaxed);
     let (samples, missing) = poller.join().unwrap();
-    let _ = routes.kill();
-    let _ = addresses.kill();
-    let _ = routes.wait();
-    let _ = addresses.wait();
-    let withdrawals: Vec<String> = route_events
-        .lock()
-        .unwrap()
+    let withdrawals: Vec<String> = routes
+        .lines_now()
         .iter()
-        .chain(address_events.lock().unwrap().iter())
+        .chain(addresses.lines_now().iter())
         .filter(|l| l.starts_with("Deleted") && l.contains(VIP))
         .cloned()
         .collect();

@@ -602,18 +602,11 @@ fn an_upgrade_keeps_the_rules_and_conntrackd_without_a_failed_connection() {
     let nft = tandem_redirect::conntrackd::locate(std::path::Path::new("nft"))
         .display()
         .to_string();
-    let mut monitor = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ns("lbA"), &nft, "monitor", "ruleset"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let events = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let (out, sink) = (monitor.stdout.take().unwrap(), events.clone());
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    // Every change to the ruleset, killed when dropped (also when the test fails).
+    let mut monitor = Running::spawn_program(
+        "ip",
+        &["netns", "exec", &lab.ns("lbA"), &nft, "monitor", "ruleset"],
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let (poll_stop, ns, nft_poll) = (stop.clone(), lab.ns("lbA"), nft.clone());
     let poller = std::thread::spawn(move || {
@@ -686,9 +679,7 @@ fn an_upgrade_keeps_the_rules_and_conntrackd_without_a_failed_connection() {
     let (new_ok, new_failed) = stream.join().unwrap();
     let (samples, missing) = poller.join().unwrap();
     let report = session.end();
-    let _ = monitor.kill();
-    let _ = monitor.wait();
-    let changes = events.lock().unwrap().clone();
+    let changes = monitor.lines_now();
     let lines = lb_a.drain_lines();
     println!(
         "FIGURE tandem upgrade of a redirect master: {} ms; rules checked {samples} times, missing {missing}; nft changes {}; \
