@@ -311,7 +311,8 @@ impl RedirectPlane {
         }
     }
 
-    /// Follows VRRP's `states` into backup: the states move to the new master.
+    /// Follows VRRP's `states` into backup: the states move to the new master. A router
+    /// that ends before `stop` (handed over at an upgrade) has nothing more to say.
     pub async fn follow_vrrp(
         self: Arc<Self>,
         mut states: watch::Receiver<State>,
@@ -320,7 +321,10 @@ impl RedirectPlane {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                changed = states.changed() => if changed.is_err() { return },
+                changed = states.changed() => if changed.is_err() {
+                    stop.cancelled().await;
+                    return;
+                },
             }
             let state = *states.borrow_and_update();
             if state == State::Backup

@@ -703,20 +703,7 @@ check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, 
         (ok, failed)
     });
     std::thread::sleep(Duration::from_millis(500));
-    let began = Instant::now();
-    let out = Command::new(crate::support::TANDEM)
-        .args(["upgrade", "--json", "--socket"])
-        .arg(lab.socket("n1"))
-        .output()
-        .unwrap();
-    let took = began.elapsed();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
+    let (new_pid, took) = crate::support::upgrade_json(&lab.socket("n1"));
     let _new = crate::upgrade::KillOnDrop(new_pid);
     // The old process retires, drains its one connection for drain_timeout and exits:
     // its descriptor of the device closes, the new one's keeps it.

@@ -115,6 +115,19 @@ fn redirect_status(lab: &Lab, name: &str) -> serde_json::Value {
     support::ctl_json(&lab.socket(name), &["redirect"])
 }
 
+/// Whether host `name` has tandem's nftables table.
+fn has_table(lab: &Lab, name: &str) -> bool {
+    let nft = tandem_redirect::conntrackd::locate(std::path::Path::new("nft"));
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns(name)])
+        .arg(nft)
+        .args(["list", "table", "inet", "tandem"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
 /// What a session saw.
 #[derive(Debug)]
 struct SessionReport {
@@ -447,24 +460,7 @@ fn an_established_session_survives_the_masters_death_and_a_backend_leaves_the_ru
     assert_eq!(one_exchange(&lab).unwrap(), "b2");
 
     // A stopped tandem takes its table and its conntrackd with it.
-    let nft = tandem_redirect::conntrackd::locate(std::path::Path::new("nft"));
-    let table = |name: &str| {
-        std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.ns(name),
-                nft.to_str().unwrap(),
-                "list",
-                "table",
-                "inet",
-                "tandem",
-            ])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let table = |name: &str| has_table(&lab, name);
     assert!(table("lbB"));
     lb_b.signal(rustix::process::Signal::TERM);
     assert_eq!(lb_b.wait_exit(Duration::from_secs(10)), 0);
@@ -649,20 +645,7 @@ fn an_upgrade_keeps_the_rules_and_conntrackd_without_a_failed_connection() {
         (ok, failed)
     });
     std::thread::sleep(Duration::from_millis(300));
-    let began = Instant::now();
-    let out = std::process::Command::new(TANDEM)
-        .args(["upgrade", "--json", "--socket"])
-        .arg(lab.socket("lbA"))
-        .output()
-        .unwrap();
-    let took = began.elapsed();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
+    let (new_pid, took) = support::upgrade_json(&lab.socket("lbA"));
     let _new = crate::upgrade::KillOnDrop(new_pid);
     // Nothing to drain (the kernel forwards): the old process exits at once.
     assert_eq!(lb_a.wait_exit(Duration::from_secs(10)), 0);
@@ -731,22 +714,6 @@ fn an_upgrade_keeps_the_rules_and_conntrackd_without_a_failed_connection() {
     lab.wait(
         "the table removed at the new process's stop",
         Duration::from_secs(10),
-        || {
-            !std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &lab.ns("lbA"),
-                    &nft,
-                    "list",
-                    "table",
-                    "inet",
-                    "tandem",
-                ])
-                .output()
-                .unwrap()
-                .status
-                .success()
-        },
+        || !has_table(&lab, "lbA"),
     );
 }
