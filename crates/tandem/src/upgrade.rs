@@ -4,7 +4,8 @@
 //! The running (old) process binds a private unix socket next to its control socket and
 //! starts the new binary with that path in [`ENV`]. The new process connects (the old
 //! one checks its pid) and receives a [`Header`] with the listening sockets attached
-//! (SCM_RIGHTS, the same sockets: both processes can accept from one queue), then the
+//! (SCM_RIGHTS, the same sockets: both processes can accept from one queue; with
+//! `[announce]` also the TUN device, which must outlive the old process), then the
 //! sticky tables in the state file's form ([`crate::state_file::encode`]). Once it
 //! accepts, it answers [`Outcome::Ready`]; when it cannot start (configuration, a
 //! socket, anything), [`Outcome::Failed`] with the reason, and exits. After `Ready` the

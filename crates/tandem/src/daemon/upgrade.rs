@@ -2,15 +2,20 @@
 //!
 //! The old side, [`Daemon::upgrade`]: starts the new binary with the same arguments,
 //! hands it the listening sockets (services, admin port, control socket, sync), the
-//! sticky tables, each VRRP router's state and the backends' decided health, waits for
-//! it to accept, then retires: stops advertising (no priority 0, the addresses stay),
-//! stops accepting (the new process accepts from the same sockets, so nothing queued
-//! is lost; sync sessions up run on until the exit), sends the pins made meanwhile,
-//! tells systemd the new main pid, and lets `run` drain and exit.
+//! announce device (`[announce]`'s TUN device: it lives while a descriptor of it is
+//! open) with the announcer's state, the fingerprint of the redirect rules it applied,
+//! the sticky tables, each VRRP router's state and the backends' decided health, waits
+//! for it to accept, then retires: stops advertising (no priority 0, the addresses
+//! stay), leaves the announce device and the nftables table alone (nothing withdrawn
+//! or removed at its end), stops its conntrackd for the successor's, stops accepting
+//! (the new process accepts from the same sockets, so nothing queued is lost; sync
+//! sessions up run on until the exit), sends the pins made meanwhile, tells systemd
+//! the new main pid, and lets `run` drain and exit.
 //!
 //! The new side, [`Inherited`]: the sockets received, matched to the configuration by
 //! service and configured address when the daemon is built; the tables merged like a
-//! state file's.
+//! state file's; the announcer resumed on the same device; the nftables table kept when
+//! it wants the same rules; conntrackd started once the predecessor's has stopped.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
