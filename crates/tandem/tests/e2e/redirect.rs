@@ -708,6 +708,46 @@ fn an_upgrade_keeps_the_rules_and_conntrackd_without_a_failed_connection() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&conntrackds.stdout).trim(), "1");
 
+    // The backup's upgrade: its new conntrackd asks the master for its states, and
+    // has the open session's again.
+    let session = Session::open(&lab);
+    session.wait_exchanges(5, Duration::from_secs(5));
+    let external = || {
+        redirect_status(&lab, "lbB")["conntrack"]["external"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    lab.wait(
+        "lbB holds the session's state",
+        Duration::from_secs(5),
+        || external() >= 1,
+    );
+    let (new_b, _) = support::upgrade_json(&lab.socket("lbB"));
+    let _new_b = crate::upgrade::KillOnDrop(new_b);
+    assert_eq!(lb_b.wait_exit(Duration::from_secs(10)), 0);
+    let resynced = lab.wait(
+        "the backup's new conntrackd has the master's states",
+        Duration::from_secs(10),
+        || {
+            let s = redirect_status(&lab, "lbB");
+            s["conntrack"]["role"] == "backup" && external() >= 1
+        },
+    );
+    session.wait_exchanges(10, Duration::from_secs(5));
+    let report = session.end();
+    assert_eq!(report.error, None, "the session broke");
+    let b_lines = lb_b.drain_lines();
+    let since = &b_lines[b_lines.find("upgrade: started the new binary").unwrap()..];
+    assert!(since.contains("conntrackd taken over"), "{since}");
+    assert!(
+        !since.contains("-> MASTER") && !since.contains("BACKUP ->"),
+        "{since}"
+    );
+    println!(
+        "FIGURE tandem upgrade of the redirect backup: its conntrackd had the master's states again {} ms after the old process exited",
+        resynced.as_millis()
+    );
+
     // The new process owns the table: it removes it at its stop.
     let pid = rustix::process::Pid::from_raw(new_pid as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
