@@ -4,7 +4,9 @@
 //! The kernel destroys a non-persistent TUN device when the last descriptor of it
 //! closes: when tandem exits, or is killed, the device and its addresses vanish at
 //! once, and BIRD (`protocol direct { interface "tdm-ann*"; }`) hears the change over
-//! netlink and withdraws the routes within milliseconds. The descriptor is opened
+//! netlink and withdraws the routes within milliseconds. An upgrade in place passes a
+//! copy of the descriptor to the new tandem ([`AnnounceDevice::adopt`]): the device
+//! then lives on with it. The descriptor is opened
 //! close-on-exec, so no child process (a check script, a notify hook) keeps it alive.
 //! No packet is ever routed out of the device: its addresses are local (/32, /128).
 
@@ -312,6 +314,12 @@ mod tests {
                 let again = AnnounceDevice::create("tdm-ann0").await.unwrap_err();
                 assert!(again.to_string().contains("another device"), "{again}");
                 dev.hold(&[b]).await.unwrap();
+                assert_eq!(dev.addresses().await.unwrap(), [b]);
+                // An upgrade: a copy of the descriptor keeps the device and its
+                // addresses when the first one closes.
+                let copy = dev.descriptor().unwrap();
+                drop(dev);
+                let dev = AnnounceDevice::adopt(copy, "tdm-ann0").await.unwrap();
                 assert_eq!(dev.addresses().await.unwrap(), [b]);
                 let handle = dev.handle.clone();
                 drop(dev);
