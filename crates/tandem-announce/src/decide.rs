@@ -149,6 +149,30 @@ impl Announcer {
         a
     }
 
+    /// Resumes the decision of the process this one replaces (an upgrade) at `now`:
+    /// the `announced` addresses stay announced (a health failure withdraws them only
+    /// after `withdraw_delay`, as it would have), those in `unhealthy` stay withdrawn
+    /// for their pools' health (announced again after `announce_delay` of serving),
+    /// the others wait for the next [`Announcer::step`] as at a start.
+    pub fn resume(
+        policy: Policy,
+        targets: Vec<Target>,
+        announced: &[IpAddr],
+        unhealthy: &[IpAddr],
+        now: Duration,
+    ) -> Announcer {
+        let mut a = Announcer::new(policy, targets);
+        for e in &mut a.entries {
+            e.since = now;
+            if announced.contains(&e.target.address) {
+                (e.announced, e.reason) = (true, Reason::Serving);
+            } else if unhealthy.contains(&e.target.address) {
+                e.reason = Reason::NoHealthyBackend(Vec::new());
+            }
+        }
+        a
+    }
+
     /// A reload: new targets and policy; addresses that stay keep their state,
     /// removed announced ones are withdrawn at the next step.
     pub fn reconfigure(&mut self, policy: Policy, targets: Vec<Target>, now: Duration) {
@@ -493,6 +517,38 @@ mod tests {
         );
         assert_eq!(a.states()[0].since, ms(0), "the address that stayed");
         assert_eq!(a.announced(), [ip("192.0.2.10"), ip("192.0.2.11")]);
+    }
+
+    #[test]
+    fn a_resumed_decision_keeps_what_was_announced_and_what_was_held() {
+        let p = policy(WithdrawWhen::NoHealthyBackend, 500, 2_000);
+        let mut a = Announcer::resume(
+            p,
+            targets(),
+            &[ip("192.0.2.10")],
+            &[ip("2001:db8::10")],
+            ms(0),
+        );
+        assert_eq!(a.announced(), [ip("192.0.2.10")], "before any step");
+        let mut w = World {
+            ready: true,
+            ..World::default()
+        };
+        // Nothing changes at the first step: the route stays, the held one waits.
+        assert!(w.step(&mut a, 0).is_empty());
+        assert_eq!(a.next_deadline(), Some(ms(2_000)));
+        assert_eq!(
+            w.step(&mut a, 2_000),
+            [Action::Announce(ip("2001:db8::10"))]
+        );
+        // A failure after the resume still waits for the withdraw delay.
+        w.down.extend(["web", "api"]);
+        assert!(w.step(&mut a, 2_100).is_empty());
+        assert_eq!(w.step(&mut a, 2_600).len(), 1);
+        // A resumed node that is not ready (it cannot be: the predecessor was) would
+        // withdraw: readiness is an input like any other.
+        let mut b = Announcer::resume(p, targets(), &[ip("192.0.2.10")], &[], ms(0));
+        assert_eq!(World::default().step(&mut b, 0).len(), 1);
     }
 
     proptest::proptest! {

@@ -4,7 +4,9 @@
 //! The kernel destroys a non-persistent TUN device when the last descriptor of it
 //! closes: when tandem exits, or is killed, the device and its addresses vanish at
 //! once, and BIRD (`protocol direct { interface "tdm-ann*"; }`) hears the change over
-//! netlink and withdraws the routes within milliseconds. The descriptor is opened
+//! netlink and withdraws the routes within milliseconds. An upgrade in place passes a
+//! copy of the descriptor to the new tandem ([`AnnounceDevice::adopt`]): the device
+//! then lives on with it. The descriptor is opened
 //! close-on-exec, so no child process (a check script, a notify hook) keeps it alive.
 //! No packet is ever routed out of the device: its addresses are local (/32, /128).
 
@@ -12,7 +14,7 @@
 
 use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
@@ -66,11 +68,31 @@ impl AnnounceDevice {
     /// Creates the TUN device `name` (it must not exist), sets it up, and opens a
     /// netlink connection on the current tokio runtime.
     pub async fn create(name: &str) -> Result<AnnounceDevice, DeviceError> {
+        let tun = tun_device(name).map_err(|source| DeviceError::Create {
+            name: name.to_string(),
+            source,
+        })?;
+        AnnounceDevice::attach(tun, name).await
+    }
+
+    /// Takes over the device `name` of which `tun` is a descriptor (handed over by the
+    /// process that made it, at an upgrade): its addresses stay as they are.
+    pub async fn adopt(tun: OwnedFd, name: &str) -> Result<AnnounceDevice, DeviceError> {
+        AnnounceDevice::attach(File::from(tun), name).await
+    }
+
+    /// A copy of the device's descriptor: the device lives while any copy is open.
+    pub fn descriptor(&self) -> std::io::Result<OwnedFd> {
+        self._tun.as_fd().try_clone_to_owned()
+    }
+
+    /// Opens a netlink connection on the current tokio runtime, finds the device and
+    /// sets it up.
+    async fn attach(tun: File, name: &str) -> Result<AnnounceDevice, DeviceError> {
         let create_error = |source| DeviceError::Create {
             name: name.to_string(),
             source,
         };
-        let tun = tun_device(name).map_err(create_error)?;
         let (connection, handle, _) = rtnetlink::new_connection().map_err(create_error)?;
         tokio::spawn(connection);
         let mut links = handle.link().get().match_name(name.to_string()).execute();
@@ -292,6 +314,12 @@ mod tests {
                 let again = AnnounceDevice::create("tdm-ann0").await.unwrap_err();
                 assert!(again.to_string().contains("another device"), "{again}");
                 dev.hold(&[b]).await.unwrap();
+                assert_eq!(dev.addresses().await.unwrap(), [b]);
+                // An upgrade: a copy of the descriptor keeps the device and its
+                // addresses when the first one closes.
+                let copy = dev.descriptor().unwrap();
+                drop(dev);
+                let dev = AnnounceDevice::adopt(copy, "tdm-ann0").await.unwrap();
                 assert_eq!(dev.addresses().await.unwrap(), [b]);
                 let handle = dev.handle.clone();
                 drop(dev);

@@ -154,6 +154,13 @@ impl BackendState {
         self.healthy.load(Relaxed)
     }
 
+    /// Whether the backend counts as up: its checks say so and its agent does not
+    /// say "down" ("drain", "maint" and weight 0 take no new connections but leave it
+    /// up). What a pool's health (`track_pools`) counts.
+    pub fn is_up(&self) -> bool {
+        self.is_healthy() && !self.agent().down
+    }
+
     /// Sets the health checks' verdict.
     pub fn set_healthy(&self, up: bool) {
         if self.healthy.swap(up, Relaxed) != up {

@@ -63,10 +63,12 @@ fn syntax_diagnostic(text: &str, e: &toml::de::Error) -> Diagnostic {
             )
         })
         .unwrap_or_default();
+    let variant_hint;
     let hint = if message.starts_with("unknown field") {
         "check the spelling; docs/configuration.md lists every key"
     } else if message.starts_with("unknown variant") {
-        "use one of the values listed"
+        variant_hint = unknown_variant_hint(&key, &message);
+        &variant_hint
     } else if message.starts_with("missing field") {
         "this key is required here"
     } else if message.starts_with("invalid type") {
@@ -91,6 +93,45 @@ fn syntax_diagnostic(text: &str, e: &toml::de::Error) -> Diagnostic {
         d = d.at(span);
     }
     d
+}
+
+/// The hint for serde's "unknown variant `X`, expected one of `A`, `B`": the listed
+/// value `X` is a typo of, when one is close; for a check `type` that is (nearly)
+/// "agent", where the agent check goes (a key of the pool beside `check`).
+fn unknown_variant_hint(key: &str, message: &str) -> String {
+    let mut quoted = message.split('`').skip(1).step_by(2);
+    let Some(given) = quoted.next() else {
+        return "use one of the values listed".into();
+    };
+    if key.ends_with("check.type") && edit_distance(given, "agent") <= 2 {
+        return "the agent check is not a check type: write `agent = { port = N }` beside `check` in the pool (docs/configuration.md, `agent`)".into();
+    }
+    match quoted
+        .map(|v| (edit_distance(given, v), v))
+        .filter(|(d, v)| *d <= 2 && *d < v.len())
+        .min_by_key(|(d, _)| *d)
+    {
+        Some((_, close)) => format!("use one of the values listed: did you mean `{close}`?"),
+        None => "use one of the values listed".into(),
+    }
+}
+
+/// Levenshtein distance over characters (short words: the quadratic way is fine).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// The dotted key for the value or key at `start..end`: the nearest `[section]` header

@@ -200,6 +200,29 @@ fn unknown_key_in_table_and_in_inline_table() {
 }
 
 #[test]
+fn an_unknown_check_type_names_the_valid_ones_and_where_the_agent_check_goes() {
+    let check = |kind: &str| {
+        errors(&BASE.replace(
+            "name = \"web\"",
+            &format!("name = \"web\"\ncheck = {{ type = \"{kind}\" }}"),
+        ))
+    };
+    for typo in ["agnet", "agent"] {
+        let e = check(typo);
+        assert_error(&e, 4, 18, "pool.check.type", "expected one of `tcp`, `tls`");
+        assert!(
+            e[0].contains("write `agent = { port = N }` beside `check`"),
+            "{e:?}"
+        );
+    }
+    let e = check("htps");
+    assert_error(&e, 4, 18, "pool.check.type", "unknown variant `htps`");
+    assert!(e[0].contains("did you mean `https`?"), "{e:?}");
+    let e = check("ping");
+    assert!(e[0].ends_with("(use one of the values listed)"), "{e:?}");
+}
+
+#[test]
 fn unknown_enum_value() {
     let e = errors(&BASE.replace("name = \"web\"", "name = \"web\"\nbalance = \"rr\""));
     assert_error(&e, 4, 11, "pool.balance", "expected one of `round-robin`");

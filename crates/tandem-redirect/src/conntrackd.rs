@@ -206,6 +206,19 @@ impl Conntrackd {
         .await;
     }
 
+    /// The steps of a conntrackd that replaces another (an upgrade of tandem): its
+    /// internal cache is the kernel's already; a master sends it to the peer, a backup
+    /// asks the master for its states.
+    pub async fn resumed(&self, master: bool) {
+        if master {
+            self.set_role("master");
+            self.steps(&[("-B", "send a bulk update")]).await;
+        } else {
+            self.set_role("backup");
+            self.steps(&[("-n", "request a resync")]).await;
+        }
+    }
+
     /// Runs each `(flag, what it does)` in turn; a failed step is logged, the next runs.
     async fn steps(&self, steps: &[(&str, &str)]) {
         for (flag, what) in steps {

@@ -331,6 +331,13 @@ pub fn ruleset(forwards: &[Forward]) -> Nftables<'static> {
     batch.to_nftables()
 }
 
+/// The rules of `forwards` as one string (the JSON nft is given): equal strings, equal
+/// tables. An upgrade's successor compares it with its predecessor's to keep the table
+/// as it is.
+pub fn fingerprint(forwards: &[Forward]) -> String {
+    serde_json::to_string(&ruleset(forwards)).unwrap_or_default()
+}
+
 /// One transaction that removes tandem's table, whether or not it exists.
 pub fn removal() -> Nftables<'static> {
     let mut batch = Batch::new();

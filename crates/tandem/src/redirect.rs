@@ -71,12 +71,23 @@ pub struct RedirectPlane {
     config: std::sync::Mutex<Arc<Config>>,
     /// conntrackd's state as last asked (every 5 s), for status and metrics.
     last_conntrack: std::sync::Mutex<Option<tandem_redirect::ConntrackStatus>>,
+    /// conntrackd's settings while the predecessor's conntrackd runs (an upgrade):
+    /// started by [`RedirectPlane::resume_state_sync`].
+    deferred: std::sync::Mutex<Option<ConntrackSettings>>,
+    /// A successor keeps the table (an upgrade): this process no longer changes it.
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 impl RedirectPlane {
     /// Checks the host and installs the table for `config` over `pools` (replacing a
-    /// stale one); [`RedirectPlane::follow`] then keeps it in step.
-    pub async fn start(config: &Config, pools: &PoolSet) -> anyhow::Result<Arc<RedirectPlane>> {
+    /// stale one); [`RedirectPlane::follow`] then keeps it in step. `inherited`: the
+    /// [`tandem_redirect::rules::fingerprint`] of the table a predecessor left (an
+    /// upgrade); when the same rules are wanted, the table is kept as it is.
+    pub async fn start(
+        config: &Config,
+        pools: &PoolSet,
+        inherited: Option<&str>,
+    ) -> anyhow::Result<Arc<RedirectPlane>> {
         let nft = Nft::default();
         let wanted = forwards(config, pools);
         let conntrackd = conntrackd_program(config);
@@ -94,7 +105,14 @@ impl RedirectPlane {
             conntrackd: tokio::sync::Mutex::new(None),
             config: std::sync::Mutex::new(Arc::new(config.clone())),
             last_conntrack: std::sync::Mutex::new(None),
+            deferred: std::sync::Mutex::new(None),
+            handed_over: Default::default(),
         });
+        if inherited.is_some_and(|rules| rules == tandem_redirect::rules::fingerprint(&wanted)) {
+            info!(target: "tandem::redirect", "nftables table kept as the previous tandem left it");
+            *plane.applied.lock().unwrap_or_else(|e| e.into_inner()) = Some(wanted);
+            return Ok(plane);
+        }
         plane
             .sync_rules(config, pools)
             .await
@@ -105,6 +123,9 @@ impl RedirectPlane {
     /// Applies the rules for the pools' state now when they differ from the applied ones.
     async fn sync_rules(&self, config: &Config, pools: &PoolSet) -> anyhow::Result<()> {
         let wanted = forwards(config, pools);
+        if self.handed_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         if self
             .applied
             .lock()
@@ -172,6 +193,21 @@ impl RedirectPlane {
         result
     }
 
+    /// The rules applied now ([`tandem_redirect::rules::fingerprint`]), for an
+    /// upgrade's successor.
+    pub fn fingerprint(&self) -> Option<String> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            .map(tandem_redirect::rules::fingerprint)
+    }
+
+    /// Whether conntrackd runs under this process.
+    pub async fn runs_conntrackd(&self) -> bool {
+        self.conntrackd.lock().await.is_some()
+    }
+
     /// The table as the kernel lists it.
     pub async fn table(&self) -> String {
         let nft = self.nft.clone();
@@ -184,18 +220,60 @@ impl RedirectPlane {
 
     /// Starts conntrackd for `config`, when it runs; returns VRRP's takeover hook and
     /// its other end, for [`RedirectPlane::commit_takeovers`].
+    /// `defer`: a predecessor's conntrackd runs (an upgrade); this one starts at
+    /// [`RedirectPlane::resume_state_sync`], once that one has stopped.
     pub async fn start_state_sync(
         &self,
         config: &Config,
+        defer: bool,
     ) -> anyhow::Result<Option<(mpsc::Sender<Takeover>, mpsc::Receiver<Takeover>)>> {
         let Some(settings) = conntrack_settings(config)? else {
             return Ok(None);
         };
+        if defer {
+            *self.deferred.lock().unwrap_or_else(|e| e.into_inner()) = Some(settings);
+            return Ok(Some(mpsc::channel::<Takeover>(1)));
+        }
         let daemon = Conntrackd::start(settings)
             .await
             .context("starting conntrackd")?;
         *self.conntrackd.lock().await = Some(daemon);
         Ok(Some(mpsc::channel::<Takeover>(1)))
+    }
+
+    /// Starts the conntrackd deferred at an upgrade (the predecessor's has stopped), and
+    /// brings the caches back: a master sends the peer its states, a backup asks the
+    /// master for its.
+    pub async fn resume_state_sync(&self, master: bool) {
+        let Some(settings) = self
+            .deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        match Conntrackd::start(settings).await {
+            Ok(daemon) => {
+                daemon.resumed(master).await;
+                info!(target: "tandem::redirect", "conntrackd taken over from the previous tandem");
+                *self.conntrackd.lock().await = Some(daemon);
+            }
+            Err(e) => {
+                warn!(target: "tandem::redirect", error = %e, "starting conntrackd after the upgrade: established redirect connections will not survive a failover")
+            }
+        }
+    }
+
+    /// Leaves the table to a successor (an upgrade): the rules are no longer changed
+    /// here, nor removed at the end; conntrackd stops, for the successor's to start.
+    pub async fn hand_over(&self) {
+        self.handed_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(c) = self.conntrackd.lock().await.take() {
+            c.stop().await;
+            info!(target: "tandem::redirect", "conntrackd stopped for the new tandem");
+        }
     }
 
     /// Asks conntrackd its state every 5 s until `stop` (for status and metrics).
@@ -233,7 +311,8 @@ impl RedirectPlane {
         }
     }
 
-    /// Follows VRRP's `states` into backup: the states move to the new master.
+    /// Follows VRRP's `states` into backup: the states move to the new master. A router
+    /// that ends before `stop` (handed over at an upgrade) has nothing more to say.
     pub async fn follow_vrrp(
         self: Arc<Self>,
         mut states: watch::Receiver<State>,
@@ -242,7 +321,10 @@ impl RedirectPlane {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                changed = states.changed() => if changed.is_err() { return },
+                changed = states.changed() => if changed.is_err() {
+                    stop.cancelled().await;
+                    return;
+                },
             }
             let state = *states.borrow_and_update();
             if state == State::Backup

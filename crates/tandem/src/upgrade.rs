@@ -4,7 +4,8 @@
 //! The running (old) process binds a private unix socket next to its control socket and
 //! starts the new binary with that path in [`ENV`]. The new process connects (the old
 //! one checks its pid) and receives a [`Header`] with the listening sockets attached
-//! (SCM_RIGHTS, the same sockets: both processes can accept from one queue), then the
+//! (SCM_RIGHTS, the same sockets: both processes can accept from one queue; with
+//! `[announce]` also the TUN device, which must outlive the old process), then the
 //! sticky tables in the state file's form ([`crate::state_file::encode`]). Once it
 //! accepts, it answers [`Outcome::Ready`]; when it cannot start (configuration, a
 //! socket, anything), [`Outcome::Failed`] with the reason, and exits. After `Ready` the
@@ -17,7 +18,7 @@
 
 use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -63,6 +64,12 @@ pub enum Socket {
         /// The configured address.
         address: SocketAddr,
     },
+    /// The TUN device BIRD exports (`announce.interface`): not a socket, but it too
+    /// must stay open, or the device and the routes go.
+    Announce {
+        /// The interface name.
+        interface: String,
+    },
 }
 
 /// What the old process sends first.
@@ -84,6 +91,50 @@ pub struct Header {
     /// known down nor demotes a router for a pool known up while its checks start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health: Vec<BackendState>,
+    /// The announcer's state, with `[announce]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceState>,
+    /// The redirect plane's state, with redirect services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectState>,
+}
+
+/// What the predecessor announced, and why not the rest, so that its successor resumes
+/// without withdrawing anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceState {
+    /// The readiness gate had opened.
+    pub ready: bool,
+    /// The operator had withdrawn the node.
+    pub operator: bool,
+    /// The addresses on the device.
+    pub announced: Vec<IpAddr>,
+    /// Addresses withdrawn for their pools' health (held for `announce_delay`).
+    pub unhealthy: Vec<IpAddr>,
+}
+
+/// The kernel's part of redirect services as the predecessor left it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedirectState {
+    /// The rules it applied ([`tandem_redirect::rules::fingerprint`]); none: none
+    /// applied yet. A successor that wants the same keeps the table as it is.
+    pub rules: Option<String>,
+    /// It ran conntrackd: the successor starts its own once the predecessor's has
+    /// stopped (at the predecessor's retiring).
+    pub conntrackd: bool,
+}
+
+/// What a handover carries besides the sockets and the sticky tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// Each VRRP router's state.
+    pub routers: Vec<RouterState>,
+    /// The backends' decided health.
+    pub health: Vec<BackendState>,
+    /// The announcer's state.
+    pub announce: Option<AnnounceState>,
+    /// The redirect plane's state.
+    pub redirect: Option<RedirectState>,
 }
 
 /// One backend's health as its pool's checks last decided.
@@ -130,8 +181,7 @@ pub enum Outcome {
 pub fn send(
     stream: &UnixStream,
     pid: u32,
-    routers: Vec<RouterState>,
-    health: Vec<BackendState>,
+    carried: Carried,
     sockets: &[(Socket, BorrowedFd<'_>)],
     sticky: &[u8],
 ) -> io::Result<()> {
@@ -141,6 +191,12 @@ pub fn send(
             sockets.len()
         )));
     }
+    let Carried {
+        routers,
+        health,
+        announce,
+        redirect,
+    } = carried;
     let header = Header {
         pid,
         sockets: sockets.iter().map(|(s, _)| s.clone()).collect(),
@@ -150,6 +206,8 @@ pub fn send(
         },
         routers,
         health,
+        announce,
+        redirect,
     };
     let json = serde_json::to_vec(&header).map_err(io::Error::other)?;
     let mut prefix = [0u8; 8];
@@ -322,8 +380,23 @@ mod tests {
             address: "10.0.0.1:80".parse().unwrap(),
             up: true,
         }];
+        let announce = AnnounceState {
+            ready: true,
+            operator: false,
+            announced: vec!["192.0.2.10".parse().unwrap()],
+            unhealthy: vec!["2001:db8::10".parse().unwrap()],
+        };
         let sender = std::thread::scope(|s| {
-            let h = s.spawn(|| send(&old, 42, routers.clone(), health.clone(), &sockets, &sticky));
+            let carried = Carried {
+                routers: routers.clone(),
+                health: health.clone(),
+                announce: Some(announce.clone()),
+                redirect: Some(RedirectState {
+                    rules: Some("rules".into()),
+                    conntrackd: true,
+                }),
+            };
+            let h = s.spawn(|| send(&old, 42, carried, &sockets, &sticky));
             let got = receive(&new).unwrap();
             h.join().unwrap().unwrap();
             got
@@ -337,6 +410,8 @@ mod tests {
         assert_eq!(header.vrrp, None, "several routers: no single state");
         assert_eq!(header.routers, routers);
         assert_eq!(header.health, health);
+        assert_eq!(header.announce, Some(announce));
+        assert_eq!(header.redirect.unwrap().rules.as_deref(), Some("rules"));
         assert_eq!(table, sticky);
         assert_eq!(fds.len(), 2);
         assert_eq!(fds[0].0, sockets[0].0);

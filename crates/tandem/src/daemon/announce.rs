@@ -8,12 +8,13 @@
 //! command, and the shutdown before anything else stops.
 
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use tandem_announce::linux::AnnounceDevice;
-use tandem_announce::{Action, Announcer, Inputs, Policy, Target};
+use tandem_announce::{Action, Announcer, Inputs, Policy, Reason, Target};
 use tandem_config::Config;
 use tandem_control::events::EventKind;
 use tandem_control::{AnnounceSnapshot, AnnouncedAddress};
@@ -24,7 +25,9 @@ use tracing::{info, warn};
 use super::Daemon;
 use super::build::BuildError;
 use super::tasks::{Tasks, Until};
+use super::upgrade::Inherited;
 use crate::readiness::{self, Gate};
+use crate::upgrade::AnnounceState;
 
 /// The announcement part of a running daemon.
 #[derive(Debug)]
@@ -34,6 +37,9 @@ pub(super) struct Announcing {
     ready: AtomicBool,
     operator: AtomicBool,
     stopping: AtomicBool,
+    /// A successor holds the device and decides (an upgrade): this process no longer
+    /// touches it, nor withdraws anything at its end.
+    handed_over: AtomicBool,
     started: Instant,
     view: std::sync::Mutex<AnnounceSnapshot>,
     wake: Notify,
@@ -74,36 +80,65 @@ pub(super) fn targets(config: &Config) -> Vec<Target> {
         .collect()
 }
 
-/// Creates the interface for `[announce]` (nothing announced yet).
+/// Creates the interface for `[announce]` (nothing announced yet), or after an
+/// upgrade takes over the predecessor's with what it announced.
 pub(super) async fn build(
     config: &Config,
     started: Instant,
+    inherited: &mut Inherited,
 ) -> Result<Option<Arc<Announcing>>, BuildError> {
     let Some(announce) = &config.announce else {
         return Ok(None);
     };
-    let device = AnnounceDevice::create(&announce.interface)
-        .await
-        .map_err(BuildError::Announce)?;
     let policy = Policy::of(announce);
     let targets = targets(config);
+    let (device, resumed) = match inherited.take_announce(&announce.interface) {
+        Some((fd, state)) => {
+            let device = AnnounceDevice::adopt(fd, &announce.interface)
+                .await
+                .map_err(BuildError::Announce)?;
+            (device, Some(state))
+        }
+        None => {
+            let device = AnnounceDevice::create(&announce.interface)
+                .await
+                .map_err(BuildError::Announce)?;
+            (device, None)
+        }
+    };
+    let state = resumed.clone().unwrap_or_default();
+    let announcer = match &resumed {
+        Some(s) => Announcer::resume(
+            policy,
+            targets.clone(),
+            &s.announced,
+            &s.unhealthy,
+            Duration::ZERO,
+        ),
+        None => Announcer::new(policy, targets.clone()),
+    };
     let part = Announcing {
         interface: announce.interface.clone(),
         machine: Mutex::new(Machine {
-            announcer: Announcer::new(policy, targets.clone()),
+            announcer,
             targets,
             policy,
             device,
             last_error: None,
         }),
-        ready: AtomicBool::new(false),
-        operator: AtomicBool::new(false),
+        ready: AtomicBool::new(state.ready),
+        operator: AtomicBool::new(state.operator),
         stopping: AtomicBool::new(false),
+        handed_over: AtomicBool::new(false),
         started,
         view: Default::default(),
         wake: Notify::new(),
     };
-    info!(interface = %announce.interface, addresses = ?announce.addresses, "announce: interface ready; nothing announced until the node is ready");
+    if resumed.is_some() {
+        info!(interface = %announce.interface, announced = ?state.announced, "announce: interface taken over from the previous tandem, announcing what it announced");
+    } else {
+        info!(interface = %announce.interface, addresses = ?announce.addresses, "announce: interface ready; nothing announced until the node is ready");
+    }
     Ok(Some(Arc::new(part)))
 }
 
@@ -115,6 +150,9 @@ impl Announcing {
         let pools = daemon.pools();
         let now = self.started.elapsed();
         let mut m = self.machine.lock().await;
+        if self.handed_over.load(Relaxed) {
+            return None;
+        }
         if let Some(a) = &config.announce {
             let (policy, targets) = (Policy::of(a), targets(&config));
             if policy != m.policy || targets != m.targets {
@@ -195,6 +233,32 @@ impl Announcing {
         self.snapshot()
     }
 
+    /// What a successor needs to go on announcing (an upgrade): the device's
+    /// descriptor and the decision's state.
+    pub(super) async fn handover(&self) -> std::io::Result<(OwnedFd, AnnounceState)> {
+        let m = self.machine.lock().await;
+        let fd = m.device.descriptor()?;
+        let states = m.announcer.states();
+        let state = AnnounceState {
+            ready: self.ready.load(Relaxed),
+            operator: self.operator.load(Relaxed),
+            announced: m.announcer.announced(),
+            unhealthy: states
+                .iter()
+                .filter(|s| !s.announced && matches!(s.reason, Reason::NoHealthyBackend(_)))
+                .map(|s| s.address)
+                .collect(),
+        };
+        Ok((fd, state))
+    }
+
+    /// The successor decides from now on: this process leaves the device alone (it
+    /// closes its descriptor at exit; the successor's keeps the device).
+    pub(super) async fn retire(&self) {
+        let _m = self.machine.lock().await;
+        self.handed_over.store(true, Relaxed);
+    }
+
     /// Withdraws everything for good: the first step of a stop.
     pub(super) async fn stop(&self, daemon: &Daemon) {
         self.stopping.store(true, Relaxed);
@@ -205,6 +269,15 @@ impl Announcing {
 /// Spawns the tasks that open the gate and follow health, reloads and delays.
 pub(super) fn start(daemon: &Daemon, tasks: &Tasks, part: &Arc<Announcing>, gate: Gate) {
     let stop = tasks.stop().clone();
+    if part.ready.load(Relaxed) {
+        // Resumed from a predecessor that was ready: no gate to wait for.
+        tasks.spawn(
+            "announce",
+            Until::Shutdown,
+            follow(daemon.clone(), part.clone(), stop),
+        );
+        return;
+    }
     let waiter = part.clone();
     let synced = daemon.sync().map(|s| s.synced());
     let health = daemon.health();

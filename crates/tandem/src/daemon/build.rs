@@ -210,7 +210,9 @@ impl Daemon {
             e
         };
         // The interface goes with its descriptor when a later part fails.
-        let announce = announce::build(&config, started).await.map_err(unbind)?;
+        let announce = announce::build(&config, started, &mut inherited)
+            .await
+            .map_err(unbind)?;
         let Parts {
             sync,
             redirect,
@@ -288,7 +290,7 @@ async fn build_parts(
     }
     let redirect = if config.has_redirect() {
         Some(
-            RedirectPlane::start(config, &pools.load())
+            RedirectPlane::start(config, &pools.load(), inherited.redirect_rules())
                 .await
                 .map_err(BuildError::Redirect)?,
         )
@@ -335,7 +337,7 @@ async fn build_ha(
     let settings = ha::all_settings(config);
     let (mut hook, takeovers) = match redirect {
         Some(plane) => match plane
-            .start_state_sync(config)
+            .start_state_sync(config, inherited.conntrackd_runs())
             .await
             .map_err(BuildError::Redirect)?
         {

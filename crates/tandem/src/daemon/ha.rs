@@ -165,25 +165,27 @@ async fn hold_until_ready(
     vrrp.hold_preempt(false).await;
 }
 
+/// The demotions of instance `ha` now: each tracked pool none of whose backends is up
+/// (its checks say down, or its agent says "down"), with its weight.
+fn demotions(ha: Option<&tandem_config::Ha>, pools: &tandem_balance::PoolSet) -> Vec<(String, u8)> {
+    ha.into_iter()
+        .flat_map(|ha| ha.track_pools.iter())
+        .filter(|(name, _)| {
+            pools
+                .get(name)
+                .is_some_and(|p| !p.backends.iter().any(|b| b.state.is_up()))
+        })
+        .map(|(name, weight)| (format!("pool {name} has no healthy backend"), *weight))
+        .collect()
+}
+
 /// Demotes the VRRP priority of instance `index` while a pool it tracks has no
-/// healthy backend.
+/// healthy backend (the agent check's "down" counts as down; each second too, as an
+/// agent's answer is no health transition).
 async fn track_pools(daemon: Daemon, index: usize, vrrp: Arc<Vrrp>, stop: CancellationToken) {
     let mut changes = daemon.health().subscribe();
     loop {
-        let config = daemon.config();
-        let pools = daemon.pools();
-        let demotions: Vec<(String, u8)> = config
-            .ha
-            .get(index)
-            .into_iter()
-            .flat_map(|ha| ha.track_pools.iter())
-            .filter(|(name, _)| {
-                pools
-                    .get(name)
-                    .is_some_and(|p| !p.backends.iter().any(|b| b.state.is_healthy()))
-            })
-            .map(|(name, weight)| (format!("pool {name} has no healthy backend"), *weight))
-            .collect();
+        let demotions = demotions(daemon.config().ha.get(index), &daemon.pools());
         vrrp.set_demotions(demotions).await;
         tokio::select! {
             () = stop.cancelled() => return,
@@ -287,6 +289,40 @@ notify = \"/bin/true\"\nchecksum_pseudo_header = false\ngarp_refresh = \"30s\"\n
         assert_eq!(redirect_instance(&config(&redirect, THREE)), Some(2));
         let no_ha = config(tcp, "");
         assert_eq!(redirect_instance(&no_ha), None);
+    }
+
+    #[test]
+    fn a_tracked_pool_whose_agents_say_down_demotes_like_a_failed_check() {
+        let c = config(
+            "[[service]]\nname = \"www\"\nlisten = [\"10.0.0.100:80\"]\npool = \"web\"\n",
+            "[ha]
+interface = \"eth0\"\nvrid = 51\nvirtual_ips = [\"10.0.0.100/24\"]\ntrack_pools = { web = 30 }\n",
+        );
+        let pools = tandem_balance::PoolSet::build(&c.pools, None);
+        let backend = &pools.get("web").unwrap().backends[0];
+        assert!(demotions(c.ha.first(), &pools).is_empty());
+        let said = |agent| {
+            backend.state.set_agent(agent);
+            demotions(c.ha.first(), &pools)
+        };
+        let down = tandem_balance::Agent {
+            down: true,
+            ..tandem_balance::Agent::READY
+        };
+        assert_eq!(
+            said(down),
+            [("pool web has no healthy backend".to_string(), 30)]
+        );
+        // Drain and maint take no new connections but leave the backend up.
+        let drain = tandem_balance::Agent {
+            drain: true,
+            maint: true,
+            ..tandem_balance::Agent::READY
+        };
+        assert!(said(drain).is_empty());
+        assert!(said(tandem_balance::Agent::READY).is_empty());
+        backend.state.set_healthy(false);
+        assert_eq!(said(tandem_balance::Agent::READY).len(), 1);
     }
 
     #[test]

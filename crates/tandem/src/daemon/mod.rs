@@ -246,7 +246,8 @@ impl Daemon {
     /// `announce.stop_delay` while the routers move new flows elsewhere.
     pub async fn shutdown(self, deadline: Duration) -> DrainReport {
         let shared = &self.shared;
-        if let Some(announce) = &shared.announce {
+        // After an upgrade the successor announces, on the same device.
+        if let Some(announce) = shared.announce.as_ref().filter(|_| !self.has_retired()) {
             // Withdraw first: the routers move new flows to the other nodes while
             // this one still accepts what is on its way.
             announce.stop(&self).await;
@@ -308,7 +309,8 @@ impl Daemon {
         if let Some(sync) = &shared.sync {
             sync.stop();
         }
-        if let Some(plane) = &shared.redirect {
+        // After an upgrade the table (and conntrackd) are the successor's.
+        if let Some(plane) = shared.redirect.as_ref().filter(|_| !retired) {
             plane.stop().await;
         }
         if let Some(path) = shared.control_socket.as_ref().filter(|_| !retired) {

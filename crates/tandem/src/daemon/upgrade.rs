@@ -2,15 +2,20 @@
 //!
 //! The old side, [`Daemon::upgrade`]: starts the new binary with the same arguments,
 //! hands it the listening sockets (services, admin port, control socket, sync), the
-//! sticky tables, each VRRP router's state and the backends' decided health, waits for
-//! it to accept, then retires: stops advertising (no priority 0, the addresses stay),
-//! stops accepting (the new process accepts from the same sockets, so nothing queued
-//! is lost; sync sessions up run on until the exit), sends the pins made meanwhile,
-//! tells systemd the new main pid, and lets `run` drain and exit.
+//! announce device (`[announce]`'s TUN device: it lives while a descriptor of it is
+//! open) with the announcer's state, the fingerprint of the redirect rules it applied,
+//! the sticky tables, each VRRP router's state and the backends' decided health, waits
+//! for it to accept, then retires: stops advertising (no priority 0, the addresses
+//! stay), leaves the announce device and the nftables table alone (nothing withdrawn
+//! or removed at its end), stops its conntrackd for the successor's, stops accepting
+//! (the new process accepts from the same sockets, so nothing queued is lost; sync
+//! sessions up run on until the exit), sends the pins made meanwhile, tells systemd
+//! the new main pid, and lets `run` drain and exit.
 //!
 //! The new side, [`Inherited`]: the sockets received, matched to the configuration by
 //! service and configured address when the daemon is built; the tables merged like a
-//! state file's.
+//! state file's; the announcer resumed on the same device; the nftables table kept when
+//! it wants the same rules; conntrackd started once the predecessor's has stopped.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -32,7 +37,9 @@ use tracing::{info, warn};
 use super::Daemon;
 use super::reload::ListenKey;
 use crate::state_file;
-use crate::upgrade::{self, BackendState, Outcome, RouterState, Socket};
+use crate::upgrade::{
+    self, AnnounceState, BackendState, Carried, Outcome, RedirectState, RouterState, Socket,
+};
 
 /// How long the new binary may take to connect for its sockets.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
@@ -94,29 +101,8 @@ impl Daemon {
         self.shared.handoff.retired.is_cancelled()
     }
 
-    /// What this configuration has that an upgrade cannot carry yet.
+    /// What this configuration has that an upgrade cannot carry.
     fn upgrade_unsupported(&self) -> Option<String> {
-        let parts = [
-            (
-                self.shared.redirect.is_some(),
-                "redirect services (the kernel's table)",
-            ),
-            (
-                self.shared.announce.is_some(),
-                "[announce] (the interface BIRD exports would go with the old process)",
-            ),
-        ];
-        let missing: Vec<&str> = parts
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| *n)
-            .collect();
-        if !missing.is_empty() {
-            return Some(format!(
-                "upgrade in place does not carry {} yet; restart instead (with [ha], the backup takes over meanwhile)",
-                missing.join(", ")
-            ));
-        }
         if self.shared.control_socket.is_none() {
             return Some("no control socket to hand over".into());
         }
@@ -147,8 +133,15 @@ impl Daemon {
             Err(e) => return Err(end_child(child, e).await),
         };
         drop(listener);
-        let sockets = self.sockets_to_hand_over().await;
+        let (sockets, announce) = self.sockets_to_hand_over().await;
         let count = sockets.len() as u64;
+        let redirect = match &self.shared.redirect {
+            Some(plane) => Some(RedirectState {
+                rules: plane.fingerprint(),
+                conntrackd: plane.runs_conntrackd().await,
+            }),
+            None => None,
+        };
         let node = self.config().global.name.clone();
         let pools = self.pools();
         let saved = state_file::snapshot(&pools, &node, now_ms(), unix_ms());
@@ -190,7 +183,13 @@ impl Daemon {
                 .iter()
                 .map(|(s, fd)| (s.clone(), fd.as_fd()))
                 .collect();
-            upgrade::send(&stream, std::process::id(), routers, health, &fds, &table)?;
+            let carried = Carried {
+                routers,
+                health,
+                announce,
+                redirect,
+            };
+            upgrade::send(&stream, std::process::id(), carried, &fds, &table)?;
             drop(fds);
             drop(sockets);
             let outcome = upgrade::receive_outcome(&stream);
@@ -263,9 +262,27 @@ impl Daemon {
         })
     }
 
-    /// Copies of every listening socket's descriptor, described.
-    async fn sockets_to_hand_over(&self) -> Vec<(Socket, OwnedFd)> {
+    /// Copies of every listening socket's descriptor, described, and with `[announce]`
+    /// the device's and the announcer's state.
+    async fn sockets_to_hand_over(&self) -> (Vec<(Socket, OwnedFd)>, Option<AnnounceState>) {
         let mut out = Vec::new();
+        let mut announce = None;
+        if let Some(part) = &self.shared.announce {
+            match part.handover().await {
+                Ok((fd, state)) => {
+                    let interface = self
+                        .config()
+                        .announce
+                        .as_ref()
+                        .map(|a| a.interface.clone())
+                        .unwrap_or_default();
+                    out.push((Socket::Announce { interface }, fd));
+                    announce = Some(state);
+                }
+                // The successor makes its own device: BIRD sees the routes go and come.
+                Err(e) => warn!("upgrade: cannot hand over the announce device: {e}"),
+            }
+        }
         for (key, l) in self.shared.inner.lock().await.listeners.iter() {
             match l.fd.as_ref().map(OwnedFd::try_clone) {
                 Some(Ok(fd)) => out.push((
@@ -306,7 +323,7 @@ impl Daemon {
                 out.push((s.clone(), fd));
             }
         }
-        out
+        (out, announce)
     }
 
     /// Stops accepting: services, control socket, admin port. The sockets stay open in
@@ -317,6 +334,15 @@ impl Daemon {
         // advertisements: they come from its own address).
         for vrrp in &self.shared.vrrp {
             vrrp.quiet().await;
+        }
+        // The successor decides what is announced, on the device it holds too.
+        if let Some(part) = &self.shared.announce {
+            part.retire().await;
+        }
+        // The table stays as it is, the successor's; its conntrackd starts once this
+        // one's has stopped (one per lock and port).
+        if let Some(plane) = &self.shared.redirect {
+            plane.hand_over().await;
         }
         handoff.accepting.cancel();
         self.shared.life.stop_accepting.cancel();
@@ -442,6 +468,12 @@ pub struct Inherited {
     routers: HashMap<(String, u8, bool), State>,
     /// Backends' decided health.
     health: Vec<BackendState>,
+    /// The announce device by interface name.
+    announce_device: HashMap<String, OwnedFd>,
+    /// The announcer's state.
+    announce: Option<AnnounceState>,
+    /// The redirect plane's state.
+    redirect: Option<RedirectState>,
 }
 
 impl Inherited {
@@ -465,6 +497,9 @@ impl Inherited {
                 }
                 Socket::Sync { address } => {
                     me.sync.insert(address, fd);
+                }
+                Socket::Announce { interface } => {
+                    me.announce_device.insert(interface, fd);
                 }
             }
         }
@@ -519,6 +554,23 @@ impl Inherited {
             l.set_nonblocking(true)?;
             UnixListener::from_std(l)
         })
+    }
+
+    /// The announce device `interface` and what was announced on it, when handed
+    /// over.
+    pub(super) fn take_announce(&mut self, interface: &str) -> Option<(OwnedFd, AnnounceState)> {
+        let fd = self.announce_device.remove(interface)?;
+        Some((fd, self.announce.take().unwrap_or_default()))
+    }
+
+    /// The fingerprint of the redirect rules the predecessor left in the kernel.
+    pub(super) fn redirect_rules(&self) -> Option<&str> {
+        self.redirect.as_ref()?.rules.as_deref()
+    }
+
+    /// Whether the predecessor runs conntrackd (it stops it when it retires).
+    pub(super) fn conntrackd_runs(&self) -> bool {
+        self.redirect.as_ref().is_some_and(|r| r.conntrackd)
     }
 
     /// Gives the backends of `pools` their health as the predecessor's checks decided
@@ -608,6 +660,8 @@ impl Successor {
             })
             .collect();
         inherited.health = received.header.health;
+        inherited.announce = received.header.announce;
+        inherited.redirect = received.header.redirect;
         Ok((Successor { stream }, inherited))
     }
 
@@ -636,6 +690,13 @@ impl Successor {
             .await
             .map_err(std::io::Error::other)??;
         merge_pins(&daemon.pools(), &late, "made during the handover");
+        // The predecessor has retired: its conntrackd has stopped.
+        if let Some(plane) = daemon.redirect() {
+            let master = super::ha::redirect_instance(&daemon.config())
+                .and_then(|i| daemon.vrrp().get(i))
+                .is_some_and(|v| v.status().state == State::Master);
+            plane.resume_state_sync(master).await;
+        }
         Ok(())
     }
 }

@@ -601,3 +601,160 @@ fn n_balancers_behind_ecmp_announce_withdraw_and_agree_on_backends() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// `ip monitor OBJECT` in host `name`; its lines are the returned process's (killed
+/// when dropped, also when the test fails).
+fn monitor(lab: &Lab, name: &str, object: &str) -> Running {
+    let ns = lab.ns(name);
+    Running::spawn_program("ip", &["-n", &ns, "monitor", object])
+}
+
+/// `tandem upgrade` of an announcing node: the new process takes the device BIRD
+/// exports and what is announced on it, so the router sees no withdrawal (its route
+/// watched continuously and by `ip monitor`), no connection is refused, the old process
+/// exits, and the new one owns the route: the operator's withdraw and SIGTERM still
+/// withdraw it.
+#[test]
+fn an_upgrade_keeps_the_route_and_hands_it_to_the_new_process() {
+    if which("bird").is_none() || which("birdc").is_none() {
+        eprintln!("SKIPPED: the announce lab needs BIRD 2 (Debian bird2: bird, birdc)");
+        return;
+    }
+    let Some(mut lab) = Lab::new("au") else {
+        return;
+    };
+    lab.host("router", &format!("{ROUTER}/24"));
+    lab.attach("router", "cli", "eth1", "10.79.0.1/16");
+    lab.sysctl("router", "net.ipv4.ip_forward", "1");
+    lab.host_on("client", "cli", "10.79.0.2/16");
+    lab.ip_in("client", &["route", "add", "default", "via", "10.79.0.1"]);
+    lab.host_on("be1", "back", "10.78.0.21/24");
+    line_backend(
+        &lab,
+        "be1",
+        SocketAddr::new("10.78.0.21".parse().unwrap(), PORT),
+    );
+    add_node_host(&mut lab, 1);
+    let (_router_bird, _) = run_bird(&lab, "router", &router_bird(&lab));
+    let (_n1_bird, _) = run_bird(&lab, "n1", &node_bird(&lab, 1));
+    let dir = lab.dir.path().display().to_string();
+    let config = lab.write_config(
+        "n1",
+        &format!(
+            "[global]\nname = \"n1\"\ncontrol_socket = \"{dir}/n1.sock\"\ndrain_timeout = \"3s\"\n\n\
+[[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.78.0.21:{PORT}\" }}]\n\
+check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 1 }}\n\n\
+[[service]]\nname = \"www\"\nlisten = [\"{VIP}:{PORT}\"]\npool = \"web\"\nconnect_timeout = \"300ms\"\n\n\
+[announce]\nannounce_delay = \"500ms\"\nstop_delay = \"200ms\"\n"
+        ),
+    );
+    let mut old = lab.run_tandem("n1", &config);
+    wait_hops(&lab, &["n1"], Duration::from_secs(20));
+
+    // Watch the route at the router and the address on the node's device.
+    let mut routes = monitor(&lab, "router", "route");
+    let mut addresses = monitor(&lab, "n1", "address");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poll_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poll_stopped = poll_stop.clone();
+    let router_ns = lab.ns("router");
+    let poller = std::thread::spawn(move || {
+        let (mut samples, mut missing) = (0u64, 0u64);
+        while !poll_stopped.load(Ordering::Relaxed) {
+            let out = Command::new("ip")
+                .args(["-n", &router_ns, "route", "show", VIP])
+                .output()
+                .unwrap();
+            samples += 1;
+            if !String::from_utf8_lossy(&out.stdout).contains(&format!("via {}", front(1))) {
+                missing += 1;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (samples, missing)
+    });
+    // A held connection, and new ones one after the other.
+    let client: IpAddr = "10.79.0.2".parse().unwrap();
+    let held_stop = stop.clone();
+    let held = lab.thread_in("client", move || {
+        let mut conn = Conn::open(client).expect("the held connection");
+        let (mut ok, mut failed) = (0u64, 0u64);
+        while !held_stop.load(Ordering::Relaxed) {
+            match conn.ask() {
+                Some(_) => ok += 1,
+                None => {
+                    failed += 1;
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (ok, failed)
+    });
+    let stream_stop = stop.clone();
+    let stream = lab.thread_in("client", move || {
+        let (mut ok, mut failed) = (0u64, 0u64);
+        while !stream_stop.load(Ordering::Relaxed) {
+            match Conn::open(client).and_then(|mut c| c.ask()) {
+                Some(_) => ok += 1,
+                None => failed += 1,
+            }
+        }
+        (ok, failed)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (new_pid, took) = crate::support::upgrade_json(&lab.socket("n1"));
+    let _new = crate::upgrade::KillOnDrop(new_pid);
+    // The old process retires, drains its one connection for drain_timeout and exits:
+    // its descriptor of the device closes, the new one's keeps it.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (held_ok, held_failed) = held.join().unwrap();
+    let (new_ok, new_failed) = stream.join().unwrap();
+    assert_eq!(old.wait_exit(Duration::from_secs(10)), 0);
+    std::thread::sleep(Duration::from_millis(500));
+    poll_stop.store(true, Ordering::Relaxed);
+    let (samples, missing) = poller.join().unwrap();
+    let withdrawals: Vec<String> = routes
+        .lines_now()
+        .iter()
+        .chain(addresses.lines_now().iter())
+        .filter(|l| l.starts_with("Deleted") && l.contains(VIP))
+        .cloned()
+        .collect();
+    eprintln!(
+        "FIGURE tandem upgrade of an announcing node: {} ms; the router's route checked {samples} times, missing {missing}; netlink withdrawals {}; held connection {held_ok} answers, {held_failed} failed; new connections {new_ok} answered, {new_failed} failed",
+        took.as_millis(),
+        withdrawals.len()
+    );
+    assert!(withdrawals.is_empty(), "withdrawn: {withdrawals:?}");
+    assert_eq!(missing, 0, "the router lost the route");
+    assert!(samples > 100, "{samples} samples");
+    assert_eq!(held_failed, 0, "the held connection broke");
+    assert_eq!(new_failed, 0, "new connections failed");
+    assert!(new_ok > 10, "{new_ok} new connections");
+    assert_eq!(next_hops(&lab), ["n1"]);
+    let status = ctl_json(&lab.socket("n1"), &["announce"]);
+    assert_eq!(status["addresses"][0]["announced"], true, "{status}");
+
+    // The new process owns the route: the operator's withdraw and restore, then
+    // SIGTERM, act on it.
+    let (code, _, err) = ctl(&lab.socket("n1"), &["announce", "withdraw"]);
+    assert_eq!(code, 0, "{err}");
+    wait_hops(&lab, &[], Duration::from_secs(5));
+    ctl(&lab.socket("n1"), &["announce", "restore"]);
+    wait_hops(&lab, &["n1"], Duration::from_secs(5));
+    let pid = rustix::process::Pid::from_raw(new_pid as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let t = wait_hops(&lab, &[], Duration::from_secs(5));
+    eprintln!(
+        "FIGURE SIGTERM on the upgraded process: off the router after {} ms",
+        t.as_millis()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rustix::process::test_kill_process(pid).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = old.drain_lines();
+    assert!(out.contains("announcements withdrawn"), "{out}");
+}

@@ -115,6 +115,19 @@ fn redirect_status(lab: &Lab, name: &str) -> serde_json::Value {
     support::ctl_json(&lab.socket(name), &["redirect"])
 }
 
+/// Whether host `name` has tandem's nftables table.
+fn has_table(lab: &Lab, name: &str) -> bool {
+    let nft = tandem_redirect::conntrackd::locate(std::path::Path::new("nft"));
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns(name)])
+        .arg(nft)
+        .args(["list", "table", "inet", "tandem"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
 /// What a session saw.
 #[derive(Debug)]
 struct SessionReport {
@@ -447,24 +460,7 @@ fn an_established_session_survives_the_masters_death_and_a_backend_leaves_the_ru
     assert_eq!(one_exchange(&lab).unwrap(), "b2");
 
     // A stopped tandem takes its table and its conntrackd with it.
-    let nft = tandem_redirect::conntrackd::locate(std::path::Path::new("nft"));
-    let table = |name: &str| {
-        std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.ns(name),
-                nft.to_str().unwrap(),
-                "list",
-                "table",
-                "inet",
-                "tandem",
-            ])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let table = |name: &str| has_table(&lab, name);
     assert!(table("lbB"));
     lb_b.signal(rustix::process::Signal::TERM);
     assert_eq!(lb_b.wait_exit(Duration::from_secs(10)), 0);
@@ -576,4 +572,188 @@ fn snat_serves_backends_that_have_no_route_back_and_they_see_the_balancer() {
     // Masqueraded: the backend saw the balancer's private address, not the client's
     // (the documented price of snat), and its answer came back.
     assert_eq!(answer, "b1 sees 10.1.0.2\n");
+}
+
+/// `tandem upgrade` of the master of a redirect pair: the new process keeps the
+/// kernel's table as the old one left it (no nftables change at all during the
+/// upgrade, `nft monitor` watching), takes conntrackd over, and neither a held session
+/// nor a stream of new connections through the rules sees a failure; no VRRP
+/// transition; the old process exits without removing the table, the new one removes
+/// it at its own stop.
+#[test]
+fn an_upgrade_keeps_the_rules_and_conntrackd_without_a_failed_connection() {
+    let Some(lab) = lab() else { return };
+    for (name, address) in BACKENDS {
+        line_backend(&lab, name, address, Arc::new(AtomicBool::new(false)));
+    }
+    let mut lb_a = start_node(&lab, "lbA", 2, 3, 150, "");
+    lab.wait("lbA master", Duration::from_secs(5), || {
+        lab.has_address("lbA", VIP) && lab.has_address("lbA", GATEWAY)
+    });
+    let mut lb_b = start_node(&lab, "lbB", 3, 2, 100, "");
+    lb_b.wait_for("VRRP INIT -> BACKUP");
+    lab.wait("lbA's conntrackd", Duration::from_secs(5), || {
+        redirect_status(&lab, "lbA")["conntrack"]["running"] == true
+    });
+    let nft = tandem_redirect::conntrackd::locate(std::path::Path::new("nft"))
+        .display()
+        .to_string();
+    // Every change to the ruleset, killed when dropped (also when the test fails).
+    let mut monitor = Running::spawn_program(
+        "ip",
+        &["netns", "exec", &lab.ns("lbA"), &nft, "monitor", "ruleset"],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (poll_stop, ns, nft_poll) = (stop.clone(), lab.ns("lbA"), nft.clone());
+    let poller = std::thread::spawn(move || {
+        let (mut samples, mut missing) = (0u64, 0u64);
+        while !poll_stop.load(Ordering::Relaxed) {
+            let out = std::process::Command::new("ip")
+                .args([
+                    "netns", "exec", &ns, &nft_poll, "list", "table", "inet", "tandem",
+                ])
+                .output()
+                .unwrap();
+            samples += 1;
+            if !String::from_utf8_lossy(&out.stdout).contains("dnat ip to") {
+                missing += 1;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (samples, missing)
+    });
+    let session = Session::open(&lab);
+    session.wait_exchanges(5, Duration::from_secs(5));
+    let stream_stop = stop.clone();
+    let stream = lab.thread_in("client", move || {
+        let (mut ok, mut failed) = (0u64, Vec::new());
+        while !stream_stop.load(Ordering::Relaxed) {
+            let exchange = (|| {
+                let mut s = TcpStream::connect_timeout(&service(), Duration::from_secs(2))?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.write_all(b"hello\n")?;
+                let mut answer = String::new();
+                BufReader::new(s).read_line(&mut answer)?;
+                Ok::<_, std::io::Error>(answer)
+            })();
+            match exchange {
+                Ok(a) if a.ends_with(" hello\n") => ok += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (ok, failed)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (new_pid, took) = support::upgrade_json(&lab.socket("lbA"));
+    let _new = crate::upgrade::KillOnDrop(new_pid);
+    // Nothing to drain (the kernel forwards): the old process exits at once.
+    assert_eq!(lb_a.wait_exit(Duration::from_secs(10)), 0);
+    let taken = lab.wait(
+        "the new process's conntrackd",
+        Duration::from_secs(10),
+        || {
+            let s = redirect_status(&lab, "lbA");
+            s["conntrack"]["running"] == true && s["conntrack"]["role"] == "master"
+        },
+    );
+    session.wait_exchanges(20, Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    let (new_ok, new_failed) = stream.join().unwrap();
+    let (samples, missing) = poller.join().unwrap();
+    let report = session.end();
+    let changes = monitor.lines_now();
+    let lines = lb_a.drain_lines();
+    println!(
+        "FIGURE tandem upgrade of a redirect master: {} ms; rules checked {samples} times, missing {missing}; nft changes {}; \
+         session {} exchanges, longest stall {} ms; new connections {new_ok} answered, {} failed; conntrackd taken over {} ms after the old process exited",
+        took.as_millis(),
+        changes.len(),
+        report.exchanges,
+        report.longest_stall.as_millis(),
+        new_failed.len(),
+        taken.as_millis()
+    );
+    assert_eq!(report.error, None, "the session broke");
+    assert!(new_failed.is_empty(), "failed: {new_failed:?}");
+    assert!(new_ok > 20, "{new_ok} new connections");
+    assert_eq!(missing, 0, "the rules were missing");
+    assert!(samples > 20, "{samples} samples");
+    assert!(changes.is_empty(), "the table changed: {changes:?}");
+    assert!(
+        lines.contains("nftables table kept as the previous tandem left it"),
+        "{lines}"
+    );
+    assert!(!lines.contains("nftables table removed"), "{lines}");
+    assert!(lines.contains("conntrackd taken over"), "{lines}");
+    // No VRRP transition on either node.
+    let since = &lines[lines.find("upgrade: started the new binary").unwrap()..];
+    assert!(
+        since.contains("VRRP INIT -> MASTER (eth0 vrid 52): taken over from the previous process"),
+        "{since}"
+    );
+    assert!(
+        !since.contains("-> BACKUP") && !since.contains("MASTER ->"),
+        "{since}"
+    );
+    let b_lines = lb_b.drain_lines();
+    assert!(!b_lines.contains("BACKUP -> MASTER"), "{b_lines}");
+    let conntrackds = std::process::Command::new("pgrep")
+        .args([
+            "-c",
+            "-f",
+            &format!("{}/lbA.conntrackd", lab.dir.path().display()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&conntrackds.stdout).trim(), "1");
+
+    // The backup's upgrade: its new conntrackd asks the master for its states, and
+    // has the open session's again.
+    let session = Session::open(&lab);
+    session.wait_exchanges(5, Duration::from_secs(5));
+    let external = || {
+        redirect_status(&lab, "lbB")["conntrack"]["external"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    lab.wait(
+        "lbB holds the session's state",
+        Duration::from_secs(5),
+        || external() >= 1,
+    );
+    let (new_b, _) = support::upgrade_json(&lab.socket("lbB"));
+    let _new_b = crate::upgrade::KillOnDrop(new_b);
+    assert_eq!(lb_b.wait_exit(Duration::from_secs(10)), 0);
+    let resynced = lab.wait(
+        "the backup's new conntrackd has the master's states",
+        Duration::from_secs(10),
+        || {
+            let s = redirect_status(&lab, "lbB");
+            s["conntrack"]["role"] == "backup" && external() >= 1
+        },
+    );
+    session.wait_exchanges(10, Duration::from_secs(5));
+    let report = session.end();
+    assert_eq!(report.error, None, "the session broke");
+    let b_lines = lb_b.drain_lines();
+    let since = &b_lines[b_lines.find("upgrade: started the new binary").unwrap()..];
+    assert!(since.contains("conntrackd taken over"), "{since}");
+    assert!(
+        !since.contains("-> MASTER") && !since.contains("BACKUP ->"),
+        "{since}"
+    );
+    println!(
+        "FIGURE tandem upgrade of the redirect backup: its conntrackd had the master's states again {} ms after the old process exited",
+        resynced.as_millis()
+    );
+
+    // The new process owns the table: it removes it at its stop.
+    let pid = rustix::process::Pid::from_raw(new_pid as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    lab.wait(
+        "the table removed at the new process's stop",
+        Duration::from_secs(10),
+        || !has_table(&lab, "lbA"),
+    );
 }

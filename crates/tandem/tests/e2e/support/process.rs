@@ -184,6 +184,25 @@ pub fn ctl_json(socket: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// `tandem upgrade --json --socket SOCKET`, which must succeed: the new process's pid
+/// and how long the command took.
+pub fn upgrade_json(socket: &Path) -> (u32, Duration) {
+    let began = Instant::now();
+    let out = Command::new(TANDEM)
+        .args(["upgrade", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .unwrap();
+    let took = began.elapsed();
+    assert!(
+        out.status.success(),
+        "tandem upgrade: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (reply["new_pid"].as_u64().unwrap() as u32, took)
+}
+
 /// The path of `program` in PATH, /usr/sbin or /sbin.
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
