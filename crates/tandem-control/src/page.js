@@ -188,6 +188,8 @@
             ? `ok in ${b.last_check.latency_ms.toFixed(1)} ms, ${ago(b.last_check.age_secs)} ago`
             : el("span", {}, el("span", { class: "err" }, b.last_check.error), `, ${ago(b.last_check.age_secs)} ago`);
         }
+        // What the backend's agent says (agent check), beside the check's verdict.
+        if (b.agent) check = el("span", {}, check, el("br"), el("span", { class: "agent" }, `agent: ${b.agent}`));
         const act = boot.write
           ? el("td", {}, el("button", {
             type: "button", class: "act", "data-pool": p.name, "data-address": b.address,

@@ -28,9 +28,15 @@ async fn status_page_shows_backends_with_their_states_in_chromium() {
     let a = name_server("a", false).await;
     let b = name_server("b", false).await;
     let dead = dead_address().await;
+    // The backends' agent (one for all: they share 127.0.0.1) asks for 75% weight.
+    let agent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_port = agent.local_addr().unwrap().port();
+    backends::serve_on(agent, |mut s, _| async move {
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut s, b"75%\n").await;
+    });
     let text = format!(
         "[global]\nname = \"lb-test\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
-[[pool]]\nname = \"web\"\nbackends = {}\ncheck = {{ type = \"tcp\", interval = \"100ms\", timeout = \"50ms\", rise = 1, fall = 1, initial = \"up\" }}\n\n\
+[[pool]]\nname = \"web\"\nbackends = {}\ncheck = {{ type = \"tcp\", interval = \"100ms\", timeout = \"50ms\", rise = 1, fall = 1, initial = \"up\" }}\nagent = {{ port = {agent_port}, interval = \"100ms\", timeout = \"50ms\" }}\n\n\
 [[service]]\nname = \"www\"\nlisten = [\"127.0.0.1:0\"]\npool = \"web\"\n",
         backends_toml(&[a, b, dead], &[1, 1, 1])
     );
@@ -73,6 +79,11 @@ async fn status_page_shows_backends_with_their_states_in_chromium() {
         "the failing check's reason is shown"
     );
     assert!(dom.contains("<td>www</td>"), "the service is listed");
+    assert!(
+        dom.contains("<span class=\"agent\">agent: "),
+        "what the agent says is shown:\n{dom}"
+    );
+    assert!(dom.contains("75%"), "the agent's weight is shown:\n{dom}");
     // A screenshot for people; the test checks it is a real PNG of some size.
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let _ = std::fs::remove_file(&shot);
