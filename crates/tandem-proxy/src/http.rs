@@ -313,9 +313,26 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in policy::fields::HOP_BY_HOP {
+    for name in hop_by_hop() {
         headers.remove(name);
     }
+}
+
+/// [`policy::fields::HOP_BY_HOP`] as header names, made once (a `&str` is parsed into
+/// a name at every removal).
+fn hop_by_hop() -> &'static [HeaderName] {
+    static NAMES: std::sync::OnceLock<Vec<HeaderName>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| header_names(&policy::fields::HOP_BY_HOP))
+}
+
+/// [`policy::fields::REPLACED`] as header names, made once.
+fn replaced() -> &'static [HeaderName] {
+    static NAMES: std::sync::OnceLock<Vec<HeaderName>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| header_names(&policy::fields::REPLACED))
+}
+
+fn header_names(names: &[&'static str]) -> Vec<HeaderName> {
+    names.iter().map(|&n| HeaderName::from_static(n)).collect()
 }
 
 /// Drops the fields the rules remove or set (the rules' `set` and `add` fields are
@@ -751,7 +768,7 @@ impl Connection {
     ) {
         strip_hop_by_hop(headers);
         let prior_xff = headers.get("x-forwarded-for").cloned();
-        for name in policy::fields::REPLACED {
+        for name in replaced() {
             headers.remove(name);
         }
         if let Some(h) = host {
