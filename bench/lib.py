@@ -3,6 +3,9 @@
 
   lib.py iperf FILE            -> Gbit/s received, from iperf3 -J output
   lib.py wrk FILE              -> "req_per_s p50_ms p99_ms" from wrk --latency output
+  lib.py h2load FILE LOG       -> "req_per_s p99_ms requests errors" of an h2load run
+                                  (its output FILE; p99 from its --log-file LOG)
+  lib.py per_count B A N       -> microseconds of CPU busy time per unit of N units
   lib.py rss PID...            -> summed VmRSS in KiB of the processes
   lib.py busy CPU              -> busy clock ticks of that CPU so far (/proc/stat)
   lib.py per_request B A FILE  -> microseconds of CPU busy time per request of a wrk
@@ -54,6 +57,22 @@ def per_request(before, after, path):
     print(f"{(int(after) - int(before)) * tick_us / max(requests, 1):.1f}")
 
 
+def h2load(path, log):
+    """h2load has no percentiles: p99 comes from its per-request log (column 3, us)."""
+    text = open(path).read()
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text).group(1))
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
+    succeeded, errors = int(m.group(1)), int(m.group(2)) + int(m.group(3))
+    times = sorted(int(line.split("\t")[2]) for line in open(log) if line.count("\t") >= 2)
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))] / 1000 if times else 0.0
+    print(f"{rps:.0f} {p99:.3f} {succeeded} {errors}")
+
+
+def per_count(before, after, count):
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    print(f"{(int(after) - int(before)) * tick_us / max(int(count), 1):.1f}")
+
+
 def rss(pids):
     total = 0
     for pid in pids:
@@ -93,6 +112,35 @@ SECTIONS = [
             ("def_conn_rps", "L4 connection rate (connections/s)", True),
             ("def_l4ka_rps", "Keep-alive through L4 (requests/s)", True),
             ("def_l7_rps", "L7 keep-alive (requests/s)", True),
+        ],
+    },
+    {
+        "title": "TLS termination (TLS 1.3, X25519), one thread per proxy, plain HTTP/1.1 to the backend",
+        "contenders": ["tandem", "haproxy", "nginx"],
+        "subject": "tandem",
+        "rows": [
+            ("tls_ecdsa_rps", "Full handshakes, ECDSA P-256 (connections/s)", True),
+            ("tls_ecdsa_cpu", "Full handshake, ECDSA P-256: proxy core busy time (us)", False),
+            ("tls_rsa_rps", "Full handshakes, RSA 2048 (connections/s)", True),
+            ("tls_rsa_cpu", "Full handshake, RSA 2048: proxy core busy time (us)", False),
+            ("tls_resume_rps", "Resumed handshakes, ECDSA (connections/s)", True),
+            ("tls_resume_cpu", "Resumed handshake: proxy core busy time (us)", False),
+            ("tls_ka_rps", "HTTPS keep-alive (requests/s)", True),
+            ("tls_ka_p99", "HTTPS keep-alive p99 latency (ms)", False),
+            ("tls_ka_cpu", "HTTPS keep-alive: proxy core busy time per request (us)", False),
+        ],
+    },
+    {
+        "title": "HTTP/2 (h2load, 10 connections x 10 streams), one thread per proxy, HTTP/1.1 to the backend",
+        "contenders": ["tandem", "haproxy", "nginx"],
+        "subject": "tandem",
+        "rows": [
+            ("h2_rps", "HTTP/2 over TLS (requests/s)", True),
+            ("h2_p99", "HTTP/2 over TLS p99 latency (ms)", False),
+            ("h2_cpu", "HTTP/2 over TLS: proxy core busy time per request (us)", False),
+            ("h2c_rps", "h2c, prior knowledge (requests/s)", True),
+            ("h2c_p99", "h2c p99 latency (ms)", False),
+            ("h2c_cpu", "h2c: proxy core busy time per request (us)", False),
         ],
     },
     {
@@ -173,6 +221,10 @@ if __name__ == "__main__":
         busy(sys.argv[2])
     elif cmd == "per_request":
         per_request(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif cmd == "h2load":
+        h2load(sys.argv[2], sys.argv[3])
+    elif cmd == "per_count":
+        per_count(sys.argv[2], sys.argv[3], sys.argv[4])
     elif cmd == "rss":
         rss(sys.argv[2:])
     elif cmd == "report":

@@ -637,21 +637,21 @@ tls = {{ cert = \"{cert}\", key = \"{key}\" }}\n"
     ))
     .await;
     let to = addr_of(&d, "www");
-    // The client prefers AES-128 (then AES-256); tandem prefers AES-256.
+    // The client prefers AES-256 (then AES-128); tandem prefers AES-128.
     for (version, suites, want) in [
         (
             &rustls::version::TLS13,
-            vec![cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384],
-            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+            vec![cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_AES_128_GCM_SHA256],
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
         ),
         (
             &rustls::version::TLS12,
             vec![
-                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
                 cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
             ],
-            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
         ),
     ] {
         let suite = tls_handshake(to, &cert, suites, version).await;

@@ -894,3 +894,52 @@ async fn accept_proxy_puts_the_header_s_client_in_the_forwarded_fields_on_both_p
     let www = snapshot.services.iter().find(|s| s.name == "www").unwrap();
     assert_eq!(www.proxy_refused.get("no_header"), Some(&1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_h2_streams_keep_their_backend_connections() {
+    // 100 streams at once take 100 backend connections; their responses come back
+    // together, and the next burst finds them all in the pool. (Capped at
+    // backend_max_idle, 32, the pool closed the surplus to open it again: about 68 new
+    // connections per burst.)
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let noted = seen.clone();
+    let backend = hyper_backend(None, move |_req, peer| {
+        let noted = noted.clone();
+        async move {
+            noted.lock().unwrap().insert(peer);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            text("ok\n")
+        }
+    })
+    .await;
+    let d = start(&http_service(&backends(&[backend]), "", "")).await;
+    let to = addr_of(&d, "www");
+    let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    for burst in 0..3 {
+        let streams: Vec<_> = (0..100)
+            .map(|i| {
+                let mut sender = sender.clone();
+                let req = hyper::Request::get(format!("http://{to}/{i}"))
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                tokio::spawn(async move { sender.send_request(req).await.map(|r| r.status()) })
+            })
+            .collect();
+        for stream in streams {
+            let status = stream.await.unwrap().unwrap();
+            assert_eq!(status, 200, "burst {burst}");
+        }
+    }
+    let connections = seen.lock().unwrap().len();
+    assert!(
+        (33..=130).contains(&connections),
+        "{connections} backend connections for 3 bursts of 100 streams"
+    );
+}
