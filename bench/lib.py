@@ -96,6 +96,15 @@ SECTIONS = [
         ],
     },
     {
+        "title": "Memory per idle client connection, one thread per proxy",
+        "contenders": ["tandem", "haproxy", "nginx"],
+        "subject": "tandem",
+        "rows": [
+            ("mem_http_kib", "Memory per idle keep-alive HTTP connection (KiB)", False),
+            ("mem_tls_kib", "Memory per idle TLS (HTTPS keep-alive) connection (KiB)", False),
+        ],
+    },
+    {
         "title": "Failover (network-namespace lab; HAProxy column = keepalived + HAProxy, advert 100 ms)",
         "contenders": ["tandem", "haproxy"],
         "subject": "tandem",
