@@ -119,7 +119,8 @@ mem_hold() {
     sleep 0.5
     before=$(python3 bench/lib.py rss "$contender_pid")
     rm -f "$work/mem/held.txt"
-    on_load python3 bench/hold.py 127.0.0.1 "$port" "$idle_conns" 120 "$mode" > "$work/mem/held.txt" &
+    # (taskset execs: $! is the holder itself, which the kill below ends.)
+    taskset -c "$load_cpu" python3 bench/hold.py 127.0.0.1 "$port" "$idle_conns" 120 "$mode" > "$work/mem/held.txt" &
     hold=$!
     # Bounded: until the holder says how many it holds (it holds them for 120 s at
     # most), then two seconds idle.
