@@ -144,6 +144,15 @@ SECTIONS = [
         ],
     },
     {
+        "title": "Memory per idle client connection, one thread per proxy",
+        "contenders": ["tandem", "haproxy", "nginx"],
+        "subject": "tandem",
+        "rows": [
+            ("mem_http_kib", "Memory per idle keep-alive HTTP connection (KiB)", False),
+            ("mem_tls_kib", "Memory per idle TLS (HTTPS keep-alive) connection (KiB)", False),
+        ],
+    },
+    {
         "title": "Redirect mode: kernel forwarding in a namespace lab (client, balancer, backend)",
         "contenders": ["tandem-redirect", "ipvs", "tandem", "haproxy", "direct"],
         "subject": "tandem-redirect",

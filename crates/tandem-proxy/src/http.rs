@@ -143,7 +143,9 @@ pub(crate) async fn serve(
                 acceptor.accept(stream),
             ));
             let tls = match handshake.await {
-                Ok(Ok(tls)) => tls,
+                // Boxed: a connection's future does not carry the session's size, and a
+                // plain connection's not at all.
+                Ok(Ok(tls)) => Box::new(tls),
                 Ok(Err(e)) => return service.tls_failed(&config.name, peer, &e.to_string()),
                 Err(_) => {
                     let why = format!("no handshake within {header_timeout:?}");
@@ -170,7 +172,7 @@ async fn serve_stream<S>(
     mut io: S,
     fast: bool,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: h1::ClientIo + Send + 'static,
 {
     let rest = if fast {
         match fast_path(&conn, &mut io).await {
@@ -188,7 +190,7 @@ async fn serve_stream<S>(
 /// Runs the fast path; the unread bytes when the general path must go on.
 async fn fast_path<S>(conn: &Connection, client: &mut S) -> Option<Bytes>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: h1::ClientIo,
 {
     let idle = std::sync::atomic::AtomicBool::new(true);
     let mut fast = h1::FastPath::new(conn, &conn.state, &idle);

@@ -234,9 +234,15 @@ impl Service {
                                 .await;
                             }
                             None => {
-                                service
-                                    .handle(client, ends, local.unwrap_or(peer), &close_all)
-                                    .await
+                                // Boxed too: an HTTP connection's task does not carry
+                                // the size of a relayed one's.
+                                Box::pin(service.handle(
+                                    client,
+                                    ends,
+                                    local.unwrap_or(peer),
+                                    &close_all,
+                                ))
+                                .await
                             }
                         }
                         drop(slot);

@@ -28,13 +28,33 @@ use super::{AccessLog, Chosen, Connection, HttpState};
 use super::policy::{self, MAX_HEADERS, content_length, hop_by_hop, ruled_out};
 /// Bytes asked of the client per read.
 const CLIENT_READ: usize = 16 * 1024;
-/// Bytes a connection waiting for its next request keeps for it.
-const IDLE_READ: usize = 1024;
+/// Bytes first set aside for a rewritten head.
+const HEAD_OUT: usize = 1024;
 /// How long a client connection may wait for its next request and keep its backend
 /// connection; then the backend connection goes back to the service's pool.
 const RELEASE_BACKEND_AFTER: Duration = Duration::from_secs(1);
 /// Bytes asked of the backend per read.
 const BACKEND_READ: usize = 32 * 1024;
+
+/// A client connection of the fast path: its bytes, and the TCP socket they come
+/// over, whose readiness a connection waiting for its next request waits for while it
+/// holds no buffer.
+pub(super) trait ClientIo: AsyncRead + AsyncWrite + Unpin {
+    /// The TCP socket under the connection.
+    fn socket(&self) -> &TcpStream;
+}
+
+impl ClientIo for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl ClientIo for Box<tokio_rustls::server::TlsStream<TcpStream>> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
 
 /// How the fast path left a client connection.
 pub(super) enum End {
@@ -206,7 +226,13 @@ async fn send<S>(
 where
     S: AsyncWrite + Unpin,
 {
-    match timeout(config.http.client_timeout, client.write_all(bytes)).await {
+    // Flushed: over TLS, bytes the socket did not take at once would otherwise stay in
+    // the session while the connection waits for its next request.
+    let written = async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    };
+    match timeout(config.http.client_timeout, written).await {
         Ok(written) => written.is_ok(),
         Err(_) => {
             conn.client_timed_out(config);
@@ -235,7 +261,7 @@ impl<'a> FastPath<'a> {
     /// Serves requests until the connection ends or needs the general path.
     pub(super) async fn serve<S>(&mut self, client: &mut S) -> End
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: ClientIo,
     {
         loop {
             self.idle.store(self.buf.is_empty(), Relaxed);
@@ -275,7 +301,7 @@ impl<'a> FastPath<'a> {
         config: &tandem_config::Service,
     ) -> Result<Option<Head>, ()>
     where
-        S: AsyncRead + Unpin,
+        S: ClientIo,
     {
         let deadline = Instant::now() + config.http.header_timeout;
         loop {
@@ -290,63 +316,90 @@ impl<'a> FastPath<'a> {
                     Parsed::Partial => {}
                 }
             }
-            self.buf.reserve(CLIENT_READ);
             let read = if self.buf.is_empty() {
-                // Between requests: one try with the buffers at hand (a busy client's
-                // next request is often there); if nothing came, an idle connection
-                // gives its buffers back to the thread's spares while it waits, and
-                // reads the next head into a small buffer of its own.
-                let tried = {
-                    let reading = client.read_buf(&mut self.buf);
-                    let mut reading = std::pin::pin!(reading);
-                    std::future::poll_fn(|cx| {
-                        std::task::Poll::Ready(match reading.as_mut().poll(cx) {
-                            std::task::Poll::Ready(r) => Some(r),
-                            std::task::Poll::Pending => None,
-                        })
-                    })
-                    .await
-                };
-                match tried {
-                    Some(r) => Ok(r),
-                    None => {
-                        self.release_buffers();
-                        let mut small = [0u8; IDLE_READ];
-                        // A client quiet for a while gives its backend connection back to
-                        // the service's pool, for other clients (a backend with few worker
-                        // slots is not tied up by idle keep-alive clients).
-                        let release_at = Instant::now() + RELEASE_BACKEND_AFTER;
-                        let mut read =
-                            timeout_at(release_at.min(deadline), client.read(&mut small)).await;
-                        if read.is_err() && Instant::now() < deadline {
-                            self.finish();
-                            read = timeout_at(deadline, client.read(&mut small)).await;
-                        }
-                        if let Ok(Ok(n)) = read {
-                            self.buf = spares::take();
-                            self.buf.extend_from_slice(&small[..n]);
-                        }
-                        read
-                    }
-                }
+                self.read_when_ready(client, deadline).await
             } else {
-                timeout_at(deadline, client.read_buf(&mut self.buf)).await
+                self.buf.reserve(CLIENT_READ);
+                timeout_at(deadline, client.read_buf(&mut self.buf))
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {}
+                Ok(n) if n > 0 => {}
                 // Gone, failed, or slower than header_timeout (slowloris): closed.
                 _ => return Ok(None),
             }
         }
     }
 
-    /// Gives the buffers an idle connection does not need to the thread's spares.
+    /// Reads what the client sends next when nothing of it is buffered (between
+    /// requests, and before the first). One read is tried with the buffers at hand (a
+    /// busy client's next request is often there); if nothing came, an idle
+    /// connection gives its buffers back to the thread's spares and waits for its
+    /// socket to become readable, holding no buffer, then reads into a spare one. A
+    /// client quiet for [`RELEASE_BACKEND_AFTER`] gives its backend connection back to
+    /// the service's pool, for other clients (a backend with few worker slots is not
+    /// tied up by idle keep-alive clients).
+    async fn read_when_ready<S>(
+        &mut self,
+        client: &mut S,
+        deadline: Instant,
+    ) -> std::io::Result<usize>
+    where
+        S: ClientIo,
+    {
+        if self.buf.capacity() == 0 {
+            self.buf = spares::take();
+        }
+        self.buf.reserve(CLIENT_READ);
+        // (After a TLS handshake the request may already be decrypted and buffered in
+        // the session, where the socket's readiness would not show it: tried first.)
+        let tried = {
+            let reading = client.read_buf(&mut self.buf);
+            let mut reading = std::pin::pin!(reading);
+            std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(match reading.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => Some(r),
+                    std::task::Poll::Pending => None,
+                })
+            })
+            .await
+        };
+        if let Some(read) = tried {
+            return read;
+        }
+        self.release_buffers();
+        let release_at = Instant::now() + RELEASE_BACKEND_AFTER;
+        loop {
+            let wait_until = match self.held {
+                Some(_) => release_at.min(deadline),
+                None => deadline,
+            };
+            // (poll_read_ready keeps its waker in the socket's registration: the wait
+            // carries no waiter of its own.)
+            let ready = std::future::poll_fn(|cx| client.socket().poll_read_ready(cx));
+            match timeout_at(wait_until, ready).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => return Err(e),
+                Err(_) if Instant::now() >= deadline => {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                Err(_) => self.finish(),
+            }
+        }
+        self.buf = spares::take();
+        self.buf.reserve(CLIENT_READ);
+        timeout_at(deadline, client.read_buf(&mut self.buf))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Gives the buffers an idle connection does not need to the thread's spares (the
+    /// head buffer to the allocator: small, and cheap to take again).
     fn release_buffers(&mut self) {
         spares::give(std::mem::take(&mut self.buf));
         spares::give(std::mem::take(&mut self.from_backend));
-        if self.out.capacity() > IDLE_READ {
-            self.out = Vec::new();
-        }
+        self.out = Vec::new();
     }
 
     /// Parses the head at the start of `buf`, writes its rewritten form to `out` and
@@ -361,6 +414,7 @@ impl<'a> FastPath<'a> {
             http: &config.http,
             service: Some(config),
         };
+        self.out.reserve(HEAD_OUT);
         let parsed = rewrite_request(&self.buf, &side, &mut self.out);
         if let Parsed::Fast(head) = &parsed {
             self.buf.advance(head.len);
