@@ -89,7 +89,7 @@ def haproxy_conf(out, services, backends, base, be_port, flags):
     lines = [
         "global",
         "  nbthread 1",
-        "  maxconn 4000",
+        "  maxconn 1000",  # 10,000 checks and 1,000 listeners must fit in 20,000 fds
     ]
     lines += [f"  stats socket {f[5:]} level admin" for f in flags if f.startswith("sock=")]
     lines += [
