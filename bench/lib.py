@@ -164,6 +164,21 @@ SECTIONS = [
         ],
     },
     {
+        "title": "Scale: 1,000 services / 10,000 backends, 1,000,000 sticky entries, 10,000 checked backends (--quick: 100 / 1,000, 100,000, 1,000)",
+        "contenders": ["tandem", "haproxy"],
+        "subject": "tandem",
+        "rows": [
+            ("sc_start_ms", "Start until the last service listens (ms)", False),
+            ("sc_rss_mib", "RSS once started (MiB; HAProxy: master + worker)", False),
+            ("sc_reload_ms", "Reload adding a service: until it accepts (ms)", False),
+            ("sc_reload_failed", "Connections failed during the reload", False),
+            ("sc_sticky_bytes", "RSS per sticky entry (bytes)", False),
+            ("sc_sync_ms", "Bulk sync: a joining node holds the whole table (ms)", False),
+            ("sc_sync_mib", "Bulk sync: bytes on the sync connection, both ways (MiB)", False),
+            ("sc_check_cpu", "TCP checks every 2 s: proxy CPU (ms per second)", False),
+        ],
+    },
+    {
         "title": "Failover (network-namespace lab; HAProxy column = keepalived + HAProxy, advert 100 ms)",
         "contenders": ["tandem", "haproxy"],
         "subject": "tandem",

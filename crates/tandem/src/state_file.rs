@@ -10,6 +10,7 @@
 //!
 //! The format: the 8 bytes `TNDMSTK1`, the SHA-256 of the body, the body (postcard).
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -25,22 +26,25 @@ pub const FILE_NAME: &str = "sticky.state";
 pub const SAVE_EVERY: Duration = Duration::from_secs(30);
 const MAGIC: &[u8; 8] = b"TNDMSTK1";
 
-/// What a state file holds.
+/// What a state file holds. Pool names are borrowed (from the tables when written,
+/// from the file's bytes when read): a million entries make no million strings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Saved {
+pub struct Saved<'a> {
     /// The node that wrote it.
     pub node: String,
     /// When (Unix ms).
     pub written_unix_ms: u64,
     /// Every live entry of every sticky table.
-    pub entries: Vec<SavedEntry>,
+    #[serde(borrow)]
+    pub entries: Vec<SavedEntry<'a>>,
 }
 
 /// One pin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SavedEntry {
+pub struct SavedEntry<'a> {
     /// The pool of the table.
-    pub pool: String,
+    #[serde(borrow)]
+    pub pool: Cow<'a, str>,
     /// The client.
     pub client: IpAddr,
     /// Its backend.
@@ -79,7 +83,7 @@ pub struct Restored {
 }
 
 /// The bytes of `saved`.
-pub fn encode(saved: &Saved) -> Vec<u8> {
+pub fn encode(saved: &Saved<'_>) -> Vec<u8> {
     let body = postcard::to_stdvec(saved).expect("a Saved always serializes");
     let mut out = Vec::with_capacity(MAGIC.len() + 32 + body.len());
     out.extend_from_slice(MAGIC);
@@ -89,7 +93,7 @@ pub fn encode(saved: &Saved) -> Vec<u8> {
 }
 
 /// Reads bytes written by [`encode`].
-pub fn decode(bytes: &[u8]) -> Result<Saved, StateError> {
+pub fn decode(bytes: &[u8]) -> Result<Saved<'_>, StateError> {
     if !bytes.starts_with(MAGIC) {
         return Err(StateError::Foreign);
     }
@@ -109,12 +113,12 @@ pub fn decode(bytes: &[u8]) -> Result<Saved, StateError> {
 
 /// Every live entry of `pools`' sticky tables; `now_ms` is the tables' clock,
 /// `unix_now` the wall clock at the same moment.
-pub fn snapshot(pools: &PoolSet, node: &str, now_ms: u64, unix_now: u64) -> Saved {
+pub fn snapshot<'a>(pools: &'a PoolSet, node: &str, now_ms: u64, unix_now: u64) -> Saved<'a> {
     let entries = pools
         .live_pins(now_ms)
         .into_iter()
         .map(|(pool, client, e)| SavedEntry {
-            pool: pool.to_string(),
+            pool: Cow::Borrowed(pool),
             client,
             backend: e.backend,
             expires_unix_ms: unix_now + (e.expires - now_ms),
@@ -130,7 +134,7 @@ pub fn snapshot(pools: &PoolSet, node: &str, now_ms: u64, unix_now: u64) -> Save
 }
 
 /// Puts `saved`'s entries back into `pools`' tables with what is left of their life.
-pub fn restore(pools: &PoolSet, saved: &Saved, now_ms: u64, unix_now: u64) -> Restored {
+pub fn restore(pools: &PoolSet, saved: &Saved<'_>, now_ms: u64, unix_now: u64) -> Restored {
     let mut done = Restored::default();
     for e in &saved.entries {
         let Some(table) = pools.get(&e.pool).and_then(|p| p.sticky.as_ref()) else {
@@ -162,7 +166,7 @@ pub fn path(dir: &Path) -> PathBuf {
 
 /// Writes `saved` to `dir` atomically: whoever reads the file sees the old one or
 /// the new one, whole, also after a power cut.
-pub fn save(dir: &Path, saved: &Saved) -> Result<(), StateError> {
+pub fn save(dir: &Path, saved: &Saved<'_>) -> Result<(), StateError> {
     write_atomic(dir, FILE_NAME, &encode(saved), 0o644)?;
     Ok(())
 }
@@ -189,10 +193,10 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io:
     Ok(())
 }
 
-/// Reads the state file of `dir`; `Ok(None)` when there is none.
-pub fn load(dir: &Path) -> Result<Option<Saved>, StateError> {
+/// The bytes of `dir`'s state file, for [`decode`]; `Ok(None)` when there is none.
+pub fn load(dir: &Path) -> Result<Option<Vec<u8>>, StateError> {
     match std::fs::read(path(dir)) {
-        Ok(bytes) => decode(&bytes).map(Some),
+        Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -202,7 +206,7 @@ pub fn load(dir: &Path) -> Result<Option<Saved>, StateError> {
 mod tests {
     use super::*;
 
-    fn saved() -> Saved {
+    fn saved() -> Saved<'static> {
         Saved {
             node: "lb1".into(),
             written_unix_ms: 1_000_000,

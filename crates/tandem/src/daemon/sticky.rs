@@ -20,11 +20,17 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// damaged file is refused (tandem starts with empty tables).
 pub(super) fn restore(dir: &Path, pools: &PoolSet) {
     let file = state_file::path(dir);
-    match state_file::load(dir) {
+    let refused = |e: state_file::StateError| warn!(file = %file.display(), "sticky state refused, starting with empty tables: {e}");
+    let bytes = match state_file::load(dir) {
         Ok(None) => {
-            info!(file = %file.display(), "no sticky state saved yet: starting with empty tables")
+            info!(file = %file.display(), "no sticky state saved yet: starting with empty tables");
+            return;
         }
-        Ok(Some(saved)) => {
+        Ok(Some(bytes)) => bytes,
+        Err(e) => return refused(e),
+    };
+    match state_file::decode(&bytes) {
+        Ok(saved) => {
             let unix_now = tandem_balance::unix_ms();
             let done = state_file::restore(pools, &saved, now_ms(), unix_now);
             let age = Duration::from_millis(unix_now.saturating_sub(saved.written_unix_ms));
@@ -32,9 +38,7 @@ pub(super) fn restore(dir: &Path, pools: &PoolSet) {
                 "sticky tables restored: {} pins (written by {} {} s ago; {} expired meanwhile, {} of pools no longer sticky)",
                 done.loaded, saved.node, age.as_secs(), done.expired, done.unknown_pool);
         }
-        Err(e) => {
-            warn!(file = %file.display(), "sticky state refused, starting with empty tables: {e}")
-        }
+        Err(e) => refused(e),
     }
 }
 
