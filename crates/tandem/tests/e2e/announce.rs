@@ -703,7 +703,8 @@ check = {{ type = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, 
         (ok, failed)
     });
     std::thread::sleep(Duration::from_millis(500));
-    let (new_pid, took) = crate::support::upgrade_json(&lab.socket("n1"));
+    let crate::support::Upgraded { new_pid, took, .. } =
+        crate::support::upgrade_json(&lab.socket("n1"), &mut old);
     let _new = crate::upgrade::KillOnDrop(new_pid);
     // The old process retires, drains its one connection for drain_timeout and exits:
     // its descriptor of the device closes, the new one's keeps it.

@@ -1027,22 +1027,11 @@ fn an_upgrade_of_the_master_is_not_seen_by_the_backup() {
     std::thread::sleep(Duration::from_millis(300));
 
     let began = Instant::now();
-    let out = std::process::Command::new(support::TANDEM)
-        .arg("upgrade")
-        .arg("--socket")
-        .arg(lab.socket("lb1"))
-        .arg("--json")
-        .output()
-        .unwrap();
-    let took = began.elapsed();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        lb1.drain_lines()
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
+    let support::Upgraded {
+        new_pid,
+        took,
+        reply,
+    } = support::upgrade_json(&lab.socket("lb1"), &mut lb1);
     let _new = crate::upgrade::KillOnDrop(new_pid);
     lb1.wait_for(
         "VRRP INIT -> MASTER (eth0 vrid 51): taken over from the previous process (upgrade)",

@@ -592,22 +592,11 @@ fn upgrade_lb1(tag: &str, sync: bool) {
     assert_eq!(before[1]["state"], "MASTER", "{before}");
 
     let began = Instant::now();
-    let out = Command::new(support::TANDEM)
-        .arg("upgrade")
-        .arg("--socket")
-        .arg(lab.socket("lb1"))
-        .arg("--json")
-        .output()
-        .unwrap();
-    let took = began.elapsed();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        lb1.drain_lines()
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
+    let support::Upgraded {
+        new_pid,
+        took,
+        reply,
+    } = support::upgrade_json(&lab.socket("lb1"), &mut lb1);
     let _new = crate::upgrade::KillOnDrop(new_pid);
     lb1.wait_for("INIT -> MASTER (eth0 vrid 51): taken over from the previous process");
     lb1.wait_for("INIT -> BACKUP (eth0 vrid 52): taken over from the previous process");

@@ -645,7 +645,8 @@ fn an_upgrade_keeps_the_rules_and_conntrackd_without_a_failed_connection() {
         (ok, failed)
     });
     std::thread::sleep(Duration::from_millis(300));
-    let (new_pid, took) = support::upgrade_json(&lab.socket("lbA"));
+    let support::Upgraded { new_pid, took, .. } =
+        support::upgrade_json(&lab.socket("lbA"), &mut lb_a);
     let _new = crate::upgrade::KillOnDrop(new_pid);
     // Nothing to drain (the kernel forwards): the old process exits at once.
     assert_eq!(lb_a.wait_exit(Duration::from_secs(10)), 0);
@@ -722,8 +723,8 @@ fn an_upgrade_keeps_the_rules_and_conntrackd_without_a_failed_connection() {
         Duration::from_secs(5),
         || external() >= 1,
     );
-    let (new_b, _) = support::upgrade_json(&lab.socket("lbB"));
-    let _new_b = crate::upgrade::KillOnDrop(new_b);
+    let upgraded_b = support::upgrade_json(&lab.socket("lbB"), &mut lb_b);
+    let _new_b = crate::upgrade::KillOnDrop(upgraded_b.new_pid);
     assert_eq!(lb_b.wait_exit(Duration::from_secs(10)), 0);
     let resynced = lab.wait(
         "the backup's new conntrackd has the master's states",

@@ -184,9 +184,19 @@ pub fn ctl_json(socket: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
-/// `tandem upgrade --json --socket SOCKET`, which must succeed: the new process's pid
-/// and how long the command took.
-pub fn upgrade_json(socket: &Path) -> (u32, Duration) {
+/// What `tandem upgrade --json` answered.
+pub struct Upgraded {
+    /// The new process.
+    pub new_pid: u32,
+    /// How long the command took.
+    pub took: Duration,
+    /// The whole reply (`ready_ms`...).
+    pub reply: serde_json::Value,
+}
+
+/// `tandem upgrade --json --socket SOCKET` for the node `old` runs, which must
+/// succeed: a failure shows the command's stderr and `old`'s log.
+pub fn upgrade_json(socket: &Path, old: &mut Running) -> Upgraded {
     let began = Instant::now();
     let out = Command::new(TANDEM)
         .args(["upgrade", "--json", "--socket"])
@@ -196,11 +206,16 @@ pub fn upgrade_json(socket: &Path) -> (u32, Duration) {
     let took = began.elapsed();
     assert!(
         out.status.success(),
-        "tandem upgrade: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "tandem upgrade: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        old.drain_lines()
     );
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    (reply["new_pid"].as_u64().unwrap() as u32, took)
+    Upgraded {
+        new_pid: reply["new_pid"].as_u64().unwrap() as u32,
+        took,
+        reply,
+    }
 }
 
 /// The path of `program` in PATH, /usr/sbin or /sbin.
