@@ -31,6 +31,32 @@ fn tools(test: &str) -> Option<()> {
 }
 
 /// `program args` run in namespace `ns` (or here); its stdout, asserting success.
+/// Signs the request `csr` with the CA `ca`/`ca_key` into `out` for two days, with the
+/// extensions in the file `ext`.
+fn sign(csr: &str, ca: &str, ca_key: &str, out: &str, ext: &str) {
+    run_in(
+        None,
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            out,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ],
+    );
+}
+
 fn run_in(ns: Option<&str>, program: &str, args: &[&str]) -> String {
     let mut cmd = match ns {
         Some(ns) => {
@@ -81,27 +107,7 @@ fn api_certificate(dir: &Path, ip: &str) -> PathBuf {
     run_in(None, "openssl", &args);
     let ext = p("san.ext");
     std::fs::write(&ext, format!("subjectAltName=IP:{ip}\n")).unwrap();
-    run_in(
-        None,
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &cert,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ],
-    );
+    sign(&csr, &ca, &ca_key, &cert, &ext);
     PathBuf::from(ca)
 }
 
@@ -688,27 +694,7 @@ fn ocsp_response_from_openssl_ocsp_is_stapled() {
             ),
         )
         .unwrap();
-        run_in(
-            None,
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &ca,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-out",
-                &leaf,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-            ],
-        );
+        sign(&csr, &ca, &ca_key, &leaf, &ext);
         let chain = p(&format!("{name}-chain.pem"));
         std::fs::write(
             &chain,
