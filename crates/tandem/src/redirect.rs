@@ -122,10 +122,10 @@ impl RedirectPlane {
 
     /// Applies the rules for the pools' state now when they differ from the applied ones.
     async fn sync_rules(&self, config: &Config, pools: &PoolSet) -> anyhow::Result<()> {
-        let wanted = forwards(config, pools);
         if self.handed_over.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
+        let wanted = forwards(config, pools);
         if self
             .applied
             .lock()

@@ -319,10 +319,7 @@ impl<'a> FastPath<'a> {
             let read = if self.buf.is_empty() {
                 self.read_when_ready(client, deadline).await
             } else {
-                self.buf.reserve(CLIENT_READ);
-                timeout_at(deadline, client.read_buf(&mut self.buf))
-                    .await
-                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                self.read_more(client, deadline).await
             };
             match read {
                 Ok(n) if n > 0 => {}
@@ -388,6 +385,14 @@ impl<'a> FastPath<'a> {
             }
         }
         self.buf = spares::take();
+        self.read_more(client, deadline).await
+    }
+
+    /// Reads what the client sends into `buf`, by `deadline`.
+    async fn read_more<S>(&mut self, client: &mut S, deadline: Instant) -> std::io::Result<usize>
+    where
+        S: ClientIo,
+    {
         self.buf.reserve(CLIENT_READ);
         timeout_at(deadline, client.read_buf(&mut self.buf))
             .await

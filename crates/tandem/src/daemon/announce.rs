@@ -27,7 +27,7 @@ use super::build::BuildError;
 use super::tasks::{Tasks, Until};
 use super::upgrade::Inherited;
 use crate::readiness::{self, Gate};
-use crate::upgrade::AnnounceState;
+use crate::upgrade::{AnnounceState, Socket};
 
 /// The announcement part of a running daemon.
 #[derive(Debug)]
@@ -233,9 +233,9 @@ impl Announcing {
         self.snapshot()
     }
 
-    /// What a successor needs to go on announcing (an upgrade): the device's
-    /// descriptor and the decision's state.
-    pub(super) async fn handover(&self) -> std::io::Result<(OwnedFd, AnnounceState)> {
+    /// What a successor needs to go on announcing (an upgrade): the device, described,
+    /// its descriptor and the decision's state.
+    pub(super) async fn handover(&self) -> std::io::Result<(Socket, OwnedFd, AnnounceState)> {
         let m = self.machine.lock().await;
         let fd = m.device.descriptor()?;
         let states = m.announcer.states();
@@ -249,7 +249,10 @@ impl Announcing {
                 .map(|s| s.address)
                 .collect(),
         };
-        Ok((fd, state))
+        let device = Socket::Announce {
+            interface: self.interface.clone(),
+        };
+        Ok((device, fd, state))
     }
 
     /// The successor decides from now on: this process leaves the device alone (it

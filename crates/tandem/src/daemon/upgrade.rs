@@ -269,14 +269,8 @@ impl Daemon {
         let mut announce = None;
         if let Some(part) = &self.shared.announce {
             match part.handover().await {
-                Ok((fd, state)) => {
-                    let interface = self
-                        .config()
-                        .announce
-                        .as_ref()
-                        .map(|a| a.interface.clone())
-                        .unwrap_or_default();
-                    out.push((Socket::Announce { interface }, fd));
+                Ok((device, fd, state)) => {
+                    out.push((device, fd));
                     announce = Some(state);
                 }
                 // The successor makes its own device: BIRD sees the routes go and come.
