@@ -103,35 +103,17 @@ fn unknown_variant_hint(key: &str, message: &str) -> String {
     let Some(given) = quoted.next() else {
         return "use one of the values listed".into();
     };
-    if key.ends_with("check.type") && edit_distance(given, "agent") <= 2 {
+    if key.ends_with("check.type") && strsim::levenshtein(given, "agent") <= 2 {
         return "the agent check is not a check type: write `agent = { port = N }` beside `check` in the pool (docs/configuration.md, `agent`)".into();
     }
     match quoted
-        .map(|v| (edit_distance(given, v), v))
+        .map(|v| (strsim::levenshtein(given, v), v))
         .filter(|(d, v)| *d <= 2 && *d < v.len())
         .min_by_key(|(d, _)| *d)
     {
         Some((_, close)) => format!("use one of the values listed: did you mean `{close}`?"),
         None => "use one of the values listed".into(),
     }
-}
-
-/// Levenshtein distance over characters (short words: the quadratic way is fine).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != *cb));
-            diagonal = above;
-        }
-    }
-    row[b.len()]
 }
 
 /// The dotted key for the value or key at `start..end`: the nearest `[section]` header
