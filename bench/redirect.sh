@@ -62,6 +62,16 @@
         read -r ns d <<< "$dev"
         ip -n "$rtag-$ns" link set "$d" up
     done
+    # The balancer's own receive processing on the proxy's core, as a balancer
+    # machine's NIC queues are served by its own CPUs. A veth hands a packet to the
+    # receiving namespace on the sender's CPU: without RPS the kernel modes' NAT and
+    # forwarding (and the relays' TCP receive) would run on the load core, in the
+    # client's and backend's time. RPS moves the balancer's half to $proxy_cpu for
+    # every contender alike.
+    rps_mask=$(printf '%x' $((1 << proxy_cpu)))
+    for d in eth0 eth1; do
+        in_ns lb sh -c "echo $rps_mask > /sys/class/net/$d/queues/rx-0/rps_cpus"
+    done
     ip -n "$rtag-client" route add 10.91.1.0/24 via 10.91.0.1
     ip -n "$rtag-be" route add default via 10.91.1.1
     in_ns lb sysctl -qw net.ipv4.ip_forward=1
