@@ -13,5 +13,5 @@ pub mod codec;
 pub mod node;
 pub mod session;
 
-pub use codec::{Message, WireEntry};
+pub use codec::{Message, Packed, WireEntry};
 pub use node::{Change, PeerStatus, Store, SyncNode, SyncSettings};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::codec::{self, Direction, FrameError, FrameKey, Message, VERSION};
+use crate::codec::{self, Direction, FrameError, FrameKey, MIN_VERSION, Message, VERSION};
 
 /// Send a heartbeat after this long without sending.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -29,6 +29,8 @@ pub struct Peer {
     /// Its process took over from its predecessor with the table (see
     /// [`Message::Hello`]).
     pub resumed: bool,
+    /// The protocol versions it speaks, lowest and highest.
+    pub versions: (u16, u16),
 }
 
 /// Why a session ended.
@@ -37,12 +39,30 @@ pub enum SessionError {
     /// A frame was refused.
     #[error(transparent)]
     Frame(#[from] FrameError),
-    /// The first frame was not a hello of our protocol version.
-    #[error("peer did not start with a hello of protocol version {VERSION}: {0}")]
+    /// The first frame was not a hello.
+    #[error("peer did not start with a hello: {0}")]
     Handshake(String),
+    /// The two nodes speak no common protocol version.
+    #[error(
+        "no common sync protocol version: the peer speaks versions {}..={}, this node {}..={} (upgrade the older node)",
+        theirs.0, theirs.1, ours.0, ours.1
+    )]
+    Versions {
+        /// The peer's lowest and highest.
+        theirs: (u16, u16),
+        /// Ours.
+        ours: (u16, u16),
+    },
     /// The peer fell silent.
     #[error("no frame from the peer for {0:?}")]
     Silent(Duration),
+}
+
+impl SessionError {
+    /// An authentic frame that did not decode: dropped, the session goes on.
+    pub fn is_dropped_frame(&self) -> bool {
+        matches!(self, SessionError::Frame(FrameError::Decode(_)))
+    }
 }
 
 /// A session.
@@ -60,6 +80,8 @@ pub struct Session {
     last_rx: Duration,
     last_tx: Duration,
     resumed: bool,
+    max_version: u16,
+    version: u16,
 }
 
 impl Session {
@@ -85,7 +107,23 @@ impl Session {
             last_rx: now,
             last_tx: now,
             resumed: false,
+            max_version: VERSION,
+            version: MIN_VERSION,
         }
+    }
+
+    /// Speaks at most protocol version `max` (at least [`MIN_VERSION`]); limited to 1,
+    /// the session is a node of version 1 on the wire, its hello included (to test
+    /// what a rolling upgrade meets).
+    pub fn max_version(mut self, max: u16) -> Session {
+        self.max_version = max.clamp(MIN_VERSION, VERSION);
+        self
+    }
+
+    /// The protocol version the session speaks: the highest both nodes do (before the
+    /// peer's hello, [`MIN_VERSION`]).
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// Says in our hello that this process took over from its predecessor with the
@@ -113,12 +151,18 @@ impl Session {
     pub fn hello(&mut self, now: Duration) -> Vec<u8> {
         self.last_tx = now;
         self.send_seq = 1;
+        if self.max_version == 1 {
+            let payload =
+                codec::version1_hello(&self.node, self.nonce, self.pools_digest, self.resumed);
+            return codec::seal_payload(&self.secret, self.out(), 0, &payload);
+        }
         let hello = Message::Hello {
-            version: VERSION,
+            version: MIN_VERSION,
             node: self.node.clone(),
             nonce: self.nonce,
             pools_digest: self.pools_digest,
             resumed: self.resumed,
+            max_version: self.max_version,
         };
         codec::seal(&self.secret, self.out(), 0, &hello)
     }
@@ -134,10 +178,22 @@ impl Session {
     }
 
     /// Checks a received frame body (without length); returns its message. The first
-    /// must be the peer's hello, which establishes the session.
+    /// must be the peer's hello, which establishes the session. After it, an authentic
+    /// frame in sequence that does not decode ([`FrameError::Decode`]) counts as
+    /// received: the caller may drop it and go on (see [`SessionError::is_dropped_frame`]).
     pub fn receive(&mut self, body: &[u8], now: Duration) -> Result<Message, SessionError> {
         let message = match &self.key {
-            Some(key) => codec::open(key, self.inbound(), self.recv_seq, body)?,
+            Some(key) => match codec::open(key, self.inbound(), self.recv_seq, body) {
+                Ok(message) => message,
+                // Authentic and in sequence, but not a message this node knows: the
+                // frame is dropped and the session goes on.
+                Err(e @ FrameError::Decode(_)) => {
+                    self.recv_seq += 1;
+                    self.last_rx = now;
+                    return Err(SessionError::Frame(e));
+                }
+                Err(e) => return Err(e.into()),
+            },
             None => {
                 let message = codec::open(&self.secret, self.inbound(), 0, body)?;
                 let Message::Hello {
@@ -146,13 +202,19 @@ impl Session {
                     nonce,
                     pools_digest,
                     resumed,
+                    max_version,
                 } = &message
                 else {
                     return Err(SessionError::Handshake(format!("{message:?}")));
                 };
-                if *version != VERSION {
-                    return Err(SessionError::Handshake(format!("version {version}")));
+                let theirs = (*version, (*max_version).max(*version));
+                if theirs.0 > self.max_version || theirs.1 < MIN_VERSION {
+                    return Err(SessionError::Versions {
+                        theirs,
+                        ours: (MIN_VERSION, self.max_version),
+                    });
                 }
+                self.version = theirs.1.min(self.max_version);
                 let (initiator, responder) = match self.role {
                     Role::Initiator => (&self.nonce, nonce),
                     Role::Responder => (nonce, &self.nonce),
@@ -162,6 +224,7 @@ impl Session {
                     node: node.clone(),
                     pools_digest: *pools_digest,
                     resumed: *resumed,
+                    versions: theirs,
                 });
                 message
             }

@@ -22,7 +22,7 @@ impl Store for Memory {
     fn apply(&self, entries: &[WireEntry]) {
         let mut m = self.entries.lock().unwrap();
         for e in entries {
-            m.insert((e.pool.clone(), e.client), e.clone());
+            m.insert((e.pool.to_string(), e.client), e.clone());
         }
     }
     fn delete(&self, keys: &[(String, IpAddr)]) {
@@ -59,6 +59,7 @@ fn settings(node: &str, listen: SocketAddr, peer: SocketAddr, secret: &[u8]) -> 
         peers: vec![peer],
         secret: secret.to_vec(),
         pools_digest: 1,
+        max_version: tandem_sync::codec::VERSION,
     }
 }
 
@@ -233,6 +234,7 @@ async fn a_mesh_of_three_shares_every_pin_and_a_restarted_node_gets_the_bulk() {
             .collect(),
         secret: KEY.to_vec(),
         pools_digest: 1,
+        max_version: tandem_sync::codec::VERSION,
     };
     let stores: Vec<Arc<Memory>> = (0..3).map(|_| Arc::new(Memory::default())).collect();
     let mut nodes = Vec::new();
