@@ -242,8 +242,7 @@ impl PackedGroup {
                 last_origin = (i as u64, i);
             }
             let slot = backend_index[&e.backend] * n_origins + last_origin.0;
-            let (remaining, age) =
-                running.encode(e.remaining_ms, newest_pin_ms - e.pinned_at_ms);
+            let (remaining, age) = running.encode(e.remaining_ms, newest_pin_ms - e.pinned_at_ms);
             match e.client {
                 IpAddr::V4(a) => {
                     let a = u32::from(a);
@@ -268,7 +267,10 @@ impl PackedGroup {
             }
         }
         PackedGroup {
-            pool: entries.first().map(|e| e.pool.to_string()).unwrap_or_default(),
+            pool: entries
+                .first()
+                .map(|e| e.pool.to_string())
+                .unwrap_or_default(),
             backends,
             origins,
             newest_pin_ms,
@@ -306,12 +308,22 @@ impl PackedGroup {
         let mut prev4 = 0u32;
         for e in &self.v4 {
             prev4 = prev4.wrapping_add(e.client);
-            entry(e.slot, e.remaining, e.age, IpAddr::from(prev4.to_be_bytes()))?;
+            entry(
+                e.slot,
+                e.remaining,
+                e.age,
+                IpAddr::from(prev4.to_be_bytes()),
+            )?;
         }
         let mut prev6 = 0u128;
         for e in &self.v6 {
             prev6 = prev6.wrapping_add(e.client);
-            entry(e.slot, e.remaining, e.age, IpAddr::from(prev6.to_be_bytes()))?;
+            entry(
+                e.slot,
+                e.remaining,
+                e.age,
+                IpAddr::from(prev6.to_be_bytes()),
+            )?;
         }
         Ok(())
     }
@@ -665,7 +677,10 @@ mod compatibility {
             assert_eq!(opened(&bytes), Ok(hello(resumed, 1)));
             assert_eq!(bytes, version1_hello("lb2", [7; 32], 9, resumed));
         }
-        assert_eq!(opened(&postcard::to_allocvec(&hello(true, 2)).unwrap()), Ok(hello(true, 2)));
+        assert_eq!(
+            opened(&postcard::to_allocvec(&hello(true, 2)).unwrap()),
+            Ok(hello(true, 2))
+        );
     }
 
     #[test]
@@ -728,7 +743,13 @@ mod packing {
     }
 
     fn frame_len(message: &Message) -> usize {
-        seal(&FrameKey::from_secret(b"k"), Direction::FromInitiator, 0, message).len()
+        seal(
+            &FrameKey::from_secret(b"k"),
+            Direction::FromInitiator,
+            0,
+            message,
+        )
+        .len()
     }
 
     #[test]
@@ -783,7 +804,9 @@ mod packing {
                 e.pool = "other".into();
             }
             if n % 5 == 0 {
-                e.client = IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 7, n as u16));
+                e.client = IpAddr::from(std::net::Ipv6Addr::new(
+                    0x2001, 0xdb8, 0, 0, 0, 0, 7, n as u16,
+                ));
                 e.backend = "[2001:db8::1]:443".parse().unwrap();
             }
             e.origin = u64::from(n % 4) << 60;
@@ -834,14 +857,16 @@ mod properties {
             any::<u64>(),
             0..3u64,
         )
-            .prop_map(|(pool, client, backend, remaining_ms, pinned_at_ms, origin)| WireEntry {
-                pool: pool.into(),
-                client,
-                backend,
-                remaining_ms,
-                pinned_at_ms,
-                origin: origin.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            })
+            .prop_map(
+                |(pool, client, backend, remaining_ms, pinned_at_ms, origin)| WireEntry {
+                    pool: pool.into(),
+                    client,
+                    backend,
+                    remaining_ms,
+                    pinned_at_ms,
+                    origin: origin.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                },
+            )
     }
 
     proptest! {

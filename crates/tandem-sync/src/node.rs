@@ -514,7 +514,11 @@ async fn send_entries(
 ) -> Result<u64, String> {
     let mut frames = 0;
     let packed = session.version() >= 2;
-    for chunk in entries.chunks(if packed { PACKED_ENTRIES } else { BATCH_ENTRIES }) {
+    for chunk in entries.chunks(if packed {
+        PACKED_ENTRIES
+    } else {
+        BATCH_ENTRIES
+    }) {
         let m = if packed {
             Message::Packed {
                 bulk,
@@ -641,6 +645,10 @@ async fn connection(
                     Message::Entries { entries, .. } => {
                         shared.peer(address, |p| p.received += entries.len() as u64);
                         shared.store.apply(&entries);
+                    }
+                    // What a node of version 1 cannot read (it would end the session).
+                    Message::Packed { .. } if version < 2 => {
+                        drop_frame(shared, address, "packed entries in a session of version 1");
                     }
                     Message::Packed { entries, .. } => match entries.unpack() {
                         Ok(entries) => {

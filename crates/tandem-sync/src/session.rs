@@ -305,6 +305,105 @@ mod tests {
     }
 
     #[test]
+    fn a_session_speaks_the_highest_version_both_nodes_do() {
+        // Both of this version: 2, both ways.
+        let (mut a, mut b) = pair(b"shared secret 16", b"shared secret 16");
+        let (ha, hb) = (a.hello(s(0)), b.hello(s(0)));
+        deliver(&mut b, &ha, s(0)).unwrap();
+        deliver(&mut a, &hb, s(0)).unwrap();
+        assert_eq!((a.version(), b.version()), (VERSION, VERSION));
+        assert_eq!(b.peer().unwrap().versions, (MIN_VERSION, VERSION));
+        // One of version 1 (its hello byte for byte a version 1 node's): 1, both ways.
+        for old_dials in [true, false] {
+            let (a, b) = pair(b"shared secret 16", b"shared secret 16");
+            let (mut a, mut b) = if old_dials {
+                (a.max_version(1), b)
+            } else {
+                (a, b.max_version(1))
+            };
+            let (ha, hb) = (a.hello(s(0)), b.hello(s(0)));
+            deliver(&mut b, &ha, s(0)).unwrap();
+            deliver(&mut a, &hb, s(0)).unwrap();
+            assert_eq!((a.version(), b.version()), (1, 1));
+            let old = if old_dials { &b } else { &a };
+            assert_eq!(old.peer().unwrap().versions, (1, 1));
+        }
+    }
+
+    #[test]
+    fn a_peer_of_no_common_version_is_refused_naming_both() {
+        let (mut a, _) = pair(b"shared secret 16", b"shared secret 16");
+        let _ = a.hello(s(0));
+        // A future node that no longer speaks version 1 or 2.
+        let future = Message::Hello {
+            version: VERSION + 1,
+            node: "lb2".into(),
+            nonce: [2; 32],
+            pools_digest: 7,
+            resumed: false,
+            max_version: VERSION + 2,
+        };
+        let frame = codec::seal(
+            &FrameKey::from_secret(b"shared secret 16"),
+            Direction::FromResponder,
+            0,
+            &future,
+        );
+        let err = deliver(&mut a, &frame, s(0)).unwrap_err();
+        assert_eq!(
+            err,
+            SessionError::Versions {
+                theirs: (VERSION + 1, VERSION + 2),
+                ours: (MIN_VERSION, VERSION)
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no common sync protocol version: the peer speaks versions {}..={}, this node 1..={VERSION} (upgrade the older node)",
+                VERSION + 1,
+                VERSION + 2
+            )
+        );
+        assert!(!a.is_established());
+        // A node limited to version 1 refuses it too.
+        let mut b1 = Session::new(
+            Role::Initiator,
+            FrameKey::from_secret(b"shared secret 16"),
+            "lb1",
+            [1; 32],
+            7,
+            s(0),
+        )
+        .max_version(1);
+        let _ = b1.hello(s(0));
+        assert!(matches!(
+            deliver(&mut b1, &frame, s(0)),
+            Err(SessionError::Versions { .. })
+        ));
+    }
+
+    #[test]
+    fn an_authentic_frame_that_does_not_decode_is_dropped_and_the_session_goes_on() {
+        let (mut a, mut b) = pair(b"shared secret 16", b"shared secret 16");
+        let (ha, hb) = (a.hello(s(0)), b.hello(s(0)));
+        deliver(&mut b, &ha, s(0)).unwrap();
+        deliver(&mut a, &hb, s(0)).unwrap();
+        // What a newer node's unknown message looks like: an index past ours.
+        let key = a.key.clone().unwrap();
+        let unknown = codec::seal_payload(&key, Direction::FromInitiator, 1, &[200, 1, 2]);
+        let err = deliver(&mut b, &unknown, s(1)).unwrap_err();
+        assert!(err.is_dropped_frame(), "{err}");
+        // The next frame is number 2, and is read.
+        let next = codec::seal(&key, Direction::FromInitiator, 2, &Message::BulkRequest);
+        assert_eq!(deliver(&mut b, &next, s(1)), Ok(Message::BulkRequest));
+        // A tampered frame is no dropped frame: it ends the session.
+        let mut bad = codec::seal(&key, Direction::FromInitiator, 3, &Message::Heartbeat);
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(!deliver(&mut b, &bad, s(1)).unwrap_err().is_dropped_frame());
+    }
+
+    #[test]
     fn hellos_establish_and_frames_flow_both_ways() {
         let (mut a, mut b) = pair(b"shared secret 16", b"shared secret 16");
         let ha = a.hello(s(0));
