@@ -185,11 +185,37 @@ impl Running {
 impl Packed {
     /// Packs `entries` (any order; an entry given twice is sent twice).
     pub fn pack(entries: &[WireEntry]) -> Packed {
-        let mut sorted: Vec<&WireEntry> = entries.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.pool.cmp(&b.pool).then(a.client.cmp(&b.client)));
-        let groups = sorted
-            .chunk_by(|a, b| a.pool == b.pool)
-            .map(PackedGroup::pack)
+        // Each pool's entries by address family, keyed by the address as a number (so
+        // the sort compares integers). Pools in order of first appearance.
+        let mut pools: Vec<PoolEntries<'_>> = Vec::new();
+        let mut last = 0;
+        for (i, e) in entries.iter().enumerate() {
+            if pools.get(last).is_none_or(|p| !p.is(&e.pool)) {
+                last = match pools.iter().position(|p| p.is(&e.pool)) {
+                    Some(j) => j,
+                    None => {
+                        pools.push(PoolEntries {
+                            pool: &e.pool,
+                            v4: Vec::new(),
+                            v6: Vec::new(),
+                        });
+                        pools.len() - 1
+                    }
+                };
+            }
+            let i = i as u32;
+            match e.client {
+                IpAddr::V4(a) => pools[last].v4.push((u32::from(a), i)),
+                IpAddr::V6(a) => pools[last].v6.push((u128::from(a), i)),
+            }
+        }
+        let groups = pools
+            .into_iter()
+            .map(|mut p| {
+                p.v4.sort_unstable();
+                p.v6.sort_unstable();
+                PackedGroup::pack(p, entries)
+            })
             .collect();
         Packed { groups }
     }
@@ -214,64 +240,114 @@ impl Packed {
     }
 }
 
+/// One pool's entries while packing: client addresses and indices into the entries.
+struct PoolEntries<'a> {
+    pool: &'a Arc<str>,
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u32)>,
+}
+
+impl PoolEntries<'_> {
+    fn is(&self, pool: &Arc<str>) -> bool {
+        Arc::ptr_eq(self.pool, pool) || self.pool == pool
+    }
+}
+
+/// A group's backend table while packing: a list searched while short, a map beyond.
+#[derive(Default)]
+struct BackendTable {
+    list: Vec<SocketAddr>,
+    map: HashMap<SocketAddr, u64>,
+}
+
+impl BackendTable {
+    const SHORT: usize = 16;
+
+    fn index(&mut self, backend: SocketAddr) -> u64 {
+        if self.list.len() <= Self::SHORT {
+            if let Some(i) = self.list.iter().position(|b| *b == backend) {
+                return i as u64;
+            }
+        } else if let Some(i) = self.map.get(&backend) {
+            return *i;
+        }
+        self.list.push(backend);
+        if self.list.len() > Self::SHORT {
+            if self.map.is_empty() {
+                self.map
+                    .extend(self.list.iter().enumerate().map(|(i, b)| (*b, i as u64)));
+            } else {
+                self.map.insert(backend, self.list.len() as u64 - 1);
+            }
+        }
+        self.list.len() as u64 - 1
+    }
+}
+
 impl PackedGroup {
     /// One pool's entries, sorted by client.
-    fn pack(entries: &[&WireEntry]) -> PackedGroup {
-        let mut backends = Vec::new();
-        let mut backend_index: HashMap<SocketAddr, u64> = HashMap::new();
+    fn pack(pool: PoolEntries<'_>, entries: &[WireEntry]) -> PackedGroup {
+        let all = || {
+            pool.v4
+                .iter()
+                .map(|(_, i)| &entries[*i as usize])
+                .chain(pool.v6.iter().map(|(_, i)| &entries[*i as usize]))
+        };
         let mut origins: Vec<u64> = Vec::new();
         let mut newest_pin_ms = 0;
-        for e in entries {
-            backend_index.entry(e.backend).or_insert_with(|| {
-                backends.push(e.backend);
-                backends.len() as u64 - 1
-            });
-            if !origins.contains(&e.origin) {
+        for e in all() {
+            if origins.last() != Some(&e.origin) && !origins.contains(&e.origin) {
                 origins.push(e.origin);
             }
             newest_pin_ms = newest_pin_ms.max(e.pinned_at_ms);
         }
         let n_origins = origins.len() as u64;
-        let (mut v4, mut v6) = (Vec::new(), Vec::new());
-        let (mut prev4, mut prev6) = (0u32, 0u128);
+        let mut backends = BackendTable::default();
         let mut running = Running::default();
-        let mut last_origin = (0, 0);
-        for e in entries {
-            if origins[last_origin.1] != e.origin {
-                let i = origins.iter().position(|o| *o == e.origin).unwrap_or(0);
-                last_origin = (i as u64, i);
+        let mut last_origin = 0;
+        let mut pack = |e: &WireEntry| {
+            if origins[last_origin] != e.origin {
+                last_origin = origins.iter().position(|o| *o == e.origin).unwrap_or(0);
             }
-            let slot = backend_index[&e.backend] * n_origins + last_origin.0;
+            let slot = backends.index(e.backend) * n_origins + last_origin as u64;
             let (remaining, age) = running.encode(e.remaining_ms, newest_pin_ms - e.pinned_at_ms);
-            match e.client {
-                IpAddr::V4(a) => {
-                    let a = u32::from(a);
-                    v4.push(PackedEntry {
-                        client: a.wrapping_sub(prev4),
-                        slot,
-                        remaining,
-                        age,
-                    });
-                    prev4 = a;
+            (slot, remaining, age)
+        };
+        let mut prev4 = 0u32;
+        let v4 = pool
+            .v4
+            .iter()
+            .map(|(client, i)| {
+                let (slot, remaining, age) = pack(&entries[*i as usize]);
+                let delta = client.wrapping_sub(prev4);
+                prev4 = *client;
+                PackedEntry {
+                    client: delta,
+                    slot,
+                    remaining,
+                    age,
                 }
-                IpAddr::V6(a) => {
-                    let a = u128::from(a);
-                    v6.push(PackedEntry {
-                        client: a.wrapping_sub(prev6),
-                        slot,
-                        remaining,
-                        age,
-                    });
-                    prev6 = a;
+            })
+            .collect();
+        let mut prev6 = 0u128;
+        let v6 = pool
+            .v6
+            .iter()
+            .map(|(client, i)| {
+                let (slot, remaining, age) = pack(&entries[*i as usize]);
+                let delta = client.wrapping_sub(prev6);
+                prev6 = *client;
+                PackedEntry {
+                    client: delta,
+                    slot,
+                    remaining,
+                    age,
                 }
-            }
-        }
+            })
+            .collect();
         PackedGroup {
-            pool: entries
-                .first()
-                .map(|e| e.pool.to_string())
-                .unwrap_or_default(),
-            backends,
+            pool: pool.pool.to_string(),
+            backends: backends.list,
             origins,
             newest_pin_ms,
             v4,
