@@ -240,6 +240,46 @@ impl Packed {
     }
 }
 
+/// A client address as a number: its difference from the one before goes on the wire.
+trait Address: Copy + Default {
+    fn wrapping_sub(self, other: Self) -> Self;
+}
+
+impl Address for u32 {
+    fn wrapping_sub(self, other: u32) -> u32 {
+        u32::wrapping_sub(self, other)
+    }
+}
+
+impl Address for u128 {
+    fn wrapping_sub(self, other: u128) -> u128 {
+        u128::wrapping_sub(self, other)
+    }
+}
+
+/// Sorted `(client, entry index)` pairs as packed entries: each client as its difference
+/// from the one before, the rest from `pack` (slot, remaining, age).
+fn differences<C: Address>(
+    sorted: &[(C, u32)],
+    mut pack: impl FnMut(u32) -> (u64, i64, i64),
+) -> Vec<PackedEntry<C>> {
+    let mut prev = C::default();
+    sorted
+        .iter()
+        .map(|&(client, i)| {
+            let (slot, remaining, age) = pack(i);
+            let delta = client.wrapping_sub(prev);
+            prev = client;
+            PackedEntry {
+                client: delta,
+                slot,
+                remaining,
+                age,
+            }
+        })
+        .collect()
+}
+
 /// One pool's entries while packing: client addresses and indices into the entries.
 struct PoolEntries<'a> {
     pool: &'a Arc<str>,
@@ -313,38 +353,8 @@ impl PackedGroup {
             let (remaining, age) = running.encode(e.remaining_ms, newest_pin_ms - e.pinned_at_ms);
             (slot, remaining, age)
         };
-        let mut prev4 = 0u32;
-        let v4 = pool
-            .v4
-            .iter()
-            .map(|(client, i)| {
-                let (slot, remaining, age) = pack(&entries[*i as usize]);
-                let delta = client.wrapping_sub(prev4);
-                prev4 = *client;
-                PackedEntry {
-                    client: delta,
-                    slot,
-                    remaining,
-                    age,
-                }
-            })
-            .collect();
-        let mut prev6 = 0u128;
-        let v6 = pool
-            .v6
-            .iter()
-            .map(|(client, i)| {
-                let (slot, remaining, age) = pack(&entries[*i as usize]);
-                let delta = client.wrapping_sub(prev6);
-                prev6 = *client;
-                PackedEntry {
-                    client: delta,
-                    slot,
-                    remaining,
-                    age,
-                }
-            })
-            .collect();
+        let v4 = differences(&pool.v4, |i| pack(&entries[i as usize]));
+        let v6 = differences(&pool.v6, |i| pack(&entries[i as usize]));
         PackedGroup {
             pool: pool.pool.to_string(),
             backends: backends.list,
