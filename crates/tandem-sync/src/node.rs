@@ -14,11 +14,14 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::codec::{FrameKey, MAX_FRAME, Message, WireEntry};
-use crate::session::{Role, Session, SessionError};
+use crate::codec::{FrameKey, MAX_FRAME, Message, Packed, WireEntry};
+use crate::session::{Role, Session};
 
-/// Most entries in one frame.
+/// Most entries in one frame of protocol version 1.
 pub const BATCH_ENTRIES: usize = 2048;
+/// Most entries in one frame of version 2 (packed, a few bytes each: the more in a
+/// frame, the closer the sorted clients, the fewer bytes).
+pub const PACKED_ENTRIES: usize = 16_384;
 /// How long a change may wait to be batched with others.
 pub const BATCH_DELAY: Duration = Duration::from_millis(20);
 /// Reconnection backoff bounds.
@@ -40,6 +43,9 @@ pub struct SyncSettings {
     pub secret: Vec<u8>,
     /// Digest of the pool configuration.
     pub pools_digest: u64,
+    /// Highest protocol version to speak: [`crate::codec::VERSION`]; 1 makes the node
+    /// one of version 1 on the wire (to test a rolling upgrade).
+    pub max_version: u16,
 }
 
 /// Where entries come from and go to: the daemon's sticky tables and pools.
@@ -108,6 +114,10 @@ pub struct PeerStatus {
     /// place (`tandem upgrade`: the successor connects before its predecessor
     /// exits); only the end of the last one is the peer's exit.
     pub live: u32,
+    /// Protocol version of the last session established (0 before one).
+    pub version: u16,
+    /// Authentic frames from it that did not decode, dropped.
+    pub frames_dropped: u64,
 }
 
 type Peers = Arc<Mutex<Vec<PeerStatus>>>;
@@ -161,7 +171,7 @@ impl SyncNode {
         };
         let stop = CancellationToken::new();
         let (changes, rx) = mpsc::channel(65_536);
-        let (batches, _) = broadcast::channel::<Arc<Vec<Message>>>(1024);
+        let (batches, _) = broadcast::channel::<Arc<Batch>>(1024);
         let (synced_tx, synced) = watch::channel(resumed);
         let (ended_tx, sessions_ended) = watch::channel(0);
         let peers: Peers = Arc::new(Mutex::new(
@@ -284,7 +294,7 @@ struct Shared {
     settings: SyncSettings,
     secret: FrameKey,
     store: Arc<dyn Store>,
-    batches: broadcast::Sender<Arc<Vec<Message>>>,
+    batches: broadcast::Sender<Arc<Batch>>,
     peers: Peers,
     synced: watch::Sender<bool>,
     /// Sessions that were up and ended (the peer exited, or the link broke).
@@ -310,11 +320,22 @@ impl Shared {
     }
 }
 
-/// Collects changes for up to [`BATCH_DELAY`] (or [`BATCH_ENTRIES`]), keeps the last
-/// change of each entry, and broadcasts them as a few messages.
+/// A batch of local changes, for every session to send in its protocol version.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Operator changes and ACME records, in order.
+    messages: Vec<Message>,
+    /// Entries new or changed, sent after `messages`.
+    entries: Vec<WireEntry>,
+    /// Entries removed, sent last.
+    deletes: Vec<(String, IpAddr)>,
+}
+
+/// Collects changes for up to [`BATCH_DELAY`] (or four frames of [`BATCH_ENTRIES`]),
+/// keeps the last change of each entry, and broadcasts them as one [`Batch`].
 async fn batcher(
     mut rx: mpsc::Receiver<Change>,
-    out: broadcast::Sender<Arc<Vec<Message>>>,
+    out: broadcast::Sender<Arc<Batch>>,
     stop: CancellationToken,
 ) {
     loop {
@@ -322,15 +343,15 @@ async fn batcher(
             () = stop.cancelled() => return,
             c = rx.recv() => match c { Some(c) => c, None => return },
         };
-        let mut entries: HashMap<(String, IpAddr), WireEntry> = HashMap::new();
+        let mut entries: HashMap<(Arc<str>, IpAddr), WireEntry> = HashMap::new();
         let mut deletes = Vec::new();
         let mut messages = Vec::new();
-        let mut take = |c: Change, entries: &mut HashMap<(String, IpAddr), WireEntry>| match c {
+        let mut take = |c: Change, entries: &mut HashMap<(Arc<str>, IpAddr), WireEntry>| match c {
             Change::Entry(e) => {
                 entries.insert((e.pool.clone(), e.client), e);
             }
             Change::Delete(pool, client) => {
-                entries.remove(&(pool.clone(), client));
+                entries.remove(&(Arc::from(pool.as_str()), client));
                 deletes.push((pool, client));
             }
             Change::Backend {
@@ -352,17 +373,11 @@ async fn batcher(
                 _ => break,
             }
         }
-        let entries: Vec<WireEntry> = entries.into_values().collect();
-        for chunk in entries.chunks(BATCH_ENTRIES) {
-            messages.push(Message::Entries {
-                bulk: false,
-                entries: chunk.to_vec(),
-            });
-        }
-        if !deletes.is_empty() {
-            messages.push(Message::Deletes(deletes));
-        }
-        let _ = out.send(Arc::new(messages));
+        let _ = out.send(Arc::new(Batch {
+            messages,
+            entries: entries.into_values().collect(),
+            deletes,
+        }));
     }
 }
 
@@ -487,9 +502,50 @@ async fn send_frame(
     framed.send(bytes::Bytes::from(frame).slice(4..)).await
 }
 
-/// Counts the frames of a batch message sent.
-fn count_frame(shared: &Shared, address: &str) {
-    shared.peer(address, |p| p.frames_sent += 1);
+/// Sends `entries` in the session's protocol version: packed in frames of
+/// [`PACKED_ENTRIES`], or whole in frames of [`BATCH_ENTRIES`] to a node of version 1.
+/// Returns the number of frames.
+async fn send_entries(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    session: &mut Session,
+    entries: &[WireEntry],
+    bulk: bool,
+    now: Duration,
+) -> Result<u64, String> {
+    let mut frames = 0;
+    let packed = session.version() >= 2;
+    for chunk in entries.chunks(if packed {
+        PACKED_ENTRIES
+    } else {
+        BATCH_ENTRIES
+    }) {
+        let m = if packed {
+            Message::Packed {
+                bulk,
+                entries: Packed::pack(chunk),
+            }
+        } else {
+            Message::Entries {
+                bulk,
+                entries: chunk.to_vec(),
+            }
+        };
+        send_frame(framed, session.seal(&m, now))
+            .await
+            .map_err(|e| e.to_string())?;
+        frames += 1;
+    }
+    Ok(frames)
+}
+
+/// Counts and logs an authentic frame from the peer that did not decode (a newer
+/// node's message this one does not know, or a bad one): dropped, the session goes on.
+fn drop_frame(shared: &Shared, address: &str, error: &str) {
+    let dropped = shared.peer(address, |p| {
+        p.frames_dropped += 1;
+        p.frames_dropped
+    });
+    warn!(target: "tandem::sync", peer = address, dropped, "dropped a sync frame: {error}");
 }
 
 /// Runs one session until it ends.
@@ -522,7 +578,8 @@ async fn connection(
         shared.settings.pools_digest,
         now(),
     )
-    .resumed(we_resumed);
+    .resumed(we_resumed)
+    .max_version(shared.settings.max_version);
     let hello = session.hello(now());
     send_frame(&mut framed, hello)
         .await
@@ -554,12 +611,14 @@ async fn connection(
         p.name = Some(peer.node.clone());
         p.last_error = None;
         p.config_mismatch = mismatch;
+        p.version = session.version();
     });
+    let version = session.version();
     let mut batches = shared.batches.subscribe();
     if continued {
-        info!(target: "tandem::sync", peer = address, node = %peer.node, we_resumed, peer_resumed = peer.resumed, "sync session up, continuing a process's table after an upgrade in place: no bulk transfer");
+        info!(target: "tandem::sync", peer = address, node = %peer.node, version, we_resumed, peer_resumed = peer.resumed, "sync session up, continuing a process's table after an upgrade in place: no bulk transfer");
     } else {
-        info!(target: "tandem::sync", peer = address, node = %peer.node, "sync session up");
+        info!(target: "tandem::sync", peer = address, node = %peer.node, version, "sync session up");
         send_frame(&mut framed, session.seal(&Message::BulkRequest, now()))
             .await
             .map_err(|e| e.to_string())?;
@@ -574,19 +633,34 @@ async fn connection(
                     Some(Err(e)) => return Err(format!("reading: {e}")),
                     Some(Ok(body)) => body,
                 };
-                let message = session.receive(&body, now()).map_err(|e: SessionError| e.to_string())?;
+                let message = match session.receive(&body, now()) {
+                    Ok(message) => message,
+                    Err(e) if e.is_dropped_frame() => {
+                        drop_frame(shared, address, &e.to_string());
+                        continue;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
                 match message {
                     Message::Entries { entries, .. } => {
                         shared.peer(address, |p| p.received += entries.len() as u64);
                         shared.store.apply(&entries);
                     }
+                    // What a node of version 1 cannot read (it would end the session).
+                    Message::Packed { .. } if version < 2 => {
+                        drop_frame(shared, address, "packed entries in a session of version 1");
+                    }
+                    Message::Packed { entries, .. } => match entries.unpack() {
+                        Ok(entries) => {
+                            shared.peer(address, |p| p.received += entries.len() as u64);
+                            shared.store.apply(&entries);
+                        }
+                        Err(e) => drop_frame(shared, address, &e.to_string()),
+                    },
                     Message::BulkRequest => {
                         let entries = shared.store.entries();
                         let count = entries.len();
-                        for chunk in entries.chunks(BATCH_ENTRIES) {
-                            let m = Message::Entries { bulk: true, entries: chunk.to_vec() };
-                            send_frame(&mut framed, session.seal(&m, now())).await.map_err(|e| e.to_string())?;
-                        }
+                        send_entries(&mut framed, &mut session, &entries, true, now()).await?;
                         for record in shared.store.acme_records() {
                             send_frame(&mut framed, session.seal(&Message::Acme(record), now())).await.map_err(|e| e.to_string())?;
                         }
@@ -607,25 +681,28 @@ async fn connection(
                 }
             }
             batch = batches.recv() => match batch {
-                Ok(messages) => {
-                    let mut count = 0;
-                    for m in messages.iter() {
-                        if let Message::Entries { entries, .. } = m {
-                            count += entries.len() as u64;
-                        }
+                Ok(batch) => {
+                    for m in &batch.messages {
                         send_frame(&mut framed, session.seal(m, now())).await.map_err(|e| e.to_string())?;
-                        count_frame(shared, address);
                     }
-                    shared.peer(address, |p| p.sent += count);
+                    let mut frames = batch.messages.len() as u64;
+                    frames += send_entries(&mut framed, &mut session, &batch.entries, false, now()).await?;
+                    if !batch.deletes.is_empty() {
+                        let m = Message::Deletes(batch.deletes.clone());
+                        send_frame(&mut framed, session.seal(&m, now())).await.map_err(|e| e.to_string())?;
+                        frames += 1;
+                    }
+                    let count = batch.entries.len() as u64;
+                    shared.peer(address, |p| {
+                        p.sent += count;
+                        p.frames_sent += frames;
+                    });
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     // Too far behind to catch up change by change: send everything.
                     warn!(target: "tandem::sync", peer = address, missed = n, "sync link lagging: sending the whole table");
                     let entries = shared.store.entries();
-                    for chunk in entries.chunks(BATCH_ENTRIES) {
-                        let m = Message::Entries { bulk: true, entries: chunk.to_vec() };
-                        send_frame(&mut framed, session.seal(&m, now())).await.map_err(|e| e.to_string())?;
-                    }
+                    send_entries(&mut framed, &mut session, &entries, true, now()).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },

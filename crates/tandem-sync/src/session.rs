@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::codec::{self, Direction, FrameError, FrameKey, Message, VERSION};
+use crate::codec::{self, Direction, FrameError, FrameKey, MIN_VERSION, Message, VERSION};
 
 /// Send a heartbeat after this long without sending.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -29,6 +29,8 @@ pub struct Peer {
     /// Its process took over from its predecessor with the table (see
     /// [`Message::Hello`]).
     pub resumed: bool,
+    /// The protocol versions it speaks, lowest and highest.
+    pub versions: (u16, u16),
 }
 
 /// Why a session ended.
@@ -37,12 +39,30 @@ pub enum SessionError {
     /// A frame was refused.
     #[error(transparent)]
     Frame(#[from] FrameError),
-    /// The first frame was not a hello of our protocol version.
-    #[error("peer did not start with a hello of protocol version {VERSION}: {0}")]
+    /// The first frame was not a hello.
+    #[error("peer did not start with a hello: {0}")]
     Handshake(String),
+    /// The two nodes speak no common protocol version.
+    #[error(
+        "no common sync protocol version: the peer speaks versions {}..={}, this node {}..={} (upgrade the older node)",
+        theirs.0, theirs.1, ours.0, ours.1
+    )]
+    Versions {
+        /// The peer's lowest and highest.
+        theirs: (u16, u16),
+        /// Ours.
+        ours: (u16, u16),
+    },
     /// The peer fell silent.
     #[error("no frame from the peer for {0:?}")]
     Silent(Duration),
+}
+
+impl SessionError {
+    /// An authentic frame that did not decode: dropped, the session goes on.
+    pub fn is_dropped_frame(&self) -> bool {
+        matches!(self, SessionError::Frame(FrameError::Decode(_)))
+    }
 }
 
 /// A session.
@@ -60,6 +80,8 @@ pub struct Session {
     last_rx: Duration,
     last_tx: Duration,
     resumed: bool,
+    max_version: u16,
+    version: u16,
 }
 
 impl Session {
@@ -85,7 +107,23 @@ impl Session {
             last_rx: now,
             last_tx: now,
             resumed: false,
+            max_version: VERSION,
+            version: MIN_VERSION,
         }
+    }
+
+    /// Speaks at most protocol version `max` (at least [`MIN_VERSION`]); limited to 1,
+    /// the session is a node of version 1 on the wire, its hello included (to test
+    /// what a rolling upgrade meets).
+    pub fn max_version(mut self, max: u16) -> Session {
+        self.max_version = max.clamp(MIN_VERSION, VERSION);
+        self
+    }
+
+    /// The protocol version the session speaks: the highest both nodes do (before the
+    /// peer's hello, [`MIN_VERSION`]).
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// Says in our hello that this process took over from its predecessor with the
@@ -113,12 +151,18 @@ impl Session {
     pub fn hello(&mut self, now: Duration) -> Vec<u8> {
         self.last_tx = now;
         self.send_seq = 1;
+        if self.max_version == 1 {
+            let payload =
+                codec::version1_hello(&self.node, self.nonce, self.pools_digest, self.resumed);
+            return codec::seal_payload(&self.secret, self.out(), 0, &payload);
+        }
         let hello = Message::Hello {
-            version: VERSION,
+            version: MIN_VERSION,
             node: self.node.clone(),
             nonce: self.nonce,
             pools_digest: self.pools_digest,
             resumed: self.resumed,
+            max_version: self.max_version,
         };
         codec::seal(&self.secret, self.out(), 0, &hello)
     }
@@ -134,10 +178,22 @@ impl Session {
     }
 
     /// Checks a received frame body (without length); returns its message. The first
-    /// must be the peer's hello, which establishes the session.
+    /// must be the peer's hello, which establishes the session. After it, an authentic
+    /// frame in sequence that does not decode ([`FrameError::Decode`]) counts as
+    /// received: the caller may drop it and go on (see [`SessionError::is_dropped_frame`]).
     pub fn receive(&mut self, body: &[u8], now: Duration) -> Result<Message, SessionError> {
         let message = match &self.key {
-            Some(key) => codec::open(key, self.inbound(), self.recv_seq, body)?,
+            Some(key) => match codec::open(key, self.inbound(), self.recv_seq, body) {
+                Ok(message) => message,
+                // Authentic and in sequence, but not a message this node knows: the
+                // frame is dropped and the session goes on.
+                Err(e @ FrameError::Decode(_)) => {
+                    self.recv_seq += 1;
+                    self.last_rx = now;
+                    return Err(SessionError::Frame(e));
+                }
+                Err(e) => return Err(e.into()),
+            },
             None => {
                 let message = codec::open(&self.secret, self.inbound(), 0, body)?;
                 let Message::Hello {
@@ -146,13 +202,19 @@ impl Session {
                     nonce,
                     pools_digest,
                     resumed,
+                    max_version,
                 } = &message
                 else {
                     return Err(SessionError::Handshake(format!("{message:?}")));
                 };
-                if *version != VERSION {
-                    return Err(SessionError::Handshake(format!("version {version}")));
+                let theirs = (*version, (*max_version).max(*version));
+                if theirs.0 > self.max_version || theirs.1 < MIN_VERSION {
+                    return Err(SessionError::Versions {
+                        theirs,
+                        ours: (MIN_VERSION, self.max_version),
+                    });
                 }
+                self.version = theirs.1.min(self.max_version);
                 let (initiator, responder) = match self.role {
                     Role::Initiator => (&self.nonce, nonce),
                     Role::Responder => (nonce, &self.nonce),
@@ -162,6 +224,7 @@ impl Session {
                     node: node.clone(),
                     pools_digest: *pools_digest,
                     resumed: *resumed,
+                    versions: theirs,
                 });
                 message
             }
@@ -239,6 +302,105 @@ mod tests {
         deliver(&mut a, &hb, s(0)).unwrap();
         assert!(b.peer().unwrap().resumed, "b hears that a resumed");
         assert!(!a.peer().unwrap().resumed, "b did not");
+    }
+
+    #[test]
+    fn a_session_speaks_the_highest_version_both_nodes_do() {
+        // Both of this version: 2, both ways.
+        let (mut a, mut b) = pair(b"shared secret 16", b"shared secret 16");
+        let (ha, hb) = (a.hello(s(0)), b.hello(s(0)));
+        deliver(&mut b, &ha, s(0)).unwrap();
+        deliver(&mut a, &hb, s(0)).unwrap();
+        assert_eq!((a.version(), b.version()), (VERSION, VERSION));
+        assert_eq!(b.peer().unwrap().versions, (MIN_VERSION, VERSION));
+        // One of version 1 (its hello byte for byte a version 1 node's): 1, both ways.
+        for old_dials in [true, false] {
+            let (a, b) = pair(b"shared secret 16", b"shared secret 16");
+            let (mut a, mut b) = if old_dials {
+                (a.max_version(1), b)
+            } else {
+                (a, b.max_version(1))
+            };
+            let (ha, hb) = (a.hello(s(0)), b.hello(s(0)));
+            deliver(&mut b, &ha, s(0)).unwrap();
+            deliver(&mut a, &hb, s(0)).unwrap();
+            assert_eq!((a.version(), b.version()), (1, 1));
+            let old = if old_dials { &b } else { &a };
+            assert_eq!(old.peer().unwrap().versions, (1, 1));
+        }
+    }
+
+    #[test]
+    fn a_peer_of_no_common_version_is_refused_naming_both() {
+        let (mut a, _) = pair(b"shared secret 16", b"shared secret 16");
+        let _ = a.hello(s(0));
+        // A future node that no longer speaks version 1 or 2.
+        let future = Message::Hello {
+            version: VERSION + 1,
+            node: "lb2".into(),
+            nonce: [2; 32],
+            pools_digest: 7,
+            resumed: false,
+            max_version: VERSION + 2,
+        };
+        let frame = codec::seal(
+            &FrameKey::from_secret(b"shared secret 16"),
+            Direction::FromResponder,
+            0,
+            &future,
+        );
+        let err = deliver(&mut a, &frame, s(0)).unwrap_err();
+        assert_eq!(
+            err,
+            SessionError::Versions {
+                theirs: (VERSION + 1, VERSION + 2),
+                ours: (MIN_VERSION, VERSION)
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no common sync protocol version: the peer speaks versions {}..={}, this node 1..={VERSION} (upgrade the older node)",
+                VERSION + 1,
+                VERSION + 2
+            )
+        );
+        assert!(!a.is_established());
+        // A node limited to version 1 refuses it too.
+        let mut b1 = Session::new(
+            Role::Initiator,
+            FrameKey::from_secret(b"shared secret 16"),
+            "lb1",
+            [1; 32],
+            7,
+            s(0),
+        )
+        .max_version(1);
+        let _ = b1.hello(s(0));
+        assert!(matches!(
+            deliver(&mut b1, &frame, s(0)),
+            Err(SessionError::Versions { .. })
+        ));
+    }
+
+    #[test]
+    fn an_authentic_frame_that_does_not_decode_is_dropped_and_the_session_goes_on() {
+        let (mut a, mut b) = pair(b"shared secret 16", b"shared secret 16");
+        let (ha, hb) = (a.hello(s(0)), b.hello(s(0)));
+        deliver(&mut b, &ha, s(0)).unwrap();
+        deliver(&mut a, &hb, s(0)).unwrap();
+        // What a newer node's unknown message looks like: an index past ours.
+        let key = a.key.clone().unwrap();
+        let unknown = codec::seal_payload(&key, Direction::FromInitiator, 1, &[200, 1, 2]);
+        let err = deliver(&mut b, &unknown, s(1)).unwrap_err();
+        assert!(err.is_dropped_frame(), "{err}");
+        // The next frame is number 2, and is read.
+        let next = codec::seal(&key, Direction::FromInitiator, 2, &Message::BulkRequest);
+        assert_eq!(deliver(&mut b, &next, s(1)), Ok(Message::BulkRequest));
+        // A tampered frame is no dropped frame: it ends the session.
+        let mut bad = codec::seal(&key, Direction::FromInitiator, 3, &Message::Heartbeat);
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(!deliver(&mut b, &bad, s(1)).unwrap_err().is_dropped_frame());
     }
 
     #[test]

@@ -273,6 +273,7 @@ async fn build_parts(
                 peers: sync.peers.clone(),
                 secret: sync_store::trim_ascii(&secret).to_vec(),
                 pools_digest: sync_store::pools_digest(config),
+                max_version: tandem_sync::codec::VERSION,
             };
             let store = Arc::new(PoolStore(pools.clone(), acme));
             // After an upgrade: on the predecessor's listener, with its table.

@@ -20,12 +20,19 @@ pub(super) struct PoolStore(
 impl Store for PoolStore {
     fn entries(&self) -> Vec<WireEntry> {
         let now = now_ms();
+        // One shared name per pool (the pins come pool after pool).
+        let mut name: Arc<str> = Arc::from("");
         self.0
             .load()
             .live_pins(now)
             .into_iter()
             .map(|(pool, client, e)| WireEntry {
-                pool: pool.to_string(),
+                pool: if *name == *pool {
+                    name.clone()
+                } else {
+                    name = Arc::from(pool);
+                    name.clone()
+                },
                 client,
                 backend: e.backend,
                 remaining_ms: e.expires - now,
@@ -38,8 +45,18 @@ impl Store for PoolStore {
     fn apply(&self, entries: &[WireEntry]) {
         let now = now_ms();
         let pools = self.0.load();
+        // The pool of the entry before, looked up again only when the name changes.
+        let mut last: Option<(&Arc<str>, Option<&Arc<tandem_balance::StickyTable>>)> = None;
         for e in entries {
-            if let Some(table) = pools.get(&e.pool).and_then(|p| p.sticky.as_ref()) {
+            let table = match last {
+                Some((pool, table)) if Arc::ptr_eq(pool, &e.pool) || *pool == e.pool => table,
+                _ => {
+                    let table = pools.get(&e.pool).and_then(|p| p.sticky.as_ref());
+                    last = Some((&e.pool, table));
+                    table
+                }
+            };
+            if let Some(table) = table {
                 table.merge(
                     e.client,
                     e.backend,
@@ -104,7 +121,7 @@ pub(super) fn observe_sticky_tables(sync: &Arc<SyncNode>, pools: &PoolSet, node:
     for pool in pools.iter() {
         let Some(table) = &pool.sticky else { continue };
         let sync = Arc::downgrade(sync);
-        let name = pool.name.clone();
+        let name: Arc<str> = Arc::from(pool.name.as_str());
         table.observe(
             origin,
             Arc::new(move |change| {
@@ -118,7 +135,7 @@ pub(super) fn observe_sticky_tables(sync: &Arc<SyncNode>, pools: &PoolSet, node:
                         pinned_at_ms: entry.pinned_at,
                         origin: entry.origin,
                     }),
-                    StickyChange::Evicted { client } => Change::Delete(name.clone(), client),
+                    StickyChange::Evicted { client } => Change::Delete(name.to_string(), client),
                 });
             }),
         );
