@@ -645,7 +645,8 @@ impl Connection {
                     Err(lean::Failure::Response(e)) => Err(Failed::Send(e.kind(), e.to_string())),
                 }
             } else {
-                self.send_hyper(
+                // Boxed: the lean path's requests do not carry hyper's client future.
+                Box::pin(self.send_hyper(
                     &mut parts,
                     &slot,
                     &client_failed,
@@ -653,7 +654,7 @@ impl Connection {
                     may_resend,
                     address,
                     config,
-                )
+                ))
                 .await
             };
             let error = match sent {

@@ -169,17 +169,28 @@ async fn read_head(
                         let status = code
                             .and_then(|c| StatusCode::from_u16(c).ok())
                             .ok_or(ResponseError::Invalid("malformed status"))?;
-                        let mut headers = HeaderMap::with_capacity(resp.headers.len());
+                        // The values stay where they were read (no copy each): where
+                        // they lie in the head, then slices of it.
+                        let start = buf.as_ptr() as usize;
+                        let mut fields = Vec::with_capacity(resp.headers.len());
                         for h in resp.headers.iter() {
-                            let (Ok(name), Ok(value)) = (
-                                HeaderName::from_bytes(h.name.as_bytes()),
-                                HeaderValue::from_bytes(h.value),
-                            ) else {
+                            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+                                return Err(ResponseError::Invalid("malformed response field"));
+                            };
+                            let at = match h.value.len() {
+                                0 => 0,
+                                _ => h.value.as_ptr() as usize - start,
+                            };
+                            fields.push((name, at..at + h.value.len()));
+                        }
+                        let head = buf.split_to(n).freeze();
+                        let mut headers = HeaderMap::with_capacity(fields.len());
+                        for (name, at) in fields {
+                            let Ok(value) = HeaderValue::from_maybe_shared(head.slice(at)) else {
                                 return Err(ResponseError::Invalid("malformed response field"));
                             };
                             headers.append(name, value);
                         }
-                        buf.advance(n);
                         let mut response = hyper::Response::new(());
                         *response.status_mut() = status;
                         *response.headers_mut() = headers;

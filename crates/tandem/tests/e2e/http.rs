@@ -973,12 +973,17 @@ async fn h2_streams_reuse_backend_connections_and_a_cut_response_fails_only_its_
                 let head = String::from_utf8_lossy(&head).to_string();
                 let answer: &[u8] = if head.starts_with("GET /cut ") {
                     b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial"
+                } else if head.starts_with("GET /close ") {
+                    b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"
+                } else if head.starts_with("HEAD ") {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"
                 } else if head.starts_with("GET /trailers ") {
                     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n7\r\n, world\r\n0\r\nx-checksum: abc\r\n\r\n"
                 } else {
                     b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
                 };
-                if s.write_all(answer).await.is_err() || head.starts_with("GET /cut ") {
+                let last = head.starts_with("GET /cut ") || head.starts_with("GET /close ");
+                if s.write_all(answer).await.is_err() || last {
                     return;
                 }
             }
@@ -990,7 +995,10 @@ async fn h2_streams_reuse_backend_connections_and_a_cut_response_fails_only_its_
     let sender = h2_client(to).await;
     let ask = |path: &str| {
         let mut sender = sender.clone();
-        let req = hyper::Request::get(format!("http://{to}{path}"))
+        let (method, path) = path.split_once(' ').unwrap_or(("GET", path));
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{to}{path}"))
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap();
         async move {
@@ -1027,6 +1035,24 @@ async fn h2_streams_reuse_backend_connections_and_a_cut_response_fails_only_its_
         Some("abc")
     );
     assert_eq!(body.to_bytes(), "hello, world");
+    // A body that ends with the backend's connection; a HEAD response's head only, its
+    // connection kept for the next stream.
+    let (status, body) = ask("/close").await.unwrap();
+    assert_eq!(
+        (status.as_u16(), &body.to_bytes()[..]),
+        (200, &b"until the end"[..])
+    );
+    let before = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let (status, body) = ask("HEAD /ok").await.unwrap();
+    assert_eq!((status.as_u16(), body.to_bytes().len()), (200, 0));
+    let (status, body) = ask("/ok").await.unwrap();
+    assert_eq!((status.as_u16(), &body.to_bytes()[..]), (200, &b"ok\n"[..]));
+    let after = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        after - before <= 1,
+        "{} connections for HEAD then GET",
+        after - before
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
