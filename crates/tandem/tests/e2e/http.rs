@@ -914,20 +914,13 @@ async fn bursts_of_h2_streams_keep_their_backend_connections() {
     .await;
     let d = start(&http_service(&backends(&[backend]), "", "")).await;
     let to = addr_of(&d, "www");
-    let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
-    let (sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let sender = h2_client(to).await;
     for burst in 0..3 {
         let streams: Vec<_> = (0..100)
             .map(|i| {
                 let mut sender = sender.clone();
                 let req = hyper::Request::get(format!("http://{to}/{i}"))
-                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
                     .unwrap();
                 tokio::spawn(async move { sender.send_request(req).await.map(|r| r.status()) })
             })
