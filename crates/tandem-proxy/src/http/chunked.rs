@@ -42,6 +42,15 @@ pub struct Malformed {
     pub at: usize,
 }
 
+/// Where [`ChunkedEnd::decode`] found content in the bytes it was fed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Chunk data.
+    Data(std::ops::Range<usize>),
+    /// Bytes of a trailer field line (a line fed in two pieces comes as two).
+    Trailer(std::ops::Range<usize>),
+}
+
 /// Follows a chunked body fed in pieces of any size.
 #[derive(Debug, Clone)]
 pub struct ChunkedEnd {
@@ -63,10 +72,22 @@ impl ChunkedEnd {
     /// Reads the next bytes of the body; `Some(n)` when the body ends after the first
     /// `n` of them (the rest is not part of it).
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, Malformed> {
+        self.decode(bytes, |_| {})
+    }
+
+    /// As [`ChunkedEnd::feed`], telling `piece` where in `bytes` the chunks' data and the
+    /// trailer lines are (a decoder's view of the same grammar).
+    pub fn decode(
+        &mut self,
+        bytes: &[u8],
+        mut piece: impl FnMut(Piece),
+    ) -> Result<Option<usize>, Malformed> {
         let mut i = 0;
+        let mut trailer_from = None;
         while i < bytes.len() {
             if let State::Data(left) = self.state {
                 let take = left.min((bytes.len() - i) as u64);
+                piece(Piece::Data(i..i + take as usize));
                 i += take as usize;
                 self.state = if take == left {
                     State::DataCr
@@ -128,10 +149,16 @@ impl ChunkedEnd {
                 State::TrailerStart => match b {
                     b'\r' => State::EndLf,
                     b'\n' => return malformed,
-                    _ => State::Trailer,
+                    _ => {
+                        trailer_from = Some(i - 1);
+                        State::Trailer
+                    }
                 },
                 State::Trailer => match b {
-                    b'\n' => State::TrailerStart,
+                    b'\n' => {
+                        piece(Piece::Trailer(trailer_from.take().unwrap_or(0)..i));
+                        State::TrailerStart
+                    }
                     _ => State::Trailer,
                 },
                 State::EndLf => match b {
@@ -144,6 +171,9 @@ impl ChunkedEnd {
                 State::Data(_) => unreachable!("handled above"),
                 State::Done => return Ok(Some(i - 1)),
             };
+        }
+        if self.state == State::Trailer {
+            piece(Piece::Trailer(trailer_from.unwrap_or(0)..bytes.len()));
         }
         Ok(if self.state == State::Done {
             Some(0)
@@ -176,6 +206,31 @@ mod tests {
         assert_eq!(end_of(&[body]), Ok(Some(body.len() - 14)));
         assert_eq!(end_of(&[b"0\r\n\r\n"]), Ok(Some(5)));
         assert_eq!(end_of(&[b"A\r\n0123456789\r\n0\r\n"]), Ok(None));
+    }
+
+    #[test]
+    fn decodes_data_and_trailers_fed_in_any_pieces() {
+        let body = b"5;x=y\r\nhello\r\nB\r\n, the world\r\n0\r\nA: 1\r\nB: 2\r\n\r\nnext";
+        for cut in 0..body.len() {
+            let mut scanner = ChunkedEnd::default();
+            let (mut data, mut trailers) = (Vec::new(), Vec::new());
+            let mut end = None;
+            for (offset, part) in [(0, &body[..cut]), (cut, &body[cut..])] {
+                let found = scanner
+                    .decode(part, |p| match p {
+                        Piece::Data(r) => data.extend_from_slice(&part[r]),
+                        Piece::Trailer(r) => trailers.extend_from_slice(&part[r]),
+                    })
+                    .unwrap();
+                if let Some(n) = found {
+                    end = Some(offset + n);
+                    break;
+                }
+            }
+            assert_eq!(data, b"hello, the world", "cut at {cut}");
+            assert_eq!(trailers, b"A: 1\r\nB: 2\r\n", "cut at {cut}");
+            assert_eq!(end, Some(body.len() - 4), "cut at {cut}");
+        }
     }
 
     #[test]

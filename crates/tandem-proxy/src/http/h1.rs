@@ -66,10 +66,10 @@ pub(super) enum End {
 
 /// A connection to a backend, kept between requests.
 pub(super) struct BackendConn {
-    stream: TcpStream,
-    address: SocketAddr,
+    pub(super) stream: TcpStream,
+    pub(super) address: SocketAddr,
     /// Served a request before: the backend may have closed it meanwhile.
-    reused: bool,
+    pub(super) reused: bool,
 }
 
 /// Idle backend connections of one service, shared by its client connections.
@@ -79,23 +79,31 @@ pub(super) struct IdlePool {
 }
 
 impl IdlePool {
-    fn take(&self, address: SocketAddr, max_age: Duration) -> Option<TcpStream> {
+    /// An idle connection to `address` younger than `max_age` that the backend has
+    /// not closed (made readable); unchecked (no read) unless `probe`: a request that
+    /// may be sent again on a new connection need not pay for the look.
+    pub(super) fn take(
+        &self,
+        address: SocketAddr,
+        max_age: Duration,
+        probe: bool,
+    ) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
         idle.retain(|(_, _, since)| now.duration_since(*since) < max_age);
         while let Some(i) = idle.iter().rposition(|(_, a, _)| *a == address) {
             let (stream, _, _) = idle.swap_remove(i);
             // A backend that closed the idle connection made it readable (EOF).
-            let mut probe = [0u8; 1];
-            if matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            {
+            if !probe || still_open(&stream) {
                 return Some(stream);
             }
         }
         None
     }
 
-    fn put(&self, conn: BackendConn, max_per_backend: usize) {
+    /// Keeps `conn` for the next request to its backend, unless `max_per_backend`
+    /// connections to it are idle already.
+    pub(super) fn put(&self, conn: BackendConn, max_per_backend: usize) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let held = idle.iter().filter(|(_, a, _)| *a == conn.address).count();
         if held < max_per_backend {
@@ -142,7 +150,7 @@ enum Parsed {
 }
 
 /// How a response body ends.
-enum Framing {
+pub(super) enum Framing {
     None,
     Length(u64),
     Chunked(ChunkedEnd),
@@ -748,7 +756,7 @@ impl<'a> FastPath<'a> {
         if let Some(stream) = self
             .state
             .idle
-            .take(address, config.http.backend_idle_timeout)
+            .take(address, config.http.backend_idle_timeout, true)
         {
             return Ok(BackendConn {
                 stream,
@@ -764,15 +772,7 @@ impl<'a> FastPath<'a> {
         address: SocketAddr,
         config: &tandem_config::Service,
     ) -> std::io::Result<BackendConn> {
-        let stream = timeout(config.connect_timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        stream.set_nodelay(true)?;
-        Ok(BackendConn {
-            stream,
-            address,
-            reused: false,
-        })
+        connect(address, config).await
     }
 
     /// Writes the answer a route gives (its body left out for HEAD), logged; false
@@ -877,6 +877,22 @@ struct Own {
     unread_body: bool,
 }
 
+/// A new connection to the backend at `address`, within `connect_timeout`.
+pub(super) async fn connect(
+    address: SocketAddr,
+    config: &tandem_config::Service,
+) -> std::io::Result<BackendConn> {
+    let stream = timeout(config.connect_timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    stream.set_nodelay(true)?;
+    Ok(BackendConn {
+        stream,
+        address,
+        reused: false,
+    })
+}
+
 /// A kept backend connection the backend has not closed: not readable (a closed one
 /// reads as EOF; a backend sends nothing unasked).
 fn still_open(stream: &TcpStream) -> bool {
@@ -886,7 +902,7 @@ fn still_open(stream: &TcpStream) -> bool {
 
 /// Why no response head came from a backend.
 #[derive(Debug)]
-enum ResponseError {
+pub(super) enum ResponseError {
     /// Sending or reading failed before any response byte.
     Io(std::io::Error),
     /// The backend closed before any response byte.
@@ -899,7 +915,7 @@ enum ResponseError {
 
 impl ResponseError {
     /// The failure as the retry rule knows it.
-    fn kind(&self) -> policy::SendError {
+    pub(super) fn kind(&self) -> policy::SendError {
         match self {
             ResponseError::Io(_) | ResponseError::Closed => policy::SendError::Lost,
             ResponseError::TimedOut => policy::SendError::TimedOut,
@@ -1112,39 +1128,7 @@ fn rewrite_response(
 ) -> Result<ResponseHead, ResponseError> {
     let status = resp.code.unwrap_or(502);
     let tokens = connection_tokens(resp.headers);
-    let backend_keeps = resp.version == Some(1) && !named_by(&tokens, "close");
-    let mut chunked = false;
-    let mut encoded = false;
-    let mut length = None;
-    for h in resp.headers.iter() {
-        if is(h.name, "transfer-encoding") {
-            encoded = true;
-            chunked = h
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
-        } else if is(h.name, "content-length") {
-            match (length, content_length(h.value)) {
-                (None, Some(n)) => length = Some(n),
-                (Some(a), Some(b)) if a == b => {}
-                _ => return Err(ResponseError::Invalid("invalid Content-Length")),
-            }
-        }
-    }
-    let framing = if head.head_method || status == 204 || status == 304 {
-        Framing::None
-    } else if encoded && chunked {
-        Framing::Chunked(ChunkedEnd::default())
-    } else if encoded {
-        Framing::UntilClose
-    } else {
-        match length {
-            Some(0) => Framing::None,
-            Some(n) => Framing::Length(n),
-            None => Framing::UntilClose,
-        }
-    };
+    let (framing, backend_keeps, encoded) = response_framing(resp, head.head_method)?;
     let rules = &*policy::route::response_rules(config, head.route);
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -1181,6 +1165,51 @@ fn rewrite_response(
         framing,
         backend_keeps,
     })
+}
+
+/// How a backend's response head frames its body (to a HEAD request when
+/// `head_method`), whether the backend keeps the connection after it, and whether it
+/// has a Transfer-Encoding.
+pub(super) fn response_framing(
+    resp: &httparse::Response<'_, '_>,
+    head_method: bool,
+) -> Result<(Framing, bool, bool), ResponseError> {
+    let status = resp.code.unwrap_or(502);
+    let tokens = connection_tokens(resp.headers);
+    let backend_keeps = resp.version == Some(1) && !named_by(&tokens, "close");
+    let mut chunked = false;
+    let mut encoded = false;
+    let mut length = None;
+    for h in resp.headers.iter() {
+        if is(h.name, "transfer-encoding") {
+            encoded = true;
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
+        } else if is(h.name, "content-length") {
+            match (length, content_length(h.value)) {
+                (None, Some(n)) => length = Some(n),
+                (Some(a), Some(b)) if a == b => {}
+                _ => return Err(ResponseError::Invalid("invalid Content-Length")),
+            }
+        }
+    }
+    let framing = if head_method || status == 204 || status == 304 {
+        Framing::None
+    } else if encoded && chunked {
+        Framing::Chunked(ChunkedEnd::default())
+    } else if encoded {
+        Framing::UntilClose
+    } else {
+        match length {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    Ok((framing, backend_keeps, encoded))
 }
 
 #[cfg(test)]

@@ -914,20 +914,13 @@ async fn bursts_of_h2_streams_keep_their_backend_connections() {
     .await;
     let d = start(&http_service(&backends(&[backend]), "", "")).await;
     let to = addr_of(&d, "www");
-    let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
-    let (sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let sender = h2_client(to).await;
     for burst in 0..3 {
         let streams: Vec<_> = (0..100)
             .map(|i| {
                 let mut sender = sender.clone();
                 let req = hyper::Request::get(format!("http://{to}/{i}"))
-                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
                     .unwrap();
                 tokio::spawn(async move { sender.send_request(req).await.map(|r| r.status()) })
             })
@@ -942,4 +935,155 @@ async fn bursts_of_h2_streams_keep_their_backend_connections() {
         (33..=130).contains(&connections),
         "{connections} backend connections for 3 bursts of 100 streams"
     );
+}
+
+/// An HTTP/2 (prior knowledge) client connection to `to`.
+async fn h2_client(
+    to: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_reuse_backend_connections_and_a_cut_response_fails_only_its_stream() {
+    // A hand-written backend: /cut promises 100 bytes and closes after 7, /trailers
+    // answers chunked with a trailer field, anything else "ok". It counts connections.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let backend = serve(move |mut s, _| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            use tokio::io::AsyncWriteExt;
+            while let Some(head) = read_request_head(&mut s).await {
+                let head = String::from_utf8_lossy(&head).to_string();
+                let answer: &[u8] = if head.starts_with("GET /cut ") {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial"
+                } else if head.starts_with("GET /close ") {
+                    b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"
+                } else if head.starts_with("HEAD ") {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"
+                } else if head.starts_with("GET /trailers ") {
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n7\r\n, world\r\n0\r\nx-checksum: abc\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
+                };
+                let last = head.starts_with("GET /cut ") || head.starts_with("GET /close ");
+                if s.write_all(answer).await.is_err() || last {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let d = start(&http_service(&backends(&[backend]), "", "")).await;
+    let to = addr_of(&d, "www");
+    let sender = h2_client(to).await;
+    let ask = |path: &str| {
+        let mut sender = sender.clone();
+        let (method, path) = path.split_once(' ').unwrap_or(("GET", path));
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{to}{path}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        async move {
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let collected = http_body_util::BodyExt::collect(resp.into_body()).await?;
+            Ok::<_, hyper::Error>((status, collected))
+        }
+    };
+    // Streams one after the other share one backend connection.
+    for _ in 0..20 {
+        let (status, body) = ask("/ok").await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body.to_bytes(), "ok\n");
+    }
+    let after_ok = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after_ok, 1, "backend connections for 20 streams in turn");
+    // A response cut short fails its stream only: the streams beside it and after it
+    // are answered on the same client connection.
+    // (The stream is reset: its response head may be lost with it.)
+    let (cut, beside) = tokio::join!(ask("/cut"), ask("/ok"));
+    assert!(cut.is_err(), "a cut body ended as if whole");
+    assert_eq!(beside.unwrap().1.to_bytes(), "ok\n");
+    let (status, body) = ask("/ok").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body.to_bytes(), "ok\n");
+    // A chunked response arrives decoded, with its trailer field.
+    let (status, body) = ask("/trailers").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        body.trailers()
+            .and_then(|t| t.get("x-checksum"))
+            .map(|v| v.to_str().unwrap()),
+        Some("abc")
+    );
+    assert_eq!(body.to_bytes(), "hello, world");
+    // A body that ends with the backend's connection; a HEAD response's head only, its
+    // connection kept for the next stream.
+    let (status, body) = ask("/close").await.unwrap();
+    assert_eq!(
+        (status.as_u16(), &body.to_bytes()[..]),
+        (200, &b"until the end"[..])
+    );
+    let before = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let (status, body) = ask("HEAD /ok").await.unwrap();
+    assert_eq!((status.as_u16(), body.to_bytes().len()), (200, 0));
+    let (status, body) = ask("/ok").await.unwrap();
+    assert_eq!((status.as_u16(), &body.to_bytes()[..]), (200, &b"ok\n"[..]));
+    let after = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        after - before <= 1,
+        "{} connections for HEAD then GET",
+        after - before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_large_bodies_flow_both_ways() {
+    // More than any flow-control window either way: 8 MiB down, 8 MiB up, on streams
+    // of one client connection at the same time.
+    let backend = rust_backend().await;
+    let d = start(&http_service(&backends(&[backend]), "", "")).await;
+    let to = addr_of(&d, "www");
+    let sender = h2_client(to).await;
+    let mut down = sender.clone();
+    let download = async move {
+        let req = hyper::Request::get(format!("http://{to}/download?mib=8"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let resp = down.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        body.to_bytes().len()
+    };
+    let mut up = sender.clone();
+    let upload = async move {
+        let req = hyper::Request::post(format!("http://{to}/upload"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(random_bytes(
+                7,
+                8 << 20,
+            ))))
+            .unwrap();
+        let resp = up.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        String::from_utf8(body.to_bytes().to_vec()).unwrap()
+    };
+    let (downloaded, uploaded) = tokio::join!(download, upload);
+    assert_eq!(downloaded, 8 << 20);
+    assert_eq!(uploaded, format!("{}\n", 8 << 20));
 }

@@ -763,9 +763,23 @@ async fn retries() {
                 fields: Vec::new(),
                 body: "once",
             };
+            if matches!(path, Path::H2Tls | Path::H2c) {
+                // Over HTTP/2, requests with a body go out on connections of their own
+                // (hyper's pool, body-less ones on tandem's): a first POST leaves one
+                // kept, for the POST below to be its second request.
+                let first_post = Ask {
+                    target: "/",
+                    ..post.clone()
+                };
+                let answer = client.ask_kept(&t, &first_post).await;
+                assert_eq!(answer.status, 200, "{feature}: a first POST");
+            }
             let posted = client.ask_kept(&t, &post).await;
             let seen = backend.take();
-            let posts = seen.iter().filter(|s| s.method == "POST").count();
+            let posts = seen
+                .iter()
+                .filter(|s| s.method == "POST" && s.target == "/drop-second")
+                .count();
             assert_eq!(
                 (posted.status, posted.body.as_str(), posts),
                 (502, "502 Bad Gateway\nthe backend failed to answer\n", 1),
