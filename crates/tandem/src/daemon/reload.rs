@@ -281,7 +281,7 @@ impl Daemon {
             }
             let l = inner.listeners.remove(&key).expect("listed");
             l.stop.cancel();
-            match (l.task.await, keep_for) {
+            match (l.task.join().await, keep_for) {
                 (Ok(listener), Some(service)) => {
                     spawn_listener(&self.shared.life, &mut inner, key, service, listener)
                 }
