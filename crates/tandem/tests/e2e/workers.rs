@@ -73,7 +73,9 @@ fn config(socket: &Path, services: &str, backends: &[(&str, SocketAddr)]) -> Str
 }
 
 fn service(name: &str, port: u16, pool: &str) -> String {
-    format!("[[service]]\nname = \"{name}\"\nlisten = [\"127.0.0.1:{port}\"]\npool = \"{pool}\"\n\n")
+    format!(
+        "[[service]]\nname = \"{name}\"\nlisten = [\"127.0.0.1:{port}\"]\npool = \"{pool}\"\n\n"
+    )
 }
 
 /// Each listener is one socket that every worker holds a descriptor of (and one copy
