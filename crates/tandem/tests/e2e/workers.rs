@@ -59,6 +59,19 @@ async fn all_answered(to: SocketAddr, name: &str, n: usize) {
     }
 }
 
+/// Each of `listeners` (port, backend name) is held by one descriptor per worker of
+/// `pid` and the copy to hand over, and relays every connection to its backend.
+async fn serves_on_every_worker(pid: u32, listeners: &[(u16, &str)], when: &str) {
+    for &(port, name) in listeners {
+        assert_eq!(
+            descriptors_of_listener(pid, port),
+            WORKERS + 1,
+            "{when}: descriptors of :{port}"
+        );
+        all_answered(SocketAddr::from(([127, 0, 0, 1], port)), name, 64).await;
+    }
+}
+
 fn config(socket: &Path, services: &str, backends: &[(&str, SocketAddr)]) -> String {
     let pools: String = backends
         .iter()
@@ -102,16 +115,12 @@ async fn every_worker_serves_every_listener_across_reload_and_upgrade() {
     tandem.wait_for("tandem running");
     let pid = tandem.child.id();
     let names: Vec<String> = (0..WORKERS).map(|i| format!("tandem-worker-{i}")).collect();
-    assert_eq!(worker_threads(pid), names);
-    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    for (port, name) in [(pa, "a"), (pb, "b")] {
-        assert_eq!(
-            descriptors_of_listener(pid, port),
-            WORKERS + 1,
-            "one per worker and the copy to hand over, for :{port}"
-        );
-        all_answered(at(port), name, 64).await;
-    }
+    // A thread takes its name as it starts: until then it shows the process's.
+    wait_until("the worker threads", Duration::from_secs(5), || {
+        worker_threads(pid) == names
+    })
+    .await;
+    serves_on_every_worker(pid, &[(pa, "a"), (pb, "b")], "at start").await;
 
     // Listener pb passes from service b to c; a new service b listens on pc.
     std::fs::write(
@@ -125,25 +134,16 @@ async fn every_worker_serves_every_listener_across_reload_and_upgrade() {
     .unwrap();
     let (code, out, err) = ctl(&socket, &["reload"]);
     assert_eq!(code, 0, "{out}{err}");
-    for (port, name) in [(pa, "a"), (pb, "c"), (pc, "b")] {
-        assert_eq!(
-            descriptors_of_listener(pid, port),
-            WORKERS + 1,
-            "after the reload, :{port}"
-        );
-        all_answered(at(port), name, 64).await;
-    }
+    let now = [(pa, "a"), (pb, "c"), (pc, "b")];
+    serves_on_every_worker(pid, &now, "after the reload").await;
 
     let new_pid = upgrade_json(&socket, &mut tandem).new_pid;
     let _new = crate::upgrade::KillOnDrop(new_pid);
     assert_eq!(tandem.wait_exit(Duration::from_secs(10)), 0);
-    assert_eq!(worker_threads(new_pid), names);
-    for (port, name) in [(pa, "a"), (pb, "c"), (pc, "b")] {
-        assert_eq!(
-            descriptors_of_listener(new_pid, port),
-            WORKERS + 1,
-            "the successor holds :{port} the same way"
-        );
-        all_answered(at(port), name, 64).await;
-    }
+    // A thread takes its name as it starts: until then it shows the process's.
+    wait_until("the worker threads", Duration::from_secs(5), || {
+        worker_threads(new_pid) == names
+    })
+    .await;
+    serves_on_every_worker(new_pid, &now, "in the successor").await;
 }
