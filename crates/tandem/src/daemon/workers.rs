@@ -43,14 +43,17 @@ impl Workers {
 
     /// Starts `n` worker threads.
     pub(super) fn start(n: usize) -> io::Result<Workers> {
-        let stop = CancellationToken::new();
-        let mut handles = Vec::with_capacity(n);
+        // Built first, so that a failure part way ends the threads already started.
+        let mut workers = Workers {
+            handles: Vec::with_capacity(n),
+            stop: CancellationToken::new(),
+        };
         for i in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            handles.push(runtime.handle().clone());
-            let stop = stop.clone();
+            workers.handles.push(runtime.handle().clone());
+            let stop = workers.stop.clone();
             std::thread::Builder::new()
                 .name(format!("tandem-worker-{i}"))
                 .spawn(move || {
@@ -60,7 +63,7 @@ impl Workers {
                     drop(runtime);
                 })?;
         }
-        Ok(Workers { handles, stop })
+        Ok(workers)
     }
 
     /// How many workers there are.
