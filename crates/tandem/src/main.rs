@@ -67,11 +67,9 @@ fn main() -> ExitCode {
                 }
                 return ExitCode::from(EXIT_CONFIG);
             }
-            runtime_with(config.global.threads).block_on(run(
-                config,
-                path,
-                successor.zip(inherited),
-            ))
+            // The control plane's runtime: connections are served on the worker
+            // threads the daemon starts (with threads = 1, here too).
+            runtime_with(1).block_on(run(config, path, successor.zip(inherited)))
         }
         Command::Ctl {
             socket,

@@ -26,6 +26,7 @@ mod sticky;
 mod sync_store;
 mod tasks;
 mod upgrade;
+mod workers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,9 +43,7 @@ use tandem_health::{HealthBoard, Monitor};
 use tandem_proxy::{Lifecycle, Service};
 use tandem_sync::{Change, SyncNode};
 use tandem_vrrp::linux::Vrrp;
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -107,15 +106,17 @@ struct Inner {
     listeners: HashMap<ListenKey, RunningListener>,
     services: HashMap<String, Arc<Service>>,
     monitor: Monitor,
+    /// The threads connections are served on; none: the main runtime serves them.
+    workers: Option<Arc<workers::Workers>>,
 }
 
-/// An accept loop; it hands its listener back when `stop` is cancelled.
+/// A listener's accept loops; they hand it back when `stop` is cancelled.
 #[derive(Debug)]
 struct RunningListener {
     service: String,
     bound: SocketAddr,
     stop: CancellationToken,
-    task: JoinHandle<TcpListener>,
+    task: workers::AcceptLoops,
     /// A copy of the listener's descriptor, to hand over at an upgrade.
     fd: Option<std::os::fd::OwnedFd>,
 }
@@ -270,7 +271,7 @@ impl Daemon {
         {
             let mut inner = shared.inner.lock().await;
             for (_, l) in inner.listeners.drain() {
-                drop(l.task.await);
+                drop(l.task.join().await);
             }
         }
         let open_at_start = self.open_connections();

@@ -152,6 +152,8 @@ pub fn plan_reload(old: &Config, new: &Config) -> ReloadPlan {
             "global.admin_write",
         ),
         (o.log_format != n.log_format, "global.log_format"),
+        // The worker threads are started once; an upgrade starts the new count.
+        (o.threads != n.threads, "global.threads"),
         (old.ha != new.ha, "ha"),
         (old.sync != new.sync, "sync"),
         (o.user != n.user || o.group != n.group, "global.user"),
@@ -281,7 +283,7 @@ impl Daemon {
             }
             let l = inner.listeners.remove(&key).expect("listed");
             l.stop.cancel();
-            match (l.task.await, keep_for) {
+            match (l.task.join().await, keep_for) {
                 (Ok(listener), Some(service)) => {
                     spawn_listener(&self.shared.life, &mut inner, key, service, listener)
                 }
@@ -443,7 +445,7 @@ mod tests {
         let www = service("www", "web", &["127.0.0.1:8080"]);
         let old = config(&www);
         let new = config(&format!(
-            "[global]\ncontrol_socket = \"/tmp/other.sock\"\nadmin_listen = \"127.0.0.1:9901\"\nlog_format = \"json\"\n\n\
+            "[global]\ncontrol_socket = \"/tmp/other.sock\"\nadmin_listen = \"127.0.0.1:9901\"\nlog_format = \"json\"\nthreads = 3\n\n\
 [ha]\ninterface = \"eth0\"\nvrid = 51\npriority = 100\nvirtual_ips = [\"10.0.0.100/24\"]\n\n{www}"
         ));
         let plan = plan_reload(&old, &new);
@@ -453,6 +455,7 @@ mod tests {
                 "global.control_socket",
                 "global.admin_listen",
                 "global.log_format",
+                "global.threads",
                 "ha"
             ]
         );

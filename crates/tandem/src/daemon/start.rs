@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::build::{Built, node_max_conns};
 use super::reload::ListenKey;
 use super::tasks::{Tasks, Until};
+use super::workers::{AcceptLoops, Workers};
 use super::{
     Daemon, Inner, RunningListener, RunningService, Shared, acme, ha, live, ocsp, runtime, sticky,
     upgrade,
@@ -55,10 +56,21 @@ impl Built {
             close_all: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
+        let workers = match Workers::for_threads(config.global.threads) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("cannot start the worker threads ({e}): serving on the main thread");
+                None
+            }
+        };
+        if let Some(w) = &workers {
+            info!(workers = w.len(), "connections served on worker threads");
+        }
         let mut inner = Inner {
             listeners: HashMap::new(),
             services,
             monitor,
+            workers,
         };
         for (key, service, l) in listeners {
             spawn_listener(&life, &mut inner, key, &service, l);
@@ -257,7 +269,13 @@ pub(super) fn spawn_listener(
         ..life.clone()
     };
     let fd = l.as_fd().try_clone_to_owned().ok();
-    let task = tokio::spawn(svc.serve(l, life));
+    let task = match &inner.workers {
+        None => AcceptLoops::here(svc, l, life),
+        Some(workers) => workers.serve(&svc, l, &life).unwrap_or_else(|(e, l)| {
+            warn!(listen = %bound, "cannot accept on the worker threads ({e}): accepting on the main thread");
+            AcceptLoops::here(svc, l, life)
+        }),
+    };
     inner.listeners.insert(
         key,
         RunningListener {

@@ -346,7 +346,7 @@ impl Daemon {
         }
         let mut inner = self.shared.inner.lock().await;
         for (_, l) in inner.listeners.drain() {
-            drop(l.task.await);
+            drop(l.task.join().await);
         }
         handoff
             .sockets

@@ -26,3 +26,4 @@ mod soak;
 mod status_page;
 mod sync;
 mod upgrade;
+mod workers;
