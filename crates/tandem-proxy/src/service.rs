@@ -82,6 +82,8 @@ pub struct Service {
     clients: Arc<ClientTable>,
     /// Its tcp mode connections open now, for `tandem ctl connections`.
     pub connections: crate::connections::Connections,
+    /// Its idle HTTP connections parked without a task.
+    pub(crate) parked: crate::http::park::Lot,
 }
 
 /// What the accept loop and connections need to stop.
@@ -146,6 +148,7 @@ impl Service {
             warn_client: RateLimited::new(WARN_EVERY),
             clients: ClientTable::new(CLIENT_TABLE_CAPACITY),
             connections: Default::default(),
+            parked: Default::default(),
         })
     }
 
@@ -198,8 +201,16 @@ impl Service {
                     };
                     let service = self.clone();
                     let close_all = life.close_all.clone();
+                    // (The tracker's token, held as a tracked task holds it: an HTTP
+                    // connection parked between requests keeps it without a task.)
+                    let token = life.tracker.token();
                     let fut = async move {
-                        let mut client_slot = client_slot;
+                        let mut held = Held {
+                            _slot: slot,
+                            _client: client_slot,
+                            _node: node_slot,
+                            _token: token,
+                        };
                         let mut ends = Ends {
                             client: peer,
                             local: None,
@@ -216,7 +227,7 @@ impl Service {
                             let Ok(admitted) = service.admit_client(ends.client) else {
                                 return;
                             };
-                            client_slot = admitted;
+                            held._client = admitted;
                         }
                         match service.http.load_full().as_ref().clone() {
                             Some(state) => {
@@ -230,6 +241,7 @@ impl Service {
                                     client,
                                     ends.client,
                                     close_all,
+                                    held,
                                 ))
                                 .await;
                             }
@@ -242,15 +254,13 @@ impl Service {
                                     local.unwrap_or(peer),
                                     &close_all,
                                 ))
-                                .await
+                                .await;
+                                drop(held);
                             }
                         }
-                        drop(slot);
-                        drop(client_slot);
-                        drop(node_slot);
                     };
 
-                    life.tracker.spawn(fut);
+                    tokio::spawn(fut);
                 }
                 Err(e) => {
                     self.stats.accept_errors.fetch_add(1, Relaxed);
@@ -635,6 +645,17 @@ enum Client {
 
 /// A connection slot under the service's limit, freed on drop.
 struct Slot(Arc<Service>);
+
+/// What keeps an open client connection counted, wherever it is served (an HTTP
+/// connection parked between requests has no task): its slots under the service's,
+/// the client's and the node's limits, and its token of the daemon's task tracker (a
+/// drain waits for it). Released when dropped, in that order.
+pub(crate) struct Held {
+    _slot: Slot,
+    _client: Option<ClientSlot>,
+    _node: crate::limits::GlobalSlot,
+    _token: tokio_util::task::task_tracker::TaskTrackerToken,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
