@@ -496,31 +496,30 @@ impl Service {
             other => other,
         };
         drop(hello);
-        let outcome = {
-            let relaying = std::pin::pin!(async {
-                match (header_error, client) {
-                    // One plain relay call site, so the task holds one relay's state.
-                    (None, Client::Plain(client)) => {
-                        relay::relay(&client, &backend, config.idle_timeout, own, &meter).await
-                    }
-                    (None, Client::Tls(tls)) => {
-                        Box::pin(relay::relay_stream(
-                            tls,
-                            &mut backend,
-                            config.idle_timeout,
-                            own,
-                            &meter,
-                        ))
-                        .await
-                    }
-                    (Some(e), _) => relay::Outcome {
-                        to_backend: 0,
-                        to_client: 0,
-                        end: End::BackendError(format!("sending PROXY header: {e}")),
-                    },
-                }
-            });
-            relay::closing_with(relaying, close_all, own).await
+        let cancel = relay::Cancel {
+            own,
+            all: close_all,
+        };
+        let outcome = match (header_error, client) {
+            // One plain relay call site, so the task holds one relay's state.
+            (None, Client::Plain(client)) => {
+                relay::relay(&client, &backend, config.idle_timeout, cancel, &meter).await
+            }
+            (None, Client::Tls(tls)) => {
+                Box::pin(relay::relay_stream(
+                    tls,
+                    &mut backend,
+                    config.idle_timeout,
+                    cancel,
+                    &meter,
+                ))
+                .await
+            }
+            (Some(e), _) => relay::Outcome {
+                to_backend: 0,
+                to_client: 0,
+                end: End::BackendError(format!("sending PROXY header: {e}")),
+            },
         };
         info!(
             target: "tandem::conn",
