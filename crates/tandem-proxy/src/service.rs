@@ -204,6 +204,27 @@ impl Service {
                     // (The tracker's token, held as a tracked task holds it: an HTTP
                     // connection parked between requests keeps it without a task.)
                     let token = life.tracker.token();
+                    if !proxied && self.http.load().is_none() {
+                        // A relayed connection: its task is the boxed connection
+                        // future alone (128 bytes), not a task sized by the HTTP
+                        // branch's state beside a boxed relay (384 bytes more, per
+                        // idle connection).
+                        let held = Held {
+                            _slot: slot,
+                            _client: client_slot,
+                            _node: node_slot,
+                            _token: token,
+                        };
+                        let ends = Ends {
+                            client: peer,
+                            local: None,
+                        };
+                        let listener = local.unwrap_or(peer);
+                        tokio::spawn(Box::pin(
+                            service.handle(client, ends, listener, close_all, held),
+                        ));
+                        continue;
+                    }
                     let fut = async move {
                         let mut held = Held {
                             _slot: slot,
@@ -252,10 +273,10 @@ impl Service {
                                     client,
                                     ends,
                                     local.unwrap_or(peer),
-                                    &close_all,
+                                    close_all,
+                                    held,
                                 ))
                                 .await;
-                                drop(held);
                             }
                         }
                     };
@@ -383,13 +404,18 @@ impl Service {
         }
     }
 
+    /// Serves a tcp mode connection to its end; `held` is let go then.
     async fn handle(
-        &self,
+        self: Arc<Self>,
         client: TcpStream,
         ends: Ends,
         listener: SocketAddr,
-        close_all: &CancellationToken,
+        close_all: CancellationToken,
+        _held: Held,
     ) {
+        // (What lives across the relay is what each idle relayed connection costs: no
+        // copies of the arguments, what is done with dropped before it.)
+        let close_all = &close_all;
         self.stats.total.fetch_add(1, Relaxed);
         let started = Instant::now();
         let config = self.config.load_full();
@@ -440,6 +466,7 @@ impl Service {
                 }
             }
         };
+        drop(acceptor);
         // TLS passed through with sni routes: the ClientHello's server name chooses the
         // pool, and the bytes read to learn it go to the backend first, untouched.
         let mut hello = Vec::new();
@@ -487,6 +514,7 @@ impl Service {
             Some(h) => Box::pin(backend.write_all(h)).await.err(),
             None => None,
         };
+        drop(header);
         let header_error = match header_error {
             None if !hello.is_empty() => {
                 pick.lease.state.record_bytes(hello.len() as u64, 0);
@@ -500,25 +528,29 @@ impl Service {
             own,
             all: close_all,
         };
-        let outcome = match (header_error, client) {
-            // One plain relay call site, so the task holds one relay's state.
-            (None, Client::Plain(client)) => {
-                relay::relay(&client, &backend, config.idle_timeout, cancel, &meter).await
-            }
-            (None, Client::Tls(tls)) => {
-                Box::pin(relay::relay_stream(
-                    tls,
-                    &mut backend,
-                    config.idle_timeout,
-                    cancel,
-                    &meter,
-                ))
-                .await
-            }
-            (Some(e), _) => relay::Outcome {
+        // (Matched in place, the client borrowed: a tuple or a moved binding would be
+        // one more copy of the socket in every idle relayed connection's state.)
+        let outcome = match header_error {
+            Some(e) => relay::Outcome {
                 to_backend: 0,
                 to_client: 0,
                 end: End::BackendError(format!("sending PROXY header: {e}")),
+            },
+            None => match client {
+                // One plain relay call site, so the task holds one relay's state.
+                Client::Plain(ref client) => {
+                    relay::relay(client, &backend, config.idle_timeout, cancel, &meter).await
+                }
+                Client::Tls(tls) => {
+                    Box::pin(relay::relay_stream(
+                        tls,
+                        &mut backend,
+                        config.idle_timeout,
+                        cancel,
+                        &meter,
+                    ))
+                    .await
+                }
             },
         };
         info!(
