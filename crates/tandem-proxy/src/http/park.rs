@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -172,7 +172,7 @@ pub(super) fn park(resume: Resume, deadline: Instant) -> Option<Resume> {
         let mut slot = parked.resume.lock().unwrap_or_else(|e| e.into_inner());
         let waker = Waker::from(parked.clone());
         let mut cx = Context::from_waker(&waker);
-        if let Poll::Ready(_) = resume.stream.poll_read_ready(&mut cx) {
+        if resume.stream.poll_read_ready(&mut cx).is_ready() {
             // Readable already (or failed: the next read says so).
             return Some(resume);
         }
