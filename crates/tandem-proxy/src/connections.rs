@@ -210,21 +210,34 @@ mod tests {
 
     #[tokio::test]
     async fn the_node_s_close_all_closes_each_connection_through_its_own_token() {
+        use tokio::net::{TcpListener, TcpStream};
         let registry = Connections::default();
         let client: SocketAddr = "192.0.2.1:40000".parse().unwrap();
         let r = registry.register(client, "10.0.0.1:80".parse().unwrap(), "web");
-        let own = r.connection.close_token().clone();
         let close_all = CancellationToken::new();
-        // A stand-in relay: ends when its token is cancelled, then says how.
-        let relaying = std::pin::pin!(async {
-            own.cancelled().await;
-            "ended by its token"
-        });
+        // An idle relay between two loopback connections.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+        let (a, (b, _)) = (a.unwrap(), b.unwrap());
         let closer = close_all.clone();
         tokio::spawn(async move { closer.cancel() });
-        let out =
-            crate::relay::closing_with(relaying, &close_all, r.connection.close_token()).await;
-        assert_eq!(out, "ended by its token");
+        let cancel = crate::relay::Cancel {
+            own: r.connection.close_token(),
+            all: &close_all,
+        };
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            crate::relay::relay(
+                &a,
+                &b,
+                std::time::Duration::from_secs(60),
+                cancel,
+                &|_, _| {},
+            ),
+        )
+        .await
+        .expect("the relay ends at close_all");
+        assert_eq!(out.end, crate::relay::End::Shutdown);
         assert!(r.connection.close_token().is_cancelled());
     }
 }

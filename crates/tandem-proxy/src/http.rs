@@ -34,6 +34,7 @@ use crate::framing::{Sniffer, Verdicts};
 pub(crate) mod chunked;
 mod h1;
 mod lean;
+pub(crate) mod park;
 pub mod policy;
 
 type ProxyBody = BoxBody<Bytes, lean::BoxError>;
@@ -123,18 +124,10 @@ pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     close_all: CancellationToken,
+    held: crate::service::Held,
 ) {
     let config = service.config.load_full();
-    let conn = Arc::new(Connection {
-        service: service.clone(),
-        state: state.clone(),
-        peer,
-        client: policy::Client::new(peer.ip(), state.tls.is_some()),
-        requests: AtomicU32::new(0),
-        verdicts: Arc::new(Verdicts::default()),
-        close_all: close_all.clone(),
-        tunnel: std::sync::Mutex::new(None),
-    });
+    let conn = Connection::new(service.clone(), state.clone(), peer, close_all, 0);
     match &state.tls {
         Some(acceptor) => {
             let header_timeout = config.http.header_timeout;
@@ -161,7 +154,45 @@ pub(crate) async fn serve(
             let h2 = alpn == Some(b"h2");
             serve_stream(conn, &config, tls, state.fast && !h2).await;
         }
-        None => serve_stream(conn, &config, stream, state.fast).await,
+        None if state.fast => serve_plain(conn, stream, held).await,
+        None => serve_stream(conn, &config, stream, false).await,
+    }
+}
+
+/// Serves a plain connection on the fast path, then on the general path when a
+/// request needs it. One idle for [`park::PARK_AFTER`] is parked: this task ends, and
+/// a new one serves the connection once its socket is readable.
+async fn serve_plain(conn: Arc<Connection>, stream: TcpStream, held: crate::service::Held) {
+    let (mut conn, mut stream, mut held) = (conn, stream, held);
+    loop {
+        match fast_path(&conn, &mut stream, true).await {
+            FastEnd::Closed => return,
+            FastEnd::Handoff(rest) => {
+                let config = conn.service.config.load_full();
+                // Boxed: a connection the fast path serves to its end never carries the
+                // general path's state.
+                Box::pin(general_path(conn, &config, stream, rest)).await;
+                return;
+            }
+            FastEnd::Idle(deadline) => {
+                // What the connection's next task needs to build it again: no more (its
+                // shared state is made anew then).
+                let resume = park::Resume {
+                    stream,
+                    service: conn.service.clone(),
+                    state: conn.state.clone(),
+                    peer: conn.peer,
+                    close_all: conn.close_all.clone(),
+                    requests: conn.requests.load(Relaxed),
+                    held,
+                };
+                drop(conn);
+                let Some(readable) = park::park(resume, deadline) else {
+                    return;
+                };
+                (conn, stream, held) = readable.serve_on();
+            }
+        }
     }
 }
 
@@ -176,9 +207,9 @@ async fn serve_stream<S>(
     S: h1::ClientIo + Send + 'static,
 {
     let rest = if fast {
-        match fast_path(&conn, &mut io).await {
-            Some(rest) => rest,
-            None => return,
+        match fast_path(&conn, &mut io, false).await {
+            FastEnd::Handoff(rest) => rest,
+            FastEnd::Closed | FastEnd::Idle(_) => return,
         }
     } else {
         Bytes::new()
@@ -188,13 +219,25 @@ async fn serve_stream<S>(
     Box::pin(general_path(conn, config, io, rest)).await;
 }
 
-/// Runs the fast path; the unread bytes when the general path must go on.
-async fn fast_path<S>(conn: &Connection, client: &mut S) -> Option<Bytes>
+/// How the fast path left a connection.
+enum FastEnd {
+    /// Closed.
+    Closed,
+    /// The general path goes on, with these bytes read and not used.
+    Handoff(Bytes),
+    /// Idle for [`park::PARK_AFTER`] with nothing buffered and no backend connection
+    /// held; its next request head is due by this deadline.
+    Idle(tokio::time::Instant),
+}
+
+/// Runs the fast path until the connection closes, needs the general path, or (when it
+/// `parks`) has been idle for [`park::PARK_AFTER`].
+async fn fast_path<S>(conn: &Connection, client: &mut S, parks: bool) -> FastEnd
 where
     S: h1::ClientIo,
 {
     let idle = std::sync::atomic::AtomicBool::new(true);
-    let mut fast = h1::FastPath::new(conn, &conn.state, &idle);
+    let mut fast = h1::FastPath::new(conn, &conn.state, &idle, parks);
     let end = {
         let serving = fast.serve(client);
         let mut serving = std::pin::pin!(serving);
@@ -213,8 +256,9 @@ where
     };
     fast.finish();
     match end {
-        h1::End::Closed => None,
-        h1::End::Handoff(rest) => Some(rest.freeze()),
+        h1::End::Closed => FastEnd::Closed,
+        h1::End::Handoff(rest) => FastEnd::Handoff(rest.freeze()),
+        h1::End::Idle(deadline) => FastEnd::Idle(deadline),
     }
 }
 
@@ -272,6 +316,28 @@ where
     }
     if verdicts.write_timed_out() {
         conn.client_timed_out(config);
+    }
+}
+
+impl Connection {
+    /// A connection of `peer` to `service`, that has served `requests` before.
+    fn new(
+        service: Arc<crate::Service>,
+        state: Arc<HttpState>,
+        peer: SocketAddr,
+        close_all: CancellationToken,
+        requests: u32,
+    ) -> Arc<Connection> {
+        Arc::new(Connection {
+            service,
+            client: policy::Client::new(peer.ip(), state.tls.is_some()),
+            state,
+            peer,
+            requests: AtomicU32::new(requests),
+            verdicts: Arc::new(Verdicts::default()),
+            close_all,
+            tunnel: std::sync::Mutex::new(None),
+        })
     }
 }
 

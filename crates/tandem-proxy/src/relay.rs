@@ -111,6 +111,17 @@ enum PumpError {
     Write(io::Error),
 }
 
+/// What ends a relay from outside: its connection's own token (`tandem ctl connections
+/// close` closes it alone) and the node's (the drain deadline closes every one, and
+/// cancels the own token too). One select watches both, in the relay's own state.
+#[derive(Debug, Clone, Copy)]
+pub struct Cancel<'a> {
+    /// The connection's own token.
+    pub own: &'a CancellationToken,
+    /// The node's.
+    pub all: &'a CancellationToken,
+}
+
 /// Relays between `client` and `backend` until both directions end, one fails, the
 /// connection is idle for `idle`, or `cancel` fires. `meter(to_backend, bytes)` is told
 /// of every chunk as it moves, so counters stay live on long connections.
@@ -118,47 +129,31 @@ pub async fn relay(
     client: &TcpStream,
     backend: &TcpStream,
     idle: Duration,
-    cancel: &CancellationToken,
+    cancel: Cancel<'_>,
     meter: &(dyn Fn(bool, u64) + Sync),
 ) -> Outcome {
     let moved = Moved::new();
     let (meter_up, meter_down) = (|n| meter(true, n), |n| meter(false, n));
-    let up = pump(
+    // Pinned here and lent to `run`: moved into it, each pump's state would be held
+    // again by every async level it passes through (arguments and awaited values both
+    // keep a copy), which made an idle relayed connection's future 4.6 KiB.
+    let up = std::pin::pin!(pump(
         client,
         backend,
         &moved.up,
         &moved.activity,
         &moved.ended,
         &meter_up,
-    );
-    let down = pump(
+    ));
+    let down = std::pin::pin!(pump(
         backend,
         client,
         &moved.down,
         &moved.activity,
         &moved.ended,
         &meter_down,
-    );
+    ));
     moved.run(up, down, idle, cancel).await
-}
-
-/// Runs `relaying`, a relay that ends when `own` is cancelled, and cancels `own`
-/// when `close_all` fires (the drain deadline): a connection's own token closes it
-/// alone (`tandem ctl connections close`), the node's closes every one. The relay is
-/// pinned where the caller keeps it: moved in here, its state would be held twice
-/// by the connection's task (2 to 3.4 KiB more per idle relayed connection, measured).
-pub async fn closing_with<F: Future>(
-    mut relaying: std::pin::Pin<&mut F>,
-    close_all: &CancellationToken,
-    own: &CancellationToken,
-) -> F::Output {
-    tokio::select! {
-        out = relaying.as_mut() => out,
-        () = close_all.cancelled() => {
-            own.cancel();
-            relaying.await
-        }
-    }
 }
 
 /// As [`relay`], for a client whose bytes tandem must see in user space (a TLS
@@ -170,7 +165,7 @@ pub async fn relay_stream<S>(
     client: S,
     backend: &mut TcpStream,
     idle: Duration,
-    cancel: &CancellationToken,
+    cancel: Cancel<'_>,
     meter: &(dyn Fn(bool, u64) + Sync),
 ) -> Outcome
 where
@@ -180,20 +175,21 @@ where
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut backend_read, mut backend_write) = backend.split();
     let (meter_up, meter_down) = (|n| meter(true, n), |n| meter(false, n));
-    let up = copy_pump(
+    // (Pinned here and lent to `run`, as in `relay`.)
+    let up = std::pin::pin!(copy_pump(
         &mut client_read,
         &mut backend_write,
         &moved.up,
         &moved.activity,
         &meter_up,
-    );
-    let down = copy_pump(
+    ));
+    let down = std::pin::pin!(copy_pump(
         &mut backend_read,
         &mut client_write,
         &moved.down,
         &moved.activity,
         &meter_down,
-    );
+    ));
     moved.run(up, down, idle, cancel).await
 }
 
@@ -216,13 +212,13 @@ impl Moved {
     }
 
     /// Runs the client-to-backend pump `up` and the backend-to-client pump `down` until
-    /// both end, one fails, nothing moves for `idle`, or `cancel` fires.
+    /// both end, one fails, nothing moves for `idle`, or either token of `cancel` fires.
     async fn run(
         &self,
-        up: impl Future<Output = Result<(), PumpError>>,
-        down: impl Future<Output = Result<(), PumpError>>,
+        up: std::pin::Pin<&mut impl Future<Output = Result<(), PumpError>>>,
+        down: std::pin::Pin<&mut impl Future<Output = Result<(), PumpError>>>,
         idle: Duration,
-        cancel: &CancellationToken,
+        cancel: Cancel<'_>,
     ) -> Outcome {
         let both = async {
             let up = async {
@@ -245,7 +241,11 @@ impl Moved {
         let end = tokio::select! {
             end = both => end,
             () = self.activity.quiet_for(idle) => End::IdleTimeout,
-            () = cancel.cancelled() => End::Shutdown,
+            () = cancel.own.cancelled() => End::Shutdown,
+            () = cancel.all.cancelled() => {
+                cancel.own.cancel();
+                End::Shutdown
+            }
         };
         Outcome {
             to_backend: self.up.load(Relaxed),
@@ -275,7 +275,7 @@ async fn pump(
     // Whether the last chunk was a bulk one: then the next goes through a pipe.
     let mut bulk = false;
     loop {
-        src.readable().await.map_err(PumpError::Read)?;
+        read_ready(src).await.map_err(PumpError::Read)?;
         #[cfg(target_os = "linux")]
         let chunk = match bulk.then(splice::Pipe::take) {
             Some(Ok(pipe)) => splice::chunk(src, dst, pipe, moved).await?,
@@ -299,6 +299,19 @@ async fn pump(
             }
         }
     }
+}
+
+/// Waits until `socket` is readable. Its waker is kept in the socket's registration
+/// (`readable()` keeps a waiter of its own in the future: 152 bytes more in each pump
+/// of every idle connection); a relay has one pump reading each socket and one writing
+/// it, so each waker slot has one user.
+async fn read_ready(socket: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| socket.poll_read_ready(cx)).await
+}
+
+/// Waits until `socket` is writable, as [`read_ready`].
+async fn write_ready(socket: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| socket.poll_write_ready(cx)).await
 }
 
 enum Chunk {
@@ -358,7 +371,7 @@ async fn copy_chunk(
     })?;
     let mut sent = 0;
     while sent < left.len() {
-        dst.writable().await.map_err(PumpError::Write)?;
+        write_ready(dst).await.map_err(PumpError::Write)?;
         match dst.try_write(&left[sent..]) {
             Ok(m) => {
                 sent += m;
@@ -548,7 +561,7 @@ mod splice {
         // pooled, so no stray byte can reach another connection.
         let total = left;
         while left > 0 {
-            dst.writable().await.map_err(PumpError::Write)?;
+            super::write_ready(dst).await.map_err(PumpError::Write)?;
             match dst.try_io(Interest::WRITABLE, || splice(&pipe.read, dst, left)) {
                 Ok(n) => {
                     left -= n;
@@ -592,11 +605,15 @@ mod tests {
             .set_send_buffer_size(4096)
             .unwrap();
         let relay = tokio::spawn(async move {
+            let (own, all) = (CancellationToken::new(), CancellationToken::new());
             relay(
                 &client_side,
                 &backend_side,
                 Duration::from_secs(10),
-                &CancellationToken::new(),
+                Cancel {
+                    own: &own,
+                    all: &all,
+                },
                 &|_, _| {},
             )
             .await

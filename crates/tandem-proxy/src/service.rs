@@ -82,6 +82,8 @@ pub struct Service {
     clients: Arc<ClientTable>,
     /// Its tcp mode connections open now, for `tandem ctl connections`.
     pub connections: crate::connections::Connections,
+    /// Its idle HTTP connections parked without a task.
+    pub(crate) parked: crate::http::park::Lot,
 }
 
 /// What the accept loop and connections need to stop.
@@ -146,6 +148,7 @@ impl Service {
             warn_client: RateLimited::new(WARN_EVERY),
             clients: ClientTable::new(CLIENT_TABLE_CAPACITY),
             connections: Default::default(),
+            parked: Default::default(),
         })
     }
 
@@ -198,8 +201,37 @@ impl Service {
                     };
                     let service = self.clone();
                     let close_all = life.close_all.clone();
+                    // (The tracker's token, held as a tracked task holds it: an HTTP
+                    // connection parked between requests keeps it without a task.)
+                    let token = life.tracker.token();
+                    if !proxied && self.http.load().is_none() {
+                        // A relayed connection: its task is the boxed connection
+                        // future alone (128 bytes), not a task sized by the HTTP
+                        // branch's state beside a boxed relay (384 bytes more, per
+                        // idle connection).
+                        let held = Held {
+                            _slot: slot,
+                            _client: client_slot,
+                            _node: node_slot,
+                            _token: token,
+                        };
+                        let ends = Ends {
+                            client: peer,
+                            local: None,
+                        };
+                        let listener = local.unwrap_or(peer);
+                        tokio::spawn(Box::pin(
+                            service.handle(client, ends, listener, close_all, held),
+                        ));
+                        continue;
+                    }
                     let fut = async move {
-                        let mut client_slot = client_slot;
+                        let mut held = Held {
+                            _slot: slot,
+                            _client: client_slot,
+                            _node: node_slot,
+                            _token: token,
+                        };
                         let mut ends = Ends {
                             client: peer,
                             local: None,
@@ -216,7 +248,7 @@ impl Service {
                             let Ok(admitted) = service.admit_client(ends.client) else {
                                 return;
                             };
-                            client_slot = admitted;
+                            held._client = admitted;
                         }
                         match service.http.load_full().as_ref().clone() {
                             Some(state) => {
@@ -230,6 +262,7 @@ impl Service {
                                     client,
                                     ends.client,
                                     close_all,
+                                    held,
                                 ))
                                 .await;
                             }
@@ -240,17 +273,15 @@ impl Service {
                                     client,
                                     ends,
                                     local.unwrap_or(peer),
-                                    &close_all,
+                                    close_all,
+                                    held,
                                 ))
-                                .await
+                                .await;
                             }
                         }
-                        drop(slot);
-                        drop(client_slot);
-                        drop(node_slot);
                     };
 
-                    life.tracker.spawn(fut);
+                    tokio::spawn(fut);
                 }
                 Err(e) => {
                     self.stats.accept_errors.fetch_add(1, Relaxed);
@@ -373,13 +404,18 @@ impl Service {
         }
     }
 
+    /// Serves a tcp mode connection to its end; `held` is let go then.
     async fn handle(
-        &self,
+        self: Arc<Self>,
         client: TcpStream,
         ends: Ends,
         listener: SocketAddr,
-        close_all: &CancellationToken,
+        close_all: CancellationToken,
+        _held: Held,
     ) {
+        // (What lives across the relay is what each idle relayed connection costs: no
+        // copies of the arguments, what is done with dropped before it.)
+        let close_all = &close_all;
         self.stats.total.fetch_add(1, Relaxed);
         let started = Instant::now();
         let config = self.config.load_full();
@@ -430,6 +466,7 @@ impl Service {
                 }
             }
         };
+        drop(acceptor);
         // TLS passed through with sni routes: the ClientHello's server name chooses the
         // pool, and the bytes read to learn it go to the backend first, untouched.
         let mut hello = Vec::new();
@@ -477,6 +514,7 @@ impl Service {
             Some(h) => Box::pin(backend.write_all(h)).await.err(),
             None => None,
         };
+        drop(header);
         let header_error = match header_error {
             None if !hello.is_empty() => {
                 pick.lease.state.record_bytes(hello.len() as u64, 0);
@@ -486,31 +524,34 @@ impl Service {
             other => other,
         };
         drop(hello);
-        let outcome = {
-            let relaying = std::pin::pin!(async {
-                match (header_error, client) {
-                    // One plain relay call site, so the task holds one relay's state.
-                    (None, Client::Plain(client)) => {
-                        relay::relay(&client, &backend, config.idle_timeout, own, &meter).await
-                    }
-                    (None, Client::Tls(tls)) => {
-                        Box::pin(relay::relay_stream(
-                            tls,
-                            &mut backend,
-                            config.idle_timeout,
-                            own,
-                            &meter,
-                        ))
-                        .await
-                    }
-                    (Some(e), _) => relay::Outcome {
-                        to_backend: 0,
-                        to_client: 0,
-                        end: End::BackendError(format!("sending PROXY header: {e}")),
-                    },
+        let cancel = relay::Cancel {
+            own,
+            all: close_all,
+        };
+        // (Matched in place, the client borrowed: a tuple or a moved binding would be
+        // one more copy of the socket in every idle relayed connection's state.)
+        let outcome = match header_error {
+            Some(e) => relay::Outcome {
+                to_backend: 0,
+                to_client: 0,
+                end: End::BackendError(format!("sending PROXY header: {e}")),
+            },
+            None => match client {
+                // One plain relay call site, so the task holds one relay's state.
+                Client::Plain(ref client) => {
+                    relay::relay(client, &backend, config.idle_timeout, cancel, &meter).await
                 }
-            });
-            relay::closing_with(relaying, close_all, own).await
+                Client::Tls(tls) => {
+                    Box::pin(relay::relay_stream(
+                        tls,
+                        &mut backend,
+                        config.idle_timeout,
+                        cancel,
+                        &meter,
+                    ))
+                    .await
+                }
+            },
         };
         info!(
             target: "tandem::conn",
@@ -635,6 +676,17 @@ enum Client {
 
 /// A connection slot under the service's limit, freed on drop.
 struct Slot(Arc<Service>);
+
+/// What keeps an open client connection counted, wherever it is served (an HTTP
+/// connection parked between requests has no task): its slots under the service's,
+/// the client's and the node's limits, and its token of the daemon's task tracker (a
+/// drain waits for it). Released when dropped, in that order.
+pub(crate) struct Held {
+    _slot: Slot,
+    _client: Option<ClientSlot>,
+    _node: crate::limits::GlobalSlot,
+    _token: tokio_util::task::task_tracker::TaskTrackerToken,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {

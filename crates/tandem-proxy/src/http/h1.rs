@@ -62,6 +62,19 @@ pub(super) enum End {
     Closed,
     /// The general path serves the rest, starting with these unread bytes.
     Handoff(BytesMut),
+    /// Idle for [`super::park::PARK_AFTER`], holding no buffer and no backend
+    /// connection: to be parked until it is readable or this deadline passes.
+    Idle(Instant),
+}
+
+/// Why no request head came.
+enum NoHead {
+    /// The client is gone, failed or was too slow: close.
+    Closed,
+    /// The general path must take the connection.
+    Handoff,
+    /// Idle long enough to be parked; its next head is due by this deadline.
+    Idle(Instant),
 }
 
 /// A connection to a backend, kept between requests.
@@ -171,6 +184,8 @@ pub(super) struct FastPath<'a> {
     held: Option<BackendConn>,
     /// Set while waiting for the next request head (nothing owed to the client).
     idle: &'a std::sync::atomic::AtomicBool,
+    /// An idle connection ends with [`End::Idle`] to be parked.
+    parks: bool,
 }
 
 /// `a` equals `b` ignoring ASCII case (header names).
@@ -254,6 +269,7 @@ impl<'a> FastPath<'a> {
         conn: &'a Connection,
         state: &'a HttpState,
         idle: &'a std::sync::atomic::AtomicBool,
+        parks: bool,
     ) -> FastPath<'a> {
         FastPath {
             conn,
@@ -263,6 +279,7 @@ impl<'a> FastPath<'a> {
             from_backend: BytesMut::new(),
             held: None,
             idle,
+            parks,
         }
     }
 
@@ -275,9 +292,10 @@ impl<'a> FastPath<'a> {
             self.idle.store(self.buf.is_empty(), Relaxed);
             let config = self.conn.service.config.load_full();
             let head = match self.read_head(client, &config).await {
-                Ok(Some(head)) => head,
-                Ok(None) => return End::Closed,
-                Err(()) => return End::Handoff(std::mem::take(&mut self.buf)),
+                Ok(head) => head,
+                Err(NoHead::Closed) => return End::Closed,
+                Err(NoHead::Handoff) => return End::Handoff(std::mem::take(&mut self.buf)),
+                Err(NoHead::Idle(deadline)) => return End::Idle(deadline),
             };
             self.idle.store(false, Relaxed);
             // Boxed: a connection waiting for its next request does not carry the
@@ -301,13 +319,12 @@ impl<'a> FastPath<'a> {
         }
     }
 
-    /// Reads the next request head: `Ok(None)` when the client is gone or too slow,
-    /// `Err(())` when the general path must take it.
+    /// Reads the next request head, or says why none came.
     async fn read_head<S>(
         &mut self,
         client: &mut S,
         config: &tandem_config::Service,
-    ) -> Result<Option<Head>, ()>
+    ) -> Result<Head, NoHead>
     where
         S: ClientIo,
     {
@@ -316,23 +333,26 @@ impl<'a> FastPath<'a> {
             if !self.buf.is_empty() {
                 // (The HTTP/2 preface, "PRI * HTTP/2.0", is not HTTP/1: hyper's.)
                 match self.parse(config) {
-                    Parsed::Fast(head) => return Ok(Some(head)),
-                    Parsed::Other => return Err(()),
+                    Parsed::Fast(head) => return Ok(head),
+                    Parsed::Other => return Err(NoHead::Handoff),
                     Parsed::Partial if self.buf.len() >= config.http.max_header_size => {
-                        return Err(());
+                        return Err(NoHead::Handoff);
                     }
                     Parsed::Partial => {}
                 }
             }
             let read = if self.buf.is_empty() {
-                self.read_when_ready(client, deadline).await
+                match self.read_when_ready(client, deadline).await {
+                    Some(read) => read,
+                    None => return Err(NoHead::Idle(deadline)),
+                }
             } else {
                 self.read_more(client, deadline).await
             };
             match read {
                 Ok(n) if n > 0 => {}
                 // Gone, failed, or slower than header_timeout (slowloris): closed.
-                _ => return Ok(None),
+                _ => return Err(NoHead::Closed),
             }
         }
     }
@@ -344,12 +364,13 @@ impl<'a> FastPath<'a> {
     /// socket to become readable, holding no buffer, then reads into a spare one. A
     /// client quiet for [`RELEASE_BACKEND_AFTER`] gives its backend connection back to
     /// the service's pool, for other clients (a backend with few worker slots is not
-    /// tied up by idle keep-alive clients).
+    /// tied up by idle keep-alive clients). A connection that `parks` does so after
+    /// [`super::park::PARK_AFTER`], and then ends here (`None`) to be parked.
     async fn read_when_ready<S>(
         &mut self,
         client: &mut S,
         deadline: Instant,
-    ) -> std::io::Result<usize>
+    ) -> Option<std::io::Result<usize>>
     where
         S: ClientIo,
     {
@@ -371,29 +392,36 @@ impl<'a> FastPath<'a> {
             .await
         };
         if let Some(read) = tried {
-            return read;
+            return Some(read);
         }
         self.release_buffers();
-        let release_at = Instant::now() + RELEASE_BACKEND_AFTER;
+        let (release_at, park_at) = if self.parks {
+            let at = Instant::now() + super::park::PARK_AFTER;
+            (at, Some(at))
+        } else {
+            (Instant::now() + RELEASE_BACKEND_AFTER, None)
+        };
         loop {
-            let wait_until = match self.held {
-                Some(_) => release_at.min(deadline),
-                None => deadline,
+            let wait_until = match (&self.held, park_at) {
+                (Some(_), _) => release_at.min(deadline),
+                (None, Some(park_at)) => park_at.min(deadline),
+                (None, None) => deadline,
             };
             // (poll_read_ready keeps its waker in the socket's registration: the wait
             // carries no waiter of its own.)
             let ready = std::future::poll_fn(|cx| client.socket().poll_read_ready(cx));
             match timeout_at(wait_until, ready).await {
                 Ok(Ok(())) => break,
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => return Some(Err(e)),
                 Err(_) if Instant::now() >= deadline => {
-                    return Err(std::io::ErrorKind::TimedOut.into());
+                    return Some(Err(std::io::ErrorKind::TimedOut.into()));
                 }
-                Err(_) => self.finish(),
+                Err(_) if self.held.is_some() => self.finish(),
+                Err(_) => return None,
             }
         }
         self.buf = spares::take();
-        self.read_more(client, deadline).await
+        Some(self.read_more(client, deadline).await)
     }
 
     /// Reads what the client sends into `buf`, by `deadline`.

@@ -731,6 +731,84 @@ async fn an_idle_keep_alive_client_gives_its_backend_connection_back_for_others(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_keep_alive_connection_is_served_again_timed_out_and_closed_at_the_drain() {
+    // A plain keep-alive connection idle for a moment between requests is parked (its
+    // task ends): it stays counted, its next request is served on the same connection
+    // with its request count kept, its header timeout still closes it, and the drain
+    // deadline closes it at once.
+    use std::sync::atomic::Ordering::Relaxed;
+    let backend = rust_backend().await;
+    let d = start(&http_service(
+        &backends(&[backend]),
+        "",
+        "[service.http]\nheader_timeout = \"1500ms\"\nmax_requests_per_connection = 3\n",
+    ))
+    .await;
+    let to = addr_of(&d, "www");
+    let service = d.service("www").unwrap().service;
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for n in 1..=3 {
+        let (status, head, _) = exchange(&mut s, &get("/peer", ""));
+        assert_eq!(status, 200, "request {n}");
+        let closes = head.to_ascii_lowercase().contains("connection: close");
+        assert_eq!(closes, n == 3, "request {n} of at most 3: {head}");
+        if n < 3 {
+            // Parked well before this.
+            std::thread::sleep(Duration::from_millis(400));
+            assert_eq!(
+                service.stats.active.load(Relaxed),
+                1,
+                "counted while parked"
+            );
+            assert_eq!(d.open_connections(), 1, "tracked while parked");
+        }
+    }
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "closed after its last request");
+
+    // The header timeout closes an idle connection, parked or not.
+    let mut idle = TcpStream::connect(to).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(exchange(&mut idle, &get("/peer", "")).0, 200);
+    let since = Instant::now();
+    let mut byte = [0u8; 1];
+    assert_eq!(idle.read(&mut byte).unwrap(), 0, "closed by tandem");
+    let waited = since.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1300) && waited < Duration::from_secs(3),
+        "closed {waited:?} after its response (header_timeout 1.5 s)"
+    );
+    wait_until(
+        "the timed-out connection is let go",
+        Duration::from_secs(2),
+        || service.stats.active.load(Relaxed) == 0 && d.open_connections() == 0,
+    )
+    .await;
+
+    // Draining: the drain deadline closes a parked connection at once (not at its
+    // header timeout).
+    let mut parked = TcpStream::connect(to).unwrap();
+    parked
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(exchange(&mut parked, &get("/peer", "")).0, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let began = Instant::now();
+    let report = d.shutdown(Duration::from_millis(200)).await;
+    let took = began.elapsed();
+    assert_eq!(report.open_at_start, 1);
+    assert_eq!(report.closed_at_deadline, 1);
+    assert!(took < Duration::from_millis(1000), "drained in {took:?}");
+    assert_eq!(
+        parked.read(&mut byte).unwrap(),
+        0,
+        "closed at the drain deadline"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_with_no_bytes_for_the_idle_timeout_is_closed_and_a_busy_one_is_not() {
     let backend = upgrading_backend().await;
     let d = start(&http_service(
