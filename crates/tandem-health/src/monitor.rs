@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tandem_balance::{Agent, BackendState, PoolSet};
@@ -92,7 +92,8 @@ pub struct Transition {
 /// socket, metrics, VRRP tracking), and the stream of transitions.
 #[derive(Debug)]
 pub struct HealthBoard {
-    backends: RwLock<HashMap<(String, SocketAddr), BackendHealth>>,
+    /// Each backend's slot, which its check task holds too (a result takes no lookup).
+    backends: RwLock<HashMap<(String, SocketAddr), Slot>>,
     changes: broadcast::Sender<Transition>,
     /// Counts backends whose checks reached their first decision.
     decisions: watch::Sender<u64>,
@@ -100,6 +101,13 @@ pub struct HealthBoard {
     agents: RwLock<HashMap<(String, SocketAddr), AgentSeen>>,
     /// Counts agent answers that changed a backend's weight.
     weights: watch::Sender<u64>,
+}
+
+/// One checked backend's health, shared by the board and the backend's check task.
+type Slot = Arc<Mutex<BackendHealth>>;
+
+fn lock(slot: &Mutex<BackendHealth>) -> MutexGuard<'_, BackendHealth> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What a backend's agent said last.
@@ -130,14 +138,16 @@ impl Default for HealthBoard {
 impl HealthBoard {
     /// The health of `backend` in `pool`, when it is checked.
     pub fn get(&self, pool: &str, backend: SocketAddr) -> Option<BackendHealth> {
-        self.read().get(&(pool.to_string(), backend)).cloned()
+        self.read()
+            .get(&(pool.to_string(), backend))
+            .map(|slot| lock(slot).clone())
     }
 
     /// Every checked backend.
     pub fn all(&self) -> Vec<((String, SocketAddr), BackendHealth)> {
         self.read()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, slot)| (k.clone(), lock(slot).clone()))
             .collect()
     }
 
@@ -147,7 +157,7 @@ impl HealthBoard {
         self.read()
             .iter()
             .filter(|((p, _), _)| p == pool)
-            .all(|(_, h)| h.machine.is_decided())
+            .all(|(_, slot)| lock(slot).machine.is_decided())
     }
 
     /// Changes each time a backend's checks reach their first decision (which need not
@@ -237,13 +247,11 @@ impl HealthBoard {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, SocketAddr), BackendHealth>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, SocketAddr), Slot>> {
         self.backends.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, SocketAddr), BackendHealth>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, SocketAddr), Slot>> {
         self.backends.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -251,6 +259,7 @@ impl HealthBoard {
     /// A certificate within `warn_expiry` of its end is logged (again each day).
     fn record(
         &self,
+        slot: &Mutex<BackendHealth>,
         pool: &str,
         backend: SocketAddr,
         state: &BackendState,
@@ -259,10 +268,7 @@ impl HealthBoard {
     ) {
         let now = SystemTime::now();
         let change = {
-            let mut map = self.write();
-            let Some(entry) = map.get_mut(&(pool.to_string(), backend)) else {
-                return;
-            };
+            let mut entry = lock(slot);
             entry.checks += 1;
             if !probe.ok {
                 entry.failures += 1;
@@ -405,24 +411,27 @@ impl Monitor {
                 if self.tasks.get(&key).is_some_and(|w| &w.check == check) {
                     continue;
                 }
-                {
+                let slot = {
                     let mut map = self.board.write();
-                    let entry = map.entry(key.clone()).or_insert_with(|| BackendHealth {
-                        up: b.state.is_healthy(),
-                        last: None,
-                        since: SystemTime::now(),
-                        checks: 0,
-                        failures: 0,
-                        not_after: None,
-                        expiry_logged: None,
-                        machine: if b.state.is_decided() {
-                            RiseFall::decided(check.rise, check.fall, b.state.is_healthy())
-                        } else {
-                            RiseFall::new(check.rise, check.fall, b.state.is_healthy())
-                        },
+                    let slot = map.entry(key.clone()).or_insert_with(|| {
+                        Arc::new(Mutex::new(BackendHealth {
+                            up: b.state.is_healthy(),
+                            last: None,
+                            since: SystemTime::now(),
+                            checks: 0,
+                            failures: 0,
+                            not_after: None,
+                            expiry_logged: None,
+                            machine: if b.state.is_decided() {
+                                RiseFall::decided(check.rise, check.fall, b.state.is_healthy())
+                            } else {
+                                RiseFall::new(check.rise, check.fall, b.state.is_healthy())
+                            },
+                        }))
                     });
-                    entry.machine.reconfigure(check.rise, check.fall);
-                }
+                    lock(slot).machine.reconfigure(check.rise, check.fall);
+                    slot.clone()
+                };
                 // Spread the pool's checks over the interval, plus a little jitter.
                 let phase = check.interval * i as u32 / n;
                 let jitter = Duration::from_millis(fastrand::u64(
@@ -430,6 +439,7 @@ impl Monitor {
                 ));
                 let task = tokio::spawn(watch(
                     self.board.clone(),
+                    slot,
                     config.name.clone(),
                     b.address,
                     b.state.clone(),
@@ -548,6 +558,7 @@ async fn ask_agent(
 
 async fn watch(
     board: Arc<HealthBoard>,
+    slot: Slot,
     pool: String,
     backend: SocketAddr,
     state: Arc<BackendState>,
@@ -563,7 +574,7 @@ async fn watch(
     loop {
         tokio::time::sleep_until(next).await;
         let probe = checker.probe(backend).await;
-        board.record(&pool, backend, &state, probe, warn_expiry);
+        board.record(&slot, &pool, backend, &state, probe, warn_expiry);
         next += interval;
         let now = Instant::now();
         if next < now {
