@@ -318,7 +318,7 @@ impl Prober {
 /// closes with `SO_LINGER` 0, so the reset goes out instead of that ACK. The backend's
 /// kernel drops the half-open connection: its application never accepts it, and
 /// neither end keeps a socket in `TIME_WAIT` (with an orderly close, the checker would
-/// keep one per check for a minute). Closing sooner than the delayed ACK (40-200 ms) is
+/// keep one per check for a minute). Closing sooner than the delayed ACK (200 ms) is
 /// the usual case; should the ACK go out first, the reset ends the established
 /// connection all the same.
 async fn connect(target: SocketAddr, connect_only: bool) -> std::io::Result<TcpStream> {
