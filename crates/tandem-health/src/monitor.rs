@@ -392,6 +392,11 @@ impl Monitor {
         make: impl Fn(&tandem_config::Check) -> Result<Arc<dyn Checker>, String>,
     ) -> Result<(), String> {
         let mut wanted: HashMap<(String, SocketAddr), ()> = HashMap::new();
+        // Checked pools interleave: the k-th of them starts k/checked of one backend's
+        // slot later, so that the first backends of a thousand pools are not checked
+        // at the same moment (HAProxy spreads all its servers' checks likewise).
+        let checked = configs.iter().filter(|c| c.check.is_some()).count().max(1) as u32;
+        let mut k = 0u32;
         for config in configs {
             let Some(pool) = pools.get(&config.name) else {
                 continue;
@@ -405,6 +410,8 @@ impl Monitor {
             };
             let checker = make(check).map_err(|e| format!("pool {}: {e}", config.name))?;
             let n = pool.backends.len().max(1) as u32;
+            let offset = check.interval / n * k / checked;
+            k += 1;
             for (i, b) in pool.backends.iter().enumerate() {
                 let key = (config.name.clone(), b.address);
                 wanted.insert(key.clone(), ());
@@ -433,7 +440,7 @@ impl Monitor {
                     slot.clone()
                 };
                 // Spread the pool's checks over the interval, plus a little jitter.
-                let phase = check.interval * i as u32 / n;
+                let phase = check.interval * i as u32 / n + offset;
                 let jitter = Duration::from_millis(fastrand::u64(
                     ..=(check.interval.as_millis() as u64 / 20).max(1),
                 ));
