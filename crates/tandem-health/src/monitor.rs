@@ -92,8 +92,9 @@ pub struct Transition {
 /// socket, metrics, VRRP tracking), and the stream of transitions.
 #[derive(Debug)]
 pub struct HealthBoard {
-    /// Each backend's slot, which its check task holds too (a result takes no lookup).
-    backends: RwLock<HashMap<(String, SocketAddr), Slot>>,
+    /// Each pool's backends' slots, which their check tasks hold too (a result takes no
+    /// lookup; a reader finds a backend without building a key).
+    backends: RwLock<HashMap<String, HashMap<SocketAddr, Slot>>>,
     changes: broadcast::Sender<Transition>,
     /// Counts backends whose checks reached their first decision.
     decisions: watch::Sender<u64>,
@@ -139,7 +140,8 @@ impl HealthBoard {
     /// The health of `backend` in `pool`, when it is checked.
     pub fn get(&self, pool: &str, backend: SocketAddr) -> Option<BackendHealth> {
         self.read()
-            .get(&(pool.to_string(), backend))
+            .get(pool)
+            .and_then(|backends| backends.get(&backend))
             .map(|slot| lock(slot).clone())
     }
 
@@ -147,17 +149,22 @@ impl HealthBoard {
     pub fn all(&self) -> Vec<((String, SocketAddr), BackendHealth)> {
         self.read()
             .iter()
-            .map(|(k, slot)| (k.clone(), lock(slot).clone()))
+            .flat_map(|(pool, backends)| {
+                backends
+                    .iter()
+                    .map(|(a, slot)| ((pool.clone(), *a), lock(slot).clone()))
+            })
             .collect()
     }
 
     /// Whether every checked backend of `pool` has decided (first rise or fall
     /// reached); true for a pool without checks (or unknown here).
     pub fn decided(&self, pool: &str) -> bool {
-        self.read()
-            .iter()
-            .filter(|((p, _), _)| p == pool)
-            .all(|(_, slot)| lock(slot).machine.is_decided())
+        self.read().get(pool).is_none_or(|backends| {
+            backends
+                .values()
+                .all(|slot| lock(slot).machine.is_decided())
+        })
     }
 
     /// Changes each time a backend's checks reach their first decision (which need not
@@ -247,11 +254,11 @@ impl HealthBoard {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, SocketAddr), Slot>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, HashMap<SocketAddr, Slot>>> {
         self.backends.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, SocketAddr), Slot>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, HashMap<SocketAddr, Slot>>> {
         self.backends.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -420,7 +427,8 @@ impl Monitor {
                 }
                 let slot = {
                     let mut map = self.board.write();
-                    let slot = map.entry(key.clone()).or_insert_with(|| {
+                    let backends = map.entry(config.name.clone()).or_default();
+                    let slot = backends.entry(b.address).or_insert_with(|| {
                         Arc::new(Mutex::new(BackendHealth {
                             up: b.state.is_healthy(),
                             last: None,
@@ -467,7 +475,10 @@ impl Monitor {
             }
         }
         self.tasks.retain(|k, _| wanted.contains_key(k));
-        self.board.write().retain(|k, _| wanted.contains_key(k));
+        self.board.write().retain(|pool, backends| {
+            backends.retain(|a, _| wanted.contains_key(&(pool.clone(), *a)));
+            !backends.is_empty()
+        });
         self.apply_agents(pools, configs);
         Ok(())
     }
