@@ -107,25 +107,34 @@ async fn tcp_check_passes_on_connect_and_fails_on_refusal() {
     assert!(p.error.contains("refused"), "{}", p.error);
 }
 
-/// The sockets of `port` (either end) in /proc/net/tcp, as their state (hex, "06" is
-/// TIME_WAIT).
-fn socket_states(port: u16) -> Vec<String> {
+/// The sockets with `address` at either end in /proc/net/tcp, as their state (hex, "06"
+/// is TIME_WAIT).
+fn socket_states(address: SocketAddr) -> Vec<String> {
+    let std::net::IpAddr::V4(ip) = address.ip() else {
+        panic!("an IPv4 address");
+    };
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let port = format!(":{port:04X}");
+    let wanted = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(ip.octets()),
+        address.port()
+    );
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            (f[1].ends_with(&port) || f[2].ends_with(&port)).then(|| f[3].to_string())
+            (f[1] == wanted || f[2] == wanted).then(|| f[3].to_string())
         })
         .collect()
 }
 
 #[tokio::test]
 async fn a_tcp_check_ends_with_a_reset_and_leaves_no_time_wait() {
-    // A backend that does not accept: what its kernel completes waits in the queue.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A backend that does not accept: what its kernel completes waits in the queue. On
+    // an address of its own in 127/8, so that no other test's sockets count below.
+    let ip = std::net::Ipv4Addr::new(127, fastrand::u8(2..255), fastrand::u8(..), 1);
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
     listener.set_nonblocking(true).unwrap();
     let backend = listener.local_addr().unwrap();
     for _ in 0..20 {
@@ -154,7 +163,7 @@ async fn a_tcp_check_ends_with_a_reset_and_leaves_no_time_wait() {
     }
     // No socket of either end lingers (an orderly close leaves the checker's end in
     // TIME_WAIT for a minute).
-    let states = socket_states(backend.port());
+    let states = socket_states(backend);
     assert_eq!(states, ["0A"], "only the listener (0A) is left: {states:?}");
 }
 
