@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tandem_balance::{Agent, BackendState, PoolSet};
@@ -92,7 +92,9 @@ pub struct Transition {
 /// socket, metrics, VRRP tracking), and the stream of transitions.
 #[derive(Debug)]
 pub struct HealthBoard {
-    backends: RwLock<HashMap<(String, SocketAddr), BackendHealth>>,
+    /// Each pool's backends' slots, which their check tasks hold too (a result takes no
+    /// lookup; a reader finds a backend without building a key).
+    backends: RwLock<HashMap<String, HashMap<SocketAddr, Slot>>>,
     changes: broadcast::Sender<Transition>,
     /// Counts backends whose checks reached their first decision.
     decisions: watch::Sender<u64>,
@@ -100,6 +102,13 @@ pub struct HealthBoard {
     agents: RwLock<HashMap<(String, SocketAddr), AgentSeen>>,
     /// Counts agent answers that changed a backend's weight.
     weights: watch::Sender<u64>,
+}
+
+/// One checked backend's health, shared by the board and the backend's check task.
+type Slot = Arc<Mutex<BackendHealth>>;
+
+fn lock(slot: &Mutex<BackendHealth>) -> MutexGuard<'_, BackendHealth> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What a backend's agent said last.
@@ -130,24 +139,32 @@ impl Default for HealthBoard {
 impl HealthBoard {
     /// The health of `backend` in `pool`, when it is checked.
     pub fn get(&self, pool: &str, backend: SocketAddr) -> Option<BackendHealth> {
-        self.read().get(&(pool.to_string(), backend)).cloned()
+        self.read()
+            .get(pool)
+            .and_then(|backends| backends.get(&backend))
+            .map(|slot| lock(slot).clone())
     }
 
     /// Every checked backend.
     pub fn all(&self) -> Vec<((String, SocketAddr), BackendHealth)> {
         self.read()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .flat_map(|(pool, backends)| {
+                backends
+                    .iter()
+                    .map(|(a, slot)| ((pool.clone(), *a), lock(slot).clone()))
+            })
             .collect()
     }
 
     /// Whether every checked backend of `pool` has decided (first rise or fall
     /// reached); true for a pool without checks (or unknown here).
     pub fn decided(&self, pool: &str) -> bool {
-        self.read()
-            .iter()
-            .filter(|((p, _), _)| p == pool)
-            .all(|(_, h)| h.machine.is_decided())
+        self.read().get(pool).is_none_or(|backends| {
+            backends
+                .values()
+                .all(|slot| lock(slot).machine.is_decided())
+        })
     }
 
     /// Changes each time a backend's checks reach their first decision (which need not
@@ -237,13 +254,11 @@ impl HealthBoard {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, SocketAddr), BackendHealth>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, HashMap<SocketAddr, Slot>>> {
         self.backends.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, SocketAddr), BackendHealth>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, HashMap<SocketAddr, Slot>>> {
         self.backends.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -251,6 +266,7 @@ impl HealthBoard {
     /// A certificate within `warn_expiry` of its end is logged (again each day).
     fn record(
         &self,
+        slot: &Mutex<BackendHealth>,
         pool: &str,
         backend: SocketAddr,
         state: &BackendState,
@@ -259,10 +275,7 @@ impl HealthBoard {
     ) {
         let now = SystemTime::now();
         let change = {
-            let mut map = self.write();
-            let Some(entry) = map.get_mut(&(pool.to_string(), backend)) else {
-                return;
-            };
+            let mut entry = lock(slot);
             entry.checks += 1;
             if !probe.ok {
                 entry.failures += 1;
@@ -386,6 +399,11 @@ impl Monitor {
         make: impl Fn(&tandem_config::Check) -> Result<Arc<dyn Checker>, String>,
     ) -> Result<(), String> {
         let mut wanted: HashMap<(String, SocketAddr), ()> = HashMap::new();
+        // Checked pools interleave: the k-th of them starts k/checked of one backend's
+        // slot later, so that the first backends of a thousand pools are not checked
+        // at the same moment (HAProxy spreads all its servers' checks likewise).
+        let checked = configs.iter().filter(|c| c.check.is_some()).count().max(1) as u32;
+        let mut k = 0u32;
         for config in configs {
             let Some(pool) = pools.get(&config.name) else {
                 continue;
@@ -399,37 +417,44 @@ impl Monitor {
             };
             let checker = make(check).map_err(|e| format!("pool {}: {e}", config.name))?;
             let n = pool.backends.len().max(1) as u32;
+            let offset = check.interval / n * k / checked;
+            k += 1;
             for (i, b) in pool.backends.iter().enumerate() {
                 let key = (config.name.clone(), b.address);
                 wanted.insert(key.clone(), ());
                 if self.tasks.get(&key).is_some_and(|w| &w.check == check) {
                     continue;
                 }
-                {
+                let slot = {
                     let mut map = self.board.write();
-                    let entry = map.entry(key.clone()).or_insert_with(|| BackendHealth {
-                        up: b.state.is_healthy(),
-                        last: None,
-                        since: SystemTime::now(),
-                        checks: 0,
-                        failures: 0,
-                        not_after: None,
-                        expiry_logged: None,
-                        machine: if b.state.is_decided() {
-                            RiseFall::decided(check.rise, check.fall, b.state.is_healthy())
-                        } else {
-                            RiseFall::new(check.rise, check.fall, b.state.is_healthy())
-                        },
+                    let backends = map.entry(config.name.clone()).or_default();
+                    let slot = backends.entry(b.address).or_insert_with(|| {
+                        Arc::new(Mutex::new(BackendHealth {
+                            up: b.state.is_healthy(),
+                            last: None,
+                            since: SystemTime::now(),
+                            checks: 0,
+                            failures: 0,
+                            not_after: None,
+                            expiry_logged: None,
+                            machine: if b.state.is_decided() {
+                                RiseFall::decided(check.rise, check.fall, b.state.is_healthy())
+                            } else {
+                                RiseFall::new(check.rise, check.fall, b.state.is_healthy())
+                            },
+                        }))
                     });
-                    entry.machine.reconfigure(check.rise, check.fall);
-                }
+                    lock(slot).machine.reconfigure(check.rise, check.fall);
+                    slot.clone()
+                };
                 // Spread the pool's checks over the interval, plus a little jitter.
-                let phase = check.interval * i as u32 / n;
+                let phase = check.interval * i as u32 / n + offset;
                 let jitter = Duration::from_millis(fastrand::u64(
                     ..=(check.interval.as_millis() as u64 / 20).max(1),
                 ));
                 let task = tokio::spawn(watch(
                     self.board.clone(),
+                    slot,
                     config.name.clone(),
                     b.address,
                     b.state.clone(),
@@ -450,7 +475,10 @@ impl Monitor {
             }
         }
         self.tasks.retain(|k, _| wanted.contains_key(k));
-        self.board.write().retain(|k, _| wanted.contains_key(k));
+        self.board.write().retain(|pool, backends| {
+            backends.retain(|a, _| wanted.contains_key(&(pool.clone(), *a)));
+            !backends.is_empty()
+        });
         self.apply_agents(pools, configs);
         Ok(())
     }
@@ -548,6 +576,7 @@ async fn ask_agent(
 
 async fn watch(
     board: Arc<HealthBoard>,
+    slot: Slot,
     pool: String,
     backend: SocketAddr,
     state: Arc<BackendState>,
@@ -563,7 +592,7 @@ async fn watch(
     loop {
         tokio::time::sleep_until(next).await;
         let probe = checker.probe(backend).await;
-        board.record(&pool, backend, &state, probe, warn_expiry);
+        board.record(&slot, &pool, backend, &state, probe, warn_expiry);
         next += interval;
         let now = Instant::now();
         if next < now {

@@ -1,5 +1,6 @@
 //! One check of one backend: the IO of every check type.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -41,10 +42,11 @@ impl std::fmt::Debug for Prober {
     }
 }
 
-/// Where a check is, so that a timeout can say what it was waiting for.
-type Stage = std::sync::Mutex<String>;
+/// Where a check is, so that a timeout can say what it was waiting for (a fixed
+/// text costs no allocation: most checks pass without reading it).
+type Stage = std::sync::Mutex<Cow<'static, str>>;
 
-fn enter(stage: &Stage, what: impl Into<String>) {
+fn enter(stage: &Stage, what: impl Into<Cow<'static, str>>) {
     *stage.lock().unwrap_or_else(|e| e.into_inner()) = what.into();
 }
 
@@ -85,7 +87,7 @@ impl Prober {
     /// Runs the check against `target`, bounded by the check's timeout.
     pub async fn probe(&self, target: SocketAddr) -> Probe {
         let started = Instant::now();
-        let stage = Stage::new("connecting".into());
+        let stage = Stage::new(Cow::Borrowed("connecting"));
         let result = tokio::time::timeout(self.check.timeout, self.run(target, &stage)).await;
         let latency = started.elapsed();
         match result {
@@ -109,9 +111,14 @@ impl Prober {
             return self.script(target).await.map(|()| None);
         }
         enter(stage, "connecting");
-        let mut tcp = TcpStream::connect(target)
+        let connect_only = self.check.kind == CheckKind::Tcp && self.proxy_header.is_none();
+        let mut tcp = connect(target, connect_only)
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        if connect_only {
+            // Dropped at once: closed with a reset (see `connect`).
+            return Ok(None);
+        }
         let _ = tcp.set_nodelay(true);
         if let Some(header) = &self.proxy_header {
             enter(stage, "sending the PROXY header");
@@ -121,10 +128,9 @@ impl Prober {
         }
         match self.check.kind {
             CheckKind::Tcp => {
-                if self.proxy_header.is_some() {
-                    // A clean end, so a PROXY listener sees a complete header.
-                    let _ = tcp.shutdown().await;
-                }
+                // With a PROXY header (a plain connect returned above): a clean end,
+                // so a PROXY listener sees a complete header.
+                let _ = tcp.shutdown().await;
                 Ok(None)
             }
             CheckKind::Tls => {
@@ -304,6 +310,28 @@ impl Prober {
             format!("{status}: {last}")
         })
     }
+}
+
+/// Connects to `target`. A connect-only check (`connect_only`: a tcp check without a
+/// PROXY header) is over once the backend's SYN-ACK arrives, and ends as HAProxy ends
+/// its own: the last ACK of the handshake is delayed (`TCP_QUICKACK` off) and the socket
+/// closes with `SO_LINGER` 0, so the reset goes out instead of that ACK. The backend's
+/// kernel drops the half-open connection: its application never accepts it, and
+/// neither end keeps a socket in `TIME_WAIT` (with an orderly close, the checker would
+/// keep one per check for a minute). Closing sooner than the delayed ACK (200 ms) is
+/// the usual case; should the ACK go out first, the reset ends the established
+/// connection all the same.
+async fn connect(target: SocketAddr, connect_only: bool) -> std::io::Result<TcpStream> {
+    let socket = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if connect_only {
+        socket2::SockRef::from(&socket).set_tcp_quickack(false)?;
+        socket.set_zero_linger()?;
+    }
+    socket.connect(target).await
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

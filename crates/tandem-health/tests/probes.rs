@@ -107,6 +107,66 @@ async fn tcp_check_passes_on_connect_and_fails_on_refusal() {
     assert!(p.error.contains("refused"), "{}", p.error);
 }
 
+/// The sockets with `address` at either end in /proc/net/tcp, as their state (hex, "06"
+/// is TIME_WAIT).
+fn socket_states(address: SocketAddr) -> Vec<String> {
+    let std::net::IpAddr::V4(ip) = address.ip() else {
+        panic!("an IPv4 address");
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let wanted = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(ip.octets()),
+        address.port()
+    );
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f[1] == wanted || f[2] == wanted).then(|| f[3].to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tcp_check_ends_with_a_reset_and_leaves_no_time_wait() {
+    // A backend that does not accept: what its kernel completes waits in the queue. On
+    // an address of its own in 127/8, so that no other test's sockets count below.
+    let ip = std::net::Ipv4Addr::new(127, fastrand::u8(2..255), fastrand::u8(..), 1);
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let backend = listener.local_addr().unwrap();
+    for _ in 0..20 {
+        let p = probe(&check(CheckKind::Tcp), backend).await;
+        assert!(p.ok, "{}", p.error);
+    }
+    // The handshake's last ACK was held back and a reset sent instead: the backend's
+    // kernel dropped the half-open connections, so nothing waits to be accepted. (On a
+    // slow run the delayed ACK may go out first: such a connection must then have
+    // been reset, never closed in order.)
+    loop {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut byte = [0u8; 1];
+                let read = std::io::Read::read(&mut s, &mut byte);
+                assert_eq!(
+                    read.map_err(|e| e.kind()),
+                    Err(std::io::ErrorKind::ConnectionReset),
+                    "a check connection the backend accepted must have been reset"
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    // No socket of either end lingers (an orderly close leaves the checker's end in
+    // TIME_WAIT for a minute).
+    let states = socket_states(backend);
+    assert_eq!(states, ["0A"], "only the listener (0A) is left: {states:?}");
+}
+
 #[tokio::test]
 async fn http_check_judges_status_body_and_host() {
     let ok = http_server(200, "status: ok", Duration::ZERO).await;

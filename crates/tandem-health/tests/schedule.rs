@@ -129,6 +129,29 @@ async fn checks_of_a_pool_are_spread_over_the_interval() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn checked_pools_interleave_within_each_backend_s_slot() {
+    let script = Arc::new(Script::default());
+    let mut other = pool(&[5, 6], InitialHealth::Down);
+    other.name = "api".into();
+    let configs = [pool(&[1, 2], InitialHealth::Down), other];
+    let (_monitor, _pools) = start(&script, &configs);
+    tokio::time::sleep(Duration::from_millis(1_990)).await;
+    // Two pools of two backends, interval 1 s: slots of 500 ms, the second pool half a
+    // slot later; at most 50 ms of jitter each.
+    for (n, phase) in [(1, 0), (2, 500), (5, 250), (6, 750)] {
+        let calls = script.calls_of(addr(n));
+        assert_eq!(calls.len(), 2, "backend {n}: {calls:?}");
+        let phase = Duration::from_millis(phase);
+        assert!(
+            calls[0] >= phase && calls[0] <= phase + Duration::from_millis(50),
+            "backend {n} first at {:?}",
+            calls[0]
+        );
+        assert_eq!(calls[1] - calls[0], Duration::from_secs(1), "backend {n}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_down_backend_carries_traffic_only_after_rise_checks() {
     let script = Arc::new(Script::default());
     let configs = [pool(&[1], InitialHealth::Down)];
