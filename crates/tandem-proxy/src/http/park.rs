@@ -62,7 +62,8 @@ pub(crate) struct Lot {
     inner: Mutex<Inner>,
     /// An entry came with a deadline before those the lot's task waits for.
     earlier: Notify,
-    /// The runtime whose tasks take parked connections up again.
+    /// The runtime whose tasks take parked connections up again when a wake comes from
+    /// outside any runtime, and where the lot's task runs.
     runtime: OnceLock<tokio::runtime::Handle>,
 }
 
@@ -140,7 +141,12 @@ impl Wake for Parked {
         let service = resume.service.clone();
         let lot = &service.parked;
         lot.remove(self.key);
-        if let Some(runtime) = lot.runtime.get() {
+        // The wake comes from the I/O driver of the runtime the socket is registered
+        // with (each worker thread has its own): the connection goes on there.
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| lot.runtime.get().cloned());
+        if let Some(runtime) = runtime {
             let (conn, stream, held) = resume.serve_on();
             runtime.spawn(super::serve_plain(conn, stream, held));
         }
