@@ -222,8 +222,13 @@ def table(section, med):
 def report(results, out, machine):
     values = {}
     for line in open(results):
-        contender, row, value = line.split()
-        values.setdefault((contender, row), []).append(float(value))
+        fields = line.split()
+        try:
+            contender, row, value = fields
+            values.setdefault((contender, row), []).append(float(value))
+        except ValueError:
+            # A measurement that gave no figure: its cell stays empty, the rest stands.
+            print(f"bench/run: no figure in the record {line.strip()!r}", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in values.items()}
     lines = [f"Machine: {machine}", ""]
     for section in SECTIONS:
