@@ -469,6 +469,16 @@ pub fn encode(snapshot: &Snapshot) -> String {
             "sync_entries_received",
             "Sticky entries received from the peer",
         );
+        let version = gauge::<PeerLabels>(
+            &mut registry,
+            "sync_peer_protocol_version",
+            "Sync protocol version of the last session with the peer (0 before one)",
+        );
+        let frames_dropped = counter::<PeerLabels>(
+            &mut registry,
+            "sync_frames_dropped",
+            "Authentic frames from the peer that did not decode, dropped",
+        );
         for p in &snapshot.sync {
             let l = PeerLabels {
                 peer: p.address.clone(),
@@ -477,6 +487,8 @@ pub fn encode(snapshot: &Snapshot) -> String {
             synced.get_or_create(&l).set(i64::from(p.synced));
             sent.get_or_create(&l).inc_by(p.sent);
             received.get_or_create(&l).inc_by(p.received);
+            version.get_or_create(&l).set(i64::from(p.version));
+            frames_dropped.get_or_create(&l).inc_by(p.frames_dropped);
         }
     }
     if let Some(r) = &snapshot.redirect {
@@ -601,6 +613,26 @@ mod tests {
             r#"tandem_vrrp_state{interface="eth0",vrid="52",state="backup"} 1"#,
             r#"tandem_vrrp_priority{interface="eth0",vrid="52"} 52"#,
             r#"tandem_vrrp_transitions_total{interface="eth0",vrid="51"} 51"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn sync_peers_have_their_protocol_version_and_dropped_frames() {
+        let snapshot = Snapshot {
+            sync: vec![crate::protocol::PeerSnapshot {
+                address: "10.9.0.2:7400".into(),
+                version: 2,
+                frames_dropped: 4,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = encode(&snapshot);
+        for line in [
+            r#"tandem_sync_peer_protocol_version{peer="10.9.0.2:7400"} 2"#,
+            r#"tandem_sync_frames_dropped_total{peer="10.9.0.2:7400"} 4"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
         }

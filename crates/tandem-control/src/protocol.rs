@@ -706,6 +706,12 @@ pub struct PeerSnapshot {
     pub received: u64,
     /// Last error.
     pub last_error: Option<String>,
+    /// Sync protocol version of the last session with it (0 before one).
+    #[serde(default)]
+    pub version: u16,
+    /// Authentic frames from it that did not decode, dropped (a newer node's message).
+    #[serde(default)]
+    pub frames_dropped: u64,
 }
 
 /// The answer to `reload`: what changed.

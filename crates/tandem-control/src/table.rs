@@ -54,14 +54,22 @@ pub fn status(s: &Snapshot) -> String {
     } else {
         for p in &s.sync {
             out += &format!(
-                "sync peer {} {} {}\n",
+                "sync peer {} {} {}, protocol version {}, {} entries sent, {} received, {} frames dropped{}\n",
                 p.address,
                 if p.connected {
                     "connected"
                 } else {
                     "disconnected"
                 },
-                if p.synced { "synced" } else { "not synced" }
+                if p.synced { "synced" } else { "not synced" },
+                p.version,
+                p.sent,
+                p.received,
+                p.frames_dropped,
+                match &p.last_error {
+                    Some(e) => format!(", last error: {e}"),
+                    None => String::new(),
+                }
             );
         }
     }
@@ -411,6 +419,34 @@ mod runtime_tests {
         }]);
         assert!(s.contains("192.0.2.7"), "{s}");
         assert!(s.ends_with("1 entries\n"), "{s}");
+    }
+}
+
+#[cfg(test)]
+mod sync_tests {
+    use super::*;
+    use crate::protocol::PeerSnapshot;
+
+    #[test]
+    fn status_shows_each_sync_peers_version_and_dropped_frames() {
+        let s = Snapshot {
+            sync: vec![PeerSnapshot {
+                address: "10.9.0.2:7400".into(),
+                connected: true,
+                synced: true,
+                sent: 12,
+                received: 7,
+                version: 2,
+                frames_dropped: 3,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = status(&s);
+        assert!(
+            text.contains("sync peer 10.9.0.2:7400 connected synced, protocol version 2, 12 entries sent, 7 received, 3 frames dropped\n"),
+            "{text}"
+        );
     }
 }
 

@@ -125,6 +125,8 @@ impl Daemon {
                             sent: p.sent,
                             received: p.received,
                             last_error: p.last_error,
+                            version: p.version,
+                            frames_dropped: p.frames_dropped,
                         })
                         .collect()
                 })

@@ -198,3 +198,200 @@ async fn a_node_with_another_key_is_refused_and_gets_nothing() {
     assert_eq!(table(&c).len(), 0, "the node without the key got entries");
     assert!(!a.snapshot().sync[0].connected);
 }
+
+/// A `tandem run` process of `text` with its control socket and admin port in `dir`;
+/// returns it, its socket and its admin address.
+fn run_node(
+    dir: &std::path::Path,
+    name: &str,
+    text: &str,
+) -> (Running, std::path::PathBuf, SocketAddr) {
+    let socket = dir.join(format!("{name}.sock"));
+    let text = text.replacen(
+        "[global]\n",
+        &format!(
+            "[global]\ncontrol_socket = \"{}\"\nadmin_listen = \"127.0.0.1:0\"\n",
+            socket.display()
+        ),
+        1,
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    let mut tandem = Running::spawn(&["run", "--config", path.to_str().unwrap()]);
+    let line = tandem.wait_for("admin port ready");
+    let at = line.find("admin=").unwrap() + "admin=".len();
+    let admin = line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    tandem.wait_for("tandem running");
+    (tandem, socket, admin)
+}
+
+/// The metrics a node's admin port serves now.
+fn metrics(admin: SocketAddr) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{admin}/metrics")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {admin}/metrics: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The first sync peer in `tandem ctl --json status`, once `ready` holds for it.
+async fn ctl_peer(
+    socket: &std::path::Path,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let peer = ctl_json(socket, &["status"])["sync"][0].clone();
+        if ready(&peer) {
+            return peer;
+        }
+        assert!(Instant::now() < deadline, "sync peer not ready: {peer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two `tandem run` processes synced: `tandem ctl status` (text and JSON) and the
+/// metrics show each peer's protocol version and no dropped frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_status_and_metrics_show_the_peers_protocol_version() {
+    let backends = backends_toml(&[name_server("a", false).await], &[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("sync.key");
+    std::fs::write(&key, "c2VjcmV0IHNoYXJlZCBieSBhIGFuZCBiIG9ubHk=\n").unwrap();
+    let (a_sync, b_sync) = (free_addr(), free_addr());
+    let (_a, a_socket, a_admin) = run_node(
+        dir.path(),
+        "node-a",
+        &node_text("node-a", &backends, a_sync, b_sync, &key),
+    );
+    let (_b, b_socket, _) = run_node(
+        dir.path(),
+        "node-b",
+        &node_text("node-b", &backends, b_sync, a_sync, &key),
+    );
+    for socket in [&a_socket, &b_socket] {
+        let peer = ctl_peer(socket, |p| p["connected"] == true && p["synced"] == true).await;
+        assert_eq!(peer["version"], 2, "{peer}");
+        assert_eq!(peer["frames_dropped"], 0, "{peer}");
+    }
+    let (code, text, err) = ctl(&a_socket, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains(&format!(
+            "sync peer {b_sync} connected synced, protocol version 2, "
+        )) && text.contains(" 0 frames dropped"),
+        "{text}"
+    );
+    let exposition = metrics(a_admin);
+    for line in [
+        format!("tandem_sync_peer_protocol_version{{peer=\"{b_sync}\"}} 2"),
+        format!("tandem_sync_frames_dropped_total{{peer=\"{b_sync}\"}} 0"),
+    ] {
+        assert!(
+            exposition.lines().any(|l| l == line),
+            "no {line} in:\n{exposition}"
+        );
+    }
+}
+
+/// A peer of version 1 (the sync crate's own session limited to it) that sends an
+/// authentic frame a node of version 1 cannot read (packed entries): the node drops
+/// it, goes on, and counts it in `tandem ctl status` and the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_sync_frame_is_counted_in_ctl_status_and_the_metrics() {
+    use tandem_sync::codec::FrameKey;
+    use tandem_sync::session::{Role, Session};
+    use tandem_sync::{Message, Packed};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backends = backends_toml(&[name_server("a", false).await], &[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("sync.key");
+    let secret = b"the right key, 32 bytes of it!!!";
+    std::fs::write(&key, secret).unwrap();
+    // The lower address dials: the node's, so that it names the peer by this address.
+    let mut two = [
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    ];
+    two.sort_by_key(|l| l.local_addr().unwrap());
+    let [node_listener, peer] = two;
+    // Free for the node to bind.
+    let node_sync = node_listener.local_addr().unwrap();
+    drop(node_listener);
+    let peer_addr = peer.local_addr().unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let peer = tokio::net::TcpListener::from_std(peer).unwrap();
+    async fn read_frame(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let len = s.read_u32().await.unwrap();
+        let mut body = vec![0; len as usize];
+        s.read_exact(&mut body).await.unwrap();
+        body
+    }
+    /// `frame` as sealed: its length field first.
+    async fn write_frame(s: &mut tokio::net::TcpStream, frame: &[u8]) {
+        s.write_all(frame).await.unwrap();
+    }
+    let started = Instant::now();
+    // The peer answers the node's hello as it comes (the node waits 5 s for it, maybe
+    // before it says it runs).
+    let handshake = tokio::spawn(async move {
+        let (mut stream, _) = peer.accept().await.unwrap();
+        let mut session = Session::new(
+            Role::Responder,
+            FrameKey::from_secret(secret),
+            "old-node",
+            [7; 32],
+            0,
+            started.elapsed(),
+        )
+        .max_version(1);
+        write_frame(&mut stream, &session.hello(started.elapsed())).await;
+        let hello = read_frame(&mut stream).await;
+        session.receive(&hello, started.elapsed()).unwrap();
+        (stream, session)
+    });
+    let (_node, socket, admin) = run_node(
+        dir.path(),
+        "node-a",
+        &node_text("node-a", &backends, node_sync, peer_addr, &key),
+    );
+    let (mut stream, mut session) = tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .expect("the node dials its peer")
+        .unwrap();
+    let peer = ctl_peer(&socket, |p| p["connected"] == true).await;
+    assert_eq!(
+        (&peer["version"], &peer["frames_dropped"]),
+        (&1.into(), &0.into())
+    );
+    let packed = Message::Packed {
+        bulk: false,
+        entries: Packed::pack(&[]),
+    };
+    for _ in 0..2 {
+        write_frame(&mut stream, &session.seal(&packed, started.elapsed())).await;
+    }
+    // Dropped, not fatal: the session goes on.
+    let peer = ctl_peer(&socket, |p| p["frames_dropped"] == 2).await;
+    assert_eq!(peer["connected"], true, "{peer}");
+    let (_, text, _) = ctl(&socket, &["status"]);
+    assert!(
+        text.contains(&format!("sync peer {peer_addr} connected "))
+            && text.contains("protocol version 1, ")
+            && text.contains(" 2 frames dropped"),
+        "{text}"
+    );
+    let line = format!("tandem_sync_frames_dropped_total{{peer=\"{peer_addr}\"}} 2");
+    let exposition = metrics(admin);
+    assert!(
+        exposition.lines().any(|l| l == line),
+        "no {line} in:\n{exposition}"
+    );
+}
