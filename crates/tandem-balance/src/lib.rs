@@ -13,6 +13,7 @@
 mod backend;
 mod latency;
 mod select;
+mod sharded;
 mod sticky;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use std::time::Instant;
 pub use backend::{Agent, Backend, BackendState, Lease, state_epoch};
 pub use latency::{RESPONSE_BUCKETS, ResponseTimes, ResponseTimesRead};
 pub use select::{HASH_SEED, Selector, ip_bytes};
+pub use sharded::{ShardKey, Sharded, ShardedMap};
 pub use sticky::{StickyChange, StickyEntry, StickyObserver, StickyTable, unix_ms};
 pub use tandem_config::Balance;
 

@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use xxhash_rust::xxh3::xxh3_64;
+use crate::Sharded;
 
 const SHARDS: usize = 64;
 
@@ -139,7 +139,7 @@ pub fn unix_ms() -> u64 {
 
 /// A bounded, expiring map from client address to backend.
 pub struct StickyTable {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Sharded<IpAddr, Shard>,
     ttl_ms: AtomicU64,
     capacity: AtomicUsize,
     len: AtomicUsize,
@@ -161,7 +161,7 @@ impl StickyTable {
     /// A table whose entries live `ttl` past their last use, holding at most `capacity`.
     pub fn new(ttl: Duration, capacity: usize) -> StickyTable {
         StickyTable {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: Sharded::new(SHARDS),
             ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
             capacity: AtomicUsize::new(capacity.max(1)),
             len: AtomicUsize::new(0),
@@ -195,14 +195,8 @@ impl StickyTable {
         self.capacity.store(capacity.max(1), Relaxed);
     }
 
-    fn shard(&self, key: &IpAddr) -> &Mutex<Shard> {
-        let h = xxh3_64(&crate::select::ip_bytes(key));
-        &self.shards[(h as usize) % SHARDS]
-    }
-
     fn lock(&self, key: &IpAddr) -> std::sync::MutexGuard<'_, Shard> {
-        // A panic while holding a shard cannot leave an entry half-written: recover.
-        self.shard(key).lock().unwrap_or_else(|e| e.into_inner())
+        self.shards.lock(key)
     }
 
     /// The backend of `client` if its entry is live; using it extends its life. An
@@ -337,8 +331,7 @@ impl StickyTable {
     /// Removes every expired entry; returns how many.
     pub fn sweep(&self, now: u64) -> usize {
         let mut removed = 0;
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        for mut shard in self.shards.each() {
             removed += shard.retain(|s| s.expires > now);
         }
         self.len.fetch_sub(removed, Relaxed);
@@ -363,8 +356,7 @@ impl StickyTable {
     /// A copy of every entry (for status, sync bulk transfer and tests).
     pub fn entries(&self) -> Vec<(IpAddr, StickyEntry)> {
         let mut all = Vec::with_capacity(self.len());
-        for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        for shard in self.shards.each() {
             all.extend(
                 shard
                     .slots
@@ -460,7 +452,7 @@ mod tests {
 
     #[test]
     fn the_observer_hears_pins_and_sparing_refreshes_but_not_merges() {
-        let heard: Arc<Mutex<Vec<StickyChange>>> = Arc::default();
+        let heard: Arc<std::sync::Mutex<Vec<StickyChange>>> = Arc::default();
         let t = StickyTable::new(Duration::from_secs(30), 100);
         let h = heard.clone();
         t.observe(42, Arc::new(move |c| h.lock().unwrap().push(c)));

@@ -7,12 +7,12 @@
 //! connection (a mutex per shard, chosen by the connection's number), one
 //! cancellation token of its own, and one relaxed atomic add per chunk.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tandem_balance::{Sharded, ShardedMap};
 use tokio_util::sync::CancellationToken;
 
 /// Shards of the registry: connections spread by number, so that accepts on several
@@ -66,9 +66,17 @@ impl Connection {
 }
 
 /// The open connections of one service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Connections {
-    shards: [Mutex<HashMap<u64, Arc<Connection>>>; SHARDS],
+    shards: ShardedMap<u64, Arc<Connection>>,
+}
+
+impl Default for Connections {
+    fn default() -> Connections {
+        Connections {
+            shards: Sharded::new(SHARDS),
+        }
+    }
 }
 
 /// Removes its connection from the registry when dropped (the connection ended).
@@ -82,18 +90,13 @@ pub struct Registered<'a> {
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.registry
-            .shard(self.connection.id)
+            .shards
+            .lock(&self.connection.id)
             .remove(&self.connection.id);
     }
 }
 
 impl Connections {
-    fn shard(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Connection>>> {
-        self.shards[id as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Registers a connection of `client` to `backend`, with a token of its own (not a
     /// child of the node's: children share their parent's lock). Listed until the
     /// returned guard drops.
@@ -109,7 +112,7 @@ impl Connections {
             to_client: AtomicU64::new(0),
             close: CancellationToken::new(),
         });
-        self.shard(id).insert(id, connection.clone());
+        self.shards.lock(&id).insert(id, connection.clone());
         Registered {
             registry: self,
             connection,
@@ -120,14 +123,8 @@ impl Connections {
     pub fn list(&self) -> Vec<Arc<Connection>> {
         let mut all: Vec<Arc<Connection>> = self
             .shards
-            .iter()
-            .flat_map(|s| {
-                s.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
+            .each()
+            .flat_map(|s| s.values().cloned().collect::<Vec<_>>())
             .collect();
         all.sort_by_key(|c| c.id);
         all
@@ -136,22 +133,19 @@ impl Connections {
     /// Closes connection `id` (its relay ends, both sockets close) and returns it;
     /// none when it is not open here.
     pub fn close(&self, id: u64) -> Option<Arc<Connection>> {
-        let found = self.shard(id).get(&id).cloned()?;
+        let found = self.shards.lock(&id).get(&id).cloned()?;
         found.close.cancel();
         Some(found)
     }
 
     /// How many are open.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.shards.len()
     }
 
     /// Whether none is open.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.shards.is_empty()
     }
 }
 

@@ -2,11 +2,12 @@
 //! and per client address a concurrency limit and a rate limit (token bucket). Every
 //! table here is bounded.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tandem_balance::{Sharded, ShardedMap};
 
 /// Connections open on the whole node, against `global.max_conns`.
 #[derive(Debug, Default)]
@@ -117,7 +118,7 @@ struct Client {
 /// Client addresses with their open connections and rate buckets, in a bounded table.
 #[derive(Debug)]
 pub struct ClientTable {
-    shards: Vec<Mutex<HashMap<IpAddr, Client>>>,
+    shards: ShardedMap<IpAddr, Client>,
     per_shard: usize,
 }
 
@@ -125,17 +126,9 @@ impl ClientTable {
     /// A table of at most about `capacity` clients.
     pub fn new(capacity: usize) -> Arc<ClientTable> {
         Arc::new(ClientTable {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: Sharded::new(SHARDS),
             per_shard: capacity.div_ceil(SHARDS).max(1),
         })
-    }
-
-    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, Client>> {
-        let h = match ip {
-            IpAddr::V4(v4) => u32::from(*v4) as usize,
-            IpAddr::V6(v6) => (u128::from(*v6) ^ (u128::from(*v6) >> 64)) as usize,
-        };
-        &self.shards[h.wrapping_mul(0x9E37_79B9) % SHARDS]
     }
 
     /// Admits a new connection from `ip` at `now` under `limits`, or says why not.
@@ -145,7 +138,7 @@ impl ClientTable {
         limits: ClientLimits,
         now: Instant,
     ) -> Result<ClientSlot, Refusal> {
-        let mut shard = self.shard(&ip).lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shards.lock(&ip);
         if !shard.contains_key(&ip) && shard.len() >= self.per_shard {
             // Forget clients with nothing open whose bucket has refilled.
             shard.retain(|_, c| {
@@ -182,15 +175,12 @@ impl ClientTable {
 
     /// Clients tracked now.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.shards.len()
     }
 
     /// Whether no client is tracked.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.shards.is_empty()
     }
 }
 
@@ -203,11 +193,7 @@ pub struct ClientSlot {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut shard = self
-            .table
-            .shard(&self.ip)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.table.shards.lock(&self.ip);
         if let Some(c) = shard.get_mut(&self.ip) {
             c.active = c.active.saturating_sub(1);
         }
