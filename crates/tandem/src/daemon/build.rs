@@ -116,6 +116,8 @@ pub struct Built {
     pub(super) takeovers: Option<mpsc::Receiver<Takeover>>,
     /// One VRRP router per instance, in configuration order.
     pub(super) vrrp: Vec<Arc<Vrrp>>,
+    /// The instance the redirect plane follows (see [`ha::redirect_instance`]).
+    pub(super) redirect_leader: Option<usize>,
     /// What VRRP preemption waits for, when it waits.
     pub(super) gate: Option<Gate>,
     /// The announcement interface, when `[announce]` is configured.
@@ -218,6 +220,7 @@ impl Daemon {
             redirect,
             takeovers,
             vrrp,
+            redirect_leader,
             gate,
         } = match build_parts(&config, &pools, &mut inherited, acme.clone()).await {
             Ok(parts) => parts,
@@ -237,6 +240,7 @@ impl Daemon {
             redirect,
             takeovers,
             vrrp,
+            redirect_leader,
             gate,
             announce,
             acme,
@@ -250,6 +254,7 @@ struct Parts {
     redirect: Option<Arc<RedirectPlane>>,
     takeovers: Option<mpsc::Receiver<Takeover>>,
     vrrp: Vec<Arc<Vrrp>>,
+    redirect_leader: Option<usize>,
     gate: Option<Gate>,
 }
 
@@ -298,12 +303,14 @@ async fn build_parts(
     } else {
         None
     };
-    match build_ha(config, redirect.as_ref(), inherited).await {
+    let redirect_leader = ha::redirect_instance(config);
+    match build_ha(config, redirect.as_ref(), redirect_leader, inherited).await {
         Ok((vrrp, takeovers, gate)) => Ok(Parts {
             sync,
             redirect,
             takeovers,
             vrrp,
+            redirect_leader,
             gate,
         }),
         Err(e) => {
@@ -323,6 +330,7 @@ async fn build_parts(
 async fn build_ha(
     config: &Config,
     redirect: Option<&Arc<RedirectPlane>>,
+    followed: Option<usize>,
     inherited: &Inherited,
 ) -> Result<
     (
@@ -347,7 +355,6 @@ async fn build_ha(
         },
         None => (None, None),
     };
-    let followed = ha::redirect_instance(config);
     let mut routers = Vec::new();
     let count = settings.len();
     let mut masters = Vec::new();

@@ -80,7 +80,7 @@ pub(super) fn redirect_instance(config: &tandem_config::Config) -> Option<usize>
 /// rest of the daemon; `gate`, when preemption is held until the node is ready,
 /// releases each instance.
 pub(super) fn start(daemon: &Daemon, tasks: &Tasks, gate: Option<Gate>) {
-    let followed = redirect_instance(&daemon.config());
+    let followed = daemon.redirect_leader();
     for (i, vrrp) in daemon.vrrp().iter().enumerate() {
         start_instance(daemon, tasks, i, vrrp, gate.clone(), Some(i) == followed);
     }

@@ -89,6 +89,9 @@ struct Shared {
     admin: Option<SocketAddr>,
     control_socket: Option<PathBuf>,
     vrrp: Vec<Arc<Vrrp>>,
+    /// The instance the redirect plane follows, decided once at start (it got VRRP's
+    /// takeover hook).
+    redirect_leader: Option<usize>,
     sync: Option<Arc<SyncNode>>,
     redirect: Option<Arc<RedirectPlane>>,
     live: live::Live,
@@ -202,6 +205,12 @@ impl Daemon {
     /// The VRRP routers, one per instance of `[ha]`, in configuration order.
     pub fn vrrp(&self) -> &[Arc<Vrrp>] {
         &self.shared.vrrp
+    }
+
+    /// The index in [`Daemon::vrrp`] of the instance the redirect plane (conntrackd's
+    /// role) follows, when `[ha]` is configured.
+    pub(crate) fn redirect_leader(&self) -> Option<usize> {
+        self.shared.redirect_leader
     }
 
     /// The sync node, when `[sync]` is configured.

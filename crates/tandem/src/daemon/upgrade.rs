@@ -686,7 +686,8 @@ impl Successor {
         merge_pins(&daemon.pools(), &late, "made during the handover");
         // The predecessor has retired: its conntrackd has stopped.
         if let Some(plane) = daemon.redirect() {
-            let master = super::ha::redirect_instance(&daemon.config())
+            let master = daemon
+                .redirect_leader()
                 .and_then(|i| daemon.vrrp().get(i))
                 .is_some_and(|v| v.status().state == State::Master);
             plane.resume_state_sync(master).await;
