@@ -8,106 +8,20 @@
 # connections are held (7,000 in a full run, 300 in --quick), divided by how many were
 # held, after two seconds idle (tandem gives a client's backend connection back to the
 # service's pool after one). Each contender runs its own configuration here: the
-# services below, an ECDSA P-256 certificate made for the run, keep-alive timeouts long
+# services below (configurations: bench/contenders.sh), the run's ECDSA P-256
+# certificate (tls_certs), keep-alive timeouts long
 # enough to hold every connection (tandem http.header_timeout, HAProxy timeout
 # http-keep-alive, nginx keepalive_timeout), HAProxy maxconn and nginx
 # worker_connections above what is held (the open-files hard limit is 20,000 a process).
 mem_http=19150 mem_https=19151
+# shellcheck source=bench/contenders.sh
+. bench/contenders.sh
+tls_certs
 mkdir -p "$work/mem"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench \
-    -keyout "$work/mem/key.pem" -out "$work/mem/cert.pem" 2>/dev/null
-cat "$work/mem/cert.pem" "$work/mem/key.pem" > "$work/mem/both.pem"
-
-mem_start_tandem() {
-    cat > "$work/mem/tandem.toml" <<EOF
-[global]
-name = "bench-memory"
-control_socket = "$work/mem/tandem.sock"
-threads = 1
-log_format = "json"
-
-[[pool]]
-name = "http"
-backends = [{ address = "127.0.0.1:$be_http" }]
-
-[[service]]
-name = "http"
-listen = ["127.0.0.1:$mem_http"]
-mode = "http"
-pool = "http"
-[service.http]
-header_timeout = "300s"
-max_requests_per_connection = 0
-
-[[service]]
-name = "https"
-listen = ["127.0.0.1:$mem_https"]
-mode = "http"
-pool = "http"
-tls = { cert = "$work/mem/cert.pem", key = "$work/mem/key.pem" }
-[service.http]
-header_timeout = "300s"
-max_requests_per_connection = 0
-EOF
-    RUST_LOG=warn TANDEM_ALLOW_ROOT=1 pin_proxy "$tandem" run --config "$work/mem/tandem.toml" 2>"$work/mem/tandem.log" &
-    contender_pid=$!
-    pids+=("$contender_pid")
-}
-mem_start_haproxy() {
-    cat > "$work/mem/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 600s
-  timeout server 600s
-  timeout http-keep-alive 300s
-frontend http
-  bind 127.0.0.1:$mem_http
-  default_backend be
-frontend https
-  bind 127.0.0.1:$mem_https ssl crt $work/mem/both.pem alpn http/1.1
-  default_backend be
-backend be
-  http-reuse always
-  server s1 127.0.0.1:$be_http
-EOF
-    pin_proxy haproxy -db -f "$work/mem/haproxy.cfg" >"$work/mem/haproxy.log" 2>&1 &
-    contender_pid=$!
-    pids+=("$contender_pid")
-}
-mem_start_nginx() {
-    mkdir -p "$work/mem/ng"
-    cat > "$work/mem/ng/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid $work/mem/ng/nginx.pid;
-error_log $work/mem/ng/error.log;
-events { worker_connections 19000; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  client_body_temp_path $work/mem/ng/body; proxy_temp_path $work/mem/ng/proxy;
-  fastcgi_temp_path $work/mem/ng/fcgi; uwsgi_temp_path $work/mem/ng/uwsgi; scgi_temp_path $work/mem/ng/scgi;
-  upstream be { server 127.0.0.1:$be_http; keepalive 64; }
-  server {
-    listen 127.0.0.1:$mem_http;
-    listen 127.0.0.1:$mem_https ssl;
-    ssl_certificate $work/mem/cert.pem;
-    ssl_certificate_key $work/mem/key.pem;
-    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-EOF
-    pin_proxy nginx -e "$work/mem/ng/error.log" -p "$work/mem/ng" -c "$work/mem/ng/nginx.conf" &
-    contender_pid=$!
-    pids+=("$contender_pid")
-}
+mem_listeners=("http $mem_http http" "https $mem_https tls ecdsa")
+mem_start_tandem() { tandem_start "$work/mem/tandem.toml" bench-memory 300s "${mem_listeners[@]}"; }
+mem_start_haproxy() { haproxy_start "$work/mem/haproxy.cfg" 9000 300s "${mem_listeners[@]}"; }
+mem_start_nginx() { nginx_start "$work/mem/ng" 300s "${mem_listeners[@]}"; }
 
 # Holds $idle_conns connections of MODE (http or https) to PORT and records the RSS
 # growth per connection held as KEY.
