@@ -9,9 +9,9 @@
 //! The fetching itself (HTTP POST to the certificate's AIA responder) is the daemon's.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::sign::CertifiedKey;
 
 /// A response fetched for a certificate.
@@ -311,7 +311,43 @@ fn generalized_time(text: &[u8]) -> Result<i64, OcspError> {
     Ok(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
-type Staples = HashMap<Vec<u8>, Arc<Staple>>;
+/// A staple held for a certificate, with the certified key last stapled with it: the
+/// handshakes that serve that key share one stapled copy (an `Arc` each), the key is
+/// copied once per staple.
+#[derive(Debug)]
+struct Held {
+    staple: Arc<Staple>,
+    stapled: ArcSwapOption<Stapled>,
+}
+
+/// `key` is `base` with the staple attached.
+#[derive(Debug)]
+struct Stapled {
+    base: Weak<CertifiedKey>,
+    key: Arc<CertifiedKey>,
+}
+
+impl Held {
+    /// `base` with this staple attached: the copy made for it before, else a new one
+    /// (kept for the next handshake).
+    fn stapled(&self, base: &Arc<CertifiedKey>) -> Arc<CertifiedKey> {
+        if let Some(s) = &*self.stapled.load()
+            && std::ptr::eq(s.base.as_ptr(), Arc::as_ptr(base))
+        {
+            return s.key.clone();
+        }
+        let mut stapled = CertifiedKey::clone(base);
+        stapled.ocsp = Some(self.staple.response.clone());
+        let key = Arc::new(stapled);
+        self.stapled.store(Some(Arc::new(Stapled {
+            base: Arc::downgrade(base),
+            key: key.clone(),
+        })));
+        key
+    }
+}
+
+type Staples = HashMap<Vec<u8>, Arc<Held>>;
 
 fn staples() -> &'static ArcSwap<Staples> {
     static STAPLES: OnceLock<ArcSwap<Staples>> = OnceLock::new();
@@ -320,10 +356,13 @@ fn staples() -> &'static ArcSwap<Staples> {
 
 /// Staples `staple` to the certificate `leaf` (DER) from now on.
 pub fn set_staple(leaf: &[u8], staple: Staple) {
-    let staple = Arc::new(staple);
+    let held = Arc::new(Held {
+        staple: Arc::new(staple),
+        stapled: ArcSwapOption::empty(),
+    });
     staples().rcu(|old| {
         let mut map = Staples::clone(old);
-        map.insert(leaf.to_vec(), staple.clone());
+        map.insert(leaf.to_vec(), held.clone());
         map
     });
 }
@@ -339,7 +378,7 @@ pub fn remove_staple(leaf: &[u8]) {
 
 /// The staple held for `leaf`, current or not.
 pub fn staple_of(leaf: &[u8]) -> Option<Arc<Staple>> {
-    staples().load().get(leaf).cloned()
+    staples().load().get(leaf).map(|h| h.staple.clone())
 }
 
 /// Seconds since the Unix epoch: the time base of staples, certificate validity and
@@ -362,13 +401,9 @@ pub fn staple(key: Arc<CertifiedKey>) -> Arc<CertifiedKey> {
         .cert
         .first()
         .and_then(|leaf| map.get(leaf.as_ref()))
-        .filter(|s| usable(s, now));
+        .filter(|h| usable(&h.staple, now));
     match found {
-        Some(s) if key.ocsp.as_deref() != Some(&s.response[..]) => {
-            let mut stapled = CertifiedKey::clone(&key);
-            stapled.ocsp = Some(s.response.clone());
-            Arc::new(stapled)
-        }
+        Some(h) if key.ocsp.as_deref() != Some(&h.staple.response[..]) => h.stapled(&key),
         Some(_) => key,
         None if key.ocsp.is_some() => {
             let mut bare = CertifiedKey::clone(&key);
@@ -535,6 +570,57 @@ mod tests {
             .1
             .raw_serial()
             .to_vec()
+    }
+
+    /// A certified key of a new self-signed certificate.
+    fn certified() -> Arc<CertifiedKey> {
+        let made = rcgen::generate_simple_self_signed(vec!["staple.test".into()]).unwrap();
+        let der =
+            rustls::pki_types::PrivateKeyDer::try_from(made.signing_key.serialize_der()).unwrap();
+        let signing = crate::tls::provider()
+            .key_provider
+            .load_private_key(der)
+            .unwrap();
+        Arc::new(CertifiedKey::new(vec![made.cert.der().clone()], signing))
+    }
+
+    #[test]
+    fn handshakes_of_one_key_share_its_stapled_copy_until_the_staple_changes() {
+        let key = certified();
+        let leaf = key.cert[0].to_vec();
+        let now = unix_now();
+        let current = |response: &[u8]| Staple {
+            response: response.to_vec(),
+            this_update: now - 10,
+            next_update: Some(now + 60),
+        };
+        set_staple(&leaf, current(b"one"));
+        let first = super::staple(key.clone());
+        assert_eq!(first.ocsp.as_deref(), Some(&b"one"[..]));
+        assert!(!Arc::ptr_eq(&first, &key), "the key itself is not changed");
+        let second = super::staple(key.clone());
+        assert!(Arc::ptr_eq(&first, &second), "a copy per handshake");
+        // Another key of the same certificate (a reload) gets its own copy.
+        let reloaded = Arc::new(CertifiedKey::clone(&key));
+        let third = super::staple(reloaded.clone());
+        assert!(!Arc::ptr_eq(&third, &first));
+        assert!(Arc::ptr_eq(&third, &super::staple(reloaded)));
+        // A new response: a new copy with it.
+        set_staple(&leaf, current(b"two"));
+        assert_eq!(
+            super::staple(key.clone()).ocsp.as_deref(),
+            Some(&b"two"[..])
+        );
+        // Stale: the key as it is.
+        set_staple(
+            &leaf,
+            Staple {
+                response: b"old".to_vec(),
+                this_update: now - 120,
+                next_update: Some(now - 1),
+            },
+        );
+        assert!(Arc::ptr_eq(&super::staple(key.clone()), &key));
     }
 
     #[test]
