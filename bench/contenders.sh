@@ -37,14 +37,39 @@ contender_spawn() {
     pids+=("$contender_pid")
 }
 
+# Calls "FN NAME PORT KIND CERT" for each listener after FN, CERT the certificate's
+# path without its extension.
+each_listener() {
+    local fn=$1 listener name port kind cert
+    shift
+    for listener in "$@"; do
+        read -r name port kind cert <<< "$listener"
+        "$fn" "$name" "$port" "$kind" "$work/tls/${cert:-$name}"
+    done
+}
+
 # tandem_start TOML NAME HEADER_TIMEOUT LISTENER...: writes TOML and starts tandem on
 # it (logs to TOML with .log); HEADER_TIMEOUT "-" keeps tandem's default. Each listener
 # is an http mode service of its NAME (h2c: tandem's plain HTTP, which takes both; tls
 # and tls-h2 alike: tandem offers h2 and http/1.1).
 tandem_start() {
-    local toml=$1 node=$2 header_timeout=$3 name port kind cert timeout=""
+    local toml=$1 node=$2 header_timeout=$3 timeout=''
     shift 3
     [ "$header_timeout" = - ] || timeout="header_timeout = \"$header_timeout\""$'\n'
+    # Called by each_listener below, with toml and timeout in scope.
+    tandem_service() {
+        cat >> "$toml" <<EOF
+
+[[service]]
+name = "$1"
+listen = ["127.0.0.1:$2"]
+mode = "http"
+pool = "http"
+$([[ $3 == tls* ]] && echo "tls = { cert = \"$4.crt\", key = \"$4.key\" }")
+[service.http]
+${timeout}max_requests_per_connection = 0
+EOF
+    }
     cat > "$toml" <<EOF
 [global]
 name = "$node"
@@ -56,29 +81,24 @@ log_format = "json"
 name = "http"
 backends = [{ address = "127.0.0.1:$be_http" }]
 EOF
-    for listener in "$@"; do
-        read -r name port kind cert <<< "$listener"
-        cert=$work/tls/${cert:-$name}
-        cat >> "$toml" <<EOF
-
-[[service]]
-name = "$name"
-listen = ["127.0.0.1:$port"]
-mode = "http"
-pool = "http"
-$([[ $kind == tls* ]] && echo "tls = { cert = \"$cert.crt\", key = \"$cert.key\" }")
-[service.http]
-${timeout}max_requests_per_connection = 0
-EOF
-    done
+    each_listener tandem_service "$@"
     RUST_LOG=warn TANDEM_ALLOW_ROOT=1 contender_spawn "$tandem" run --config "$toml" 2>"${toml%.toml}.log"
 }
 
 # haproxy_start CFG MAXCONN KEEPALIVE LISTENER...: writes CFG and starts HAProxy on it
 # (logs to CFG with .log); KEEPALIVE "-" keeps HAProxy's http-keep-alive timeout.
 haproxy_start() {
-    local cfg=$1 maxconn=$2 keepalive=$3 name port kind cert bind
+    local cfg=$1 maxconn=$2 keepalive=$3
     shift 3
+    haproxy_frontend() {
+        local bind="127.0.0.1:$2"
+        case $3 in
+            h2c) bind+=" proto h2" ;;
+            tls) bind+=" ssl crt $4.pem alpn http/1.1" ;;
+            tls-h2) bind+=" ssl crt $4.pem alpn h2,http/1.1" ;;
+        esac
+        printf 'frontend %s\n  bind %s\n  default_backend be\n' "$1" "$bind" >> "$cfg"
+    }
     cat > "$cfg" <<EOF
 global
   nbthread 1
@@ -90,17 +110,7 @@ defaults
   timeout server 600s
 EOF
     [ "$keepalive" = - ] || echo "  timeout http-keep-alive $keepalive" >> "$cfg"
-    for listener in "$@"; do
-        read -r name port kind cert <<< "$listener"
-        cert=$work/tls/${cert:-$name}
-        case $kind in
-            http) bind="127.0.0.1:$port" ;;
-            h2c) bind="127.0.0.1:$port proto h2" ;;
-            tls) bind="127.0.0.1:$port ssl crt $cert.pem alpn http/1.1" ;;
-            tls-h2) bind="127.0.0.1:$port ssl crt $cert.pem alpn h2,http/1.1" ;;
-        esac
-        printf 'frontend %s\n  bind %s\n  default_backend be\n' "$name" "$bind" >> "$cfg"
-    done
+    each_listener haproxy_frontend "$@"
     cat >> "$cfg" <<EOF
 backend be
   http-reuse always
@@ -112,24 +122,22 @@ EOF
 # nginx_start DIR KEEPALIVE LISTENER...: writes DIR/nginx.conf and starts nginx on it
 # (logs in DIR); KEEPALIVE "-" keeps nginx's keepalive_timeout.
 nginx_start() {
-    local dir=$1 keepalive=$2 name port kind cert listen timeout=""
+    local dir=$1 keepalive=$2 timeout='' servers=''
     shift 2
     mkdir -p "$dir"
     [ "$keepalive" = - ] || timeout="  keepalive_timeout $keepalive;"$'\n'
     local loc='location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }'
-    local servers=""
-    for listener in "$@"; do
-        read -r name port kind cert <<< "$listener"
-        cert=$work/tls/${cert:-$name}
-        case $kind in
-            http) listen="listen 127.0.0.1:$port;" ;;
-            h2c) listen="listen 127.0.0.1:$port http2;" ;;
-            tls) listen="listen 127.0.0.1:$port ssl; ssl_certificate $cert.crt; ssl_certificate_key $cert.key;" ;;
-            tls-h2) listen="listen 127.0.0.1:$port ssl http2; ssl_certificate $cert.crt; ssl_certificate_key $cert.key;" ;;
+    nginx_server() {
+        local listen="listen 127.0.0.1:$2"
+        case $3 in
+            http) listen+=";" ;;
+            h2c) listen+=" http2;" ;;
+            tls) listen+=" ssl; ssl_certificate $4.crt; ssl_certificate_key $4.key;" ;;
+            tls-h2) listen+=" ssl http2; ssl_certificate $4.crt; ssl_certificate_key $4.key;" ;;
         esac
-        servers+="  server { $listen $loc }
-"
-    done
+        servers+="  server { $listen $loc }"$'\n'
+    }
+    each_listener nginx_server "$@"
     cat > "$dir/nginx.conf" <<EOF
 daemon off;
 master_process off;
