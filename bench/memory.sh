@@ -21,7 +21,7 @@ mkdir -p "$work/mem"
 mem_listeners=("http $mem_http http" "https $mem_https tls ecdsa")
 mem_start_tandem() { tandem_start "$work/mem/tandem.toml" bench-memory 300s "${mem_listeners[@]}"; }
 mem_start_haproxy() { haproxy_start "$work/mem/haproxy.cfg" 9000 300s "${mem_listeners[@]}"; }
-mem_start_nginx() { nginx_start "$work/mem/ng" 300s "${mem_listeners[@]}"; }
+mem_start_nginx() { nginx_start "$work/mem/ng" 300s - "${mem_listeners[@]}"; }
 
 # Holds $idle_conns connections of MODE (http or https) to PORT and records the RSS
 # growth per connection held as KEY.

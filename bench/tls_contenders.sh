@@ -18,7 +18,7 @@ tls_ecdsa=19011 tls_rsa=19012 tls_h2c=19013
 tls_listeners=("ecdsa $tls_ecdsa tls-h2" "rsa $tls_rsa tls-h2" "h2c $tls_h2c h2c")
 tls_start_tandem() { tandem_start "$work/tandem-tls.toml" bench-tls - "${tls_listeners[@]}"; }
 tls_start_haproxy() { haproxy_start "$work/haproxy-tls.cfg" 7700 - "${tls_listeners[@]}"; }
-tls_start_nginx() { nginx_start "$work/ngtls" - "${tls_listeners[@]}"; }
+tls_start_nginx() { nginx_start "$work/ngtls" - "TLSv1.2 TLSv1.3" "${tls_listeners[@]}"; }
 
 # Starts contender $1 and waits for its three ports.
 tls_start() {
