@@ -6,21 +6,20 @@
 //! (IPV6_RECVPKTINFO, IPV6_RECVHOPLIMIT), and sends from the address given in an
 //! IPV6_PKTINFO message, the interface's link-local one.
 //!
-//! Registering the socket with tokio's reactor, setting the options socket2 lacks
-//! and handing it uninitialised buffers are `unsafe`; the socket is owned by the
-//! `AsyncFd` for its whole life, which upholds the first.
+//! Registering the socket with tokio's reactor and setting the options socket2 lacks
+//! are `unsafe`; the socket is owned by the `AsyncFd` for its whole life, which
+//! upholds the first. The IPv6 control messages are nix's.
 #![allow(unsafe_code)]
 
 use std::io::{self, IoSlice, Read};
-use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
 
-use socket2::{
-    Domain, InterfaceIndexOrAddress, MaybeUninitSlice, MsgHdr, MsgHdrMut, Protocol, SockAddr,
-    Socket, Type,
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn6, recvmsg, sendmsg,
 };
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 use crate::packet::{IPPROTO_VRRP, MULTICAST_V4, MULTICAST_V6, TTL};
@@ -29,8 +28,8 @@ use crate::packet::{IPPROTO_VRRP, MULTICAST_V4, MULTICAST_V6, TTL};
 #[derive(Debug)]
 pub struct VrrpSocket {
     fd: AsyncFd<Socket>,
-    /// IPv6: the link-local source and the interface index, as IPV6_PKTINFO.
-    pktinfo: Option<Vec<u8>>,
+    /// IPv6: the link-local source (sent as IPV6_PKTINFO with `ifindex`).
+    source: Option<Ipv6Addr>,
     /// The interface (scope of link-local destinations).
     ifindex: u32,
 }
@@ -74,7 +73,7 @@ impl VrrpSocket {
         socket.bind_device(Some(name.as_bytes()))?;
         let index =
             NonZeroU32::new(ifindex).ok_or_else(|| io::Error::other("interface index 0"))?;
-        let pktinfo = match primary {
+        let source = match primary {
             IpAddr::V4(primary) => {
                 socket.set_multicast_if_v4(&primary)?;
                 socket.set_multicast_ttl_v4(u32::from(TTL))?;
@@ -94,7 +93,7 @@ impl VrrpSocket {
                 socket.join_multicast_v6(&MULTICAST_V6, index.get())?;
                 socket.set_recv_hoplimit_v6(true)?;
                 set_int_option(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
-                Some(pktinfo_message(primary, index.get()))
+                Some(primary)
             }
         };
         socket.set_nonblocking(true)?;
@@ -103,23 +102,21 @@ impl VrrpSocket {
         let fd = unsafe { AsyncFd::register(socket) }.map_err(io::Error::from)?;
         Ok(VrrpSocket {
             fd,
-            pktinfo,
+            source,
             ifindex,
         })
     }
 
     /// Sends a VRRP message (the kernel adds the IP header) to `destination`.
     pub fn send(&self, message: &[u8], destination: IpAddr) -> io::Result<()> {
-        match (destination, &self.pktinfo) {
-            (IpAddr::V6(ip), Some(pktinfo)) => {
-                let to = SockAddr::from(SocketAddrV6::new(ip, 0, 0, self.ifindex));
-                let buffers = [IoSlice::new(message)];
-                let msg = MsgHdr::new()
-                    .with_addr(&to)
-                    .with_buffers(&buffers)
-                    .with_control(pktinfo);
-                self.fd.get_ref().sendmsg(&msg, 0).map(drop)
-            }
+        match (destination, self.source) {
+            (IpAddr::V6(ip), Some(source)) => send_v6(
+                self.fd.as_raw_fd(),
+                message,
+                SocketAddrV6::new(ip, 0, 0, self.ifindex),
+                source,
+                self.ifindex,
+            ),
             (IpAddr::V4(ip), None) => {
                 let to = SocketAddr::V4(SocketAddrV4::new(ip, 0));
                 self.fd.get_ref().send_to(message, &to.into()).map(drop)
@@ -153,39 +150,14 @@ impl VrrpSocket {
 
     fn receive(&self, buf: &mut [u8]) -> io::Result<Datagram> {
         let socket = self.fd.get_ref();
-        if self.pktinfo.is_none() {
+        if self.source.is_none() {
             let len = (&*socket).read(buf)?;
             return Ok(Datagram { len, meta: None });
         }
-        let mut from = SockAddr::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0));
-        let mut control = [MaybeUninit::<u8>::uninit(); 128];
-        // SAFETY: a `[u8]` is a valid `[MaybeUninit<u8>]` of the same length; recvmsg
-        // only writes initialised bytes into it.
-        let data = unsafe {
-            std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<MaybeUninit<u8>>(), buf.len())
-        };
-        let mut buffers = [MaybeUninitSlice::new(data)];
-        let mut msg = MsgHdrMut::new()
-            .with_addr(&mut from)
-            .with_buffers(&mut buffers)
-            .with_control(&mut control);
-        let len = socket.recvmsg(&mut msg, 0)?;
-        let control_len = msg.control_len().min(control.len());
-        // SAFETY: the kernel wrote the first `control_len` bytes.
-        let control: &[u8] =
-            unsafe { std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), control_len) };
-        let (destination, hop_limit) = parse_control(control);
-        let source = from
-            .as_socket_ipv6()
-            .map(|a| *a.ip())
-            .unwrap_or(Ipv6Addr::UNSPECIFIED);
+        let (len, meta) = recv_v6(socket.as_raw_fd(), buf)?;
         Ok(Datagram {
             len,
-            meta: Some(Meta6 {
-                source,
-                destination: destination.unwrap_or(Ipv6Addr::UNSPECIFIED),
-                hop_limit: hop_limit.unwrap_or(0),
-            }),
+            meta: Some(meta),
         })
     }
 }
@@ -208,92 +180,103 @@ fn set_int_option(socket: &Socket, level: i32, name: i32, value: libc::c_int) ->
     }
 }
 
-/// The size of a `cmsghdr`, rounded up as CMSG_ALIGN does.
-const CMSG_HEADER: usize = cmsg_align(std::mem::size_of::<libc::cmsghdr>());
-
-const fn cmsg_align(n: usize) -> usize {
-    let a = std::mem::size_of::<usize>();
-    n.div_ceil(a) * a
+/// Sends `message` to `to` from `source` on interface `ifindex` (an IPV6_PKTINFO
+/// control message).
+fn send_v6(
+    fd: std::os::fd::RawFd,
+    message: &[u8],
+    to: SocketAddrV6,
+    source: Ipv6Addr,
+    ifindex: u32,
+) -> io::Result<()> {
+    let info = libc::in6_pktinfo {
+        ipi6_addr: libc::in6_addr {
+            s6_addr: source.octets(),
+        },
+        ipi6_ifindex: ifindex,
+    };
+    sendmsg(
+        fd,
+        &[IoSlice::new(message)],
+        &[ControlMessage::Ipv6PacketInfo(&info)],
+        MsgFlags::empty(),
+        Some(&SockaddrIn6::from(to)),
+    )
+    .map(drop)
+    .map_err(io::Error::from)
 }
 
-/// An IPV6_PKTINFO control message: send from `source` on interface `ifindex`.
-fn pktinfo_message(source: Ipv6Addr, ifindex: u32) -> Vec<u8> {
-    let data_len = 16 + 4; // struct in6_pktinfo
-    let mut b = vec![0u8; cmsg_align(CMSG_HEADER + data_len)];
-    b[..std::mem::size_of::<usize>()].copy_from_slice(&(CMSG_HEADER + data_len).to_ne_bytes());
-    let level = std::mem::size_of::<usize>();
-    b[level..level + 4].copy_from_slice(&libc::IPPROTO_IPV6.to_ne_bytes());
-    b[level + 4..level + 8].copy_from_slice(&libc::IPV6_PKTINFO.to_ne_bytes());
-    b[CMSG_HEADER..CMSG_HEADER + 16].copy_from_slice(&source.octets());
-    b[CMSG_HEADER + 16..CMSG_HEADER + 20].copy_from_slice(&ifindex.to_ne_bytes());
-    b
-}
-
-/// The destination (IPV6_PKTINFO) and hop limit (IPV6_HOPLIMIT) in received control
-/// messages.
-fn parse_control(mut control: &[u8]) -> (Option<Ipv6Addr>, Option<u8>) {
-    let word = std::mem::size_of::<usize>();
-    let (mut destination, mut hop_limit) = (None, None);
-    while control.len() >= CMSG_HEADER {
-        let len = usize::from_ne_bytes(control[..word].try_into().unwrap_or_default());
-        let level = i32::from_ne_bytes(control[word..word + 4].try_into().unwrap_or_default());
-        let kind = i32::from_ne_bytes(control[word + 4..word + 8].try_into().unwrap_or_default());
-        if len < CMSG_HEADER || len > control.len() {
-            break;
-        }
-        let data = &control[CMSG_HEADER..len];
-        match (level, kind) {
-            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) if data.len() >= 16 => {
-                let octets: [u8; 16] = data[..16].try_into().unwrap_or_default();
-                destination = Some(Ipv6Addr::from(octets));
+/// Receives one message into `buf`, with its source, destination (IPV6_PKTINFO) and
+/// hop limit (IPV6_HOPLIMIT) when the kernel gives them.
+fn recv_v6(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<(usize, Meta6)> {
+    let mut control = nix::cmsg_space!(libc::in6_pktinfo, libc::c_int);
+    let mut buffers = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrIn6>(fd, &mut buffers, Some(&mut control), MsgFlags::empty())
+        .map_err(io::Error::from)?;
+    let mut meta = Meta6 {
+        source: msg.address.map_or(Ipv6Addr::UNSPECIFIED, |a| a.ip()),
+        destination: Ipv6Addr::UNSPECIFIED,
+        hop_limit: 0,
+    };
+    // Truncated control data (not expected: the buffer holds both) gives neither.
+    for c in msg.cmsgs().into_iter().flatten() {
+        match c {
+            ControlMessageOwned::Ipv6PacketInfo(info) => {
+                meta.destination = Ipv6Addr::from(info.ipi6_addr.s6_addr);
             }
-            (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) if data.len() >= 4 => {
-                let hops = i32::from_ne_bytes(data[..4].try_into().unwrap_or_default());
-                hop_limit = u8::try_from(hops).ok();
+            ControlMessageOwned::Ipv6HopLimit(hops) => {
+                meta.hop_limit = u8::try_from(hops).unwrap_or(0);
             }
             _ => {}
         }
-        control = &control[cmsg_align(len).min(control.len())..];
     }
-    (destination, hop_limit)
+    Ok((msg.bytes, meta))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
-        let mut b = vec![0u8; cmsg_align(CMSG_HEADER + data.len())];
-        let w = std::mem::size_of::<usize>();
-        b[..w].copy_from_slice(&(CMSG_HEADER + data.len()).to_ne_bytes());
-        b[w..w + 4].copy_from_slice(&level.to_ne_bytes());
-        b[w + 4..w + 8].copy_from_slice(&kind.to_ne_bytes());
-        b[CMSG_HEADER..CMSG_HEADER + data.len()].copy_from_slice(data);
-        b
-    }
-
+    /// Over UDP on the loopback interface (no privilege needed): what is sent with
+    /// IPV6_PKTINFO arrives from that source, and the receiver reads its destination
+    /// and hop limit as a VRRP socket does.
     #[test]
-    fn control_messages_give_destination_and_hop_limit() {
-        let mut pktinfo = MULTICAST_V6.octets().to_vec();
-        pktinfo.extend_from_slice(&3u32.to_ne_bytes());
-        let mut control = cmsg(
-            libc::IPPROTO_IPV6,
-            libc::IPV6_HOPLIMIT,
-            &254i32.to_ne_bytes(),
-        );
-        control.extend(cmsg(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &pktinfo));
-        assert_eq!(parse_control(&control), (Some(MULTICAST_V6), Some(254)));
-        assert_eq!(parse_control(&control[..10]), (None, None));
-        assert_eq!(parse_control(&[]), (None, None));
-        // What is sent is what would be read.
-        let sent = pktinfo_message("fe80::1".parse().unwrap(), 3);
+    fn ipv6_control_messages_set_the_source_and_give_destination_and_hop_limit() {
+        let lo = std::ffi::CString::new("lo").unwrap();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(lo.as_ptr()) };
+        assert_ne!(ifindex, 0);
+        let receiver = Socket::new(Domain::IPV6, Type::DGRAM, None).unwrap();
+        receiver
+            .bind(&SocketAddr::from((Ipv6Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        receiver.set_recv_hoplimit_v6(true).unwrap();
+        set_int_option(&receiver, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1).unwrap();
+        let to = receiver.local_addr().unwrap().as_socket_ipv6().unwrap();
+        let sender = Socket::new(Domain::IPV6, Type::DGRAM, None).unwrap();
+        sender.set_unicast_hops_v6(u32::from(TTL)).unwrap();
+        send_v6(
+            sender.as_raw_fd(),
+            b"advert",
+            to,
+            Ipv6Addr::LOCALHOST,
+            ifindex,
+        )
+        .unwrap();
+        let mut buf = [0u8; 64];
+        let (len, meta) = recv_v6(receiver.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..len], b"advert");
         assert_eq!(
-            sent,
-            cmsg(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &{
-                let mut d = "fe80::1".parse::<Ipv6Addr>().unwrap().octets().to_vec();
-                d.extend_from_slice(&3u32.to_ne_bytes());
-                d
-            })
+            meta,
+            Meta6 {
+                source: Ipv6Addr::LOCALHOST,
+                destination: Ipv6Addr::LOCALHOST,
+                hop_limit: TTL,
+            }
         );
+        // Nothing waiting: would block, as the VRRP socket's try_recv expects.
+        receiver.set_nonblocking(true).unwrap();
+        let e = recv_v6(receiver.as_raw_fd(), &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
 }
