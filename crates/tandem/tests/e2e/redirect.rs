@@ -525,15 +525,34 @@ fn check_refuses_a_host_that_does_not_forward_and_accepts_it_once_it_does() {
     assert_eq!((code, out.trim()), (Some(0), "ok"), "{err}");
 }
 
-#[test]
-fn snat_serves_backends_that_have_no_route_back_and_they_see_the_balancer() {
-    let Some(mut lab) = Lab::new("rs") else {
-        return;
-    };
+/// A lab of one balancer (public 10.0.0.2, private 10.1.0.2 on br1, forwarding) and a
+/// client (10.0.0.100).
+fn one_balancer(tag: &str) -> Option<Lab> {
+    let mut lab = Lab::new(tag)?;
     lab.host("client", "10.0.0.100/24");
     lab.host("lb", "10.0.0.2/24");
     lab.attach("lb", "br1", "eth1", "10.1.0.2/24");
     lab.sysctl("lb", "net.ipv4.ip_forward", "1");
+    Some(lab)
+}
+
+/// The first line the client reads from the balancer's `port`.
+fn first_line(lab: &Lab, port: u16) -> String {
+    lab.in_ns("client", move || {
+        let at: SocketAddr = format!("10.0.0.2:{port}").parse().unwrap();
+        let s = TcpStream::connect_timeout(&at, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    })
+}
+
+#[test]
+fn snat_serves_backends_that_have_no_route_back_and_they_see_the_balancer() {
+    let Some(mut lab) = one_balancer("rs") else {
+        return;
+    };
     // The backend has no route to the client's network at all.
     lab.host_on("b1", "br1", "10.1.0.11/24");
     let listener = lab.in_ns("b1", || TcpListener::bind("10.1.0.11:143").unwrap());
@@ -560,15 +579,7 @@ fn snat_serves_backends_that_have_no_route_back_and_they_see_the_balancer() {
             .unwrap()
             .ends_with("[round-robin, snat]")
     );
-    let answer = lab.in_ns("client", || {
-        let s =
-            TcpStream::connect_timeout(&"10.0.0.2:143".parse().unwrap(), Duration::from_secs(2))
-                .unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        line
-    });
+    let answer = first_line(&lab, 143);
     // Masqueraded: the backend saw the balancer's private address, not the client's
     // (the documented price of snat), and its answer came back.
     assert_eq!(answer, "b1 sees 10.1.0.2\n");
@@ -578,13 +589,9 @@ fn snat_serves_backends_that_have_no_route_back_and_they_see_the_balancer() {
 /// address and port to each service's chain) sends each port to its own pool.
 #[test]
 fn each_port_of_a_shared_address_reaches_its_own_pool_through_one_dispatch() {
-    let Some(mut lab) = Lab::new("rm") else {
+    let Some(mut lab) = one_balancer("rm") else {
         return;
     };
-    lab.host("client", "10.0.0.100/24");
-    lab.host("lb", "10.0.0.2/24");
-    lab.attach("lb", "br1", "eth1", "10.1.0.2/24");
-    lab.sysctl("lb", "net.ipv4.ip_forward", "1");
     for (name, address) in BACKENDS {
         lab.host_on(name, "br1", &format!("{address}/24"));
         let at: SocketAddr = format!("{address}:143").parse().unwrap();
@@ -629,20 +636,10 @@ pool = \"{pool}\"\nreturn_path = \"snat\"\n\n"
         "{table}"
     );
     assert_eq!(table.matches("dnat ip to").count(), 42, "{table}");
-    let answer = |port: u16| {
-        lab.in_ns("client", move || {
-            let at: SocketAddr = format!("10.0.0.2:{port}").parse().unwrap();
-            let s = TcpStream::connect_timeout(&at, Duration::from_secs(2)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut line = String::new();
-            BufReader::new(s).read_line(&mut line).unwrap();
-            line
-        })
-    };
-    assert_eq!(answer(143), "b1\n");
-    assert_eq!(answer(1143), "b2\n");
-    assert_eq!(answer(2000), "b1\n");
-    assert_eq!(answer(2039), "b2\n");
+    assert_eq!(first_line(&lab, 143), "b1\n");
+    assert_eq!(first_line(&lab, 1143), "b2\n");
+    assert_eq!(first_line(&lab, 2000), "b1\n");
+    assert_eq!(first_line(&lab, 2039), "b2\n");
     // A port with no service is not forwarded: the balancer itself refuses it.
     let refused = lab.in_ns("client", || {
         TcpStream::connect_timeout(&"10.0.0.2:2040".parse().unwrap(), Duration::from_secs(2))
