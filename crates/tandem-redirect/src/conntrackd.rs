@@ -34,6 +34,30 @@ pub struct ConntrackSettings {
     pub interface: String,
     /// UDP port, the same on both nodes.
     pub port: u16,
+    /// Most connection states conntrackd holds ([`hash_limit`]).
+    pub hash_limit: u64,
+}
+
+/// conntrackd's cache limit for this kernel: twice `nf_conntrack_max`, as
+/// conntrackd.conf(5) asks (it keeps closed states a while for retransmission), and at
+/// least [`MIN_HASH_LIMIT`]. A smaller limit leaves the states of the newest
+/// connections unsynced once the kernel holds more than it, and those would not survive
+/// a failover.
+pub fn hash_limit() -> u64 {
+    hash_limit_for(
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+            .ok()
+            .and_then(|v| v.trim().parse().ok()),
+    )
+}
+
+/// The least cache limit tandem gives conntrackd (its documented example's).
+pub const MIN_HASH_LIMIT: u64 = 131_072;
+
+fn hash_limit_for(conntrack_max: Option<u64>) -> u64 {
+    conntrack_max
+        .map_or(MIN_HASH_LIMIT, |max| max.saturating_mul(2))
+        .max(MIN_HASH_LIMIT)
 }
 
 impl ConntrackSettings {
@@ -79,7 +103,7 @@ Sync {{
 General {{
     Systemd off
     HashSize 32768
-    HashLimit 131072
+    HashLimit {hash_limit}
     LogFile {dir}/conntrackd.log
     Syslog off
     LockFile {lock}
@@ -104,6 +128,7 @@ General {{
         interface = s.interface,
         dir = s.dir.display(),
         lock = s.lock_path().display(),
+        hash_limit = s.hash_limit,
     )
 }
 
@@ -412,7 +437,16 @@ mod tests {
             peer: "10.2.0.3".parse().unwrap(),
             interface: "eth2".into(),
             port: 3780,
+            hash_limit: 524_288,
         }
+    }
+
+    #[test]
+    fn the_cache_limit_is_twice_the_kernels_and_never_below_the_floor() {
+        assert_eq!(hash_limit_for(Some(262_144)), 524_288);
+        assert_eq!(hash_limit_for(Some(1_000)), MIN_HASH_LIMIT);
+        assert_eq!(hash_limit_for(None), MIN_HASH_LIMIT);
+        assert!(config_text(&settings()).contains("    HashLimit 524288\n"));
     }
 
     #[test]

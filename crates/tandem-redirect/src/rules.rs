@@ -6,19 +6,25 @@
 //! ```text
 //! table inet tandem {
 //!   chain prerouting { type nat hook prerouting priority dstnat;
-//!     ip daddr 192.0.2.10 tcp dport 143 counter
-//!       dnat ip to numgen inc mod 3 map { 0 : 10.1.0.11 . 143, 1 : 10.1.0.12 . 143, ... }
+//!     ip daddr . tcp dport vmap { 192.0.2.10 . 143 : jump to0, 192.0.2.10 . 993 : jump to1 }
+//!     ip6 daddr . tcp dport vmap { ... }
 //!   }
-//!   chain output { type nat hook output priority -100; ... the same rules ... }
+//!   chain output { type nat hook output priority -100; ... the same dispatch ... }
 //!   chain postrouting { type nat hook postrouting priority srcnat;
 //!     ct status dnat ct original ip daddr 192.0.2.10 ip daddr . tcp dport { ... } masquerade
 //!   }
+//!   chain to0 { meta l4proto tcp counter
+//!     dnat ip to numgen inc mod 3 map { 0 : 10.1.0.11 . 143, 1 : 10.1.0.12 . 143, ... }
+//!   }
+//!   chain to1 { ... }
 //! }
 //! ```
 //!
-//! Only the first packet of a connection meets these rules; the kernel's connection
-//! state carries the rest, so replacing the table never moves or drops an established
-//! connection.
+//! A new connection costs one map lookup, however many services there are: the
+//! dispatch is a verdict map keyed by service address and port (one rule per address
+//! family), not a rule per service tried in turn. Only the first packet of a
+//! connection meets these rules; the kernel's connection state carries the rest, so
+//! replacing the table never moves or drops an established connection.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -27,11 +33,11 @@ use std::net::SocketAddr;
 
 use nftables::batch::Batch;
 use nftables::expr::{
-    CT, CTDir, Expression, JHash, Map, NamedExpression, NgMode, Numgen, Payload, PayloadField,
-    SetItem,
+    CT, CTDir, Expression, JHash, Map, Meta, MetaKey, NamedExpression, NgMode, Numgen, Payload,
+    PayloadField, SetItem, Verdict,
 };
 use nftables::schema::{Chain, Nftables, Rule, Table};
-use nftables::stmt::{Counter, Match, NAT, NATFamily, Operator, Statement};
+use nftables::stmt::{Counter, JumpTarget, Match, NAT, NATFamily, Operator, Statement, VerdictMap};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 /// The name of tandem's table (family inet).
@@ -159,19 +165,52 @@ fn address_and_port(addr: &SocketAddr) -> Expression<'static> {
     ]))
 }
 
-/// The statements that match new connections to the service address.
-fn match_service(f: &Forward) -> Vec<Statement<'static>> {
-    vec![
-        equals(payload(ip_protocol(&f.listen), "daddr"), address(&f.listen)),
-        equals(
-            payload("tcp", "dport"),
-            Expression::Number(u32::from(f.listen.port())),
-        ),
-    ]
+/// The regular chain that holds the DNAT rule of the forward at `index`.
+fn forward_chain(index: usize) -> String {
+    format!("to{index}")
 }
 
-/// The DNAT rule of one forward, or `None` without live targets.
-fn dnat_rule(f: &Forward, chain: &'static str) -> Option<Rule<'static>> {
+/// The dispatch rule of one address family (`protocol` "ip" or "ip6") for `chain`:
+/// one verdict map from service address and port to the forward's chain, or `None`
+/// when no forward of that family has a live target. The first forward of an address
+/// wins, as the first of a list of rules would.
+fn dispatch_rule(
+    forwards: &[Forward],
+    protocol: &'static str,
+    chain: &'static str,
+) -> Option<Rule<'static>> {
+    let mut seen = HashSet::new();
+    let data: Vec<SetItem> = forwards
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| ip_protocol(&f.listen) == protocol && !f.targets.is_empty())
+        .filter(|(_, f)| seen.insert(f.listen))
+        .map(|(i, f)| {
+            SetItem::Mapping(
+                address_and_port(&f.listen),
+                Expression::Verdict(Verdict::Jump(JumpTarget {
+                    target: Cow::Owned(forward_chain(i)),
+                })),
+            )
+        })
+        .collect();
+    if data.is_empty() {
+        return None;
+    }
+    let expr = vec![Statement::VerdictMap(VerdictMap {
+        key: Expression::Named(NamedExpression::Concat(vec![
+            payload(protocol, "daddr"),
+            payload("tcp", "dport"),
+        ])),
+        data: Expression::Named(NamedExpression::Set(data)),
+    })];
+    Some(rule(chain, expr, None))
+}
+
+/// The DNAT rule of one forward, for its own chain, or `None` without live targets.
+/// The dispatch has matched the address and port; `meta l4proto tcp` gives nft the
+/// transport protocol the port mapping needs.
+fn dnat_rule(f: &Forward, chain: String) -> Option<Rule<'static>> {
     let slots = slots(&f.targets);
     if slots.is_empty() {
         return None;
@@ -199,8 +238,15 @@ fn dnat_rule(f: &Forward, chain: &'static str) -> Option<Rule<'static>> {
         .enumerate()
         .map(|(i, a)| SetItem::Mapping(Expression::Number(i as u32), address_and_port(a)))
         .collect();
-    let mut expr = match_service(f);
-    expr.push(Statement::Counter(Counter::Anonymous(None)));
+    let mut expr = vec![
+        equals(
+            Expression::Named(NamedExpression::Meta(Meta {
+                key: MetaKey::L4proto,
+            })),
+            Expression::String(Cow::Borrowed("tcp")),
+        ),
+        Statement::Counter(Counter::Anonymous(None)),
+    ];
     expr.push(Statement::DNAT(Some(NAT {
         addr: Some(Expression::Named(NamedExpression::Map(Box::new(Map {
             key: Expression::Named(key),
@@ -262,14 +308,14 @@ fn snat_rule(f: &Forward) -> Option<Rule<'static>> {
 }
 
 fn rule(
-    chain: &'static str,
+    chain: impl Into<Cow<'static, str>>,
     expr: Vec<Statement<'static>>,
     comment: Option<String>,
 ) -> Rule<'static> {
     Rule {
         family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
-        chain: Cow::Borrowed(chain),
+        chain: chain.into(),
         expr: Cow::Owned(expr),
         handle: None,
         index: None,
@@ -300,6 +346,21 @@ fn base_chain(name: &'static str, hook: NfHook, prio: i32) -> Chain<'static> {
     }
 }
 
+fn regular_chain(name: String) -> Chain<'static> {
+    Chain {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Owned(name),
+        newname: None,
+        handle: None,
+        _type: None,
+        hook: None,
+        prio: None,
+        dev: None,
+        policy: None,
+    }
+}
+
 /// One transaction that replaces tandem's table (or creates it) with the rules of
 /// `forwards`. Adding the table first makes the delete valid when none exists.
 pub fn ruleset(forwards: &[Forward]) -> Nftables<'static> {
@@ -317,13 +378,24 @@ pub fn ruleset(forwards: &[Forward]) -> Nftables<'static> {
             name, hook, prio,
         )));
     }
-    for f in forwards {
-        // output: connections the balancer host opens itself (an operator's test).
-        for chain in ["prerouting", "output"] {
-            if let Some(r) = dnat_rule(f, chain) {
+    // Each forward's chain before the dispatch that jumps to it.
+    for (i, f) in forwards.iter().enumerate() {
+        if let Some(r) = dnat_rule(f, forward_chain(i)) {
+            batch.add(nftables::schema::NfListObject::Chain(regular_chain(
+                forward_chain(i),
+            )));
+            batch.add(nftables::schema::NfListObject::Rule(r));
+        }
+    }
+    // output: connections the balancer host opens itself (an operator's test).
+    for chain in ["prerouting", "output"] {
+        for protocol in ["ip", "ip6"] {
+            if let Some(r) = dispatch_rule(forwards, protocol, chain) {
                 batch.add(nftables::schema::NfListObject::Rule(r));
             }
         }
+    }
+    for f in forwards {
         if let Some(r) = snat_rule(f) {
             batch.add(nftables::schema::NfListObject::Rule(r));
         }
@@ -422,19 +494,33 @@ mod tests {
         );
         let json = serde_json::to_value(ruleset(&[f])).unwrap();
         let objects = json["nftables"].as_array().unwrap();
-        // add, delete, add the table; three chains; a rule in prerouting and output.
-        assert_eq!(objects.len(), 8, "{json:#}");
+        // add, delete, add the table; three base chains; the forward's chain and its
+        // rule; the dispatch in prerouting and output.
+        assert_eq!(objects.len(), 10, "{json:#}");
         assert!(objects[1]["delete"]["table"]["name"] == "tandem");
-        let rule = &objects[6]["add"]["rule"];
-        assert_eq!(rule["chain"], "prerouting");
+        assert_eq!(objects[6]["add"]["chain"]["name"], "to0");
+        assert!(objects[6]["add"]["chain"].get("hook").is_none());
+        let rule = &objects[7]["add"]["rule"];
+        assert_eq!(rule["chain"], "to0");
         assert_eq!(rule["comment"], "imap");
         let expr = rule["expr"].as_array().unwrap();
-        assert_eq!(expr[0]["match"]["right"], "192.0.2.10");
-        assert_eq!(expr[1]["match"]["right"], 143);
-        let dnat = &expr[3]["dnat"];
+        assert_eq!(expr[0]["match"]["left"]["meta"]["key"], "l4proto");
+        assert_eq!(expr[0]["match"]["right"], "tcp");
+        let dnat = &expr[2]["dnat"];
         assert_eq!(dnat["family"], "ip");
         assert_eq!(dnat["addr"]["map"]["key"]["numgen"]["mode"], "inc");
         assert_eq!(dnat["addr"]["map"]["key"]["numgen"]["mod"], 3);
+        for (object, chain) in [(8, "prerouting"), (9, "output")] {
+            let dispatch = &objects[object]["add"]["rule"];
+            assert_eq!(dispatch["chain"], chain);
+            let vmap = &dispatch["expr"][0]["vmap"];
+            assert_eq!(vmap["key"]["concat"][0]["payload"]["field"], "daddr");
+            assert_eq!(vmap["key"]["concat"][1]["payload"]["field"], "dport");
+            let entry = &vmap["data"]["set"][0];
+            assert_eq!(entry[0]["concat"][0], "192.0.2.10");
+            assert_eq!(entry[0]["concat"][1], 143);
+            assert_eq!(entry[1]["jump"]["target"], "to0");
+        }
         let set = dnat["addr"]["map"]["data"]["set"].as_array().unwrap();
         let targets: Vec<String> = set
             .iter()
@@ -453,7 +539,7 @@ mod tests {
     fn source_hash_hashes_the_client_address_with_a_fixed_seed() {
         let f = forward(Spread::SourceHash, vec![t("10.1.0.11:143", 1)], false);
         let json = serde_json::to_value(ruleset(&[f])).unwrap();
-        let key = &json["nftables"][6]["add"]["rule"]["expr"][3]["dnat"]["addr"]["map"]["key"];
+        let key = &json["nftables"][7]["add"]["rule"]["expr"][2]["dnat"]["addr"]["map"]["key"];
         assert_eq!(key["jhash"]["expr"]["payload"]["field"], "saddr");
         assert_eq!(key["jhash"]["seed"], HASH_SEED);
     }
@@ -468,13 +554,86 @@ mod tests {
             ..forward(Spread::Random, vec![t("[fd01::11]:80", 1)], false)
         };
         let json = serde_json::to_value(ruleset(&[f6])).unwrap();
-        let expr = &json["nftables"][6]["add"]["rule"]["expr"];
-        assert_eq!(expr[0]["match"]["left"]["payload"]["protocol"], "ip6");
-        assert_eq!(expr[3]["dnat"]["family"], "ip6");
+        let expr = &json["nftables"][7]["add"]["rule"]["expr"];
+        assert_eq!(expr[2]["dnat"]["family"], "ip6");
         assert_eq!(
-            expr[3]["dnat"]["addr"]["map"]["key"]["numgen"]["mode"],
+            expr[2]["dnat"]["addr"]["map"]["key"]["numgen"]["mode"],
             "random"
         );
+        let vmap = &json["nftables"][8]["add"]["rule"]["expr"][0]["vmap"];
+        assert_eq!(vmap["key"]["concat"][0]["payload"]["protocol"], "ip6");
+        assert_eq!(vmap["data"]["set"][0][0]["concat"][0], "fd00::10");
+    }
+
+    #[test]
+    fn one_dispatch_rule_per_family_however_many_services() {
+        let mut forwards: Vec<Forward> = (0..300)
+            .map(|i| Forward {
+                service: format!("s{i}"),
+                listen: format!("192.0.2.{}:{}", i % 200 + 1, 1000 + i)
+                    .parse()
+                    .unwrap(),
+                ..forward(Spread::RoundRobin, vec![t("10.1.0.11:80", 1)], false)
+            })
+            .collect();
+        // A second forward of an address already taken: the first one wins.
+        forwards.push(Forward {
+            service: "late".into(),
+            ..forwards[0].clone()
+        });
+        // Without a live target: no chain, no map entry.
+        forwards.push(Forward {
+            service: "dead".into(),
+            listen: "192.0.2.250:9".parse().unwrap(),
+            ..forward(Spread::RoundRobin, vec![], false)
+        });
+        forwards.push(Forward {
+            listen: "[fd00::10]:80".parse().unwrap(),
+            ..forward(Spread::RoundRobin, vec![t("[fd01::11]:80", 1)], false)
+        });
+        let json = serde_json::to_value(ruleset(&forwards)).unwrap();
+        let objects = json["nftables"].as_array().unwrap();
+        let in_chain = |chain: &str| -> Vec<&serde_json::Value> {
+            objects
+                .iter()
+                .filter_map(|o| o["add"].get("rule"))
+                .filter(|r| r["chain"] == chain)
+                .collect()
+        };
+        for chain in ["prerouting", "output"] {
+            let rules = in_chain(chain);
+            assert_eq!(rules.len(), 2, "{chain}: one rule per address family");
+            let v4 = rules[0]["expr"][0]["vmap"]["data"]["set"]
+                .as_array()
+                .unwrap();
+            assert_eq!(v4.len(), 300);
+            assert_eq!(v4[0][1]["jump"]["target"], "to0");
+            let v6 = rules[1]["expr"][0]["vmap"]["data"]["set"]
+                .as_array()
+                .unwrap();
+            assert_eq!(v6.len(), 1);
+            assert_eq!(v6[0][1]["jump"]["target"], "to302");
+        }
+        assert!(
+            in_chain("to301").is_empty(),
+            "a forward without targets has no rule"
+        );
+        assert_eq!(in_chain("to0")[0]["comment"], "s0");
+        // Every chain a dispatch jumps to is in the transaction before the dispatch.
+        let first_dispatch = objects
+            .iter()
+            .position(|o| o["add"]["rule"]["chain"] == "prerouting")
+            .unwrap();
+        let chains_before: HashSet<&str> = objects[..first_dispatch]
+            .iter()
+            .filter_map(|o| o["add"]["chain"]["name"].as_str())
+            .collect();
+        for entry in in_chain("prerouting")
+            .iter()
+            .flat_map(|r| r["expr"][0]["vmap"]["data"]["set"].as_array().unwrap())
+        {
+            assert!(chains_before.contains(entry[1]["jump"]["target"].as_str().unwrap()));
+        }
     }
 
     #[test]
@@ -485,7 +644,7 @@ mod tests {
             true,
         );
         let json = serde_json::to_value(ruleset(&[f])).unwrap();
-        let rule = &json["nftables"][8]["add"]["rule"];
+        let rule = &json["nftables"][10]["add"]["rule"];
         assert_eq!(rule["chain"], "postrouting");
         let expr = rule["expr"].as_array().unwrap();
         assert_eq!(expr[0]["match"]["right"], "dnat");

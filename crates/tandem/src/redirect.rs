@@ -417,5 +417,6 @@ fn conntrack_settings(config: &Config) -> anyhow::Result<Option<ConntrackSetting
         peer: peer.ip(),
         interface,
         port: sync.conntrack_port,
+        hash_limit: tandem_redirect::conntrackd::hash_limit(),
     }))
 }

@@ -525,15 +525,34 @@ fn check_refuses_a_host_that_does_not_forward_and_accepts_it_once_it_does() {
     assert_eq!((code, out.trim()), (Some(0), "ok"), "{err}");
 }
 
-#[test]
-fn snat_serves_backends_that_have_no_route_back_and_they_see_the_balancer() {
-    let Some(mut lab) = Lab::new("rs") else {
-        return;
-    };
+/// A lab of one balancer (public 10.0.0.2, private 10.1.0.2 on br1, forwarding) and a
+/// client (10.0.0.100).
+fn one_balancer(tag: &str) -> Option<Lab> {
+    let mut lab = Lab::new(tag)?;
     lab.host("client", "10.0.0.100/24");
     lab.host("lb", "10.0.0.2/24");
     lab.attach("lb", "br1", "eth1", "10.1.0.2/24");
     lab.sysctl("lb", "net.ipv4.ip_forward", "1");
+    Some(lab)
+}
+
+/// The first line the client reads from the balancer's `port`.
+fn first_line(lab: &Lab, port: u16) -> String {
+    lab.in_ns("client", move || {
+        let at: SocketAddr = format!("10.0.0.2:{port}").parse().unwrap();
+        let s = TcpStream::connect_timeout(&at, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    })
+}
+
+#[test]
+fn snat_serves_backends_that_have_no_route_back_and_they_see_the_balancer() {
+    let Some(mut lab) = one_balancer("rs") else {
+        return;
+    };
     // The backend has no route to the client's network at all.
     lab.host_on("b1", "br1", "10.1.0.11/24");
     let listener = lab.in_ns("b1", || TcpListener::bind("10.1.0.11:143").unwrap());
@@ -560,18 +579,73 @@ fn snat_serves_backends_that_have_no_route_back_and_they_see_the_balancer() {
             .unwrap()
             .ends_with("[round-robin, snat]")
     );
-    let answer = lab.in_ns("client", || {
-        let s =
-            TcpStream::connect_timeout(&"10.0.0.2:143".parse().unwrap(), Duration::from_secs(2))
-                .unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        line
-    });
+    let answer = first_line(&lab, 143);
     // Masqueraded: the backend saw the balancer's private address, not the client's
     // (the documented price of snat), and its answer came back.
     assert_eq!(answer, "b1 sees 10.1.0.2\n");
+}
+
+/// Many redirect services on one address: the kernel's dispatch (one verdict map from
+/// address and port to each service's chain) sends each port to its own pool.
+#[test]
+fn each_port_of_a_shared_address_reaches_its_own_pool_through_one_dispatch() {
+    let Some(mut lab) = one_balancer("rm") else {
+        return;
+    };
+    for (name, address) in BACKENDS {
+        lab.host_on(name, "br1", &format!("{address}/24"));
+        let at: SocketAddr = format!("{address}:143").parse().unwrap();
+        let listener = lab.in_ns(name, move || TcpListener::bind(at).unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let _ = s.write_all(format!("{name}\n").as_bytes());
+            }
+        });
+    }
+    let dir = lab.dir.path().display().to_string();
+    let mut text = format!(
+        "[global]\ncontrol_socket = \"{dir}/lb.sock\"\ndrain_timeout = \"1s\"\n\n\
+[[pool]]\nname = \"one\"\nbackends = [{{ address = \"10.1.0.11:143\" }}]\n\n\
+[[pool]]\nname = \"two\"\nbackends = [{{ address = \"10.1.0.12:143\" }}]\n\n"
+    );
+    // 40 services on ports 2000-2039, alternating pools, before the two checked ones.
+    for port in 2000..2040 {
+        let pool = if port % 2 == 0 { "one" } else { "two" };
+        text.push_str(&format!(
+            "[[service]]\nname = \"s{port}\"\nlisten = [\"10.0.0.2:{port}\"]\nmode = \"redirect\"\n\
+pool = \"{pool}\"\nreturn_path = \"snat\"\n\n"
+        ));
+    }
+    for (name, port, pool) in [("imap", 143, "one"), ("imap2", 1143, "two")] {
+        text.push_str(&format!(
+            "[[service]]\nname = \"{name}\"\nlisten = [\"10.0.0.2:{port}\"]\nmode = \"redirect\"\n\
+pool = \"{pool}\"\nreturn_path = \"snat\"\n\n"
+        ));
+    }
+    let config = lab.write_config("lb", &text);
+    let _lb = lab.run_tandem("lb", &config);
+    let table = redirect_status(&lab, "lb")["table"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // One dispatch rule in prerouting (and one in output), not a rule per service.
+    assert_eq!(
+        table.matches("ip daddr . tcp dport vmap").count(),
+        2,
+        "{table}"
+    );
+    assert_eq!(table.matches("dnat ip to").count(), 42, "{table}");
+    assert_eq!(first_line(&lab, 143), "b1\n");
+    assert_eq!(first_line(&lab, 1143), "b2\n");
+    assert_eq!(first_line(&lab, 2000), "b1\n");
+    assert_eq!(first_line(&lab, 2039), "b2\n");
+    // A port with no service is not forwarded: the balancer itself refuses it.
+    let refused = lab.in_ns("client", || {
+        TcpStream::connect_timeout(&"10.0.0.2:2040".parse().unwrap(), Duration::from_secs(2))
+            .is_err()
+    });
+    assert!(refused);
 }
 
 /// `tandem upgrade` of the master of a redirect pair: the new process keeps the
