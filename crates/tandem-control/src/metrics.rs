@@ -598,6 +598,23 @@ mod tests {
     }
 
     #[test]
+    fn connections_per_worker_are_a_gauge_each() {
+        let snapshot = Snapshot {
+            workers: vec![7, 0],
+            ..Default::default()
+        };
+        let text = encode(&snapshot);
+        for line in [
+            r#"tandem_worker_connections{worker="0"} 7"#,
+            r#"tandem_worker_connections{worker="1"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+        }
+        let one_thread = encode(&Snapshot::default());
+        assert!(!one_thread.contains("tandem_worker_connections{"));
+    }
+
+    #[test]
     fn vrrp_metrics_are_per_instance() {
         let instance = |vrid: u8, state: &str| HaSnapshot {
             state: state.into(),
@@ -621,22 +638,5 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
         }
-    }
-
-    #[test]
-    fn connections_per_worker_are_a_gauge_each() {
-        let snapshot = Snapshot {
-            workers: vec![7, 0],
-            ..Default::default()
-        };
-        let text = encode(&snapshot);
-        for line in [
-            r#"tandem_worker_connections{worker="0"} 7"#,
-            r#"tandem_worker_connections{worker="1"} 0"#,
-        ] {
-            assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
-        }
-        let one_thread = encode(&Snapshot::default());
-        assert!(!one_thread.contains("tandem_worker_connections{"));
     }
 }
