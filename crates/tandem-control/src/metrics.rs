@@ -23,6 +23,11 @@ struct ServiceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceReasonLabels {
     service: String,
     reason: String,
@@ -187,6 +192,18 @@ pub fn encode(snapshot: &Snapshot) -> String {
         reloads.clone(),
     );
     reloads.inc_by(snapshot.reloads);
+    let workers = gauge::<WorkerLabels>(
+        &mut registry,
+        "worker_connections",
+        "Connections open on each worker thread",
+    );
+    for (i, &open) in snapshot.workers.iter().enumerate() {
+        workers
+            .get_or_create(&WorkerLabels {
+                worker: i.to_string(),
+            })
+            .set(open as i64);
+    }
 
     let active = gauge::<ServiceLabels>(
         &mut registry,
@@ -590,6 +607,23 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn connections_per_worker_are_a_gauge_each() {
+        let snapshot = Snapshot {
+            workers: vec![7, 0],
+            ..Default::default()
+        };
+        let text = encode(&snapshot);
+        for line in [
+            r#"tandem_worker_connections{worker="0"} 7"#,
+            r#"tandem_worker_connections{worker="1"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+        }
+        let one_thread = encode(&Snapshot::default());
+        assert!(!one_thread.contains("tandem_worker_connections{"));
     }
 
     #[test]

@@ -393,6 +393,9 @@ pub struct Snapshot {
     /// Route announcement, when configured.
     #[serde(default)]
     pub announce: Option<AnnounceSnapshot>,
+    /// Connections open on each worker thread (none with `threads = 1`).
+    #[serde(default)]
+    pub workers: Vec<u64>,
 }
 
 /// One service.

@@ -22,6 +22,7 @@ pub mod proxy_header;
 mod ratelog;
 pub mod relay;
 mod service;
+pub mod spread;
 pub mod tls;
 
 pub use ratelog::RateLimited;

@@ -157,9 +157,24 @@ impl Service {
     /// another service). Accept errors never end the loop: resource exhaustion (EMFILE,
     /// ENFILE, ENOBUFS, ENOMEM) pauses it with a growing backoff.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, life: Lifecycle) -> TcpListener {
+        self.serve_seated(listener, life, None).await
+    }
+
+    /// As [`Service::serve`], on one of several workers sharing the listener: with a
+    /// `seat`, each connection is counted on its worker, and the loop leaves the socket
+    /// to the other workers while its own holds more than its share.
+    pub async fn serve_seated(
+        self: Arc<Self>,
+        listener: TcpListener,
+        life: Lifecycle,
+        seat: Option<crate::spread::Seat>,
+    ) -> TcpListener {
         let local = listener.local_addr().ok();
         let mut backoff = Duration::from_millis(5);
         loop {
+            if let Some(seat) = &seat {
+                seat.turn(&life.stop_accepting).await;
+            }
             let accepted = tokio::select! {
                 () = life.stop_accepting.cancelled() => break,
                 accepted = listener.accept() => accepted,
@@ -199,6 +214,7 @@ impl Service {
                         drop(client);
                         continue;
                     };
+                    let worker = seat.as_ref().map(crate::spread::Seat::hold);
                     let service = self.clone();
                     let close_all = life.close_all.clone();
                     // (The tracker's token, held as a tracked task holds it: an HTTP
@@ -214,6 +230,7 @@ impl Service {
                             _client: client_slot,
                             _node: node_slot,
                             _token: token,
+                            _worker: worker,
                         };
                         let ends = Ends {
                             client: peer,
@@ -231,6 +248,7 @@ impl Service {
                             _client: client_slot,
                             _node: node_slot,
                             _token: token,
+                            _worker: worker,
                         };
                         let mut ends = Ends {
                             client: peer,
@@ -686,6 +704,7 @@ pub(crate) struct Held {
     _client: Option<ClientSlot>,
     _node: crate::limits::GlobalSlot,
     _token: tokio_util::task::task_tracker::TaskTrackerToken,
+    _worker: Option<crate::spread::Hold>,
 }
 
 impl Drop for Slot {

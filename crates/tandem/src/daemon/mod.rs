@@ -100,6 +100,8 @@ struct Shared {
     /// the next reload; none: as configured.
     runtime_pools: std::sync::Mutex<Option<Vec<tandem_config::Pool>>>,
     handoff: upgrade::Handoff,
+    /// The worker threads (as in `Inner`), for their figures.
+    workers: Option<Arc<workers::Workers>>,
 }
 
 /// What reloads change: the listeners, the services and the health checks.

@@ -84,6 +84,7 @@ impl Built {
             pools: pools.clone(),
             services: ArcSwap::from_pointee(view),
             health: inner.monitor.board(),
+            workers: inner.workers.clone(),
             inner: Mutex::new(inner),
             life,
             tasks: tasks.clone(),

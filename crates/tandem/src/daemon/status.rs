@@ -102,6 +102,12 @@ impl Daemon {
                 .as_ref()
                 .map(|p| p.display().to_string()),
             reloads: self.shared.reloads.load(Relaxed),
+            workers: self
+                .shared
+                .workers
+                .as_ref()
+                .map(|w| w.live())
+                .unwrap_or_default(),
             services,
             pools,
             ha: tandem_control::HaInstances(

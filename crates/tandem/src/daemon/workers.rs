@@ -10,11 +10,17 @@
 //! each new connection's task between threads and woke idle workers for it; on a
 //! machine whose cores the proxy shares with its clients and backends those wake-ups
 //! cost more than the work (bench/run's defaults section, see docs/benchmarks.md).
+//!
+//! The kernel wakes every worker for a connection on a shared socket and the first to
+//! run takes all that are queued; each worker's open connections are counted
+//! ([`Spread`]) and a worker over its share leaves accepting to the others, so that a
+//! burst of long connections does not land on one thread.
 
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use tandem_proxy::spread::Spread;
 use tandem_proxy::{Lifecycle, Service};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
@@ -27,6 +33,7 @@ use tracing::warn;
 pub(super) struct Workers {
     handles: Vec<Handle>,
     stop: CancellationToken,
+    spread: Arc<Spread>,
 }
 
 impl Workers {
@@ -47,6 +54,7 @@ impl Workers {
         let mut workers = Workers {
             handles: Vec::with_capacity(n),
             stop: CancellationToken::new(),
+            spread: Spread::new(n),
         };
         for i in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -69,6 +77,11 @@ impl Workers {
     /// How many workers there are.
     pub(super) fn len(&self) -> usize {
         self.handles.len()
+    }
+
+    /// The connections open on each worker now.
+    pub(super) fn live(&self) -> Vec<u64> {
+        self.spread.live()
     }
 
     /// Starts `service`'s accept loop on `listener` on every worker, each on its own
@@ -94,14 +107,19 @@ impl Workers {
             .into_iter()
             .map(std::net::TcpListener::from)
             .zip(&self.handles)
-            .map(|(std, handle)| {
+            .enumerate()
+            .map(|(i, (std, handle))| {
                 let (service, life) = (service.clone(), life.clone());
+                let spread = self.spread.clone();
                 handle.spawn(async move {
                     // Registered with this worker's reactor: it runs inside it.
                     let listener = TcpListener::from_std(std).inspect_err(|e| {
                         warn!(service = %service.config.load().name, "a worker cannot accept on a listener: {e}");
+                        // The others must not wait for it to take its share.
+                        spread.retire(i);
                     })?;
-                    Ok(service.serve(listener, life).await)
+                    let seat = spread.seat(i);
+                    Ok(service.serve_seated(listener, life, Some(seat)).await)
                 })
             })
             .collect();

@@ -147,3 +147,59 @@ async fn every_worker_serves_every_listener_across_reload_and_upgrade() {
     .await;
     serves_on_every_worker(new_pid, &now, "in the successor").await;
 }
+
+/// Connections opened at once, as a load generator opens its keep-alive connections,
+/// are spread over the workers: each holds some, and none more than its share beyond
+/// the slack of `tandem_proxy::spread` (one connection and an eighth), as `tandem ctl
+/// status` shows per worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_opened_at_once_spread_over_the_workers() {
+    const HELD: usize = 48;
+    let backends = [("a", name_server("a", true).await)];
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("tandem.sock");
+    let path = write_config(
+        dir.path(),
+        &config(&socket, &service("a", port, "a"), &backends),
+    );
+    let mut tandem = Running::spawn(&["run", "--config", &path]);
+    tandem.wait_for("tandem running");
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let opened: Vec<_> = (0..HELD)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
+                let mut name = [0u8; 2];
+                tokio::io::AsyncReadExt::read_exact(&mut s, &mut name)
+                    .await
+                    .unwrap();
+                assert_eq!(&name, b"a\n");
+                s
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for o in opened {
+        held.push(o.await.unwrap());
+    }
+    let per_worker = |status: &serde_json::Value| -> Vec<u64> {
+        status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect()
+    };
+    let open = per_worker(&ctl_json(&socket, &["status"]));
+    assert_eq!(open.len(), WORKERS, "{open:?}");
+    assert_eq!(open.iter().sum::<u64>(), HELD as u64, "{open:?}");
+    let (least, most) = (*open.iter().min().unwrap(), *open.iter().max().unwrap());
+    assert!(least > 0, "a worker holds none: {open:?}");
+    assert!(most <= least + 2 + least / 8, "beyond the share: {open:?}");
+    drop(held);
+    wait_until("the connections closed", Duration::from_secs(5), || {
+        per_worker(&ctl_json(&socket, &["status"])) == vec![0; WORKERS]
+    })
+    .await;
+}
