@@ -1,6 +1,5 @@
 //! Scheduling checks and publishing their effect.
 
-use std::collections::BinaryHeap;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -444,12 +443,22 @@ struct Entry {
 }
 
 /// Every checked backend's entry, and when each is due next. A backend whose check
-/// runs is not in `due` until its result is in, so checks of one backend never
-/// overlap; an entry removed (a reload) leaves its id in `due` to be skipped.
+/// runs is in no lane until its result is in, so checks of one backend never
+/// overlap; an entry removed (a reload) leaves its id in its lane to be skipped.
 #[derive(Default)]
 struct Queue {
     entries: HashMap<u64, Entry>,
-    due: BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
+    lanes: Vec<Lane>,
+}
+
+/// The checks of one interval, in the order they are due. A check is queued again
+/// one interval after it was due, which is after every other check of the lane (they
+/// are all due within one interval): the lane is a ring, taken at its front and added
+/// to at its back, with no reordering (a binary heap of 10,000 checks cost a dozen
+/// cache misses per check taken).
+struct Lane {
+    interval: Duration,
+    due: std::collections::VecDeque<(Instant, u64)>,
 }
 
 /// The schedule, shared by the monitor (which changes it) and the scheduler task.
@@ -488,6 +497,75 @@ fn lock_queue(shared: &Shared) -> MutexGuard<'_, Queue> {
 }
 
 impl Queue {
+    /// The lane of checks every `interval`.
+    fn lane(&mut self, interval: Duration) -> &mut Lane {
+        let i = match self.lanes.iter().position(|l| l.interval == interval) {
+            Some(i) => i,
+            None => {
+                self.lanes.push(Lane {
+                    interval,
+                    due: Default::default(),
+                });
+                self.lanes.len() - 1
+            }
+        };
+        &mut self.lanes[i]
+    }
+
+    /// Queues check `id` at `at`: at the back of its lane, unless a slower check
+    /// ended after those queued since (then in its place).
+    fn push(&mut self, interval: Duration, at: Instant, id: u64) {
+        let due = &mut self.lane(interval).due;
+        if due.back().is_none_or(|&(last, _)| last <= at) {
+            due.push_back((at, id));
+        } else {
+            let i = due.partition_point(|&(t, _)| t <= at);
+            due.insert(i, (at, id));
+        }
+    }
+
+    /// Adds many checks at once (a start or a reload): each touched lane is sorted
+    /// once, without the ids of removed entries.
+    fn add(&mut self, added: Vec<(u64, Entry)>) {
+        let mut touched = Vec::new();
+        for (id, entry) in added {
+            let (interval, next) = (entry.interval, entry.next);
+            self.entries.insert(id, entry);
+            self.lane(interval).due.push_back((next, id));
+            if !touched.contains(&interval) {
+                touched.push(interval);
+            }
+        }
+        let entries = &self.entries;
+        for lane in self
+            .lanes
+            .iter_mut()
+            .filter(|l| touched.contains(&l.interval))
+        {
+            let mut due: Vec<(Instant, u64)> = lane
+                .due
+                .drain(..)
+                .filter(|(_, id)| entries.contains_key(id))
+                .collect();
+            due.sort_unstable();
+            lane.due = due.into();
+        }
+    }
+
+    /// Takes the first check due at `now` or before, or tells when the next is due.
+    fn take_due(&mut self, now: Instant) -> Result<u64, Option<Instant>> {
+        let first = self
+            .lanes
+            .iter_mut()
+            .filter_map(|l| l.due.front().map(|&(at, _)| at).map(|at| (at, l)))
+            .min_by_key(|(at, _)| *at);
+        match first {
+            Some((at, lane)) if at <= now => Ok(lane.due.pop_front().map_or(0, |(_, id)| id)),
+            Some((at, _)) => Err(Some(at)),
+            None => Err(None),
+        }
+    }
+
     /// Starts every check due at `now`; the next due time after them.
     fn start_due(
         &mut self,
@@ -495,11 +573,11 @@ impl Queue {
         now: Instant,
         running: &Running,
     ) -> Option<Instant> {
-        while let Some(&std::cmp::Reverse((at, id))) = self.due.peek() {
-            if at > now {
-                return Some(at);
-            }
-            self.due.pop();
+        loop {
+            let id = match self.take_due(now) {
+                Ok(id) => id,
+                Err(next) => return next,
+            };
             let Some(entry) = self.entries.get(&id) else {
                 continue;
             };
@@ -508,7 +586,6 @@ impl Queue {
                 Started::Waiting(check) => running.push(Box::pin(async move { (id, check.await) })),
             }
         }
-        None
     }
 
     /// Records a result of entry `id` (unless a reload removed it) and queues its next
@@ -525,7 +602,8 @@ impl Queue {
             tracing::debug!(pool = entry.pool, backend = %entry.backend, "check late by {}", fmt_duration(now - entry.next));
             entry.next = now + entry.interval;
         }
-        self.due.push(std::cmp::Reverse((entry.next, id)));
+        let (interval, next) = (entry.interval, entry.next);
+        self.push(interval, next, id);
     }
 }
 
@@ -697,10 +775,7 @@ impl Monitor {
             for id in replaced {
                 queue.entries.remove(&id);
             }
-            for (id, entry) in added {
-                queue.due.push(std::cmp::Reverse((entry.next, id)));
-                queue.entries.insert(id, entry);
-            }
+            queue.add(added);
             drop(queue);
             shared.changed.notify_one();
         }
