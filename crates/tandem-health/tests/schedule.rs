@@ -91,15 +91,26 @@ fn pool(backends: &[u8], initial: InitialHealth) -> Pool {
 
 fn start(script: &Arc<Script>, configs: &[Pool]) -> (Monitor, PoolSet) {
     *script.start.lock().unwrap() = Some(Instant::now());
-    let pools = PoolSet::build(configs, None);
     let mut monitor = Monitor::new();
+    let pools = reload(&mut monitor, script, configs, None);
+    (monitor, pools)
+}
+
+/// Applies `configs` (a new generation after `previous`) with the scripted checker.
+fn reload(
+    monitor: &mut Monitor,
+    script: &Arc<Script>,
+    configs: &[Pool],
+    previous: Option<&PoolSet>,
+) -> PoolSet {
+    let pools = PoolSet::build(configs, previous);
     let s = script.clone();
     monitor
         .apply_with(&pools, configs, |_| {
             Ok(Arc::new(ScriptChecker(s.clone())) as Arc<dyn Checker>)
         })
         .unwrap();
-    (monitor, pools)
+    pools
 }
 
 #[tokio::test(start_paused = true)]
@@ -230,13 +241,7 @@ async fn a_new_generation_keeps_state_of_backends_that_stay() {
     assert!(monitor.board().get("web", addr(1)).unwrap().up);
     // Reload: backend 2 leaves, backend 3 joins.
     let next = [pool(&[1, 3], InitialHealth::Down)];
-    let pools2 = PoolSet::build(&next, Some(&pools));
-    let s = script.clone();
-    monitor
-        .apply_with(&pools2, &next, |_| {
-            Ok(Arc::new(ScriptChecker(s.clone())) as Arc<dyn Checker>)
-        })
-        .unwrap();
+    let pools2 = reload(&mut monitor, &script, &next, Some(&pools));
     let board = monitor.board();
     assert!(
         board.get("web", addr(1)).unwrap().up,
@@ -389,13 +394,7 @@ async fn a_reload_keeps_the_phase_and_state_of_backends_that_stay() {
     let checks_before = board.get("web", addr(1)).unwrap().checks;
     assert!(board.get("web", addr(1)).unwrap().up);
     let next = [pool(&[1, 2, 3], InitialHealth::Down)];
-    let pools2 = PoolSet::build(&next, Some(&pools));
-    let s = script.clone();
-    monitor
-        .apply_with(&pools2, &next, |_| {
-            Ok(Arc::new(ScriptChecker(s.clone())) as Arc<dyn Checker>)
-        })
-        .unwrap();
+    let _pools2 = reload(&mut monitor, &script, &next, Some(&pools));
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     // Backend 1's checks went on one second apart: none added or lost by the reload.
     let calls = script.calls_of(addr(1));
