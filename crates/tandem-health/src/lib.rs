@@ -1,9 +1,10 @@
 //! Health checks and the rise/fall state of each backend.
 //!
-//! [`Monitor`] runs one timer task per checked backend (checks of a pool spread over
-//! the interval), each calling a [`Checker`] (the real [`Prober`]: tcp, tls, http,
-//! https, send-expect, script) and feeding its [`Probe`] to the backend's [`RiseFall`]
-//! machine, which is pure and tested without IO. A change of state flips the
+//! [`Monitor`] runs one scheduler task that starts each checked backend's check when it
+//! is due (checks of a pool spread over the interval, pools interleaved), calling a
+//! [`Checker`] (the real [`Prober`]: tcp, tls, http, https, send-expect, script) and
+//! feeding its [`Probe`] to the backend's [`RiseFall`] machine, which is pure and
+//! tested without IO. A change of state flips the
 //! backend's `healthy` flag in its `tandem_balance::BackendState` (so the pool stops
 //! or resumes choosing it), is logged once with its reason, and is published on the
 //! [`HealthBoard`], which the control socket, metrics and VRRP tracking read. TLS
@@ -16,7 +17,9 @@ mod monitor;
 mod probe;
 
 pub use machine::{Change, Probe, RiseFall};
-pub use monitor::{AgentSeen, BackendHealth, Checker, HealthBoard, LastCheck, Monitor, Transition};
+pub use monitor::{
+    AgentSeen, BackendHealth, Checker, HealthBoard, LastCheck, Monitor, Started, Transition,
+};
 pub use probe::{
-    MAX_ANSWER, Prober, answer_end, fmt_days, fmt_duration, judge_answer, local_proxy_header,
+    Begun, MAX_ANSWER, Prober, answer_end, fmt_days, fmt_duration, judge_answer, local_proxy_header,
 };

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -13,17 +15,41 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::machine::{Probe, RiseFall};
-use crate::probe::{Prober, fmt_duration};
+use crate::probe::{Begun, Prober, fmt_duration};
 
 /// Anything that can check a backend: the real [`Prober`], or a script in tests.
 pub trait Checker: Send + Sync + 'static {
     /// Checks `target` once; must end within the check's timeout.
     fn probe(&self, target: SocketAddr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>>;
+
+    /// Begins a check of `target`: its result when it needs no waiting, else the check
+    /// to await (by default the whole [`Checker::probe`]).
+    fn begin(self: Arc<Self>, target: SocketAddr) -> Started {
+        Started::Waiting(Box::pin(async move { self.probe(target).await }))
+    }
+}
+
+/// A check begun by [`Checker::begin`].
+pub enum Started {
+    /// Over already.
+    Done(Probe),
+    /// Under way: its result when awaited.
+    Waiting(Pin<Box<dyn Future<Output = Probe> + Send>>),
 }
 
 impl Checker for Prober {
     fn probe(&self, target: SocketAddr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
         Box::pin(Prober::probe(self, target))
+    }
+
+    fn begin(self: Arc<Self>, target: SocketAddr) -> Started {
+        match Prober::begin(&self, target) {
+            Begun::Done(probe) => Started::Done(probe),
+            Begun::Connecting(socket, started) => {
+                Started::Waiting(Box::pin(async move { self.finish(socket, started).await }))
+            }
+            Begun::Waiting => Started::Waiting(Box::pin(async move { self.probe(target).await })),
+        }
     }
 }
 
@@ -102,6 +128,8 @@ pub struct HealthBoard {
     agents: RwLock<HashMap<(String, SocketAddr), AgentSeen>>,
     /// Counts agent answers that changed a backend's weight.
     weights: watch::Sender<u64>,
+    /// Each pool's count of changes a reader shows (see [`HealthBoard::generation`]).
+    generations: RwLock<HashMap<String, Arc<AtomicU64>>>,
 }
 
 /// One checked backend's health, shared by the board and the backend's check task.
@@ -132,6 +160,7 @@ impl Default for HealthBoard {
             decisions: watch::channel(0).0,
             agents: RwLock::default(),
             weights: watch::channel(0).0,
+            generations: RwLock::default(),
         }
     }
 }
@@ -165,6 +194,35 @@ impl HealthBoard {
                 .values()
                 .all(|slot| lock(slot).machine.is_decided())
         })
+    }
+
+    /// Counts the changes of `pool`'s backends that a status shows: up or down, the
+    /// first decision, the states an agent set. A reader that saw the same count saw
+    /// the same (0 for a pool without checks or agent).
+    pub fn generation(&self, pool: &str) -> u64 {
+        self.generations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pool)
+            .map_or(0, |g| g.load(Relaxed))
+    }
+
+    /// The change count of `pool` (made when it has none yet).
+    fn generation_of(&self, pool: &str) -> Arc<AtomicU64> {
+        if let Some(g) = self
+            .generations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pool)
+        {
+            return g.clone();
+        }
+        self.generations
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pool.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Changes each time a backend's checks reach their first decision (which need not
@@ -242,6 +300,7 @@ impl HealthBoard {
             .unwrap_or_else(|e| e.into_inner())
             .insert((pool.to_string(), backend), seen.clone());
         if seen.agent != before {
+            self.generation_of(pool).fetch_add(1, Relaxed);
             if state.set_agent(seen.agent) {
                 self.weights.send_modify(|n| *n += 1);
             }
@@ -264,15 +323,17 @@ impl HealthBoard {
 
     /// Feeds a result; on a change, flips the backend's state, logs once and publishes.
     /// A certificate within `warn_expiry` of its end is logged (again each day).
-    fn record(
-        &self,
-        slot: &Mutex<BackendHealth>,
-        pool: &str,
-        backend: SocketAddr,
-        state: &BackendState,
-        probe: Probe,
-        warn_expiry: Option<Duration>,
-    ) {
+    fn record(&self, check: &Entry, probe: Probe) {
+        let Entry {
+            slot,
+            pool,
+            backend,
+            state,
+            warn_expiry,
+            generation,
+            ..
+        } = check;
+        let (pool, backend, warn_expiry) = (pool.as_str(), *backend, *warn_expiry);
         let now = SystemTime::now();
         let change = {
             let mut entry = lock(slot);
@@ -299,6 +360,7 @@ impl HealthBoard {
             let was_decided = entry.machine.is_decided();
             let change = entry.machine.observe(&probe);
             if !was_decided && entry.machine.is_decided() {
+                generation.fetch_add(1, Relaxed);
                 state.set_decided();
                 self.decisions.send_modify(|n| *n += 1);
             }
@@ -311,6 +373,7 @@ impl HealthBoard {
             if let Some(c) = &change {
                 entry.up = c.up;
                 entry.since = now;
+                generation.fetch_add(1, Relaxed);
             }
             change
         };
@@ -334,12 +397,14 @@ impl HealthBoard {
     }
 }
 
-/// Runs one task per checked backend and keeps the board.
+/// Runs the checks of every checked backend (one scheduler task) and keeps the board.
 #[derive(Debug, Default)]
 pub struct Monitor {
     board: Arc<HealthBoard>,
     tasks: HashMap<(String, SocketAddr), Watch>,
     agents: HashMap<(String, SocketAddr), AgentWatch>,
+    scheduler: Option<Scheduler>,
+    next_id: u64,
 }
 
 #[derive(Debug)]
@@ -355,15 +420,217 @@ impl Drop for AgentWatch {
     }
 }
 
+/// A checked backend's check, as the monitor knows it: its entry in the schedule.
 #[derive(Debug)]
 struct Watch {
     check: tandem_config::Check,
+    id: u64,
+}
+
+/// One checked backend's checks, as the scheduler runs them.
+struct Entry {
+    pool: String,
+    backend: SocketAddr,
+    slot: Slot,
+    state: Arc<BackendState>,
+    checker: Arc<dyn Checker>,
+    interval: Duration,
+    warn_expiry: Option<Duration>,
+    /// The pool's change count.
+    generation: Arc<AtomicU64>,
+    /// When the next check is due (while one runs: when it was due).
+    next: Instant,
+}
+
+/// Every checked backend's entry, and when each is due next. A backend whose check
+/// runs is in no lane until its result is in, so checks of one backend never
+/// overlap; an entry removed (a reload) leaves its id in its lane to be skipped.
+#[derive(Default)]
+struct Queue {
+    entries: HashMap<u64, Entry>,
+    lanes: Vec<Lane>,
+}
+
+/// The checks of one interval, in the order they are due. A check is queued again
+/// one interval after it was due, which is after every other check of the lane (they
+/// are all due within one interval): the lane is a ring, taken at its front and added
+/// to at its back, with no reordering (a binary heap of 10,000 checks cost a dozen
+/// cache misses per check taken).
+struct Lane {
+    interval: Duration,
+    due: std::collections::VecDeque<(Instant, u64)>,
+}
+
+/// The schedule, shared by the monitor (which changes it) and the scheduler task.
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Told when the monitor changed the schedule.
+    changed: tokio::sync::Notify,
+}
+
+/// The task that starts every check when it is due: one timer for all the checks
+/// (HAProxy's single scheduler likewise), instead of a task, a sleep and a timeout per
+/// backend; a check that needs no waiting (see [`Checker::begin`]) is done in place.
+struct Scheduler {
+    shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Watch {
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Scheduler {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+type Running =
+    futures_util::stream::FuturesUnordered<Pin<Box<dyn Future<Output = (u64, Probe)> + Send>>>;
+
+fn lock_queue(shared: &Shared) -> MutexGuard<'_, Queue> {
+    shared.queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Queue {
+    /// The lane of checks every `interval`.
+    fn lane(&mut self, interval: Duration) -> &mut Lane {
+        let i = match self.lanes.iter().position(|l| l.interval == interval) {
+            Some(i) => i,
+            None => {
+                self.lanes.push(Lane {
+                    interval,
+                    due: Default::default(),
+                });
+                self.lanes.len() - 1
+            }
+        };
+        &mut self.lanes[i]
+    }
+
+    /// Queues check `id` at `at`: at the back of its lane, unless a slower check
+    /// ended after those queued since (then in its place).
+    fn push(&mut self, interval: Duration, at: Instant, id: u64) {
+        let due = &mut self.lane(interval).due;
+        if due.back().is_none_or(|&(last, _)| last <= at) {
+            due.push_back((at, id));
+        } else {
+            let i = due.partition_point(|&(t, _)| t <= at);
+            due.insert(i, (at, id));
+        }
+    }
+
+    /// Adds many checks at once (a start or a reload): each touched lane is sorted
+    /// once, without the ids of removed entries.
+    fn add(&mut self, added: Vec<(u64, Entry)>) {
+        let mut touched = Vec::new();
+        for (id, entry) in added {
+            let (interval, next) = (entry.interval, entry.next);
+            self.entries.insert(id, entry);
+            self.lane(interval).due.push_back((next, id));
+            if !touched.contains(&interval) {
+                touched.push(interval);
+            }
+        }
+        let entries = &self.entries;
+        for lane in self
+            .lanes
+            .iter_mut()
+            .filter(|l| touched.contains(&l.interval))
+        {
+            let mut due: Vec<(Instant, u64)> = lane
+                .due
+                .drain(..)
+                .filter(|(_, id)| entries.contains_key(id))
+                .collect();
+            due.sort_unstable();
+            lane.due = due.into();
+        }
+    }
+
+    /// Takes the first check due at `now` or before, or tells when the next is due.
+    fn take_due(&mut self, now: Instant) -> Result<u64, Option<Instant>> {
+        let first = self
+            .lanes
+            .iter_mut()
+            .filter_map(|l| l.due.front().map(|&(at, _)| at).map(|at| (at, l)))
+            .min_by_key(|(at, _)| *at);
+        match first {
+            Some((at, lane)) if at <= now => Ok(lane.due.pop_front().map_or(0, |(_, id)| id)),
+            Some((at, _)) => Err(Some(at)),
+            None => Err(None),
+        }
+    }
+
+    /// Starts every check due at `now`; the next due time after them.
+    fn start_due(
+        &mut self,
+        board: &HealthBoard,
+        now: Instant,
+        running: &Running,
+    ) -> Option<Instant> {
+        loop {
+            let id = match self.take_due(now) {
+                Ok(id) => id,
+                Err(next) => return next,
+            };
+            let Some(entry) = self.entries.get(&id) else {
+                continue;
+            };
+            match entry.checker.clone().begin(entry.backend) {
+                Started::Done(probe) => self.finish(board, id, probe),
+                Started::Waiting(check) => running.push(Box::pin(async move { (id, check.await) })),
+            }
+        }
+    }
+
+    /// Records a result of entry `id` (unless a reload removed it) and queues its next
+    /// check: one interval after the last was due, or, when a check overran its slot,
+    /// one interval from now (the phase kept, what was missed skipped).
+    fn finish(&mut self, board: &HealthBoard, id: u64, probe: Probe) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        board.record(entry, probe);
+        entry.next += entry.interval;
+        let now = Instant::now();
+        if entry.next < now {
+            tracing::debug!(pool = entry.pool, backend = %entry.backend, "check late by {}", fmt_duration(now - entry.next));
+            entry.next = now + entry.interval;
+        }
+        let (interval, next) = (entry.interval, entry.next);
+        self.push(interval, next, id);
+    }
+}
+
+/// The scheduler task: starts what is due, takes results in, sleeps until the next
+/// due check (or a change of the schedule).
+async fn schedule(shared: Arc<Shared>, board: Arc<HealthBoard>) {
+    use futures_util::StreamExt;
+    let mut running = Running::new();
+    let idle = Duration::from_secs(3600);
+    let sleep = tokio::time::sleep(idle);
+    tokio::pin!(sleep);
+    let mut armed = None;
+    loop {
+        let next = lock_queue(&shared).start_due(&board, Instant::now(), &running);
+        let wake = next.unwrap_or_else(|| Instant::now() + idle);
+        if armed != Some(wake) {
+            sleep.as_mut().reset(wake);
+            armed = Some(wake);
+        }
+        tokio::select! {
+            biased;
+            Some((id, probe)) = running.next(), if !running.is_empty() => {
+                lock_queue(&shared).finish(&board, id, probe);
+            }
+            () = &mut sleep => {}
+            () = shared.changed.notified() => {}
+        }
     }
 }
 
@@ -399,6 +666,9 @@ impl Monitor {
         make: impl Fn(&tandem_config::Check) -> Result<Arc<dyn Checker>, String>,
     ) -> Result<(), String> {
         let mut wanted: HashMap<(String, SocketAddr), ()> = HashMap::new();
+        let mut added: Vec<(u64, Entry)> = Vec::new();
+        let mut replaced: Vec<u64> = Vec::new();
+        let now = Instant::now();
         // Checked pools interleave: the k-th of them starts k/checked of one backend's
         // slot later, so that the first backends of a thousand pools are not checked
         // at the same moment (HAProxy spreads all its servers' checks likewise).
@@ -416,6 +686,7 @@ impl Monitor {
                 continue;
             };
             let checker = make(check).map_err(|e| format!("pool {}: {e}", config.name))?;
+            let generation = self.board.generation_of(&config.name);
             let n = pool.backends.len().max(1) as u32;
             let offset = check.interval / n * k / checked;
             k += 1;
@@ -452,34 +723,70 @@ impl Monitor {
                 let jitter = Duration::from_millis(fastrand::u64(
                     ..=(check.interval.as_millis() as u64 / 20).max(1),
                 ));
-                let task = tokio::spawn(watch(
-                    self.board.clone(),
-                    slot,
-                    config.name.clone(),
-                    b.address,
-                    b.state.clone(),
-                    checker.clone(),
-                    Timing {
+                let id = self.next_id;
+                self.next_id += 1;
+                added.push((
+                    id,
+                    Entry {
+                        pool: config.name.clone(),
+                        backend: b.address,
+                        slot,
+                        state: b.state.clone(),
+                        checker: checker.clone(),
                         interval: check.interval,
-                        first: phase + jitter,
                         warn_expiry: check.warn_expiry,
+                        generation: generation.clone(),
+                        next: now + phase + jitter,
                     },
                 ));
-                self.tasks.insert(
+                if let Some(old) = self.tasks.insert(
                     key,
                     Watch {
                         check: check.clone(),
-                        task,
+                        id,
                     },
-                );
+                ) {
+                    replaced.push(old.id);
+                }
             }
         }
-        self.tasks.retain(|k, _| wanted.contains_key(k));
+        self.tasks.retain(|k, w| {
+            let keep = wanted.contains_key(k);
+            if !keep {
+                replaced.push(w.id);
+            }
+            keep
+        });
         self.board.write().retain(|pool, backends| {
             backends.retain(|a, _| wanted.contains_key(&(pool.clone(), *a)));
             !backends.is_empty()
         });
+        if !added.is_empty() || !replaced.is_empty() {
+            let board = self.board.clone();
+            let shared = &self
+                .scheduler
+                .get_or_insert_with(|| {
+                    let shared = Arc::new(Shared::default());
+                    let task = tokio::spawn(schedule(shared.clone(), board));
+                    Scheduler { shared, task }
+                })
+                .shared;
+            let mut queue = lock_queue(shared);
+            for id in replaced {
+                queue.entries.remove(&id);
+            }
+            queue.add(added);
+            drop(queue);
+            shared.changed.notify_one();
+        }
         self.apply_agents(pools, configs);
+        let names: std::collections::HashSet<&str> =
+            configs.iter().map(|c| c.name.as_str()).collect();
+        self.board
+            .generations
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|pool, _| names.contains(pool.as_str()));
         Ok(())
     }
 
@@ -542,14 +849,8 @@ impl Monitor {
     pub fn stop(&mut self) {
         self.tasks.clear();
         self.agents.clear();
+        self.scheduler = None;
     }
-}
-
-/// When one backend's checks run, and how near an expiry is worth a warning.
-struct Timing {
-    interval: Duration,
-    first: Duration,
-    warn_expiry: Option<Duration>,
 }
 
 /// Asks one backend's agent every `check.interval`, from `first` on.
@@ -570,35 +871,6 @@ async fn ask_agent(
         let now = Instant::now();
         if next < now {
             next = now + check.interval;
-        }
-    }
-}
-
-async fn watch(
-    board: Arc<HealthBoard>,
-    slot: Slot,
-    pool: String,
-    backend: SocketAddr,
-    state: Arc<BackendState>,
-    checker: Arc<dyn Checker>,
-    timing: Timing,
-) {
-    let Timing {
-        interval,
-        first,
-        warn_expiry,
-    } = timing;
-    let mut next = Instant::now() + first;
-    loop {
-        tokio::time::sleep_until(next).await;
-        let probe = checker.probe(backend).await;
-        board.record(&slot, &pool, backend, &state, probe, warn_expiry);
-        next += interval;
-        let now = Instant::now();
-        if next < now {
-            // A check overran its slot: keep the phase, skip what was missed.
-            tracing::debug!(pool, backend = %backend, "check late by {}", fmt_duration(now - next));
-            next = now + interval;
         }
     }
 }

@@ -84,8 +84,55 @@ impl Prober {
         &self.check
     }
 
+    /// Whether a check is a connect and nothing else (a tcp check without a PROXY
+    /// header): such a check can end without waiting (see [`Prober::begin`]).
+    fn connect_only(&self) -> bool {
+        self.check.kind == CheckKind::Tcp && self.proxy_header.is_none()
+    }
+
+    /// Begins a check of `target` and ends it at once when that needs no waiting: a
+    /// connect-only check whose connection is established (or refused) by the time
+    /// `connect` returns, as on loopback and other local paths, is over after two
+    /// system calls more than a socket (see [`begin_connect`]), with no reactor
+    /// registration and no timer. Any other check is returned to be awaited.
+    pub fn begin(&self, target: SocketAddr) -> Begun {
+        if !self.connect_only() {
+            return Begun::Waiting;
+        }
+        let started = Instant::now();
+        match begin_connect(target) {
+            Ok(Connecting::Done) => Begun::Done(Probe::pass(started.elapsed())),
+            Ok(Connecting::Pending(socket)) => Begun::Connecting(socket, started),
+            Err(e) => Begun::Done(Probe::fail(started.elapsed(), format!("connect: {e}"))),
+        }
+    }
+
+    /// Waits for the end of a connect begun by [`Prober::begin`], bounded by what is
+    /// left of the check's timeout.
+    pub async fn finish(&self, socket: socket2::Socket, started: Instant) -> Probe {
+        let left = self.check.timeout.saturating_sub(started.elapsed());
+        let result = tokio::time::timeout(left, finish_connect(socket)).await;
+        let latency = started.elapsed();
+        match result {
+            Ok(Ok(())) => Probe::pass(latency),
+            Ok(Err(e)) => Probe::fail(latency, format!("connect: {e}")),
+            Err(_) => Probe::fail(
+                latency,
+                format!(
+                    "timed out after {} connecting",
+                    fmt_duration(self.check.timeout)
+                ),
+            ),
+        }
+    }
+
     /// Runs the check against `target`, bounded by the check's timeout.
     pub async fn probe(&self, target: SocketAddr) -> Probe {
+        match self.begin(target) {
+            Begun::Done(probe) => return probe,
+            Begun::Connecting(socket, started) => return self.finish(socket, started).await,
+            Begun::Waiting => {}
+        }
         let started = Instant::now();
         let stage = Stage::new(Cow::Borrowed("connecting"));
         let result = tokio::time::timeout(self.check.timeout, self.run(target, &stage)).await;
@@ -111,14 +158,8 @@ impl Prober {
             return self.script(target).await.map(|()| None);
         }
         enter(stage, "connecting");
-        let connect_only = self.check.kind == CheckKind::Tcp && self.proxy_header.is_none();
-        let mut tcp = connect(target, connect_only)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        if connect_only {
-            // Dropped at once: closed with a reset (see `connect`).
-            return Ok(None);
-        }
+        // Connect-only checks are begun by `begin`; these speak after connecting.
+        let mut tcp = connect(target).await.map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         if let Some(header) = &self.proxy_header {
             enter(stage, "sending the PROXY header");
@@ -312,25 +353,82 @@ impl Prober {
     }
 }
 
-/// Connects to `target`. A connect-only check (`connect_only`: a tcp check without a
-/// PROXY header) is over once the backend's SYN-ACK arrives, and ends as HAProxy ends
-/// its own: the last ACK of the handshake is delayed (`TCP_QUICKACK` off) and the socket
-/// closes with `SO_LINGER` 0, so the reset goes out instead of that ACK. The backend's
-/// kernel drops the half-open connection: its application never accepts it, and
-/// neither end keeps a socket in `TIME_WAIT` (with an orderly close, the checker would
-/// keep one per check for a minute). Closing sooner than the delayed ACK (200 ms) is
-/// the usual case; should the ACK go out first, the reset ends the established
-/// connection all the same.
-async fn connect(target: SocketAddr, connect_only: bool) -> std::io::Result<TcpStream> {
+/// How a check began (see [`Prober::begin`]).
+#[derive(Debug)]
+pub enum Begun {
+    /// Over already.
+    Done(Probe),
+    /// A connect-only check whose connection is under way: [`Prober::finish`] waits.
+    Connecting(socket2::Socket, Instant),
+    /// A check to run with [`Prober::probe`].
+    Waiting,
+}
+
+/// Where a connect begun without waiting stands.
+enum Connecting {
+    Done,
+    Pending(socket2::Socket),
+}
+
+/// Connects to `target` for a connect-only check (a tcp check without a PROXY header),
+/// which is over once the backend's SYN-ACK arrives, and ends as HAProxy ends its own:
+/// the last ACK of the handshake is delayed (`TCP_QUICKACK` off) and the socket closes
+/// with `SO_LINGER` 0, so the reset goes out instead of that ACK. The backend's kernel
+/// drops the half-open connection: its application never accepts it, and neither end
+/// keeps a socket in `TIME_WAIT` (with an orderly close, the checker would keep one
+/// per check for a minute). Closing sooner than the delayed ACK (200 ms) is the usual
+/// case; should the ACK go out first, the reset ends the established connection all
+/// the same.
+///
+/// A non-blocking `connect` says "in progress", but on a local path the kernel has run
+/// the whole handshake by the time it returns; a second `connect` tells (0 once
+/// established, the error once refused, `EALREADY` while under way), so such a check
+/// takes socket, two options, two connects and close, and no event loop (HAProxy waits
+/// for the socket's write readiness: an `epoll_ctl` and a turn of its loop).
+fn begin_connect(target: SocketAddr) -> std::io::Result<Connecting> {
+    use socket2::{Domain, Socket, Type};
+    // Non-blocking and close-on-exec from the start: one system call.
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM.nonblocking(),
+        None,
+    )?;
+    socket.set_tcp_quickack(false)?;
+    socket.set_linger(Some(Duration::ZERO))?;
+    let target = socket2::SockAddr::from(target);
+    match socket.connect(&target) {
+        Ok(()) => return Ok(Connecting::Done),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    match socket.connect(&target) {
+        Ok(()) => Ok(Connecting::Done),
+        Err(e) if e.raw_os_error() == Some(libc::EISCONN) => Ok(Connecting::Done),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EALREADY | libc::EINPROGRESS)) => {
+            Ok(Connecting::Pending(socket))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits until a connect under way ends: writable without a pending error is
+/// established (what tokio's own connect checks, less the peer-name call).
+async fn finish_connect(socket: socket2::Socket) -> std::io::Result<()> {
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    stream.writable().await?;
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Connects to `target` for a check that speaks after connecting.
+async fn connect(target: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = if target.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
-    if connect_only {
-        socket2::SockRef::from(&socket).set_tcp_quickack(false)?;
-        socket.set_zero_linger()?;
-    }
     socket.connect(target).await
 }
 

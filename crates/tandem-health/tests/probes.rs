@@ -168,6 +168,41 @@ async fn a_tcp_check_ends_with_a_reset_and_leaves_no_time_wait() {
 }
 
 #[tokio::test]
+async fn a_tcp_check_whose_handshake_is_not_done_at_once_waits_for_it_within_its_timeout() {
+    // A listener whose accept queue (backlog 0) is full drops further SYNs: the
+    // check's connect stays under way until its SYN is sent again (after 1 s), so the
+    // check cannot end at once and waits for the socket.
+    let ip = std::net::Ipv4Addr::new(127, fastrand::u8(2..255), fastrand::u8(..), 2);
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener.bind(&SocketAddr::from((ip, 0)).into()).unwrap();
+    listener.listen(0).unwrap();
+    let listener = std::net::TcpListener::from(listener);
+    let backend = listener.local_addr().unwrap();
+    let filler = std::net::TcpStream::connect(backend).unwrap();
+    let prober = Prober::new(&check(CheckKind::Tcp)).unwrap();
+    assert!(
+        matches!(prober.begin(backend), tandem_health::Begun::Connecting(..)),
+        "the queue is full: the connect is under way"
+    );
+    let p = prober.probe(backend).await;
+    assert!(!p.ok);
+    assert_eq!(p.error, "timed out after 300ms connecting");
+    // With room in the queue by the time the SYN goes again, the check passes.
+    let mut patient = check(CheckKind::Tcp);
+    patient.timeout = Duration::from_secs(5);
+    let prober = Prober::new(&patient).unwrap();
+    let tandem_health::Begun::Connecting(socket, started) = prober.begin(backend) else {
+        panic!("the queue is still full");
+    };
+    let accepted = listener.accept().unwrap();
+    drop((filler, accepted));
+    let p = prober.finish(socket, started).await;
+    assert!(p.ok, "{}", p.error);
+    assert!(p.latency >= Duration::from_millis(500), "{:?}", p.latency);
+}
+
+#[tokio::test]
 async fn http_check_judges_status_body_and_host() {
     let ok = http_server(200, "status: ok", Duration::ZERO).await;
     let unavailable = http_server(503, "busy", Duration::ZERO).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tandem_balance::PoolSet;
 use tandem_config::{BackendConfig, Balance, Check, CheckKind, InitialHealth, Pool};
-use tandem_health::{Checker, Monitor, Probe};
+use tandem_health::{Checker, Monitor, Probe, Started};
 use tokio::time::Instant;
 
 #[derive(Default)]
@@ -91,15 +91,26 @@ fn pool(backends: &[u8], initial: InitialHealth) -> Pool {
 
 fn start(script: &Arc<Script>, configs: &[Pool]) -> (Monitor, PoolSet) {
     *script.start.lock().unwrap() = Some(Instant::now());
-    let pools = PoolSet::build(configs, None);
     let mut monitor = Monitor::new();
+    let pools = reload(&mut monitor, script, configs, None);
+    (monitor, pools)
+}
+
+/// Applies `configs` (a new generation after `previous`) with the scripted checker.
+fn reload(
+    monitor: &mut Monitor,
+    script: &Arc<Script>,
+    configs: &[Pool],
+    previous: Option<&PoolSet>,
+) -> PoolSet {
+    let pools = PoolSet::build(configs, previous);
     let s = script.clone();
     monitor
         .apply_with(&pools, configs, |_| {
             Ok(Arc::new(ScriptChecker(s.clone())) as Arc<dyn Checker>)
         })
         .unwrap();
-    (monitor, pools)
+    pools
 }
 
 #[tokio::test(start_paused = true)]
@@ -230,13 +241,7 @@ async fn a_new_generation_keeps_state_of_backends_that_stay() {
     assert!(monitor.board().get("web", addr(1)).unwrap().up);
     // Reload: backend 2 leaves, backend 3 joins.
     let next = [pool(&[1, 3], InitialHealth::Down)];
-    let pools2 = PoolSet::build(&next, Some(&pools));
-    let s = script.clone();
-    monitor
-        .apply_with(&pools2, &next, |_| {
-            Ok(Arc::new(ScriptChecker(s.clone())) as Arc<dyn Checker>)
-        })
-        .unwrap();
+    let pools2 = reload(&mut monitor, &script, &next, Some(&pools));
     let board = monitor.board();
     assert!(
         board.get("web", addr(1)).unwrap().up,
@@ -270,7 +275,7 @@ async fn a_new_generation_keeps_state_of_backends_that_stay() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn hundreds_of_backends_each_keep_their_own_timer() {
+async fn hundreds_of_backends_are_each_checked_every_interval() {
     let script = Arc::new(Script::default());
     let mut config = pool(&[], InitialHealth::Down);
     config.backends = (0..300u16)
@@ -329,4 +334,168 @@ async fn a_pool_counts_as_decided_once_every_backend_reached_its_first_rise_or_f
     assert!(decisions.has_changed().unwrap());
     let b2 = &pools.get("web").unwrap().backends[1].state;
     assert!(b2.is_decided() && !b2.is_healthy());
+}
+
+/// A pool called `name` of `count` backends 10.2.P.N:80 (P = `net`).
+fn big_pool(name: &str, net: u8, count: u8) -> Pool {
+    let mut config = pool(&[], InitialHealth::Down);
+    config.name = name.into();
+    config.backends = (1..=count)
+        .map(|n| BackendConfig {
+            address: SocketAddr::from(([10, 2, net, n], 80)),
+            weight: 1,
+            max_conns: 0,
+            backup: false,
+        })
+        .collect();
+    config
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_backend_is_checked_once_in_each_interval() {
+    let script = Arc::new(Script::default());
+    let configs = [
+        big_pool("a", 1, 40),
+        big_pool("b", 2, 40),
+        big_pool("c", 3, 40),
+    ];
+    let (_monitor, _pools) = start(&script, &configs);
+    tokio::time::sleep(Duration::from_millis(6_200)).await;
+    let calls = script.calls.lock().unwrap().clone();
+    let mut per_backend = HashMap::<SocketAddr, Vec<Duration>>::new();
+    for (t, b) in &calls {
+        per_backend.entry(*b).or_default().push(*t);
+    }
+    assert_eq!(per_backend.len(), 120);
+    for (b, times) in &per_backend {
+        // First within the interval (plus jitter), then in every 1 s window once.
+        assert!(times[0] <= Duration::from_millis(1_050), "{b}: {times:?}");
+        for start in [1_100u64, 2_100, 3_100, 4_100, 5_100] {
+            let window = Duration::from_millis(start)..Duration::from_millis(start + 1_000);
+            let n = times.iter().filter(|&t| window.contains(t)).count();
+            assert_eq!(n, 1, "{b} in {window:?}: {times:?}");
+        }
+    }
+    // Spread over the interval: no 50 ms window holds more than a tenth of a round.
+    let mut per_window = HashMap::<u128, usize>::new();
+    for (t, _) in &calls {
+        *per_window.entry(t.as_millis() / 50).or_default() += 1;
+    }
+    assert!(per_window.values().all(|&n| n <= 12), "{per_window:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_keeps_the_phase_and_state_of_backends_that_stay() {
+    let script = Arc::new(Script::default());
+    let configs = [pool(&[1, 2], InitialHealth::Down)];
+    let (mut monitor, pools) = start(&script, &configs);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let board = monitor.board();
+    let checks_before = board.get("web", addr(1)).unwrap().checks;
+    assert!(board.get("web", addr(1)).unwrap().up);
+    let next = [pool(&[1, 2, 3], InitialHealth::Down)];
+    let _pools2 = reload(&mut monitor, &script, &next, Some(&pools));
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    // Backend 1's checks went on one second apart: none added or lost by the reload.
+    let calls = script.calls_of(addr(1));
+    assert_eq!(calls.len(), 6, "{calls:?}");
+    for pair in calls.windows(2) {
+        assert_eq!(pair[1] - pair[0], Duration::from_secs(1), "{calls:?}");
+    }
+    let h = board.get("web", addr(1)).unwrap();
+    assert!(h.up);
+    assert_eq!(h.checks, checks_before + 3);
+    assert_eq!(script.calls_of(addr(3)).len(), 3);
+}
+
+/// A checker whose checks take `delay`, noting when each began and ended.
+struct Slow {
+    delay: Duration,
+    start: Instant,
+    spans: Mutex<Vec<(Duration, Duration)>>,
+}
+
+impl Checker for Slow {
+    fn probe(&self, _target: SocketAddr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
+        Box::pin(async move {
+            let began = self.start.elapsed();
+            tokio::time::sleep(self.delay).await;
+            self.spans
+                .lock()
+                .unwrap()
+                .push((began, self.start.elapsed()));
+            Probe::pass(self.delay)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_check_slower_than_its_interval_never_overlaps_the_next() {
+    let slow = Arc::new(Slow {
+        delay: Duration::from_millis(1_500),
+        start: Instant::now(),
+        spans: Mutex::default(),
+    });
+    let configs = [pool(&[1], InitialHealth::Down)];
+    let pools = PoolSet::build(&configs, None);
+    let mut monitor = Monitor::new();
+    let c = slow.clone();
+    monitor
+        .apply_with(&pools, &configs, |_| Ok(c.clone() as Arc<dyn Checker>))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(8_000)).await;
+    let spans = slow.spans.lock().unwrap().clone();
+    assert!(spans.len() >= 3, "{spans:?}");
+    for pair in spans.windows(2) {
+        // The next begins one interval after the late one ended, not before.
+        assert_eq!(pair[1].0, pair[0].1 + Duration::from_secs(1), "{spans:?}");
+    }
+}
+
+/// A checker whose every check is over when begun (as a tcp check on loopback).
+struct AtOnce(std::sync::atomic::AtomicUsize);
+
+impl Checker for AtOnce {
+    fn probe(&self, _target: SocketAddr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
+        unreachable!("begun checks are over at once")
+    }
+
+    fn begin(self: Arc<Self>, _target: SocketAddr) -> Started {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Started::Done(Probe::pass(Duration::ZERO))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn checks_over_when_begun_are_recorded_in_place_and_count_changes() {
+    let checker = Arc::new(AtOnce(Default::default()));
+    let configs = [pool(&[1, 2, 3, 4], InitialHealth::Down)];
+    let pools = PoolSet::build(&configs, None);
+    let mut monitor = Monitor::new();
+    let c = checker.clone();
+    monitor
+        .apply_with(&pools, &configs, |_| Ok(c.clone() as Arc<dyn Checker>))
+        .unwrap();
+    let board = monitor.board();
+    assert_eq!(board.generation("web"), 0);
+    tokio::time::sleep(Duration::from_millis(1_900)).await;
+    // Each backend's second pass: rise 2 reached (a first decision and a change each).
+    assert!(
+        pools
+            .get("web")
+            .unwrap()
+            .backends
+            .iter()
+            .all(|b| b.state.is_healthy())
+    );
+    let generation = board.generation("web");
+    assert_eq!(generation, 8);
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert_eq!(checker.0.load(std::sync::atomic::Ordering::Relaxed), 4 * 5);
+    assert_eq!(
+        board.generation("web"),
+        generation,
+        "passing checks of up backends change nothing a status shows"
+    );
+    assert_eq!(board.get("web", addr(3)).unwrap().checks, 5);
 }

@@ -2,8 +2,11 @@
 //! snapshots taken each second, and by refused reloads) and the last hour of rates
 //! (a point every [`tandem_control::history::STEP_SECS`]).
 
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tandem_balance::PoolSet;
 
 use tandem_control::events::{self, EventKind, EventLog};
 use tandem_control::history::{History, STEP_SECS};
@@ -29,10 +32,16 @@ impl Live {
 }
 
 /// Takes a snapshot each second until `stop`: events for what changed since the last
-/// one, and a history point every `STEP_SECS`.
+/// one, and a history point every `STEP_SECS`. Between history points, a pool whose
+/// backends look the same as last time (see [`PoolLooks`]) is not snapshotted again:
+/// with 10,000 checked backends, snapshotting and comparing them all each second cost
+/// more than their checks' own work in user space.
 pub(super) async fn follow(daemon: Daemon, stop: CancellationToken) {
     let live = &daemon.shared.live;
+    let mut looks = PoolLooks::default();
+    looks.changed(&daemon);
     let mut before = daemon.snapshot();
+    let mut index = pool_index(&before);
     live.history
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -47,17 +56,99 @@ pub(super) async fn follow(daemon: Daemon, stop: CancellationToken) {
             _ = ticks.tick() => {}
         }
         n += 1;
-        let now = daemon.snapshot();
+        let history = n.is_multiple_of(STEP_SECS / LOOK_EVERY.as_secs());
+        // Looked at before the snapshot: a change after the look shows next time.
+        let changed = looks.changed(&daemon);
+        let whole = history || changed.is_none();
+        let mut now = match (&changed, whole) {
+            (Some(names), false) => daemon.snapshot_of(|name| names.contains(name)),
+            _ => daemon.snapshot(),
+        };
         let at = events::now_ms();
         for (kind, subject, text) in events::changes(&before, &now) {
             live.events.record(at, kind, subject, text);
         }
-        if n.is_multiple_of(STEP_SECS / LOOK_EVERY.as_secs()) {
+        if history {
             live.history
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .record(at, &now);
         }
+        if whole {
+            index = pool_index(&now);
+        } else {
+            // The pools not taken again are as they were.
+            let mut pools = std::mem::take(&mut before.pools);
+            for p in now.pools.drain(..) {
+                match index.get(&p.name) {
+                    Some(&i) => pools[i] = p,
+                    None => {
+                        index.insert(p.name.clone(), pools.len());
+                        pools.push(p);
+                    }
+                }
+            }
+            now.pools = pools;
+        }
         before = now;
+    }
+}
+
+/// Where each pool is in a snapshot's list.
+fn pool_index(snapshot: &tandem_control::Snapshot) -> HashMap<String, usize> {
+    snapshot
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.clone(), i))
+        .collect()
+}
+
+/// What the last look saw of the pools: which configuration and pool set, and for
+/// each pool the health board's change count (up or down, first decisions, agents)
+/// and its backends' enabled flags (the operator's or a peer's drain).
+#[derive(Default)]
+struct PoolLooks {
+    set: Option<(Arc<tandem_config::Config>, Arc<PoolSet>)>,
+    pools: HashMap<String, (u64, Vec<bool>)>,
+}
+
+impl PoolLooks {
+    /// The names of the pools that look different from the last look, or `None` for a
+    /// new configuration or pool set (a reload, an agent's new weights).
+    fn changed(&mut self, daemon: &Daemon) -> Option<HashSet<String>> {
+        let (config, pools) = (daemon.config(), daemon.pools());
+        let same = self
+            .set
+            .as_ref()
+            .is_some_and(|(c, p)| Arc::ptr_eq(c, &config) && Arc::ptr_eq(p, &pools));
+        let health = daemon.health();
+        let mut changed = HashSet::new();
+        if !same {
+            self.pools.clear();
+        }
+        for pool in pools.iter() {
+            let generation = health.generation(&pool.name);
+            if !self.pools.contains_key(&pool.name) {
+                self.pools
+                    .insert(pool.name.clone(), (generation, Vec::new()));
+            }
+            let Some(look) = self.pools.get_mut(&pool.name) else {
+                continue;
+            };
+            let mut differs = look.0 != generation || look.1.len() != pool.backends.len();
+            look.0 = generation;
+            look.1.resize(pool.backends.len(), false);
+            for (seen, b) in look.1.iter_mut().zip(&pool.backends) {
+                let enabled = b.state.is_enabled();
+                differs |= *seen != enabled;
+                *seen = enabled;
+            }
+            if differs && same {
+                changed.insert(pool.name.clone());
+            }
+        }
+        self.set = Some((config, pools));
+        same.then_some(changed)
     }
 }

@@ -18,6 +18,12 @@ use crate::redirect::RedirectPlane;
 impl Daemon {
     /// Everything an operator sees, now.
     pub fn snapshot(&self) -> Snapshot {
+        self.snapshot_of(|_| true)
+    }
+
+    /// [`Daemon::snapshot`] with only the pools `wanted` names (the event log's look
+    /// each second takes only the pools that changed).
+    pub(super) fn snapshot_of(&self, wanted: impl Fn(&str) -> bool) -> Snapshot {
         let config = self.config();
         let pools = self.pools();
         let services = self
@@ -76,6 +82,7 @@ impl Daemon {
         let pools = config
             .pools
             .iter()
+            .filter(|pc| wanted(&pc.name))
             .filter_map(|pc| {
                 let p = pools.get(&pc.name)?;
                 Some(PoolSnapshot {
