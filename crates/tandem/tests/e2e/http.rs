@@ -1165,3 +1165,145 @@ async fn h2_large_bodies_flow_both_ways() {
     assert_eq!(downloaded, 8 << 20);
     assert_eq!(uploaded, format!("{}\n", 8 << 20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_reset_mid_response_ends_alone_and_its_backend_connection_is_not_reused() {
+    // /hold promises 1000 bytes, sends 5 and waits; the client takes the head and the 5
+    // bytes, then drops the response (RST_STREAM CANCEL). The backend connection, in
+    // the middle of a response, is closed, not pooled; a stream beside it, and the next
+    // one on the same client connection, are answered.
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let closed = std::sync::Arc::new(AtomicUsize::new(0));
+    let (counted, noted) = (accepted.clone(), closed.clone());
+    let backend = serve(move |mut s, _| {
+        counted.fetch_add(1, Relaxed);
+        let noted = noted.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Some(head) = read_request_head(&mut s).await {
+                if head.starts_with(b"GET /hold ") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nfirst")
+                        .await;
+                    let mut byte = [0u8; 1];
+                    if let Ok(Ok(0)) =
+                        tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await
+                    {
+                        noted.fetch_add(1, Relaxed);
+                    }
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let d = start(&http_service(&backends(&[backend]), "", "")).await;
+    let to = addr_of(&d, "www");
+    let sender = h2_client(to).await;
+    let get = |path: &str| {
+        hyper::Request::get(format!("http://{to}{path}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let mut held = sender.clone();
+    let mut resp = held.send_request(get("/hold")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = http_body_util::BodyExt::frame(resp.body_mut())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    let mut beside = sender.clone();
+    let beside = tokio::spawn(async move {
+        let resp = beside.send_request(get_ok(to)).await.unwrap();
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+    });
+    drop(resp);
+    assert_eq!(beside.await.unwrap(), "ok\n");
+    wait_until(
+        "the reset stream's backend connection is closed",
+        Duration::from_secs(3),
+        || closed.load(Relaxed) == 1,
+    )
+    .await;
+    let before = accepted.load(Relaxed);
+    let mut next = sender.clone();
+    let resp = next.send_request(get("/ok")).await.unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    assert_eq!(body.to_bytes(), "ok\n");
+    // The next stream took the connection the stream beside left in the pool (or a new
+    // one): never the reset one, which the backend saw closed.
+    assert!(accepted.load(Relaxed) - before <= 1);
+    assert_eq!(closed.load(Relaxed), 1);
+}
+
+fn get_ok(to: SocketAddr) -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+    hyper::Request::get(format!("http://{to}/ok"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_deadline_sends_h2_goaway_and_streams_in_flight_finish() {
+    // A stream whose backend answers 800 ms late is in flight when the drain deadline
+    // passes (200 ms): its response still arrives, whole; a stream the client starts
+    // after the GOAWAY is refused, not served.
+    let backend = hyper_backend(None, |req, _| async move {
+        if req.uri().path() == "/late" {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        text("late but whole\n")
+    })
+    .await;
+    let d = start(&http_service(&backends(&[backend]), "", "")).await;
+    let to = addr_of(&d, "www");
+    let sender = h2_client(to).await;
+    let mut early = sender.clone();
+    let in_flight = tokio::spawn(async move {
+        let req = hyper::Request::get(format!("http://{to}/late"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let resp = early.send_request(req).await.unwrap();
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        (status, body.to_bytes())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let drain = tokio::spawn(async move {
+        let report = d.shutdown(Duration::from_millis(200)).await;
+        (report.open_at_start, report.closed_at_deadline)
+    });
+    // Well after the deadline (and GOAWAY's ping round trip), before the late answer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut late = sender.clone();
+    let after = tokio::time::timeout(Duration::from_secs(5), async move {
+        let req = hyper::Request::get(format!("http://{to}/ok"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        late.send_request(req).await
+    })
+    .await
+    .expect("a stream after GOAWAY got no answer at all");
+    assert!(after.is_err(), "a stream begun after GOAWAY was served");
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(
+        (status.as_u16(), &body[..]),
+        (200, &b"late but whole\n"[..])
+    );
+    assert_eq!(drain.await.unwrap(), (1, 1));
+}
