@@ -219,19 +219,18 @@ impl Service {
                     let close_all = life.close_all.clone();
                     // (The tracker's token, held as a tracked task holds it: an HTTP
                     // connection parked between requests keeps it without a task.)
-                    let token = life.tracker.token();
+                    let mut held = Held {
+                        _slot: slot,
+                        _client: client_slot,
+                        _node: node_slot,
+                        _token: life.tracker.token(),
+                        _worker: worker,
+                    };
                     if !proxied && self.http.load().is_none() {
                         // A relayed connection: its task is the boxed connection
                         // future alone (128 bytes), not a task sized by the HTTP
                         // branch's state beside a boxed relay (384 bytes more, per
                         // idle connection).
-                        let held = Held {
-                            _slot: slot,
-                            _client: client_slot,
-                            _node: node_slot,
-                            _token: token,
-                            _worker: worker,
-                        };
                         let ends = Ends {
                             client: peer,
                             local: None,
@@ -243,13 +242,6 @@ impl Service {
                         continue;
                     }
                     let fut = async move {
-                        let mut held = Held {
-                            _slot: slot,
-                            _client: client_slot,
-                            _node: node_slot,
-                            _token: token,
-                            _worker: worker,
-                        };
                         let mut ends = Ends {
                             client: peer,
                             local: None,
