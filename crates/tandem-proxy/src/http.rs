@@ -641,7 +641,8 @@ impl Connection {
             requested_upgrade(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
         let pools = self.service.pools.load_full();
-        let empty_body = body.is_end_stream() || body.size_hint().exact() == Some(0);
+        let ended = body.is_end_stream();
+        let empty_body = ended || body.size_hint().exact() == Some(0);
         let idempotent = policy::is_idempotent(parts.method.as_str());
         // Only a request that may be sent again can need its headers again.
         let may_resend = config.retries > 0 || (idempotent && empty_body);
@@ -690,14 +691,8 @@ impl Connection {
         let mut again: Option<Chosen> = None;
         let mut resent = false;
         // HTTP/2 requests without a body to a plain-text backend: tandem's own client.
-        let lean = self.state.fast
-            && parts.version == Version::HTTP_2
-            && upgrade.is_none()
-            && slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .is_some_and(Body::is_end_stream);
+        let lean =
+            self.state.fast && parts.version == Version::HTTP_2 && upgrade.is_none() && ended;
         loop {
             let chosen = match again.take() {
                 Some(chosen) => chosen,

@@ -222,13 +222,16 @@ fn push_pieces(out: &mut Vec<u8>, name: &str, value: &[&[u8]]) {
 
 /// The tokens of Connection fields (the fields they name are hop-by-hop too).
 fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
+    each_connection_token(headers).collect()
+}
+
+fn each_connection_token<'h>(headers: &[httparse::Header<'h>]) -> impl Iterator<Item = &'h [u8]> {
     headers
         .iter()
         .filter(|h| is(h.name, "connection"))
         .flat_map(|h| h.value.split(|&b| b == b','))
         .map(trim)
         .filter(|t| !t.is_empty())
-        .collect()
 }
 
 fn named_by(tokens: &[&[u8]], name: &str) -> bool {
@@ -586,7 +589,7 @@ impl<'a> FastPath<'a> {
                 // Once, on a new connection to the same backend.
                 retried = true;
                 self.from_backend.clear();
-                match self.connect(address, config).await {
+                match connect(address, config).await {
                     Ok(fresh) => backend = fresh,
                     Err(e) => {
                         chosen.lease.state.record_connect_error();
@@ -719,47 +722,23 @@ impl<'a> FastPath<'a> {
         chosen: &Chosen,
         deadline: Instant,
     ) -> Result<ResponseHead, ResponseError> {
-        loop {
-            if !self.from_backend.is_empty() {
-                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut fields);
-                match resp.parse(&self.from_backend) {
-                    Ok(httparse::Status::Complete(n)) => match resp.code {
-                        Some(101) => {
-                            return Err(ResponseError::Invalid("an unasked protocol switch"));
-                        }
-                        Some(100..=199) => {
-                            self.from_backend.advance(n);
-                            continue;
-                        }
-                        _ => {
-                            let response =
-                                rewrite_response(&resp, &mut self.out, config, head, chosen)?;
-                            self.from_backend.advance(n);
-                            return Ok(response);
-                        }
-                    },
-                    Ok(httparse::Status::Partial)
-                        if self.from_backend.len() < config.http.max_header_size => {}
-                    Ok(httparse::Status::Partial) => {
-                        return Err(ResponseError::Invalid("response head too large"));
-                    }
-                    Err(_) => return Err(ResponseError::Invalid("malformed response head")),
+        let out = &mut self.out;
+        let (response, n) = read_final_head(
+            backend,
+            &mut self.from_backend,
+            config.http.max_header_size,
+            deadline,
+            |buf| {
+                if buf.capacity() == 0 {
+                    *buf = spares::take();
                 }
-            }
-            if self.from_backend.capacity() == 0 {
-                self.from_backend = spares::take();
-            }
-            self.from_backend.reserve(BACKEND_READ);
-            match timeout_at(deadline, backend.read_buf(&mut self.from_backend)).await {
-                Err(_) => return Err(ResponseError::TimedOut),
-                Ok(Err(e)) if self.from_backend.is_empty() => return Err(ResponseError::Io(e)),
-                Ok(Err(_)) => return Err(ResponseError::Invalid("connection lost mid-head")),
-                Ok(Ok(0)) if self.from_backend.is_empty() => return Err(ResponseError::Closed),
-                Ok(Ok(0)) => return Err(ResponseError::Invalid("connection closed mid-head")),
-                Ok(Ok(_)) => {}
-            }
-        }
+                buf.reserve(BACKEND_READ);
+            },
+            |resp, _| rewrite_response(resp, out, config, head, chosen),
+        )
+        .await?;
+        self.from_backend.advance(n);
+        Ok(response)
     }
 
     /// The kept connection to `address`, an idle one of the service, or a new one. A
@@ -777,7 +756,7 @@ impl<'a> FastPath<'a> {
                 return Ok(held);
             }
             if held.address == address {
-                return self.connect(address, config).await;
+                return connect(address, config).await;
             }
             self.state.idle.put(held, config.http.backend_max_idle);
         }
@@ -792,14 +771,6 @@ impl<'a> FastPath<'a> {
                 reused: true,
             });
         }
-        self.connect(address, config).await
-    }
-
-    async fn connect(
-        &self,
-        address: SocketAddr,
-        config: &tandem_config::Service,
-    ) -> std::io::Result<BackendConn> {
         connect(address, config).await
     }
 
@@ -903,6 +874,52 @@ struct Own {
     cause: policy::Cause,
     /// Part of the request body was not read: the connection must close.
     unread_body: bool,
+}
+
+/// Reads a backend's response from `stream` into `buf` until a final response head is
+/// whole (interim 1xx responses skipped, an unasked 101 refused), `prepare` readying
+/// `buf` before each read; `on_head` makes what the caller needs of the head (given
+/// the bytes it was parsed from), returned with the head's length, left in `buf`.
+pub(super) async fn read_final_head<T>(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    max_head: usize,
+    deadline: Instant,
+    mut prepare: impl FnMut(&mut BytesMut),
+    on_head: impl FnOnce(&httparse::Response<'_, '_>, &[u8]) -> Result<T, ResponseError>,
+) -> Result<(T, usize), ResponseError> {
+    loop {
+        if !buf.is_empty() {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut fields);
+            match resp.parse(buf) {
+                Ok(httparse::Status::Complete(n)) => match resp.code {
+                    Some(101) => {
+                        return Err(ResponseError::Invalid("an unasked protocol switch"));
+                    }
+                    Some(100..=199) => {
+                        buf.advance(n);
+                        continue;
+                    }
+                    _ => return Ok((on_head(&resp, buf)?, n)),
+                },
+                Ok(httparse::Status::Partial) if buf.len() < max_head => {}
+                Ok(httparse::Status::Partial) => {
+                    return Err(ResponseError::Invalid("response head too large"));
+                }
+                Err(_) => return Err(ResponseError::Invalid("malformed response head")),
+            }
+        }
+        prepare(buf);
+        match timeout_at(deadline, stream.read_buf(buf)).await {
+            Err(_) => return Err(ResponseError::TimedOut),
+            Ok(Err(e)) if buf.is_empty() => return Err(ResponseError::Io(e)),
+            Ok(Err(_)) => return Err(ResponseError::Invalid("connection lost mid-head")),
+            Ok(Ok(0)) if buf.is_empty() => return Err(ResponseError::Closed),
+            Ok(Ok(0)) => return Err(ResponseError::Invalid("connection closed mid-head")),
+            Ok(Ok(_)) => {}
+        }
+    }
 }
 
 /// A new connection to the backend at `address`, within `connect_timeout`.
@@ -1203,8 +1220,9 @@ pub(super) fn response_framing(
     head_method: bool,
 ) -> Result<(Framing, bool, bool), ResponseError> {
     let status = resp.code.unwrap_or(502);
-    let tokens = connection_tokens(resp.headers);
-    let backend_keeps = resp.version == Some(1) && !named_by(&tokens, "close");
+    // (No list of the tokens: the fast path's rewrite collects its own.)
+    let backend_keeps = resp.version == Some(1)
+        && !each_connection_token(resp.headers).any(|t| t.eq_ignore_ascii_case(b"close"));
     let mut chunked = false;
     let mut encoded = false;
     let mut length = None;

@@ -152,72 +152,45 @@ async fn read_head(
     head_method: bool,
     deadline: Instant,
 ) -> Result<(hyper::Response<()>, Framing, bool), ResponseError> {
-    use tokio::io::AsyncReadExt;
-    loop {
-        if !buf.is_empty() {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut fields);
-            match resp.parse(buf) {
-                Ok(httparse::Status::Complete(n)) => match resp.code {
-                    Some(101) => {
-                        return Err(ResponseError::Invalid("an unasked protocol switch"));
-                    }
-                    Some(100..=199) => {
-                        buf.advance(n);
-                        continue;
-                    }
-                    code => {
-                        let (framing, keeps, _) = h1::response_framing(&resp, head_method)?;
-                        let status = code
-                            .and_then(|c| StatusCode::from_u16(c).ok())
-                            .ok_or(ResponseError::Invalid("malformed status"))?;
-                        // The values stay where they were read (no copy each): where
-                        // they lie in the head, then slices of it.
-                        let start = buf.as_ptr() as usize;
-                        let mut fields = Vec::with_capacity(resp.headers.len());
-                        for h in resp.headers.iter() {
-                            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-                                return Err(ResponseError::Invalid("malformed response field"));
-                            };
-                            let at = match h.value.len() {
-                                0 => 0,
-                                _ => h.value.as_ptr() as usize - start,
-                            };
-                            fields.push((name, at..at + h.value.len()));
-                        }
-                        let head = buf.split_to(n).freeze();
-                        let mut headers = HeaderMap::with_capacity(fields.len());
-                        for (name, at) in fields {
-                            let Ok(value) = HeaderValue::from_maybe_shared(head.slice(at)) else {
-                                return Err(ResponseError::Invalid("malformed response field"));
-                            };
-                            headers.append(name, value);
-                        }
-                        let mut response = hyper::Response::new(());
-                        *response.status_mut() = status;
-                        *response.headers_mut() = headers;
-                        return Ok((response, framing, keeps));
-                    }
-                },
-                Ok(httparse::Status::Partial) if buf.len() < max_head => {}
-                Ok(httparse::Status::Partial) => {
-                    return Err(ResponseError::Invalid("response head too large"));
-                }
-                Err(_) => return Err(ResponseError::Invalid("malformed response head")),
+    // (Grown only for a head larger than the first read: a realloc per request was
+    // 0.8 % of an h2c request's CPU.)
+    let prepare = |buf: &mut BytesMut| buf.reserve(HEAD_READ / 2);
+    let ((status, framing, keeps, fields), n) =
+        h1::read_final_head(stream, buf, max_head, deadline, prepare, |resp, bytes| {
+            let (framing, keeps, _) = h1::response_framing(resp, head_method)?;
+            let status = resp
+                .code
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .ok_or(ResponseError::Invalid("malformed status"))?;
+            // The values stay where they were read (no copy each): where they lie in
+            // the head, then slices of it.
+            let start = bytes.as_ptr() as usize;
+            let mut fields = Vec::with_capacity(resp.headers.len());
+            for h in resp.headers.iter() {
+                let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+                    return Err(ResponseError::Invalid("malformed response field"));
+                };
+                let at = match h.value.len() {
+                    0 => 0,
+                    _ => h.value.as_ptr() as usize - start,
+                };
+                fields.push((name, at..at + h.value.len()));
             }
-        }
-        // (Grown only for a head larger than the first read: a realloc per request
-        // was 0.8 % of an h2c request's CPU.)
-        buf.reserve(HEAD_READ / 2);
-        match timeout_at(deadline, stream.read_buf(buf)).await {
-            Err(_) => return Err(ResponseError::TimedOut),
-            Ok(Err(e)) if buf.is_empty() => return Err(ResponseError::Io(e)),
-            Ok(Err(_)) => return Err(ResponseError::Invalid("connection lost mid-head")),
-            Ok(Ok(0)) if buf.is_empty() => return Err(ResponseError::Closed),
-            Ok(Ok(0)) => return Err(ResponseError::Invalid("connection closed mid-head")),
-            Ok(Ok(_)) => {}
-        }
+            Ok((status, framing, keeps, fields))
+        })
+        .await?;
+    let head = buf.split_to(n).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, at) in fields {
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(at)) else {
+            return Err(ResponseError::Invalid("malformed response field"));
+        };
+        headers.append(name, value);
     }
+    let mut response = hyper::Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok((response, framing, keeps))
 }
 
 /// A response body read from its backend connection as the client takes it; the
