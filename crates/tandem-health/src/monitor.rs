@@ -48,7 +48,9 @@ impl Checker for Prober {
             Begun::Connecting(socket, started) => {
                 Started::Waiting(Box::pin(async move { self.finish(socket, started).await }))
             }
-            Begun::Waiting => Started::Waiting(Box::pin(async move { self.probe(target).await })),
+            Begun::Waiting => {
+                Started::Waiting(Box::pin(async move { self.probe_waiting(target).await }))
+            }
         }
     }
 }
@@ -719,7 +721,7 @@ impl Monitor {
                     slot.clone()
                 };
                 // Spread the pool's checks over the interval, plus a little jitter.
-                let phase = check.interval * i as u32 / n + offset;
+                let phase = crate::agent::phase(check.interval, i, pool.backends.len()) + offset;
                 let jitter = Duration::from_millis(fastrand::u64(
                     ..=(check.interval.as_millis() as u64 / 20).max(1),
                 ));

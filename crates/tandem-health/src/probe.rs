@@ -112,40 +112,44 @@ impl Prober {
     pub async fn finish(&self, socket: socket2::Socket, started: Instant) -> Probe {
         let left = self.check.timeout.saturating_sub(started.elapsed());
         let result = tokio::time::timeout(left, finish_connect(socket)).await;
-        let latency = started.elapsed();
-        match result {
-            Ok(Ok(())) => Probe::pass(latency),
-            Ok(Err(e)) => Probe::fail(latency, format!("connect: {e}")),
-            Err(_) => Probe::fail(
-                latency,
-                format!(
-                    "timed out after {} connecting",
-                    fmt_duration(self.check.timeout)
-                ),
-            ),
-        }
+        let result = result.map(|r| r.map(|()| None).map_err(|e| format!("connect: {e}")));
+        self.outcome(started.elapsed(), result, "connecting")
     }
 
     /// Runs the check against `target`, bounded by the check's timeout.
     pub async fn probe(&self, target: SocketAddr) -> Probe {
         match self.begin(target) {
-            Begun::Done(probe) => return probe,
-            Begun::Connecting(socket, started) => return self.finish(socket, started).await,
-            Begun::Waiting => {}
+            Begun::Done(probe) => probe,
+            Begun::Connecting(socket, started) => self.finish(socket, started).await,
+            Begun::Waiting => self.probe_waiting(target).await,
         }
+    }
+
+    /// Runs a check that [`Prober::begin`] left to be awaited, bounded by the check's
+    /// timeout.
+    pub(crate) async fn probe_waiting(&self, target: SocketAddr) -> Probe {
         let started = Instant::now();
         let stage = Stage::new(Cow::Borrowed("connecting"));
         let result = tokio::time::timeout(self.check.timeout, self.run(target, &stage)).await;
-        let latency = started.elapsed();
+        let stage = stage.lock().unwrap_or_else(|e| e.into_inner());
+        self.outcome(started.elapsed(), result, &*stage)
+    }
+
+    /// The probe a check's `result` makes, `stage` what a timed-out one was doing.
+    fn outcome(
+        &self,
+        latency: Duration,
+        result: Result<Result<Option<SystemTime>, String>, tokio::time::error::Elapsed>,
+        stage: impl std::fmt::Display,
+    ) -> Probe {
         match result {
             Ok(Ok(not_after)) => Probe::pass(latency).with_certificate(not_after),
             Ok(Err(e)) => Probe::fail(latency, e),
             Err(_) => Probe::fail(
                 latency,
                 format!(
-                    "timed out after {} {}",
-                    fmt_duration(self.check.timeout),
-                    stage.lock().unwrap_or_else(|e| e.into_inner())
+                    "timed out after {} {stage}",
+                    fmt_duration(self.check.timeout)
                 ),
             ),
         }
@@ -159,7 +163,9 @@ impl Prober {
         }
         enter(stage, "connecting");
         // Connect-only checks are begun by `begin`; these speak after connecting.
-        let mut tcp = connect(target).await.map_err(|e| format!("connect: {e}"))?;
+        let mut tcp = TcpStream::connect(target)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         if let Some(header) = &self.proxy_header {
             enter(stage, "sending the PROXY header");
@@ -420,16 +426,6 @@ async fn finish_connect(socket: socket2::Socket) -> std::io::Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
-}
-
-/// Connects to `target` for a check that speaks after connecting.
-async fn connect(target: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = if target.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.connect(target).await
 }
 
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
