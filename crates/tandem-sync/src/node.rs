@@ -327,8 +327,24 @@ struct Batch {
     messages: Vec<Message>,
     /// Entries new or changed, sent after `messages`.
     entries: Vec<WireEntry>,
+    /// The entries' messages in each form, made by the first session that sends them
+    /// and shared by the others: packed (version 2 and later), whole (version 1).
+    packed: std::sync::OnceLock<Vec<Message>>,
+    whole: std::sync::OnceLock<Vec<Message>>,
     /// Entries removed, sent last.
-    deletes: Vec<(String, IpAddr)>,
+    deletes: Option<Message>,
+}
+
+impl Batch {
+    /// The entries' messages in the form a session of `version` speaks.
+    fn entry_messages(&self, version: u16) -> &[Message] {
+        let (cell, packed) = if version >= 2 {
+            (&self.packed, true)
+        } else {
+            (&self.whole, false)
+        };
+        cell.get_or_init(|| entry_messages(&self.entries, packed, false).collect())
+    }
 }
 
 /// Collects changes for up to [`BATCH_DELAY`] (or four frames of [`BATCH_ENTRIES`]),
@@ -376,7 +392,8 @@ async fn batcher(
         let _ = out.send(Arc::new(Batch {
             messages,
             entries: entries.into_values().collect(),
-            deletes,
+            deletes: (!deletes.is_empty()).then_some(Message::Deletes(deletes)),
+            ..Batch::default()
         }));
     }
 }
@@ -502,24 +519,20 @@ async fn send_frame(
     framed.send(bytes::Bytes::from(frame).slice(4..)).await
 }
 
-/// Sends `entries` in the session's protocol version: packed in frames of
-/// [`PACKED_ENTRIES`], or whole in frames of [`BATCH_ENTRIES`] to a node of version 1.
-/// Returns the number of frames.
-async fn send_entries(
-    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
-    session: &mut Session,
+/// The messages of `entries`: packed in frames of [`PACKED_ENTRIES`], or whole in
+/// frames of [`BATCH_ENTRIES`] for a node of version 1.
+fn entry_messages(
     entries: &[WireEntry],
+    packed: bool,
     bulk: bool,
-    now: Duration,
-) -> Result<u64, String> {
-    let mut frames = 0;
-    let packed = session.version() >= 2;
-    for chunk in entries.chunks(if packed {
+) -> impl Iterator<Item = Message> + '_ {
+    let size = if packed {
         PACKED_ENTRIES
     } else {
         BATCH_ENTRIES
-    }) {
-        let m = if packed {
+    };
+    entries.chunks(size).map(move |chunk| {
+        if packed {
             Message::Packed {
                 bulk,
                 entries: Packed::pack(chunk),
@@ -529,13 +542,35 @@ async fn send_entries(
                 bulk,
                 entries: chunk.to_vec(),
             }
-        };
-        send_frame(framed, session.seal(&m, now))
-            .await
-            .map_err(|e| e.to_string())?;
-        frames += 1;
+        }
+    })
+}
+
+/// Seals and sends `message`.
+async fn send_message(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    session: &mut Session,
+    message: &Message,
+    now: Duration,
+) -> Result<(), String> {
+    send_frame(framed, session.seal(message, now))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Sends the whole table, `entries`, in the session's protocol version, a frame's
+/// worth made at a time.
+async fn send_bulk(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    session: &mut Session,
+    entries: &[WireEntry],
+    now: impl Fn() -> Duration,
+) -> Result<(), String> {
+    let packed = session.version() >= 2;
+    for m in entry_messages(entries, packed, true) {
+        send_message(framed, session, &m, now()).await?;
     }
-    Ok(frames)
+    Ok(())
 }
 
 /// Counts and logs an authentic frame from the peer that did not decode (a newer
@@ -619,9 +654,7 @@ async fn connection(
         info!(target: "tandem::sync", peer = address, node = %peer.node, version, we_resumed, peer_resumed = peer.resumed, "sync session up, continuing a process's table after an upgrade in place: no bulk transfer");
     } else {
         info!(target: "tandem::sync", peer = address, node = %peer.node, version, "sync session up");
-        send_frame(&mut framed, session.seal(&Message::BulkRequest, now()))
-            .await
-            .map_err(|e| e.to_string())?;
+        send_message(&mut framed, &mut session, &Message::BulkRequest, now()).await?;
     }
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -660,11 +693,11 @@ async fn connection(
                     Message::BulkRequest => {
                         let entries = shared.store.entries();
                         let count = entries.len();
-                        send_entries(&mut framed, &mut session, &entries, true, now()).await?;
+                        send_bulk(&mut framed, &mut session, &entries, now).await?;
                         for record in shared.store.acme_records() {
-                            send_frame(&mut framed, session.seal(&Message::Acme(record), now())).await.map_err(|e| e.to_string())?;
+                            send_message(&mut framed, &mut session, &Message::Acme(record), now()).await?;
                         }
-                        send_frame(&mut framed, session.seal(&Message::BulkEnd, now())).await.map_err(|e| e.to_string())?;
+                        send_message(&mut framed, &mut session, &Message::BulkEnd, now()).await?;
                         shared.peer(address, |p| p.sent += count as u64);
                         info!(target: "tandem::sync", peer = address, entries = count, "bulk transfer sent");
                     }
@@ -682,16 +715,14 @@ async fn connection(
             }
             batch = batches.recv() => match batch {
                 Ok(batch) => {
-                    for m in &batch.messages {
-                        send_frame(&mut framed, session.seal(m, now())).await.map_err(|e| e.to_string())?;
+                    let messages: Vec<&Message> = batch.messages.iter()
+                        .chain(batch.entry_messages(session.version()))
+                        .chain(&batch.deletes)
+                        .collect();
+                    for m in &messages {
+                        send_message(&mut framed, &mut session, m, now()).await?;
                     }
-                    let mut frames = batch.messages.len() as u64;
-                    frames += send_entries(&mut framed, &mut session, &batch.entries, false, now()).await?;
-                    if !batch.deletes.is_empty() {
-                        let m = Message::Deletes(batch.deletes.clone());
-                        send_frame(&mut framed, session.seal(&m, now())).await.map_err(|e| e.to_string())?;
-                        frames += 1;
-                    }
+                    let frames = messages.len() as u64;
                     let count = batch.entries.len() as u64;
                     shared.peer(address, |p| {
                         p.sent += count;
@@ -702,7 +733,7 @@ async fn connection(
                     // Too far behind to catch up change by change: send everything.
                     warn!(target: "tandem::sync", peer = address, missed = n, "sync link lagging: sending the whole table");
                     let entries = shared.store.entries();
-                    send_entries(&mut framed, &mut session, &entries, true, now()).await?;
+                    send_bulk(&mut framed, &mut session, &entries, now).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
