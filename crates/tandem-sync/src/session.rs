@@ -81,7 +81,6 @@ pub struct Session {
     last_tx: Duration,
     resumed: bool,
     max_version: u16,
-    version: u16,
 }
 
 impl Session {
@@ -108,7 +107,6 @@ impl Session {
             last_tx: now,
             resumed: false,
             max_version: VERSION,
-            version: MIN_VERSION,
         }
     }
 
@@ -123,7 +121,9 @@ impl Session {
     /// The protocol version the session speaks: the highest both nodes do (before the
     /// peer's hello, [`MIN_VERSION`]).
     pub fn version(&self) -> u16 {
-        self.version
+        self.peer
+            .as_ref()
+            .map_or(MIN_VERSION, |p| p.versions.1.min(self.max_version))
     }
 
     /// Says in our hello that this process took over from its predecessor with the
@@ -214,7 +214,6 @@ impl Session {
                         ours: (MIN_VERSION, self.max_version),
                     });
                 }
-                self.version = theirs.1.min(self.max_version);
                 let (initiator, responder) = match self.role {
                     Role::Initiator => (&self.nonce, nonce),
                     Role::Responder => (nonce, &self.nonce),
