@@ -373,6 +373,18 @@ fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
         .flatten()
 }
 
+/// X-Forwarded-For's name.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The host a request names: an absolute-form target's authority (HTTP/2's
+/// :authority), whatever Host says (RFC 9112 3.2.2, RFC 9113 8.3.1), else Host.
+fn request_host(parts: &hyper::http::request::Parts) -> Option<&[u8]> {
+    match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
+    }
+}
+
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -525,7 +537,7 @@ enum Failed {
 /// The backend chosen for a request.
 struct Chosen {
     lease: Lease,
-    pool: String,
+    pool: Arc<tandem_balance::Pool>,
     /// The Set-Cookie value that pins the client to this new choice.
     set_cookie: Option<String>,
 }
@@ -646,16 +658,13 @@ impl Connection {
         let idempotent = policy::is_idempotent(parts.method.as_str());
         // Only a request that may be sent again can need its headers again.
         let may_resend = config.retries > 0 || (idempotent && empty_body);
-        // An absolute-form target's authority (HTTP/2's :authority) names the host,
-        // whatever Host says (RFC 9112 3.2.2, RFC 9113 8.3.1).
-        let original_host = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| parts.headers.get(header::HOST).cloned());
+        // HTTP/2 requests without a body to a plain-text backend: tandem's own client,
+        // which writes the request head from the client's fields as they are.
+        let lean =
+            self.state.fast && parts.version == Version::HTTP_2 && upgrade.is_none() && ended;
         let view = policy::route::RequestView {
             method: parts.method.as_str(),
-            host: original_host.as_ref().map(HeaderValue::as_bytes),
+            host: request_host(&parts),
             target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             headers: || {
                 parts
@@ -673,26 +682,32 @@ impl Connection {
                 return (response.status(), None, unlogged(response));
             }
         };
-        self.prepare_request_headers(&mut parts.headers, original_host.as_ref(), config);
+        if !lean {
+            let original_host = request_host(&parts).and_then(|h| HeaderValue::from_bytes(h).ok());
+            self.prepare_request_headers(&mut parts.headers, original_host.as_ref(), config);
+        }
         if let Some((protocol, _)) = &upgrade {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        // A client body that fails (malformed chunked framing) fails the backend
-        // request; it is then the client's error, not the backend's.
-        let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        // The body stays here until the backend connection reads it: a failed connect
-        // leaves it whole for the next backend.
-        let slot = Arc::new(std::sync::Mutex::new(Some(body)));
+        // For hyper's client (the lean one has no body): a client body that fails
+        // (malformed chunked framing) fails the backend request, and is then the
+        // client's error, not the backend's; the body stays in its slot until the
+        // backend connection reads it: a failed connect leaves it whole for the next
+        // backend.
+        let hyper_side = (!lean).then(|| {
+            (
+                Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                Arc::new(std::sync::Mutex::new(Some(body))),
+            )
+        });
+        let rules = policy::route::response_rules(config, route);
         let mut tried: Vec<SocketAddr> = Vec::new();
         // The backend to send the request to again, after a lost connection.
         let mut again: Option<Chosen> = None;
         let mut resent = false;
-        // HTTP/2 requests without a body to a plain-text backend: tandem's own client.
-        let lean =
-            self.state.fast && parts.version == Version::HTTP_2 && upgrade.is_none() && ended;
         loop {
             let chosen = match again.take() {
                 Some(chosen) => chosen,
@@ -709,7 +724,19 @@ impl Connection {
                 },
             };
             let address = chosen.lease.address;
-            let sent = if lean {
+            let sent = if let Some((client_failed, slot)) = &hyper_side {
+                // Boxed: the lean path's requests do not carry hyper's client future.
+                Box::pin(self.send_hyper(
+                    &mut parts,
+                    slot,
+                    client_failed,
+                    &mut upgrade,
+                    may_resend,
+                    address,
+                    config,
+                ))
+                .await
+            } else {
                 let target = lean::Target {
                     state: &self.state,
                     address,
@@ -717,24 +744,14 @@ impl Connection {
                     max_idle: config.http.backend_max_idle + H2_MAX_STREAMS as usize,
                     fresh: resent,
                     idempotent,
+                    client: &self.client,
+                    response_rules: &rules,
                 };
                 match lean::send(target, &parts).await {
                     Ok(resp) => Ok((resp.map(BodyExt::boxed), None)),
                     Err(lean::Failure::Connect(e)) => Err(Failed::Connect(e.to_string())),
                     Err(lean::Failure::Response(e)) => Err(Failed::Send(e.kind(), e.to_string())),
                 }
-            } else {
-                // Boxed: the lean path's requests do not carry hyper's client future.
-                Box::pin(self.send_hyper(
-                    &mut parts,
-                    &slot,
-                    &client_failed,
-                    &mut upgrade,
-                    may_resend,
-                    address,
-                    config,
-                ))
-                .await
             };
             let error = match sent {
                 Ok((resp, tunnel)) => {
@@ -742,7 +759,11 @@ impl Connection {
                     chosen.lease.state.response_times().observe(took);
                     self.service.stats.response_times.observe(took);
                     let (mut rparts, rbody) = resp.into_parts();
-                    strip_hop_by_hop(&mut rparts.headers);
+                    // (The lean client's response has the fields the policy relays.)
+                    if !lean {
+                        strip_hop_by_hop(&mut rparts.headers);
+                        drop_ruled_out(&mut rparts.headers, &rules);
+                    }
                     let mut lease = Some(chosen.lease);
                     if let Some((client_side, backend_side, protocol)) = tunnel {
                         rparts
@@ -758,12 +779,10 @@ impl Connection {
                             config.idle_timeout,
                         );
                     }
-                    let rules = &*policy::route::response_rules(config, route);
-                    drop_ruled_out(&mut rparts.headers, rules);
                     policy::response_fields(
                         config.http.via,
                         chosen.set_cookie.as_deref(),
-                        rules,
+                        &rules,
                         |name, value| append_field(&mut rparts.headers, name, value),
                     );
                     let status = rparts.status;
@@ -785,7 +804,7 @@ impl Connection {
                 Err(Failed::Connect(e)) => {
                     chosen.lease.state.record_connect_error();
                     tried.push(address);
-                    info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool, "connect to backend failed: {e}");
+                    info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool.name, "connect to backend failed: {e}");
                     policy::SendError::Connect
                 }
                 Err(Failed::Send(policy::SendError::TimedOut, _)) => {
@@ -797,7 +816,10 @@ impl Connection {
                     error
                 }
             };
-            let whole = empty_body || slot.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+            let whole = empty_body
+                || hyper_side.as_ref().is_none_or(|(_, slot)| {
+                    slot.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+                });
             match error {
                 policy::SendError::Connect
                     if tried.len() <= config.retries as usize
@@ -927,7 +949,7 @@ impl Connection {
         config: &tandem_config::Service,
     ) {
         strip_hop_by_hop(headers);
-        let prior_xff = headers.get("x-forwarded-for").cloned();
+        let prior_xff = headers.get(X_FORWARDED_FOR).cloned();
         for name in replaced() {
             headers.remove(name);
         }
@@ -974,7 +996,7 @@ impl Connection {
         tried: &[SocketAddr],
     ) -> Option<Chosen> {
         let p = pools.get(pool)?;
-        let sticky_cookie = p.cookie.clone();
+        let sticky_cookie = p.cookie.as_deref();
         if sticky_cookie.is_some()
             && let Some(id) = wanted
             && let Some(b) = p.backends.iter().find(|b| cookie_id(pool, b.address) == id)
@@ -984,15 +1006,15 @@ impl Connection {
         {
             return Some(Chosen {
                 lease,
-                pool: pool.to_string(),
+                pool: p.clone(),
                 set_cookie: None,
             });
         }
         let pick = pools.pick(pool, self.peer.ip(), tried, now_ms())?;
         let set_cookie = sticky_cookie
-            .map(|name| policy::set_cookie(&name, &cookie_id(&pick.pool.name, pick.lease.address)));
+            .map(|name| policy::set_cookie(name, &cookie_id(&pick.pool.name, pick.lease.address)));
         Some(Chosen {
-            pool: pick.pool.name.clone(),
+            pool: pick.pool,
             lease: pick.lease,
             set_cookie,
         })
