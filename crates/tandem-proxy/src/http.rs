@@ -387,15 +387,29 @@ fn request_host(parts: &hyper::http::request::Parts) -> Option<&[u8]> {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    match (connection.next(), connection.next()) {
+        (None, _) => {}
+        (Some(value), None) => {
+            // One Connection field (the usual): its names removed as they are written,
+            // no list of them (a value's clone shares its bytes).
+            let value = value.clone();
+            for name in value.to_str().unwrap_or("").split(',') {
+                headers.remove(name.trim());
+            }
+        }
+        (Some(_), Some(_)) => {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
     }
     for name in hop_by_hop() {
         headers.remove(name);
@@ -556,7 +570,9 @@ impl Connection {
         self.close_all.is_cancelled()
     }
 
-    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
+    /// Serves one request of the general path. (Its body is hyper's to poll as it is:
+    /// not boxed again.)
+    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Logged> {
         let started = Instant::now();
         let config = self.service.config.load_full();
         let n = self.requests.fetch_add(1, Relaxed) + 1;
@@ -582,9 +598,9 @@ impl Connection {
             // A request two parsers could frame differently is how requests are smuggled
             // past a proxy; a Host or target that does not follow RFC 9112 is the
             // client's error too: refuse it, never forward it, and close the connection.
-            return self.refuse(&config, refusal, method.as_str(), &path);
+            return unlogged(self.refuse(&config, refusal, method.as_str(), &path));
         }
-        let (status, backend, mut response) = self.forward(req, &config).await;
+        let (status, backend, mut response) = self.forward(req, &config, started).await;
         if last && version == Version::HTTP_11 {
             response
                 .headers_mut()
@@ -602,7 +618,7 @@ impl Connection {
                 started,
             }
             .write();
-            return response.map(BodyExt::boxed);
+            return response;
         }
         // Log when the body is done, with its size.
         let (parts, mut body) = response.into_parts();
@@ -617,7 +633,7 @@ impl Connection {
                 started,
             });
         }
-        Response::from_parts(parts, body.boxed())
+        Response::from_parts(parts, body)
     }
 
     /// Answers with `refusal` (the client's error), logged and counted; the connection
@@ -640,15 +656,15 @@ impl Connection {
     }
 
     /// Picks, forwards, sends again when [`policy::may_send_again`] allows; returns the
-    /// status, the backend, and the response.
+    /// status, the backend, and the response. The request came at `started`.
     async fn forward(
         &self,
         mut req: Request<hyper::body::Incoming>,
         config: &tandem_config::Service,
+        started: Instant,
     ) -> (StatusCode, Option<SocketAddr>, Response<Logged>) {
         // An HTTP/1.1 upgrade (WebSocket...): its Upgrade field goes to the backend, and
         // on a 101 the two connections become one tunnel.
-        let started = Instant::now();
         let mut upgrade =
             requested_upgrade(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
@@ -736,6 +752,7 @@ impl Connection {
                     config,
                 ))
                 .await
+                .map(|(response, tunnel)| (response.map(Relayed::Boxed), tunnel))
             } else {
                 let target = lean::Target {
                     state: &self.state,
@@ -748,7 +765,7 @@ impl Connection {
                     response_rules: &rules,
                 };
                 match lean::send(target, &parts).await {
-                    Ok(resp) => Ok((resp.map(BodyExt::boxed), None)),
+                    Ok(resp) => Ok((resp.map(Relayed::Lean), None)),
                     Err(lean::Failure::Connect(e)) => Err(Failed::Connect(e.to_string())),
                     Err(lean::Failure::Response(e)) => Err(Failed::Send(e.kind(), e.to_string())),
                 }
@@ -1065,17 +1082,53 @@ struct LogLine {
 /// One of tandem's own responses, as a body with nothing to count or log yet.
 fn unlogged(response: Response<ProxyBody>) -> Response<Logged> {
     response.map(|inner| Logged {
-        inner,
+        inner: Relayed::Boxed(inner),
         bytes: 0,
         line: None,
         _lease: None,
     })
 }
 
+/// A response's body as it comes: read by the lean client (not boxed: the response's
+/// body is boxed once, with its log), or boxed.
+enum Relayed {
+    Lean(lean::LeanBody),
+    Boxed(ProxyBody),
+}
+
+impl Body for Relayed {
+    type Data = Bytes;
+    type Error = lean::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, lean::BoxError>>> {
+        match self.get_mut() {
+            Relayed::Lean(body) => Pin::new(body).poll_frame(cx),
+            Relayed::Boxed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Relayed::Lean(body) => body.is_end_stream(),
+            Relayed::Boxed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Relayed::Lean(body) => body.size_hint(),
+            Relayed::Boxed(body) => body.size_hint(),
+        }
+    }
+}
+
 /// A response body that counts its bytes, holds the backend's slot until it is done,
 /// and writes the access log line when it ends.
 struct Logged {
-    inner: ProxyBody,
+    inner: Relayed,
     bytes: u64,
     line: Option<LogLine>,
     _lease: Option<Lease>,

@@ -87,7 +87,7 @@ pub(super) async fn send(
                 .stream
         }
     };
-    let head = request_head(parts, &target);
+    let head = request_head(parts, target.address, target.client, &config.http);
     match timeout_at(deadline, stream.write_all(&head)).await {
         Err(_) => return Err(Failure::Response(ResponseError::TimedOut)),
         Ok(Err(e)) => return Err(Failure::Response(ResponseError::Io(e))),
@@ -123,10 +123,15 @@ pub(super) async fn send(
     Ok(response.map(|()| body))
 }
 
-/// The HTTP/1.1 request head of `parts` for `target`: the request line, Host (the
-/// request's authority, else its Host field, else the backend's address), the client's
-/// fields and tandem's as [`h1::push_request_fields`] writes them.
-fn request_head(parts: &Parts, target: &Target<'_>) -> Vec<u8> {
+/// The HTTP/1.1 request head of `parts` to the backend at `address`: the request line,
+/// Host (the request's authority, else its Host field, else the backend's address),
+/// the client's fields and tandem's as [`h1::push_request_fields`] writes them.
+fn request_head(
+    parts: &Parts,
+    address: SocketAddr,
+    client: &policy::Client,
+    http: &tandem_config::Http,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -140,7 +145,7 @@ fn request_head(parts: &Parts, target: &Target<'_>) -> Vec<u8> {
             out.extend_from_slice(host);
             out.extend_from_slice(b"\r\n");
         }
-        None => out.extend_from_slice(format!("host: {}\r\n", target.address).as_bytes()),
+        None => out.extend_from_slice(format!("host: {address}\r\n").as_bytes()),
     }
     let fields = || {
         parts
@@ -157,10 +162,10 @@ fn request_head(parts: &Parts, target: &Target<'_>) -> Vec<u8> {
         &mut out,
         fields().filter(|(name, _)| *name != header::HOST.as_str()),
         &tokens,
-        target.client,
+        client,
         prior_xff,
         host,
-        &target.config.http,
+        http,
     );
     // A method that expects a body says it has none (as hyper's client does).
     let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
@@ -271,11 +276,23 @@ impl LeanBody {
         let Framing::Chunked(scanner) = &mut self.framing else {
             return Ok(None);
         };
-        let mut data: Vec<std::ops::Range<usize>> = Vec::new();
+        // The first piece of data where it lies; the pieces joined only when there are
+        // more (no list of them per poll).
+        let mut first: Option<std::ops::Range<usize>> = None;
+        let mut joined: Option<BytesMut> = None;
         let (buf, trailers) = (&self.buf, &mut self.trailers);
         let end = scanner
             .decode(buf, |piece| match piece {
-                Piece::Data(r) => data.push(r),
+                Piece::Data(r) => match (&first, &mut joined) {
+                    (None, _) => first = Some(r),
+                    (Some(one), None) => {
+                        let mut both = BytesMut::with_capacity(one.len() + r.len());
+                        both.extend_from_slice(&buf[one.clone()]);
+                        both.extend_from_slice(&buf[r]);
+                        joined = Some(both);
+                    }
+                    (Some(_), Some(both)) => both.extend_from_slice(&buf[r]),
+                },
                 Piece::Trailer(r) => trailers.extend_from_slice(&buf[r]),
             })
             .map_err(|_| "malformed chunked response body")?;
@@ -283,22 +300,18 @@ impl LeanBody {
             return Err("response trailers too large".into());
         }
         let used = end.unwrap_or(self.buf.len());
-        let bytes = match data.as_slice() {
-            [] => {
+        let bytes = match (first, joined) {
+            (None, _) => {
                 self.buf.advance(used);
                 None
             }
-            [one] => {
+            (Some(one), None) => {
                 let mut chunk = self.buf.split_to(used);
                 chunk.advance(one.start);
                 chunk.truncate(one.len());
                 Some(chunk.freeze())
             }
-            many => {
-                let mut joined = BytesMut::with_capacity(many.iter().map(|r| r.len()).sum());
-                for r in many {
-                    joined.extend_from_slice(&self.buf[r.clone()]);
-                }
+            (Some(_), Some(joined)) => {
                 self.buf.advance(used);
                 Some(joined.freeze())
             }
@@ -412,5 +425,68 @@ impl Body for LeanBody {
             Framing::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http2_requests_head_has_the_authority_as_host_and_the_policys_fields() {
+        let (parts, ()) = hyper::Request::builder()
+            .uri("https://example.org/a?b=1")
+            .header("host", "elsewhere.test")
+            .header("accept", "*/*")
+            .header("x-forwarded-for", "198.51.100.1")
+            .header("x-forwarded-proto", "gopher")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("forwarded", "for=198.51.100.1")
+            .header("x-secret", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let client = policy::Client::new("192.0.2.7".parse().unwrap(), true);
+        let mut http = tandem_config::Http::default();
+        http.request_headers.remove.push("x-secret".into());
+        let head = request_head(&parts, "10.0.0.1:80".parse().unwrap(), &client, &http);
+        let head = String::from_utf8(head).unwrap();
+        let lines: Vec<&str> = head.split("\r\n").collect();
+        assert_eq!(
+            lines,
+            [
+                "GET /a?b=1 HTTP/1.1",
+                "host: example.org",
+                "accept: */*",
+                "forwarded: for=198.51.100.1",
+                "x-forwarded-for: 198.51.100.1, 192.0.2.7",
+                "x-forwarded-proto: https",
+                "x-forwarded-host: example.org",
+                "forwarded: for=192.0.2.7;proto=https;host=\"example.org\"",
+                "",
+                "",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_request_without_a_host_names_the_backend_and_a_post_says_it_has_no_body() {
+        let (parts, ()) = hyper::Request::builder()
+            .method("POST")
+            .uri("/form")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let client = policy::Client::new("192.0.2.7".parse().unwrap(), false);
+        let http = tandem_config::Http::default();
+        let head = request_head(&parts, "10.0.0.1:80".parse().unwrap(), &client, &http);
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.starts_with("POST /form HTTP/1.1\r\nhost: 10.0.0.1:80\r\n"),
+            "{head}"
+        );
+        assert!(head.ends_with("content-length: 0\r\n\r\n"), "{head}");
+        assert!(!head.contains("x-forwarded-host"), "{head}");
     }
 }
