@@ -373,17 +373,43 @@ fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
         .flatten()
 }
 
+/// X-Forwarded-For's name.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The host a request names: an absolute-form target's authority (HTTP/2's
+/// :authority), whatever Host says (RFC 9112 3.2.2, RFC 9113 8.3.1), else Host.
+fn request_host(parts: &hyper::http::request::Parts) -> Option<&[u8]> {
+    match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
+    }
+}
+
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    match (connection.next(), connection.next()) {
+        (None, _) => {}
+        (Some(value), None) => {
+            // One Connection field (the usual): its names removed as they are written,
+            // no list of them (a value's clone shares its bytes).
+            let value = value.clone();
+            for name in value.to_str().unwrap_or("").split(',') {
+                headers.remove(name.trim());
+            }
+        }
+        (Some(_), Some(_)) => {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
     }
     for name in hop_by_hop() {
         headers.remove(name);
@@ -525,7 +551,7 @@ enum Failed {
 /// The backend chosen for a request.
 struct Chosen {
     lease: Lease,
-    pool: String,
+    pool: Arc<tandem_balance::Pool>,
     /// The Set-Cookie value that pins the client to this new choice.
     set_cookie: Option<String>,
 }
@@ -544,7 +570,9 @@ impl Connection {
         self.close_all.is_cancelled()
     }
 
-    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
+    /// Serves one request of the general path. (Its body is hyper's to poll as it is:
+    /// not boxed again.)
+    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Logged> {
         let started = Instant::now();
         let config = self.service.config.load_full();
         let n = self.requests.fetch_add(1, Relaxed) + 1;
@@ -570,9 +598,9 @@ impl Connection {
             // A request two parsers could frame differently is how requests are smuggled
             // past a proxy; a Host or target that does not follow RFC 9112 is the
             // client's error too: refuse it, never forward it, and close the connection.
-            return self.refuse(&config, refusal, method.as_str(), &path);
+            return unlogged(self.refuse(&config, refusal, method.as_str(), &path));
         }
-        let (status, backend, mut response) = self.forward(req, &config).await;
+        let (status, backend, mut response) = self.forward(req, &config, started).await;
         if last && version == Version::HTTP_11 {
             response
                 .headers_mut()
@@ -590,7 +618,7 @@ impl Connection {
                 started,
             }
             .write();
-            return response.map(BodyExt::boxed);
+            return response;
         }
         // Log when the body is done, with its size.
         let (parts, mut body) = response.into_parts();
@@ -605,7 +633,7 @@ impl Connection {
                 started,
             });
         }
-        Response::from_parts(parts, body.boxed())
+        Response::from_parts(parts, body)
     }
 
     /// Answers with `refusal` (the client's error), logged and counted; the connection
@@ -628,15 +656,15 @@ impl Connection {
     }
 
     /// Picks, forwards, sends again when [`policy::may_send_again`] allows; returns the
-    /// status, the backend, and the response.
+    /// status, the backend, and the response. The request came at `started`.
     async fn forward(
         &self,
         mut req: Request<hyper::body::Incoming>,
         config: &tandem_config::Service,
+        started: Instant,
     ) -> (StatusCode, Option<SocketAddr>, Response<Logged>) {
         // An HTTP/1.1 upgrade (WebSocket...): its Upgrade field goes to the backend, and
         // on a 101 the two connections become one tunnel.
-        let started = Instant::now();
         let mut upgrade =
             requested_upgrade(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
@@ -646,16 +674,13 @@ impl Connection {
         let idempotent = policy::is_idempotent(parts.method.as_str());
         // Only a request that may be sent again can need its headers again.
         let may_resend = config.retries > 0 || (idempotent && empty_body);
-        // An absolute-form target's authority (HTTP/2's :authority) names the host,
-        // whatever Host says (RFC 9112 3.2.2, RFC 9113 8.3.1).
-        let original_host = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| parts.headers.get(header::HOST).cloned());
+        // HTTP/2 requests without a body to a plain-text backend: tandem's own client,
+        // which writes the request head from the client's fields as they are.
+        let lean =
+            self.state.fast && parts.version == Version::HTTP_2 && upgrade.is_none() && ended;
         let view = policy::route::RequestView {
             method: parts.method.as_str(),
-            host: original_host.as_ref().map(HeaderValue::as_bytes),
+            host: request_host(&parts),
             target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             headers: || {
                 parts
@@ -673,26 +698,32 @@ impl Connection {
                 return (response.status(), None, unlogged(response));
             }
         };
-        self.prepare_request_headers(&mut parts.headers, original_host.as_ref(), config);
+        if !lean {
+            let original_host = request_host(&parts).and_then(|h| HeaderValue::from_bytes(h).ok());
+            self.prepare_request_headers(&mut parts.headers, original_host.as_ref(), config);
+        }
         if let Some((protocol, _)) = &upgrade {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        // A client body that fails (malformed chunked framing) fails the backend
-        // request; it is then the client's error, not the backend's.
-        let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        // The body stays here until the backend connection reads it: a failed connect
-        // leaves it whole for the next backend.
-        let slot = Arc::new(std::sync::Mutex::new(Some(body)));
+        // For hyper's client (the lean one has no body): a client body that fails
+        // (malformed chunked framing) fails the backend request, and is then the
+        // client's error, not the backend's; the body stays in its slot until the
+        // backend connection reads it: a failed connect leaves it whole for the next
+        // backend.
+        let hyper_side = (!lean).then(|| {
+            (
+                Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                Arc::new(std::sync::Mutex::new(Some(body))),
+            )
+        });
+        let rules = policy::route::response_rules(config, route);
         let mut tried: Vec<SocketAddr> = Vec::new();
         // The backend to send the request to again, after a lost connection.
         let mut again: Option<Chosen> = None;
         let mut resent = false;
-        // HTTP/2 requests without a body to a plain-text backend: tandem's own client.
-        let lean =
-            self.state.fast && parts.version == Version::HTTP_2 && upgrade.is_none() && ended;
         loop {
             let chosen = match again.take() {
                 Some(chosen) => chosen,
@@ -709,7 +740,20 @@ impl Connection {
                 },
             };
             let address = chosen.lease.address;
-            let sent = if lean {
+            let sent = if let Some((client_failed, slot)) = &hyper_side {
+                // Boxed: the lean path's requests do not carry hyper's client future.
+                Box::pin(self.send_hyper(
+                    &mut parts,
+                    slot,
+                    client_failed,
+                    &mut upgrade,
+                    may_resend,
+                    address,
+                    config,
+                ))
+                .await
+                .map(|(response, tunnel)| (response.map(Relayed::Boxed), tunnel))
+            } else {
                 let target = lean::Target {
                     state: &self.state,
                     address,
@@ -717,24 +761,14 @@ impl Connection {
                     max_idle: config.http.backend_max_idle + H2_MAX_STREAMS as usize,
                     fresh: resent,
                     idempotent,
+                    client: &self.client,
+                    response_rules: &rules,
                 };
                 match lean::send(target, &parts).await {
-                    Ok(resp) => Ok((resp.map(BodyExt::boxed), None)),
+                    Ok(resp) => Ok((resp.map(Relayed::Lean), None)),
                     Err(lean::Failure::Connect(e)) => Err(Failed::Connect(e.to_string())),
                     Err(lean::Failure::Response(e)) => Err(Failed::Send(e.kind(), e.to_string())),
                 }
-            } else {
-                // Boxed: the lean path's requests do not carry hyper's client future.
-                Box::pin(self.send_hyper(
-                    &mut parts,
-                    &slot,
-                    &client_failed,
-                    &mut upgrade,
-                    may_resend,
-                    address,
-                    config,
-                ))
-                .await
             };
             let error = match sent {
                 Ok((resp, tunnel)) => {
@@ -742,7 +776,11 @@ impl Connection {
                     chosen.lease.state.response_times().observe(took);
                     self.service.stats.response_times.observe(took);
                     let (mut rparts, rbody) = resp.into_parts();
-                    strip_hop_by_hop(&mut rparts.headers);
+                    // (The lean client's response has the fields the policy relays.)
+                    if !lean {
+                        strip_hop_by_hop(&mut rparts.headers);
+                        drop_ruled_out(&mut rparts.headers, &rules);
+                    }
                     let mut lease = Some(chosen.lease);
                     if let Some((client_side, backend_side, protocol)) = tunnel {
                         rparts
@@ -758,12 +796,10 @@ impl Connection {
                             config.idle_timeout,
                         );
                     }
-                    let rules = &*policy::route::response_rules(config, route);
-                    drop_ruled_out(&mut rparts.headers, rules);
                     policy::response_fields(
                         config.http.via,
                         chosen.set_cookie.as_deref(),
-                        rules,
+                        &rules,
                         |name, value| append_field(&mut rparts.headers, name, value),
                     );
                     let status = rparts.status;
@@ -785,7 +821,7 @@ impl Connection {
                 Err(Failed::Connect(e)) => {
                     chosen.lease.state.record_connect_error();
                     tried.push(address);
-                    info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool, "connect to backend failed: {e}");
+                    info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool.name, "connect to backend failed: {e}");
                     policy::SendError::Connect
                 }
                 Err(Failed::Send(policy::SendError::TimedOut, _)) => {
@@ -797,7 +833,10 @@ impl Connection {
                     error
                 }
             };
-            let whole = empty_body || slot.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+            let whole = empty_body
+                || hyper_side.as_ref().is_none_or(|(_, slot)| {
+                    slot.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+                });
             match error {
                 policy::SendError::Connect
                     if tried.len() <= config.retries as usize
@@ -927,7 +966,7 @@ impl Connection {
         config: &tandem_config::Service,
     ) {
         strip_hop_by_hop(headers);
-        let prior_xff = headers.get("x-forwarded-for").cloned();
+        let prior_xff = headers.get(X_FORWARDED_FOR).cloned();
         for name in replaced() {
             headers.remove(name);
         }
@@ -974,7 +1013,7 @@ impl Connection {
         tried: &[SocketAddr],
     ) -> Option<Chosen> {
         let p = pools.get(pool)?;
-        let sticky_cookie = p.cookie.clone();
+        let sticky_cookie = p.cookie.as_deref();
         if sticky_cookie.is_some()
             && let Some(id) = wanted
             && let Some(b) = p.backends.iter().find(|b| cookie_id(pool, b.address) == id)
@@ -984,15 +1023,15 @@ impl Connection {
         {
             return Some(Chosen {
                 lease,
-                pool: pool.to_string(),
+                pool: p.clone(),
                 set_cookie: None,
             });
         }
         let pick = pools.pick(pool, self.peer.ip(), tried, now_ms())?;
         let set_cookie = sticky_cookie
-            .map(|name| policy::set_cookie(&name, &cookie_id(&pick.pool.name, pick.lease.address)));
+            .map(|name| policy::set_cookie(name, &cookie_id(&pick.pool.name, pick.lease.address)));
         Some(Chosen {
-            pool: pick.pool.name.clone(),
+            pool: pick.pool,
             lease: pick.lease,
             set_cookie,
         })
@@ -1043,17 +1082,55 @@ struct LogLine {
 /// One of tandem's own responses, as a body with nothing to count or log yet.
 fn unlogged(response: Response<ProxyBody>) -> Response<Logged> {
     response.map(|inner| Logged {
-        inner,
+        inner: Relayed::Boxed(inner),
         bytes: 0,
         line: None,
         _lease: None,
     })
 }
 
+/// A response's body as it comes: read by the lean client, or boxed. (The lean body is
+/// the common case and lives in the stream's task, which is on the heap already: a
+/// box of its own was one more allocation per request.)
+#[allow(clippy::large_enum_variant)]
+enum Relayed {
+    Lean(lean::LeanBody),
+    Boxed(ProxyBody),
+}
+
+impl Body for Relayed {
+    type Data = Bytes;
+    type Error = lean::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, lean::BoxError>>> {
+        match self.get_mut() {
+            Relayed::Lean(body) => Pin::new(body).poll_frame(cx),
+            Relayed::Boxed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Relayed::Lean(body) => body.is_end_stream(),
+            Relayed::Boxed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Relayed::Lean(body) => body.size_hint(),
+            Relayed::Boxed(body) => body.size_hint(),
+        }
+    }
+}
+
 /// A response body that counts its bytes, holds the backend's slot until it is done,
 /// and writes the access log line when it ends.
 struct Logged {
-    inner: ProxyBody,
+    inner: Relayed,
     bytes: u64,
     line: Option<LogLine>,
     _lease: Option<Lease>,

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use tandem_config::HeaderRules;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -88,7 +89,9 @@ pub(super) struct BackendConn {
 /// Idle backend connections of one service, shared by its client connections.
 #[derive(Default)]
 pub(super) struct IdlePool {
-    idle: std::sync::Mutex<Vec<(TcpStream, SocketAddr, std::time::Instant)>>,
+    /// Oldest first: each goes in at the back, when it becomes idle (so the expired
+    /// ones are found at the front without looking at the rest).
+    idle: std::sync::Mutex<std::collections::VecDeque<(TcpStream, SocketAddr, std::time::Instant)>>,
 }
 
 impl IdlePool {
@@ -103,9 +106,17 @@ impl IdlePool {
     ) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
-        idle.retain(|(_, _, since)| now.duration_since(*since) < max_age);
+        while idle
+            .front()
+            .is_some_and(|(_, _, since)| now.duration_since(*since) >= max_age)
+        {
+            idle.pop_front();
+        }
+        // The newest first: it is the likeliest to be still open.
         while let Some(i) = idle.iter().rposition(|(_, a, _)| *a == address) {
-            let (stream, _, _) = idle.swap_remove(i);
+            let Some((stream, _, _)) = idle.remove(i) else {
+                break;
+            };
             // A backend that closed the idle connection made it readable (EOF).
             if !probe || still_open(&stream) {
                 return Some(stream);
@@ -118,9 +129,11 @@ impl IdlePool {
     /// connections to it are idle already.
     pub(super) fn put(&self, conn: BackendConn, max_per_backend: usize) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let held = idle.iter().filter(|(_, a, _)| *a == conn.address).count();
-        if held < max_per_backend {
-            idle.push((conn.stream, conn.address, std::time::Instant::now()));
+        // (Counted only when the pool holds that many for all backends together.)
+        let full = idle.len() >= max_per_backend
+            && idle.iter().filter(|(_, a, _)| *a == conn.address).count() >= max_per_backend;
+        if !full {
+            idle.push_back((conn.stream, conn.address, std::time::Instant::now()));
         }
     }
 }
@@ -221,17 +234,59 @@ fn push_pieces(out: &mut Vec<u8>, name: &str, value: &[&[u8]]) {
 }
 
 /// The tokens of Connection fields (the fields they name are hop-by-hop too).
-fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
-    each_connection_token(headers).collect()
+pub(super) fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
+    each_connection_token(pairs(headers)).collect()
 }
 
-fn each_connection_token<'h>(headers: &[httparse::Header<'h>]) -> impl Iterator<Item = &'h [u8]> {
-    headers
-        .iter()
-        .filter(|h| is(h.name, "connection"))
-        .flat_map(|h| h.value.split(|&b| b == b','))
+/// Fields as their names and values.
+fn pairs<'h>(headers: &[httparse::Header<'h>]) -> impl Iterator<Item = (&'h str, &'h [u8])> {
+    headers.iter().map(|h| (h.name, h.value))
+}
+
+/// The tokens of the Connection fields among `fields` (names and values).
+pub(super) fn each_connection_token<'h>(
+    fields: impl Iterator<Item = (&'h str, &'h [u8])>,
+) -> impl Iterator<Item = &'h [u8]> {
+    fields
+        .filter(|(name, _)| is(name, "connection"))
+        .flat_map(|(_, value)| value.split(|&b| b == b','))
         .map(trim)
         .filter(|t| !t.is_empty())
+}
+
+/// Writes a request's own `fields` as the backend gets them: without those the policy
+/// drops (hop-by-hop, named by the Connection `tokens`, replaced, ruled out by the
+/// rules), then tandem's forwarding fields ([`policy::request_fields`]). The fast path
+/// and the lean HTTP/2 client write their heads with it.
+pub(super) fn push_request_fields<'h>(
+    out: &mut Vec<u8>,
+    fields: impl Iterator<Item = (&'h str, &'h [u8])>,
+    tokens: &[&[u8]],
+    client: &policy::Client,
+    prior_xff: Option<&[u8]>,
+    host: Option<&[u8]>,
+    http: &tandem_config::Http,
+) {
+    let rules = &http.request_headers;
+    for (name, value) in fields {
+        if !policy::replaced(name)
+            && !hop_by_hop(name)
+            && !named_by(tokens, name)
+            && !ruled_out(name, rules)
+        {
+            push_field(out, name, value);
+        }
+    }
+    policy::request_fields(client, prior_xff, host, http.via, rules, |name, value| {
+        push_pieces(out, name, value)
+    });
+}
+
+/// Whether a response field named `name` is relayed as it is (not hop-by-hop, named by
+/// the Connection `tokens` or ruled out by the response `rules`); the body's framing
+/// fields are each path's own.
+pub(super) fn response_field_kept(name: &str, tokens: &[&[u8]], rules: &HeaderRules) -> bool {
+    !hop_by_hop(name) && !named_by(tokens, name) && !ruled_out(name, rules)
 }
 
 fn named_by(tokens: &[&[u8]], name: &str) -> bool {
@@ -521,7 +576,7 @@ impl<'a> FastPath<'a> {
                     Ok(b) => break (chosen, b),
                     Err(e) => {
                         chosen.lease.state.record_connect_error();
-                        info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool, "connect to backend failed: {e}");
+                        info!(target: "tandem::http", service = %config.name, backend = %address, pool = %chosen.pool.name, "connect to backend failed: {e}");
                         tried.push(address);
                         attempts += 1;
                         // Nothing was sent, and the body not read yet: the whole request
@@ -1080,28 +1135,19 @@ fn rewrite_request(buf: &[u8], side: &RequestSide<'_>, out: &mut Vec<u8>) -> Par
     });
     let log = side.log.then(|| (method.to_string(), target.to_string()));
 
-    let rules = &side.http.request_headers;
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in req.headers.iter() {
-        if !policy::replaced(h.name)
-            && !hop_by_hop(h.name)
-            && !named_by(&tokens, h.name)
-            && !ruled_out(h.name, rules)
-        {
-            push_field(out, h.name, h.value);
-        }
-    }
-    policy::request_fields(
+    push_request_fields(
+        out,
+        pairs(req.headers),
+        &tokens,
         side.client,
         previous_xff,
         host,
-        side.http.via,
-        rules,
-        |name, value| push_pieces(out, name, value),
+        side.http,
     );
     out.extend_from_slice(b"\r\n");
     let head = Head {
@@ -1193,7 +1239,7 @@ fn rewrite_response(
         } else if is(h.name, "content-length") {
             !encoded
         } else {
-            !hop_by_hop(h.name) && !named_by(&tokens, h.name) && !ruled_out(h.name, rules)
+            response_field_kept(h.name, &tokens, rules)
         };
         if keep {
             push_field(out, h.name, h.value);
@@ -1222,7 +1268,7 @@ pub(super) fn response_framing(
     let status = resp.code.unwrap_or(502);
     // (No list of the tokens: the fast path's rewrite collects its own.)
     let backend_keeps = resp.version == Some(1)
-        && !each_connection_token(resp.headers).any(|t| t.eq_ignore_ascii_case(b"close"));
+        && !each_connection_token(pairs(resp.headers)).any(|t| t.eq_ignore_ascii_case(b"close"));
     let mut chunked = false;
     let mut encoded = false;
     let mut length = None;

@@ -24,7 +24,7 @@ use tokio::time::{Instant, timeout_at};
 use super::HttpState;
 use super::chunked::Piece;
 use super::h1::{self, BackendConn, Framing, ResponseError};
-use super::policy::MAX_HEADERS;
+use super::policy::{self, MAX_HEADERS};
 
 /// A body's error, as the client connection's side sees it.
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -54,10 +54,15 @@ pub(super) struct Target<'a> {
     /// The request may be sent again if a kept connection turns out closed: the kept
     /// connection is used without looking.
     pub idempotent: bool,
+    /// The client, as the forwarding fields name it.
+    pub client: &'a policy::Client,
+    /// The response header rules of the request's route.
+    pub response_rules: &'a tandem_config::HeaderRules,
 }
 
-/// Sends the body-less request `parts` (its fields already prepared) to `target` and
-/// reads the response head.
+/// Sends the body-less request `parts` (its fields as the client sent them: the head
+/// is written with the policy's fields, as the fast path writes it) to `target` and
+/// reads the response head, its fields those the policy relays.
 pub(super) async fn send(
     target: Target<'_>,
     parts: &Parts,
@@ -82,7 +87,7 @@ pub(super) async fn send(
                 .stream
         }
     };
-    let head = request_head(parts, target.address);
+    let head = request_head(parts, target.address, target.client, &config.http);
     match timeout_at(deadline, stream.write_all(&head)).await {
         Err(_) => return Err(Failure::Response(ResponseError::TimedOut)),
         Ok(Err(e)) => return Err(Failure::Response(ResponseError::Io(e))),
@@ -95,6 +100,7 @@ pub(super) async fn send(
         &mut buf,
         config.http.max_header_size,
         head_method,
+        target.response_rules,
         deadline,
     )
     .await
@@ -117,23 +123,50 @@ pub(super) async fn send(
     Ok(response.map(|()| body))
 }
 
-/// The HTTP/1.1 request head of `parts`.
-fn request_head(parts: &Parts, address: SocketAddr) -> Vec<u8> {
+/// The HTTP/1.1 request head of `parts` to the backend at `address`: the request line,
+/// Host (the request's authority, else its Host field, else the backend's address),
+/// the client's fields and tandem's as [`h1::push_request_fields`] writes them.
+fn request_head(
+    parts: &Parts,
+    address: SocketAddr,
+    client: &policy::Client,
+    http: &tandem_config::Http,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(target.as_bytes());
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    let host = super::request_host(parts);
+    match host {
+        Some(host) => {
+            out.extend_from_slice(b"host: ");
+            out.extend_from_slice(host);
+            out.extend_from_slice(b"\r\n");
+        }
+        None => out.extend_from_slice(format!("host: {address}\r\n").as_bytes()),
     }
-    if !parts.headers.contains_key(header::HOST) {
-        out.extend_from_slice(format!("host: {address}\r\n").as_bytes());
-    }
+    let fields = || {
+        parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+    };
+    let tokens: Vec<&[u8]> = h1::each_connection_token(fields()).collect();
+    let prior_xff = parts
+        .headers
+        .get(super::X_FORWARDED_FOR)
+        .map(HeaderValue::as_bytes);
+    h1::push_request_fields(
+        &mut out,
+        fields().filter(|(name, _)| *name != header::HOST.as_str()),
+        &tokens,
+        client,
+        prior_xff,
+        host,
+        http,
+    );
     // A method that expects a body says it has none (as hyper's client does).
     let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
     if expects_body && !parts.headers.contains_key(header::CONTENT_LENGTH) {
@@ -144,12 +177,15 @@ fn request_head(parts: &Parts, address: SocketAddr) -> Vec<u8> {
 }
 
 /// Reads the response head (skipping interim responses) into a response without a
-/// body, with how its body is framed and whether the backend keeps the connection.
+/// body, with the fields the policy relays (see [`h1::response_field_kept`]; the
+/// `rules` are the response's), how its body is framed and whether the backend keeps
+/// the connection.
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     max_head: usize,
     head_method: bool,
+    rules: &tandem_config::HeaderRules,
     deadline: Instant,
 ) -> Result<(hyper::Response<()>, Framing, bool), ResponseError> {
     // (Grown only for a head larger than the first read: a realloc per request was
@@ -165,8 +201,12 @@ async fn read_head(
             // The values stay where they were read (no copy each): where they lie in
             // the head, then slices of it.
             let start = bytes.as_ptr() as usize;
+            let tokens = h1::connection_tokens(resp.headers);
             let mut fields = Vec::with_capacity(resp.headers.len());
             for h in resp.headers.iter() {
+                if !h1::response_field_kept(h.name, &tokens, rules) {
+                    continue;
+                }
                 let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
                     return Err(ResponseError::Invalid("malformed response field"));
                 };
@@ -236,11 +276,23 @@ impl LeanBody {
         let Framing::Chunked(scanner) = &mut self.framing else {
             return Ok(None);
         };
-        let mut data: Vec<std::ops::Range<usize>> = Vec::new();
+        // The first piece of data where it lies; the pieces joined only when there are
+        // more (no list of them per poll).
+        let mut first: Option<std::ops::Range<usize>> = None;
+        let mut joined: Option<BytesMut> = None;
         let (buf, trailers) = (&self.buf, &mut self.trailers);
         let end = scanner
             .decode(buf, |piece| match piece {
-                Piece::Data(r) => data.push(r),
+                Piece::Data(r) => match (&first, &mut joined) {
+                    (None, _) => first = Some(r),
+                    (Some(one), None) => {
+                        let mut both = BytesMut::with_capacity(one.len() + r.len());
+                        both.extend_from_slice(&buf[one.clone()]);
+                        both.extend_from_slice(&buf[r]);
+                        joined = Some(both);
+                    }
+                    (Some(_), Some(both)) => both.extend_from_slice(&buf[r]),
+                },
                 Piece::Trailer(r) => trailers.extend_from_slice(&buf[r]),
             })
             .map_err(|_| "malformed chunked response body")?;
@@ -248,22 +300,18 @@ impl LeanBody {
             return Err("response trailers too large".into());
         }
         let used = end.unwrap_or(self.buf.len());
-        let bytes = match data.as_slice() {
-            [] => {
+        let bytes = match (first, joined) {
+            (None, _) => {
                 self.buf.advance(used);
                 None
             }
-            [one] => {
+            (Some(one), None) => {
                 let mut chunk = self.buf.split_to(used);
                 chunk.advance(one.start);
                 chunk.truncate(one.len());
                 Some(chunk.freeze())
             }
-            many => {
-                let mut joined = BytesMut::with_capacity(many.iter().map(|r| r.len()).sum());
-                for r in many {
-                    joined.extend_from_slice(&self.buf[r.clone()]);
-                }
+            (Some(_), Some(joined)) => {
                 self.buf.advance(used);
                 Some(joined.freeze())
             }
@@ -377,5 +425,68 @@ impl Body for LeanBody {
             Framing::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http2_requests_head_has_the_authority_as_host_and_the_policys_fields() {
+        let (parts, ()) = hyper::Request::builder()
+            .uri("https://example.org/a?b=1")
+            .header("host", "elsewhere.test")
+            .header("accept", "*/*")
+            .header("x-forwarded-for", "198.51.100.1")
+            .header("x-forwarded-proto", "gopher")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("forwarded", "for=198.51.100.1")
+            .header("x-secret", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let client = policy::Client::new("192.0.2.7".parse().unwrap(), true);
+        let mut http = tandem_config::Http::default();
+        http.request_headers.remove.push("x-secret".into());
+        let head = request_head(&parts, "10.0.0.1:80".parse().unwrap(), &client, &http);
+        let head = String::from_utf8(head).unwrap();
+        let lines: Vec<&str> = head.split("\r\n").collect();
+        assert_eq!(
+            lines,
+            [
+                "GET /a?b=1 HTTP/1.1",
+                "host: example.org",
+                "accept: */*",
+                "forwarded: for=198.51.100.1",
+                "x-forwarded-for: 198.51.100.1, 192.0.2.7",
+                "x-forwarded-proto: https",
+                "x-forwarded-host: example.org",
+                "forwarded: for=192.0.2.7;proto=https;host=\"example.org\"",
+                "",
+                "",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_request_without_a_host_names_the_backend_and_a_post_says_it_has_no_body() {
+        let (parts, ()) = hyper::Request::builder()
+            .method("POST")
+            .uri("/form")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let client = policy::Client::new("192.0.2.7".parse().unwrap(), false);
+        let http = tandem_config::Http::default();
+        let head = request_head(&parts, "10.0.0.1:80".parse().unwrap(), &client, &http);
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.starts_with("POST /form HTTP/1.1\r\nhost: 10.0.0.1:80\r\n"),
+            "{head}"
+        );
+        assert!(head.ends_with("content-length: 0\r\n\r\n"), "{head}");
+        assert!(!head.contains("x-forwarded-host"), "{head}");
     }
 }
