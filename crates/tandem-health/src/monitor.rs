@@ -404,9 +404,11 @@ impl HealthBoard {
 pub struct Monitor {
     board: Arc<HealthBoard>,
     tasks: HashMap<(String, SocketAddr), Watch>,
+    /// Removed backends whose last check was still running at the reload: their
+    /// place in the schedule, kept so that a backend added again waits for it.
+    leaving: HashMap<(String, SocketAddr), usize>,
     agents: HashMap<(String, SocketAddr), AgentWatch>,
     scheduler: Option<Scheduler>,
-    next_id: u64,
 }
 
 #[derive(Debug)]
@@ -426,7 +428,8 @@ impl Drop for AgentWatch {
 #[derive(Debug)]
 struct Watch {
     check: tandem_config::Check,
-    id: u64,
+    /// Its place in the schedule.
+    index: usize,
 }
 
 /// One checked backend's checks, as the scheduler runs them.
@@ -442,15 +445,53 @@ struct Entry {
     generation: Arc<AtomicU64>,
     /// When the next check is due (while one runs: when it was due).
     next: Instant,
+    /// Whether a check of it runs now (it is then in no lane).
+    running: bool,
+    /// What the result of the check that runs now is for.
+    fate: Fate,
+}
+
+/// What becomes of the result of a running check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// It is recorded, and the next check queued.
+    Record,
+    /// It is of a check a reload replaced: dropped, and the new check's first check
+    /// queued (when it was due, or at once when that passed).
+    Replaced,
+    /// It is of a backend a reload removed: dropped (the monitor frees the place).
+    Removed,
 }
 
 /// Every checked backend's entry, and when each is due next. A backend whose check
 /// runs is in no lane until its result is in, so checks of one backend never
-/// overlap; an entry removed (a reload) leaves its id in its lane to be skipped.
+/// overlap, also across reloads: a reload that replaces a running check's entry puts
+/// the new one in the same place, where it waits for the running check's end. An
+/// entry is found by its index (no lookup per check); a lane's reference to an entry
+/// replaced or removed since is told by its ticket and skipped.
 #[derive(Default)]
 struct Queue {
-    entries: HashMap<u64, Entry>,
+    places: Vec<Place>,
+    /// Indexes of free places.
+    free: Vec<usize>,
     lanes: Vec<Lane>,
+}
+
+/// One place of the schedule: an entry, or none.
+#[derive(Default)]
+struct Place {
+    /// Changes each time the entry is queued (or the place changes hands): what a
+    /// lane's reference must match.
+    ticket: u32,
+    entry: Option<Entry>,
+}
+
+/// A lane's reference to a due check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: Instant,
+    index: u32,
+    ticket: u32,
 }
 
 /// The checks of one interval, in the order they are due. A check is queued again
@@ -460,7 +501,7 @@ struct Queue {
 /// cache misses per check taken).
 struct Lane {
     interval: Duration,
-    due: std::collections::VecDeque<(Instant, u64)>,
+    due: std::collections::VecDeque<Due>,
 }
 
 /// The schedule, shared by the monitor (which changes it) and the scheduler task.
@@ -491,8 +532,7 @@ impl Drop for Scheduler {
     }
 }
 
-type Running =
-    futures_util::stream::FuturesUnordered<Pin<Box<dyn Future<Output = (u64, Probe)> + Send>>>;
+type Running = futures_util::stream::FuturesUnordered<Tagged>;
 
 fn lock_queue(shared: &Shared) -> MutexGuard<'_, Queue> {
     shared.queue.lock().unwrap_or_else(|e| e.into_inner())
@@ -514,55 +554,128 @@ impl Queue {
         &mut self.lanes[i]
     }
 
-    /// Queues check `id` at `at`: at the back of its lane, unless a slower check
-    /// ended after those queued since (then in its place).
-    fn push(&mut self, interval: Duration, at: Instant, id: u64) {
-        let due = &mut self.lane(interval).due;
-        if due.back().is_none_or(|&(last, _)| last <= at) {
-            due.push_back((at, id));
+    /// Queues the entry at `index` (not running) for its `next` check: at the back of
+    /// its lane, unless a slower check ended after those queued since (then in its
+    /// place). Earlier references to it go stale.
+    fn queue(&mut self, index: usize) {
+        let place = &mut self.places[index];
+        let Some(entry) = &place.entry else { return };
+        place.ticket = place.ticket.wrapping_add(1);
+        let (interval, due) = (
+            entry.interval,
+            Due {
+                at: entry.next,
+                index: index as u32,
+                ticket: place.ticket,
+            },
+        );
+        let lane = &mut self.lane(interval).due;
+        if lane.back().is_none_or(|last| last.at <= due.at) {
+            lane.push_back(due);
         } else {
-            let i = due.partition_point(|&(t, _)| t <= at);
-            due.insert(i, (at, id));
+            let i = lane.partition_point(|d| d.at <= due.at);
+            lane.insert(i, due);
         }
     }
 
-    /// Adds many checks at once (a start or a reload): each touched lane is sorted
-    /// once, without the ids of removed entries.
-    fn add(&mut self, added: Vec<(u64, Entry)>) {
+    /// Whether a lane's reference still stands for its entry's next check.
+    fn stands(&self, due: &Due) -> bool {
+        self.places
+            .get(due.index as usize)
+            .is_some_and(|p| p.ticket == due.ticket && p.entry.is_some())
+    }
+
+    /// Whether the entry at `index` has a check running.
+    fn running(&self, index: usize) -> bool {
+        self.places[index].entry.as_ref().is_some_and(|e| e.running)
+    }
+
+    /// Removes the entry at `index`; true when its check runs (the place is then kept
+    /// until [`Queue::release`], its result dropped).
+    fn remove(&mut self, index: usize) -> bool {
+        match self.places[index].entry.as_mut() {
+            Some(entry) if entry.running => {
+                entry.fate = Fate::Removed;
+                true
+            }
+            _ => {
+                self.release(index);
+                false
+            }
+        }
+    }
+
+    /// Frees the place at `index`.
+    fn release(&mut self, index: usize) {
+        let place = &mut self.places[index];
+        place.entry = None;
+        place.ticket = place.ticket.wrapping_add(1);
+        self.free.push(index);
+    }
+
+    /// Puts `entry` in the schedule, in place of the entry at `at` when given (a
+    /// check replaced), and returns its index. Not queued yet: see [`Queue::add`].
+    fn put(&mut self, at: Option<usize>, mut entry: Entry) -> usize {
+        let index = match at {
+            Some(index) => index,
+            None => self.free.pop().unwrap_or_else(|| {
+                self.places.push(Place::default());
+                self.places.len() - 1
+            }),
+        };
+        if self.running(index) {
+            // The replaced check runs: the new one waits for its end.
+            entry.running = true;
+            entry.fate = Fate::Replaced;
+        }
+        self.places[index].entry = Some(entry);
+        index
+    }
+
+    /// Queues the entries put at `indexes` (a start or a reload): each touched lane is
+    /// sorted once, without stale references.
+    fn add(&mut self, indexes: &[usize]) {
         let mut touched = Vec::new();
-        for (id, entry) in added {
-            let (interval, next) = (entry.interval, entry.next);
-            self.entries.insert(id, entry);
-            self.lane(interval).due.push_back((next, id));
+        for &index in indexes {
+            let place = &mut self.places[index];
+            let Some(entry) = &place.entry else {
+                continue;
+            };
+            if entry.running {
+                continue;
+            }
+            let (interval, at) = (entry.interval, entry.next);
+            place.ticket = place.ticket.wrapping_add(1);
+            let due = Due {
+                at,
+                index: index as u32,
+                ticket: place.ticket,
+            };
             if !touched.contains(&interval) {
                 touched.push(interval);
             }
+            self.lane(interval).due.push_back(due);
         }
-        let entries = &self.entries;
-        for lane in self
-            .lanes
-            .iter_mut()
-            .filter(|l| touched.contains(&l.interval))
-        {
-            let mut due: Vec<(Instant, u64)> = lane
-                .due
-                .drain(..)
-                .filter(|(_, id)| entries.contains_key(id))
-                .collect();
+        for i in 0..self.lanes.len() {
+            if !touched.contains(&self.lanes[i].interval) {
+                continue;
+            }
+            let lane = std::mem::take(&mut self.lanes[i].due);
+            let mut due: Vec<Due> = lane.into_iter().filter(|d| self.stands(d)).collect();
             due.sort_unstable();
-            lane.due = due.into();
+            self.lanes[i].due = due.into();
         }
     }
 
     /// Takes the first check due at `now` or before, or tells when the next is due.
-    fn take_due(&mut self, now: Instant) -> Result<u64, Option<Instant>> {
+    fn take_due(&mut self, now: Instant) -> Result<Due, Option<Instant>> {
         let first = self
             .lanes
             .iter_mut()
-            .filter_map(|l| l.due.front().map(|&(at, _)| at).map(|at| (at, l)))
+            .filter_map(|l| l.due.front().map(|d| d.at).map(|at| (at, l)))
             .min_by_key(|(at, _)| *at);
         match first {
-            Some((at, lane)) if at <= now => Ok(lane.due.pop_front().map_or(0, |(_, id)| id)),
+            Some((at, lane)) if at <= now => lane.due.pop_front().ok_or(None),
             Some((at, _)) => Err(Some(at)),
             None => Err(None),
         }
@@ -576,36 +689,69 @@ impl Queue {
         running: &Running,
     ) -> Option<Instant> {
         loop {
-            let id = match self.take_due(now) {
-                Ok(id) => id,
+            let due = match self.take_due(now) {
+                Ok(due) => due,
                 Err(next) => return next,
             };
-            let Some(entry) = self.entries.get(&id) else {
+            if !self.stands(&due) {
+                continue;
+            }
+            let index = due.index as usize;
+            let Some(entry) = self.places[index].entry.as_mut() else {
                 continue;
             };
+            entry.running = true;
             match entry.checker.clone().begin(entry.backend) {
-                Started::Done(probe) => self.finish(board, id, probe),
-                Started::Waiting(check) => running.push(Box::pin(async move { (id, check.await) })),
+                Started::Done(probe) => self.finish(board, index, probe),
+                Started::Waiting(check) => running.push(Tagged { index, check }),
             }
         }
     }
 
-    /// Records a result of entry `id` (unless a reload removed it) and queues its next
-    /// check: one interval after the last was due, or, when a check overran its slot,
-    /// one interval from now (the phase kept, what was missed skipped).
-    fn finish(&mut self, board: &HealthBoard, id: u64, probe: Probe) {
-        let Some(entry) = self.entries.get_mut(&id) else {
+    /// Takes in a result of the entry at `index` and queues its next check: one
+    /// interval after the last was due, or, when a check overran its slot, one
+    /// interval from now (the phase kept, what was missed skipped). The result of a
+    /// check that a reload replaced or removed is dropped.
+    fn finish(&mut self, board: &HealthBoard, index: usize, probe: Probe) {
+        let Some(entry) = self.places[index].entry.as_mut() else {
             return;
         };
-        board.record(entry, probe);
-        entry.next += entry.interval;
+        entry.running = false;
         let now = Instant::now();
-        if entry.next < now {
-            tracing::debug!(pool = entry.pool, backend = %entry.backend, "check late by {}", fmt_duration(now - entry.next));
-            entry.next = now + entry.interval;
+        match entry.fate {
+            Fate::Removed => return,
+            Fate::Replaced => {
+                entry.fate = Fate::Record;
+                entry.next = entry.next.max(now);
+            }
+            Fate::Record => {
+                board.record(entry, probe);
+                entry.next += entry.interval;
+                if entry.next < now {
+                    tracing::debug!(pool = entry.pool, backend = %entry.backend, "check late by {}", fmt_duration(now - entry.next));
+                    entry.next = now + entry.interval;
+                }
+            }
         }
-        let (interval, next) = (entry.interval, entry.next);
-        self.push(interval, next, id);
+        self.queue(index);
+    }
+}
+
+/// A running check and the index of its entry.
+struct Tagged {
+    index: usize,
+    check: Pin<Box<dyn Future<Output = Probe> + Send>>,
+}
+
+impl Future for Tagged {
+    type Output = (usize, Probe);
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<(usize, Probe)> {
+        let index = self.index;
+        self.check.as_mut().poll(cx).map(|probe| (index, probe))
     }
 }
 
@@ -668,8 +814,16 @@ impl Monitor {
         make: impl Fn(&tandem_config::Check) -> Result<Arc<dyn Checker>, String>,
     ) -> Result<(), String> {
         let mut wanted: HashMap<(String, SocketAddr), ()> = HashMap::new();
-        let mut added: Vec<(u64, Entry)> = Vec::new();
-        let mut replaced: Vec<u64> = Vec::new();
+        // What changes: new entries (with the check they run, in place of the entry at
+        // the index when one is replaced), the indexes of removed ones.
+        type Added = (
+            (String, SocketAddr),
+            tandem_config::Check,
+            Option<usize>,
+            Entry,
+        );
+        let mut added: Vec<Added> = Vec::new();
+        let mut removed: Vec<((String, SocketAddr), usize)> = Vec::new();
         let now = Instant::now();
         // Checked pools interleave: the k-th of them starts k/checked of one backend's
         // slot later, so that the first backends of a thousand pools are not checked
@@ -725,10 +879,11 @@ impl Monitor {
                 let jitter = Duration::from_millis(fastrand::u64(
                     ..=(check.interval.as_millis() as u64 / 20).max(1),
                 ));
-                let id = self.next_id;
-                self.next_id += 1;
+                let replaces = self.tasks.get(&key).map(|w| w.index);
                 added.push((
-                    id,
+                    key,
+                    check.clone(),
+                    replaces,
                     Entry {
                         pool: config.name.clone(),
                         backend: b.address,
@@ -739,23 +894,16 @@ impl Monitor {
                         warn_expiry: check.warn_expiry,
                         generation: generation.clone(),
                         next: now + phase + jitter,
+                        running: false,
+                        fate: Fate::Record,
                     },
                 ));
-                if let Some(old) = self.tasks.insert(
-                    key,
-                    Watch {
-                        check: check.clone(),
-                        id,
-                    },
-                ) {
-                    replaced.push(old.id);
-                }
             }
         }
         self.tasks.retain(|k, w| {
             let keep = wanted.contains_key(k);
             if !keep {
-                replaced.push(w.id);
+                removed.push((k.clone(), w.index));
             }
             keep
         });
@@ -763,7 +911,7 @@ impl Monitor {
             backends.retain(|a, _| wanted.contains_key(&(pool.clone(), *a)));
             !backends.is_empty()
         });
-        if !added.is_empty() || !replaced.is_empty() {
+        if !added.is_empty() || !removed.is_empty() || !self.leaving.is_empty() {
             let board = self.board.clone();
             let shared = &self
                 .scheduler
@@ -774,10 +922,28 @@ impl Monitor {
                 })
                 .shared;
             let mut queue = lock_queue(shared);
-            for id in replaced {
-                queue.entries.remove(&id);
+            // Removed backends whose last check has ended since free their place.
+            self.leaving.retain(|_, &mut index| {
+                let running = queue.running(index);
+                if !running {
+                    queue.release(index);
+                }
+                running
+            });
+            for (key, index) in removed {
+                if queue.remove(index) {
+                    self.leaving.insert(key, index);
+                }
             }
-            queue.add(added);
+            let mut indexes = Vec::with_capacity(added.len());
+            for (key, check, replaces, entry) in added {
+                // A backend removed while its check ran, now back: in its old place.
+                let at = replaces.or_else(|| self.leaving.remove(&key));
+                let index = queue.put(at, entry);
+                indexes.push(index);
+                self.tasks.insert(key, Watch { check, index });
+            }
+            queue.add(&indexes);
             drop(queue);
             shared.changed.notify_one();
         }
@@ -850,6 +1016,7 @@ impl Monitor {
     /// Stops every check.
     pub fn stop(&mut self) {
         self.tasks.clear();
+        self.leaving.clear();
         self.agents.clear();
         self.scheduler = None;
     }

@@ -413,17 +413,21 @@ struct Slow {
     delay: Duration,
     start: Instant,
     spans: Mutex<Vec<(Duration, Duration)>>,
+    /// Checks only of this backend are noted, when set.
+    only: Option<SocketAddr>,
 }
 
 impl Checker for Slow {
-    fn probe(&self, _target: SocketAddr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
+    fn probe(&self, target: SocketAddr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
         Box::pin(async move {
             let began = self.start.elapsed();
             tokio::time::sleep(self.delay).await;
-            self.spans
-                .lock()
-                .unwrap()
-                .push((began, self.start.elapsed()));
+            if self.only.is_none_or(|only| only == target) {
+                self.spans
+                    .lock()
+                    .unwrap()
+                    .push((began, self.start.elapsed()));
+            }
             Probe::pass(self.delay)
         })
     }
@@ -435,6 +439,7 @@ async fn a_check_slower_than_its_interval_never_overlaps_the_next() {
         delay: Duration::from_millis(1_500),
         start: Instant::now(),
         spans: Mutex::default(),
+        only: None,
     });
     let configs = [pool(&[1], InitialHealth::Down)];
     let pools = PoolSet::build(&configs, None);
@@ -498,4 +503,84 @@ async fn checks_over_when_begun_are_recorded_in_place_and_count_changes() {
         "passing checks of up backends change nothing a status shows"
     );
     assert_eq!(board.get("web", addr(3)).unwrap().checks, 5);
+}
+
+/// Applies `configs` to `monitor` with `checker` for every check.
+fn apply_slow(monitor: &mut Monitor, checker: &Arc<Slow>, configs: &[Pool]) -> PoolSet {
+    let pools = PoolSet::build(configs, None);
+    let c = checker.clone();
+    monitor
+        .apply_with(&pools, configs, |_| Ok(c.clone() as Arc<dyn Checker>))
+        .unwrap();
+    pools
+}
+
+/// Asserts that no check in `spans` began before the one before it ended.
+fn assert_no_overlap(spans: &[(Duration, Duration)]) {
+    let mut spans = spans.to_vec();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "checks overlap: {spans:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_replaces_a_running_check_waits_for_its_end() {
+    let slow = Arc::new(Slow {
+        delay: Duration::from_millis(900),
+        start: Instant::now(),
+        spans: Mutex::default(),
+        only: None,
+    });
+    let configs = [pool(&[1], InitialHealth::Down)];
+    let mut monitor = Monitor::new();
+    let _pools = apply_slow(&mut monitor, &slow, &configs);
+    // The first check runs from ~0 to ~0.9 s; the reload at 0.3 s changes the check
+    // (its timeout), whose first check is due at once (phase 0, some jitter).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut changed = configs.clone();
+    changed[0].check.as_mut().unwrap().timeout = Duration::from_millis(600);
+    let _pools = apply_slow(&mut monitor, &slow, &changed);
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    let spans = slow.spans.lock().unwrap().clone();
+    assert_no_overlap(&spans);
+    // The new check began as the replaced one ended, then went on every interval.
+    assert!(spans.len() >= 4, "{spans:?}");
+    assert_eq!(spans[1].0, spans[0].1, "{spans:?}");
+    let board = monitor.board();
+    assert_eq!(
+        board.get("web", addr(1)).unwrap().checks,
+        spans.len() as u64 - 1,
+        "the replaced check's result is dropped"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_removed_and_added_again_waits_for_its_running_check() {
+    let slow = Arc::new(Slow {
+        delay: Duration::from_millis(900),
+        start: Instant::now(),
+        spans: Mutex::default(),
+        only: Some(addr(1)),
+    });
+    let with = [pool(&[1, 2], InitialHealth::Down)];
+    let without = [pool(&[2], InitialHealth::Down)];
+    let mut monitor = Monitor::new();
+    let _pools = apply_slow(&mut monitor, &slow, &with);
+    // Backend 1's first check runs from ~0 to ~0.9 s: removed at 0.2 s, back at 0.4 s.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _pools = apply_slow(&mut monitor, &slow, &without);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _pools = apply_slow(&mut monitor, &slow, &with);
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    let mut first = slow.spans.lock().unwrap().clone();
+    first.sort();
+    assert_no_overlap(&first);
+    assert!(first.len() >= 4, "{first:?}");
+    assert_eq!(first[1].0, first[0].1, "{first:?}");
+    // Removed and added again: a new backend to the board, whose checks count anew.
+    assert_eq!(
+        monitor.board().get("web", addr(1)).unwrap().checks,
+        first.len() as u64 - 1
+    );
 }
