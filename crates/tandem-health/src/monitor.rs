@@ -325,17 +325,19 @@ impl HealthBoard {
 
     /// Feeds a result; on a change, flips the backend's state, logs once and publishes.
     /// A certificate within `warn_expiry` of its end is logged (again each day).
-    fn record(&self, check: &Entry, probe: Probe) {
-        let Entry {
+    fn record(&self, entry: &Entry, check: &HealthJob, probe: Probe) {
+        let HealthJob {
             slot,
-            pool,
-            backend,
-            state,
             warn_expiry,
             generation,
             ..
         } = check;
-        let (pool, backend, warn_expiry) = (pool.as_str(), *backend, *warn_expiry);
+        let (pool, backend, state, warn_expiry) = (
+            entry.pool.as_str(),
+            entry.backend,
+            &entry.state,
+            *warn_expiry,
+        );
         let now = SystemTime::now();
         let change = {
             let mut entry = lock(slot);
@@ -403,52 +405,85 @@ impl HealthBoard {
 #[derive(Debug, Default)]
 pub struct Monitor {
     board: Arc<HealthBoard>,
-    tasks: HashMap<(String, SocketAddr), Watch>,
+    tasks: HashMap<Key, Watch>,
     /// Removed backends whose last check was still running at the reload: their
     /// place in the schedule, kept so that a backend added again waits for it.
-    leaving: HashMap<(String, SocketAddr), usize>,
-    agents: HashMap<(String, SocketAddr), AgentWatch>,
+    leaving: HashMap<Key, usize>,
     scheduler: Option<Scheduler>,
 }
 
-#[derive(Debug)]
-struct AgentWatch {
-    check: tandem_config::AgentCheck,
-    state: Arc<BackendState>,
-    task: tokio::task::JoinHandle<()>,
+/// What a scheduled job is: a backend's health check or its agent's asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Check,
+    Agent,
 }
 
-impl Drop for AgentWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// A scheduled job's key: its kind, pool and backend.
+type Key = (Kind, String, SocketAddr);
 
-/// A checked backend's check, as the monitor knows it: its entry in the schedule.
+/// A backend's check or agent, as the monitor knows it: its entry in the schedule.
 #[derive(Debug)]
 struct Watch {
-    check: tandem_config::Check,
+    what: What,
     /// Its place in the schedule.
     index: usize,
 }
 
-/// One checked backend's checks, as the scheduler runs them.
+/// What a [`Watch`] runs.
+#[derive(Debug)]
+enum What {
+    Check(tandem_config::Check),
+    /// The agent and the state it sets.
+    Agent(tandem_config::AgentCheck, Arc<BackendState>),
+}
+
+impl PartialEq for What {
+    fn eq(&self, other: &What) -> bool {
+        match (self, other) {
+            (What::Check(a), What::Check(b)) => a == b,
+            (What::Agent(a, s), What::Agent(b, t)) => a == b && Arc::ptr_eq(s, t),
+            _ => false,
+        }
+    }
+}
+
+/// One backend's checks or agent asks, as the scheduler runs them.
 struct Entry {
     pool: String,
     backend: SocketAddr,
-    slot: Slot,
     state: Arc<BackendState>,
-    checker: Arc<dyn Checker>,
     interval: Duration,
-    warn_expiry: Option<Duration>,
-    /// The pool's change count.
-    generation: Arc<AtomicU64>,
+    job: Job,
     /// When the next check is due (while one runs: when it was due).
     next: Instant,
     /// Whether a check of it runs now (it is then in no lane).
     running: bool,
     /// What the result of the check that runs now is for.
     fate: Fate,
+}
+
+/// What an entry runs.
+enum Job {
+    /// Health checks.
+    Check(HealthJob),
+    /// Asks of the backend's agent.
+    Agent(Arc<tandem_config::AgentCheck>),
+}
+
+/// A backend's health checks.
+struct HealthJob {
+    slot: Slot,
+    checker: Arc<dyn Checker>,
+    warn_expiry: Option<Duration>,
+    /// The pool's change count.
+    generation: Arc<AtomicU64>,
+}
+
+/// The result of a check or an ask.
+enum Outcome {
+    Probe(Probe),
+    Answer(Result<String, String>),
 }
 
 /// What becomes of the result of a running check.
@@ -701,10 +736,22 @@ impl Queue {
                 continue;
             };
             entry.running = true;
-            match entry.checker.clone().begin(entry.backend) {
-                Started::Done(probe) => self.finish(board, index, probe),
-                Started::Waiting(check) => running.push(Tagged { index, check }),
-            }
+            let work = match &entry.job {
+                Job::Check(job) => match job.checker.clone().begin(entry.backend) {
+                    Started::Done(probe) => {
+                        self.finish(board, index, Outcome::Probe(probe));
+                        continue;
+                    }
+                    Started::Waiting(check) => Work::Check(check),
+                },
+                Job::Agent(agent) => {
+                    let (agent, backend) = (agent.clone(), entry.backend);
+                    Work::Agent(Box::pin(
+                        async move { crate::agent::ask(&agent, backend).await },
+                    ))
+                }
+            };
+            running.push(Tagged { index, work });
         }
     }
 
@@ -712,7 +759,7 @@ impl Queue {
     /// interval after the last was due, or, when a check overran its slot, one
     /// interval from now (the phase kept, what was missed skipped). The result of a
     /// check that a reload replaced or removed is dropped.
-    fn finish(&mut self, board: &HealthBoard, index: usize, probe: Probe) {
+    fn finish(&mut self, board: &HealthBoard, index: usize, outcome: Outcome) {
         let Some(entry) = self.places[index].entry.as_mut() else {
             return;
         };
@@ -725,7 +772,14 @@ impl Queue {
                 entry.next = entry.next.max(now);
             }
             Fate::Record => {
-                board.record(entry, probe);
+                match (&entry.job, outcome) {
+                    (Job::Check(job), Outcome::Probe(probe)) => board.record(entry, job, probe),
+                    (Job::Agent(_), Outcome::Answer(asked)) => {
+                        board.record_agent(&entry.pool, entry.backend, &entry.state, asked)
+                    }
+                    // An index keeps its kind while a result is awaited.
+                    _ => {}
+                }
                 entry.next += entry.interval;
                 if entry.next < now {
                     tracing::debug!(pool = entry.pool, backend = %entry.backend, "check late by {}", fmt_duration(now - entry.next));
@@ -737,21 +791,31 @@ impl Queue {
     }
 }
 
-/// A running check and the index of its entry.
+/// A running check or ask and the index of its entry.
 struct Tagged {
     index: usize,
-    check: Pin<Box<dyn Future<Output = Probe> + Send>>,
+    work: Work,
+}
+
+/// A running check or ask.
+enum Work {
+    Check(Pin<Box<dyn Future<Output = Probe> + Send>>),
+    Agent(Pin<Box<dyn Future<Output = Result<String, String>> + Send>>),
 }
 
 impl Future for Tagged {
-    type Output = (usize, Probe);
+    type Output = (usize, Outcome);
 
     fn poll(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<(usize, Probe)> {
+    ) -> std::task::Poll<(usize, Outcome)> {
         let index = self.index;
-        self.check.as_mut().poll(cx).map(|probe| (index, probe))
+        match &mut self.work {
+            Work::Check(check) => check.as_mut().poll(cx).map(Outcome::Probe),
+            Work::Agent(ask) => ask.as_mut().poll(cx).map(Outcome::Answer),
+        }
+        .map(|outcome| (index, outcome))
     }
 }
 
@@ -773,8 +837,8 @@ async fn schedule(shared: Arc<Shared>, board: Arc<HealthBoard>) {
         }
         tokio::select! {
             biased;
-            Some((id, probe)) = running.next(), if !running.is_empty() => {
-                lock_queue(&shared).finish(&board, id, probe);
+            Some((index, outcome)) = running.next(), if !running.is_empty() => {
+                lock_queue(&shared).finish(&board, index, outcome);
             }
             () = &mut sleep => {}
             () = shared.changed.notified() => {}
@@ -807,33 +871,69 @@ impl Monitor {
     }
 
     /// [`Monitor::apply`] with the checker made by `make` (tests use a scripted one).
+    /// Agents are scheduled as the checks are (spread, interleaved, kept across
+    /// reloads); a backend whose pool no longer has an agent goes back to ready and
+    /// full weight.
     pub fn apply_with(
         &mut self,
         pools: &PoolSet,
         configs: &[tandem_config::Pool],
         make: impl Fn(&tandem_config::Check) -> Result<Arc<dyn Checker>, String>,
     ) -> Result<(), String> {
-        let mut wanted: HashMap<(String, SocketAddr), ()> = HashMap::new();
-        // What changes: new entries (with the check they run, in place of the entry at
-        // the index when one is replaced), the indexes of removed ones.
-        type Added = (
-            (String, SocketAddr),
-            tandem_config::Check,
-            Option<usize>,
-            Entry,
-        );
-        let mut added: Vec<Added> = Vec::new();
-        let mut removed: Vec<((String, SocketAddr), usize)> = Vec::new();
+        let mut wanted: std::collections::HashSet<Key> = Default::default();
+        // What changes: new entries (with what they run, in place of the entry at the
+        // index when one is replaced), the watches of removed ones.
+        let mut added: Vec<(Key, What, Option<usize>, Entry)> = Vec::new();
         let now = Instant::now();
         // Checked pools interleave: the k-th of them starts k/checked of one backend's
         // slot later, so that the first backends of a thousand pools are not checked
-        // at the same moment (HAProxy spreads all its servers' checks likewise).
+        // at the same moment (HAProxy spreads all its servers' checks likewise). Pools
+        // with an agent likewise among themselves.
         let checked = configs.iter().filter(|c| c.check.is_some()).count().max(1) as u32;
-        let mut k = 0u32;
+        let asked = configs.iter().filter(|c| c.agent.is_some()).count().max(1) as u32;
+        let (mut k, mut ka) = (0u32, 0u32);
         for config in configs {
             let Some(pool) = pools.get(&config.name) else {
                 continue;
             };
+            let n = pool.backends.len();
+            // Spread the pool's jobs over the interval, plus a little jitter.
+            let first = |interval: Duration, i: usize, k: u32, of: u32| {
+                let offset = interval / n.max(1) as u32 * k / of;
+                let jitter = Duration::from_millis(fastrand::u64(
+                    ..=(interval.as_millis() as u64 / 20).max(1),
+                ));
+                now + crate::agent::phase(interval, i, n) + offset + jitter
+            };
+            if let Some(agent) = &config.agent {
+                let shared = Arc::new(agent.clone());
+                for (i, b) in pool.backends.iter().enumerate() {
+                    let key = (Kind::Agent, config.name.clone(), b.address);
+                    wanted.insert(key.clone());
+                    let what = What::Agent(agent.clone(), b.state.clone());
+                    let watch = self.tasks.get(&key);
+                    if watch.is_some_and(|w| w.what == what) {
+                        continue;
+                    }
+                    let replaces = watch.map(|w| w.index);
+                    added.push((
+                        key,
+                        what,
+                        replaces,
+                        Entry {
+                            pool: config.name.clone(),
+                            backend: b.address,
+                            state: b.state.clone(),
+                            interval: agent.interval,
+                            job: Job::Agent(shared.clone()),
+                            next: first(agent.interval, i, ka, asked),
+                            running: false,
+                            fate: Fate::Record,
+                        },
+                    ));
+                }
+                ka += 1;
+            }
             let Some(check) = &config.check else {
                 for b in &pool.backends {
                     b.state.set_healthy(true);
@@ -843,13 +943,11 @@ impl Monitor {
             };
             let checker = make(check).map_err(|e| format!("pool {}: {e}", config.name))?;
             let generation = self.board.generation_of(&config.name);
-            let n = pool.backends.len().max(1) as u32;
-            let offset = check.interval / n * k / checked;
-            k += 1;
             for (i, b) in pool.backends.iter().enumerate() {
-                let key = (config.name.clone(), b.address);
-                wanted.insert(key.clone(), ());
-                if self.tasks.get(&key).is_some_and(|w| &w.check == check) {
+                let key = (Kind::Check, config.name.clone(), b.address);
+                wanted.insert(key.clone());
+                let watch = self.tasks.get(&key);
+                if watch.is_some_and(|w| matches!(&w.what, What::Check(c) if c == check)) {
                     continue;
                 }
                 let slot = {
@@ -874,43 +972,54 @@ impl Monitor {
                     lock(slot).machine.reconfigure(check.rise, check.fall);
                     slot.clone()
                 };
-                // Spread the pool's checks over the interval, plus a little jitter.
-                let phase = crate::agent::phase(check.interval, i, pool.backends.len()) + offset;
-                let jitter = Duration::from_millis(fastrand::u64(
-                    ..=(check.interval.as_millis() as u64 / 20).max(1),
-                ));
-                let replaces = self.tasks.get(&key).map(|w| w.index);
+                let replaces = watch.map(|w| w.index);
                 added.push((
                     key,
-                    check.clone(),
+                    What::Check(check.clone()),
                     replaces,
                     Entry {
                         pool: config.name.clone(),
                         backend: b.address,
-                        slot,
                         state: b.state.clone(),
-                        checker: checker.clone(),
                         interval: check.interval,
-                        warn_expiry: check.warn_expiry,
-                        generation: generation.clone(),
-                        next: now + phase + jitter,
+                        job: Job::Check(HealthJob {
+                            slot,
+                            checker: checker.clone(),
+                            warn_expiry: check.warn_expiry,
+                            generation: generation.clone(),
+                        }),
+                        next: first(check.interval, i, k, checked),
                         running: false,
                         fate: Fate::Record,
                     },
                 ));
             }
+            k += 1;
         }
-        self.tasks.retain(|k, w| {
-            let keep = wanted.contains_key(k);
+        let mut removed = Vec::new();
+        let mut weights_changed = false;
+        self.tasks.retain(|key, w| {
+            let keep = wanted.contains(key);
             if !keep {
-                removed.push((k.clone(), w.index));
+                if let What::Agent(_, state) = &w.what {
+                    weights_changed |= state.set_agent(Agent::READY);
+                }
+                removed.push((key.clone(), w.index));
             }
             keep
         });
         self.board.write().retain(|pool, backends| {
-            backends.retain(|a, _| wanted.contains_key(&(pool.clone(), *a)));
+            backends.retain(|a, _| wanted.contains(&(Kind::Check, pool.clone(), *a)));
             !backends.is_empty()
         });
+        self.board
+            .agents
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(pool, a), _| wanted.contains(&(Kind::Agent, pool.clone(), *a)));
+        if weights_changed {
+            self.board.weights.send_modify(|n| *n += 1);
+        }
         if !added.is_empty() || !removed.is_empty() || !self.leaving.is_empty() {
             let board = self.board.clone();
             let shared = &self
@@ -936,18 +1045,17 @@ impl Monitor {
                 }
             }
             let mut indexes = Vec::with_capacity(added.len());
-            for (key, check, replaces, entry) in added {
+            for (key, what, replaces, entry) in added {
                 // A backend removed while its check ran, now back: in its old place.
                 let at = replaces.or_else(|| self.leaving.remove(&key));
                 let index = queue.put(at, entry);
                 indexes.push(index);
-                self.tasks.insert(key, Watch { check, index });
+                self.tasks.insert(key, Watch { what, index });
             }
             queue.add(&indexes);
             drop(queue);
             shared.changed.notify_one();
         }
-        self.apply_agents(pools, configs);
         let names: std::collections::HashSet<&str> =
             configs.iter().map(|c| c.name.as_str()).collect();
         self.board
@@ -958,88 +1066,10 @@ impl Monitor {
         Ok(())
     }
 
-    /// Makes the running agent checks match `pools`: a backend whose pool no longer
-    /// has an agent goes back to ready and full weight.
-    fn apply_agents(&mut self, pools: &PoolSet, configs: &[tandem_config::Pool]) {
-        let mut wanted: HashMap<(String, SocketAddr), ()> = HashMap::new();
-        for config in configs {
-            let (Some(pool), Some(agent)) = (pools.get(&config.name), &config.agent) else {
-                continue;
-            };
-            let n = pool.backends.len();
-            for (i, b) in pool.backends.iter().enumerate() {
-                let key = (config.name.clone(), b.address);
-                wanted.insert(key.clone(), ());
-                if self
-                    .agents
-                    .get(&key)
-                    .is_some_and(|w| &w.check == agent && Arc::ptr_eq(&w.state, &b.state))
-                {
-                    continue;
-                }
-                let task = tokio::spawn(ask_agent(
-                    self.board.clone(),
-                    config.name.clone(),
-                    b.address,
-                    b.state.clone(),
-                    agent.clone(),
-                    crate::agent::phase(agent.interval, i, n),
-                ));
-                self.agents.insert(
-                    key,
-                    AgentWatch {
-                        check: agent.clone(),
-                        state: b.state.clone(),
-                        task,
-                    },
-                );
-            }
-        }
-        let mut weights_changed = false;
-        self.agents.retain(|k, w| {
-            let keep = wanted.contains_key(k);
-            if !keep {
-                weights_changed |= w.state.set_agent(Agent::READY);
-            }
-            keep
-        });
-        self.board
-            .agents
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| wanted.contains_key(k));
-        if weights_changed {
-            self.board.weights.send_modify(|n| *n += 1);
-        }
-    }
-
     /// Stops every check.
     pub fn stop(&mut self) {
         self.tasks.clear();
         self.leaving.clear();
-        self.agents.clear();
         self.scheduler = None;
-    }
-}
-
-/// Asks one backend's agent every `check.interval`, from `first` on.
-async fn ask_agent(
-    board: Arc<HealthBoard>,
-    pool: String,
-    backend: SocketAddr,
-    state: Arc<BackendState>,
-    check: tandem_config::AgentCheck,
-    first: Duration,
-) {
-    let mut next = Instant::now() + first;
-    loop {
-        tokio::time::sleep_until(next).await;
-        let asked = crate::agent::ask(&check, backend).await;
-        board.record_agent(&pool, backend, &state, asked);
-        next += check.interval;
-        let now = Instant::now();
-        if next < now {
-            next = now + check.interval;
-        }
     }
 }
