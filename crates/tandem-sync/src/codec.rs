@@ -758,6 +758,18 @@ mod compatibility {
         );
     }
 
+    /// An entry of pool "web".
+    fn web_entry() -> WireEntry {
+        WireEntry {
+            pool: "web".into(),
+            client: IpAddr::from([192, 0, 2, 1]),
+            backend: "10.0.0.1:80".parse().unwrap(),
+            remaining_ms: 60_000,
+            pinned_at_ms: 1_700_000_000_000,
+            origin: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
     #[test]
     fn a_node_of_version_1_reads_this_ones_hello_and_whole_entries() {
         // The hello says version 1 (all such a node accepts); it ignores `max_version`.
@@ -773,14 +785,7 @@ mod compatibility {
             }
         );
         // Whole entries are encoded as version 1 encoded them.
-        let entries = vec![WireEntry {
-            pool: "web".into(),
-            client: IpAddr::from([192, 0, 2, 1]),
-            backend: "10.0.0.1:80".parse().unwrap(),
-            remaining_ms: 60_000,
-            pinned_at_ms: 1_700_000_000_000,
-            origin: 0x9E37_79B9_7F4A_7C15,
-        }];
+        let entries = vec![web_entry()];
         let message = Message::Entries {
             bulk: true,
             entries: entries.clone(),
@@ -800,14 +805,7 @@ mod compatibility {
         // The bytes of version 1's whole entries and version 2's packed ones, as nodes
         // already running send and expect them.
         let entries = vec![
-            WireEntry {
-                pool: "web".into(),
-                client: IpAddr::from([192, 0, 2, 1]),
-                backend: "10.0.0.1:80".parse().unwrap(),
-                remaining_ms: 60_000,
-                pinned_at_ms: 1_700_000_000_000,
-                origin: 0x9E37_79B9_7F4A_7C15,
-            },
+            web_entry(),
             WireEntry {
                 pool: "api".into(),
                 client: "2001:db8::7".parse().unwrap(),
