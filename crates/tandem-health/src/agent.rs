@@ -3,7 +3,8 @@
 //! `drain`, `maint`, `down`, `ready`, `stopped` or a weight percentage (`75%`), words
 //! separated by commas or blanks, optionally followed by `#` and a message, then
 //! closes. [`parse`] reads that answer (pure); [`ask`] does the IO of one ask; the
-//! [`crate::Monitor`] runs the asks and records each answer in the backend's
+//! [`crate::Monitor`]'s one scheduler runs the asks as it runs the checks and records
+//! each answer in the backend's
 //! `tandem_balance::BackendState`, where the pool acts on it.
 //!
 //! Unlike HAProxy, where a word leaves the states it does not name as they were, each

@@ -1,7 +1,8 @@
 //! Health checks and the rise/fall state of each backend.
 //!
-//! [`Monitor`] runs one scheduler task that starts each checked backend's check when it
-//! is due (checks of a pool spread over the interval, pools interleaved), calling a
+//! [`Monitor`] runs one scheduler task that starts each checked backend's check (and
+//! each ask of a backend's agent, see [`agent`]) when it is due (checks of a pool
+//! spread over the interval, pools interleaved), calling a
 //! [`Checker`] (the real [`Prober`]: tcp, tls, http, https, send-expect, script) and
 //! feeding its [`Probe`] to the backend's [`RiseFall`] machine, which is pure and
 //! tested without IO. A change of state flips the

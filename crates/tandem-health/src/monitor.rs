@@ -325,17 +325,19 @@ impl HealthBoard {
 
     /// Feeds a result; on a change, flips the backend's state, logs once and publishes.
     /// A certificate within `warn_expiry` of its end is logged (again each day).
-    fn record(&self, check: &Entry, probe: Probe) {
-        let Entry {
+    fn record(&self, entry: &Entry, check: &HealthJob, probe: Probe) {
+        let HealthJob {
             slot,
-            pool,
-            backend,
-            state,
             warn_expiry,
             generation,
             ..
         } = check;
-        let (pool, backend, warn_expiry) = (pool.as_str(), *backend, *warn_expiry);
+        let (pool, backend, state, warn_expiry) = (
+            entry.pool.as_str(),
+            entry.backend,
+            &entry.state,
+            *warn_expiry,
+        );
         let now = SystemTime::now();
         let change = {
             let mut entry = lock(slot);
@@ -403,54 +405,128 @@ impl HealthBoard {
 #[derive(Debug, Default)]
 pub struct Monitor {
     board: Arc<HealthBoard>,
-    tasks: HashMap<(String, SocketAddr), Watch>,
-    agents: HashMap<(String, SocketAddr), AgentWatch>,
+    tasks: HashMap<Key, Watch>,
+    /// Removed backends whose last check was still running at the reload: their
+    /// place in the schedule, kept so that a backend added again waits for it.
+    leaving: HashMap<Key, usize>,
     scheduler: Option<Scheduler>,
-    next_id: u64,
 }
 
+/// What a scheduled job is: a backend's health check or its agent's asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Check,
+    Agent,
+}
+
+/// A scheduled job's key: its kind, pool and backend.
+type Key = (Kind, String, SocketAddr);
+
+/// A backend's check or agent, as the monitor knows it: its entry in the schedule.
 #[derive(Debug)]
-struct AgentWatch {
-    check: tandem_config::AgentCheck,
-    state: Arc<BackendState>,
-    task: tokio::task::JoinHandle<()>,
+struct Watch {
+    what: What,
+    /// Its place in the schedule.
+    index: usize,
 }
 
-impl Drop for AgentWatch {
-    fn drop(&mut self) {
-        self.task.abort();
+/// What a [`Watch`] runs.
+#[derive(Debug)]
+enum What {
+    Check(tandem_config::Check),
+    /// The agent and the state it sets.
+    Agent(tandem_config::AgentCheck, Arc<BackendState>),
+}
+
+impl PartialEq for What {
+    fn eq(&self, other: &What) -> bool {
+        match (self, other) {
+            (What::Check(a), What::Check(b)) => a == b,
+            (What::Agent(a, s), What::Agent(b, t)) => a == b && Arc::ptr_eq(s, t),
+            _ => false,
+        }
     }
 }
 
-/// A checked backend's check, as the monitor knows it: its entry in the schedule.
-#[derive(Debug)]
-struct Watch {
-    check: tandem_config::Check,
-    id: u64,
-}
-
-/// One checked backend's checks, as the scheduler runs them.
+/// One backend's checks or agent asks, as the scheduler runs them.
 struct Entry {
     pool: String,
     backend: SocketAddr,
-    slot: Slot,
     state: Arc<BackendState>,
-    checker: Arc<dyn Checker>,
     interval: Duration,
+    job: Job,
+    /// When the next check is due (while one runs: when it was due).
+    next: Instant,
+    /// Whether a check of it runs now (it is then in no lane).
+    running: bool,
+    /// What the result of the check that runs now is for.
+    fate: Fate,
+}
+
+/// What an entry runs.
+enum Job {
+    /// Health checks.
+    Check(HealthJob),
+    /// Asks of the backend's agent.
+    Agent(Arc<tandem_config::AgentCheck>),
+}
+
+/// A backend's health checks.
+struct HealthJob {
+    slot: Slot,
+    checker: Arc<dyn Checker>,
     warn_expiry: Option<Duration>,
     /// The pool's change count.
     generation: Arc<AtomicU64>,
-    /// When the next check is due (while one runs: when it was due).
-    next: Instant,
+}
+
+/// The result of a check or an ask.
+enum Outcome {
+    Probe(Probe),
+    Answer(Result<String, String>),
+}
+
+/// What becomes of the result of a running check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// It is recorded, and the next check queued.
+    Record,
+    /// It is of a check a reload replaced: dropped, and the new check's first check
+    /// queued (when it was due, or at once when that passed).
+    Replaced,
+    /// It is of a backend a reload removed: dropped (the monitor frees the place).
+    Removed,
 }
 
 /// Every checked backend's entry, and when each is due next. A backend whose check
 /// runs is in no lane until its result is in, so checks of one backend never
-/// overlap; an entry removed (a reload) leaves its id in its lane to be skipped.
+/// overlap, also across reloads: a reload that replaces a running check's entry puts
+/// the new one in the same place, where it waits for the running check's end. An
+/// entry is found by its index (no lookup per check); a lane's reference to an entry
+/// replaced or removed since is told by its ticket and skipped.
 #[derive(Default)]
 struct Queue {
-    entries: HashMap<u64, Entry>,
+    places: Vec<Place>,
+    /// Indexes of free places.
+    free: Vec<usize>,
     lanes: Vec<Lane>,
+}
+
+/// One place of the schedule: an entry, or none.
+#[derive(Default)]
+struct Place {
+    /// Changes each time the entry is queued (or the place changes hands): what a
+    /// lane's reference must match.
+    ticket: u32,
+    entry: Option<Entry>,
+}
+
+/// A lane's reference to a due check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: Instant,
+    index: u32,
+    ticket: u32,
 }
 
 /// The checks of one interval, in the order they are due. A check is queued again
@@ -460,7 +536,7 @@ struct Queue {
 /// cache misses per check taken).
 struct Lane {
     interval: Duration,
-    due: std::collections::VecDeque<(Instant, u64)>,
+    due: std::collections::VecDeque<Due>,
 }
 
 /// The schedule, shared by the monitor (which changes it) and the scheduler task.
@@ -491,8 +567,7 @@ impl Drop for Scheduler {
     }
 }
 
-type Running =
-    futures_util::stream::FuturesUnordered<Pin<Box<dyn Future<Output = (u64, Probe)> + Send>>>;
+type Running = futures_util::stream::FuturesUnordered<Tagged>;
 
 fn lock_queue(shared: &Shared) -> MutexGuard<'_, Queue> {
     shared.queue.lock().unwrap_or_else(|e| e.into_inner())
@@ -514,55 +589,128 @@ impl Queue {
         &mut self.lanes[i]
     }
 
-    /// Queues check `id` at `at`: at the back of its lane, unless a slower check
-    /// ended after those queued since (then in its place).
-    fn push(&mut self, interval: Duration, at: Instant, id: u64) {
-        let due = &mut self.lane(interval).due;
-        if due.back().is_none_or(|&(last, _)| last <= at) {
-            due.push_back((at, id));
+    /// Queues the entry at `index` (not running) for its `next` check: at the back of
+    /// its lane, unless a slower check ended after those queued since (then in its
+    /// place). Earlier references to it go stale.
+    fn queue(&mut self, index: usize) {
+        let place = &mut self.places[index];
+        let Some(entry) = &place.entry else { return };
+        place.ticket = place.ticket.wrapping_add(1);
+        let (interval, due) = (
+            entry.interval,
+            Due {
+                at: entry.next,
+                index: index as u32,
+                ticket: place.ticket,
+            },
+        );
+        let lane = &mut self.lane(interval).due;
+        if lane.back().is_none_or(|last| last.at <= due.at) {
+            lane.push_back(due);
         } else {
-            let i = due.partition_point(|&(t, _)| t <= at);
-            due.insert(i, (at, id));
+            let i = lane.partition_point(|d| d.at <= due.at);
+            lane.insert(i, due);
         }
     }
 
-    /// Adds many checks at once (a start or a reload): each touched lane is sorted
-    /// once, without the ids of removed entries.
-    fn add(&mut self, added: Vec<(u64, Entry)>) {
+    /// Whether a lane's reference still stands for its entry's next check.
+    fn stands(&self, due: &Due) -> bool {
+        self.places
+            .get(due.index as usize)
+            .is_some_and(|p| p.ticket == due.ticket && p.entry.is_some())
+    }
+
+    /// Whether the entry at `index` has a check running.
+    fn running(&self, index: usize) -> bool {
+        self.places[index].entry.as_ref().is_some_and(|e| e.running)
+    }
+
+    /// Removes the entry at `index`; true when its check runs (the place is then kept
+    /// until [`Queue::release`], its result dropped).
+    fn remove(&mut self, index: usize) -> bool {
+        match self.places[index].entry.as_mut() {
+            Some(entry) if entry.running => {
+                entry.fate = Fate::Removed;
+                true
+            }
+            _ => {
+                self.release(index);
+                false
+            }
+        }
+    }
+
+    /// Frees the place at `index`.
+    fn release(&mut self, index: usize) {
+        let place = &mut self.places[index];
+        place.entry = None;
+        place.ticket = place.ticket.wrapping_add(1);
+        self.free.push(index);
+    }
+
+    /// Puts `entry` in the schedule, in place of the entry at `at` when given (a
+    /// check replaced), and returns its index. Not queued yet: see [`Queue::add`].
+    fn put(&mut self, at: Option<usize>, mut entry: Entry) -> usize {
+        let index = match at {
+            Some(index) => index,
+            None => self.free.pop().unwrap_or_else(|| {
+                self.places.push(Place::default());
+                self.places.len() - 1
+            }),
+        };
+        if self.running(index) {
+            // The replaced check runs: the new one waits for its end.
+            entry.running = true;
+            entry.fate = Fate::Replaced;
+        }
+        self.places[index].entry = Some(entry);
+        index
+    }
+
+    /// Queues the entries put at `indexes` (a start or a reload): each touched lane is
+    /// sorted once, without stale references.
+    fn add(&mut self, indexes: &[usize]) {
         let mut touched = Vec::new();
-        for (id, entry) in added {
-            let (interval, next) = (entry.interval, entry.next);
-            self.entries.insert(id, entry);
-            self.lane(interval).due.push_back((next, id));
+        for &index in indexes {
+            let place = &mut self.places[index];
+            let Some(entry) = &place.entry else {
+                continue;
+            };
+            if entry.running {
+                continue;
+            }
+            let (interval, at) = (entry.interval, entry.next);
+            place.ticket = place.ticket.wrapping_add(1);
+            let due = Due {
+                at,
+                index: index as u32,
+                ticket: place.ticket,
+            };
             if !touched.contains(&interval) {
                 touched.push(interval);
             }
+            self.lane(interval).due.push_back(due);
         }
-        let entries = &self.entries;
-        for lane in self
-            .lanes
-            .iter_mut()
-            .filter(|l| touched.contains(&l.interval))
-        {
-            let mut due: Vec<(Instant, u64)> = lane
-                .due
-                .drain(..)
-                .filter(|(_, id)| entries.contains_key(id))
-                .collect();
+        for i in 0..self.lanes.len() {
+            if !touched.contains(&self.lanes[i].interval) {
+                continue;
+            }
+            let lane = std::mem::take(&mut self.lanes[i].due);
+            let mut due: Vec<Due> = lane.into_iter().filter(|d| self.stands(d)).collect();
             due.sort_unstable();
-            lane.due = due.into();
+            self.lanes[i].due = due.into();
         }
     }
 
     /// Takes the first check due at `now` or before, or tells when the next is due.
-    fn take_due(&mut self, now: Instant) -> Result<u64, Option<Instant>> {
+    fn take_due(&mut self, now: Instant) -> Result<Due, Option<Instant>> {
         let first = self
             .lanes
             .iter_mut()
-            .filter_map(|l| l.due.front().map(|&(at, _)| at).map(|at| (at, l)))
+            .filter_map(|l| l.due.front().map(|d| d.at).map(|at| (at, l)))
             .min_by_key(|(at, _)| *at);
         match first {
-            Some((at, lane)) if at <= now => Ok(lane.due.pop_front().map_or(0, |(_, id)| id)),
+            Some((at, lane)) if at <= now => lane.due.pop_front().ok_or(None),
             Some((at, _)) => Err(Some(at)),
             None => Err(None),
         }
@@ -576,36 +724,98 @@ impl Queue {
         running: &Running,
     ) -> Option<Instant> {
         loop {
-            let id = match self.take_due(now) {
-                Ok(id) => id,
+            let due = match self.take_due(now) {
+                Ok(due) => due,
                 Err(next) => return next,
             };
-            let Some(entry) = self.entries.get(&id) else {
+            if !self.stands(&due) {
+                continue;
+            }
+            let index = due.index as usize;
+            let Some(entry) = self.places[index].entry.as_mut() else {
                 continue;
             };
-            match entry.checker.clone().begin(entry.backend) {
-                Started::Done(probe) => self.finish(board, id, probe),
-                Started::Waiting(check) => running.push(Box::pin(async move { (id, check.await) })),
-            }
+            entry.running = true;
+            let work = match &entry.job {
+                Job::Check(job) => match job.checker.clone().begin(entry.backend) {
+                    Started::Done(probe) => {
+                        self.finish(board, index, Outcome::Probe(probe));
+                        continue;
+                    }
+                    Started::Waiting(check) => Work::Check(check),
+                },
+                Job::Agent(agent) => {
+                    let (agent, backend) = (agent.clone(), entry.backend);
+                    Work::Agent(Box::pin(
+                        async move { crate::agent::ask(&agent, backend).await },
+                    ))
+                }
+            };
+            running.push(Tagged { index, work });
         }
     }
 
-    /// Records a result of entry `id` (unless a reload removed it) and queues its next
-    /// check: one interval after the last was due, or, when a check overran its slot,
-    /// one interval from now (the phase kept, what was missed skipped).
-    fn finish(&mut self, board: &HealthBoard, id: u64, probe: Probe) {
-        let Some(entry) = self.entries.get_mut(&id) else {
+    /// Takes in a result of the entry at `index` and queues its next check: one
+    /// interval after the last was due, or, when a check overran its slot, one
+    /// interval from now (the phase kept, what was missed skipped). The result of a
+    /// check that a reload replaced or removed is dropped.
+    fn finish(&mut self, board: &HealthBoard, index: usize, outcome: Outcome) {
+        let Some(entry) = self.places[index].entry.as_mut() else {
             return;
         };
-        board.record(entry, probe);
-        entry.next += entry.interval;
+        entry.running = false;
         let now = Instant::now();
-        if entry.next < now {
-            tracing::debug!(pool = entry.pool, backend = %entry.backend, "check late by {}", fmt_duration(now - entry.next));
-            entry.next = now + entry.interval;
+        match entry.fate {
+            Fate::Removed => return,
+            Fate::Replaced => {
+                entry.fate = Fate::Record;
+                entry.next = entry.next.max(now);
+            }
+            Fate::Record => {
+                match (&entry.job, outcome) {
+                    (Job::Check(job), Outcome::Probe(probe)) => board.record(entry, job, probe),
+                    (Job::Agent(_), Outcome::Answer(asked)) => {
+                        board.record_agent(&entry.pool, entry.backend, &entry.state, asked)
+                    }
+                    // An index keeps its kind while a result is awaited.
+                    _ => {}
+                }
+                entry.next += entry.interval;
+                if entry.next < now {
+                    tracing::debug!(pool = entry.pool, backend = %entry.backend, "check late by {}", fmt_duration(now - entry.next));
+                    entry.next = now + entry.interval;
+                }
+            }
         }
-        let (interval, next) = (entry.interval, entry.next);
-        self.push(interval, next, id);
+        self.queue(index);
+    }
+}
+
+/// A running check or ask and the index of its entry.
+struct Tagged {
+    index: usize,
+    work: Work,
+}
+
+/// A running check or ask.
+enum Work {
+    Check(Pin<Box<dyn Future<Output = Probe> + Send>>),
+    Agent(Pin<Box<dyn Future<Output = Result<String, String>> + Send>>),
+}
+
+impl Future for Tagged {
+    type Output = (usize, Outcome);
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<(usize, Outcome)> {
+        let index = self.index;
+        match &mut self.work {
+            Work::Check(check) => check.as_mut().poll(cx).map(Outcome::Probe),
+            Work::Agent(ask) => ask.as_mut().poll(cx).map(Outcome::Answer),
+        }
+        .map(|outcome| (index, outcome))
     }
 }
 
@@ -627,8 +837,8 @@ async fn schedule(shared: Arc<Shared>, board: Arc<HealthBoard>) {
         }
         tokio::select! {
             biased;
-            Some((id, probe)) = running.next(), if !running.is_empty() => {
-                lock_queue(&shared).finish(&board, id, probe);
+            Some((index, outcome)) = running.next(), if !running.is_empty() => {
+                lock_queue(&shared).finish(&board, index, outcome);
             }
             () = &mut sleep => {}
             () = shared.changed.notified() => {}
@@ -661,25 +871,69 @@ impl Monitor {
     }
 
     /// [`Monitor::apply`] with the checker made by `make` (tests use a scripted one).
+    /// Agents are scheduled as the checks are (spread, interleaved, kept across
+    /// reloads); a backend whose pool no longer has an agent goes back to ready and
+    /// full weight.
     pub fn apply_with(
         &mut self,
         pools: &PoolSet,
         configs: &[tandem_config::Pool],
         make: impl Fn(&tandem_config::Check) -> Result<Arc<dyn Checker>, String>,
     ) -> Result<(), String> {
-        let mut wanted: HashMap<(String, SocketAddr), ()> = HashMap::new();
-        let mut added: Vec<(u64, Entry)> = Vec::new();
-        let mut replaced: Vec<u64> = Vec::new();
+        let mut wanted: std::collections::HashSet<Key> = Default::default();
+        // What changes: new entries (with what they run, in place of the entry at the
+        // index when one is replaced), the watches of removed ones.
+        let mut added: Vec<(Key, What, Option<usize>, Entry)> = Vec::new();
         let now = Instant::now();
         // Checked pools interleave: the k-th of them starts k/checked of one backend's
         // slot later, so that the first backends of a thousand pools are not checked
-        // at the same moment (HAProxy spreads all its servers' checks likewise).
+        // at the same moment (HAProxy spreads all its servers' checks likewise). Pools
+        // with an agent likewise among themselves.
         let checked = configs.iter().filter(|c| c.check.is_some()).count().max(1) as u32;
-        let mut k = 0u32;
+        let asked = configs.iter().filter(|c| c.agent.is_some()).count().max(1) as u32;
+        let (mut k, mut ka) = (0u32, 0u32);
         for config in configs {
             let Some(pool) = pools.get(&config.name) else {
                 continue;
             };
+            let n = pool.backends.len();
+            // Spread the pool's jobs over the interval, plus a little jitter.
+            let first = |interval: Duration, i: usize, k: u32, of: u32| {
+                let offset = interval / n.max(1) as u32 * k / of;
+                let jitter = Duration::from_millis(fastrand::u64(
+                    ..=(interval.as_millis() as u64 / 20).max(1),
+                ));
+                now + crate::agent::phase(interval, i, n) + offset + jitter
+            };
+            if let Some(agent) = &config.agent {
+                let shared = Arc::new(agent.clone());
+                for (i, b) in pool.backends.iter().enumerate() {
+                    let key = (Kind::Agent, config.name.clone(), b.address);
+                    wanted.insert(key.clone());
+                    let what = What::Agent(agent.clone(), b.state.clone());
+                    let watch = self.tasks.get(&key);
+                    if watch.is_some_and(|w| w.what == what) {
+                        continue;
+                    }
+                    let replaces = watch.map(|w| w.index);
+                    added.push((
+                        key,
+                        what,
+                        replaces,
+                        Entry {
+                            pool: config.name.clone(),
+                            backend: b.address,
+                            state: b.state.clone(),
+                            interval: agent.interval,
+                            job: Job::Agent(shared.clone()),
+                            next: first(agent.interval, i, ka, asked),
+                            running: false,
+                            fate: Fate::Record,
+                        },
+                    ));
+                }
+                ka += 1;
+            }
             let Some(check) = &config.check else {
                 for b in &pool.backends {
                     b.state.set_healthy(true);
@@ -689,13 +943,11 @@ impl Monitor {
             };
             let checker = make(check).map_err(|e| format!("pool {}: {e}", config.name))?;
             let generation = self.board.generation_of(&config.name);
-            let n = pool.backends.len().max(1) as u32;
-            let offset = check.interval / n * k / checked;
-            k += 1;
             for (i, b) in pool.backends.iter().enumerate() {
-                let key = (config.name.clone(), b.address);
-                wanted.insert(key.clone(), ());
-                if self.tasks.get(&key).is_some_and(|w| &w.check == check) {
+                let key = (Kind::Check, config.name.clone(), b.address);
+                wanted.insert(key.clone());
+                let watch = self.tasks.get(&key);
+                if watch.is_some_and(|w| matches!(&w.what, What::Check(c) if c == check)) {
                     continue;
                 }
                 let slot = {
@@ -720,50 +972,55 @@ impl Monitor {
                     lock(slot).machine.reconfigure(check.rise, check.fall);
                     slot.clone()
                 };
-                // Spread the pool's checks over the interval, plus a little jitter.
-                let phase = crate::agent::phase(check.interval, i, pool.backends.len()) + offset;
-                let jitter = Duration::from_millis(fastrand::u64(
-                    ..=(check.interval.as_millis() as u64 / 20).max(1),
-                ));
-                let id = self.next_id;
-                self.next_id += 1;
+                let replaces = watch.map(|w| w.index);
                 added.push((
-                    id,
+                    key,
+                    What::Check(check.clone()),
+                    replaces,
                     Entry {
                         pool: config.name.clone(),
                         backend: b.address,
-                        slot,
                         state: b.state.clone(),
-                        checker: checker.clone(),
                         interval: check.interval,
-                        warn_expiry: check.warn_expiry,
-                        generation: generation.clone(),
-                        next: now + phase + jitter,
+                        job: Job::Check(HealthJob {
+                            slot,
+                            checker: checker.clone(),
+                            warn_expiry: check.warn_expiry,
+                            generation: generation.clone(),
+                        }),
+                        next: first(check.interval, i, k, checked),
+                        running: false,
+                        fate: Fate::Record,
                     },
                 ));
-                if let Some(old) = self.tasks.insert(
-                    key,
-                    Watch {
-                        check: check.clone(),
-                        id,
-                    },
-                ) {
-                    replaced.push(old.id);
-                }
             }
+            k += 1;
         }
-        self.tasks.retain(|k, w| {
-            let keep = wanted.contains_key(k);
+        let mut removed = Vec::new();
+        let mut weights_changed = false;
+        self.tasks.retain(|key, w| {
+            let keep = wanted.contains(key);
             if !keep {
-                replaced.push(w.id);
+                if let What::Agent(_, state) = &w.what {
+                    weights_changed |= state.set_agent(Agent::READY);
+                }
+                removed.push((key.clone(), w.index));
             }
             keep
         });
         self.board.write().retain(|pool, backends| {
-            backends.retain(|a, _| wanted.contains_key(&(pool.clone(), *a)));
+            backends.retain(|a, _| wanted.contains(&(Kind::Check, pool.clone(), *a)));
             !backends.is_empty()
         });
-        if !added.is_empty() || !replaced.is_empty() {
+        self.board
+            .agents
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(pool, a), _| wanted.contains(&(Kind::Agent, pool.clone(), *a)));
+        if weights_changed {
+            self.board.weights.send_modify(|n| *n += 1);
+        }
+        if !added.is_empty() || !removed.is_empty() || !self.leaving.is_empty() {
             let board = self.board.clone();
             let shared = &self
                 .scheduler
@@ -774,14 +1031,31 @@ impl Monitor {
                 })
                 .shared;
             let mut queue = lock_queue(shared);
-            for id in replaced {
-                queue.entries.remove(&id);
+            // Removed backends whose last check has ended since free their place.
+            self.leaving.retain(|_, &mut index| {
+                let running = queue.running(index);
+                if !running {
+                    queue.release(index);
+                }
+                running
+            });
+            for (key, index) in removed {
+                if queue.remove(index) {
+                    self.leaving.insert(key, index);
+                }
             }
-            queue.add(added);
+            let mut indexes = Vec::with_capacity(added.len());
+            for (key, what, replaces, entry) in added {
+                // A backend removed while its check ran, now back: in its old place.
+                let at = replaces.or_else(|| self.leaving.remove(&key));
+                let index = queue.put(at, entry);
+                indexes.push(index);
+                self.tasks.insert(key, Watch { what, index });
+            }
+            queue.add(&indexes);
             drop(queue);
             shared.changed.notify_one();
         }
-        self.apply_agents(pools, configs);
         let names: std::collections::HashSet<&str> =
             configs.iter().map(|c| c.name.as_str()).collect();
         self.board
@@ -792,87 +1066,10 @@ impl Monitor {
         Ok(())
     }
 
-    /// Makes the running agent checks match `pools`: a backend whose pool no longer
-    /// has an agent goes back to ready and full weight.
-    fn apply_agents(&mut self, pools: &PoolSet, configs: &[tandem_config::Pool]) {
-        let mut wanted: HashMap<(String, SocketAddr), ()> = HashMap::new();
-        for config in configs {
-            let (Some(pool), Some(agent)) = (pools.get(&config.name), &config.agent) else {
-                continue;
-            };
-            let n = pool.backends.len();
-            for (i, b) in pool.backends.iter().enumerate() {
-                let key = (config.name.clone(), b.address);
-                wanted.insert(key.clone(), ());
-                if self
-                    .agents
-                    .get(&key)
-                    .is_some_and(|w| &w.check == agent && Arc::ptr_eq(&w.state, &b.state))
-                {
-                    continue;
-                }
-                let task = tokio::spawn(ask_agent(
-                    self.board.clone(),
-                    config.name.clone(),
-                    b.address,
-                    b.state.clone(),
-                    agent.clone(),
-                    crate::agent::phase(agent.interval, i, n),
-                ));
-                self.agents.insert(
-                    key,
-                    AgentWatch {
-                        check: agent.clone(),
-                        state: b.state.clone(),
-                        task,
-                    },
-                );
-            }
-        }
-        let mut weights_changed = false;
-        self.agents.retain(|k, w| {
-            let keep = wanted.contains_key(k);
-            if !keep {
-                weights_changed |= w.state.set_agent(Agent::READY);
-            }
-            keep
-        });
-        self.board
-            .agents
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| wanted.contains_key(k));
-        if weights_changed {
-            self.board.weights.send_modify(|n| *n += 1);
-        }
-    }
-
     /// Stops every check.
     pub fn stop(&mut self) {
         self.tasks.clear();
-        self.agents.clear();
+        self.leaving.clear();
         self.scheduler = None;
-    }
-}
-
-/// Asks one backend's agent every `check.interval`, from `first` on.
-async fn ask_agent(
-    board: Arc<HealthBoard>,
-    pool: String,
-    backend: SocketAddr,
-    state: Arc<BackendState>,
-    check: tandem_config::AgentCheck,
-    first: Duration,
-) {
-    let mut next = Instant::now() + first;
-    loop {
-        tokio::time::sleep_until(next).await;
-        let asked = crate::agent::ask(&check, backend).await;
-        board.record_agent(&pool, backend, &state, asked);
-        next += check.interval;
-        let now = Instant::now();
-        if next < now {
-            next = now + check.interval;
-        }
     }
 }

@@ -413,17 +413,21 @@ struct Slow {
     delay: Duration,
     start: Instant,
     spans: Mutex<Vec<(Duration, Duration)>>,
+    /// Checks only of this backend are noted, when set.
+    only: Option<SocketAddr>,
 }
 
 impl Checker for Slow {
-    fn probe(&self, _target: SocketAddr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
+    fn probe(&self, target: SocketAddr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
         Box::pin(async move {
             let began = self.start.elapsed();
             tokio::time::sleep(self.delay).await;
-            self.spans
-                .lock()
-                .unwrap()
-                .push((began, self.start.elapsed()));
+            if self.only.is_none_or(|only| only == target) {
+                self.spans
+                    .lock()
+                    .unwrap()
+                    .push((began, self.start.elapsed()));
+            }
             Probe::pass(self.delay)
         })
     }
@@ -435,6 +439,7 @@ async fn a_check_slower_than_its_interval_never_overlaps_the_next() {
         delay: Duration::from_millis(1_500),
         start: Instant::now(),
         spans: Mutex::default(),
+        only: None,
     });
     let configs = [pool(&[1], InitialHealth::Down)];
     let pools = PoolSet::build(&configs, None);
@@ -498,4 +503,206 @@ async fn checks_over_when_begun_are_recorded_in_place_and_count_changes() {
         "passing checks of up backends change nothing a status shows"
     );
     assert_eq!(board.get("web", addr(3)).unwrap().checks, 5);
+}
+
+/// Applies `configs` to `monitor` with `checker` for every check.
+fn apply_slow(monitor: &mut Monitor, checker: &Arc<Slow>, configs: &[Pool]) -> PoolSet {
+    let pools = PoolSet::build(configs, None);
+    let c = checker.clone();
+    monitor
+        .apply_with(&pools, configs, |_| Ok(c.clone() as Arc<dyn Checker>))
+        .unwrap();
+    pools
+}
+
+/// Asserts that no check in `spans` began before the one before it ended.
+fn assert_no_overlap(spans: &[(Duration, Duration)]) {
+    let mut spans = spans.to_vec();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "checks overlap: {spans:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_replaces_a_running_check_waits_for_its_end() {
+    let slow = Arc::new(Slow {
+        delay: Duration::from_millis(900),
+        start: Instant::now(),
+        spans: Mutex::default(),
+        only: None,
+    });
+    let configs = [pool(&[1], InitialHealth::Down)];
+    let mut monitor = Monitor::new();
+    let _pools = apply_slow(&mut monitor, &slow, &configs);
+    // The first check runs from ~0 to ~0.9 s; the reload at 0.3 s changes the check
+    // (its timeout), whose first check is due at once (phase 0, some jitter).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut changed = configs.clone();
+    changed[0].check.as_mut().unwrap().timeout = Duration::from_millis(600);
+    let _pools = apply_slow(&mut monitor, &slow, &changed);
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    let spans = slow.spans.lock().unwrap().clone();
+    assert_no_overlap(&spans);
+    // The new check began as the replaced one ended, then went on every interval.
+    assert!(spans.len() >= 4, "{spans:?}");
+    assert_eq!(spans[1].0, spans[0].1, "{spans:?}");
+    let board = monitor.board();
+    assert_eq!(
+        board.get("web", addr(1)).unwrap().checks,
+        spans.len() as u64 - 1,
+        "the replaced check's result is dropped"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_removed_and_added_again_waits_for_its_running_check() {
+    let slow = Arc::new(Slow {
+        delay: Duration::from_millis(900),
+        start: Instant::now(),
+        spans: Mutex::default(),
+        only: Some(addr(1)),
+    });
+    let with = [pool(&[1, 2], InitialHealth::Down)];
+    let without = [pool(&[2], InitialHealth::Down)];
+    let mut monitor = Monitor::new();
+    let _pools = apply_slow(&mut monitor, &slow, &with);
+    // Backend 1's first check runs from ~0 to ~0.9 s: removed at 0.2 s, back at 0.4 s.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _pools = apply_slow(&mut monitor, &slow, &without);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _pools = apply_slow(&mut monitor, &slow, &with);
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    let mut first = slow.spans.lock().unwrap().clone();
+    first.sort();
+    assert_no_overlap(&first);
+    assert!(first.len() >= 4, "{first:?}");
+    assert_eq!(first[1].0, first[0].1, "{first:?}");
+    // Removed and added again: a new backend to the board, whose checks count anew.
+    assert_eq!(
+        monitor.board().get("web", addr(1)).unwrap().checks,
+        first.len() as u64 - 1
+    );
+}
+
+/// Agents on `port` of 127.0.0.`ips`, answering "up" after `delay`; each ask noted
+/// (the backend's address octet, when it began and ended, in simulated time).
+async fn agents(ips: &[u8], delay: Duration) -> (u16, Arc<Mutex<Vec<(u8, Duration, Duration)>>>) {
+    use tokio::io::AsyncWriteExt;
+    let asks = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let first = tokio::net::TcpListener::bind((format!("127.0.0.{}", ips[0]), 0))
+        .await
+        .unwrap();
+    let port = first.local_addr().unwrap().port();
+    let mut listeners = vec![(ips[0], first)];
+    for &ip in &ips[1..] {
+        let l = tokio::net::TcpListener::bind((format!("127.0.0.{ip}"), port))
+            .await
+            .unwrap();
+        listeners.push((ip, l));
+    }
+    for (ip, l) in listeners {
+        let asks = asks.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let asks = asks.clone();
+                tokio::spawn(async move {
+                    let began = start.elapsed();
+                    tokio::time::sleep(delay).await;
+                    let _ = s.write_all(b"up\n").await;
+                    asks.lock().unwrap().push((ip, began, start.elapsed()));
+                });
+            }
+        });
+    }
+    (port, asks)
+}
+
+/// A pool of backends 127.0.0.`ips`:80 without check, with an agent on `port`.
+fn agent_pool(ips: &[u8], port: u16) -> Pool {
+    let mut config = pool(&[], InitialHealth::Up);
+    config.check = None;
+    config.backends = ips
+        .iter()
+        .map(|&n| BackendConfig {
+            address: SocketAddr::from(([127, 0, 0, n], 80)),
+            weight: 1,
+            max_conns: 0,
+            backup: false,
+        })
+        .collect();
+    config.agent = Some(tandem_config::AgentCheck {
+        port,
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(900),
+        send: None,
+    });
+    config
+}
+
+/// The times each of `ips` was asked at.
+fn asks_of(asks: &Mutex<Vec<(u8, Duration, Duration)>>, ip: u8) -> Vec<(Duration, Duration)> {
+    let mut of: Vec<_> = asks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.0 == ip)
+        .map(|a| (a.1, a.2))
+        .collect();
+    of.sort();
+    of
+}
+
+#[tokio::test(start_paused = true)]
+async fn agent_asks_are_spread_and_keep_their_phase_across_a_reload() {
+    let ips = [41, 42, 43, 44];
+    let (port, asks) = agents(&ips, Duration::ZERO).await;
+    let script = Arc::new(Script::default());
+    let configs = [agent_pool(&ips, port)];
+    let (mut monitor, pools) = start(&script, &configs);
+    tokio::time::sleep(Duration::from_millis(2_990)).await;
+    // A reload that changes nothing of the agent keeps each backend's phase.
+    let _pools = reload(&mut monitor, &script, &configs, Some(&pools));
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    for (i, ip) in ips.into_iter().enumerate() {
+        let times: Vec<Duration> = asks_of(&asks, ip).into_iter().map(|a| a.0).collect();
+        assert_eq!(times.len(), 6, "{ip}: {times:?}");
+        // Phase i/4 of the interval plus at most 50 ms of jitter, then every second.
+        let phase = Duration::from_millis(250 * i as u64);
+        assert!(
+            times[0] >= phase && times[0] <= phase + Duration::from_millis(50),
+            "{ip} first at {:?}",
+            times[0]
+        );
+        for pair in times.windows(2) {
+            assert_eq!(pair[1] - pair[0], Duration::from_secs(1), "{ip}: {times:?}");
+        }
+        let seen = monitor
+            .board()
+            .agent("web", SocketAddr::from(([127, 0, 0, ip], 80)))
+            .unwrap();
+        assert_eq!((seen.said.as_str(), seen.failed), ("up", false));
+    }
+    assert!(script.calls.lock().unwrap().is_empty(), "no health checks");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_changes_an_agent_waits_for_its_running_ask() {
+    let (port, asks) = agents(&[45], Duration::from_millis(700)).await;
+    let script = Arc::new(Script::default());
+    let configs = [agent_pool(&[45], port)];
+    let (mut monitor, pools) = start(&script, &configs);
+    // The first ask runs from ~0 to ~0.7 s; the reload at 0.3 s changes what is sent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut changed = configs.clone();
+    changed[0].agent.as_mut().unwrap().send = Some("status\n".into());
+    let _pools = reload(&mut monitor, &script, &changed, Some(&pools));
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let spans = asks_of(&asks, 45);
+    assert!(spans.len() >= 3, "{spans:?}");
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "asks overlap: {spans:?}");
+    }
 }

@@ -30,14 +30,11 @@ pub const MAX_FRAME: usize = 4 << 20;
 const MAC_LEN: usize = 32;
 const SEQ_LEN: usize = 8;
 
-/// One sticky entry on the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One sticky entry on the wire. Ordered by its fields in turn (pool, client, ...).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WireEntry {
-    /// Pool (shared by the entries of a pool: a clone costs no allocation).
-    #[serde(
-        serialize_with = "serialize_pool",
-        deserialize_with = "deserialize_pool"
-    )]
+    /// Pool (shared by the entries of a pool: a clone costs no allocation; on the wire
+    /// a string, as serde's `rc` feature writes an `Arc<str>`).
     pub pool: Arc<str>,
     /// Client address (the sticky key).
     pub client: IpAddr,
@@ -49,14 +46,6 @@ pub struct WireEntry {
     pub pinned_at_ms: u64,
     /// The node that decided it (a stable hash of its name): breaks ties of `pinned_at_ms`.
     pub origin: u64,
-}
-
-fn serialize_pool<S: serde::Serializer>(pool: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(pool)
-}
-
-fn deserialize_pool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
-    String::deserialize(d).map(Arc::from)
 }
 
 /// A message between two nodes.
@@ -769,6 +758,18 @@ mod compatibility {
         );
     }
 
+    /// An entry of pool "web".
+    fn web_entry() -> WireEntry {
+        WireEntry {
+            pool: "web".into(),
+            client: IpAddr::from([192, 0, 2, 1]),
+            backend: "10.0.0.1:80".parse().unwrap(),
+            remaining_ms: 60_000,
+            pinned_at_ms: 1_700_000_000_000,
+            origin: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
     #[test]
     fn a_node_of_version_1_reads_this_ones_hello_and_whole_entries() {
         // The hello says version 1 (all such a node accepts); it ignores `max_version`.
@@ -784,14 +785,7 @@ mod compatibility {
             }
         );
         // Whole entries are encoded as version 1 encoded them.
-        let entries = vec![WireEntry {
-            pool: "web".into(),
-            client: IpAddr::from([192, 0, 2, 1]),
-            backend: "10.0.0.1:80".parse().unwrap(),
-            remaining_ms: 60_000,
-            pinned_at_ms: 1_700_000_000_000,
-            origin: 0x9E37_79B9_7F4A_7C15,
-        }];
+        let entries = vec![web_entry()];
         let message = Message::Entries {
             bulk: true,
             entries: entries.clone(),
@@ -804,6 +798,51 @@ mod compatibility {
                 entries
             }
         );
+    }
+
+    #[test]
+    fn whole_and_packed_entries_keep_their_bytes() {
+        // The bytes of version 1's whole entries and version 2's packed ones, as nodes
+        // already running send and expect them.
+        let entries = vec![
+            web_entry(),
+            WireEntry {
+                pool: "api".into(),
+                client: "2001:db8::7".parse().unwrap(),
+                backend: "[2001:db8::1]:443".parse().unwrap(),
+                remaining_ms: 5,
+                pinned_at_ms: 1_700_000_000_001,
+                origin: 3,
+            },
+        ];
+        let hex = |m: &Message| {
+            postcard::to_allocvec(m)
+                .unwrap()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let whole = Message::Entries {
+            bulk: true,
+            entries: entries.clone(),
+        };
+        let packed = Message::Packed {
+            bulk: false,
+            entries: Packed::pack(&entries),
+        };
+        assert_eq!(
+            hex(&whole),
+            "0201020377656200c0000201000a00000150e0d40380d095ffbc3195f8a9fa97b7de9b9e01\
+             036170690120010db80000000000000000000000070120010db8000000000000000000000001\
+             bb030581d095ffbc3103"
+        );
+        assert_eq!(
+            hex(&packed),
+            "0800020377656201000a000001500195f8a9fa97b7de9b9e0180d095ffbc3101818480800c00\
+             c0a907000003617069010120010db8000000000000000000000001bb03010381d095ffbc3100\
+             018780808080808080808080808080ee868140000a00"
+        );
+        assert_eq!(opened(&postcard::to_allocvec(&whole).unwrap()), Ok(whole));
     }
 }
 
@@ -824,7 +863,7 @@ mod packing {
 
     /// `entries` sorted, to compare as sets.
     fn sorted(mut entries: Vec<WireEntry>) -> Vec<WireEntry> {
-        entries.sort_by(|a, b| (&a.pool, a.client).cmp(&(&b.pool, b.client)));
+        entries.sort();
         entries
     }
 
@@ -974,9 +1013,8 @@ mod properties {
             let Message::Packed { entries: packed, .. } = opened else { unreachable!() };
             let mut got = packed.unpack().unwrap();
             let mut want = entries;
-            let key = |e: &WireEntry| (e.pool.clone(), e.client, e.backend, e.remaining_ms, e.pinned_at_ms, e.origin);
-            got.sort_by_key(key);
-            want.sort_by_key(key);
+            got.sort();
+            want.sort();
             prop_assert_eq!(got, want);
         }
 

@@ -106,11 +106,14 @@ fn pool_index(snapshot: &tandem_control::Snapshot) -> HashMap<String, usize> {
 
 /// What the last look saw of the pools: which configuration and pool set, and for
 /// each pool the health board's change count (up or down, first decisions, agents)
-/// and its backends' enabled flags (the operator's or a peer's drain).
+/// and its backends' enabled flags (the operator's or a peer's drain), looked at again
+/// only when the backends' state epoch moved (a flag that changes moves it).
 #[derive(Default)]
 struct PoolLooks {
     set: Option<(Arc<tandem_config::Config>, Arc<PoolSet>)>,
     pools: HashMap<String, (u64, Vec<bool>)>,
+    /// [`tandem_balance::state_epoch`] when the flags were last looked at.
+    epoch: Option<u64>,
 }
 
 impl PoolLooks {
@@ -127,6 +130,10 @@ impl PoolLooks {
         if !same {
             self.pools.clear();
         }
+        // Read before the flags: a change during the look moves it again.
+        let epoch = tandem_balance::state_epoch();
+        let flags_same = same && self.epoch == Some(epoch);
+        self.epoch = Some(epoch);
         for pool in pools.iter() {
             let generation = health.generation(&pool.name);
             if !self.pools.contains_key(&pool.name) {
@@ -136,8 +143,15 @@ impl PoolLooks {
             let Some(look) = self.pools.get_mut(&pool.name) else {
                 continue;
             };
-            let mut differs = look.0 != generation || look.1.len() != pool.backends.len();
+            let mut differs = look.0 != generation;
             look.0 = generation;
+            if flags_same {
+                if differs {
+                    changed.insert(pool.name.clone());
+                }
+                continue;
+            }
+            differs |= look.1.len() != pool.backends.len();
             look.1.resize(pool.backends.len(), false);
             for (seen, b) in look.1.iter_mut().zip(&pool.backends) {
                 let enabled = b.state.is_enabled();

@@ -305,6 +305,13 @@ async fn monitor_streams_a_health_transition_and_a_reload() {
     );
     lines.wait_for(&format!("operator p/{a}: weight 1 -> 2"));
     json.wait_for("\"kind\":\"operator\"");
+    // A drain changes no pool set: the event log sees it by the backends' state epoch.
+    let (code, _, err) = ctl(&node.socket, &["backend", "disable", "p", &a.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    lines.wait_for(&format!("operator p/{a}: disabled (draining)"));
+    let (code, _, err) = ctl(&node.socket, &["backend", "enable", "p", &a.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    lines.wait_for(&format!("operator p/{a}: enabled"));
     let killed_at = Instant::now();
     server.abort();
     let line = lines.wait_for("-> down: connect");
