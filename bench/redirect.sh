@@ -230,7 +230,8 @@ EOF
         in_ns lb nft delete table inet tandem 2>/dev/null || true
         sleep 0.3
     }
-    # The client's SYN retransmissions so far: a row with any measured a 1-s timeout.
+    # The client's SYN retransmissions so far: a contender's rows with any measured
+    # the client's waits for its retransmission timer as well.
     syn_retrans() {
         in_ns client awk '$1 == "TcpExt:" { if (!n) { for (i = 2; i <= NF; i++) k[i] = $i; n = 1 }
             else for (i = 2; i <= NF; i++) if (k[i] == "TCPSynRetrans") print $i }' /proc/net/netstat
