@@ -18,6 +18,19 @@
 #   haproxy         HAProxy, mode tcp, one thread on the proxy's core.
 # Rows: iperf3 bulk with 1 and 8 streams; connection rate (wrk, Connection: close, to
 # nginx's small answer on the backend) and its p99.
+#
+# Each contender has its own backend ports (nginx and iperf3 listen on one per
+# contender), as a real backend is reached by one path only. With one shared port,
+# direct and the kernel modes both arrive at the backend as client:port ->
+# backend:80, and the client's TCP timestamp offset is random per connection tuple
+# (client -> backend for direct, client -> service address for the others): a SYN
+# that meets the backend's TIME_WAIT socket of the other contender's connection with
+# the same tuple (60 s) is refused about half the time as older (PAWS,
+# TcpExtPAWSTimewait: the backend answers with an ACK, the client with a reset, and
+# it sends the SYN again when its shortest retransmission timer runs out, 2 jiffies,
+# TcpExtTCPSynRetrans). wrk's latency starts at the request, so that wait showed only
+# as a lower rate: about a third of the row that ran after the other. The rows warn
+# when the client retransmitted a SYN.
 (
     if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v nft >/dev/null; then
         echo "bench/run: SKIPPED the redirect section: it needs root, iproute2 and nft (a network-namespace lab)" >&2
@@ -80,7 +93,11 @@
     in_ns client sysctl -qw net.ipv4.tcp_tw_reuse=1
     in_ns be sysctl -qw net.core.somaxconn=4096
 
-    # The backend: nginx with a small answer, iperf3.
+    # The backend: nginx with a small answer and iperf3, on ports of each contender.
+    declare -A be_http=([direct]=8000 [tandem-redirect]=8001 [ipvs]=8002 [tandem]=8003 [haproxy]=8004)
+    declare -A be_iperf=([direct]=5200 [tandem-redirect]=5201 [ipvs]=5202 [tandem]=5203 [haproxy]=5204)
+    be_listen=""
+    for who in "${!be_http[@]}"; do be_listen+="listen $backend:${be_http[$who]} backlog=4096; "; done
     mkdir -p "$rdir/be"
     cat > "$rdir/be/nginx.conf" <<EOF
 daemon off;
@@ -94,11 +111,13 @@ http {
   access_log off;
   client_body_temp_path $rdir/be/body; proxy_temp_path $rdir/be/proxy;
   fastcgi_temp_path $rdir/be/fcgi; uwsgi_temp_path $rdir/be/uwsgi; scgi_temp_path $rdir/be/scgi;
-  server { listen $backend:80 backlog=4096; location / { return 200 "hello from the backend\n"; } }
+  server { $be_listen location / { return 200 "hello from the backend\n"; } }
 }
 EOF
     in_ns be taskset -c "$load_cpu" nginx -e "$rdir/be/error.log" -p "$rdir/be" -c "$rdir/be/nginx.conf" >/dev/null 2>&1 &
-    in_ns be taskset -c "$load_cpu" iperf3 -s -B "$backend" -p 5201 >/dev/null 2>&1 &
+    for who in "${!be_iperf[@]}"; do
+        in_ns be taskset -c "$load_cpu" iperf3 -s -B "$backend" -p "${be_iperf[$who]}" >/dev/null 2>&1 &
+    done
     ns_wait() {
         local addr=$1 port=$2
         for _ in $(seq 100); do
@@ -108,8 +127,10 @@ EOF
         echo "bench/run: redirect lab: nothing answers on $addr:$port" >&2
         exit 1
     }
-    ns_wait "$backend" 80
-    ns_wait "$backend" 5201
+    for who in "${!be_http[@]}"; do
+        ns_wait "$backend" "${be_http[$who]}"
+        ns_wait "$backend" "${be_iperf[$who]}"
+    done
 
     # Ports on the service address: http, iperf per contender.
     declare -A http_port=([tandem-redirect]=1080 [ipvs]=2080 [tandem]=3080 [haproxy]=4080)
@@ -127,11 +148,11 @@ log_format = "json"
 
 [[pool]]
 name = "http"
-backends = [{ address = "$backend:80" }]
+backends = [{ address = "$backend:${be_http[$who]}" }]
 
 [[pool]]
 name = "iperf"
-backends = [{ address = "$backend:5201" }]
+backends = [{ address = "$backend:${be_iperf[$who]}" }]
 
 [[service]]
 name = "http"
@@ -168,7 +189,7 @@ EOF
             ipvs)
                 for p in http iperf; do
                     local port target
-                    if [ $p = http ]; then port=${http_port[ipvs]} target=80; else port=${iperf_port[ipvs]} target=5201; fi
+                    if [ $p = http ]; then port=${http_port[ipvs]} target=${be_http[ipvs]}; else port=${iperf_port[ipvs]} target=${be_iperf[ipvs]}; fi
                     in_ns lb ipvsadm -A -t "$vip:$port" -s rr
                     in_ns lb ipvsadm -a -t "$vip:$port" -r "$backend:$target" -m
                 done
@@ -186,11 +207,11 @@ defaults
 listen http
   bind $vip:${http_port[haproxy]}
   option splice-auto
-  server s1 $backend:80
+  server s1 $backend:${be_http[haproxy]}
 listen iperf
   bind $vip:${iperf_port[haproxy]}
   option splice-auto
-  server s1 $backend:5201
+  server s1 $backend:${be_iperf[haproxy]}
 EOF
                 ip netns exec "$rtag-lb" taskset -c "$proxy_cpu" haproxy -db -f "$rdir/haproxy.cfg" >"$rdir/haproxy.log" 2>&1 &
                 rd_pid=$!
@@ -209,8 +230,15 @@ EOF
         in_ns lb nft delete table inet tandem 2>/dev/null || true
         sleep 0.3
     }
+    # The client's SYN retransmissions so far: a contender's rows with any measured
+    # the client's waits for its retransmission timer as well.
+    syn_retrans() {
+        in_ns client awk '$1 == "TcpExt:" { if (!n) { for (i = 2; i <= NF; i++) k[i] = $i; n = 1 }
+            else for (i = 2; i <= NF; i++) if (k[i] == "TCPSynRetrans") print $i }' /proc/net/netstat
+    }
     rd_measure() {
-        local who=$1 addr=$2 http=$3 iperf=$4 streams rps p99 errors
+        local who=$1 addr=$2 http=$3 iperf=$4 streams rps p99 errors retrans
+        retrans=$(syn_retrans)
         for streams in 1 8; do
             in_ns client taskset -c "$load_cpu" iperf3 -c "$addr" -p "$iperf" -t "$duration" -P $streams -J \
                 > "$rdir/iperf.json" 2>/dev/null || true
@@ -220,6 +248,8 @@ EOF
             "http://$addr:$http/" > "$rdir/wrk.txt"
         read -r rps _ p99 errors <<< "$(python3 bench/lib.py wrk "$rdir/wrk.txt")"
         [ "$errors" = 0 ] || echo "bench/run: redirect lab: $who had socket errors or non-2xx answers" >&2
+        retrans=$(($(syn_retrans) - retrans))
+        [ "$retrans" = 0 ] || echo "bench/run: redirect lab: $who: the client retransmitted $retrans SYNs (each a wait the rate shows and the latency does not)" >&2
         record "$who" rd_conn_rps "$rps"
         record "$who" rd_conn_p99 "$p99"
     }
@@ -236,7 +266,7 @@ EOF
         for who in "${contenders[@]}"; do
             echo "    $who"
             if [ "$who" = direct ]; then
-                rd_measure direct "$backend" 80 5201
+                rd_measure direct "$backend" "${be_http[direct]}" "${be_iperf[direct]}"
                 continue
             fi
             start_rd "$who"
