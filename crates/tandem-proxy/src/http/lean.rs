@@ -139,13 +139,17 @@ fn request_head(
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let host = super::request_host(parts);
-    match host {
-        Some(host) => {
-            out.extend_from_slice(b"host: ");
-            out.extend_from_slice(host);
-            out.extend_from_slice(b"\r\n");
+    // A rule that sets or removes Host has the last word (the fields' writer adds a
+    // set value), as on the other paths.
+    if !policy::ruled_out("host", &http.request_headers) {
+        match host {
+            Some(host) => {
+                out.extend_from_slice(b"host: ");
+                out.extend_from_slice(host);
+                out.extend_from_slice(b"\r\n");
+            }
+            None => out.extend_from_slice(format!("host: {address}\r\n").as_bytes()),
         }
-        None => out.extend_from_slice(format!("host: {address}\r\n").as_bytes()),
     }
     let fields = || {
         parts
@@ -158,9 +162,25 @@ fn request_head(
         .headers
         .get(super::X_FORWARDED_FOR)
         .map(HeaderValue::as_bytes);
+    // HTTP/2 may split Cookie into several fields; HTTP/1.1 has one, its crumbs joined
+    // by "; " (RFC 9113, 8.2.3).
+    let cookies = parts.headers.get_all(header::COOKIE);
+    let split_cookie = cookies.iter().nth(1).is_some();
+    if split_cookie && !policy::ruled_out("cookie", &http.request_headers) {
+        out.extend_from_slice(b"cookie: ");
+        for (i, crumb) in cookies.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(crumb.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
     h1::push_request_fields(
         &mut out,
-        fields().filter(|(name, _)| *name != header::HOST.as_str()),
+        fields().filter(|(name, _)| {
+            *name != header::HOST.as_str() && !(split_cookie && *name == header::COOKIE.as_str())
+        }),
         &tokens,
         client,
         prior_xff,
@@ -193,7 +213,7 @@ async fn read_head(
     let prepare = |buf: &mut BytesMut| buf.reserve(HEAD_READ / 2);
     let ((status, framing, keeps, fields), n) =
         h1::read_final_head(stream, buf, max_head, deadline, prepare, |resp, bytes| {
-            let (framing, keeps, _) = h1::response_framing(resp, head_method)?;
+            let (framing, keeps, encoded) = h1::response_framing(resp, head_method)?;
             let status = resp
                 .code
                 .and_then(|c| StatusCode::from_u16(c).ok())
@@ -204,7 +224,10 @@ async fn read_head(
             let tokens = h1::connection_tokens(resp.headers);
             let mut fields = Vec::with_capacity(resp.headers.len());
             for h in resp.headers.iter() {
-                if !h1::response_field_kept(h.name, &tokens, rules) {
+                // A Content-Length beside a transfer coding contradicts the body the
+                // client gets (decoded): it goes, as on the fast path.
+                let contradicts = encoded && h.name.eq_ignore_ascii_case("content-length");
+                if contradicts || !h1::response_field_kept(h.name, &tokens, rules) {
                     continue;
                 }
                 let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
@@ -432,6 +455,14 @@ impl Body for LeanBody {
 mod tests {
     use super::*;
 
+    /// The head `request_head` writes for `parts` from a plain-text client, to the
+    /// backend 10.0.0.1:80.
+    fn plain_head(parts: &Parts, http: &tandem_config::Http) -> String {
+        let client = policy::Client::new("192.0.2.7".parse().unwrap(), false);
+        let head = request_head(parts, "10.0.0.1:80".parse().unwrap(), &client, http);
+        String::from_utf8(head).unwrap()
+    }
+
     #[test]
     fn an_http2_requests_head_has_the_authority_as_host_and_the_policys_fields() {
         let (parts, ()) = hyper::Request::builder()
@@ -471,6 +502,75 @@ mod tests {
     }
 
     #[test]
+    fn split_cookie_fields_go_to_the_backend_as_one() {
+        let (parts, ()) = hyper::Request::builder()
+            .uri("http://example.org/")
+            .header("cookie", "a=1")
+            .header("accept", "*/*")
+            .header("cookie", "b=2")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let head = plain_head(&parts, &tandem_config::Http::default());
+        let cookies: Vec<&str> = head
+            .split("\r\n")
+            .filter(|l| l.starts_with("cookie:"))
+            .collect();
+        assert_eq!(cookies, ["cookie: a=1; b=2"]);
+    }
+
+    #[tokio::test]
+    async fn a_content_length_beside_a_transfer_coding_is_not_relayed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let backend = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        });
+        let mut stream = TcpStream::connect(at).await.unwrap();
+        let mut buf = BytesMut::new();
+        let rules = tandem_config::HeaderRules::default();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let (response, framing, _) =
+            read_head(&mut stream, &mut buf, 8192, false, &rules, deadline)
+                .await
+                .unwrap();
+        backend.await.unwrap();
+        assert!(matches!(framing, Framing::Chunked(_)));
+        assert!(response.headers().get(header::CONTENT_LENGTH).is_none());
+        assert!(response.headers().get(header::TRANSFER_ENCODING).is_none());
+        assert_eq!(response.headers()["x-kept"], "1");
+    }
+
+    #[test]
+    fn a_rule_that_sets_or_removes_host_has_the_last_word() {
+        let (parts, ()) = hyper::Request::builder()
+            .uri("https://example.org/")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let hosts = |http: &tandem_config::Http| {
+            plain_head(&parts, http)
+                .split("\r\n")
+                .filter(|l| l.to_ascii_lowercase().starts_with("host:"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let mut set = tandem_config::Http::default();
+        set.request_headers
+            .set
+            .push(("host".into(), "inside.test".into()));
+        assert_eq!(hosts(&set), ["host: inside.test"]);
+        let mut removed = tandem_config::Http::default();
+        removed.request_headers.remove.push("Host".into());
+        assert!(hosts(&removed).is_empty());
+    }
+
+    #[test]
     fn a_request_without_a_host_names_the_backend_and_a_post_says_it_has_no_body() {
         let (parts, ()) = hyper::Request::builder()
             .method("POST")
@@ -478,10 +578,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let client = policy::Client::new("192.0.2.7".parse().unwrap(), false);
-        let http = tandem_config::Http::default();
-        let head = request_head(&parts, "10.0.0.1:80".parse().unwrap(), &client, &http);
-        let head = String::from_utf8(head).unwrap();
+        let head = plain_head(&parts, &tandem_config::Http::default());
         assert!(
             head.starts_with("POST /form HTTP/1.1\r\nhost: 10.0.0.1:80\r\n"),
             "{head}"
