@@ -884,6 +884,7 @@ impl Monitor {
         // What changes: new entries (with what they run, in place of the entry at the
         // index when one is replaced), the watches of removed ones.
         let mut added: Vec<(Key, What, Option<usize>, Entry)> = Vec::new();
+        let mut unchecked = Vec::new();
         let now = Instant::now();
         // Checked pools interleave: the k-th of them starts k/checked of one backend's
         // slot later, so that the first backends of a thousand pools are not checked
@@ -935,10 +936,7 @@ impl Monitor {
                 ka += 1;
             }
             let Some(check) = &config.check else {
-                for b in &pool.backends {
-                    b.state.set_healthy(true);
-                    b.state.set_decided();
-                }
+                unchecked.extend(pool.backends.iter().map(|b| b.state.clone()));
                 continue;
             };
             let checker = make(check).map_err(|e| format!("pool {}: {e}", config.name))?;
@@ -997,12 +995,12 @@ impl Monitor {
             k += 1;
         }
         let mut removed = Vec::new();
-        let mut weights_changed = false;
+        let mut unasked = Vec::new();
         self.tasks.retain(|key, w| {
             let keep = wanted.contains(key);
             if !keep {
                 if let What::Agent(_, state) = &w.what {
-                    weights_changed |= state.set_agent(Agent::READY);
+                    unasked.push(state.clone());
                 }
                 removed.push((key.clone(), w.index));
             }
@@ -1012,15 +1010,31 @@ impl Monitor {
             backends.retain(|a, _| wanted.contains(&(Kind::Check, pool.clone(), *a)));
             !backends.is_empty()
         });
-        self.board
-            .agents
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(pool, a), _| wanted.contains(&(Kind::Agent, pool.clone(), *a)));
-        if weights_changed {
-            self.board.weights.send_modify(|n| *n += 1);
-        }
-        if !added.is_empty() || !removed.is_empty() || !self.leaving.is_empty() {
+        // Backends whose pool lost its check or agent go back to up, ready and full
+        // weight: after their jobs in flight are marked removed (under the queue's lock,
+        // which a job's result also takes), so that no late result undoes it.
+        let board = &self.board;
+        let reset = || {
+            for state in &unchecked {
+                state.set_healthy(true);
+                state.set_decided();
+            }
+            let mut weights_changed = false;
+            for state in &unasked {
+                weights_changed |= state.set_agent(Agent::READY);
+            }
+            board
+                .agents
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(pool, a), _| wanted.contains(&(Kind::Agent, pool.clone(), *a)));
+            if weights_changed {
+                board.weights.send_modify(|n| *n += 1);
+            }
+        };
+        if added.is_empty() && removed.is_empty() && self.leaving.is_empty() {
+            reset();
+        } else {
             let board = self.board.clone();
             let shared = &self
                 .scheduler
@@ -1044,6 +1058,7 @@ impl Monitor {
                     self.leaving.insert(key, index);
                 }
             }
+            reset();
             let mut indexes = Vec::with_capacity(added.len());
             for (key, what, replaces, entry) in added {
                 // A backend removed while its check ran, now back: in its old place.
