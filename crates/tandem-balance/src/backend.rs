@@ -2,7 +2,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed,
+    Ordering::Release,
+};
 
 use crate::latency::ResponseTimes;
 
@@ -10,9 +13,11 @@ use crate::latency::ResponseTimes;
 /// to rebuild the sequence they walk (rare events; the hot path only reads it).
 static STATE_EPOCH: AtomicU64 = AtomicU64::new(0);
 
-/// The current state epoch.
+/// The current state epoch. A reader that sees an epoch also sees the flag changes made
+/// before it was bumped (Release/Acquire), so one that skips work while the epoch
+/// stands misses no change, on weakly ordered CPUs too.
 pub fn state_epoch() -> u64 {
-    STATE_EPOCH.load(Relaxed)
+    STATE_EPOCH.load(Acquire)
 }
 
 /// Runtime state of one backend: health, operator flag and counters. Shared by every
@@ -138,7 +143,7 @@ impl BackendState {
         self.agent.store(agent.bits(), Relaxed);
         self.agent_weight_pct.store(agent.weight_pct, Relaxed);
         if old.allows_new() != agent.allows_new() || old.down != agent.down {
-            STATE_EPOCH.fetch_add(1, Relaxed);
+            STATE_EPOCH.fetch_add(1, Release);
         }
         old.weight_pct != agent.weight_pct
     }
@@ -164,7 +169,7 @@ impl BackendState {
     /// Sets the health checks' verdict.
     pub fn set_healthy(&self, up: bool) {
         if self.healthy.swap(up, Relaxed) != up {
-            STATE_EPOCH.fetch_add(1, Relaxed);
+            STATE_EPOCH.fetch_add(1, Release);
         }
     }
 
@@ -193,7 +198,7 @@ impl BackendState {
     /// Enables or disables (drains) the backend.
     pub fn set_enabled(&self, enabled: bool) {
         if self.enabled.swap(enabled, Relaxed) != enabled {
-            STATE_EPOCH.fetch_add(1, Relaxed);
+            STATE_EPOCH.fetch_add(1, Release);
         }
     }
 
