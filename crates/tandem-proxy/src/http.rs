@@ -385,30 +385,35 @@ fn request_host(parts: &hyper::http::request::Parts) -> Option<&[u8]> {
     }
 }
 
+/// Joins the Cookie fields an HTTP/2 client split into one, its crumbs separated by
+/// "; ", as an HTTP/1.1 backend expects a single Cookie field (RFC 9113 8.2.3).
+fn join_split_cookie(headers: &mut HeaderMap) {
+    let crumbs = headers.get_all(header::COOKIE);
+    if crumbs.iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (i, crumb) in crumbs.iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // The Connection values are cloned (a clone shares its bytes) so that the names
+    // they list can be removed as they are read; a list only for a second field.
     let mut connection = headers.get_all(header::CONNECTION).iter();
-    match (connection.next(), connection.next()) {
-        (None, _) => {}
-        (Some(value), None) => {
-            // One Connection field (the usual): its names removed as they are written,
-            // no list of them (a value's clone shares its bytes).
-            let value = value.clone();
-            for name in value.to_str().unwrap_or("").split(',') {
-                headers.remove(name.trim());
-            }
-        }
-        (Some(_), Some(_)) => {
-            let named: Vec<HeaderName> = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                .collect();
-            for name in named {
-                headers.remove(name);
-            }
+    let first = connection.next().cloned();
+    let more: Vec<HeaderValue> = connection.cloned().collect();
+    for value in first.iter().chain(&more) {
+        for name in value.to_str().unwrap_or("").split(',') {
+            headers.remove(name.trim());
         }
     }
     for name in hop_by_hop() {
@@ -678,6 +683,9 @@ impl Connection {
         // which writes the request head from the client's fields as they are.
         let lean =
             self.state.fast && parts.version == Version::HTTP_2 && upgrade.is_none() && ended;
+        if parts.version == Version::HTTP_2 {
+            join_split_cookie(&mut parts.headers);
+        }
         let view = policy::route::RequestView {
             method: parts.method.as_str(),
             host: request_host(&parts),

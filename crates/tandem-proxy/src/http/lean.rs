@@ -162,25 +162,9 @@ fn request_head(
         .headers
         .get(super::X_FORWARDED_FOR)
         .map(HeaderValue::as_bytes);
-    // HTTP/2 may split Cookie into several fields; HTTP/1.1 has one, its crumbs joined
-    // by "; " (RFC 9113, 8.2.3).
-    let cookies = parts.headers.get_all(header::COOKIE);
-    let split_cookie = cookies.iter().nth(1).is_some();
-    if split_cookie && !policy::ruled_out("cookie", &http.request_headers) {
-        out.extend_from_slice(b"cookie: ");
-        for (i, crumb) in cookies.iter().enumerate() {
-            if i > 0 {
-                out.extend_from_slice(b"; ");
-            }
-            out.extend_from_slice(crumb.as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
-    }
     h1::push_request_fields(
         &mut out,
-        fields().filter(|(name, _)| {
-            *name != header::HOST.as_str() && !(split_cookie && *name == header::COOKIE.as_str())
-        }),
+        fields().filter(|(name, _)| *name != header::HOST.as_str()),
         &tokens,
         client,
         prior_xff,
@@ -511,6 +495,9 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
+        let mut parts = parts;
+        // (Joined where the general path takes an HTTP/2 request in, for both clients.)
+        super::super::join_split_cookie(&mut parts.headers);
         let head = plain_head(&parts, &tandem_config::Http::default());
         let cookies: Vec<&str> = head
             .split("\r\n")
