@@ -593,17 +593,9 @@ impl Queue {
     /// its lane, unless a slower check ended after those queued since (then in its
     /// place). Earlier references to it go stale.
     fn queue(&mut self, index: usize) {
-        let place = &mut self.places[index];
-        let Some(entry) = &place.entry else { return };
-        place.ticket = place.ticket.wrapping_add(1);
-        let (interval, due) = (
-            entry.interval,
-            Due {
-                at: entry.next,
-                index: index as u32,
-                ticket: place.ticket,
-            },
-        );
+        let Some((interval, due)) = self.next_due(index) else {
+            return;
+        };
         let lane = &mut self.lane(interval).due;
         if lane.back().is_none_or(|last| last.at <= due.at) {
             lane.push_back(due);
@@ -611,6 +603,20 @@ impl Queue {
             let i = lane.partition_point(|d| d.at <= due.at);
             lane.insert(i, due);
         }
+    }
+
+    /// A new reference to the next check of the entry at `index` and its lane's
+    /// interval (earlier references go stale); none for an empty place.
+    fn next_due(&mut self, index: usize) -> Option<(Duration, Due)> {
+        let place = &mut self.places[index];
+        let entry = place.entry.as_ref()?;
+        place.ticket = place.ticket.wrapping_add(1);
+        let due = Due {
+            at: entry.next,
+            index: index as u32,
+            ticket: place.ticket,
+        };
+        Some((entry.interval, due))
     }
 
     /// Whether a lane's reference still stands for its entry's next check.
@@ -672,19 +678,11 @@ impl Queue {
     fn add(&mut self, indexes: &[usize]) {
         let mut touched = Vec::new();
         for &index in indexes {
-            let place = &mut self.places[index];
-            let Some(entry) = &place.entry else {
-                continue;
-            };
-            if entry.running {
+            if self.running(index) {
                 continue;
             }
-            let (interval, at) = (entry.interval, entry.next);
-            place.ticket = place.ticket.wrapping_add(1);
-            let due = Due {
-                at,
-                index: index as u32,
-                ticket: place.ticket,
+            let Some((interval, due)) = self.next_due(index) else {
+                continue;
             };
             if !touched.contains(&interval) {
                 touched.push(interval);
