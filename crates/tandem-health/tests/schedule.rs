@@ -113,6 +113,24 @@ fn reload(
     pools
 }
 
+/// The `i`-th of four backends' times (checks or asks, of `what`): first at phase i/4
+/// of the one-second interval plus at most 50 ms of jitter, then every second.
+fn assert_phase_then_every_second(times: &[Duration], i: usize, what: &str) {
+    let phase = Duration::from_millis(250 * i as u64);
+    assert!(
+        times[0] >= phase && times[0] <= phase + Duration::from_millis(50),
+        "{what} first at {:?}",
+        times[0]
+    );
+    for pair in times.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            Duration::from_secs(1),
+            "{what}: {times:?}"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn checks_of_a_pool_are_spread_over_the_interval() {
     let script = Arc::new(Script::default());
@@ -122,20 +140,7 @@ async fn checks_of_a_pool_are_spread_over_the_interval() {
     for (i, n) in [1, 2, 3, 4].into_iter().enumerate() {
         let calls = script.calls_of(addr(n));
         assert_eq!(calls.len(), 4, "backend {n}: {calls:?}");
-        // Phase i/4 of the interval plus at most 50 ms of jitter, then every second.
-        let phase = Duration::from_millis(250 * i as u64);
-        assert!(
-            calls[0] >= phase && calls[0] <= phase + Duration::from_millis(50),
-            "backend {n} first at {:?}",
-            calls[0]
-        );
-        for pair in calls.windows(2) {
-            assert_eq!(
-                pair[1] - pair[0],
-                Duration::from_secs(1),
-                "backend {n}: {calls:?}"
-            );
-        }
+        assert_phase_then_every_second(&calls, i, &format!("backend {n}"));
     }
 }
 
@@ -669,16 +674,7 @@ async fn agent_asks_are_spread_and_keep_their_phase_across_a_reload() {
     for (i, ip) in ips.into_iter().enumerate() {
         let times: Vec<Duration> = asks_of(&asks, ip).into_iter().map(|a| a.0).collect();
         assert_eq!(times.len(), 6, "{ip}: {times:?}");
-        // Phase i/4 of the interval plus at most 50 ms of jitter, then every second.
-        let phase = Duration::from_millis(250 * i as u64);
-        assert!(
-            times[0] >= phase && times[0] <= phase + Duration::from_millis(50),
-            "{ip} first at {:?}",
-            times[0]
-        );
-        for pair in times.windows(2) {
-            assert_eq!(pair[1] - pair[0], Duration::from_secs(1), "{ip}: {times:?}");
-        }
+        assert_phase_then_every_second(&times, i, &ip.to_string());
         let seen = monitor
             .board()
             .agent("web", SocketAddr::from(([127, 0, 0, ip], 80)))
